@@ -1,0 +1,32 @@
+"""Array libraries and devices for backprop.
+
+Everything library- or device-specific lives here; the network code in
+``backprop/`` sees only a ``Backend``: its array API namespace ``xp``, its
+``device``, and the few operations the standard lacks.
+"""
+
+from .base import Backend, describe_array
+from .errors import BackendError, BackendUnavailable, UnknownBackend
+from .random import DeviceRandom, HostRandom, seed_to_int
+from .registry import (
+    ENTRY_POINT_GROUP,
+    ENV_VAR,
+    BackendFamily,
+    BackendStatus,
+    available_backends,
+    backend_statuses,
+    current_backend,
+    default_spec,
+    families,
+    get_backend,
+    register_backend,
+    set_backend,
+    use_backend,
+)
+
+__all__ = [
+    "ENTRY_POINT_GROUP", "ENV_VAR", "Backend", "BackendError", "BackendFamily", "BackendStatus",
+    "BackendUnavailable", "DeviceRandom", "HostRandom", "UnknownBackend", "available_backends",
+    "backend_statuses", "current_backend", "default_spec", "describe_array", "families", "get_backend",
+    "register_backend", "seed_to_int", "set_backend", "use_backend",
+]

@@ -1,0 +1,112 @@
+"""The ``Backend`` interface: one array library on one device.
+
+``backprop/`` does all array work through ``backend.xp`` (an array API
+namespace from ``array_api_compat``) and calls the methods below only for what
+the standard lacks: random numbers, scatter-add, host transfer,
+synchronization and memory statistics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .random import DeviceRandom, Seed
+
+
+class Backend:
+    """An array library bound to one device.
+
+    Subclasses set the attributes in ``__init__`` and implement the methods that
+    raise ``NotImplementedError`` here.
+    """
+
+    #: Registered family name, such as ``"numpy"`` or ``"torch"``.
+    library: str = ""
+
+    def __init__(self, name: str, xp, device, *, device_name: str, version: str):
+        self.name = name  # full spec, such as "torch:cuda:0"
+        self.xp = xp
+        self.device = device
+        self.device_name = device_name
+        self.version = version
+        self.float_dtype = xp.float32
+
+    def __repr__(self) -> str:
+        return f"<Backend {self.name} ({self.device_name})>"
+
+    # Backends are shared singletons: copying a layer must not copy its backend.
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+    # -- capabilities -------------------------------------------------------
+    @property
+    def supports_float64(self) -> bool:
+        return True
+
+    def owns(self, x) -> bool:
+        """True when ``x`` is an array of this library on this device (a cheap check)."""
+        raise NotImplementedError
+
+    # -- creation and transfer ----------------------------------------------
+    def dtype(self, name_or_dtype):
+        """Resolve ``"float32"`` (or a dtype of this library) to this library's dtype."""
+        if isinstance(name_or_dtype, str):
+            try:
+                return getattr(self.xp, name_or_dtype)
+            except AttributeError:
+                raise TypeError(f"unknown dtype {name_or_dtype!r}; expected a name such as 'float32'") from None
+        return name_or_dtype
+
+    def asarray(self, obj, dtype=None):
+        """An array on this backend's device (``obj``: a Python scalar, list or array of this library)."""
+        return self.xp.asarray(obj, dtype=dtype, device=self.device)
+
+    def from_host(self, host_array, dtype=None):
+        """Copy a NumPy array (or anything ``numpy.asarray`` accepts) onto the device."""
+        host_array = np.asarray(host_array)
+        if dtype is None and host_array.dtype == np.float64:
+            dtype = self.float_dtype
+        return self.xp.asarray(host_array, dtype=dtype, device=self.device)
+
+    def to_host(self, x) -> np.ndarray:
+        """Copy an array of this backend to a NumPy array on the host."""
+        raise NotImplementedError
+
+    # -- what the standard lacks --------------------------------------------
+    def random(self, seed: Seed) -> DeviceRandom:
+        """A seeded generator that draws on the device."""
+        raise NotImplementedError
+
+    def scatter_add(self, target, indices, values):
+        """``target[indices[i]] += values[i]`` along axis 0, in place, duplicates accumulating.
+
+        Returns ``target``. (Plain ``target[indices] += values`` keeps only one
+        of several duplicate indices.)
+        """
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        """Wait for all queued work on the device (needed before timing GPU work)."""
+
+    def memory_stats(self) -> dict[str, int]:
+        """Memory figures the library reports, in bytes; empty when it reports none."""
+        return {}
+
+
+def describe_array(x) -> str:
+    """Where an array lives, in words, for error messages: 'a numpy array (cpu)'."""
+    import array_api_compat
+
+    try:
+        xp = array_api_compat.array_namespace(x)
+    except TypeError:
+        return f"a {type(x).__module__}.{type(x).__name__} (not an array)"
+    library = xp.__name__.removeprefix("array_api_compat.")
+    try:
+        device = array_api_compat.device(x)
+    except Exception:  # pragma: no cover - exotic arrays
+        device = "?"
+    return f"a {library} array on device {device}"

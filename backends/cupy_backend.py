@@ -1,0 +1,151 @@
+"""CuPy on an NVIDIA CUDA GPU (``cupy:N``, also spelled ``cuda:N``).
+
+CuPy is imported only when asked for. A machine where CuPy imports but no GPU
+works (a laptop, a container started without ``--gpus``, a driver too old)
+reports the backend as unavailable, with the reason.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Backend
+from .errors import BackendUnavailable
+from .random import DeviceRandom, seed_to_int
+
+
+class CupyRandom(DeviceRandom):
+    def __init__(self, backend, seed):
+        super().__init__(backend, seed)
+        import cupy
+
+        with backend._cupy_device:
+            self._rng = cupy.random.RandomState(seed_to_int(seed) % (2**63))
+
+    def _uniform01(self, shape, dtype):
+        with self.backend._cupy_device:
+            return self._rng.random_sample(shape, dtype=dtype)
+
+    def _normal01(self, shape, dtype):
+        with self.backend._cupy_device:
+            return self._rng.standard_normal(shape, dtype=dtype)
+
+    def permutation(self, n):
+        with self.backend._cupy_device:
+            return self._rng.permutation(n)
+
+
+class CupyBackend(Backend):
+    library = "cupy"
+
+    def __init__(self, index: int):
+        import array_api_compat.cupy as xp
+        import cupy
+
+        self._cupy = cupy
+        self._cupy_device = cupy.cuda.Device(index)
+        props = cupy.cuda.runtime.getDeviceProperties(index)
+        device_name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+        super().__init__(f"cupy:{index}", xp, self._cupy_device, device_name=device_name, version=cupy.__version__)
+
+    def owns(self, x) -> bool:
+        return isinstance(x, self._cupy.ndarray) and x.device.id == self._cupy_device.id
+
+    def asarray(self, obj, dtype=None):
+        with self._cupy_device:
+            return self._cupy.asarray(obj, dtype=dtype)
+
+    def from_host(self, host_array, dtype=None):
+        host_array = np.asarray(host_array)
+        if dtype is None and host_array.dtype == np.float64:
+            dtype = self.float_dtype
+        with self._cupy_device:
+            return self._cupy.asarray(host_array, dtype=dtype)
+
+    def to_host(self, x):
+        return self._cupy.asnumpy(x)
+
+    def random(self, seed):
+        return CupyRandom(self, seed)
+
+    def scatter_add(self, target, indices, values):
+        import cupyx
+
+        with self._cupy_device:
+            cupyx.scatter_add(target, indices, values)
+        return target
+
+    def synchronize(self):
+        self._cupy_device.synchronize()
+
+    def memory_stats(self):
+        pool = self._cupy.get_default_memory_pool()
+        free, total = self._cupy.cuda.runtime.memGetInfo()
+        return {"pool_used_bytes": pool.used_bytes(), "pool_total_bytes": pool.total_bytes(),
+                "device_free_bytes": free, "device_total_bytes": total}
+
+
+def _parse_index(device: str | None, name: str) -> int:
+    if device is None:
+        return 0
+    try:
+        index = int(device)
+    except ValueError:
+        raise BackendUnavailable(name, f"expected a GPU number such as cupy:0, got {device!r}") from None
+    if index < 0:
+        raise BackendUnavailable(name, f"expected a GPU number such as cupy:0, got {device!r}")
+    return index
+
+
+def load(device: str | None) -> Backend:
+    name = f"cupy:{device}" if device is not None else "cupy"
+    index = _parse_index(device, name)
+    try:
+        import cupy
+    except ImportError:
+        raise BackendUnavailable(name, "CuPy is not installed (pip install 'backprop[cuda12]' or 'backprop[cuda13]')") from None
+    except Exception as exc:  # a broken install raises other errors
+        raise BackendUnavailable(name, f"CuPy failed to import: {exc}".splitlines()[0]) from None
+    try:
+        import array_api_compat.cupy  # noqa: F401
+    except ImportError as exc:  # pragma: no cover
+        raise BackendUnavailable(name, f"array_api_compat cannot wrap this CuPy: {exc}") from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        raise BackendUnavailable(name, _cuda_reason(exc)) from None
+    if count == 0:
+        raise BackendUnavailable(name, "CuPy is installed but no CUDA GPU is visible")
+    if index >= count:
+        raise BackendUnavailable(name, f"CUDA device {index} does not exist ({count} visible)")
+    try:  # a real allocation and kernel launch, not just an import
+        with cupy.cuda.Device(index):
+            probe = cupy.arange(4, dtype=cupy.float32)
+            float((probe * 2).sum())
+    except Exception as exc:
+        raise BackendUnavailable(name, _cuda_reason(exc)) from None
+    return CupyBackend(index)
+
+
+def _cuda_reason(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "InsufficientDriver" in text or "driver version is insufficient" in text.lower():
+        return f"the NVIDIA driver is too old for this CuPy's CUDA version ({text})"
+    if "NoDevice" in text or "no CUDA-capable device" in text:
+        return f"no CUDA GPU is visible ({text}); in Docker, pass --gpus all"
+    if "libcuda" in text or "cudaErrorInitializationError" in text:
+        return f"the NVIDIA driver could not be loaded ({text})"
+    return f"CUDA is not usable: {text}"
+
+
+def listed_devices() -> list[str]:
+    try:
+        import importlib.util
+
+        if importlib.util.find_spec("cupy") is None:
+            return ["0"]
+        import cupy
+
+        return [str(i) for i in range(max(cupy.cuda.runtime.getDeviceCount(), 1))]
+    except Exception:
+        return ["0"]

@@ -1,0 +1,241 @@
+"""The backend registry: names to backends, selection, and the current backend.
+
+A spec names a family and optionally a device: ``numpy``, ``cupy``,
+``cupy:1`` (also ``cuda:1``), ``torch:cpu``, ``torch:cuda:0``, ``torch:mps``,
+``array_api_strict:device1``, or ``auto`` (a working CUDA GPU through CuPy,
+else NumPy). Third-party packages add families through the entry-point group
+``backprop.backends``: each entry point names a zero-argument callable that
+returns a ``BackendFamily``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from .base import Backend
+from .errors import BackendError, BackendUnavailable, UnknownBackend
+
+ENTRY_POINT_GROUP = "backprop.backends"
+ENV_VAR = "BACKPROP_BACKEND"
+
+
+@dataclass(frozen=True)
+class BackendFamily:
+    """One array library: how to load it on a device, and which devices to list.
+
+    ``load(device)`` gets the part after the first colon (or None) and returns a
+    ``Backend`` or raises ``BackendUnavailable`` with a reason in words.
+    """
+
+    name: str
+    load: Callable[[str | None], Backend]
+    listed_devices: Callable[[], list[str | None]] = lambda: [None]
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """One row of ``backprop backends``."""
+
+    name: str
+    available: bool
+    device_name: str = ""
+    version: str = ""
+    reason: str = ""
+    backend: Backend | None = field(default=None, compare=False, repr=False)
+
+
+def _lazy(module: str, attribute: str) -> Callable:
+    def call(*args):
+        return getattr(importlib.import_module(f"backends.{module}"), attribute)(*args)
+
+    return call
+
+
+_BUILTIN = [
+    BackendFamily("numpy", _lazy("numpy_backend", "load"), lambda: [None],
+                  description="NumPy on the host CPU"),
+    BackendFamily("cupy", _lazy("cupy_backend", "load"), _lazy("cupy_backend", "listed_devices"),
+                  aliases=("cuda",), description="CuPy on an NVIDIA GPU"),
+    BackendFamily("torch", _lazy("torch_backend", "load"), _lazy("torch_backend", "listed_devices"),
+                  description="PyTorch tensors on CPU, CUDA or Apple MPS"),
+    BackendFamily("array_api_strict", _lazy("strict_backend", "load"), lambda: [None, "device1"],
+                  description="the array API reference implementation (proves standard-only code)"),
+]
+
+_families: dict[str, BackendFamily] = {family.name: family for family in _BUILTIN}
+_entry_points_loaded = False
+_cache: dict[str, Backend | BackendUnavailable] = {}
+_instances: dict[str, Backend] = {}  # one Backend object per full name, however it was spelled
+_auto_choice: Backend | None = None
+
+
+def register_backend(family: BackendFamily, *, replace: bool = False) -> None:
+    """Add a backend family (what the ``backprop.backends`` entry points do)."""
+    taken = _names_in_use()
+    for name in (family.name, *family.aliases):
+        if name in taken and not replace:
+            raise ValueError(f"a backend named {name!r} is already registered")
+    _families[family.name] = family
+    _cache.clear()
+
+
+def _names_in_use() -> set[str]:
+    names = {"auto"}
+    for family in _families.values():
+        names.add(family.name)
+        names.update(family.aliases)
+    return names
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    from importlib.metadata import entry_points
+
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            provided = entry_point.load()
+            family = provided() if not isinstance(provided, BackendFamily) else provided
+            if not isinstance(family, BackendFamily):
+                raise TypeError(f"expected a BackendFamily, got {type(family).__name__}")
+            register_backend(family)
+        except Exception as exc:  # a broken plugin must not break the library
+            warnings.warn(f"backend plugin {entry_point.name!r} ({entry_point.value}) failed to load: {exc}",
+                          stacklevel=2)
+
+
+def families() -> list[BackendFamily]:
+    _load_entry_points()
+    return list(_families.values())
+
+
+def _split(spec: str) -> tuple[BackendFamily, str | None]:
+    _load_entry_points()
+    head, _, device = spec.strip().partition(":")
+    head = head.strip().lower()
+    for family in _families.values():
+        if head == family.name or head in family.aliases:
+            return family, (device or None)
+    known = ", ".join(sorted(_names_in_use()))
+    raise UnknownBackend(f"unknown backend {spec!r}; expected one of: {known} (optionally with :DEVICE)")
+
+
+def get_backend(spec: str | Backend | None = None) -> Backend:
+    """The backend for a spec; ``None`` means the current one (see ``current_backend``)."""
+    if isinstance(spec, Backend):
+        return spec
+    if spec is None:
+        return current_backend()
+    if not isinstance(spec, str):
+        raise TypeError(f"backend must be a name such as 'numpy' or a Backend, got {type(spec).__name__}")
+    key = spec.strip().lower()
+    if key == "auto":
+        return _auto()
+    if key not in _cache:
+        family, device = _split(key)
+        _cache[key] = _load(family, device, key)
+    found = _cache[key]
+    if isinstance(found, BackendUnavailable):
+        available = ", ".join(s.name for s in backend_statuses() if s.available)
+        raise BackendUnavailable(found.name, f"{found.reason}. Available backends: {available}")
+    return found
+
+
+def _load(family: BackendFamily, device: str | None, key: str) -> Backend | BackendUnavailable:
+    try:
+        backend = family.load(device)
+    except BackendUnavailable as exc:
+        return exc
+    except Exception as exc:  # a probe must never crash with a traceback
+        return BackendUnavailable(key, f"probe failed: {exc}".splitlines()[0])
+    return _instances.setdefault(backend.name, backend)
+
+
+def _auto() -> Backend:
+    """A working CUDA GPU through CuPy, else NumPy, with one warning that says why."""
+    global _auto_choice
+    if _auto_choice is None:
+        try:
+            _auto_choice = get_backend("cupy:0")
+        except BackendUnavailable as exc:
+            _auto_choice = get_backend("numpy")
+            reason = exc.reason.split(". Available backends")[0]
+            warnings.warn(f"no GPU backend: {reason}; using numpy on the CPU", RuntimeWarning, stacklevel=3)
+    return _auto_choice
+
+
+def backend_statuses() -> list[BackendStatus]:
+    """Every registered backend and device, available or not, with the reason when not."""
+    rows = []
+    for family in families():
+        try:
+            devices = family.listed_devices()
+        except Exception:
+            devices = [None]
+        for device in devices:
+            key = family.name if device is None else f"{family.name}:{device}"
+            if key not in _cache:
+                _cache[key] = _load(family, device, key)
+            found = _cache[key]
+            if isinstance(found, BackendUnavailable):
+                rows.append(BackendStatus(key, False, reason=found.reason))
+            else:
+                rows.append(BackendStatus(found.name, True, found.device_name, found.version, backend=found))
+    return rows
+
+
+def available_backends() -> list[Backend]:
+    return [row.backend for row in backend_statuses() if row.available]
+
+
+# -- the current backend ------------------------------------------------------
+_current: contextvars.ContextVar[Backend | None] = contextvars.ContextVar("backprop_backend", default=None)
+
+
+def default_spec() -> str:
+    """``$BACKPROP_BACKEND`` when set, else ``auto``."""
+    return os.environ.get(ENV_VAR, "").strip() or "auto"
+
+
+def current_backend() -> Backend:
+    """The backend set by ``use_backend``/``set_backend``, else the default spec's."""
+    backend = _current.get()
+    if backend is None:
+        spec = default_spec()
+        try:
+            backend = get_backend(spec)
+        except UnknownBackend as exc:
+            raise UnknownBackend(f"${ENV_VAR}={spec!r}: {exc}") from None
+    return backend
+
+
+def set_backend(spec: str | Backend | None) -> Backend | None:
+    """Make a backend current for this thread or task (None: back to the default)."""
+    backend = None if spec is None else get_backend(spec)
+    _current.set(backend)
+    return backend
+
+
+@contextlib.contextmanager
+def use_backend(spec: str | Backend) -> Iterator[Backend]:
+    """``with use_backend("torch:cpu"): ...`` makes that backend current inside the block."""
+    token = _current.set(get_backend(spec))
+    try:
+        yield _current.get()
+    finally:
+        _current.reset(token)
+
+
+__all__ = ["BackendError", "BackendFamily", "BackendStatus", "available_backends", "backend_statuses",
+           "current_backend", "default_spec", "families", "get_backend", "register_backend", "set_backend",
+           "use_backend"]

@@ -1,0 +1,87 @@
+"""``array_api_strict``: the reference implementation of the array API standard.
+
+It is slow and has no GPU; its purpose is to prove that the network code uses
+nothing outside the standard. Its non-default device ``device1`` makes any
+array created without ``device=`` fail loudly, so tests use it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Backend
+from .errors import BackendUnavailable
+from .random import DeviceRandom, _entropy
+
+
+class StrictRandom(DeviceRandom):
+    """Draws with NumPy on the host and copies to the device (fine for a reference backend)."""
+
+    def __init__(self, backend, seed):
+        super().__init__(backend, seed)
+        self._rng = np.random.default_rng(_entropy(seed))
+
+    def _uniform01(self, shape, dtype):
+        return self.backend.from_host(self._rng.random(shape), dtype=dtype)
+
+    def _normal01(self, shape, dtype):
+        return self.backend.from_host(self._rng.standard_normal(shape), dtype=dtype)
+
+    def permutation(self, n):
+        return self.backend.from_host(self._rng.permutation(n))
+
+
+class StrictBackend(Backend):
+    library = "array_api_strict"
+
+    def __init__(self, device_label: str):
+        import array_api_strict
+
+        self._module = array_api_strict
+        device = array_api_strict.Device(device_label)
+        self._cpu = array_api_strict.Device("CPU_DEVICE")
+        name = "array_api_strict" if device == self._cpu else f"array_api_strict:{device_label}"
+        super().__init__(name, array_api_strict, device,
+                         device_name=f"CPU (strict device {device_label!r})",
+                         version=array_api_strict.__version__)
+
+    @property
+    def supports_float64(self) -> bool:
+        return self.name not in ("array_api_strict:no_float64",)
+
+    def owns(self, x) -> bool:
+        return isinstance(x, self._module._array_object.Array) and x.device == self.device
+
+    def to_host(self, x):
+        return np.asarray(x.to_device(self._cpu))
+
+    def from_host(self, host_array, dtype=None):
+        host_array = np.asarray(host_array)
+        if dtype is None and host_array.dtype == np.float64:
+            dtype = self.float_dtype
+        on_cpu = self.xp.asarray(host_array, dtype=dtype)
+        return on_cpu.to_device(self.device)
+
+    def random(self, seed):
+        return StrictRandom(self, seed)
+
+    def scatter_add(self, target, indices, values):
+        result = self.to_host(target).copy()
+        np.add.at(result, self.to_host(indices), self.to_host(values))
+        target[...] = self.from_host(result, dtype=target.dtype)
+        return target
+
+
+def load(device: str | None) -> Backend:
+    try:
+        import array_api_strict
+    except ImportError:
+        raise BackendUnavailable("array_api_strict",
+                                 "array_api_strict is not installed (pip install array-api-strict)") from None
+    label = device or "CPU_DEVICE"
+    try:
+        array_api_strict.Device(label)
+    except ValueError:
+        raise BackendUnavailable(f"array_api_strict:{label}",
+                                 f"array_api_strict has no device {label!r} (try 'device1')") from None
+    return StrictBackend(label)

@@ -1,0 +1,131 @@
+"""The ``Layer`` base class: parameters, gradients, and input checks.
+
+A layer's ``forward(x)`` computes its output and keeps what its ``backward``
+needs; ``backward(grad_output)`` applies the chain rule: it stores the
+gradient of the loss with respect to each parameter in ``grads`` (replacing
+the previous one) and returns the gradient with respect to its input.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from backends import Backend, describe_array, get_backend
+
+from ..errors import DeviceMismatchError, DTypeError, ShapeError
+
+
+class Layer:
+    """Base class of every layer. ``params``, ``grads`` and ``buffers`` map names to arrays."""
+
+    def __init__(self, *, backend: Backend | str | None = None, dtype=None):
+        self.backend = get_backend(backend)
+        self.dtype = self.backend.dtype(dtype) if dtype is not None else self.backend.float_dtype
+        self.params: dict[str, object] = {}
+        self.grads: dict[str, object] = {}
+        self.buffers: dict[str, object] = {}  # state that is saved but not trained
+        self.training = False
+
+    @property
+    def xp(self):
+        return self.backend.xp
+
+    def forward(self, x, *, training: bool = False):
+        raise NotImplementedError
+
+    def backward(self, grad_output):
+        raise NotImplementedError
+
+    def __call__(self, x, *, training: bool = False):
+        return self.forward(x, training=training)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def extra_repr(self) -> str:
+        return ""
+
+    # -- parameters ---------------------------------------------------------
+    def named_parameters(self) -> dict[str, object]:
+        """Every trainable array by its full name (``"0.weight"`` inside a ``Sequential``)."""
+        return dict(self.params)
+
+    def named_gradients(self) -> dict[str, object]:
+        return dict(self.grads)
+
+    def named_buffers(self) -> dict[str, object]:
+        return dict(self.buffers)
+
+    def parameter_slots(self) -> list[tuple[Layer, str]]:
+        """(layer, name) pairs for every parameter, for optimizers that update in place."""
+        return [(self, name) for name in self.params]
+
+    def num_parameters(self) -> int:
+        total = 0
+        for array in self.named_parameters().values():
+            count = 1
+            for n in array.shape:
+                count *= n
+            total += count
+        return total
+
+    def zero_grad(self) -> None:
+        for layer, name in self.parameter_slots():
+            layer.grads.pop(name, None)
+
+    def config(self) -> dict:
+        """The constructor arguments (JSON values) that rebuild this layer's architecture."""
+        return {}
+
+    # -- moving and converting ------------------------------------------------
+    def _map_arrays(self, convert, *, backend: Backend | None = None, dtype=None) -> Layer:
+        """A copy whose parameters and buffers are ``convert(array)``; caches are dropped."""
+        clone = copy.copy(self)
+        clone.backend = backend or self.backend
+        clone.dtype = dtype if dtype is not None else clone.backend.dtype(_dtype_name(self.dtype))
+        clone.params = {k: convert(v) for k, v in self.params.items()}
+        clone.buffers = {k: convert(v) for k, v in self.buffers.items()}
+        clone.grads = {}
+        clone._clear_cache()
+        return clone
+
+    def _clear_cache(self) -> None:
+        """Forget arrays kept from the last forward pass."""
+
+    def to(self, backend: Backend | str) -> Layer:
+        """A copy of this layer with its arrays on another backend (through the host)."""
+        target = get_backend(backend)
+        return self._map_arrays(lambda a: target.from_host(self.backend.to_host(a)), backend=target)
+
+    def astype(self, dtype) -> Layer:
+        """A copy with floating parameters converted to ``dtype`` (``"float64"`` for gradient checks)."""
+        dtype = self.backend.dtype(dtype)
+        xp = self.xp
+
+        def convert(a):
+            return xp.astype(a, dtype) if xp.isdtype(a.dtype, "real floating") else a
+
+        return self._map_arrays(convert, dtype=dtype)
+
+    # -- input checks -------------------------------------------------------
+    def check_input(self, x, *, ndim: int | None = None, last_dim: int | None = None, expected: str = ""):
+        """Raise a one-line error naming this layer when ``x`` is not what it expects.
+
+        ``expected`` describes the shape in words, such as ``"(batch, 64)"``.
+        """
+        if not self.backend.owns(x):
+            raise DeviceMismatchError(
+                f"{self!r}: input is {describe_array(x)}, but the layer lives on backend "
+                f"{self.backend.name} (device {self.backend.device}); create the input with "
+                f"backend.asarray(...) or move the model with .to(...)")
+        if x.dtype != self.dtype:
+            raise DTypeError(f"{self!r}: expected {_dtype_name(self.dtype)} input, got {_dtype_name(x.dtype)}")
+        if (ndim is not None and x.ndim != ndim) or (last_dim is not None and x.shape[-1] != last_dim):
+            raise ShapeError(f"{self!r}: expected input of shape {expected}, got {tuple(x.shape)}")
+
+
+def _dtype_name(dtype) -> str:
+    text = str(dtype)
+    for prefix in ("torch.", "array_api_strict.", "dtype('"):
+        text = text.replace(prefix, "")
+    return text.rstrip("')")

@@ -1,0 +1,59 @@
+"""``Dense``: the fully connected layer ``y = x @ W + b``."""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+from ..init import host_random, initialize
+from .base import Layer
+
+
+class Dense(Layer):
+    """Fully connected layer. ``weight`` has shape ``(in_features, out_features)``.
+
+    Forward:  y = x W + b
+    Backward: dL/dW = xᵀ dL/dy,   dL/db = Σ_batch dL/dy,   dL/dx = dL/dy Wᵀ
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
+                 init: str = "glorot_uniform", rng=None, backend=None, dtype=None):
+        super().__init__(backend=backend, dtype=dtype)
+        for label, value in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"Dense: {label} must be a positive integer, got {value!r}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.init = init
+        self.use_bias = bias
+        rng = host_random(rng)
+        self.params["weight"] = initialize(init, (in_features, out_features),
+                                           rng=rng, backend=self.backend, dtype=self.dtype)
+        if bias:
+            self.params["bias"] = initialize("zeros", (out_features,), rng=rng, backend=self.backend,
+                                             dtype=self.dtype)
+        self._x = None
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}" + ("" if self.use_bias else ", bias=False")
+
+    def config(self) -> dict:
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.use_bias,
+                "init": self.init}
+
+    def forward(self, x, *, training: bool = False):
+        self.check_input(x, ndim=2, last_dim=self.in_features, expected=f"(batch, {self.in_features})")
+        self._x = x
+        y = x @ self.params["weight"]
+        if self.use_bias:
+            y = y + self.params["bias"]
+        return y
+
+    def backward(self, grad_output):
+        if self._x is None:
+            raise RuntimeError(f"{self!r}: backward called before forward")
+        self.grads["weight"] = self._x.T @ grad_output
+        if self.use_bias:
+            self.grads["bias"] = self.xp.sum(grad_output, axis=0)
+        return grad_output @ self.params["weight"].T
+
+    def _clear_cache(self) -> None:
+        self._x = None

@@ -1,0 +1,73 @@
+"""``Sequential``: layers applied one after another; backward runs them in reverse."""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+from .base import Layer
+
+
+class Sequential(Layer):
+    """``Sequential([Dense(64, 32), ReLU(), Dense(32, 10)])``.
+
+    Parameters are named ``"<index>.<name>"`` (``"0.weight"``, ``"2.bias"``).
+    """
+
+    def __init__(self, layers, *, backend=None):
+        layers = list(layers)
+        if not layers:
+            raise ConfigError("Sequential: expected at least one layer")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise ConfigError(f"Sequential: item {i} is a {type(layer).__name__}, not a Layer")
+        backend = backend if backend is not None else layers[0].backend
+        super().__init__(backend=backend, dtype=None)
+        for i, layer in enumerate(layers):
+            if layer.backend is not self.backend:
+                raise ConfigError(f"Sequential: layer {i} ({layer!r}) is on backend {layer.backend.name}, "
+                                  f"but the model is on {self.backend.name}; create all layers on one backend")
+        self.dtype = layers[0].dtype
+        self.layers = layers
+
+    def __repr__(self) -> str:
+        inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential({inner}\n)"
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, index: int) -> Layer:
+        return self.layers[index]
+
+    def forward(self, x, *, training: bool = False):
+        for layer in self.layers:
+            x = layer.forward(x, training=training)
+        return x
+
+    def backward(self, grad_output):
+        for layer in reversed(self.layers):
+            grad_output = layer.backward(grad_output)
+        return grad_output
+
+    def _named(self, attribute: str) -> dict[str, object]:
+        named = {}
+        for i, layer in enumerate(self.layers):
+            for name, array in getattr(layer, attribute)().items():
+                named[f"{i}.{name}"] = array
+        return named
+
+    def named_parameters(self):
+        return self._named("named_parameters")
+
+    def named_gradients(self):
+        return self._named("named_gradients")
+
+    def named_buffers(self):
+        return self._named("named_buffers")
+
+    def parameter_slots(self):
+        return [slot for layer in self.layers for slot in layer.parameter_slots()]
+
+    def _map_arrays(self, convert, *, backend=None, dtype=None):
+        clone = super()._map_arrays(convert, backend=backend, dtype=dtype)
+        clone.layers = [layer._map_arrays(convert, backend=backend, dtype=dtype) for layer in self.layers]
+        return clone

@@ -1,0 +1,138 @@
+"""Losses: ``forward(prediction, target)`` returns a 0-d array (it stays on the device);
+``backward()`` returns dLoss/dPrediction for the last forward call."""
+
+from __future__ import annotations
+
+import array_api_compat
+
+from backends import describe_array
+
+from .errors import DeviceMismatchError, DTypeError, ShapeError
+from .layers.base import _dtype_name
+
+
+class Loss:
+    _cache = None
+
+    def __call__(self, prediction, target):
+        return self.forward(prediction, target)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def forward(self, prediction, target):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _cached(self):
+        if self._cache is None:
+            raise RuntimeError(f"{self!r}: backward called before forward")
+        return self._cache
+
+    def _check(self, prediction, target, *, same_shape: bool):
+        try:
+            xp = array_api_compat.array_namespace(prediction, target)
+        except TypeError:
+            raise DeviceMismatchError(f"{self!r}: prediction is {describe_array(prediction)} but target is "
+                                      f"{describe_array(target)}; put both on one backend") from None
+        if array_api_compat.device(prediction) != array_api_compat.device(target):
+            raise DeviceMismatchError(f"{self!r}: prediction is {describe_array(prediction)} but target is "
+                                      f"{describe_array(target)}; put both on one device")
+        if not xp.isdtype(prediction.dtype, "real floating"):
+            raise DTypeError(f"{self!r}: expected a floating-point prediction, got {_dtype_name(prediction.dtype)}")
+        if same_shape and tuple(prediction.shape) != tuple(target.shape):
+            raise ShapeError(f"{self!r}: expected target of shape {tuple(prediction.shape)} (same as the "
+                             f"prediction), got {tuple(target.shape)}")
+        return xp
+
+
+class MSE(Loss):
+    """Mean squared error over all elements: L = mean((p − t)²);  dL/dp = 2(p − t)/n."""
+
+    def forward(self, prediction, target):
+        xp = self._check(prediction, target, same_shape=True)
+        if target.dtype != prediction.dtype:
+            target = xp.astype(target, prediction.dtype)
+        diff = prediction - target
+        self._cache = (diff, _size(diff))
+        return xp.sum(diff * diff) / _size(diff)
+
+    def backward(self):
+        diff, n = self._cached()
+        return diff * (2.0 / n)
+
+
+class CrossEntropy(Loss):
+    """Softmax cross-entropy on raw scores (logits), averaged over the batch.
+
+    Targets are integer class labels of shape (batch,) or probabilities of shape
+    (batch, classes). Softmax and log are fused through log-sum-exp, so large
+    logits neither overflow nor lose the loss:
+        log pᵢ = zᵢ − max z − log Σⱼ exp(zⱼ − max z)
+        L = −(1/N) Σ t·log p;   dL/dz = (softmax(z) − t)/N
+    """
+
+    def forward(self, logits, target):
+        xp = self._check(logits, target, same_shape=False)
+        if logits.ndim != 2:
+            raise ShapeError(f"{self!r}: expected logits of shape (batch, classes), got {tuple(logits.shape)}")
+        n, classes = logits.shape
+        if xp.isdtype(target.dtype, "integral"):
+            if tuple(target.shape) != (n,):
+                raise ShapeError(f"{self!r}: expected integer labels of shape ({n},), got {tuple(target.shape)}")
+            classes_range = xp.arange(classes, dtype=target.dtype, device=_device(logits))
+            target = xp.astype(target[:, None] == classes_range[None, :], logits.dtype)
+        elif xp.isdtype(target.dtype, "real floating"):
+            if tuple(target.shape) != (n, classes):
+                raise ShapeError(f"{self!r}: expected integer labels of shape ({n},) or probabilities of shape "
+                                 f"({n}, {classes}), got {tuple(target.shape)}")
+            target = xp.astype(target, logits.dtype)
+        else:
+            raise DTypeError(f"{self!r}: expected integer labels or float probabilities, got "
+                             f"{_dtype_name(target.dtype)}")
+        shifted = logits - xp.max(logits, axis=1, keepdims=True)
+        log_probs = shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
+        self._cache = (xp, log_probs, target, n)
+        return -xp.sum(target * log_probs) / n
+
+    def backward(self):
+        xp, log_probs, target, n = self._cached()
+        return (xp.exp(log_probs) - target) / n
+
+
+class BinaryCrossEntropy(Loss):
+    """Binary cross-entropy on logits z with targets t in [0, 1], averaged over all elements.
+
+        L = mean(max(z, 0) − z·t + log(1 + exp(−|z|)))   (stable for any z)
+        dL/dz = (σ(z) − t)/n
+    """
+
+    def forward(self, logits, target):
+        xp = self._check(logits, target, same_shape=True)
+        if target.dtype != logits.dtype:
+            target = xp.astype(target, logits.dtype)
+        n = _size(logits)
+        self._cache = (xp, logits, target, n)
+        return xp.sum(xp.maximum(logits, 0.0) - logits * target + xp.log1p(xp.exp(-xp.abs(logits)))) / n
+
+    def backward(self):
+        xp, logits, target, n = self._cached()
+        e = xp.exp(-xp.abs(logits))
+        sigmoid = xp.where(logits >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+        return (sigmoid - target) / n
+
+
+LOSSES = {"mse": MSE, "cross_entropy": CrossEntropy, "binary_cross_entropy": BinaryCrossEntropy}
+
+
+def _device(x):
+    return array_api_compat.device(x)
+
+
+def _size(x) -> int:
+    n = 1
+    for d in x.shape:
+        n *= d
+    return n

@@ -1,0 +1,5 @@
+"""Optimizers: update the parameters from their gradients."""
+
+from .sgd import SGD, sgd
+
+__all__ = ["SGD", "sgd"]

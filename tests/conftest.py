@@ -1,0 +1,66 @@
+"""Test fixtures: every registered backend, narrowed by ``--backend`` or ``$BACKPROP_TEST_BACKENDS``.
+
+Backends that cannot run here are reported as skipped with their reason, never
+dropped. ``array_api_strict`` runs on its non-default device ``device1`` so any
+array created without ``device=`` fails the tests.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import backends
+
+# The specs every test runs over, in the order they are shown.
+ALL_BACKENDS = ["numpy", "array_api_strict:device1", "torch:cpu", "torch:cuda:0", "torch:mps", "cupy:0"]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--backend", action="append", default=[], metavar="SPEC",
+                     help="run only on this backend (repeatable), e.g. --backend numpy --backend torch:cpu")
+
+
+def selected_backends(config) -> list[str]:
+    chosen = list(config.getoption("--backend"))
+    env = os.environ.get("BACKPROP_TEST_BACKENDS", "").strip()
+    if not chosen and env:
+        chosen = [s.strip() for s in env.split(",") if s.strip()]
+    specs = list(ALL_BACKENDS)
+    for family in backends.families():  # backends registered by plugins are tested too
+        if not any(spec.split(":")[0] == family.name for spec in specs):
+            specs.append(family.name)
+    return chosen or specs
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames:
+        specs = selected_backends(metafunc.config)
+        metafunc.parametrize("backend", specs, ids=specs, indirect=True)
+
+
+@pytest.fixture
+def backend(request):
+    try:
+        return backends.get_backend(request.param)
+    except backends.BackendUnavailable as exc:
+        pytest.skip(f"{request.param}: {exc.reason.split('. Available backends')[0]}")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def assert_on_backend(array, backend, dtype_name="float32", shape=None):
+    """The array belongs to the backend's namespace and device and has the expected dtype and shape."""
+    import array_api_compat
+
+    assert backend.owns(array), f"expected an array of {backend.name}, got {type(array).__name__}"
+    assert array_api_compat.array_namespace(array) is backend.xp
+    assert array_api_compat.device(array) == backend.device
+    assert array.dtype == getattr(backend.xp, dtype_name), f"expected {dtype_name}, got {array.dtype}"
+    if shape is not None:
+        assert tuple(array.shape) == tuple(shape)

@@ -1,0 +1,202 @@
+"""The registry: selection, availability reasons, and what each backend adds to the standard."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+
+import backends
+from backends import registry
+from conftest import assert_on_backend
+
+
+@pytest.fixture
+def fresh_registry(monkeypatch):
+    """Let a test change the registry without leaking into other tests."""
+    monkeypatch.setattr(registry, "_families", dict(registry._families))
+    monkeypatch.setattr(registry, "_cache", {})
+    monkeypatch.setattr(registry, "_instances", {})
+    monkeypatch.setattr(registry, "_auto_choice", None)
+    return registry
+
+
+def test_every_builtin_family_is_listed_with_a_reason_when_unavailable():
+    rows = backends.backend_statuses()
+    names = {row.name.split(":")[0] for row in rows}
+    assert {"numpy", "cupy", "torch", "array_api_strict"} <= names
+    for row in rows:
+        if row.available:
+            assert row.device_name and row.version
+        else:
+            assert row.reason, f"{row.name} is unavailable without a reason"
+
+
+def test_numpy_is_always_available():
+    backend = backends.get_backend("numpy")
+    assert backend.name == "numpy" and backend.device_name == "CPU"
+
+
+def test_spellings_of_one_backend_give_one_object():
+    assert backends.get_backend("numpy") is backends.get_backend(" NumPy ")
+    assert backends.get_backend("numpy") is backends.get_backend("numpy:cpu")
+
+
+def test_cuda_is_an_alias_of_cupy():
+    family, device = registry._split("cuda:1")
+    assert family.name == "cupy" and device == "1"
+
+
+def test_unknown_backend_names_the_choices():
+    with pytest.raises(backends.UnknownBackend, match="unknown backend 'tensorflow'.*numpy"):
+        backends.get_backend("tensorflow")
+
+
+def test_unavailable_backend_gives_reason_and_alternatives(fresh_registry):
+    def broken(device):
+        raise backends.BackendUnavailable("fake", "the fake GPU is unplugged")
+
+    backends.register_backend(backends.BackendFamily("fake", broken))
+    with pytest.raises(backends.BackendUnavailable) as info:
+        backends.get_backend("fake")
+    message = str(info.value)
+    assert "the fake GPU is unplugged" in message and "Available backends: numpy" in message
+
+
+def test_cupy_without_gpu_is_unavailable_with_reason():
+    try:
+        import cupy  # noqa: F401
+        has_gpu = cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        has_gpu = False
+    if has_gpu:
+        pytest.skip("this machine has a working CuPy GPU")
+    with pytest.raises(backends.BackendUnavailable, match="CuPy|CUDA|GPU"):
+        backends.get_backend("cupy")
+
+
+def test_auto_falls_back_to_numpy_with_one_warning(fresh_registry):
+    def no_gpu(device):
+        raise backends.BackendUnavailable("cupy", "no CUDA GPU is visible")
+
+    backends.register_backend(backends.BackendFamily("cupy", no_gpu, aliases=("cuda",)), replace=True)
+    with pytest.warns(RuntimeWarning, match="no CUDA GPU is visible; using numpy") as record:
+        assert backends.get_backend("auto").name == "numpy"
+        assert backends.get_backend("auto").name == "numpy"
+    assert len([w for w in record if "using numpy" in str(w.message)]) == 1
+
+
+def test_auto_prefers_a_working_gpu(fresh_registry):
+    numpy_backend = backends.get_backend("numpy")
+
+    class PretendGpu(type(numpy_backend)):
+        def __init__(self):
+            super().__init__()
+            self.name = "cupy:0"
+
+    backends.register_backend(backends.BackendFamily("cupy", lambda device: PretendGpu()), replace=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backends.get_backend("auto").name == "cupy:0"
+
+
+def test_environment_variable_sets_the_default(monkeypatch):
+    monkeypatch.setenv("BACKPROP_BACKEND", "array_api_strict:device1")
+    assert backends.current_backend().name == "array_api_strict:device1"
+    monkeypatch.setenv("BACKPROP_BACKEND", "nonsense")
+    with pytest.raises(backends.UnknownBackend, match="BACKPROP_BACKEND='nonsense'"):
+        backends.current_backend()
+
+
+def test_use_backend_is_scoped(monkeypatch):
+    monkeypatch.setenv("BACKPROP_BACKEND", "numpy")
+    with backends.use_backend("array_api_strict") as inner:
+        assert backends.current_backend() is inner
+    assert backends.current_backend().name == "numpy"
+
+
+def test_entry_point_plugins_register(tmp_path, monkeypatch, fresh_registry):
+    package = tmp_path / "myplugin.py"
+    package.write_text(textwrap.dedent("""
+        from backends import BackendFamily, get_backend
+
+        def family():
+            return BackendFamily("mylib", lambda device: get_backend("numpy"))
+    """))
+    dist = tmp_path / "myplugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: myplugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[backprop.backends]\nmylib = myplugin:family\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    assert "mylib" in [family.name for family in backends.families()]
+    assert backends.get_backend("mylib").name == "numpy"
+
+
+def test_importing_backprop_does_not_import_gpu_libraries():
+    code = ("import sys, backprop; backprop.get_backend('numpy'); backprop.mlp([2, 3, 1], backend='numpy');"
+            "print(sorted(m for m in ('torch', 'cupy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+# -- what each backend adds to the standard -------------------------------------------------
+
+def test_random_is_seeded_and_on_device(backend):
+    a = backend.random(7).normal((3, 4))
+    b = backend.random(7).normal((3, 4))
+    c = backend.random(8).normal((3, 4))
+    assert_on_backend(a, backend, shape=(3, 4))
+    np.testing.assert_array_equal(backend.to_host(a), backend.to_host(b))
+    assert not np.array_equal(backend.to_host(a), backend.to_host(c))
+    assert backend.to_host(backend.random((7, 1)).normal((3, 4))).tolist() != backend.to_host(a).tolist()
+
+
+def test_random_distributions(backend):
+    gen = backend.random(0)
+    u = backend.to_host(gen.uniform((20000,), -2.0, 3.0))
+    assert u.min() >= -2.0 and u.max() < 3.0 and abs(u.mean() - 0.5) < 0.05
+    z = backend.to_host(gen.normal((20000,), 1.0, 2.0))
+    assert abs(z.mean() - 1.0) < 0.05 and abs(z.std() - 2.0) < 0.05
+    mask = gen.bernoulli((20000,), 0.3)
+    assert_on_backend(mask, backend)
+    m = backend.to_host(mask)
+    assert set(np.unique(m)) <= {0.0, 1.0} and abs(m.mean() - 0.3) < 0.02
+    perm = gen.permutation(50)
+    assert sorted(backend.to_host(perm).tolist()) == list(range(50))
+    with pytest.raises(ValueError, match="probability"):
+        gen.bernoulli((2,), 1.5)
+
+
+def test_scatter_add_accumulates_duplicates(backend):
+    xp = backend.xp
+    target = xp.zeros((4, 2), dtype=xp.float32, device=backend.device)
+    indices = backend.asarray([0, 2, 0, 0, 3], dtype=xp.int64)
+    values = backend.from_host(np.arange(10, dtype=np.float32).reshape(5, 2))
+    result = backend.scatter_add(target, indices, values)
+    expected = np.zeros((4, 2), np.float32)
+    np.add.at(expected, [0, 2, 0, 0, 3], np.arange(10, dtype=np.float32).reshape(5, 2))
+    np.testing.assert_array_equal(backend.to_host(result), expected)
+    np.testing.assert_array_equal(backend.to_host(target), expected)  # in place
+    assert_on_backend(result, backend)
+
+
+def test_host_round_trip_keeps_values_and_dtype(backend):
+    host = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+    on_device = backend.from_host(host)
+    assert_on_backend(on_device, backend, shape=(3, 4))
+    back = backend.to_host(on_device)
+    assert isinstance(back, np.ndarray) and back.dtype == np.float32
+    np.testing.assert_array_equal(back, host)
+    # float64 host data becomes the default float32 unless asked otherwise
+    assert_on_backend(backend.from_host(host.astype(np.float64)), backend)
+
+
+def test_synchronize_and_memory_stats(backend):
+    backend.synchronize()
+    stats = backend.memory_stats()
+    assert isinstance(stats, dict) and all(isinstance(v, int) and v >= 0 for v in stats.values())
