@@ -5,7 +5,7 @@ Everything library- or device-specific lives here; the network code in
 ``device``, and the few operations the standard lacks.
 """
 
-from .base import Backend, describe_array
+from .base import Backend, describe_array, dtype_name
 from .errors import BackendError, BackendUnavailable, UnknownBackend
 from .random import DeviceRandom, HostRandom, seed_to_int
 from .registry import (
@@ -27,6 +27,6 @@ from .registry import (
 __all__ = [
     "ENTRY_POINT_GROUP", "ENV_VAR", "Backend", "BackendError", "BackendFamily", "BackendStatus",
     "BackendUnavailable", "DeviceRandom", "HostRandom", "UnknownBackend", "available_backends",
-    "backend_statuses", "current_backend", "default_spec", "describe_array", "families", "get_backend",
+    "backend_statuses", "current_backend", "default_spec", "describe_array", "dtype_name", "families", "get_backend",
     "register_backend", "seed_to_int", "set_backend", "use_backend",
 ]

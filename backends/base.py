@@ -96,6 +96,15 @@ class Backend:
         return {}
 
 
+def dtype_name(dtype) -> str:
+    """A dtype of any library as a plain name: 'float32'."""
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        text = str(dtype)
+        return text.rsplit(".", 1)[-1]
+
+
 def describe_array(x) -> str:
     """Where an array lives, in words, for error messages: 'a numpy array (cpu)'."""
     import array_api_compat

@@ -103,7 +103,8 @@ def load(device: str | None) -> Backend:
     try:
         import cupy
     except ImportError:
-        raise BackendUnavailable(name, "CuPy is not installed (pip install 'backprop[cuda12]' or 'backprop[cuda13]')") from None
+        raise BackendUnavailable(
+            name, "CuPy is not installed (pip install 'backprop[cuda12]' or 'backprop[cuda13]')") from None
     except Exception as exc:  # a broken install raises other errors
         raise BackendUnavailable(name, f"CuPy failed to import: {exc}".splitlines()[0]) from None
     try:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import array_api_compat
 
-from backends import describe_array
+from backends import describe_array, dtype_name
 
 from .errors import DeviceMismatchError, DTypeError, ShapeError
-from .layers.base import _dtype_name
 
 
 class Loss:
@@ -41,7 +40,7 @@ class Loss:
             raise DeviceMismatchError(f"{self!r}: prediction is {describe_array(prediction)} but target is "
                                       f"{describe_array(target)}; put both on one device")
         if not xp.isdtype(prediction.dtype, "real floating"):
-            raise DTypeError(f"{self!r}: expected a floating-point prediction, got {_dtype_name(prediction.dtype)}")
+            raise DTypeError(f"{self!r}: expected a floating-point prediction, got {dtype_name(prediction.dtype)}")
         if same_shape and tuple(prediction.shape) != tuple(target.shape):
             raise ShapeError(f"{self!r}: expected target of shape {tuple(prediction.shape)} (same as the "
                              f"prediction), got {tuple(target.shape)}")
@@ -57,7 +56,7 @@ class MSE(Loss):
             target = xp.astype(target, prediction.dtype)
         diff = prediction - target
         self._cache = (diff, _size(diff))
-        return xp.sum(diff * diff) / _size(diff)
+        return xp.asarray(xp.sum(diff * diff) / _size(diff))  # NumPy's sum gives a scalar; keep a 0-d array
 
     def backward(self):
         diff, n = self._cached()
@@ -91,11 +90,11 @@ class CrossEntropy(Loss):
             target = xp.astype(target, logits.dtype)
         else:
             raise DTypeError(f"{self!r}: expected integer labels or float probabilities, got "
-                             f"{_dtype_name(target.dtype)}")
+                             f"{dtype_name(target.dtype)}")
         shifted = logits - xp.max(logits, axis=1, keepdims=True)
         log_probs = shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
         self._cache = (xp, log_probs, target, n)
-        return -xp.sum(target * log_probs) / n
+        return xp.asarray(-xp.sum(target * log_probs) / n)
 
     def backward(self):
         xp, log_probs, target, n = self._cached()
@@ -115,7 +114,7 @@ class BinaryCrossEntropy(Loss):
             target = xp.astype(target, logits.dtype)
         n = _size(logits)
         self._cache = (xp, logits, target, n)
-        return xp.sum(xp.maximum(logits, 0.0) - logits * target + xp.log1p(xp.exp(-xp.abs(logits)))) / n
+        return xp.asarray(xp.sum(xp.maximum(logits, 0.0) - logits * target + xp.log1p(xp.exp(-xp.abs(logits)))) / n)
 
     def backward(self):
         xp, logits, target, n = self._cached()

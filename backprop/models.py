@@ -6,7 +6,7 @@ from backends import get_backend
 
 from .errors import ConfigError
 from .init import host_random
-from .layers import Dense, Sequential, activation
+from .layers import ACTIVATIONS, Dense, Sequential, activation
 
 
 def mlp(sizes, *, activation_name: str = "relu", seed: int | None = 0, backend=None, dtype=None) -> Sequential:
@@ -18,6 +18,8 @@ def mlp(sizes, *, activation_name: str = "relu", seed: int | None = 0, backend=N
     sizes = list(sizes)
     if len(sizes) < 2 or any(not isinstance(n, int) or isinstance(n, bool) or n <= 0 for n in sizes):
         raise ConfigError(f"mlp: expected at least two positive integer layer sizes, got {sizes}")
+    if activation_name.lower().replace("-", "_") not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation {activation_name!r}; expected one of {', '.join(ACTIVATIONS)}")
     backend = get_backend(backend)
     rng = host_random(seed)
     family = activation_name.lower().replace("-", "_")

@@ -14,6 +14,9 @@ import pytest
 
 import backends
 
+# Layers built without backend= use the current backend; keep that quiet and predictable in tests.
+os.environ.setdefault("BACKPROP_BACKEND", "numpy")
+
 # The specs every test runs over, in the order they are shown.
 ALL_BACKENDS = ["numpy", "array_api_strict:device1", "torch:cpu", "torch:cuda:0", "torch:mps", "cupy:0"]
 

@@ -12,6 +12,7 @@ import pytest
 
 import backends
 from backends import registry
+
 from conftest import assert_on_backend
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 
-from backends import Backend, describe_array, get_backend
+from backends import Backend, describe_array, dtype_name, get_backend
 
 from ..errors import DeviceMismatchError, DTypeError, ShapeError
 
@@ -82,7 +82,7 @@ class Layer:
         """A copy whose parameters and buffers are ``convert(array)``; caches are dropped."""
         clone = copy.copy(self)
         clone.backend = backend or self.backend
-        clone.dtype = dtype if dtype is not None else clone.backend.dtype(_dtype_name(self.dtype))
+        clone.dtype = dtype if dtype is not None else clone.backend.dtype(dtype_name(self.dtype))
         clone.params = {k: convert(v) for k, v in self.params.items()}
         clone.buffers = {k: convert(v) for k, v in self.buffers.items()}
         clone.grads = {}
@@ -119,13 +119,6 @@ class Layer:
                 f"{self.backend.name} (device {self.backend.device}); create the input with "
                 f"backend.asarray(...) or move the model with .to(...)")
         if x.dtype != self.dtype:
-            raise DTypeError(f"{self!r}: expected {_dtype_name(self.dtype)} input, got {_dtype_name(x.dtype)}")
+            raise DTypeError(f"{self!r}: expected {dtype_name(self.dtype)} input, got {dtype_name(x.dtype)}")
         if (ndim is not None and x.ndim != ndim) or (last_dim is not None and x.shape[-1] != last_dim):
             raise ShapeError(f"{self!r}: expected input of shape {expected}, got {tuple(x.shape)}")
-
-
-def _dtype_name(dtype) -> str:
-    text = str(dtype)
-    for prefix in ("torch.", "array_api_strict.", "dtype('"):
-        text = text.replace(prefix, "")
-    return text.rstrip("')")

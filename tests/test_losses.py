@@ -1,0 +1,78 @@
+"""Losses on every backend: values against NumPy, gradients by gradcheck, stability."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import backprop as bp
+
+import reference as ref
+from conftest import assert_on_backend
+
+
+def _data(backend, seed=0):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(6, 4)).astype(np.float32)
+    labels = rng.integers(0, 4, size=6)
+    targets = rng.uniform(size=(6, 4)).astype(np.float32)
+    binary = (rng.uniform(size=(6, 4)) > 0.5).astype(np.float32)
+    return logits, labels, targets, binary
+
+
+CASES = {
+    "mse": (bp.MSE, lambda lg, lb, t, bi: (lg, t), ref.mse),
+    "cross_entropy_labels": (bp.CrossEntropy, lambda lg, lb, t, bi: (lg, lb), ref.cross_entropy),
+    "binary_cross_entropy": (bp.BinaryCrossEntropy, lambda lg, lb, t, bi: (lg, bi), ref.binary_cross_entropy),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_loss_value_matches_numpy(backend, name):
+    cls, pick, reference = CASES[name]
+    host_pred, host_target = pick(*_data(backend))
+    pred, target = backend.from_host(host_pred), backend.from_host(host_target)
+    value = cls()(pred, target)
+    assert_on_backend(value, backend, shape=())
+    np.testing.assert_allclose(float(backend.to_host(value)), reference(host_pred, host_target), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_loss_gradient_passes_gradcheck(backend, name):
+    cls, pick, _ = CASES[name]
+    host_pred, host_target = pick(*_data(backend))
+    pred, target = backend.from_host(host_pred), backend.from_host(host_target)
+    loss = cls()
+    loss(pred, target)
+    assert_on_backend(loss.backward(), backend, shape=pred.shape)
+    assert bp.gradcheck(loss, pred, target).ok
+
+
+def test_cross_entropy_with_probabilities_equals_labels(backend):
+    logits, labels, _, _ = _data(backend)
+    one_hot = np.eye(4, dtype=np.float32)[labels]
+    with_labels = bp.CrossEntropy()(backend.from_host(logits), backend.from_host(labels))
+    with_probs = bp.CrossEntropy()(backend.from_host(logits), backend.from_host(one_hot))
+    np.testing.assert_allclose(backend.to_host(with_labels), backend.to_host(with_probs), rtol=1e-6)
+
+
+def test_cross_entropy_is_stable_for_huge_logits(backend):
+    logits = backend.from_host(np.array([[1000.0, 0.0, -1000.0], [0.0, 5000.0, 0.0]], np.float32))
+    labels = backend.from_host(np.array([0, 0]))
+    loss = bp.CrossEntropy()
+    value = float(backend.to_host(loss(logits, labels)))
+    assert np.isfinite(value) and abs(value - 2500.0) < 1e-3
+    assert np.all(np.isfinite(backend.to_host(loss.backward())))
+
+
+def test_binary_cross_entropy_is_stable_for_huge_logits(backend):
+    logits = backend.from_host(np.array([[1000.0, -1000.0]], np.float32))
+    targets = backend.from_host(np.array([[0.0, 1.0]], np.float32))
+    loss = bp.BinaryCrossEntropy()
+    assert abs(float(backend.to_host(loss(logits, targets))) - 1000.0) < 1e-3
+    assert np.all(np.isfinite(backend.to_host(loss.backward())))
+
+
+def test_sigmoid_is_stable_for_huge_inputs(backend):
+    x = backend.from_host(np.array([[-1000.0, 0.0, 1000.0]], np.float32))
+    np.testing.assert_allclose(backend.to_host(bp.Sigmoid(backend=backend)(x)), [[0.0, 0.5, 1.0]])
