@@ -19,3 +19,15 @@ class DeviceMismatchError(BackpropError, ValueError):
 
 class ConfigError(BackpropError, ValueError):
     """A hyperparameter or option is invalid."""
+
+
+class DataError(BackpropError, ValueError):
+    """A data file or array is missing, truncated, corrupt or inconsistent."""
+
+
+class ModelFileError(BackpropError, ValueError):
+    """A model or checkpoint file is damaged, foreign or incompatible."""
+
+
+class TrainingError(BackpropError, RuntimeError):
+    """Training cannot go on (the loss became NaN or infinite, say)."""
