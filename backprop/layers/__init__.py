@@ -1,9 +1,37 @@
 """Layers: each one's forward pass and backward pass (the chain rule) side by side."""
 
+from ..errors import ConfigError
 from .activations import ACTIVATIONS, GELU, Activation, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh, activation
 from .base import Layer
 from .dense import Dense
-from .sequential import Sequential
+from .dropout import Dropout
+from .sequential import Sequential, architecture
 
-__all__ = ["ACTIVATIONS", "GELU", "Activation", "Dense", "Layer", "LeakyReLU", "ReLU", "Sequential", "Sigmoid",
-           "Softmax", "Tanh", "activation"]
+#: Layer classes by name, for rebuilding a saved model from its architecture.
+LAYER_TYPES: dict[str, type[Layer]] = {
+    cls.__name__: cls for cls in (Dense, Dropout, Sequential, Sigmoid, Tanh, ReLU, LeakyReLU, GELU, Softmax)
+}
+
+
+def register_layer(cls: type[Layer]) -> type[Layer]:
+    """Make a user-defined layer loadable from model files (usable as a class decorator)."""
+    LAYER_TYPES[cls.__name__] = cls
+    return cls
+
+
+def build(description: dict, *, backend=None, dtype=None) -> Layer:
+    """Rebuild a layer or model from ``architecture(...)`` (weights come separately)."""
+    try:
+        kind, config = description["type"], dict(description.get("config", {}))
+        cls = LAYER_TYPES[kind]
+    except (KeyError, TypeError):
+        known = ", ".join(sorted(LAYER_TYPES))
+        raise ConfigError(f"unknown layer description {description!r}; layer types: {known}") from None
+    if cls is Sequential:
+        layers = [build(item, backend=backend, dtype=dtype) for item in config.get("layers", [])]
+        return Sequential(layers, backend=backend)
+    return cls(**config, backend=backend, dtype=dtype)
+
+
+__all__ = ["ACTIVATIONS", "GELU", "LAYER_TYPES", "Activation", "Dense", "Dropout", "Layer", "LeakyReLU", "ReLU",
+           "Sequential", "Sigmoid", "Softmax", "Tanh", "activation", "architecture", "build", "register_layer"]

@@ -73,6 +73,9 @@ class Layer:
         for layer, name in self.parameter_slots():
             layer.grads.pop(name, None)
 
+    def reseed(self, seed) -> None:
+        """Restart the layer's random stream (layers that draw random numbers override this)."""
+
     def config(self) -> dict:
         """The constructor arguments (JSON values) that rebuild this layer's architecture."""
         return {}

@@ -6,6 +6,11 @@ from ..errors import ConfigError
 from .base import Layer
 
 
+def architecture(layer: Layer) -> dict:
+    """A JSON description of a layer or model: its type and constructor arguments."""
+    return {"type": type(layer).__name__, "config": layer.config()}
+
+
 class Sequential(Layer):
     """``Sequential([Dense(64, 32), ReLU(), Dense(32, 10)])``.
 
@@ -47,6 +52,14 @@ class Sequential(Layer):
         for layer in reversed(self.layers):
             grad_output = layer.backward(grad_output)
         return grad_output
+
+    def reseed(self, seed) -> None:
+        base = tuple(seed) if isinstance(seed, (tuple, list)) else (seed,)
+        for i, layer in enumerate(self.layers):
+            layer.reseed((*base, i))
+
+    def config(self) -> dict:
+        return {"layers": [architecture(layer) for layer in self.layers]}
 
     def _named(self, attribute: str) -> dict[str, object]:
         named = {}

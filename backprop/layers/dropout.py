@@ -1,0 +1,59 @@
+"""``Dropout``: randomly silence units during training, against overfitting."""
+
+from __future__ import annotations
+
+import math
+
+from ..errors import ConfigError
+from .base import Layer
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training, each unit is kept with probability 1 − p and scaled by 1/(1 − p),
+    so evaluation needs no rescaling and is the identity.
+
+    Forward (training): y = x ⊙ m / (1 − p),  m ~ Bernoulli(1 − p);   backward: dx = dy ⊙ m / (1 − p).
+
+    Masks come from a generator on the device. ``reseed(seed)`` starts a new
+    stream; the training loop reseeds every epoch from (seed, epoch), so a run
+    resumed at an epoch boundary draws the same masks as an uninterrupted one.
+    """
+
+    def __init__(self, p: float = 0.5, *, seed=0, backend=None, dtype=None):
+        super().__init__(backend=backend, dtype=dtype)
+        if not isinstance(p, (int, float)) or isinstance(p, bool) or not math.isfinite(p) or not 0 <= p < 1:
+            raise ConfigError(f"Dropout: p must be a probability in [0, 1), got {p!r}")
+        self.p = float(p)
+        self.reseed(seed)
+        self._scaled_mask = None
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+    def config(self) -> dict:
+        return {"p": self.p}
+
+    def reseed(self, seed) -> None:
+        self._random = self.backend.random(seed)
+
+    def forward(self, x, *, training: bool = False):
+        self.check_input(x)
+        if not training or self.p == 0.0:
+            self._scaled_mask = None
+            return x
+        keep = 1.0 - self.p
+        self._scaled_mask = self._random.bernoulli(tuple(x.shape), keep, dtype=x.dtype) * (1.0 / keep)
+        return x * self._scaled_mask
+
+    def backward(self, grad_output):
+        if self._scaled_mask is None:  # evaluation mode: the identity
+            return grad_output
+        return grad_output * self._scaled_mask
+
+    def _clear_cache(self) -> None:
+        self._scaled_mask = None
+
+    def _map_arrays(self, convert, *, backend=None, dtype=None):
+        clone = super()._map_arrays(convert, backend=backend, dtype=dtype)
+        clone.reseed(self._random.seed)
+        return clone

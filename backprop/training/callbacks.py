@@ -1,0 +1,178 @@
+"""Per-epoch hooks: early stopping, gradient diagnostics, checkpoints, history files.
+
+A callback subclasses ``Callback`` and overrides the hooks it needs. It may set
+``trainer.stop_training = True`` to end training after the current epoch.
+Callbacks with state that must survive an interruption implement
+``state_dict()``/``load_state_dict()`` (arrays on the device plus JSON info).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+from ..errors import ConfigError
+
+
+class Callback:
+    def on_train_begin(self, trainer) -> None:
+        """Called once at the start of ``fit`` (also when resuming)."""
+
+    def on_epoch_end(self, trainer, record: dict) -> None:
+        """Called after each epoch with its history record (already appended to ``trainer.history``)."""
+
+    def on_train_end(self, trainer) -> None:
+        """Called once when training ends normally (all epochs, or stopped early)."""
+
+    def on_interrupt(self, trainer) -> None:
+        """Called on Ctrl-C, after the model was rolled back to the last completed epoch."""
+
+    def state_dict(self) -> tuple[dict, dict]:
+        return {}, {}
+
+    def load_state_dict(self, arrays: dict, info: dict) -> None:
+        """Restore what ``state_dict`` returned."""
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs; at the end, restore
+    the weights of the best epoch (``restore_best``)."""
+
+    def __init__(self, patience: int = 5, *, monitor: str = "val_loss", min_delta: float = 0.0,
+                 restore_best: bool = True):
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ConfigError(f"EarlyStopping: patience must be a positive integer, got {patience!r}")
+        if monitor not in ("val_loss", "val_accuracy", "train_loss", "train_accuracy"):
+            raise ConfigError(f"EarlyStopping: monitor must be val_loss, val_accuracy, train_loss or "
+                              f"train_accuracy, got {monitor!r}")
+        self.patience, self.monitor, self.min_delta, self.restore_best = patience, monitor, min_delta, restore_best
+        self.best_value: float | None = None
+        self.best_epoch = 0
+        self.wait = 0
+        self.best_weights: dict | None = None
+
+    def _improved(self, value: float) -> bool:
+        if self.best_value is None:
+            return True
+        if self.monitor.endswith("loss"):
+            return value < self.best_value - self.min_delta
+        return value > self.best_value + self.min_delta
+
+    def on_epoch_end(self, trainer, record):
+        value = record.get(self.monitor)
+        if value is None:
+            raise ConfigError(f"EarlyStopping monitors {self.monitor}, which this run does not record "
+                              f"(give validation data or a validation split)")
+        if self._improved(value):
+            self.best_value, self.best_epoch, self.wait = value, record["epoch"], 0
+            if self.restore_best:
+                self.best_weights = trainer.copy_weights()
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                trainer.stop_training = True
+                trainer.log(f"early stopping: {self.monitor} has not improved for {self.patience} epochs "
+                            f"(best {self.best_value:.4f} at epoch {self.best_epoch})")
+
+    def on_train_end(self, trainer):
+        if self.restore_best and self.best_weights is not None and self.best_epoch != trainer.epoch:
+            trainer.set_weights(self.best_weights)
+            trainer.log(f"restored the weights of epoch {self.best_epoch} ({self.monitor} {self.best_value:.4f})")
+
+    def state_dict(self):
+        info = {"best_value": self.best_value, "best_epoch": self.best_epoch, "wait": self.wait}
+        return dict(self.best_weights or {}), info
+
+    def load_state_dict(self, arrays, info):
+        self.best_value, self.best_epoch, self.wait = info["best_value"], info["best_epoch"], info["wait"]
+        self.best_weights = dict(arrays) or None
+
+
+class GradientMonitor(Callback):
+    """Warn when a parameter's gradient norm vanishes or explodes.
+
+    Vanishing: the norm stays below ``vanish_below`` (absolute), or below
+    ``vanish_ratio`` times the largest norm in the model, for ``patience``
+    epochs in a row — the layer has effectively stopped learning (typical of
+    deep sigmoid/tanh stacks and long recurrences). Exploding: the norm exceeds
+    ``explode_above`` (try a lower learning rate or gradient clipping).
+    """
+
+    def __init__(self, *, vanish_below: float = 1e-7, vanish_ratio: float = 1e-4, explode_above: float = 1e3,
+                 patience: int = 3):
+        self.vanish_below, self.vanish_ratio, self.explode_above = vanish_below, vanish_ratio, explode_above
+        self.patience = patience
+        self.low_epochs: dict[str, int] = {}
+        self.warned: set[tuple[str, str]] = set()
+
+    def on_epoch_end(self, trainer, record):
+        norms = {k: v for k, v in record.get("grad_norms", {}).items() if v is not None and math.isfinite(v)}
+        if not norms:
+            return
+        largest = max(norms.values())
+        for name, norm in norms.items():
+            if norm < self.vanish_below or norm < self.vanish_ratio * largest:
+                self.low_epochs[name] = self.low_epochs.get(name, 0) + 1
+            else:
+                self.low_epochs[name] = 0
+            if self.low_epochs[name] >= self.patience and (name, "vanish") not in self.warned:
+                self.warned.add((name, "vanish"))
+                self._warn(trainer, f"vanishing gradients: {name} has had gradient norm {norm:.2e} (largest in "
+                                    f"the model {largest:.2e}) for {self.low_epochs[name]} epochs; it has "
+                                    f"practically stopped learning (try ReLU, He initialization, or a "
+                                    f"shallower network)")
+            if norm > self.explode_above and (name, "explode") not in self.warned:
+                self.warned.add((name, "explode"))
+                self._warn(trainer, f"exploding gradients: {name} has gradient norm {norm:.2e} at epoch "
+                                    f"{record['epoch']} (try a lower learning rate or --clip-norm)")
+
+    def _warn(self, trainer, message):
+        trainer.log(f"warning: {message}")
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+    def state_dict(self):
+        return {}, {"low_epochs": self.low_epochs, "warned": sorted(list(w) for w in self.warned)}
+
+    def load_state_dict(self, arrays, info):
+        self.low_epochs = dict(info.get("low_epochs", {}))
+        self.warned = {tuple(w) for w in info.get("warned", [])}
+
+
+class HistoryWriter(Callback):
+    """Rewrite ``path`` (JSON lines, one record per epoch) atomically after every epoch."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def _write(self, trainer):
+        from ..host_io.atomic import write_text_atomic
+
+        write_text_atomic(self.path, "".join(json.dumps(record) + "\n" for record in trainer.history))
+
+    def on_epoch_end(self, trainer, record):
+        self._write(trainer)
+
+    def on_interrupt(self, trainer):
+        self._write(trainer)
+
+
+class Checkpoint(Callback):
+    """Save a resumable checkpoint (weights, optimizer state, epoch, history, callback state) to ``path``
+    every ``every`` epochs, at the end, and on Ctrl-C."""
+
+    def __init__(self, path, *, every: int = 1, run_config: dict | None = None):
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ConfigError(f"Checkpoint: every must be a positive integer, got {every!r}")
+        self.path, self.every, self.run_config = Path(path), every, run_config or {}
+
+    def on_epoch_end(self, trainer, record):
+        if trainer.epoch % self.every == 0:
+            trainer.save_checkpoint(self.path, run_config=self.run_config)
+
+    def on_train_end(self, trainer):
+        trainer.save_checkpoint(self.path, run_config=self.run_config)
+
+    def on_interrupt(self, trainer):
+        trainer.save_checkpoint(self.path, run_config=self.run_config)

@@ -1,0 +1,358 @@
+"""The training loop: shuffle, batch, forward, loss, backward, update — epoch after epoch.
+
+Everything stays on the device during an epoch: the data is copied there once,
+batches are gathered with ``take``, and the loss sum and correct count
+accumulate in 0-d device arrays that reach the host only at logging points
+(about ``log_points`` times an epoch) and at the end of the epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+from backends import HostRandom
+
+from ..errors import ConfigError, DataError, ShapeError, TrainingError
+from ..losses import LOSSES, Loss
+from .batches import batch_bounds, parse_batch_size
+from .callbacks import Callback
+from .metrics import count_correct, evaluate
+
+
+class Trainer:
+    """Trains ``model`` by backpropagation.
+
+    ``batch_size``: 1 (stochastic: one update per example), n (mini-batch),
+    or None/"full" (full batch: one update per epoch). Shuffling and dropout
+    masks come from device generators seeded with (seed, epoch), so the same
+    seed, data and backend give the same weights, and a run resumed from a
+    checkpoint continues exactly as if it had never stopped.
+    """
+
+    def __init__(self, model, *, loss: str | Loss = "cross_entropy", optimizer="adam", lr: float | None = None,
+                 weight_decay: float = 0.0, epochs: int = 10, batch_size=32, drop_last: bool = False,
+                 shuffle: bool = True, seed: int = 0, schedule: str = "constant", warmup_epochs: int = 0,
+                 clip_norm: float | None = None, callbacks=(), progress: bool = True, log=print,
+                 grad_norm_samples: int = 10, log_points: int = 20):
+        from ..optim import Optimizer, make_optimizer, make_schedule
+
+        self.model = model
+        self.backend = model.backend
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+        if clip_norm is not None and (not isinstance(clip_norm, (int, float)) or not clip_norm > 0
+                                      or not math.isfinite(clip_norm)):
+            raise ConfigError(f"clip_norm must be a positive number, got {clip_norm!r}")
+        self.epochs, self.seed, self.clip_norm = epochs, seed, clip_norm
+        self.batch_size = parse_batch_size(batch_size)
+        self.drop_last, self.shuffle = drop_last, shuffle
+        self.loss_fn = _make_loss(loss)
+        if isinstance(optimizer, Optimizer):
+            self.optimizer = optimizer
+        else:
+            hyper = {"weight_decay": weight_decay} if weight_decay else {}
+            if lr is not None:
+                hyper["lr"] = lr
+            self.optimizer = make_optimizer(optimizer, model, **hyper)
+        self.base_lr = self.optimizer.lr
+        self.schedule = make_schedule(schedule, epochs=epochs, warmup_epochs=warmup_epochs)
+        self.callbacks: list[Callback] = list(callbacks)
+        for callback in self.callbacks:
+            if not isinstance(callback, Callback):
+                raise ConfigError(f"callbacks must be Callback instances, got {type(callback).__name__}")
+        self.progress, self._log = progress, log
+        self.grad_norm_samples, self.log_points = max(1, grad_norm_samples), max(1, log_points)
+        self.epoch = 0  # completed epochs
+        self.history: list[dict] = []
+        self.stop_training = False
+        self._snapshot = None
+
+    # -- public API ---------------------------------------------------------
+    def log(self, message: str) -> None:
+        if self._log is not None:
+            if self.progress:
+                from tqdm.auto import tqdm
+
+                tqdm.write(message)
+            else:
+                self._log(message)
+
+    def fit(self, x, y, *, validation_data=None, validation_split: float = 0.0) -> list[dict]:
+        """Train until ``epochs`` epochs are complete (counting any done before a resume) or a callback stops
+        it. ``x``, ``y``: host (NumPy) or device arrays; they are copied to the device once."""
+        x, y = self._to_device(x, "x"), self._to_device(y, "y", labels=True)
+        if validation_data is not None:
+            if validation_split:
+                raise ConfigError("give either validation_data or validation_split, not both")
+            x_val, y_val = (self._to_device(a, name, labels=name == "y_val")
+                            for a, name in zip(validation_data, ("x_val", "y_val")))
+        elif validation_split:
+            x, y, x_val, y_val = self._split(x, y, validation_split)
+        else:
+            x_val = y_val = None
+        self._check_data(x, y, "training data")
+        if x_val is not None:
+            self._check_data(x_val, y_val, "validation data")
+        self.stop_training = False
+        for callback in self.callbacks:
+            callback.on_train_begin(self)
+        try:
+            while self.epoch < self.epochs and not self.stop_training:
+                self._snapshot = self._take_snapshot()
+                record = self._run_epoch(x, y, x_val, y_val)
+                self.epoch += 1
+                self.history.append(record)
+                self.log(_format_record(record, self.epochs))
+                for callback in self.callbacks:
+                    callback.on_epoch_end(self, record)
+        except KeyboardInterrupt:
+            self._restore_snapshot()
+            self.log(f"interrupted during epoch {self.epoch + 1}; rolled back to the end of epoch {self.epoch}")
+            for callback in self.callbacks:
+                callback.on_interrupt(self)
+            raise
+        for callback in self.callbacks:
+            callback.on_train_end(self)
+        return self.history
+
+    def copy_weights(self) -> dict:
+        xp = self.backend.xp
+        return {name: xp.asarray(array, copy=True) for name, array in self.model.named_parameters().items()}
+
+    def set_weights(self, weights: dict) -> None:
+        for name, array in self.model.named_parameters().items():
+            array[...] = weights[name]
+
+    # -- one epoch ----------------------------------------------------------
+    def _run_epoch(self, x, y, x_val, y_val) -> dict:
+        backend, xp, model, loss_fn = self.backend, self.backend.xp, self.model, self.loss_fn
+        started = time.perf_counter()
+        self.optimizer.lr = self.schedule(self.epoch, self.base_lr)
+        model.reseed((self.seed, self.epoch, 1))
+        n = x.shape[0]
+        bounds = batch_bounds(n, self.batch_size, self.drop_last)
+        full_batch = len(bounds) == 1 and bounds[0] == (0, n)
+        order = backend.random((self.seed, self.epoch, 0)).permutation(n) if self.shuffle and not full_batch else None
+        steps = len(bounds)
+        norm_steps = {round(i * (steps - 1) / max(1, self.grad_norm_samples - 1))
+                      for i in range(min(steps, self.grad_norm_samples))}
+        log_steps = {round((i + 1) * steps / self.log_points) - 1 for i in range(min(steps, self.log_points))}
+        zero = xp.zeros((), dtype=model.dtype, device=backend.device)
+        loss_sum, correct, good_steps = zero, zero, zero
+        all_finite = xp.ones((), dtype=xp.bool, device=backend.device)
+        norm_sums = {name: zero for name in model.named_parameters()}
+        seen = 0
+        bar = self._progress_bar(n)
+        try:
+            for step, (start, stop) in enumerate(bounds):
+                if order is None:
+                    xb, yb = (x, y) if full_batch else (x[start:stop], y[start:stop])
+                else:
+                    index = order[start:stop]
+                    xb, yb = xp.take(x, index, axis=0), xp.take(y, index, axis=0)
+                logits = model.forward(xb, training=True)
+                loss = loss_fn(logits, yb)
+                model.backward(loss_fn.backward())
+                if step in norm_steps:
+                    for name, grad in model.named_gradients().items():
+                        norm_sums[name] = norm_sums[name] + xp.sqrt(xp.sum(grad * grad))
+                if self.clip_norm is not None:
+                    from ..optim import clip_grad_norm
+
+                    clip_grad_norm(model, self.clip_norm)
+                self.optimizer.step()
+                count = stop - start
+                seen += count
+                loss_sum = loss_sum + loss * count
+                correct = correct + count_correct(xp, logits, yb)
+                all_finite = xp.logical_and(all_finite, xp.isfinite(loss))
+                good_steps = good_steps + xp.astype(all_finite, model.dtype)
+                if bar is not None:
+                    bar.update(count)
+                if step in log_steps:  # the only host synchronizations inside an epoch
+                    finite, good, mean_loss, mean_acc = (float(v) for v in backend.to_host(
+                        xp.stack([xp.astype(all_finite, model.dtype), good_steps, loss_sum, correct])))
+                    if not finite:
+                        self._fail_nonfinite(int(good), steps)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{mean_loss / seen:.4f}", acc=f"{mean_acc / seen:.3f}", refresh=False)
+        finally:
+            if bar is not None:
+                bar.close()
+        host = backend.to_host(xp.stack([loss_sum, correct]))
+        record = {"epoch": self.epoch + 1, "train_loss": float(host[0]) / seen,
+                  "train_accuracy": float(host[1]) / seen, "val_loss": None, "val_accuracy": None}
+        if x_val is not None:
+            record["val_loss"], record["val_accuracy"] = evaluate(model, x_val, y_val, loss_fn)
+        samples = len(norm_steps)
+        record["lr"] = self.optimizer.lr
+        record["grad_norms"] = dict(zip(norm_sums, (float(v) / samples for v in backend.to_host(
+            xp.stack(list(norm_sums.values()))))) if norm_sums else {})
+        record["time"] = time.perf_counter() - started
+        record["samples_per_second"] = seen / record["time"] if record["time"] > 0 else None
+        record["steps"] = steps
+        return record
+
+    def _fail_nonfinite(self, good_steps: int, steps: int):
+        self._restore_snapshot()
+        raise TrainingError(
+            f"the loss became NaN or infinite at epoch {self.epoch + 1}, step {good_steps + 1} of {steps}; "
+            f"likely causes: learning rate too high (lr={self.optimizer.lr:g}), exploding gradients (try "
+            f"gradient clipping), or NaN/inf in the data. The weights of the last good epoch ({self.epoch}) "
+            f"are kept")
+
+    def _progress_bar(self, total):
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=f"epoch {self.epoch + 1}/{self.epochs}", unit=" samples", unit_scale=True,
+                    leave=False, dynamic_ncols=True, disable=None)
+
+    # -- snapshots, checkpoints, resume --------------------------------------
+    def _take_snapshot(self):
+        xp = self.backend.xp
+        arrays, info = self.optimizer.state_dict()
+        return (self.copy_weights(), {k: xp.asarray(v, copy=True) for k, v in arrays.items()}, info)
+
+    def _restore_snapshot(self):
+        if self._snapshot is None:
+            return
+        weights, arrays, info = self._snapshot
+        self.set_weights(weights)
+        self.optimizer.load_state_dict(arrays, info)
+
+    def state_dict(self) -> tuple[dict, dict]:
+        """Everything a resumed run needs: device arrays and a JSON-able dict."""
+        arrays = {f"model/{k}": v for k, v in self.model.named_parameters().items()}
+        arrays.update({f"buffer/{k}": v for k, v in self.model.named_buffers().items()})
+        opt_arrays, opt_info = self.optimizer.state_dict()
+        arrays.update({f"optimizer/{k}": v for k, v in opt_arrays.items()})
+        callback_infos = []
+        for i, callback in enumerate(self.callbacks):
+            cb_arrays, cb_info = callback.state_dict()
+            arrays.update({f"callback/{i}/{k}": v for k, v in cb_arrays.items()})
+            callback_infos.append({"type": type(callback).__name__, "info": cb_info})
+        info = {"epoch": self.epoch, "epochs": self.epochs, "seed": self.seed, "base_lr": self.base_lr,
+                "optimizer": opt_info, "callbacks": callback_infos, "history": self.history}
+        return arrays, info
+
+    def load_state_dict(self, arrays: dict, info: dict) -> None:
+        def part(prefix):
+            return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+        weights = part("model/")
+        missing = sorted(set(self.model.named_parameters()) - set(weights))
+        if missing:
+            raise ConfigError(f"checkpoint has no weights for {', '.join(missing)}")
+        self.set_weights(weights)
+        for name, array in self.model.named_buffers().items():
+            array[...] = part("buffer/")[name]
+        self.optimizer.load_state_dict(part("optimizer/"), info["optimizer"])
+        saved_callbacks = info.get("callbacks", [])
+        for i, callback in enumerate(self.callbacks):
+            if i < len(saved_callbacks) and saved_callbacks[i]["type"] == type(callback).__name__:
+                callback.load_state_dict(part(f"callback/{i}/"), saved_callbacks[i]["info"])
+        self.epoch, self.base_lr = info["epoch"], info["base_lr"]
+        self.history = list(info["history"])
+
+    def save_checkpoint(self, path, *, run_config: dict | None = None) -> None:
+        """Write a resumable checkpoint file atomically (a failed write keeps the previous one)."""
+        from ..host_io.model_files import save_checkpoint
+
+        save_checkpoint(path, self, run_config=run_config or {})
+
+    def load_checkpoint(self, path) -> dict:
+        """Restore a checkpoint into this trainer; returns the run configuration saved with it."""
+        from ..host_io.model_files import load_checkpoint
+
+        return load_checkpoint(path, self)
+
+    # -- data ---------------------------------------------------------------
+    def _to_device(self, array, name, labels=False):
+        backend = self.backend
+        if backend.owns(array):
+            if not labels and array.dtype != self.model.dtype:
+                return backend.xp.astype(array, self.model.dtype)
+            return array
+        try:
+            return backend.from_host(array, dtype=None if labels else self.model.dtype)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{name}: expected a numeric array, got {type(array).__name__} ({exc})") from None
+
+    def _split(self, x, y, fraction):
+        if not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+            raise ConfigError(f"validation_split must be a fraction in (0, 1), got {fraction!r}")
+        n = x.shape[0]
+        n_val = max(1, int(round(n * fraction)))
+        if n_val >= n:
+            raise ConfigError(f"validation_split={fraction} leaves no training data out of {n} examples")
+        order = self.backend.from_host(HostRandom((self.seed, 7)).permutation(n))
+        xp = self.backend.xp
+        val_idx, train_idx = order[:n_val], order[n_val:]
+        return (xp.take(x, train_idx, axis=0), xp.take(y, train_idx, axis=0),
+                xp.take(x, val_idx, axis=0), xp.take(y, val_idx, axis=0))
+
+    def _check_data(self, x, y, what):
+        xp = self.backend.xp
+        if x.ndim < 2:
+            raise ShapeError(f"{what}: expected features of shape (examples, features), got {tuple(x.shape)}")
+        if y.shape[0] != x.shape[0]:
+            raise ShapeError(f"{what}: {x.shape[0]} examples but {y.shape[0]} labels")
+        if x.shape[0] == 0:
+            raise DataError(f"{what}: no examples")
+        expected = _input_features(self.model)
+        if expected is not None and x.shape[-1] != expected:
+            raise ShapeError(f"{what} has {x.shape[-1]} features per example, but the model expects {expected}")
+        outputs = self.model.forward(x[:1], training=False).shape[-1]
+        checks = [xp.sum(xp.astype(xp.logical_not(xp.isfinite(x)), xp.float32))]
+        if xp.isdtype(y.dtype, "integral"):
+            if y.ndim != 1:
+                raise ShapeError(f"{what}: expected labels of shape ({x.shape[0]},), got {tuple(y.shape)}")
+            checks += [xp.astype(xp.min(y), xp.float32), xp.astype(xp.max(y), xp.float32)]
+        bad, *label_range = (float(v) for v in self.backend.to_host(xp.stack(checks)))
+        if bad:
+            raise DataError(f"{what}: {int(bad)} NaN or infinite feature values; clean or impute them first")
+        if label_range and (label_range[0] < 0 or label_range[1] >= outputs):
+            raise DataError(f"{what}: labels must be class numbers 0..{outputs - 1} for this model's {outputs} "
+                            f"outputs, found values from {int(label_range[0])} to {int(label_range[1])}")
+
+
+def fit(model, x, y, **options) -> list[dict]:
+    """Train ``model`` on ``(x, y)``; keyword options as for ``Trainer`` and ``Trainer.fit``."""
+    fit_options = {k: options.pop(k) for k in ("validation_data", "validation_split") if k in options}
+    return Trainer(model, **options).fit(x, y, **fit_options)
+
+
+def _make_loss(loss) -> Loss:
+    if isinstance(loss, Loss):
+        return loss
+    try:
+        return LOSSES[str(loss).lower().replace("-", "_")]()
+    except KeyError:
+        raise ConfigError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}") from None
+
+
+def _input_features(model):
+    layers = getattr(model, "layers", [model])
+    for layer in layers:
+        if hasattr(layer, "in_features"):
+            return layer.in_features
+    return None
+
+
+def _format_record(record: dict, epochs: int) -> str:
+    text = (f"epoch {record['epoch']:>{len(str(epochs))}}/{epochs}  loss {record['train_loss']:.4f}  "
+            f"acc {100 * record['train_accuracy']:.2f}%")
+    if record.get("val_loss") is not None:
+        text += f"  val_loss {record['val_loss']:.4f}  val_acc {100 * record['val_accuracy']:.2f}%"
+    rate = record.get("samples_per_second")
+    text += f"  lr {record['lr']:.3g}  {record['time']:.2f}s" + (f"  {rate:,.0f} samples/s" if rate else "")
+    return text
+
+
+__all__ = ["Trainer", "fit"]
