@@ -9,7 +9,8 @@ import warnings
 
 from backends import ENV_VAR, BackendError, BackendUnavailable, backend_statuses, get_backend
 
-from .errors import BackpropError
+from .errors import BackpropError, ConfigError
+from .runs import DEFAULTS
 
 
 def _format_warning(message, category, filename, lineno, line=None):
@@ -28,7 +29,137 @@ def build_parser() -> argparse.ArgumentParser:
     backends_cmd.add_argument("--require", metavar="SPEC",
                               help="exit with status 1 unless this backend runs a real computation here")
     backends_cmd.set_defaults(handler=cmd_backends)
+
+    train = commands.add_parser("train", help="train a network (default: a two-hidden-layer MLP on the digits)",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = DEFAULTS
+    data = train.add_argument_group("data")
+    data.add_argument("--dataset", default=d["dataset"],
+                      help="digits (shipped with the package), mnist, fashion-mnist, or a .npz/.csv file")
+    data.add_argument("--data-dir", default=None, help="read MNIST-style files from here instead of downloading")
+    data.add_argument("--scaling", choices=["none", "standardize", "minmax"], default=None,
+                      help="feature scaling fitted on the training set (default: none for images, "
+                           "standardize for your files)")
+    data.add_argument("--validation-split", type=float, default=d["validation_split"],
+                      help="fraction of the training set held out for validation (0: none)")
+    model = train.add_argument_group("model")
+    model.add_argument("--hidden", default=d["hidden"], help="hidden layer sizes, comma-separated")
+    model.add_argument("--activation", default=d["activation"], help="relu, leaky_relu, gelu, tanh or sigmoid")
+    model.add_argument("--dropout", type=float, default=d["dropout"], help="dropout probability after each "
+                                                                            "hidden layer")
+    opt = train.add_argument_group("optimization")
+    opt.add_argument("--batch-size", default=d["batch_size"],
+                     help="1 (stochastic), N (mini-batch) or full (one update per epoch)")
+    opt.add_argument("--drop-last", action="store_true", help="drop the short last batch of each epoch")
+    opt.add_argument("--optimizer", default=d["optimizer"],
+                     help="sgd, momentum, nesterov, adam, adamw, rmsprop or adagrad")
+    opt.add_argument("--lr", type=float, default=d["lr"], help="learning rate (default: the optimizer's)")
+    opt.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="L2 weight decay")
+    opt.add_argument("--schedule", default=d["schedule"], help="constant, step, exponential or cosine")
+    opt.add_argument("--warmup-epochs", type=int, default=d["warmup_epochs"], help="linear learning-rate warm-up")
+    opt.add_argument("--clip-norm", type=float, default=d["clip_norm"], help="clip gradients to this global norm")
+    opt.add_argument("--epochs", type=int, default=d["epochs"])
+    opt.add_argument("--early-stopping", type=int, default=d["early_stopping"], metavar="PATIENCE",
+                     help="stop after PATIENCE epochs without validation improvement and keep the best "
+                          "weights (0: off)")
+    opt.add_argument("--seed", type=int, default=d["seed"])
+    run = train.add_argument_group("output")
+    run.add_argument("--output", default=None, help="directory for the model, history and plots "
+                                                    "(default: a new runs/<dataset>-<time>)")
+    run.add_argument("--overwrite", action="store_true", help="allow --output to replace an earlier model")
+    run.add_argument("--resume", metavar="DIR", default=None,
+                     help="continue the interrupted run in DIR from its checkpoint")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="accuracy of a saved model on a dataset's test set")
+    evaluate.add_argument("model", help="a model.safetensors file or a run directory")
+    evaluate.add_argument("--dataset", default=None, help="default: the dataset the model was trained on")
+    evaluate.add_argument("--data-dir", default=None)
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    predict = commands.add_parser("predict", help="predict the classes of new inputs with a saved model")
+    predict.add_argument("model", help="a model.safetensors file or a run directory")
+    predict.add_argument("input", help="a .npy, .npz (array 'x') or .csv file of feature rows")
+    predict.add_argument("--output", default=None, help="write the predictions to this CSV file")
+    predict.set_defaults(handler=cmd_predict)
     return parser
+
+
+TRAIN_OPTIONS = tuple(DEFAULTS)
+
+
+def cmd_train(args) -> int:
+    from pathlib import Path
+
+    from .runs import output_directory, resume_options, train_run
+
+    if args.resume:
+        output = Path(args.resume)
+        options = resume_options(output)
+        given = {key: getattr(args, key) for key in TRAIN_OPTIONS
+                 if getattr(args, key) != DEFAULTS[key] and key != "dataset"}
+        options.update({k: v for k, v in given.items() if k == "epochs"})  # only more epochs may be asked for
+    else:
+        options = {key: getattr(args, key) for key in TRAIN_OPTIONS}
+        output = output_directory(args.output, args.dataset, args.overwrite)
+    try:
+        train_run(options, output=output, progress=not args.no_progress, plots=not args.no_plots,
+                  resume=bool(args.resume))
+    except KeyboardInterrupt:
+        print(f"interrupted: checkpoint saved; continue with: backprop train --resume {output}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .data import load_dataset
+    from .host_io.model_files import load_model
+    from .losses import CrossEntropy
+    from .runs import resolve_model_path
+    from .training import evaluate
+
+    path = resolve_model_path(args.model)
+    model, metadata = load_model(path)
+    name = args.dataset or metadata.get("dataset")
+    if not name:
+        raise ConfigError(f"{path}: the model does not record its dataset; pass --dataset")
+    options = metadata.get("options", {})
+    # Loading the same way as in training refits the scaling on the same training set: the same test features.
+    dataset = load_dataset(name, data_dir=args.data_dir, scaling=options.get("scaling"),
+                           seed=options.get("seed", 0))
+    backend = model.backend
+    x_test, y_test = backend.from_host(dataset.x_test), backend.from_host(dataset.y_test)
+    loss, accuracy = evaluate(model, x_test, y_test, CrossEntropy())
+    print(f"{path}: test accuracy {100 * accuracy:.2f}% ({round(accuracy * len(dataset.y_test))}/"
+          f"{len(dataset.y_test)}), test loss {loss:.4f} on {dataset.name} with {backend.name}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .data import apply_scaler, load_features
+    from .host_io.atomic import write_text_atomic
+    from .host_io.model_files import load_model
+    from .runs import resolve_model_path
+    from .training import predict_classes
+
+    path = resolve_model_path(args.model)
+    model, metadata = load_model(path)
+    features = apply_scaler(load_features(args.input), metadata.get("scaler"))
+    backend = model.backend
+    expected = model.layers[0].in_features if hasattr(model.layers[0], "in_features") else None
+    if expected is not None and features.shape[1] != expected:
+        raise ConfigError(f"{args.input}: rows have {features.shape[1]} features, the model expects {expected}")
+    classes = backend.to_host(predict_classes(model, backend.from_host(features)))
+    names = metadata.get("class_names") or [str(i) for i in range(int(classes.max()) + 1)]
+    lines = ["index,class,name"] + [f"{i},{int(c)},{names[int(c)]}" for i, c in enumerate(classes)]
+    if args.output:
+        write_text_atomic(args.output, "\n".join(lines) + "\n")
+        print(f"wrote {len(classes)} predictions to {args.output}")
+    else:
+        print("\n".join(lines))
+    return 0
 
 
 def cmd_backends(args) -> int:

@@ -1,32 +1,62 @@
-"""Plain stochastic gradient descent: w ← w − η ∇w L."""
+"""Stochastic gradient descent with optional momentum, Nesterov momentum and L2 weight decay.
+
+As ``torch.optim.SGD`` (without dampening)::
+
+    g ← ∇w L + λ w                          (weight_decay λ)
+    b ← μ b + g                             (momentum μ; b starts at g)
+    g ← g + μ b  if nesterov,  else  g ← b
+    w ← w − η g
+"""
 
 from __future__ import annotations
 
-import math
-
 from ..errors import ConfigError
+from .base import Optimizer, check_number
 
 
-def sgd(params: list, grads: list, *, lr: float) -> None:
-    """The update itself, in place, for matching lists of parameters and gradients."""
-    for param, grad in zip(params, grads):
+def sgd(params: list, grads: list, momentum_buffers: list | None = None, *, lr: float, momentum: float = 0.0,
+        nesterov: bool = False, weight_decay: float = 0.0) -> None:
+    """The update itself, in place, for matching lists of parameters, gradients and momentum buffers.
+
+    ``momentum_buffers`` (needed when ``momentum`` is not 0) start as zeros, which
+    gives PyTorch's first step (the buffer becomes the gradient).
+    """
+    for i, (param, grad) in enumerate(zip(params, grads)):
+        if weight_decay != 0:
+            grad = grad + weight_decay * param
+        if momentum != 0:
+            buf = momentum_buffers[i]
+            buf *= momentum
+            buf += grad
+            grad = grad + momentum * buf if nesterov else buf
         param -= lr * grad
 
 
-class SGD:
-    """``SGD(model, lr=0.1)``; call ``step()`` after ``model.backward(...)``."""
+class SGD(Optimizer):
+    """``SGD(model, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0)``."""
 
-    def __init__(self, model, lr: float = 0.01):
-        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0:
-            raise ConfigError(f"SGD: learning rate must be a positive finite number, got {lr!r}")
-        self.lr = float(lr)
-        self.slots = model.parameter_slots()
+    name = "sgd"
+    hyperparameter_names = ("momentum", "nesterov", "weight_decay")
 
-    def step(self) -> None:
-        params, grads = [], []
-        for layer, name in self.slots:
-            grad = layer.grads.get(name)
-            if grad is not None:
-                params.append(layer.params[name])
-                grads.append(grad)
-        sgd(params, grads, lr=self.lr)
+    def __init__(self, model, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0):
+        super().__init__(model, lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+
+    def _validate(self, hp: dict) -> dict:
+        owner = type(self).__name__
+        momentum = check_number(owner, "momentum", hp["momentum"], low=0, high=1, high_open=True)
+        nesterov = hp["nesterov"]
+        if not isinstance(nesterov, bool):
+            raise ConfigError(f"{owner}: nesterov must be True or False, got {nesterov!r}")
+        if nesterov and momentum == 0:
+            raise ConfigError(f"{owner}: nesterov=True needs a momentum > 0")
+        weight_decay = check_number(owner, "weight_decay", hp["weight_decay"], low=0)
+        return {"momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay}
+
+    def buffer_names(self) -> tuple[str, ...]:
+        return ("momentum_buffer",) if self.momentum != 0 else ()
+
+    def _update(self, params, grads, states, steps) -> None:
+        buffers = [s["momentum_buffer"] for s in states] if self.momentum != 0 else None
+        sgd(params, grads, buffers, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov,
+            weight_decay=self.weight_decay)

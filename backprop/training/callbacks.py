@@ -112,6 +112,7 @@ class GradientMonitor(Callback):
         if not norms:
             return
         largest = max(norms.values())
+        vanished, exploded = [], []
         for name, norm in norms.items():
             if norm < self.vanish_below or norm < self.vanish_ratio * largest:
                 self.low_epochs[name] = self.low_epochs.get(name, 0) + 1
@@ -119,14 +120,17 @@ class GradientMonitor(Callback):
                 self.low_epochs[name] = 0
             if self.low_epochs[name] >= self.patience and (name, "vanish") not in self.warned:
                 self.warned.add((name, "vanish"))
-                self._warn(trainer, f"vanishing gradients: {name} has had gradient norm {norm:.2e} (largest in "
-                                    f"the model {largest:.2e}) for {self.low_epochs[name]} epochs; it has "
-                                    f"practically stopped learning (try ReLU, He initialization, or a "
-                                    f"shallower network)")
+                vanished.append(f"{name} ({norm:.1e})")
             if norm > self.explode_above and (name, "explode") not in self.warned:
                 self.warned.add((name, "explode"))
-                self._warn(trainer, f"exploding gradients: {name} has gradient norm {norm:.2e} at epoch "
-                                    f"{record['epoch']} (try a lower learning rate or --clip-norm)")
+                exploded.append(f"{name} ({norm:.1e})")
+        if vanished:
+            self._warn(trainer, f"vanishing gradients: {', '.join(vanished)} below {self.vanish_ratio:g} of the "
+                                f"largest gradient norm ({largest:.1e}) for {self.patience}+ epochs; those layers "
+                                f"have practically stopped learning (try ReLU, He initialization, or fewer layers)")
+        if exploded:
+            self._warn(trainer, f"exploding gradients at epoch {record['epoch']}: {', '.join(exploded)} above "
+                                f"{self.explode_above:g} (try a lower learning rate or --clip-norm)")
 
     def _warn(self, trainer, message):
         trainer.log(f"warning: {message}")

@@ -8,7 +8,7 @@ from .batches import batch_bounds
 def predict_logits(model, x, *, batch_size: int = 4096):
     """The model's outputs for ``x`` (evaluation mode), computed in batches to bound memory."""
     xp = model.backend.xp
-    parts = [model.forward(x[start:stop], training=False) for start, stop in batch_bounds(x.shape[0], batch_size)]
+    parts = [model.forward(x[start:stop, ...], training=False) for start, stop in batch_bounds(x.shape[0], batch_size)]
     return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
 
 
@@ -22,9 +22,9 @@ def evaluate(model, x, y, loss_fn, *, batch_size: int = 4096) -> tuple[float, fl
     n = x.shape[0]
     loss_sum = correct = None
     for start, stop in batch_bounds(n, batch_size):
-        logits = model.forward(x[start:stop], training=False)
-        batch_loss = loss_fn(logits, y[start:stop]) * (stop - start)
-        batch_correct = count_correct(xp, logits, y[start:stop])
+        logits = model.forward(x[start:stop, ...], training=False)
+        batch_loss = loss_fn(logits, y[start:stop, ...]) * (stop - start)
+        batch_correct = count_correct(xp, logits, y[start:stop, ...])
         loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
         correct = batch_correct if correct is None else correct + batch_correct
     host = model.backend.to_host(xp.stack([loss_sum, xp.astype(correct, loss_sum.dtype)]))

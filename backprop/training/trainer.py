@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 from backends import HostRandom
 
@@ -150,7 +149,7 @@ class Trainer:
         try:
             for step, (start, stop) in enumerate(bounds):
                 if order is None:
-                    xb, yb = (x, y) if full_batch else (x[start:stop], y[start:stop])
+                    xb, yb = (x, y) if full_batch else (x[start:stop, ...], y[start:stop, ...])
                 else:
                     index = order[start:stop]
                     xb, yb = xp.take(x, index, axis=0), xp.take(y, index, axis=0)
@@ -308,7 +307,7 @@ class Trainer:
         expected = _input_features(self.model)
         if expected is not None and x.shape[-1] != expected:
             raise ShapeError(f"{what} has {x.shape[-1]} features per example, but the model expects {expected}")
-        outputs = self.model.forward(x[:1], training=False).shape[-1]
+        outputs = self.model.forward(x[:1, ...], training=False).shape[-1]
         checks = [xp.sum(xp.astype(xp.logical_not(xp.isfinite(x)), xp.float32))]
         if xp.isdtype(y.dtype, "integral"):
             if y.ndim != 1:

@@ -1,0 +1,53 @@
+"""Datasets for training: the packaged 8x8 digits, MNIST, Fashion-MNIST, and your own .npz or .csv files.
+
+    >>> import backprop
+    >>> data = backprop.data.load_digits()
+    >>> data.x_train.shape, data.y_train.shape
+    ((1437, 64), (1437,))
+
+The loaders live in :mod:`backprop.host_io.datasets` (host-side NumPy); this
+package re-exports them and holds the packaged data file.
+
+``digits.npz``: how it was made
+-------------------------------
+The 1,797 8x8 images of handwritten digits from the UCI "Optical Recognition of
+Handwritten Digits" data set (E. Alpaydin, C. Kaynak, 1998; CC BY 4.0), taken
+from the copy scikit-learn ships as ``sklearn/datasets/data/digits.csv.gz``
+(64 pixel columns with values 0..16, then the label). Stored with
+``np.savez_compressed`` as:
+
+* ``images``: uint8, shape (1797, 8, 8), values 0..16, in the CSV's row order;
+* ``labels``: uint8, shape (1797,), values 0..9;
+* ``train_index`` (1437) and ``test_index`` (360): uint16 row indices, sorted.
+
+The split was drawn once and stored, so it never depends on a NumPy version: a
+stratified 20% test part, 360 rows shared among the classes by largest
+remainder (35 to 37 per class). One generator, ``np.random.default_rng(20240607)``,
+permuted each class's row indices in turn (classes 0 to 9) and the first rows
+of each permutation became test rows; every other row is a training row.
+scikit-learn was used only to read that CSV once; it is not a dependency.
+"""
+
+from ..host_io.datasets import (
+    Dataset,
+    apply_scaler,
+    fit_scaler,
+    load_csv,
+    load_dataset,
+    load_digits,
+    load_fashion_mnist,
+    load_features,
+    load_mnist,
+    load_npz,
+    read_idx,
+    split_validation,
+    validate_features,
+    validate_labels,
+    write_idx,
+)
+
+__all__ = [
+    "Dataset", "apply_scaler", "fit_scaler", "load_csv", "load_dataset", "load_digits", "load_fashion_mnist",
+    "load_features",
+    "load_mnist", "load_npz", "read_idx", "split_validation", "validate_features", "validate_labels", "write_idx",
+]

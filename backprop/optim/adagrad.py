@@ -1,0 +1,60 @@
+"""AdaGrad, as ``torch.optim.Adagrad`` (without lr_decay); ε is added after the square root::
+
+    g ← ∇w L + λ w                          (weight_decay λ)
+    s ← s + g²                              (s starts at initial_accumulator_value)
+    w ← w − η g / (√s + ε)
+"""
+
+from __future__ import annotations
+
+import array_api_compat
+
+from .base import Optimizer, check_number, namespace
+
+
+def adagrad(params: list, grads: list, state_sums: list, *, lr: float, eps: float,
+            weight_decay: float = 0.0) -> None:
+    """The update itself, in place."""
+    if not params:
+        return
+    xp = namespace(params)
+    for param, grad, state_sum in zip(params, grads, state_sums):
+        if weight_decay != 0:
+            grad = grad + weight_decay * param
+        state_sum += grad * grad
+        param -= lr * (grad / (xp.sqrt(state_sum) + eps))
+
+
+class AdaGrad(Optimizer):
+    """``AdaGrad(model, lr=1e-2, eps=1e-10, weight_decay=0.0, initial_accumulator_value=0.0)``."""
+
+    name = "adagrad"
+    hyperparameter_names = ("eps", "weight_decay", "initial_accumulator_value")
+
+    def __init__(self, model, lr: float = 1e-2, eps: float = 1e-10, weight_decay: float = 0.0,
+                 initial_accumulator_value: float = 0.0):
+        super().__init__(model, lr, eps=eps, weight_decay=weight_decay,
+                         initial_accumulator_value=initial_accumulator_value)
+
+    def _validate(self, hp: dict) -> dict:
+        owner = type(self).__name__
+        return {
+            "eps": check_number(owner, "eps", hp["eps"], low=0, low_open=True),
+            "weight_decay": check_number(owner, "weight_decay", hp["weight_decay"], low=0),
+            "initial_accumulator_value": check_number(owner, "initial_accumulator_value",
+                                                      hp["initial_accumulator_value"], low=0),
+        }
+
+    def buffer_names(self) -> tuple[str, ...]:
+        return ("sum",)
+
+    def _init_buffer(self, buffer: str, param):
+        xp = array_api_compat.array_namespace(param)
+        return xp.full(param.shape, self.initial_accumulator_value, dtype=param.dtype,
+                       device=array_api_compat.device(param))
+
+    def _update(self, params, grads, states, steps) -> None:
+        adagrad(params, grads, [s["sum"] for s in states], lr=self.lr, eps=self.eps, weight_decay=self.weight_decay)
+
+
+Adagrad = AdaGrad  # PyTorch's spelling

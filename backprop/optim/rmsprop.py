@@ -1,0 +1,60 @@
+"""RMSprop, as ``torch.optim.RMSprop`` (not centered); ε is added after the square root::
+
+    g ← ∇w L + λ w                          (weight_decay λ)
+    s ← α s + (1 − α) g²
+    b ← μ b + g / (√s + ε);  w ← w − η b    (momentum μ > 0)
+    w ← w − η g / (√s + ε)                  (momentum 0)
+"""
+
+from __future__ import annotations
+
+from .base import Optimizer, check_number, namespace
+
+
+def rmsprop(params: list, grads: list, square_avgs: list, momentum_buffers: list | None = None, *, lr: float,
+            alpha: float, eps: float, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+    """The update itself, in place; ``momentum_buffers`` are needed when ``momentum`` is not 0."""
+    if not params:
+        return
+    xp = namespace(params)
+    for i, (param, grad, square_avg) in enumerate(zip(params, grads, square_avgs)):
+        if weight_decay != 0:
+            grad = grad + weight_decay * param
+        square_avg *= alpha
+        square_avg += (1 - alpha) * (grad * grad)
+        avg = xp.sqrt(square_avg) + eps
+        if momentum > 0:
+            buf = momentum_buffers[i]
+            buf *= momentum
+            buf += grad / avg
+            param -= lr * buf
+        else:
+            param -= lr * (grad / avg)
+
+
+class RMSprop(Optimizer):
+    """``RMSprop(model, lr=1e-2, alpha=0.99, eps=1e-8, momentum=0.0, weight_decay=0.0)``."""
+
+    name = "rmsprop"
+    hyperparameter_names = ("alpha", "eps", "momentum", "weight_decay")
+
+    def __init__(self, model, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, momentum: float = 0.0,
+                 weight_decay: float = 0.0):
+        super().__init__(model, lr, alpha=alpha, eps=eps, momentum=momentum, weight_decay=weight_decay)
+
+    def _validate(self, hp: dict) -> dict:
+        owner = type(self).__name__
+        return {
+            "alpha": check_number(owner, "alpha", hp["alpha"], low=0, high=1, high_open=True),
+            "eps": check_number(owner, "eps", hp["eps"], low=0, low_open=True),
+            "momentum": check_number(owner, "momentum", hp["momentum"], low=0, high=1, high_open=True),
+            "weight_decay": check_number(owner, "weight_decay", hp["weight_decay"], low=0),
+        }
+
+    def buffer_names(self) -> tuple[str, ...]:
+        return ("square_avg", "momentum_buffer") if self.momentum > 0 else ("square_avg",)
+
+    def _update(self, params, grads, states, steps) -> None:
+        buffers = [s["momentum_buffer"] for s in states] if self.momentum > 0 else None
+        rmsprop(params, grads, [s["square_avg"] for s in states], buffers, lr=self.lr, alpha=self.alpha,
+                eps=self.eps, momentum=self.momentum, weight_decay=self.weight_decay)

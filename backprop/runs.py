@@ -1,0 +1,178 @@
+"""The ``backprop train`` job: build the model from options, train, save model, history, plots, summary.
+
+Kept apart from ``cli.py`` (which only parses arguments) so the same run can
+be started, resumed and tested from Python.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+
+from backends import get_backend
+
+from .errors import ConfigError, TrainingError
+from .layers import Dropout, Sequential
+from .models import mlp
+
+MODEL_FILE = "model.safetensors"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+HISTORY_FILE = "history.jsonl"
+SUMMARY_FILE = "summary.json"
+
+#: The options of a training run and their defaults (also what a checkpoint stores to resume).
+DEFAULTS = {
+    "dataset": "digits", "data_dir": None, "scaling": None,
+    "hidden": "256,128", "activation": "relu", "dropout": 0.0,
+    "batch_size": "32", "drop_last": False, "optimizer": "adam", "lr": None, "weight_decay": 0.0,
+    "schedule": "constant", "warmup_epochs": 0, "clip_norm": None,
+    "epochs": 30, "seed": 0, "validation_split": 0.1, "early_stopping": 0,
+}
+
+
+def parse_hidden(text) -> list[int]:
+    if isinstance(text, (list, tuple)):
+        sizes = list(text)
+    else:
+        try:
+            sizes = [int(part) for part in str(text).replace(" ", "").split(",") if part]
+        except ValueError:
+            raise ConfigError(f"--hidden expects comma-separated layer sizes such as 256,128, got {text!r}") from None
+    if any(not isinstance(n, int) or n <= 0 for n in sizes):
+        raise ConfigError(f"--hidden expects positive layer sizes such as 256,128, got {text!r}")
+    return sizes
+
+
+def build_model(options: dict, num_features: int, num_classes: int, backend) -> Sequential:
+    """The MLP the options describe: input, hidden layers (with dropout after each), output."""
+    sizes = [num_features, *parse_hidden(options["hidden"]), num_classes]
+    model = mlp(sizes, activation_name=options["activation"], seed=options["seed"], backend=backend)
+    if options["dropout"]:
+        layers = []
+        for layer in model.layers:
+            layers.append(layer)
+            if layer is not model.layers[-1] and not hasattr(layer, "in_features"):  # after each activation
+                layers.append(Dropout(options["dropout"], backend=backend))
+        model = Sequential(layers)
+    return model
+
+
+def output_directory(requested: str | None, dataset: str, overwrite: bool) -> Path:
+    """A directory for the run's files that never silently replaces an earlier run's model."""
+    if requested is None:
+        stem = Path(dataset).stem if dataset.endswith((".csv", ".npz")) else dataset
+        base = Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        path, i = base, 1
+        while path.exists():
+            i += 1
+            path = base.with_name(f"{base.name}-{i}")
+        return path
+    path = Path(requested)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--output {path} exists and is not a directory")
+    if (path / MODEL_FILE).exists() and not overwrite:
+        raise ConfigError(f"--output {path} already holds a trained model; choose another directory, pass "
+                          f"--overwrite, or continue it with --resume {path}")
+    return path
+
+
+def train_run(options: dict, *, output: Path, backend=None, progress: bool = True, plots: bool = True,
+              resume: bool = False, log=print) -> dict:
+    """Run (or resume) a training job; returns the summary that is also written to summary.json."""
+    from .data import load_dataset
+    from .host_io.model_files import save_model
+    from .training import Checkpoint, EarlyStopping, GradientMonitor, HistoryWriter, Trainer, batch_mode, evaluate
+
+    options = {**DEFAULTS, **options}
+    backend = get_backend(backend)
+    started = time.perf_counter()
+    dataset = load_dataset(options["dataset"], data_dir=options["data_dir"], scaling=options["scaling"],
+                           seed=options["seed"])
+    num_features = dataset.x_train.shape[1]
+    model = build_model(options, num_features, dataset.num_classes, backend)
+    callbacks = [GradientMonitor()]
+    if options["early_stopping"]:
+        callbacks.append(EarlyStopping(int(options["early_stopping"])))
+    output.mkdir(parents=True, exist_ok=True)
+    callbacks += [HistoryWriter(output / HISTORY_FILE), Checkpoint(output / CHECKPOINT_FILE, run_config=options)]
+    trainer = Trainer(model, optimizer=options["optimizer"], lr=options["lr"], weight_decay=options["weight_decay"],
+                      epochs=int(options["epochs"]), batch_size=options["batch_size"], drop_last=options["drop_last"],
+                      seed=options["seed"], schedule=options["schedule"], warmup_epochs=options["warmup_epochs"],
+                      clip_norm=options["clip_norm"], callbacks=callbacks, progress=progress, log=log)
+    if resume:
+        trainer.load_checkpoint(output / CHECKPOINT_FILE)
+        log(f"resuming {output} after epoch {trainer.epoch} of {trainer.epochs}")
+    log(f"training {_describe(model)} on {dataset.name} ({len(dataset.x_train)} train / {len(dataset.x_test)} "
+        f"test) with {backend.name} ({backend.device_name}), {batch_mode(trainer.batch_size)}, "
+        f"{options['optimizer']} lr {trainer.base_lr:g}")
+    metadata = {"dataset": dataset.name, "num_classes": dataset.num_classes, "class_names": dataset.class_names,
+                "image_shape": dataset.image_shape, "scaler": dataset.scaler, "options": options}
+    try:
+        trainer.fit(dataset.x_train, dataset.y_train, validation_split=options["validation_split"] or 0.0)
+    except TrainingError:
+        save_model(output / MODEL_FILE, model, {**metadata, "status": "stopped: non-finite loss"})
+        raise
+    elapsed = time.perf_counter() - started
+    x_test = backend.from_host(dataset.x_test)
+    y_test = backend.from_host(dataset.y_test)
+    test_loss, test_accuracy = evaluate(model, x_test, y_test, trainer.loss_fn)
+    summary = {"dataset": dataset.name, "test_accuracy": test_accuracy, "test_loss": test_loss,
+               "test_examples": int(len(dataset.y_test)), "epochs_trained": trainer.epoch,
+               "seconds": elapsed, "backend": backend.name, "device": backend.device_name,
+               "parameters": model.num_parameters()}
+    save_model(output / MODEL_FILE, model, {**metadata, "summary": summary})
+    from .host_io.atomic import write_text_atomic
+
+    write_text_atomic(output / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    if plots:
+        _plots(output, trainer.history, model, x_test, dataset, log)
+    log(f"test accuracy {100 * test_accuracy:.2f}% ({round(test_accuracy * len(dataset.y_test))}/"
+        f"{len(dataset.y_test)}), test loss {test_loss:.4f}, {elapsed:.1f} s on {backend.name} "
+        f"({backend.device_name}); saved {output / MODEL_FILE}")
+    return summary
+
+
+def _plots(output, history, model, x_test, dataset, log):
+    try:
+        from .host_io.plots import PlotUnavailable, confusion_matrix, plot_confusion_matrix, plot_learning_curves
+    except ImportError:  # pragma: no cover
+        return
+    from .training import predict_classes
+
+    try:
+        plot_learning_curves(history, output / "learning_curves.png", title=f"{dataset.name}")
+        predicted = model.backend.to_host(predict_classes(model, x_test))
+        matrix = confusion_matrix(dataset.y_test, predicted, dataset.num_classes)
+        plot_confusion_matrix(matrix, output / "confusion_matrix.png", class_names=dataset.class_names,
+                              title=f"{dataset.name} test set")
+    except PlotUnavailable as exc:
+        warnings.warn(str(exc), RuntimeWarning, stacklevel=2)
+        log(f"warning: {exc}")
+
+
+def _describe(model) -> str:
+    sizes = [layer.in_features for layer in model.layers if hasattr(layer, "in_features")]
+    sizes.append(model.layers[-1].out_features)
+    return f"MLP {'-'.join(map(str, sizes))} ({model.num_parameters():,} parameters)"
+
+
+def resolve_model_path(path) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    return path
+
+
+def resume_options(directory: Path) -> dict:
+    from .host_io.model_files import read_checkpoint
+
+    checkpoint = directory / CHECKPOINT_FILE
+    if not checkpoint.exists():
+        raise ConfigError(f"--resume {directory}: no {CHECKPOINT_FILE} there (nothing to resume)")
+    _, header = read_checkpoint(checkpoint)
+    return dict(header.get("run", {}))
+
+
+__all__ = ["DEFAULTS", "build_model", "output_directory", "resume_options", "train_run"]

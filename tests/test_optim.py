@@ -1,0 +1,390 @@
+"""Optimizers against torch.optim as the oracle, their state and checkpoints, schedules and gradient clipping."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import backprop as bp
+from backprop.optim import (
+    OPTIMIZERS,
+    SGD,
+    AdaGrad,
+    Adam,
+    AdamW,
+    Constant,
+    Cosine,
+    ExponentialDecay,
+    RMSprop,
+    StepDecay,
+    WarmUp,
+    clip_grad_norm,
+    global_grad_norm,
+    make_optimizer,
+    make_schedule,
+    schedule_from_config,
+)
+
+from conftest import assert_on_backend
+
+# (optimizer name, our hyperparameters, torch.optim class, torch hyperparameters)
+ORACLE_CASES = {
+    "sgd": ("sgd", {"lr": 0.1}, "SGD", {"lr": 0.1}),
+    "sgd-momentum-wd": ("sgd", {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01},
+                        "SGD", {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01}),
+    "nesterov": ("nesterov", {"lr": 0.1, "weight_decay": 0.01},
+                 "SGD", {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
+    "adam": ("adam", {"lr": 0.01}, "Adam", {"lr": 0.01}),
+    "adam-l2": ("adam", {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.1},
+                "Adam", {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.1}),
+    "adamw": ("adamw", {"lr": 0.01, "weight_decay": 0.1}, "AdamW", {"lr": 0.01, "weight_decay": 0.1}),
+    "rmsprop": ("rmsprop", {"lr": 0.01}, "RMSprop", {"lr": 0.01}),
+    "rmsprop-momentum-wd": ("rmsprop", {"lr": 0.01, "alpha": 0.9, "momentum": 0.5, "weight_decay": 0.01},
+                            "RMSprop", {"lr": 0.01, "alpha": 0.9, "momentum": 0.5, "weight_decay": 0.01}),
+    "adagrad": ("adagrad", {"lr": 0.1}, "Adagrad", {"lr": 0.1}),
+    "adagrad-init-wd": ("adagrad", {"lr": 0.1, "eps": 1e-8, "weight_decay": 0.01, "initial_accumulator_value": 0.1},
+                        "Adagrad", {"lr": 0.1, "eps": 1e-8, "weight_decay": 0.01, "initial_accumulator_value": 0.1}),
+}
+
+STEPS = 5
+
+
+def _model(backend, dtype=None):
+    return bp.mlp([4, 5, 3], seed=0, backend=backend, dtype=dtype)
+
+
+def _host_grads(model, steps, seed=7):
+    """Gradients for each step: {name: array} in the model's parameter order, drawn on the host."""
+    rng = np.random.default_rng(seed)
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters().items()}
+    return [{name: rng.normal(scale=0.5, size=shape).astype(np.float32) for name, shape in shapes.items()}
+            for _ in range(steps)]
+
+
+def _set_grads(model, grads):
+    backend = model.backend
+    for (layer, key), name in zip(model.parameter_slots(), model.named_parameters()):
+        # a copy: from_host may share memory with the host array, and clipping scales gradients in place
+        layer.grads[key] = backend.from_host(np.array(grads[name], copy=True), dtype=layer.params[key].dtype)
+
+
+def _host_weights(model):
+    return {name: np.array(model.backend.to_host(p), copy=True) for name, p in model.named_parameters().items()}
+
+
+@pytest.mark.parametrize("case", list(ORACLE_CASES), ids=list(ORACLE_CASES))
+def test_matches_torch_optim(backend, case):
+    torch = pytest.importorskip("torch")
+    name, ours, torch_class, theirs = ORACLE_CASES[case]
+    model = _model(backend)
+    params = model.named_parameters()
+    identities = {k: id(v) for k, v in params.items()}
+    reference = {k: torch.tensor(w, dtype=torch.float64, requires_grad=True) for k, w in _host_weights(model).items()}
+    optimizer = make_optimizer(name, model, **ours)
+    oracle = getattr(torch.optim, torch_class)(list(reference.values()), **theirs)
+    for grads in _host_grads(model, STEPS):
+        _set_grads(model, grads)
+        for k, p in reference.items():
+            p.grad = torch.tensor(grads[k], dtype=torch.float64)
+        optimizer.step()
+        oracle.step()
+
+    weights = model.named_parameters()
+    arrays, info = optimizer.state_dict()
+    for k, p in reference.items():
+        assert id(weights[k]) == identities[k], f"{k} was replaced, not updated in place"
+        assert_on_backend(weights[k], backend, shape=p.shape)
+        np.testing.assert_allclose(backend.to_host(weights[k]), p.detach().numpy(), rtol=1e-5, atol=1e-6,
+                                   err_msg=f"{case}: {k}")
+        for buffer, expected in oracle.state[p].items():
+            if buffer == "step":
+                assert info["param_steps"][k] == STEPS
+                continue
+            ours_buffer = arrays[f"{k}.{buffer}"]
+            assert_on_backend(ours_buffer, backend, shape=p.shape)
+            np.testing.assert_allclose(backend.to_host(ours_buffer), expected.numpy(), rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{case}: {k}.{buffer}")
+    assert sorted(arrays) == sorted(f"{k}.{b}" for k in reference for b in oracle.state[reference[k]] if b != "step")
+    for layer, key in model.parameter_slots():
+        assert_on_backend(layer.grads[key], backend, shape=layer.params[key].shape)
+
+
+def test_float64_model_keeps_float64_state(backend):
+    if not backend.supports_float64:
+        pytest.skip(f"{backend.name} has no float64")
+    model = _model(backend, dtype="float64")
+    optimizer = Adam(model, lr=0.01)
+    _set_grads(model, _host_grads(model, 1)[0])
+    optimizer.step()
+    for array in [*model.named_parameters().values(), *optimizer.state_dict()[0].values()]:
+        assert_on_backend(array, backend, "float64")
+
+
+@pytest.mark.parametrize("name, hyperparameters", [
+    ("momentum", {"lr": 0.1, "weight_decay": 0.01}),
+    ("adam", {"lr": 0.01}),
+    ("adamw", {"lr": 0.01}),
+    ("rmsprop", {"lr": 0.01, "momentum": 0.5}),
+    ("adagrad", {"lr": 0.1, "initial_accumulator_value": 0.1}),
+])
+def test_state_dict_round_trip_resumes_exactly(backend, name, hyperparameters):
+    model = _model(backend)
+    grads = _host_grads(model, 5)
+    optimizer = make_optimizer(name, model, **hyperparameters)
+    for g in grads[:3]:
+        _set_grads(model, g)
+        optimizer.step()
+    arrays, info = optimizer.state_dict()
+    info = json.loads(json.dumps(info))  # it is JSON-able and survives the trip
+    saved_weights, config = _host_weights(model), json.loads(json.dumps(optimizer.config()))
+    for g in grads[3:]:
+        _set_grads(model, g)
+        optimizer.step()
+
+    resumed = _model(backend)
+    for k, p in resumed.named_parameters().items():
+        p[...] = backend.from_host(saved_weights[k])
+    fresh = make_optimizer(model=resumed, **config)
+    fresh.load_state_dict(arrays, info)
+    assert fresh.step_count == 3 and fresh.config() == optimizer.config()
+    for g in grads[3:]:
+        _set_grads(resumed, g)
+        fresh.step()
+    for k, w in _host_weights(model).items():
+        np.testing.assert_array_equal(backend.to_host(resumed.named_parameters()[k]), w, err_msg=k)
+    # state_dict returned copies: the later steps did not change the saved arrays
+    assert any(not np.array_equal(backend.to_host(a), backend.to_host(optimizer.state_dict()[0][k]))
+               for k, a in arrays.items())
+
+
+def test_load_state_dict_restores_hyperparameters_and_validates(backend):
+    model = _model(backend)
+    optimizer = Adam(model, lr=0.01, betas=(0.8, 0.9))
+    _set_grads(model, _host_grads(model, 1)[0])
+    optimizer.step()
+    arrays, info = optimizer.state_dict()
+    other = Adam(_model(backend), lr=0.5)
+    other.load_state_dict(arrays, info)
+    assert other.lr == 0.01 and other.betas == (0.8, 0.9) and other.param_steps == optimizer.param_steps
+
+    target = Adam(_model(backend), lr=0.5)
+    with pytest.raises(bp.ConfigError, match=r"missing array\(s\) 0\.weight\.exp_avg$"):
+        target.load_state_dict({k: v for k, v in arrays.items() if k != "0.weight.exp_avg"}, info)
+    assert target.lr == 0.5 and target.betas == (0.9, 0.999) and not target.state  # nothing changed
+    with pytest.raises(bp.ConfigError, match=r"unexpected array\(s\) in the saved state: 9\.weight\.exp_avg"):
+        target.load_state_dict({**arrays, "9.weight.exp_avg": arrays["0.weight.exp_avg"]}, info)
+    with pytest.raises(bp.ConfigError, match=r"saved array 0\.bias\.exp_avg has shape \(4, 5\), but the parameter "
+                                             r"has shape \(5,\)"):
+        target.load_state_dict({**arrays, "0.bias.exp_avg": arrays["0.weight.exp_avg"]}, info)
+    with pytest.raises(bp.ConfigError, match=r"names parameter\(s\) the model lacks: 7\.weight"):
+        target.load_state_dict(arrays, {**info, "param_steps": {**info["param_steps"], "7.weight": 1}})
+    with pytest.raises(bp.ConfigError, match=r"the saved state is for optimizer 'adam', not 'sgd'"):
+        SGD(_model(backend), lr=0.1).load_state_dict(arrays, info)
+    with pytest.raises(bp.ConfigError, match=r"betas\[1\] must be a finite number in \[0, 1\), got 1\.5"):
+        target.load_state_dict(arrays, {**info, "hyperparameters": {**info["hyperparameters"], "betas": [0.9, 1.5]}})
+    assert target.lr == 0.5 and not target.state
+
+
+def test_parameters_without_gradients_are_skipped(backend):
+    model = _model(backend)
+    optimizer = Adam(model, lr=0.01)
+    before = _host_weights(model)
+    _set_grads(model, _host_grads(model, 1)[0])
+    model[0].grads.pop("bias")
+    optimizer.step()
+    after = _host_weights(model)
+    np.testing.assert_array_equal(after["0.bias"], before["0.bias"])
+    assert not np.array_equal(after["0.weight"], before["0.weight"])
+    arrays, info = optimizer.state_dict()
+    assert "0.bias" not in info["param_steps"] and "0.bias.exp_avg" not in arrays
+    optimizer.zero_grad()
+    optimizer.step()  # no gradients at all: nothing to do
+    np.testing.assert_array_equal(_host_weights(model)["0.weight"], after["0.weight"])
+
+
+def test_lr_is_settable_and_checked(backend):
+    model = _model(backend)
+    optimizer = SGD(model, lr=0.1)
+    grads = _host_grads(model, 1)[0]
+    before = _host_weights(model)
+    optimizer.lr = 0.0  # a schedule may reach 0: the step changes nothing
+    _set_grads(model, grads)
+    optimizer.step()
+    np.testing.assert_array_equal(_host_weights(model)["0.weight"], before["0.weight"])
+    optimizer.lr = 0.5
+    optimizer.step()
+    np.testing.assert_allclose(_host_weights(model)["0.weight"], before["0.weight"] - 0.5 * grads["0.weight"],
+                               rtol=1e-6, atol=1e-7)
+    with pytest.raises(bp.ConfigError, match="SGD: learning rate must be a non-negative finite number, got -1"):
+        optimizer.lr = -1
+    assert optimizer.lr == 0.5
+
+
+def test_training_with_adam_and_clipping_reduces_the_loss(backend):
+    rng = np.random.default_rng(3)
+    host_x = rng.normal(size=(32, 4)).astype(np.float32)
+    x, y = backend.from_host(host_x), backend.from_host((host_x[:, 0] > 0).astype(np.int64))
+    model = _model(backend)
+    loss_fn, optimizer = bp.CrossEntropy(), Adam(model, lr=0.05)
+    schedule = make_schedule("cosine", epochs=20, warmup_epochs=2)
+    losses = []
+    for epoch in range(20):
+        optimizer.lr = schedule(epoch, 0.05)
+        loss = loss_fn(model(x, training=True), y)
+        model.backward(loss_fn.backward())
+        assert_on_backend(clip_grad_norm(model, 1.0), backend, shape=())
+        optimizer.step()
+        losses.append(float(backend.to_host(loss)))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+# -- gradient clipping ---------------------------------------------------------
+
+def test_clip_grad_norm_matches_numpy(backend):
+    model = _model(backend)
+    grads = _host_grads(model, 1)[0]
+    expected_norm = math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads.values()))
+    _set_grads(model, grads)
+    norm = global_grad_norm(model)
+    assert_on_backend(norm, backend, shape=())
+    np.testing.assert_allclose(float(backend.to_host(norm)), expected_norm, rtol=1e-6)
+
+    identities = [id(layer.grads[key]) for layer, key in model.parameter_slots()]
+    max_norm = expected_norm / 4
+    norm = clip_grad_norm(model, max_norm)
+    assert_on_backend(norm, backend, shape=())
+    np.testing.assert_allclose(float(backend.to_host(norm)), expected_norm, rtol=1e-6)  # the norm before
+    scale = max_norm / (expected_norm + 1e-6)
+    for (layer, key), name in zip(model.parameter_slots(), model.named_parameters()):
+        assert id(layer.grads[key]) == identities.pop(0)  # scaled in place
+        assert_on_backend(layer.grads[key], backend, shape=grads[name].shape)
+        np.testing.assert_allclose(backend.to_host(layer.grads[key]), grads[name] * scale, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(float(backend.to_host(global_grad_norm(model))), max_norm, rtol=1e-5)
+
+
+def test_clip_grad_norm_leaves_small_gradients_alone(backend):
+    model = _model(backend)
+    grads = _host_grads(model, 1)[0]
+    _set_grads(model, grads)
+    norm = clip_grad_norm(model, 1e6)
+    for (layer, key), name in zip(model.parameter_slots(), model.named_parameters()):
+        np.testing.assert_array_equal(backend.to_host(layer.grads[key]), grads[name])
+    assert float(backend.to_host(norm)) > 0
+    empty = _model(backend)
+    assert float(backend.to_host(clip_grad_norm(empty, 1.0))) == 0.0  # no gradients yet
+
+
+def test_clip_grad_norm_agrees_with_torch():
+    torch = pytest.importorskip("torch")
+    model = _model("numpy")
+    grads = _host_grads(model, 1)[0]
+    _set_grads(model, grads)
+    tensors = [torch.zeros(g.shape, dtype=torch.float64, requires_grad=True) for g in grads.values()]
+    for t, g in zip(tensors, grads.values()):
+        t.grad = torch.tensor(g, dtype=torch.float64)
+    expected = torch.nn.utils.clip_grad_norm_(tensors, 0.5)
+    norm = clip_grad_norm(model, 0.5)
+    np.testing.assert_allclose(float(norm), float(expected), rtol=1e-6)
+    for (layer, key), t in zip(model.parameter_slots(), tensors):
+        np.testing.assert_allclose(layer.grads[key], t.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+# -- schedules -------------------------------------------------------------------
+
+def test_schedule_values():
+    assert [Constant()(e, 0.1) for e in (0, 7)] == [0.1, 0.1]
+    assert [StepDecay(2, 0.5)(e, 0.1) for e in range(5)] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025])
+    assert [ExponentialDecay(0.9)(e, 0.1) for e in (0, 1, 2)] == pytest.approx([0.1, 0.09, 0.081])
+    cosine = Cosine(10, min_lr=0.01)
+    assert cosine(0, 0.1) == pytest.approx(0.1)
+    assert cosine(5, 0.1) == pytest.approx(0.055)  # halfway: the mean of base and min
+    assert cosine(10, 0.1) == pytest.approx(0.01) and cosine(25, 0.1) == pytest.approx(0.01)
+    assert Cosine(4)(1, 1.0) == pytest.approx((1 + math.cos(math.pi / 4)) / 2)
+    warm = WarmUp(4, StepDecay(1, 0.5))
+    assert [warm(e, 0.2) for e in range(7)] == pytest.approx([0.05, 0.1, 0.15, 0.2, 0.2, 0.1, 0.05])
+    assert WarmUp(2)(5, 0.3) == 0.3
+
+
+def test_make_schedule_and_config_round_trip():
+    schedule = make_schedule("cosine", epochs=10, warmup_epochs=2)
+    assert isinstance(schedule, WarmUp) and schedule.then == Cosine(8)
+    assert [schedule(e, 1.0) for e in (0, 1, 2, 6, 10)] == pytest.approx([0.5, 1.0, 1.0, 0.5, 0.0])
+    assert make_schedule("step", epochs=9) == StepDecay(3, 0.1)
+    assert make_schedule("step", epochs=9, step_size=2, gamma=0.5) == StepDecay(2, 0.5)
+    assert make_schedule("exponential", epochs=5, gamma=0.8) == ExponentialDecay(0.8)
+    assert make_schedule("Constant", epochs=1) == Constant()
+    for s in (schedule, StepDecay(2, 0.5), Constant(), ExponentialDecay(0.5), WarmUp(3, Cosine(5, 0.1))):
+        assert schedule_from_config(json.loads(json.dumps(s.config()))) == s
+
+
+def test_schedules_match_torch_lr_schedulers():
+    torch = pytest.importorskip("torch")
+    pairs = [(StepDecay(3, 0.5), lambda o: torch.optim.lr_scheduler.StepLR(o, 3, 0.5)),
+             (ExponentialDecay(0.9), lambda o: torch.optim.lr_scheduler.ExponentialLR(o, 0.9)),
+             (Cosine(6, 0.001), lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 6, 0.001))]
+    for ours, make in pairs:
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        scheduler = make(opt)
+        for epoch in range(7):
+            assert ours(epoch, 0.1) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9, abs=1e-12), (ours, epoch)
+            opt.step()
+            scheduler.step()
+
+
+# -- bad hyperparameters -----------------------------------------------------------
+
+def _m():
+    return bp.mlp([2, 2], backend="numpy")
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda: SGD(_m(), lr=-0.1), r"^SGD: learning rate must be a positive finite number, got -0\.1$"),
+    (lambda: Adam(_m(), lr=0), r"^Adam: learning rate must be a positive finite number, got 0$"),
+    (lambda: SGD(_m(), lr=0.1, momentum=-0.5), r"^SGD: momentum must be a finite number in \[0, 1\), got -0\.5$"),
+    (lambda: SGD(_m(), lr=0.1, nesterov=True), r"^SGD: nesterov=True needs a momentum > 0$"),
+    (lambda: SGD(_m(), lr=0.1, weight_decay=float("inf")), r"^SGD: weight_decay must be a finite number >= 0"),
+    (lambda: Adam(_m(), betas=(0.9, 1.0)), r"^Adam: betas\[1\] must be a finite number in \[0, 1\), got 1\.0$"),
+    (lambda: AdamW(_m(), betas=(-0.1, 0.9)), r"^AdamW: betas\[0\] must be a finite number in \[0, 1\), got -0\.1$"),
+    (lambda: Adam(_m(), betas=0.9), r"^Adam: betas must be a pair of numbers in \[0, 1\), got 0\.9$"),
+    (lambda: Adam(_m(), eps=0.0), r"^Adam: eps must be a finite number > 0, got 0\.0$"),
+    (lambda: RMSprop(_m(), eps=-1e-8), r"^RMSprop: eps must be a finite number > 0"),
+    (lambda: RMSprop(_m(), alpha=1.0), r"^RMSprop: alpha must be a finite number in \[0, 1\)"),
+    (lambda: AdaGrad(_m(), initial_accumulator_value=-1), r"^AdaGrad: initial_accumulator_value must be"),
+    (lambda: make_optimizer("lbfgs", _m()), r"^unknown optimizer 'lbfgs'; expected one of sgd, momentum, nesterov, "
+                                            r"adam, adamw, rmsprop, adagrad$"),
+    (lambda: make_optimizer("adam", _m(), momentum=0.9), r"^optimizer 'adam': unknown hyperparameter\(s\) momentum; "
+                                                         r"expected lr, betas, eps, weight_decay$"),
+    (lambda: make_optimizer("sgd", _m(), lr="fast"), r"^SGD: learning rate must be a positive finite number"),
+    (lambda: clip_grad_norm(_m(), 0), r"^clip_grad_norm: max_norm must be a finite number > 0, got 0$"),
+    (lambda: StepDecay(0), r"^StepDecay: step_size must be a positive integer, got 0$"),
+    (lambda: StepDecay(2, gamma=1.5), r"^StepDecay: gamma must be a finite number in \(0, 1\], got 1\.5$"),
+    (lambda: ExponentialDecay(0.0), r"^ExponentialDecay: gamma must be a finite number in \(0, 1\]"),
+    (lambda: Cosine(10, min_lr=-0.1), r"^Cosine: min_lr must be a finite number >= 0"),
+    (lambda: WarmUp(0), r"^WarmUp: epochs must be a positive integer, got 0$"),
+    (lambda: WarmUp(2, then="cosine"), r"^WarmUp: then must be a Schedule, got str$"),
+    (lambda: Constant()(-1, 0.1), r"^Constant: epoch must be an integer >= 0, got -1$"),
+    (lambda: make_schedule("linear", epochs=5), r"^unknown learning-rate schedule 'linear'; expected one of constant, "
+                                                r"step, exponential, cosine$"),
+    (lambda: make_schedule("cosine", epochs=5, warmup_epochs=5), r"^make_schedule: warmup_epochs must be less than "
+                                                                 r"epochs \(5\), got 5$"),
+    (lambda: make_schedule("cosine", epochs=0), r"^make_schedule: epochs must be a positive integer, got 0$"),
+    (lambda: make_schedule("step", epochs=5, gama=0.5), r"^schedule 'step': unknown option\(s\) gama; "
+                                                        r"expected step_size, gamma$"),
+    (lambda: make_schedule("constant", epochs=5, gamma=0.5), r"unknown option\(s\) gamma; expected none$"),
+])
+def test_bad_hyperparameters(bad, message):
+    with pytest.raises(bp.ConfigError, match=message) as info:
+        bad()
+    assert "\n" not in str(info.value)
+
+
+def test_every_named_optimizer_builds_and_rebuilds_from_config():
+    model = _m()
+    for name in OPTIMIZERS:
+        optimizer = make_optimizer(name, model)
+        assert make_optimizer(model=model, **json.loads(json.dumps(optimizer.config()))).config() == optimizer.config()
+    assert make_optimizer("momentum", model).momentum == 0.9
+    assert make_optimizer("nesterov", model, momentum=0.5).nesterov

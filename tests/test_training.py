@@ -1,0 +1,226 @@
+"""The training loop: batch modes, reproducibility, resume, diagnostics and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import backprop as bp
+from backprop.data import load_digits
+from backprop.training import EarlyStopping, GradientMonitor, Trainer, evaluate, fit
+
+from conftest import assert_on_backend
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits()
+
+
+def _test_accuracy(model, data):
+    backend = model.backend
+    _, accuracy = evaluate(model, backend.from_host(data.x_test), backend.from_host(data.y_test), bp.CrossEntropy())
+    return accuracy
+
+
+# (batch_size, optimizer, lr, epochs, hidden) chosen so each mode passes 90% in well under a second on NumPy.
+BATCH_MODES = {
+    "stochastic": (1, "sgd", 0.02, 1, [64, 32, 10]),
+    "mini_batch": (32, "adam", 3e-3, 4, [64, 64, 10]),
+    "full_batch": ("full", "adam", 1e-2, 60, [64, 64, 10]),
+}
+
+
+@pytest.mark.parametrize("mode", BATCH_MODES)
+def test_each_batch_mode_learns_the_digits(backend, digits, mode):
+    batch_size, optimizer, lr, epochs, sizes = BATCH_MODES[mode]
+    if backend.library == "array_api_strict" and mode == "stochastic":
+        epochs = 1  # the reference implementation is slow per call; one pass is enough to show learning
+    model = bp.mlp(sizes, seed=0, backend=backend)
+    history = fit(model, digits.x_train, digits.y_train, optimizer=optimizer, lr=lr, epochs=epochs,
+                  batch_size=batch_size, progress=False, log=None)
+    expected_steps = {1: len(digits.x_train), 32: math.ceil(len(digits.x_train) / 32), "full": 1}[batch_size]
+    assert history[-1]["steps"] == expected_steps
+    assert _test_accuracy(model, digits) >= 0.90
+    for param in model.named_parameters().values():
+        assert_on_backend(param, backend)
+
+
+def test_same_seed_same_weights_on_numpy(digits):
+    def run():
+        model = bp.mlp([64, 32, 10], seed=3, backend="numpy")
+        fit(model, digits.x_train[:300], digits.y_train[:300], epochs=3, batch_size=16, seed=5, progress=False,
+            log=None, validation_split=0.2)
+        return model.named_parameters()
+
+    first, second = run(), run()
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name])
+
+
+def test_backends_agree_for_the_first_epochs(backend, digits):
+    def run(on):
+        model = bp.mlp([64, 32, 10], seed=3, backend=on)
+        history = fit(model, digits.x_train[:256], digits.y_train[:256], epochs=2, batch_size=64, shuffle=False,
+                      optimizer="sgd", lr=0.1, progress=False, log=None)
+        return [r["train_loss"] for r in history], {k: on.to_host(v) for k, v in model.named_parameters().items()}
+
+    expected_losses, expected_weights = run(bp.get_backend("numpy"))
+    losses, weights = run(backend)
+    np.testing.assert_allclose(losses, expected_losses, rtol=1e-4)
+    for name, weight in expected_weights.items():
+        np.testing.assert_allclose(weights[name], weight, rtol=1e-3, atol=1e-5)
+
+
+def _trainer(backend, tmp_path, **options):
+    model = bp.Sequential([bp.Dense(64, 32, rng=1, backend=backend), bp.ReLU(backend=backend),
+                           bp.layers.Dropout(0.2, backend=backend), bp.Dense(32, 10, rng=2, backend=backend)])
+    callbacks = [EarlyStopping(50)]
+    return Trainer(model, optimizer="momentum", lr=0.05, epochs=4, batch_size=50, seed=9, schedule="cosine",
+                   callbacks=callbacks, progress=False, log=None, **options)
+
+
+def test_resume_after_interrupt_equals_an_uninterrupted_run(backend, digits, tmp_path):
+    x, y = digits.x_train[:400], digits.y_train[:400]
+    reference = _trainer(backend, tmp_path)
+    reference.fit(x, y, validation_split=0.25)
+
+    interrupted = _trainer(backend, tmp_path)
+    step = interrupted.optimizer.step
+    calls = {"n": 0}
+
+    def step_then_interrupt():
+        calls["n"] += 1
+        if calls["n"] == 2 * 6 + 3:  # in the middle of the third epoch (6 steps per epoch)
+            raise KeyboardInterrupt
+        step()
+
+    interrupted.optimizer.step = step_then_interrupt
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit(x, y, validation_split=0.25)
+    assert interrupted.epoch == 2
+    checkpoint = tmp_path / "checkpoint.safetensors"
+    interrupted.save_checkpoint(checkpoint)
+
+    resumed = _trainer(backend, tmp_path)
+    resumed.load_checkpoint(checkpoint)
+    assert resumed.epoch == 2 and len(resumed.history) == 2
+    resumed.fit(x, y, validation_split=0.25)
+    assert resumed.epoch == 4
+    for name, weight in reference.model.named_parameters().items():
+        np.testing.assert_array_equal(backend.to_host(resumed.model.named_parameters()[name]),
+                                      backend.to_host(weight))
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in reference.history]
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_weights(digits):
+    model = bp.mlp([64, 32, 10], seed=0, backend="numpy")
+    trainer = Trainer(model, optimizer="sgd", lr=0.05, epochs=5, batch_size=100, progress=False, log=None)
+    trainer.fit(digits.x_train, digits.y_train)
+    good = {k: v.copy() for k, v in model.named_parameters().items()}
+    trainer.epochs = 6
+    trainer.optimizer.lr = trainer.base_lr = 1e30  # certain to blow up
+    with pytest.raises(bp.errors.TrainingError, match=r"NaN or infinite at epoch 6, step \d+ of 15; likely causes: "
+                                                       r"learning rate too high"):
+        trainer.fit(digits.x_train, digits.y_train)
+    for name, weight in model.named_parameters().items():
+        np.testing.assert_array_equal(weight, good[name])
+
+
+def test_early_stopping_restores_the_best_weights(digits):
+    model = bp.mlp([64, 128, 10], seed=0, backend="numpy")
+    stopper = EarlyStopping(2, monitor="val_loss")
+    fit(model, digits.x_train[:200], digits.y_train[:200], optimizer="adam", lr=0.05, epochs=60, batch_size=10,
+        validation_split=0.5, callbacks=[stopper], progress=False, log=None)
+    assert stopper.best_epoch < 60  # it overfits 100 examples quickly, so it stops early
+    x_val = model.backend.from_host(digits.x_train[:200])
+    assert model(x_val).shape == (200, 10)
+    best = stopper.best_weights
+    for name, weight in model.named_parameters().items():
+        np.testing.assert_array_equal(weight, best[name])
+
+
+def test_vanishing_gradients_are_recorded_and_warned(digits):
+    sizes = [64] + [32] * 8 + [10]
+    model = bp.mlp(sizes, activation_name="sigmoid", seed=0, backend="numpy")
+    messages = []
+    with pytest.warns(RuntimeWarning, match="vanishing gradients: 0.weight"):
+        history = fit(model, digits.x_train[:300], digits.y_train[:300], optimizer="sgd", lr=0.01, epochs=4,
+                      batch_size=50, callbacks=[GradientMonitor(patience=2)], progress=False, log=messages.append)
+    norms = history[-1]["grad_norms"]
+    assert norms["0.weight"] < 1e-3 * norms[f"{2 * (len(sizes) - 2)}.weight"]
+    assert any("vanishing" in m for m in messages)
+
+
+def test_exploding_gradients_are_warned(digits):
+    model = bp.mlp([64, 32, 10], seed=0, backend="numpy")
+    big = digits.x_train[:100] * 1e5
+    with pytest.warns(RuntimeWarning, match="exploding gradients"):
+        fit(model, big, digits.y_train[:100], optimizer="sgd", lr=1e-12, epochs=1, batch_size=100,
+            callbacks=[GradientMonitor()], progress=False, log=None)
+
+
+def test_gradient_clipping_bounds_the_update(digits):
+    model = bp.mlp([64, 32, 10], seed=0, backend="numpy")
+    before = {k: v.copy() for k, v in model.named_parameters().items()}
+    fit(model, digits.x_train[:64] * 1e3, digits.y_train[:64], optimizer="sgd", lr=1.0, epochs=1,
+        batch_size="full", clip_norm=0.5, progress=False, log=None)
+    change = math.sqrt(sum(float(np.sum((model.named_parameters()[k] - before[k]) ** 2)) for k in before))
+    assert change <= 0.5 + 1e-5
+
+
+def test_learning_rate_schedule_is_applied(digits):
+    model = bp.mlp([64, 16, 10], seed=0, backend="numpy")
+    history = fit(model, digits.x_train[:64], digits.y_train[:64], optimizer="sgd", lr=0.1, epochs=4,
+                  schedule="step", batch_size=32, warmup_epochs=0, progress=False, log=None)
+    assert [r["lr"] for r in history][0] == pytest.approx(0.1)
+    assert history[-1]["lr"] <= 0.1
+
+
+@pytest.mark.parametrize("x_change, y_change, error, message", [
+    (lambda x: np.where(np.arange(x.size).reshape(x.shape) == 5, np.nan, x), None, bp.errors.DataError,
+     r"training data: 1 NaN or infinite feature values"),
+    (None, lambda y: np.where(np.arange(y.size) == 3, 12, y), bp.errors.DataError,
+     r"labels must be class numbers 0..9 for this model's 10 outputs, found values from 0 to 12"),
+    (lambda x: x[:, :60], None, bp.ShapeError, r"training data has 60 features per example, but the model expects 64"),
+    (None, lambda y: y[:-1], bp.ShapeError, r"training data: 100 examples but 99 labels"),
+])
+def test_bad_training_data(digits, x_change, y_change, error, message):
+    x, y = digits.x_train[:100], digits.y_train[:100]
+    x = x_change(x) if x_change else x
+    y = y_change(y) if y_change else y
+    with pytest.raises(error, match=message):
+        fit(bp.mlp([64, 8, 10], backend="numpy"), x, y, epochs=1, progress=False, log=None)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"epochs": 0}, "epochs must be a positive integer"),
+    ({"batch_size": 0}, "batch size must be a positive integer or 'full', got 0"),
+    ({"batch_size": "many"}, "batch size must be a positive integer or 'full'"),
+    ({"optimizer": "lbfgs"}, "unknown optimizer 'lbfgs'"),
+    ({"lr": -0.1}, "learning rate must be a positive finite number"),
+    ({"loss": "hinge"}, "unknown loss 'hinge'"),
+    ({"clip_norm": -1.0}, "clip_norm must be a positive number"),
+    ({"seed": -1}, "seed must be a non-negative integer"),
+])
+def test_bad_hyperparameters(options, message):
+    with pytest.raises(bp.ConfigError, match=message):
+        Trainer(bp.mlp([4, 3], backend="numpy"), **options)
+
+
+def test_dropout_is_inverted_and_off_in_evaluation(backend):
+    layer = bp.layers.Dropout(0.25, seed=1, backend=backend)
+    x = backend.from_host(np.ones((200, 50), np.float32))
+    assert layer(x) is x
+    y = backend.to_host(layer(x, training=True))
+    assert set(np.unique(y)) <= {0.0, np.float32(1 / 0.75)}
+    assert abs(y.mean() - 1.0) < 0.05 and abs((y == 0).mean() - 0.25) < 0.03
+    grad = backend.to_host(layer.backward(backend.xp.ones_like(x)))
+    np.testing.assert_array_equal(grad, y)  # the same mask scales the gradient
+    layer.reseed(1)
+    again = backend.to_host(layer(x, training=True))
+    np.testing.assert_array_equal(again, y)
+    with pytest.raises(bp.ConfigError, match=r"p must be a probability in \[0, 1\), got 1.0"):
+        bp.layers.Dropout(1.0)
