@@ -65,14 +65,18 @@ class Backend:
         return self.xp.asarray(obj, dtype=dtype, device=self.device)
 
     def from_host(self, host_array, dtype=None):
-        """Copy a NumPy array (or anything ``numpy.asarray`` accepts) onto the device."""
+        """Copy a NumPy array (or anything ``numpy.asarray`` accepts) onto the device.
+
+        Always a copy, never a view: later changes to either side do not affect the other.
+        float64 host data becomes the backend's default float32 unless ``dtype`` says otherwise.
+        """
         host_array = np.asarray(host_array)
         if dtype is None and host_array.dtype == np.float64:
             dtype = self.float_dtype
-        return self.xp.asarray(host_array, dtype=dtype, device=self.device)
+        return self.xp.asarray(host_array, dtype=dtype, device=self.device, copy=True)
 
     def to_host(self, x) -> np.ndarray:
-        """Copy an array of this backend to a NumPy array on the host."""
+        """Copy an array of this backend to a NumPy array on the host (a copy, never a view)."""
         raise NotImplementedError
 
     # -- what the standard lacks --------------------------------------------

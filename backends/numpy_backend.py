@@ -41,7 +41,7 @@ class NumpyBackend(Backend):
         return type(x) is np.ndarray
 
     def to_host(self, x):
-        return np.asarray(x)
+        return np.array(x, copy=True)
 
     def random(self, seed):
         return NumpyRandom(self, seed)

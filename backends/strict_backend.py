@@ -53,7 +53,7 @@ class StrictBackend(Backend):
         return isinstance(x, self._module._array_object.Array) and x.device == self.device
 
     def to_host(self, x):
-        return np.asarray(x.to_device(self._cpu))
+        return np.array(x.to_device(self._cpu), copy=True)
 
     def from_host(self, host_array, dtype=None):
         host_array = np.asarray(host_array)

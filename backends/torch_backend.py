@@ -59,10 +59,10 @@ class TorchBackend(Backend):
         if dtype is None and host_array.dtype == np.float64:
             dtype = self.float_dtype
         tensor = self._torch.from_numpy(np.ascontiguousarray(host_array))
-        return tensor.to(device=self.device, dtype=dtype)
+        return tensor.to(device=self.device, dtype=dtype, copy=True)
 
     def to_host(self, x):
-        return x.detach().cpu().numpy()
+        return x.detach().cpu().numpy().copy() if x.device.type == "cpu" else x.detach().cpu().numpy()
 
     def random(self, seed):
         return TorchRandom(self, seed)

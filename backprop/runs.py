@@ -149,7 +149,8 @@ def _plots(output, history, model, x_test, dataset, log):
                               title=f"{dataset.name} test set")
     except PlotUnavailable as exc:
         warnings.warn(str(exc), RuntimeWarning, stacklevel=2)
-        log(f"warning: {exc}")
+    except Exception as exc:  # a plot must never cost the user a finished, saved run
+        warnings.warn(f"could not draw the plots in {output}: {exc}", RuntimeWarning, stacklevel=2)
 
 
 def _describe(model) -> str:

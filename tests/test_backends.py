@@ -193,6 +193,10 @@ def test_host_round_trip_keeps_values_and_dtype(backend):
     back = backend.to_host(on_device)
     assert isinstance(back, np.ndarray) and back.dtype == np.float32
     np.testing.assert_array_equal(back, host)
+    host[0, 0] = 99.0  # copies, not views: changing one side leaves the other alone
+    assert backend.to_host(on_device)[0, 0] != 99.0
+    back[0, 1] = 77.0
+    assert backend.to_host(on_device)[0, 1] != 77.0
     # float64 host data becomes the default float32 unless asked otherwise
     assert_on_backend(backend.from_host(host.astype(np.float64)), backend)
 
