@@ -227,7 +227,7 @@ class Trainer:
 
     def state_dict(self) -> tuple[dict, dict]:
         """Everything a resumed run needs: device arrays and a JSON-able dict."""
-        arrays = {f"model/{k}": v for k, v in self.model.named_parameters().items()}
+        arrays = {f"param/{k}": v for k, v in self.model.named_parameters().items()}  # as in model files
         arrays.update({f"buffer/{k}": v for k, v in self.model.named_buffers().items()})
         opt_arrays, opt_info = self.optimizer.state_dict()
         arrays.update({f"optimizer/{k}": v for k, v in opt_arrays.items()})
@@ -244,7 +244,7 @@ class Trainer:
         def part(prefix):
             return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
-        weights = part("model/")
+        weights = part("param/")
         missing = sorted(set(self.model.named_parameters()) - set(weights))
         if missing:
             raise ConfigError(f"checkpoint has no weights for {', '.join(missing)}")

@@ -1,0 +1,130 @@
+"""Model files: safetensors with the architecture in the header, atomic writes, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import backprop as bp
+from backprop.host_io import model_files
+
+from conftest import assert_on_backend
+
+
+def _model(backend="numpy"):
+    return bp.Sequential([bp.Dense(6, 8, rng=0, backend=backend), bp.GELU(backend=backend),
+                          bp.Dropout(0.1, backend=backend), bp.Dense(8, 3, rng=1, backend=backend),
+                          bp.LeakyReLU(0.2, backend=backend)])
+
+
+def test_a_model_saved_on_numpy_loads_on_every_backend_with_the_same_predictions(backend, tmp_path):
+    model = _model()
+    path = tmp_path / "model.safetensors"
+    bp.save_model(path, model, {"note": "hello", "classes": ["a", "b", "c"]})
+    loaded, metadata = bp.load_model(path, backend=backend)
+    assert metadata == {"note": "hello", "classes": ["a", "b", "c"]}
+    assert repr(loaded) == repr(model)
+    x = np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32)
+    prediction = loaded(backend.from_host(x))
+    assert_on_backend(prediction, backend, shape=(5, 3))
+    np.testing.assert_allclose(backend.to_host(prediction), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_saved_on_any_backend_loads_on_numpy(backend, tmp_path):
+    model = _model(backend)
+    path = tmp_path / "model.safetensors"
+    bp.save_model(path, model)
+    loaded, _ = bp.load_model(path, backend="numpy")
+    for name, array in model.named_parameters().items():
+        np.testing.assert_array_equal(loaded.named_parameters()[name], backend.to_host(array))
+
+
+def test_file_is_plain_safetensors_with_a_json_header(tmp_path):
+    from safetensors import safe_open
+
+    path = tmp_path / "m.safetensors"
+    bp.save_model(path, _model())
+    with safe_open(str(path), framework="numpy") as handle:
+        header = handle.metadata()
+        assert set(handle.keys()) == {"param/0.weight", "param/0.bias", "param/3.weight", "param/3.bias"}
+    assert header["format"] == "backprop"
+    assert json.loads(header["architecture"])["type"] == "Sequential"
+
+
+def test_an_interrupted_save_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "model.safetensors"
+    bp.save_model(path, _model())
+    before = path.read_bytes()
+
+    def crash(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"half a file")
+        raise KeyboardInterrupt
+
+    import safetensors.numpy
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        bp.save_model(path, bp.mlp([6, 2], backend="numpy"))
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no temporary left behind
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "not a readable model file"),
+    (b"\x00" * 7, "not a readable model file"),
+    (b"this is plain text, not a model", "not a readable model file"),
+])
+def test_damaged_files_give_a_clear_error(tmp_path, content, message):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(bp.ModelFileError, match=rf"{path}: {message}"):
+        bp.load_model(path)
+
+
+def test_truncated_file(tmp_path):
+    path = tmp_path / "model.safetensors"
+    bp.save_model(path, _model())
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(bp.ModelFileError, match="not a readable model file"):
+        bp.load_model(path)
+
+
+def test_foreign_safetensors_file(tmp_path):
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "other.safetensors"
+    save_file({"w": np.zeros(3, np.float32)}, str(path))
+    with pytest.raises(bp.ModelFileError, match="not one written by backprop"):
+        bp.load_model(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(bp.ModelFileError, match="no such model file"):
+        bp.load_model(tmp_path / "nope.safetensors")
+
+
+def test_weights_that_do_not_fit_the_architecture(tmp_path):
+    path = tmp_path / "model.safetensors"
+    model = _model()
+    arrays = model_files.model_arrays(model)
+    arrays["param/0.weight"] = np.zeros((5, 8), np.float32)
+    from backprop.layers import architecture
+
+    model_files.save_arrays(path, arrays, {"kind": "model", "architecture": architecture(model), "dtype": "float32",
+                                           "metadata": {}})
+    with pytest.raises(bp.ModelFileError, match=r"'param/0.weight' has shape \(5, 8\), the architecture expects"):
+        bp.load_model(path)
+
+
+def test_a_model_file_is_refused_where_a_checkpoint_is_needed(tmp_path):
+    trainer = bp.Trainer(bp.mlp([4, 3], backend="numpy"), epochs=1, progress=False, log=None)
+    trainer.fit(np.ones((8, 4), np.float32), np.zeros(8, np.int64))
+    trainer.save_checkpoint(tmp_path / "checkpoint.safetensors")
+    model, _ = bp.load_model(tmp_path / "checkpoint.safetensors")  # a checkpoint holds a usable model
+    assert repr(model) == repr(trainer.model)
+    bp.save_model(tmp_path / "m.safetensors", trainer.model)
+    with pytest.raises(bp.ModelFileError, match="expected a checkpoint, found a 'model' file"):
+        model_files.read_checkpoint(tmp_path / "m.safetensors")
