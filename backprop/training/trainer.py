@@ -128,6 +128,8 @@ class Trainer:
 
     # -- one epoch ----------------------------------------------------------
     def _run_epoch(self, x, y, x_val, y_val) -> dict:
+        from ..optim import clip_grad_norm
+
         backend, xp, model, loss_fn = self.backend, self.backend.xp, self.model, self.loss_fn
         started = time.perf_counter()
         self.optimizer.lr = self.schedule(self.epoch, self.base_lr)
@@ -160,8 +162,6 @@ class Trainer:
                     for name, grad in model.named_gradients().items():
                         norm_sums[name] = norm_sums[name] + xp.sqrt(xp.sum(grad * grad))
                 if self.clip_norm is not None:
-                    from ..optim import clip_grad_norm
-
                     clip_grad_norm(model, self.clip_norm)
                 self.optimizer.step()
                 count = stop - start
