@@ -66,8 +66,9 @@ class MSE(Loss):
 class CrossEntropy(Loss):
     """Softmax cross-entropy on raw scores (logits), averaged over the batch.
 
-    Targets are integer class labels of shape (batch,) or probabilities of shape
-    (batch, classes). Softmax and log are fused through log-sum-exp, so large
+    Logits have shape (batch, classes), or (batch, ..., classes) for a prediction at every position of a
+    sequence (then the mean is over all positions). Targets are integer class labels of shape (batch, ...)
+    or probabilities of the logits' shape. Softmax and log are fused through log-sum-exp, so large
     logits neither overflow nor lose the loss:
         log pᵢ = zᵢ − max z − log Σⱼ exp(zⱼ − max z)
         L = −(1/N) Σ t·log p;   dL/dz = (softmax(z) − t)/N
@@ -75,24 +76,27 @@ class CrossEntropy(Loss):
 
     def forward(self, logits, target):
         xp = self._check(logits, target, same_shape=False)
-        if logits.ndim != 2:
+        if logits.ndim < 2:
             raise ShapeError(f"{self!r}: expected logits of shape (batch, classes), got {tuple(logits.shape)}")
-        n, classes = logits.shape
+        classes = logits.shape[-1]
+        positions = tuple(logits.shape[:-1])
         if xp.isdtype(target.dtype, "integral"):
-            if tuple(target.shape) != (n,):
-                raise ShapeError(f"{self!r}: expected integer labels of shape ({n},), got {tuple(target.shape)}")
+            if tuple(target.shape) != positions:
+                raise ShapeError(f"{self!r}: expected integer labels of shape {_shape_text(positions)}, got "
+                                 f"{tuple(target.shape)}")
             classes_range = xp.arange(classes, dtype=target.dtype, device=_device(logits))
-            target = xp.astype(target[:, None] == classes_range[None, :], logits.dtype)
+            target = xp.astype(target[..., None] == classes_range, logits.dtype)
         elif xp.isdtype(target.dtype, "real floating"):
-            if tuple(target.shape) != (n, classes):
-                raise ShapeError(f"{self!r}: expected integer labels of shape ({n},) or probabilities of shape "
-                                 f"({n}, {classes}), got {tuple(target.shape)}")
+            if tuple(target.shape) != tuple(logits.shape):
+                raise ShapeError(f"{self!r}: expected integer labels of shape {_shape_text(positions)} or "
+                                 f"probabilities of shape {tuple(logits.shape)}, got {tuple(target.shape)}")
             target = xp.astype(target, logits.dtype)
         else:
             raise DTypeError(f"{self!r}: expected integer labels or float probabilities, got "
                              f"{dtype_name(target.dtype)}")
-        shifted = logits - xp.max(logits, axis=1, keepdims=True)
-        log_probs = shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
+        n = _size(logits) // classes
+        shifted = logits - xp.max(logits, axis=-1, keepdims=True)
+        log_probs = shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
         self._cache = (xp, log_probs, target, n)
         return xp.asarray(-xp.sum(target * log_probs) / n)
 
@@ -128,6 +132,10 @@ LOSSES = {"mse": MSE, "cross_entropy": CrossEntropy, "binary_cross_entropy": Bin
 
 def _device(x):
     return array_api_compat.device(x)
+
+
+def _shape_text(shape) -> str:
+    return f"({shape[0]},)" if len(shape) == 1 else str(tuple(shape))
 
 
 def _size(x) -> int:

@@ -76,3 +76,16 @@ def test_binary_cross_entropy_is_stable_for_huge_logits(backend):
 def test_sigmoid_is_stable_for_huge_inputs(backend):
     x = backend.from_host(np.array([[-1000.0, 0.0, 1000.0]], np.float32))
     np.testing.assert_allclose(backend.to_host(bp.Sigmoid(backend=backend)(x)), [[0.0, 0.5, 1.0]])
+
+
+def test_cross_entropy_over_sequence_positions(backend):
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(3, 5, 4)).astype(np.float32)
+    labels = rng.integers(0, 4, size=(3, 5))
+    loss = bp.CrossEntropy()
+    value = loss(backend.from_host(logits), backend.from_host(labels))
+    expected = ref.cross_entropy(logits.reshape(-1, 4), labels.reshape(-1))
+    np.testing.assert_allclose(float(backend.to_host(value)), expected, rtol=1e-5)
+    assert bp.gradcheck(loss, backend.from_host(logits), backend.from_host(labels)).ok
+    with pytest.raises(bp.ShapeError, match=r"expected integer labels of shape \(3, 5\), got \(3,\)"):
+        loss(backend.from_host(logits), backend.from_host(labels[:, 0]))

@@ -111,7 +111,8 @@ class Layer:
         return self._map_arrays(convert, dtype=dtype)
 
     # -- input checks -------------------------------------------------------
-    def check_input(self, x, *, ndim: int | None = None, last_dim: int | None = None, expected: str = ""):
+    def check_input(self, x, *, ndim: int | None = None, min_ndim: int | None = None, last_dim: int | None = None,
+                    expected: str = ""):
         """Raise a one-line error naming this layer when ``x`` is not what it expects.
 
         ``expected`` describes the shape in words, such as ``"(batch, 64)"``.
@@ -123,5 +124,6 @@ class Layer:
                 f"backend.asarray(...) or move the model with .to(...)")
         if x.dtype != self.dtype:
             raise DTypeError(f"{self!r}: expected {dtype_name(self.dtype)} input, got {dtype_name(x.dtype)}")
-        if (ndim is not None and x.ndim != ndim) or (last_dim is not None and x.shape[-1] != last_dim):
+        if ((ndim is not None and x.ndim != ndim) or (min_ndim is not None and x.ndim < min_ndim)
+                or (last_dim is not None and x.shape[-1] != last_dim)):
             raise ShapeError(f"{self!r}: expected input of shape {expected}, got {tuple(x.shape)}")

@@ -10,6 +10,9 @@ from .base import Layer
 class Dense(Layer):
     """Fully connected layer. ``weight`` has shape ``(in_features, out_features)``.
 
+    Input ``(batch, in_features)``, or ``(batch, ..., in_features)`` (a sequence, say): the same weights apply
+    at every position.
+
     Forward:  y = x W + b
     Backward: dL/dW = xᵀ dL/dy,   dL/db = Σ_batch dL/dy,   dL/dx = dL/dy Wᵀ
     """
@@ -40,7 +43,7 @@ class Dense(Layer):
                 "init": self.init}
 
     def forward(self, x, *, training: bool = False):
-        self.check_input(x, ndim=2, last_dim=self.in_features, expected=f"(batch, {self.in_features})")
+        self.check_input(x, min_ndim=2, last_dim=self.in_features, expected=f"(batch, {self.in_features})")
         self._x = x
         y = x @ self.params["weight"]
         if self.use_bias:
@@ -50,10 +53,14 @@ class Dense(Layer):
     def backward(self, grad_output):
         if self._x is None:
             raise RuntimeError(f"{self!r}: backward called before forward")
-        self.grads["weight"] = self._x.T @ grad_output
+        x, grad = self._x, grad_output
+        if x.ndim > 2:  # every position is one more example for the weight gradient
+            x = self.xp.reshape(x, (-1, self.in_features))
+            grad = self.xp.reshape(grad, (-1, self.out_features))
+        self.grads["weight"] = x.T @ grad
         if self.use_bias:
-            self.grads["bias"] = self.xp.sum(grad_output, axis=0)
-        return grad_output @ self.params["weight"].T
+            self.grads["bias"] = self.xp.sum(grad, axis=0)
+        return grad_output @ self.xp.matrix_transpose(self.params["weight"])
 
     def _clear_cache(self) -> None:
         self._x = None

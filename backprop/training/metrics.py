@@ -13,7 +13,7 @@ def predict_logits(model, x, *, batch_size: int = 4096):
 
 
 def predict_classes(model, x, *, batch_size: int = 4096):
-    return model.backend.xp.argmax(predict_logits(model, x, batch_size=batch_size), axis=1)
+    return model.backend.xp.argmax(predict_logits(model, x, batch_size=batch_size), axis=-1)
 
 
 def evaluate(model, x, y, loss_fn, *, batch_size: int = 4096) -> tuple[float, float]:
@@ -21,6 +21,7 @@ def evaluate(model, x, y, loss_fn, *, batch_size: int = 4096) -> tuple[float, fl
     xp = model.backend.xp
     n = x.shape[0]
     loss_sum = correct = None
+    positions = n * labels_per_example(y)
     for start, stop in batch_bounds(n, batch_size):
         logits = model.forward(x[start:stop, ...], training=False)
         batch_loss = loss_fn(logits, y[start:stop, ...]) * (stop - start)
@@ -28,11 +29,26 @@ def evaluate(model, x, y, loss_fn, *, batch_size: int = 4096) -> tuple[float, fl
         loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
         correct = batch_correct if correct is None else correct + batch_correct
     host = model.backend.to_host(xp.stack([loss_sum, xp.astype(correct, loss_sum.dtype)]))
-    return float(host[0]) / n, float(host[1]) / n
+    return float(host[0]) / n, float(host[1]) / positions
 
 
 def count_correct(xp, logits, labels):
-    """How many rows' highest score is at the label (a 0-d array on the device)."""
+    """How many predictions' highest score is at the label (a 0-d array on the device)."""
     if not xp.isdtype(labels.dtype, "integral"):  # probability targets: compare with their argmax
-        labels = xp.argmax(labels, axis=1)
-    return xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, logits.dtype))
+        labels = xp.argmax(labels, axis=-1)
+    return xp.sum(xp.astype(xp.argmax(logits, axis=-1) == labels, logits.dtype))
+
+
+def labels_per_example(y) -> int:
+    """Predictions per example: 1 for a class label, T for a label at each of T sequence positions."""
+    shape = y.shape[1:] if _is_integral(y) else y.shape[1:-1]
+    count = 1
+    for n in shape:
+        count *= n
+    return count
+
+
+def _is_integral(y) -> bool:
+    import array_api_compat
+
+    return array_api_compat.array_namespace(y).isdtype(y.dtype, "integral")

@@ -17,7 +17,7 @@ from ..errors import ConfigError, DataError, ShapeError, TrainingError
 from ..losses import LOSSES, Loss
 from .batches import batch_bounds, parse_batch_size
 from .callbacks import Callback
-from .metrics import count_correct, evaluate
+from .metrics import count_correct, evaluate, labels_per_example
 
 
 class Trainer:
@@ -147,6 +147,7 @@ class Trainer:
         all_finite = xp.ones((), dtype=xp.bool, device=backend.device)
         norm_sums = {name: zero for name in model.named_parameters()}
         seen = 0
+        per_example = labels_per_example(y)
         bar = self._progress_bar(n)
         try:
             for step, (start, stop) in enumerate(bounds):
@@ -178,13 +179,14 @@ class Trainer:
                     if not finite:
                         self._fail_nonfinite(int(good), steps)
                     if bar is not None:
-                        bar.set_postfix(loss=f"{mean_loss / seen:.4f}", acc=f"{mean_acc / seen:.3f}", refresh=False)
+                        bar.set_postfix(loss=f"{mean_loss / seen:.4f}", acc=f"{mean_acc / (seen * per_example):.3f}",
+                                        refresh=False)
         finally:
             if bar is not None:
                 bar.close()
         host = backend.to_host(xp.stack([loss_sum, correct]))
         record = {"epoch": self.epoch + 1, "train_loss": float(host[0]) / seen,
-                  "train_accuracy": float(host[1]) / seen, "val_loss": None, "val_accuracy": None}
+                  "train_accuracy": float(host[1]) / (seen * per_example), "val_loss": None, "val_accuracy": None}
         if x_val is not None:
             record["val_loss"], record["val_accuracy"] = evaluate(model, x_val, y_val, loss_fn)
         samples = len(norm_steps)
@@ -310,8 +312,6 @@ class Trainer:
         outputs = self.model.forward(x[:1, ...], training=False).shape[-1]
         checks = [xp.sum(xp.astype(xp.logical_not(xp.isfinite(x)), xp.float32))]
         if xp.isdtype(y.dtype, "integral"):
-            if y.ndim != 1:
-                raise ShapeError(f"{what}: expected labels of shape ({x.shape[0]},), got {tuple(y.shape)}")
             checks += [xp.astype(xp.min(y), xp.float32), xp.astype(xp.max(y), xp.float32)]
         bad, *label_range = (float(v) for v in self.backend.to_host(xp.stack(checks)))
         if bad:
@@ -337,11 +337,9 @@ def _make_loss(loss) -> Loss:
 
 
 def _input_features(model):
-    layers = getattr(model, "layers", [model])
-    for layer in layers:
-        if hasattr(layer, "in_features"):
-            return layer.in_features
-    return None
+    """The feature count the first layer expects, when it says (a Dense layer does)."""
+    first = getattr(model, "layers", [model])[0]
+    return getattr(first, "in_features", None)
 
 
 def _format_record(record: dict, epochs: int) -> str:
