@@ -84,7 +84,23 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("input", help="a .npy, .npz (array 'x') or .csv file of feature rows")
     predict.add_argument("--output", default=None, help="write the predictions to this CSV file")
     predict.set_defaults(handler=cmd_predict)
+
+    from .examples import EXAMPLES
+
+    example = commands.add_parser(
+        "example", help="run a worked example: " + ", ".join(EXAMPLES),
+        description="\n".join(f"{name}: {text}" for name, (_, text) in EXAMPLES.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    example.add_argument("name", choices=list(EXAMPLES), metavar="NAME", help=", ".join(EXAMPLES))
+    example.add_argument("options", nargs=argparse.REMAINDER, help="the example's own options (see NAME --help)")
+    example.set_defaults(handler=cmd_example)
     return parser
+
+
+def cmd_example(args) -> int:
+    from .examples import run_example
+
+    return run_example(args.name, args.options)
 
 
 TRAIN_OPTIONS = tuple(DEFAULTS)
