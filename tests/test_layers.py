@@ -143,3 +143,15 @@ def test_sgd_step_reduces_the_loss(backend):
     assert losses[-1] < 0.5 * losses[0]
     for param in model.named_parameters().values():
         assert_on_backend(param, backend)
+
+
+def test_skipping_the_input_gradient_keeps_parameter_gradients(backend):
+    model = bp.mlp([5, 7, 3], seed=1, backend=backend)
+    _, x = _input(backend, (4, 5))
+    grad = backend.xp.ones_like(model(x))
+    assert_on_backend(model.backward(grad), backend, shape=(4, 5))
+    full = {k: backend.to_host(v) for k, v in model.named_gradients().items()}
+    model(x)
+    assert model.backward(grad, input_grad=False) is None
+    for name, value in model.named_gradients().items():
+        np.testing.assert_array_equal(backend.to_host(value), full[name])

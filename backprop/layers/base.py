@@ -36,6 +36,10 @@ class Layer:
     def backward(self, grad_output):
         raise NotImplementedError
 
+    #: True when ``backward(grad, input_grad=False)`` can skip computing dL/dinput (the first layer of a
+    #: network needs only its parameter gradients; for a Dense layer that saves a third of its backward work).
+    can_skip_input_grad = False
+
     def __call__(self, x, *, training: bool = False):
         return self.forward(x, training=training)
 

@@ -50,7 +50,9 @@ class Dense(Layer):
             y = y + self.params["bias"]
         return y
 
-    def backward(self, grad_output):
+    can_skip_input_grad = True
+
+    def backward(self, grad_output, *, input_grad: bool = True):
         if self._x is None:
             raise RuntimeError(f"{self!r}: backward called before forward")
         x, grad = self._x, grad_output
@@ -60,6 +62,8 @@ class Dense(Layer):
         self.grads["weight"] = x.T @ grad
         if self.use_bias:
             self.grads["bias"] = self.xp.sum(grad, axis=0)
+        if not input_grad:
+            return None
         return grad_output @ self.xp.matrix_transpose(self.params["weight"])
 
     def _clear_cache(self) -> None:

@@ -48,10 +48,15 @@ class Sequential(Layer):
             x = layer.forward(x, training=training)
         return x
 
-    def backward(self, grad_output):
-        for layer in reversed(self.layers):
+    def backward(self, grad_output, *, input_grad: bool = True):
+        """Apply each layer's backward in reverse. ``input_grad=False`` (what training uses) lets the first
+        layer skip dL/dinput, which nothing needs; then None is returned."""
+        for layer in self.layers[:0:-1]:
             grad_output = layer.backward(grad_output)
-        return grad_output
+        first = self.layers[0]
+        if not input_grad and first.can_skip_input_grad:
+            return first.backward(grad_output, input_grad=False)
+        return first.backward(grad_output)
 
     def reseed(self, seed) -> None:
         base = tuple(seed) if isinstance(seed, (tuple, list)) else (seed,)

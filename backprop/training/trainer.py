@@ -14,6 +14,7 @@ import time
 from backends import HostRandom
 
 from ..errors import ConfigError, DataError, ShapeError, TrainingError
+from ..layers import Sequential
 from ..losses import LOSSES, Loss
 from .batches import batch_bounds, parse_batch_size
 from .callbacks import Callback
@@ -118,6 +119,14 @@ class Trainer:
             callback.on_train_end(self)
         return self.history
 
+    def train_epoch(self, x, y) -> dict:
+        """One pass over ``(x, y)`` (already on the device, not checked): the work of one epoch of ``fit``,
+        without validation or callbacks. For benchmarks and hand-made loops."""
+        record = self._run_epoch(x, y, None, None)
+        self.epoch += 1
+        self.history.append(record)
+        return record
+
     def copy_weights(self) -> dict:
         xp = self.backend.xp
         return {name: xp.asarray(array, copy=True) for name, array in self.model.named_parameters().items()}
@@ -147,6 +156,7 @@ class Trainer:
         all_finite = xp.ones((), dtype=xp.bool, device=backend.device)
         norm_sums = {name: zero for name in model.named_parameters()}
         seen = 0
+        skip_input_grad = isinstance(model, Sequential)
         per_example = labels_per_example(y)
         bar = self._progress_bar(n)
         try:
@@ -158,7 +168,10 @@ class Trainer:
                     xb, yb = xp.take(x, index, axis=0), xp.take(y, index, axis=0)
                 logits = model.forward(xb, training=True)
                 loss = loss_fn(logits, yb)
-                model.backward(loss_fn.backward())
+                if skip_input_grad:
+                    model.backward(loss_fn.backward(), input_grad=False)
+                else:
+                    model.backward(loss_fn.backward())
                 if step in norm_steps:
                     for name, grad in model.named_gradients().items():
                         norm_sums[name] = norm_sums[name] + xp.sqrt(xp.sum(grad * grad))
