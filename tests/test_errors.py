@@ -64,7 +64,7 @@ def test_loss_shape_errors(backend):
     (lambda: bp.Dense(0, 3), "in_features must be a positive integer, got 0"),
     (lambda: bp.Dense(3, 2.5), "out_features must be a positive integer, got 2.5"),
     (lambda: bp.Dense(3, 2, init="magic"), "unknown initializer 'magic'"),
-    (lambda: bp.LeakyReLU(-1.0), "negative_slope must be a finite number >= 0"),
+    (lambda: bp.LeakyReLU(-1.0), r"negative_slope must be a finite number in \[0, 1\]"),
     (lambda: bp.mlp([3, 0, 2]), "expected at least two positive integer layer sizes"),
     (lambda: bp.mlp([3, 2], activation_name="swish"), "unknown activation 'swish'"),
     (lambda: bp.SGD(bp.mlp([2, 2]), lr=-0.1), "learning rate must be a positive finite number, got -0.1"),

@@ -30,10 +30,8 @@ class Sigmoid(Activation):
     _y = None
 
     def _forward(self, x):
-        xp = self.xp
-        # exp(-|x|) never overflows, so both branches stay finite for any x.
-        e = xp.exp(-xp.abs(x))
-        self._y = xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+        # σ(x) = ½(1 + tanh(x/2)): the same function, finite for any x, and no branch per element.
+        self._y = 0.5 + 0.5 * self.xp.tanh(0.5 * x)
         return self._y
 
     def backward(self, grad_output):
@@ -64,29 +62,31 @@ class Tanh(Activation):
 class ReLU(Activation):
     """max(x, 0);  derivative 1 where x > 0, else 0."""
 
-    _mask = None
+    _y = None
 
     def _forward(self, x):
-        positive = x > 0
-        self._mask = positive
-        return self.xp.where(positive, x, 0.0)
+        self._y = self.xp.maximum(x, 0.0)
+        return self._y
 
     def backward(self, grad_output):
-        return self.xp.where(self._need(self._mask), grad_output, 0.0)
+        y = self._need(self._y)
+        # A multiply by the 0/1 mask is many times faster than where() on NumPy.
+        return grad_output * self.xp.astype(y > 0, grad_output.dtype)
 
     def _clear_cache(self):
-        self._mask = None
+        self._y = None
 
 
 class LeakyReLU(Activation):
     """x for x > 0, else αx;  derivative 1 or α. Keeps a small gradient for negative inputs."""
 
-    _mask = None
+    _x = None
 
     def __init__(self, negative_slope: float = 0.01, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(negative_slope, (int, float)) or not math.isfinite(negative_slope) or negative_slope < 0:
-            raise ConfigError(f"LeakyReLU: negative_slope must be a finite number >= 0, got {negative_slope!r}")
+        if (not isinstance(negative_slope, (int, float)) or not math.isfinite(negative_slope)
+                or not 0 <= negative_slope <= 1):
+            raise ConfigError(f"LeakyReLU: negative_slope must be a finite number in [0, 1], got {negative_slope!r}")
         self.negative_slope = float(negative_slope)
 
     def extra_repr(self):
@@ -96,14 +96,16 @@ class LeakyReLU(Activation):
         return {"negative_slope": self.negative_slope}
 
     def _forward(self, x):
-        self._mask = x > 0
-        return self.xp.where(self._mask, x, self.negative_slope * x)
+        self._x = x
+        return self.xp.maximum(x, self.negative_slope * x)  # for 0 <= α <= 1 this is the leaky ReLU
 
     def backward(self, grad_output):
-        return self.xp.where(self._need(self._mask), grad_output, self.negative_slope * grad_output)
+        x = self._need(self._x)
+        slope = self.negative_slope
+        return grad_output * (slope + (1.0 - slope) * self.xp.astype(x > 0, grad_output.dtype))
 
     def _clear_cache(self):
-        self._mask = None
+        self._x = None
 
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)

@@ -47,7 +47,7 @@ class Dense(Layer):
         self._x = x
         y = x @ self.params["weight"]
         if self.use_bias:
-            y = y + self.params["bias"]
+            y += self.params["bias"]  # in place: y is a fresh array of our own
         return y
 
     can_skip_input_grad = True

@@ -1,0 +1,65 @@
+"""``python -m benchmarks``: time this library against hand-written NumPy and PyTorch, write JSON + Markdown."""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from pathlib import Path
+
+import backprop as bp
+
+from . import machine, memory, mlp, report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--workloads", default="mlp,memory", help="comma-separated: mlp, memory")
+    parser.add_argument("--backends", default="numpy,torch:cpu,cupy:0,torch:cuda:0",
+                        help="our backends to time (unavailable ones are left out with a note)")
+    parser.add_argument("--batch-sizes", default="1,32,128,1024")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up round")
+    parser.add_argument("--max-steps", type=int, default=2000,
+                        help="at most this many steps per timing (small batches are timed on part of an epoch)")
+    parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+    parser.add_argument("--output", default="benchmarks/results", help="directory for the JSON and Markdown")
+    parser.add_argument("--name", default=None, help="file name stem (default: run-<date>-<time>)")
+    args = parser.parse_args(argv)
+
+    backends = []
+    for spec in args.backends.split(","):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                backends.append(bp.get_backend(spec.strip()))
+        except bp.BackpropError as exc:  # pragma: no cover - depends on the machine
+            print(f"skipping {spec}: {exc}")
+        except Exception as exc:
+            print(f"skipping {spec}: {str(exc).split('. Available')[0]}")
+    try:
+        import torch
+
+        torch.set_num_threads(machine.os.cpu_count() or 1)
+    except ImportError:
+        pass
+    run = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine.describe(backends),
+           "settings": vars(args), "results": [], "memory": []}
+    run["matmul_peak_gflops"] = {b.name: machine.matmul_peak_gflops(b) for b in backends}
+    print("matmul peak:", ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in run["matmul_peak_gflops"].items()))
+    workloads = {w.strip() for w in args.workloads.split(",")}
+    if "mlp" in workloads:
+        batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+        run["results"] += mlp.run(backends, batch_sizes, repeats=args.repeats, max_steps=args.max_steps,
+                                  include_torch=not args.no_torch)
+    if "memory" in workloads:
+        for backend in backends:
+            if backend.library in ("numpy",):
+                run["memory"].append(memory.measure(backend.name))
+    json_path, md_path = report.write(run, Path(args.output), args.name)
+    print(f"wrote {json_path} and {md_path}")
+    print(report.markdown(run))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

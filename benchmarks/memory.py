@@ -1,0 +1,60 @@
+"""Peak memory of a training run against its analytic minimum, and whether it grows epoch to epoch.
+
+Runs in a fresh subprocess per measurement so the peak belongs to that run alone.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+CHILD = r"""
+import json, resource, sys
+import numpy as np
+import backprop as bp
+from benchmarks.mlp import SIZES, synthetic_mnist
+
+spec, batch_size, epochs, samples = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+backend = bp.get_backend(spec)
+baseline = rss()
+x_host, y_host = synthetic_mnist(samples)
+x, y = backend.from_host(x_host), backend.from_host(y_host)
+del x_host, y_host
+model = bp.mlp(SIZES, seed=0, backend=backend)
+trainer = bp.Trainer(model, optimizer="sgd", lr=0.01, epochs=10**9, batch_size=batch_size, progress=False, log=None)
+after_epoch = []
+for _ in range(epochs):
+    trainer.train_epoch(x, y)
+    backend.synchronize()
+    after_epoch.append(rss() - baseline)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
+print(json.dumps({"peak_bytes": peak, "after_epoch_bytes": after_epoch, "device": backend.memory_stats()}))
+"""
+
+
+def analytic_minimum(samples, batch_size, sizes) -> dict:
+    data = samples * sizes[0] * 4 + samples * 8  # float32 features, int64 labels
+    params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:])) * 4
+    grads = params
+    activations = batch_size * (sum(sizes) + sum(sizes[1:])) * 4  # inputs of each layer and pre-activations
+    return {"data": data, "parameters": params, "gradients": grads, "optimizer_state": 0,
+            "activations": activations, "total": data + params + grads + activations}
+
+
+def measure(spec="numpy", batch_size=128, epochs=3, samples=60_000) -> dict:
+    from .mlp import SIZES
+
+    out = subprocess.run([sys.executable, "-c", CHILD, spec, str(batch_size), str(epochs), str(samples)],
+                         capture_output=True, text=True, check=True)
+    measured = json.loads(out.stdout.strip().splitlines()[-1])
+    minimum = analytic_minimum(samples, batch_size, SIZES)
+    growth = measured["after_epoch_bytes"][-1] - measured["after_epoch_bytes"][0]
+    return {"backend": spec, "batch_size": batch_size, "samples": samples, "epochs": epochs, **measured,
+            "analytic_minimum": minimum, "peak_over_minimum": measured["peak_bytes"] / minimum["total"],
+            "growth_after_first_epoch_bytes": growth}

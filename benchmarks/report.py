@@ -1,0 +1,80 @@
+"""Write a run's figures as JSON (everything) and Markdown (the table with ratios)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+
+def ratios(results: list[dict]) -> list[dict]:
+    """For each of our rows: ours / hand-written and ours / PyTorch on the same device and batch size."""
+    rows = []
+    by_key = {(r["workload"], r["batch_size"], r["contender"]): r for r in results}
+    for r in results:
+        name = r["contender"]
+        if not name.startswith("backprop["):
+            continue
+        spec = name[len("backprop["):-1]
+        device = "cuda" if spec.startswith(("cupy", "torch:cuda")) else "cpu"
+        hand = by_key.get((r["workload"], r["batch_size"], f"handwritten[{spec}]")) or \
+            by_key.get((r["workload"], r["batch_size"], "handwritten[numpy]" if device == "cpu" else ""))
+        peer = by_key.get((r["workload"], r["batch_size"], f"pytorch[{device}]"))
+        rows.append({**r, "vs_handwritten": r["seconds_per_epoch"] / hand["seconds_per_epoch"] if hand else None,
+                     "vs_pytorch": r["seconds_per_epoch"] / peer["seconds_per_epoch"] if peer else None})
+    return rows
+
+
+def markdown(run: dict) -> str:
+    machine = run["machine"]
+    lines = [f"# Benchmark run {run['started']}", "",
+             f"CPU: {machine['cpu']} ({machine['cores']} cores), BLAS {machine['blas']}, NumPy {machine['numpy']}"
+             + (f", PyTorch {machine['torch']} ({machine['torch_threads']} threads)" if "torch" in machine else "")
+             + (f", GPU: {machine['gpu']}" if "gpu" in machine else ""), ""]
+    peaks = run.get("matmul_peak_gflops", {})
+    if peaks:
+        lines += ["Matrix-multiply peak (float32, 2048x2048): " +
+                  ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()), ""]
+    workloads = sorted({r["workload"] for r in run["results"]})
+    ours = ratios(run["results"])
+    for workload in workloads:
+        lines += [f"## {workload}", "",
+                  "| batch | contender | s/epoch | ours / hand-written | ours / PyTorch | GFLOP/s | % of peak |",
+                  "| ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+        ours_by = {(r["batch_size"], r["contender"]): r for r in ours}
+        for r in [r for r in run["results"] if r["workload"] == workload]:
+            mine = ours_by.get((r["batch_size"], r["contender"]), {})
+            spec = r["contender"].split("[")[1].rstrip("]")
+            peak = peaks.get(spec) or peaks.get("numpy" if "cuda" not in spec and "cupy" not in spec else spec)
+            gflops = r.get("gflops")
+            lines.append(
+                f"| {r['batch_size']} | {r['contender']} | {r['seconds_per_epoch']:.3f}"
+                f"{'*' if r.get('extrapolated') else ''} | {_ratio(mine.get('vs_handwritten'))} | "
+                f"{_ratio(mine.get('vs_pytorch'))} | {gflops:.1f} | "
+                f"{100 * gflops / peak:.0f}% |" if gflops and peak else
+                f"| {r['batch_size']} | {r['contender']} | {r['seconds_per_epoch']:.3f} | "
+                f"{_ratio(mine.get('vs_handwritten'))} | {_ratio(mine.get('vs_pytorch'))} | | |")
+        lines.append("")
+    if any(r.get("extrapolated") for r in run["results"]):
+        lines += ["\\* timed on part of the epoch and scaled to 60,000 examples.", ""]
+    for m in run.get("memory", []):
+        minimum = m["analytic_minimum"]
+        lines += [f"Memory ({m['backend']}, batch {m['batch_size']}, {m['samples']} examples): peak "
+                  f"{m['peak_bytes'] / 2**20:.0f} MiB above the interpreter's baseline vs an analytic minimum of "
+                  f"{minimum['total'] / 2**20:.0f} MiB (data {minimum['data'] / 2**20:.0f} MiB); "
+                  f"x{m['peak_over_minimum']:.2f}; growth from epoch 1 to {m['epochs']}: "
+                  f"{m['growth_after_first_epoch_bytes'] / 2**20:+.1f} MiB.", ""]
+    return "\n".join(lines)
+
+
+def _ratio(value) -> str:
+    return f"{value:.2f}x" if value else "-"
+
+
+def write(run: dict, directory: Path, name: str | None = None) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    name = name or time.strftime("run-%Y%m%d-%H%M%S")
+    json_path, md_path = directory / f"{name}.json", directory / f"{name}.md"
+    json_path.write_text(json.dumps(run, indent=1) + "\n")
+    md_path.write_text(markdown(run))
+    return json_path, md_path
