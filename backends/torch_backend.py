@@ -58,7 +58,7 @@ class TorchBackend(Backend):
         host_array = np.asarray(host_array)
         if dtype is None and host_array.dtype == np.float64:
             dtype = self.float_dtype
-        tensor = self._torch.from_numpy(np.ascontiguousarray(host_array))
+        tensor = self._torch.from_numpy(np.asarray(host_array, order="C"))  # keeps 0-d arrays 0-d
         return tensor.to(device=self.device, dtype=dtype, copy=True)
 
     def to_host(self, x):
@@ -69,6 +69,19 @@ class TorchBackend(Backend):
 
     def scatter_add(self, target, indices, values):
         return target.index_add_(0, indices, values)
+
+    def conv2d_forward(self, x, weight, bias, *, stride, padding, dilation):
+        """PyTorch's own convolution kernels (oneDNN on CPU, cuDNN on CUDA)."""
+        y = self._torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation)
+        return y, (x, weight, tuple(stride), tuple(padding), tuple(dilation))
+
+    def conv2d_backward(self, grad_output, saved, *, bias):
+        x, weight, stride, padding, dilation = saved
+        bias_sizes = [weight.shape[0]] if bias else None
+        grad_input, grad_weight, grad_bias = self._torch.ops.aten.convolution_backward(
+            grad_output, x, weight, bias_sizes, list(stride), list(padding), list(dilation), False, [0, 0], 1,
+            [True, True, bias])
+        return grad_input, grad_weight, grad_bias
 
     def synchronize(self):
         if self.device.type == "cuda":

@@ -48,10 +48,12 @@ def contenders(backends, batch_size, x_host, y_host, samples, include_torch=True
 
         runs[f"backprop[{backend.name}]"] = ours
         if backend.name == "numpy":
-            params = handwritten.init_params(np, SIZES)
-            rng = np.random.default_rng(0)
-            runs["handwritten[numpy]"] = lambda: handwritten.train_epoch(np, params, x_part, y_part, batch_size,
-                                                                         LR, rng)
+            params, rng = handwritten.init_params(np, SIZES), np.random.default_rng(0)
+
+            def hand(params=params, rng=rng, batch_size=batch_size):
+                handwritten.train_epoch(np, params, x_part, y_part, batch_size, LR, rng)
+
+            runs["handwritten[numpy]"] = hand
         if backend.library == "cupy":
             import cupy
 
@@ -59,7 +61,7 @@ def contenders(backends, batch_size, x_host, y_host, samples, include_torch=True
             x_gpu, y_gpu = cupy.asarray(x_part), cupy.asarray(y_part)
             rng_gpu = cupy.random.RandomState(0)
 
-            def hand_gpu(params=params_gpu, x=x_gpu, y=y_gpu, rng=rng_gpu, backend=backend):
+            def hand_gpu(params=params_gpu, x=x_gpu, y=y_gpu, rng=rng_gpu, backend=backend, batch_size=batch_size):
                 handwritten.train_epoch(cupy, params, x, y, batch_size, LR, rng)
                 backend.synchronize()
 
@@ -77,7 +79,8 @@ def contenders(backends, batch_size, x_host, y_host, samples, include_torch=True
             y_t = torch.from_numpy(y_part).to(device)
             generator = torch.Generator(device=device).manual_seed(0)
 
-            def torch_run(model=model, optimizer=optimizer, x=x_t, y=y_t, generator=generator, device=device):
+            def torch_run(model=model, optimizer=optimizer, x=x_t, y=y_t, generator=generator, device=device,
+                          batch_size=batch_size):
                 torch_peer.train_epoch(model, optimizer, x, y, batch_size, generator)
                 if device == "cuda":
                     torch.cuda.synchronize()

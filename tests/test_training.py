@@ -139,7 +139,7 @@ def test_early_stopping_restores_the_best_weights(digits):
     assert model(x_val).shape == (200, 10)
     best = stopper.best_weights
     for name, weight in model.named_parameters().items():
-        np.testing.assert_array_equal(weight, best[name])
+        np.testing.assert_array_equal(weight, best[f"param/{name}"])
 
 
 def test_vanishing_gradients_are_recorded_and_warned(digits):

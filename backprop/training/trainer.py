@@ -128,12 +128,18 @@ class Trainer:
         return record
 
     def copy_weights(self) -> dict:
+        """Copies of the model's parameters and buffers (running statistics, say), keyed as in model files."""
         xp = self.backend.xp
-        return {name: xp.asarray(array, copy=True) for name, array in self.model.named_parameters().items()}
+        weights = {f"param/{k}": xp.asarray(v, copy=True) for k, v in self.model.named_parameters().items()}
+        weights.update({f"buffer/{k}": xp.asarray(v, copy=True) for k, v in self.model.named_buffers().items()})
+        return weights
 
     def set_weights(self, weights: dict) -> None:
+        """Copy what ``copy_weights`` returned back into the model, in place."""
         for name, array in self.model.named_parameters().items():
-            array[...] = weights[name]
+            array[...] = weights[f"param/{name}"]
+        for name, array in self.model.named_buffers().items():
+            array[...] = weights[f"buffer/{name}"]
 
     # -- one epoch ----------------------------------------------------------
     def _run_epoch(self, x, y, x_val, y_val) -> dict:
@@ -242,8 +248,7 @@ class Trainer:
 
     def state_dict(self) -> tuple[dict, dict]:
         """Everything a resumed run needs: device arrays and a JSON-able dict."""
-        arrays = {f"param/{k}": v for k, v in self.model.named_parameters().items()}  # as in model files
-        arrays.update({f"buffer/{k}": v for k, v in self.model.named_buffers().items()})
+        arrays = self.copy_weights()  # keyed as in model files
         opt_arrays, opt_info = self.optimizer.state_dict()
         arrays.update({f"optimizer/{k}": v for k, v in opt_arrays.items()})
         callback_infos = []
@@ -259,13 +264,12 @@ class Trainer:
         def part(prefix):
             return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
-        weights = part("param/")
-        missing = sorted(set(self.model.named_parameters()) - set(weights))
+        weights = {k: v for k, v in arrays.items() if k.startswith(("param/", "buffer/"))}
+        expected = set(self.copy_weights())
+        missing = sorted(expected - set(weights))
         if missing:
-            raise ConfigError(f"checkpoint has no weights for {', '.join(missing)}")
+            raise ConfigError(f"checkpoint has no arrays for {', '.join(missing)}")
         self.set_weights(weights)
-        for name, array in self.model.named_buffers().items():
-            array[...] = part("buffer/")[name]
         self.optimizer.load_state_dict(part("optimizer/"), info["optimizer"])
         saved_callbacks = info.get("callbacks", [])
         for i, callback in enumerate(self.callbacks):
@@ -288,15 +292,17 @@ class Trainer:
 
     # -- data ---------------------------------------------------------------
     def _to_device(self, array, name, labels=False):
-        backend = self.backend
-        if backend.owns(array):
-            if not labels and array.dtype != self.model.dtype:
-                return backend.xp.astype(array, self.model.dtype)
-            return array
-        try:
-            return backend.from_host(array, dtype=None if labels else self.model.dtype)
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"{name}: expected a numeric array, got {type(array).__name__} ({exc})") from None
+        """Put data on the device once. Floating features take the model's dtype; integer inputs (token
+        indices for an Embedding) and labels keep theirs."""
+        backend, xp = self.backend, self.backend.xp
+        if not backend.owns(array):
+            try:
+                array = backend.from_host(array)
+            except (TypeError, ValueError) as exc:
+                raise DataError(f"{name}: expected a numeric array, got {type(array).__name__} ({exc})") from None
+        if not labels and xp.isdtype(array.dtype, "real floating") and array.dtype != self.model.dtype:
+            array = xp.astype(array, self.model.dtype)
+        return array
 
     def _split(self, x, y, fraction):
         if not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
