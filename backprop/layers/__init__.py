@@ -5,11 +5,14 @@ from .activations import ACTIVATIONS, GELU, Activation, LeakyReLU, ReLU, Sigmoid
 from .base import Layer
 from .dense import Dense
 from .dropout import Dropout
+from .embedding import Embedding
+from .normalization import BatchNorm1D, BatchNorm2D, LayerNorm
 from .sequential import Sequential, architecture
 
 #: Layer classes by name, for rebuilding a saved model from its architecture.
 LAYER_TYPES: dict[str, type[Layer]] = {
-    cls.__name__: cls for cls in (Dense, Dropout, Sequential, Sigmoid, Tanh, ReLU, LeakyReLU, GELU, Softmax)
+    cls.__name__: cls for cls in (Dense, Dropout, Sequential, Sigmoid, Tanh, ReLU, LeakyReLU, GELU, Softmax,
+                                  BatchNorm1D, BatchNorm2D, LayerNorm, Embedding)
 }
 
 
@@ -33,5 +36,5 @@ def build(description: dict, *, backend=None, dtype=None) -> Layer:
     return cls(**config, backend=backend, dtype=dtype)
 
 
-__all__ = ["ACTIVATIONS", "GELU", "LAYER_TYPES", "Activation", "Dense", "Dropout", "Layer", "LeakyReLU", "ReLU",
+__all__ = ["ACTIVATIONS", "BatchNorm1D", "BatchNorm2D", "Embedding", "LayerNorm", "GELU", "LAYER_TYPES", "Activation", "Dense", "Dropout", "Layer", "LeakyReLU", "ReLU",
            "Sequential", "Sigmoid", "Softmax", "Tanh", "activation", "architecture", "build", "register_layer"]

@@ -1,0 +1,281 @@
+"""Normalization layers: ``BatchNorm1D``, ``BatchNorm2D`` (statistics over the batch) and ``LayerNorm``
+(statistics over each example's trailing axes).
+
+All three compute x̂ = (x − μ) / √(σ² + ε) over some axes and return y = γ ⊙ x̂ + β, with γ (``weight``,
+ones) and β (``bias``, zeros) learned per feature. The backward pass goes through μ and σ² as well,
+since both depend on every input element of the group they were computed over.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..errors import ConfigError, ShapeError
+from .base import Layer
+
+
+def _positive_int(layer: str, label: str, value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{layer}: {label} must be a positive integer, got {value!r}")
+    return value
+
+
+def _positive_eps(layer: str, eps) -> float:
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isfinite(eps) or eps <= 0:
+        raise ConfigError(f"{layer}: eps must be a positive number, got {eps!r}")
+    return float(eps)
+
+
+def _flag(layer: str, label: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{layer}: {label} must be True or False, got {value!r}")
+    return value
+
+
+def _normalize_backward(xp, grad_x_hat, x_hat, inv_std, axes):
+    """dL/dx of x̂ = (x − μ)·s, s = 1/√(σ² + ε), with μ and σ² the (biased) mean and variance over ``axes``.
+
+    With N elements per group and g = dL/dx̂:
+        ∂x̂ⱼ/∂xᵢ = s (δᵢⱼ − 1/N − x̂ᵢ x̂ⱼ / N)
+    (the −1/N term comes through μ; the −x̂ᵢx̂ⱼ/N term through σ², because ∂σ²/∂xᵢ = 2(xᵢ − μ)/N and
+    ∂s/∂σ² = −s³/2), so
+        dL/dxᵢ = Σⱼ gⱼ ∂x̂ⱼ/∂xᵢ = s (gᵢ − mean(g) − x̂ᵢ · mean(g ⊙ x̂)).
+    """
+    mean_g = xp.mean(grad_x_hat, axis=axes, keepdims=True)
+    mean_gx = xp.mean(grad_x_hat * x_hat, axis=axes, keepdims=True)
+    return inv_std * (grad_x_hat - mean_g - x_hat * mean_gx)
+
+
+class _BatchNorm(Layer):
+    """Shared code of ``BatchNorm1D`` and ``BatchNorm2D``; channels are axis 1 of the input.
+
+    Training (``training=True``): μ_c and σ²_c are the mean and the biased variance of channel c over
+    the batch (and length, or height and width): x̂ = (x − μ)/√(σ² + ε), y = γ x̂ + β. The running
+    estimates follow PyTorch exactly (``momentum`` weights the new batch, and the running variance
+    uses the unbiased batch variance σ² · n/(n − 1), n = values per channel):
+        running_mean ← (1 − momentum) · running_mean + momentum · μ
+        running_var  ← (1 − momentum) · running_var  + momentum · σ² n/(n − 1)
+    They are updated in place in the ``buffers`` arrays, so references to them (and the optimizer,
+    checkpoints, model files) always see the current values.
+
+    Evaluation (``training=False``): μ and σ² are the running estimates, so each example is
+    normalized on its own and the layer is a fixed per-channel affine map.
+
+    Backward, with g = dL/dy and sums over the batch (and spatial) axes of each channel:
+        dL/dβ = Σ g,   dL/dγ = Σ g ⊙ x̂,   dL/dx̂ = γ g
+      training (μ, σ² depend on x; see ``_normalize_backward``):
+        dL/dx = s (dL/dx̂ − mean(dL/dx̂) − x̂ ⊙ mean(dL/dx̂ ⊙ x̂)),   s = 1/√(σ² + ε)
+      evaluation (running statistics are constants):
+        dL/dx = s · dL/dx̂
+
+    A batch with a single value per channel cannot be normalized in training (its variance is
+    undefined), so it raises ``ShapeError``, as PyTorch does.
+    """
+
+    _ndims: tuple[int, ...] = ()
+    _expected = ""
+    _features_name = "num_features"
+
+    def __init__(self, num_features: int, *, momentum: float = 0.1, eps: float = 1e-5, affine: bool = True,
+                 backend=None, dtype=None):
+        super().__init__(backend=backend, dtype=dtype)
+        name = type(self).__name__
+        self.num_features = _positive_int(name, self._features_name, num_features)
+        if (not isinstance(momentum, (int, float)) or isinstance(momentum, bool) or not math.isfinite(momentum)
+                or not 0 <= momentum <= 1):
+            raise ConfigError(f"{name}: momentum must be a number in [0, 1], got {momentum!r}")
+        self.momentum = float(momentum)
+        self.eps = _positive_eps(name, eps)
+        self.affine = _flag(name, "affine", affine)
+        xp, device, shape = self.xp, self.backend.device, (self.num_features,)
+        if affine:
+            self.params["weight"] = xp.ones(shape, dtype=self.dtype, device=device)
+            self.params["bias"] = xp.zeros(shape, dtype=self.dtype, device=device)
+        self.buffers["running_mean"] = xp.zeros(shape, dtype=self.dtype, device=device)
+        self.buffers["running_var"] = xp.ones(shape, dtype=self.dtype, device=device)
+        self._cache = None
+
+    def extra_repr(self) -> str:
+        text = f"{self.num_features}"
+        if self.momentum != 0.1:
+            text += f", momentum={self.momentum:g}"
+        if self.eps != 1e-5:
+            text += f", eps={self.eps:g}"
+        return text + ("" if self.affine else ", affine=False")
+
+    def config(self) -> dict:
+        return {self._features_name: self.num_features, "momentum": self.momentum, "eps": self.eps,
+                "affine": self.affine}
+
+    def _channel_shape(self, ndim: int) -> tuple[int, ...]:
+        """(1, C, 1, ...): a per-channel vector shaped to broadcast against the input."""
+        return (1, self.num_features) + (1,) * (ndim - 2)
+
+    def forward(self, x, *, training: bool = False):
+        self.check_input(x)
+        if x.ndim not in self._ndims or x.shape[1] != self.num_features:
+            raise ShapeError(f"{self!r}: expected input of shape {self._expected}, got {tuple(x.shape)}")
+        xp = self.xp
+        axes = (0,) + tuple(range(2, x.ndim))  # every axis but the channels
+        count = math.prod(x.shape[a] for a in axes)  # values per channel
+        shape = self._channel_shape(x.ndim)
+        if training:
+            if count < 2:
+                raise ShapeError(f"{self!r}: training needs more than 1 value per channel to compute batch "
+                                 f"statistics, got input of shape {tuple(x.shape)}; use a batch of 2 or more "
+                                 f"examples (or training=False)")
+            mean = xp.mean(x, axis=axes, keepdims=True)
+            centered = x - mean
+            var = xp.mean(centered * centered, axis=axes, keepdims=True)  # biased: used to normalize
+            inv_std = 1.0 / xp.sqrt(var + self.eps)
+            x_hat = centered * inv_std
+            self._update_running_stats(xp.reshape(mean, (-1,)), xp.reshape(var, (-1,)) * (count / (count - 1)))
+        else:
+            mean = xp.reshape(self.buffers["running_mean"], shape)
+            inv_std = 1.0 / xp.sqrt(xp.reshape(self.buffers["running_var"], shape) + self.eps)
+            x_hat = (x - mean) * inv_std
+        self._cache = (x_hat, inv_std, axes, training)
+        if not self.affine:
+            return x_hat
+        return x_hat * xp.reshape(self.params["weight"], shape) + xp.reshape(self.params["bias"], shape)
+
+    def _update_running_stats(self, batch_mean, unbiased_var) -> None:
+        m = self.momentum
+        running_mean, running_var = self.buffers["running_mean"], self.buffers["running_var"]
+        running_mean[...] = running_mean * (1.0 - m) + batch_mean * m  # in place: the buffer arrays stay the same
+        running_var[...] = running_var * (1.0 - m) + unbiased_var * m
+
+    def backward(self, grad_output):
+        if self._cache is None:
+            raise RuntimeError(f"{self!r}: backward called before forward")
+        xp = self.xp
+        x_hat, inv_std, axes, training = self._cache
+        grad_x_hat = grad_output
+        if self.affine:
+            self.grads["weight"] = xp.sum(grad_output * x_hat, axis=axes)
+            self.grads["bias"] = xp.sum(grad_output, axis=axes)
+            grad_x_hat = grad_output * xp.reshape(self.params["weight"], self._channel_shape(x_hat.ndim))
+        if not training:
+            return grad_x_hat * inv_std
+        return _normalize_backward(xp, grad_x_hat, x_hat, inv_std, axes)
+
+    def _clear_cache(self) -> None:
+        self._cache = None
+
+
+class BatchNorm1D(_BatchNorm):
+    """Batch normalization of features ``(batch, features)`` or of channels ``(batch, channels, length)``
+    (statistics per channel over batch and length), as ``torch.nn.BatchNorm1d``.
+
+    See ``_BatchNorm`` for the formulas, the running statistics and the backward pass.
+    """
+
+    _ndims = (2, 3)
+    _features_name = "num_features"
+
+    @property
+    def _expected(self) -> str:
+        return f"(batch, {self.num_features}) or (batch, {self.num_features}, length)"
+
+
+class BatchNorm2D(_BatchNorm):
+    """Batch normalization of images ``(batch, channels, height, width)``: statistics per channel over
+    batch, height and width, as ``torch.nn.BatchNorm2d``.
+
+    See ``_BatchNorm`` for the formulas, the running statistics and the backward pass.
+    """
+
+    _ndims = (4,)
+    _features_name = "num_channels"
+
+    def __init__(self, num_channels: int, *, momentum: float = 0.1, eps: float = 1e-5, affine: bool = True,
+                 backend=None, dtype=None):
+        super().__init__(num_channels, momentum=momentum, eps=eps, affine=affine, backend=backend, dtype=dtype)
+
+    @property
+    def num_channels(self) -> int:
+        return self.num_features
+
+    @property
+    def _expected(self) -> str:
+        return f"(batch, {self.num_features}, height, width)"
+
+
+class LayerNorm(Layer):
+    """Layer normalization: each example is normalized over its trailing ``normalized_shape`` axes, as
+    ``torch.nn.LayerNorm``. The same in training and evaluation (no batch statistics, no buffers).
+
+    Input ``(batch, ..., *normalized_shape)``: at least one leading axis before the normalized ones.
+    ``weight`` (γ, ones) and ``bias`` (β, zeros) have shape ``normalized_shape`` (with
+    ``elementwise_affine=True``).
+
+    Forward, μ and σ² the mean and biased variance over the normalized axes of each example:
+        x̂ = (x − μ) / √(σ² + ε),   y = γ ⊙ x̂ + β
+    Backward, g = dL/dy, sums over the leading axes:
+        dL/dβ = Σ g,   dL/dγ = Σ g ⊙ x̂,   dL/dx̂ = γ ⊙ g,
+        dL/dx = s (dL/dx̂ − mean(dL/dx̂) − x̂ ⊙ mean(dL/dx̂ ⊙ x̂)),  s = 1/√(σ² + ε), means over the
+    normalized axes (see ``_normalize_backward`` for the derivation).
+    """
+
+    def __init__(self, normalized_shape, *, eps: float = 1e-5, elementwise_affine: bool = True,
+                 backend=None, dtype=None):
+        super().__init__(backend=backend, dtype=dtype)
+        if isinstance(normalized_shape, int) and not isinstance(normalized_shape, bool):
+            normalized_shape = (normalized_shape,)
+        if (not isinstance(normalized_shape, (tuple, list)) or not normalized_shape
+                or any(not isinstance(n, int) or isinstance(n, bool) or n <= 0 for n in normalized_shape)):
+            raise ConfigError(f"LayerNorm: normalized_shape must be a positive integer or a non-empty tuple of "
+                              f"positive integers, got {normalized_shape!r}")
+        self.normalized_shape = tuple(normalized_shape)
+        self.eps = _positive_eps("LayerNorm", eps)
+        self.elementwise_affine = _flag("LayerNorm", "elementwise_affine", elementwise_affine)
+        if elementwise_affine:
+            xp, device = self.xp, self.backend.device
+            self.params["weight"] = xp.ones(self.normalized_shape, dtype=self.dtype, device=device)
+            self.params["bias"] = xp.zeros(self.normalized_shape, dtype=self.dtype, device=device)
+        self._cache = None
+
+    def extra_repr(self) -> str:
+        shape = self.normalized_shape
+        text = str(shape[0]) if len(shape) == 1 else str(shape)
+        if self.eps != 1e-5:
+            text += f", eps={self.eps:g}"
+        return text + ("" if self.elementwise_affine else ", elementwise_affine=False")
+
+    def config(self) -> dict:
+        return {"normalized_shape": list(self.normalized_shape), "eps": self.eps,
+                "elementwise_affine": self.elementwise_affine}
+
+    def forward(self, x, *, training: bool = False):
+        k = len(self.normalized_shape)
+        self.check_input(x)
+        if x.ndim <= k or tuple(x.shape[x.ndim - k:]) != self.normalized_shape:
+            trailing = ", ".join(str(n) for n in self.normalized_shape)
+            raise ShapeError(f"{self!r}: expected input of shape (batch, ..., {trailing}), got {tuple(x.shape)}")
+        xp = self.xp
+        axes = tuple(range(x.ndim - k, x.ndim))
+        mean = xp.mean(x, axis=axes, keepdims=True)
+        centered = x - mean
+        var = xp.mean(centered * centered, axis=axes, keepdims=True)
+        inv_std = 1.0 / xp.sqrt(var + self.eps)
+        x_hat = centered * inv_std
+        self._cache = (x_hat, inv_std, axes)
+        if not self.elementwise_affine:
+            return x_hat
+        return x_hat * self.params["weight"] + self.params["bias"]
+
+    def backward(self, grad_output):
+        if self._cache is None:
+            raise RuntimeError(f"{self!r}: backward called before forward")
+        xp = self.xp
+        x_hat, inv_std, axes = self._cache
+        grad_x_hat = grad_output
+        if self.elementwise_affine:
+            leading = tuple(range(x_hat.ndim - len(axes)))
+            self.grads["weight"] = xp.sum(grad_output * x_hat, axis=leading)
+            self.grads["bias"] = xp.sum(grad_output, axis=leading)
+            grad_x_hat = grad_output * self.params["weight"]
+        return _normalize_backward(xp, grad_x_hat, x_hat, inv_std, axes)
+
+    def _clear_cache(self) -> None:
+        self._cache = None
