@@ -92,6 +92,23 @@ class Backend:
         """
         raise NotImplementedError
 
+    # -- optional fast paths -------------------------------------------------
+    def conv2d_forward(self, x, weight, bias, *, stride, padding, dilation):
+        """A faster 2-D convolution (NCHW), or None when this backend has none.
+
+        ``x``: (N, C, H, W); ``weight``: (O, C, kh, kw); ``bias``: (O,) or None; ``stride``, ``padding``
+        (zeros) and ``dilation``: (h, w) pairs. Returns ``(y, saved)``: y (N, O, OH, OW) as PyTorch's
+        ``conv2d``, and whatever ``conv2d_backward`` needs. The default returns None and ``Conv2D`` then runs
+        its portable im2col path (standard array operations only, in ``backprop/layers/im2col.py``), which is
+        what every backend without an override uses.
+        """
+        return None
+
+    def conv2d_backward(self, grad_output, saved, *, bias: bool):
+        """``(grad_input, grad_weight, grad_bias)`` for a convolution done by ``conv2d_forward``
+        (``grad_bias`` is None when ``bias`` is False)."""
+        raise NotImplementedError(f"{self.name} has no conv2d fast path")
+
     def synchronize(self) -> None:
         """Wait for all queued work on the device (needed before timing GPU work)."""
 

@@ -50,10 +50,67 @@ class NumpyBackend(Backend):
         np.add.at(target, indices, values)
         return target
 
+    def conv2d_forward(self, x, weight, bias, *, stride, padding, dilation):
+        return _conv2d_forward(x, weight, bias, stride, padding, dilation)
+
+    def conv2d_backward(self, grad_output, saved, *, bias):
+        return _conv2d_backward(grad_output, saved, bias)
+
     def memory_stats(self):
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         # ru_maxrss is in KiB on Linux and in bytes on macOS.
         return {"host_peak_rss_bytes": peak if sys.platform == "darwin" else peak * 1024}
+
+
+# -- convolution fast path ------------------------------------------------------------------------------------
+# im2col with channel-major columns: cols has shape (C, kh, kw, N, OH, OW), so each kernel offset's slice copy
+# moves whole rows of OW contiguous floats, and the arithmetic is one BLAS matrix product with the weight as it
+# is stored, (O, C·kh·kw):  Y = W cols (O, N·OH·OW),  dW = dY colsᵀ,  dcols = Wᵀ dY.  Y comes back as an NCHW
+# view of channel-major (C, N, H, W) memory: elementwise NumPy operations keep that layout, so the pooling
+# and activation layers between convolutions and the gradients flowing back stay in it without copies.
+
+
+def _conv2d_forward(x, weight, bias, stride, padding, dilation):
+    n, c, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    x_cnhw = x.transpose(1, 0, 2, 3)
+    if ph or pw:
+        padded = np.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
+        padded[:, :, ph:ph + h, pw:pw + w] = x_cnhw
+    else:
+        padded = x_cnhw
+    cols = np.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, i, j] = padded[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
+    cols = cols.reshape(c * kh * kw, n * oh * ow)
+    w2 = weight.reshape(o, c * kh * kw)
+    y = w2 @ cols
+    if bias is not None:
+        y += bias[:, None]
+    saved = (x.shape, padded.shape, cols, w2, (kh, kw), (oh, ow), stride, padding, dilation)
+    return y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3), saved
+
+
+def _conv2d_backward(grad_output, saved, bias):
+    x_shape, padded_shape, cols, w2, (kh, kw), (oh, ow), stride, padding, dilation = saved
+    n, c, h, w = x_shape
+    o = grad_output.shape[1]
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    g2 = grad_output.transpose(1, 0, 2, 3).reshape(o, n * oh * ow)  # no copy when dY is channel-major
+    grad_weight = (g2 @ cols.T).reshape(o, c, kh, kw)
+    grad_bias = g2.sum(axis=1) if bias else None
+    grad_cols = (w2.T @ g2).reshape(c, kh, kw, n, oh, ow)
+    grad_padded = np.zeros(padded_shape, dtype=grad_output.dtype)  # (C, N, H + 2ph, W + 2pw)
+    for i in range(kh):
+        for j in range(kw):
+            grad_padded[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw] += \
+                grad_cols[:, i, j]
+    grad_input = grad_padded[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3)
+    return grad_input, grad_weight, grad_bias
 
 
 def load(device: str | None) -> Backend:

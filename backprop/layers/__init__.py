@@ -36,5 +36,8 @@ def build(description: dict, *, backend=None, dtype=None) -> Layer:
     return cls(**config, backend=backend, dtype=dtype)
 
 
-__all__ = ["ACTIVATIONS", "BatchNorm1D", "BatchNorm2D", "Embedding", "LayerNorm", "GELU", "LAYER_TYPES", "Activation", "Dense", "Dropout", "Layer", "LeakyReLU", "ReLU",
-           "Sequential", "Sigmoid", "Softmax", "Tanh", "activation", "architecture", "build", "register_layer"]
+__all__ = [
+    "ACTIVATIONS", "GELU", "LAYER_TYPES", "Activation", "BatchNorm1D", "BatchNorm2D", "Dense", "Dropout", "Embedding",
+    "Layer", "LayerNorm", "LeakyReLU", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh", "activation",
+    "architecture", "build", "register_layer",
+]
