@@ -16,6 +16,8 @@ LAYERS = {
               lambda x, p: ref.dense(x, p["weight"], p["bias"])),
     "dense_no_bias": (lambda b: bp.Dense(5, 3, bias=False, init="he_normal", rng=0, backend=b), (4, 5),
                       lambda x, p: x @ p["weight"]),
+    "dense_one_example": (lambda b: bp.Dense(5, 3, rng=0, backend=b), (1, 5),
+                          lambda x, p: ref.dense(x, p["weight"], p["bias"])),
     "dense_sequence": (lambda b: bp.Dense(5, 3, rng=0, backend=b), (2, 4, 5),
                        lambda x, p: ref.dense(x, p["weight"], p["bias"])),
     "sigmoid": (lambda b: bp.Sigmoid(backend=b), (4, 6), lambda x, p: ref.sigmoid(x)),
