@@ -6,13 +6,15 @@ from .base import Layer
 from .dense import Dense
 from .dropout import Dropout
 from .embedding import Embedding
+from .fixed_point import FixedPointRecurrent
 from .normalization import BatchNorm1D, BatchNorm2D, LayerNorm
 from .sequential import Sequential, architecture
 
 #: Layer classes by name, for rebuilding a saved model from its architecture.
 LAYER_TYPES: dict[str, type[Layer]] = {
     cls.__name__: cls for cls in (Dense, Dropout, Sequential, Sigmoid, Tanh, ReLU, LeakyReLU, GELU, Softmax,
-                                  BatchNorm1D, BatchNorm2D, LayerNorm, Embedding)
+                                  BatchNorm1D, BatchNorm2D, LayerNorm, Embedding,
+                                  FixedPointRecurrent)
 }
 
 
@@ -38,6 +40,6 @@ def build(description: dict, *, backend=None, dtype=None) -> Layer:
 
 __all__ = [
     "ACTIVATIONS", "GELU", "LAYER_TYPES", "Activation", "BatchNorm1D", "BatchNorm2D", "Dense", "Dropout", "Embedding",
-    "Layer", "LayerNorm", "LeakyReLU", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh", "activation",
+    "FixedPointRecurrent", "Layer", "LayerNorm", "LeakyReLU", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh", "activation",
     "architecture", "build", "register_layer",
 ]
