@@ -38,8 +38,5 @@ def build(description: dict, *, backend=None, dtype=None) -> Layer:
     return cls(**config, backend=backend, dtype=dtype)
 
 
-__all__ = [
-    "ACTIVATIONS", "GELU", "LAYER_TYPES", "Activation", "BatchNorm1D", "BatchNorm2D", "Dense", "Dropout", "Embedding",
-    "FixedPointRecurrent", "Layer", "LayerNorm", "LeakyReLU", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh", "activation",
-    "architecture", "build", "register_layer",
-]
+__all__ = ["ACTIVATIONS", "LAYER_TYPES", "Activation", "Layer", "activation", "architecture", "build",
+           "register_layer", *LAYER_TYPES]
