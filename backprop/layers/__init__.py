@@ -8,13 +8,14 @@ from .dropout import Dropout
 from .embedding import Embedding
 from .fixed_point import FixedPointRecurrent
 from .normalization import BatchNorm1D, BatchNorm2D, LayerNorm
+from .recurrent import GRU, LSTM, RNN
 from .sequential import Sequential, architecture
 
 #: Layer classes by name, for rebuilding a saved model from its architecture.
 LAYER_TYPES: dict[str, type[Layer]] = {
     cls.__name__: cls for cls in (Dense, Dropout, Sequential, Sigmoid, Tanh, ReLU, LeakyReLU, GELU, Softmax,
                                   BatchNorm1D, BatchNorm2D, LayerNorm, Embedding,
-                                  FixedPointRecurrent)
+                                  FixedPointRecurrent, RNN, LSTM, GRU)
 }
 
 

