@@ -9,12 +9,13 @@ from pathlib import Path
 
 import backprop as bp
 
-from . import machine, memory, mlp, report
+from . import fit, lstm, machine, memory, mlp, report
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--workloads", default="mlp,memory", help="comma-separated: mlp, memory")
+    parser.add_argument("--workloads", default="mlp,lstm,fit,memory",
+                        help="comma-separated: mlp, lstm, fit, memory")
     parser.add_argument("--backends", default="numpy,torch:cpu,cupy:0,torch:cuda:0",
                         help="our backends to time (unavailable ones are left out with a note)")
     parser.add_argument("--batch-sizes", default="1,32,128,1024")
@@ -51,6 +52,10 @@ def main(argv=None) -> int:
         batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
         run["results"] += mlp.run(backends, batch_sizes, repeats=args.repeats, max_steps=args.max_steps,
                                   include_torch=not args.no_torch)
+    if "lstm" in workloads:
+        run["results"] += lstm.run(backends, repeats=args.repeats, include_torch=not args.no_torch)
+    if "fit" in workloads:
+        run["results"] += fit.run(backends, repeats=max(1, args.repeats // 2), include_torch=not args.no_torch)
     if "memory" in workloads:
         for backend in backends:
             if backend.library in ("numpy",):

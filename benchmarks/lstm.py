@@ -1,0 +1,72 @@
+"""The LSTM workload: sequence regression with an LSTM and a Dense head, against PyTorch's nn.LSTM.
+
+Batch 64, 50 steps, 32 input features, 128 hidden units, MSE on the last state, plain SGD; 2,048 synthetic
+sequences per epoch. There is no hand-written NumPy LSTM contender: the per-step loop is the same code
+either way, so the comparison that matters is with PyTorch's fused cell.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import backprop as bp
+
+from .timing import interleaved
+
+BATCH, STEPS, FEATURES, HIDDEN, SEQUENCES, LR = 64, 50, 32, 128, 2048, 0.01
+
+
+def run(backends, *, repeats, include_torch=True, log=print):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(SEQUENCES, STEPS, FEATURES)).astype(np.float32)
+    y = x[:, :, 0].mean(axis=1, keepdims=True).astype(np.float32)
+    runs = {}
+    for backend in backends:
+        model = bp.Sequential([bp.layers.LSTM(FEATURES, HIDDEN, return_sequences=False, rng=0, backend=backend),
+                               bp.Dense(HIDDEN, 1, rng=1, backend=backend)])
+        trainer = bp.Trainer(model, loss="mse", optimizer="sgd", lr=LR, epochs=10**9, batch_size=BATCH,
+                             progress=False, log=None)
+        xd, yd = backend.from_host(x), backend.from_host(y)
+
+        def ours(trainer=trainer, xd=xd, yd=yd, backend=backend):
+            trainer.train_epoch(xd, yd)
+            backend.synchronize()
+
+        runs[f"backprop[{backend.name}]"] = ours
+    if include_torch:
+        try:
+            import torch
+        except ImportError:
+            torch = None
+        if torch is not None:
+            for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+                lstm = torch.nn.LSTM(FEATURES, HIDDEN, batch_first=True).to(device)
+                head = torch.nn.Linear(HIDDEN, 1).to(device)
+                params = list(lstm.parameters()) + list(head.parameters())
+                optimizer = torch.optim.SGD(params, lr=LR)
+                xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+                generator = torch.Generator(device=device).manual_seed(0)
+
+                def torch_run(lstm=lstm, head=head, optimizer=optimizer, xt=xt, yt=yt, generator=generator,
+                              device=device):
+                    order = torch.randperm(SEQUENCES, generator=generator, device=xt.device)
+                    for start in range(0, SEQUENCES, BATCH):
+                        index = order[start:start + BATCH]
+                        optimizer.zero_grad(set_to_none=True)
+                        out, _ = lstm(xt.index_select(0, index))
+                        loss = torch.nn.functional.mse_loss(head(out[:, -1]), yt.index_select(0, index))
+                        loss.backward()
+                        optimizer.step()
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+
+                runs[f"pytorch[{device}]"] = torch_run
+    log(f"lstm: {len(runs)} contenders, {repeats} rounds")
+    timed = interleaved(runs, repeats=repeats)
+    results = []
+    for name, t in timed.items():
+        results.append({"workload": f"lstm {FEATURES}-{HIDDEN}, {STEPS} steps", "batch_size": BATCH,
+                        "contender": name, "seconds_per_epoch": t["median"], "extrapolated": False,
+                        "samples_timed": SEQUENCES, "runs": t["runs"]})
+        log(f"  {name:<28} {t['median']:8.3f} s/epoch")
+    return results
