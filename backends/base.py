@@ -104,9 +104,9 @@ class Backend:
         """
         return None
 
-    def conv2d_backward(self, grad_output, saved, *, bias: bool):
+    def conv2d_backward(self, grad_output, saved, *, bias: bool, input_grad: bool = True):
         """``(grad_input, grad_weight, grad_bias)`` for a convolution done by ``conv2d_forward``
-        (``grad_bias`` is None when ``bias`` is False)."""
+        (``grad_bias`` is None when ``bias`` is False, ``grad_input`` None when ``input_grad`` is False)."""
         raise NotImplementedError(f"{self.name} has no conv2d fast path")
 
     def synchronize(self) -> None:

@@ -53,8 +53,8 @@ class NumpyBackend(Backend):
     def conv2d_forward(self, x, weight, bias, *, stride, padding, dilation):
         return _conv2d_forward(x, weight, bias, stride, padding, dilation)
 
-    def conv2d_backward(self, grad_output, saved, *, bias):
-        return _conv2d_backward(grad_output, saved, bias)
+    def conv2d_backward(self, grad_output, saved, *, bias, input_grad=True):
+        return _conv2d_backward(grad_output, saved, bias, input_grad)
 
     def memory_stats(self):
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -95,7 +95,7 @@ def _conv2d_forward(x, weight, bias, stride, padding, dilation):
     return y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3), saved
 
 
-def _conv2d_backward(grad_output, saved, bias):
+def _conv2d_backward(grad_output, saved, bias, input_grad=True):
     x_shape, padded_shape, cols, w2, (kh, kw), (oh, ow), stride, padding, dilation = saved
     n, c, h, w = x_shape
     o = grad_output.shape[1]
@@ -103,6 +103,8 @@ def _conv2d_backward(grad_output, saved, bias):
     g2 = grad_output.transpose(1, 0, 2, 3).reshape(o, n * oh * ow)  # no copy when dY is channel-major
     grad_weight = (g2 @ cols.T).reshape(o, c, kh, kw)
     grad_bias = g2.sum(axis=1) if bias else None
+    if not input_grad:
+        return None, grad_weight, grad_bias
     grad_cols = (w2.T @ g2).reshape(c, kh, kw, n, oh, ow)
     grad_padded = np.zeros(padded_shape, dtype=grad_output.dtype)  # (C, N, H + 2ph, W + 2pw)
     for i in range(kh):

@@ -75,12 +75,12 @@ class TorchBackend(Backend):
         y = self._torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation)
         return y, (x, weight, tuple(stride), tuple(padding), tuple(dilation))
 
-    def conv2d_backward(self, grad_output, saved, *, bias):
+    def conv2d_backward(self, grad_output, saved, *, bias, input_grad=True):
         x, weight, stride, padding, dilation = saved
         bias_sizes = [weight.shape[0]] if bias else None
         grad_input, grad_weight, grad_bias = self._torch.ops.aten.convolution_backward(
             grad_output, x, weight, bias_sizes, list(stride), list(padding), list(dilation), False, [0, 0], 1,
-            [True, True, bias])
+            [input_grad, True, bias])
         return grad_input, grad_weight, grad_bias
 
     def synchronize(self):

@@ -3,19 +3,23 @@
 from ..errors import ConfigError
 from .activations import ACTIVATIONS, GELU, Activation, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh, activation
 from .base import Layer
+from .conv import Conv2D
 from .dense import Dense
 from .dropout import Dropout
 from .embedding import Embedding
 from .fixed_point import FixedPointRecurrent
 from .normalization import BatchNorm1D, BatchNorm2D, LayerNorm
+from .pooling import AvgPool2D, MaxPool2D
 from .recurrent import GRU, LSTM, RNN
 from .sequential import Sequential, architecture
+from .shape import Flatten, Reshape
 
 #: Layer classes by name, for rebuilding a saved model from its architecture.
 LAYER_TYPES: dict[str, type[Layer]] = {
     cls.__name__: cls for cls in (Dense, Dropout, Sequential, Sigmoid, Tanh, ReLU, LeakyReLU, GELU, Softmax,
                                   BatchNorm1D, BatchNorm2D, LayerNorm, Embedding,
-                                  FixedPointRecurrent, RNN, LSTM, GRU)
+                                  FixedPointRecurrent, RNN, LSTM, GRU, Conv2D, MaxPool2D, AvgPool2D, Flatten,
+                                  Reshape)
 }
 
 

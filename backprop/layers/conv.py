@@ -1,0 +1,131 @@
+"""``Conv2D``: the 2-D convolution (cross-correlation, as in every deep-learning library), NCHW."""
+
+from __future__ import annotations
+
+from ..errors import ConfigError, ShapeError
+from ..init import host_random, initialize
+from .base import Layer
+from .im2col import as_pair, col2im, im2col, output_shape, pad, unpad
+
+
+class Conv2D(Layer):
+    """2-D convolution over inputs ``(batch, in_channels, H, W)``; ``weight`` has shape
+    ``(out_channels, in_channels, kh, kw)``, ``bias`` shape ``(out_channels,)``.
+
+    ``kernel_size``, ``stride``, ``padding`` (zeros) and ``dilation`` are ints or (h, w) pairs. The output is
+    ``(batch, out_channels, OH, OW)`` with ``OH = ⌊(H + 2·ph − dh·(kh − 1) − 1) / sh⌋ + 1`` (likewise OW), as
+    PyTorch.
+
+    With X the im2col columns of the padded input (one column of C·kh·kw pixels per output position, see
+    ``im2col.py``) and W the weight as an (out_channels, C·kh·kw) matrix:
+
+    Forward:  Y = W X + b
+    Backward: dL/dW = Σ_batch dL/dY Xᵀ,   dL/db = Σ_batch,positions dL/dY,   dL/dX = col2im(Wᵀ dL/dY)
+
+    The backend may supply a faster implementation of the same computation (``backend.conv2d_forward``:
+    NumPy lays the columns out channel-major and does one BLAS matrix product, PyTorch uses its own
+    convolution kernels); every other backend runs the portable im2col path written with standard array
+    operations. Set ``use_fast_path = False`` on a layer to force the portable path (the tests compare the
+    two).
+    """
+
+    #: Use the backend's convolution when it has one (False: always the portable im2col path).
+    use_fast_path = True
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, *, stride=1, padding=0, dilation=1,
+                 bias: bool = True, init: str = "he_uniform", rng=None, backend=None, dtype=None):
+        super().__init__(backend=backend, dtype=dtype)
+        for label, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"Conv2D: {label} must be a positive integer, got {value!r}")
+        if not isinstance(bias, bool):
+            raise ConfigError(f"Conv2D: bias must be True or False, got {bias!r}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = as_pair(kernel_size, "kernel_size", "Conv2D", minimum=1)
+        self.stride = as_pair(stride, "stride", "Conv2D", minimum=1)
+        self.padding = as_pair(padding, "padding", "Conv2D", minimum=0)
+        self.dilation = as_pair(dilation, "dilation", "Conv2D", minimum=1)
+        self.init = init
+        self.use_bias = bias
+        rng = host_random(rng)
+        self.params["weight"] = initialize(init, (out_channels, in_channels, *self.kernel_size), rng=rng,
+                                           backend=self.backend, dtype=self.dtype)
+        if bias:
+            self.params["bias"] = initialize("zeros", (out_channels,), rng=rng, backend=self.backend,
+                                             dtype=self.dtype)
+        self._cache = None
+
+    def extra_repr(self) -> str:
+        text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
+        for name, default in (("stride", (1, 1)), ("padding", (0, 0)), ("dilation", (1, 1))):
+            if getattr(self, name) != default:
+                text += f", {name}={getattr(self, name)}"
+        return text + ("" if self.use_bias else ", bias=False")
+
+    def config(self) -> dict:
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding),
+                "dilation": list(self.dilation), "bias": self.use_bias, "init": self.init}
+
+    def forward(self, x, *, training: bool = False):
+        expected = f"(batch, {self.in_channels}, H, W)"
+        self.check_input(x, ndim=4, expected=expected)
+        if x.shape[1] != self.in_channels:
+            raise ShapeError(f"{self!r}: expected input of shape {expected}, got {tuple(x.shape)}")
+        out_hw = output_shape(self, x, self.kernel_size, self.stride, self.padding, self.dilation)
+        weight, bias = self.params["weight"], self.params.get("bias")
+        fast = None
+        if self.use_fast_path:
+            fast = self.backend.conv2d_forward(x, weight, bias, stride=self.stride, padding=self.padding,
+                                               dilation=self.dilation)
+        if fast is not None:
+            y, saved = fast
+            self._cache = ("fast", saved)
+            return y
+        xp = self.xp
+        n = x.shape[0]
+        padded = pad(xp, x, self.padding, device=self.backend.device)
+        columns = im2col(xp, padded, self.kernel_size, self.stride, self.dilation, out_hw)  # (N, C, kh·kw, OH, OW)
+        rows = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        columns = xp.reshape(columns, (n, rows, out_hw[0] * out_hw[1]))
+        y = xp.reshape(weight, (self.out_channels, rows)) @ columns  # (N, out, OH·OW)
+        y = xp.reshape(y, (n, self.out_channels, *out_hw))
+        if bias is not None:
+            y = y + xp.reshape(bias, (1, self.out_channels, 1, 1))
+        self._cache = ("portable", (tuple(x.shape), tuple(padded.shape), columns, out_hw))
+        return y
+
+    can_skip_input_grad = True
+
+    def backward(self, grad_output, *, input_grad: bool = True):
+        if self._cache is None:
+            raise RuntimeError(f"{self!r}: backward called before forward")
+        kind, saved = self._cache
+        if kind == "fast":
+            grad_input, grad_weight, grad_bias = self.backend.conv2d_backward(grad_output, saved,
+                                                                              bias=self.use_bias,
+                                                                              input_grad=input_grad)
+            self.grads["weight"] = grad_weight
+            if self.use_bias:
+                self.grads["bias"] = grad_bias
+            return grad_input
+        xp = self.xp
+        x_shape, padded_shape, columns, out_hw = saved
+        n, rows = x_shape[0], columns.shape[1]
+        grad = xp.reshape(grad_output, (n, self.out_channels, out_hw[0] * out_hw[1]))
+        weight = xp.reshape(self.params["weight"], (self.out_channels, rows))
+        self.grads["weight"] = xp.reshape(xp.tensordot(grad, columns, axes=([0, 2], [0, 2])),
+                                          tuple(self.params["weight"].shape))
+        if self.use_bias:
+            self.grads["bias"] = xp.sum(grad, axis=(0, 2))
+        if not input_grad:
+            return None
+        grad_columns = xp.reshape(xp.matrix_transpose(weight) @ grad,
+                                  (n, self.in_channels, rows // self.in_channels, *out_hw))
+        grad_padded = col2im(xp, grad_columns, padded_shape, self.kernel_size, self.stride, self.dilation, out_hw,
+                             device=self.backend.device)
+        return unpad(grad_padded, self.padding)
+
+    def _clear_cache(self) -> None:
+        self._cache = None

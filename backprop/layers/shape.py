@@ -1,0 +1,70 @@
+"""``Flatten`` and ``Reshape``: change how each example's values are arranged, not the values."""
+
+from __future__ import annotations
+
+import math
+
+from ..errors import ConfigError, ShapeError
+from .base import Layer
+
+
+class Flatten(Layer):
+    """``(batch, d1, d2, ...)`` → ``(batch, d1·d2·...)``, in row-major order (as ``torch.flatten(x, 1)``).
+
+    Forward: y = reshape(x, (batch, −1));   backward: dL/dx = reshape(dL/dy, shape of x).
+    """
+
+    _shape = None
+
+    def forward(self, x, *, training: bool = False):
+        self.check_input(x, min_ndim=2, expected="(batch, ...)")
+        self._shape = tuple(x.shape)
+        return self.xp.reshape(x, (x.shape[0], math.prod(x.shape[1:])))
+
+    def backward(self, grad_output):
+        if self._shape is None:
+            raise RuntimeError(f"{self!r}: backward called before forward")
+        return self.xp.reshape(grad_output, self._shape)
+
+    def _clear_cache(self) -> None:
+        self._shape = None
+
+
+class Reshape(Layer):
+    """``(batch, ...)`` → ``(batch, *shape)`` when each example holds ``prod(shape)`` values; for instance
+    ``Reshape((1, 28, 28))`` turns flat MNIST rows of 784 features into images for ``Conv2D``.
+
+    Forward: y = reshape(x, (batch, *shape));   backward: dL/dx = reshape(dL/dy, shape of x).
+    """
+
+    _shape = None
+
+    def __init__(self, shape, *, backend=None, dtype=None):
+        super().__init__(backend=backend, dtype=dtype)
+        if (not isinstance(shape, (tuple, list)) or not shape
+                or any(not isinstance(n, int) or isinstance(n, bool) or n <= 0 for n in shape)):
+            raise ConfigError(f"Reshape: shape must be a non-empty tuple of positive integers, got {shape!r}")
+        self.shape = tuple(shape)
+        self.size = math.prod(self.shape)
+
+    def extra_repr(self) -> str:
+        return f"{self.shape}"
+
+    def config(self) -> dict:
+        return {"shape": list(self.shape)}
+
+    def forward(self, x, *, training: bool = False):
+        expected = f"(batch, {self.size}) or any (batch, ...) with {self.size} values per example"
+        self.check_input(x, min_ndim=1, expected=expected)
+        if x.ndim < 2 or math.prod(x.shape[1:]) != self.size:
+            raise ShapeError(f"{self!r}: expected input of shape {expected}, got {tuple(x.shape)}")
+        self._shape = tuple(x.shape)
+        return self.xp.reshape(x, (x.shape[0], *self.shape))
+
+    def backward(self, grad_output):
+        if self._shape is None:
+            raise RuntimeError(f"{self!r}: backward called before forward")
+        return self.xp.reshape(grad_output, self._shape)
+
+    def _clear_cache(self) -> None:
+        self._shape = None
