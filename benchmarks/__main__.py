@@ -9,13 +9,14 @@ from pathlib import Path
 
 import backprop as bp
 
-from . import fit, lstm, machine, memory, mlp, report
+from . import cnn_vs_torch, fit, lstm, machine, memory, mlp, report
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--workloads", default="mlp,lstm,fit,memory",
-                        help="comma-separated: mlp, lstm, fit, memory")
+    parser.add_argument("--workloads", default="mlp,cnn,lstm,fit,memory",
+                        help="comma-separated: mlp, cnn, lstm, fit, memory")
+    parser.add_argument("--cnn-images", type=int, default=60_000, help="images per CNN epoch")
     parser.add_argument("--backends", default="numpy,torch:cpu,cupy:0,torch:cuda:0",
                         help="our backends to time (unavailable ones are left out with a note)")
     parser.add_argument("--batch-sizes", default="1,32,128,1024")
@@ -52,6 +53,14 @@ def main(argv=None) -> int:
         batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
         run["results"] += mlp.run(backends, batch_sizes, repeats=args.repeats, max_steps=args.max_steps,
                                   include_torch=not args.no_torch)
+    if "cnn" in workloads and not args.no_torch:
+        cnn = cnn_vs_torch.run(cnn_vs_torch.build_parser().parse_args(
+            ["--images", str(args.cnn_images), "--repeats", str(args.repeats)]))
+        run["cnn"] = cnn
+        for name, contender in (("ours (numpy)", "backprop[numpy]"), ("torch (cpu)", "pytorch[cpu]")):
+            run["results"].append({"workload": "cnn 1x28x28 conv8-conv16-dense10", "batch_size": 128,
+                                   "contender": contender, "seconds_per_epoch": cnn["median_seconds"][name],
+                                   "extrapolated": args.cnn_images < 60_000, "runs": cnn["epoch_seconds"][name]})
     if "lstm" in workloads:
         run["results"] += lstm.run(backends, repeats=args.repeats, include_torch=not args.no_torch)
     if "fit" in workloads:
