@@ -27,4 +27,4 @@ def train_epoch(model, optimizer, x, y, batch_size, generator):
         loss = loss_fn(model(xb), yb)
         loss.backward()
         optimizer.step()
-    return float(loss)
+    return float(loss.detach())
