@@ -17,6 +17,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workloads", default="mlp,cnn,lstm,fit,memory",
                         help="comma-separated: mlp, cnn, lstm, fit, memory")
     parser.add_argument("--cnn-images", type=int, default=60_000, help="images per CNN epoch")
+    parser.add_argument("--memory-samples", type=int, default=60_000, help="examples in the memory measurement")
     parser.add_argument("--backends", default="numpy,torch:cpu,cupy:0,torch:cuda:0",
                         help="our backends to time (unavailable ones are left out with a note)")
     parser.add_argument("--batch-sizes", default="1,32,128,1024")
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
     if "memory" in workloads:
         for backend in backends:
             if backend.library in ("numpy",):
-                run["memory"].append(memory.measure(backend.name))
+                run["memory"].append(memory.measure(backend.name, samples=args.memory_samples))
     json_path, md_path = report.write(run, Path(args.output), args.name)
     print(f"wrote {json_path} and {md_path}")
     print(report.markdown(run))

@@ -8,11 +8,17 @@ array created without ``device=`` fails the tests.
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import backends
+
+# The benchmarks live beside the package, not in it: make them importable for their smoke tests. Appended, so
+# the installed backprop (not the source tree) is what the tests import.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 # Layers built without backend= use the current backend; keep that quiet and predictable in tests.
 os.environ.setdefault("BACKPROP_BACKEND", "numpy")
