@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from . import machine
+
 TARGET_RATIO = 1.5  # the issue: an epoch on NumPy at most 1.5x slower than PyTorch CPU
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -60,17 +62,6 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def load_average():
     try:
         return list(os.getloadavg())
@@ -87,14 +78,6 @@ def limit_threads(threads: int):
         return None, "threadpoolctl is not installed: NumPy's BLAS threads were not limited"
     limiter = threadpool_limits(limits=threads)
     return limiter, threadpool_info()
-
-
-def blas_name(np) -> str:
-    try:
-        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        return f"{blas.get('name')} {blas.get('version')}"
-    except Exception:
-        return "unknown"
 
 
 # ------------------------------------------------------------------------------------------- the two sides
@@ -235,10 +218,10 @@ def run(args) -> dict:
         "settings": {"images": args.images, "image_shape": [1, 28, 28], "batch_size": args.batch_size,
                      "lr": args.lr, "repeats": args.repeats, "warmup": args.warmup, "seed": args.seed,
                      "threads": threads, "dtype": "float32"},
-        "machine": {"cpu": cpu_model(), "cores_available": available_cores(), "cpu_count": os.cpu_count(),
+        "machine": {"cpu": machine.cpu_name(), "cores_available": available_cores(), "cpu_count": os.cpu_count(),
                     "platform": platform.platform(), "node": platform.node(), "python": platform.python_version(),
                     "load_average_before": load_before, "load_average_after": load_average()},
-        "versions": {"numpy": np.__version__, "torch": torch.__version__, "numpy_blas": blas_name(np),
+        "versions": {"numpy": np.__version__, "torch": torch.__version__, "numpy_blas": machine.blas_name(),
                      "torch_threads": torch.get_num_threads(), "torch_parallel_info": _torch_parallel(torch),
                      "threadpools": pools},
         "first_batch_loss": {"ours": loss_ours, "torch": loss_torch},

@@ -23,7 +23,7 @@ def cpu_name() -> str:
 def describe(backends) -> dict:
     info = {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
             "numpy": np.__version__, "platform": platform.platform(),
-            "blas": _blas_name(), "backends": {b.name: {"device": b.device_name, "version": b.version}
+            "blas": blas_name(), "backends": {b.name: {"device": b.device_name, "version": b.version}
                                                for b in backends}}
     try:
         import torch
@@ -37,7 +37,7 @@ def describe(backends) -> dict:
     return info
 
 
-def _blas_name() -> str:
+def blas_name() -> str:
     try:
         config = np.show_config(mode="dicts")
         blas = config["Build Dependencies"]["blas"]
