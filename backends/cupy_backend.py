@@ -100,13 +100,16 @@ def _parse_index(device: str | None, name: str) -> int:
 def load(device: str | None) -> Backend:
     name = f"cupy:{device}" if device is not None else "cupy"
     index = _parse_index(device, name)
+    import importlib.util
+
+    if importlib.util.find_spec("cupy") is None:
+        raise BackendUnavailable(
+            name, "CuPy is not installed (pip install 'backprop[cuda12]' or 'backprop[cuda13]')")
     try:
         import cupy
-    except ImportError:
-        raise BackendUnavailable(
-            name, "CuPy is not installed (pip install 'backprop[cuda12]' or 'backprop[cuda13]')") from None
-    except Exception as exc:  # a broken install raises other errors
-        raise BackendUnavailable(name, f"CuPy failed to import: {exc}".splitlines()[0]) from None
+    except Exception as exc:  # installed but broken, or the driver library is missing
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BackendUnavailable(name, f"{_no_driver_hint()}CuPy failed to import: {detail}") from None
     try:
         import array_api_compat.cupy  # noqa: F401
     except ImportError as exc:  # pragma: no cover
@@ -128,8 +131,29 @@ def load(device: str | None) -> Backend:
     return CupyBackend(index)
 
 
+def _driver_library_loads() -> bool:
+    import ctypes
+
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def _no_driver_hint() -> str:
+    if _driver_library_loads():
+        return ""
+    return "no NVIDIA driver is visible (libcuda cannot be loaded; in Docker, run with --gpus all); "
+
+
 def _cuda_reason(exc: Exception) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    hint = _no_driver_hint()
+    if hint:  # without the driver library CUDA reports errors such as "insufficient driver": say what is wrong
+        return f"{hint}CUDA said: {text}"
     if "InsufficientDriver" in text or "driver version is insufficient" in text.lower():
         return f"the NVIDIA driver is too old for this CuPy's CUDA version ({text})"
     if "NoDevice" in text or "no CUDA-capable device" in text:

@@ -205,3 +205,15 @@ def test_synchronize_and_memory_stats(backend):
     backend.synchronize()
     stats = backend.memory_stats()
     assert isinstance(stats, dict) and all(isinstance(v, int) and v >= 0 for v in stats.values())
+
+
+def test_cuda_errors_are_explained(monkeypatch):
+    from backends import cupy_backend
+
+    error = RuntimeError("cudaErrorInsufficientDriver: CUDA driver version is insufficient for CUDA runtime")
+    monkeypatch.setattr(cupy_backend, "_driver_library_loads", lambda: False)
+    assert cupy_backend._cuda_reason(error).startswith("no NVIDIA driver is visible (libcuda cannot be loaded; "
+                                                       "in Docker, run with --gpus all)")
+    monkeypatch.setattr(cupy_backend, "_driver_library_loads", lambda: True)
+    assert cupy_backend._cuda_reason(error).startswith("the NVIDIA driver is too old")
+    assert "--gpus all" in cupy_backend._cuda_reason(RuntimeError("cudaErrorNoDevice: no CUDA-capable device"))
