@@ -7,7 +7,7 @@ array-api-strict) and device.
 
 from backends import Backend, available_backends, current_backend, get_backend, set_backend, use_backend
 
-from . import data
+from . import data, distributed
 from .errors import (
     BackpropError,
     ConfigError,
@@ -44,7 +44,8 @@ __all__ = [
     "Checkpoint", "ConfigError", "CrossEntropy", "DTypeError", "DataError", "Dense", "DeviceMismatchError",
     "Dropout", "EarlyStopping", "GradcheckError", "GradientMonitor", "HistoryWriter", "Layer", "LeakyReLU", "Loss",
     "ModelFileError", "Optimizer", "RMSprop", "ReLU", "Sequential", "ShapeError", "Sigmoid", "Softmax", "Tanh",
-    "Trainer", "TrainingError", "available_backends", "clip_grad_norm", "current_backend", "data", "evaluate",
+    "Trainer", "TrainingError", "available_backends", "clip_grad_norm", "current_backend", "data",
+    "distributed", "evaluate",
     "fit", "get_backend", "gradcheck", "load_model", "make_optimizer", "make_schedule", "mlp", "save_model",
     "set_backend", "set_seed", "use_backend",
 ]

@@ -9,7 +9,7 @@ import warnings
 
 from backends import ENV_VAR, BackendError, BackendUnavailable, backend_statuses, get_backend
 
-from .errors import BackpropError, ConfigError
+from .errors import BackpropError, ConfigError, TrainingError
 from .runs import DEFAULTS
 
 
@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue the interrupted run in DIR from its checkpoint")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parallel = train.add_argument_group("distributed")
+    parallel.add_argument("--distributed", action="store_true",
+                          help="data-parallel training over MPI: launch with mpirun -n N backprop train "
+                               "--distributed ... (pip install 'backprop[mpi]'); each rank trains on its shard of "
+                               "every batch, gradients are averaged, only rank 0 writes files")
     train.set_defaults(handler=cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="accuracy of a saved model on a dataset's test set")
@@ -107,10 +112,23 @@ TRAIN_OPTIONS = tuple(DEFAULTS)
 
 
 def cmd_train(args) -> int:
+    if not args.distributed:
+        return _train(args, None)
+    from .distributed import world
+
+    communicator = world()
+    if not communicator.is_root:
+        warnings.simplefilter("ignore")  # rank 0 says it once; errors still show with their rank
+    with communicator.abort_on_error():  # an error on one rank ends every rank, never a hang
+        return _train(args, communicator)
+
+
+def _train(args, communicator) -> int:
     from pathlib import Path
 
     from .runs import output_directory, resume_options, train_run
 
+    root = communicator is None or communicator.is_root
     if args.resume:
         output = Path(args.resume)
         options = resume_options(output)
@@ -119,13 +137,23 @@ def cmd_train(args) -> int:
         options.update({k: v for k, v in given.items() if k == "epochs"})  # only more epochs may be asked for
     else:
         options = {key: getattr(args, key) for key in TRAIN_OPTIONS}
-        output = output_directory(args.output, args.dataset, args.overwrite)
+        output = output_directory(args.output, args.dataset, args.overwrite) if root else None
+        if communicator is not None:
+            output = communicator.broadcast_object(output)  # rank 0 names it (a new directory has the time in it)
     try:
         train_run(options, output=output, progress=not args.no_progress, plots=not args.no_plots,
-                  resume=bool(args.resume))
+                  resume=bool(args.resume), communicator=communicator)
     except KeyboardInterrupt:
-        print(f"interrupted: checkpoint saved; continue with: backprop train --resume {output}", file=sys.stderr)
+        if root:
+            print(f"interrupted: checkpoint saved; continue with: backprop train --resume {output}",
+                  file=sys.stderr)
+        if communicator is not None:
+            communicator.end_interrupted()  # no rank may be left waiting in a collective
         return 130
+    except TrainingError:
+        if not root:  # every rank stops at the same step; rank 0 says why
+            return 2
+        raise
     return 0
 
 

@@ -79,14 +79,35 @@ def output_directory(requested: str | None, dataset: str, overwrite: bool) -> Pa
 
 
 def train_run(options: dict, *, output: Path, backend=None, progress: bool = True, plots: bool = True,
-              resume: bool = False, log=print) -> dict:
-    """Run (or resume) a training job; returns the summary that is also written to summary.json."""
+              resume: bool = False, log=print, communicator=None) -> dict:
+    """Run (or resume) a training job; returns the summary that is also written to summary.json.
+
+    ``communicator`` (a ``backprop.distributed.Communicator``): this process is one rank of a data-parallel
+    job; every rank returns the same summary, and only rank 0 prints and writes files. Resuming reads the
+    checkpoint on every rank: on several hosts ``output`` must be on a shared file system. An exception on
+    one rank of several ends the whole job (see ``Communicator.abort_on_error``)."""
+    arguments = dict(output=output, backend=backend, progress=progress, plots=plots, resume=resume, log=log,
+                     communicator=communicator)
+    if communicator is None:
+        return _train_run(options, **arguments)
+    with communicator.abort_on_error():
+        return _train_run(options, **arguments)
+
+
+def _train_run(options, *, output, backend, progress, plots, resume, log, communicator) -> dict:
     from .data import load_dataset
     from .host_io.model_files import save_model
     from .training import Checkpoint, EarlyStopping, GradientMonitor, HistoryWriter, Trainer, batch_mode, evaluate
 
     options = {**DEFAULTS, **options}
     backend = get_backend(backend)
+    root = communicator is None or communicator.is_root
+    if communicator is not None:
+        from .distributed import device_backend
+
+        backend = device_backend(backend, communicator)  # with CuPy: one GPU per rank of a machine
+    if not root:
+        log = _silent
     started = time.perf_counter()
     dataset = load_dataset(options["dataset"], data_dir=options["data_dir"], scaling=options["scaling"],
                            seed=options["seed"])
@@ -95,26 +116,32 @@ def train_run(options: dict, *, output: Path, backend=None, progress: bool = Tru
     callbacks = [GradientMonitor()]
     if options["early_stopping"]:
         callbacks.append(EarlyStopping(int(options["early_stopping"])))
-    output.mkdir(parents=True, exist_ok=True)
+    if root:
+        output.mkdir(parents=True, exist_ok=True)
     callbacks += [HistoryWriter(output / HISTORY_FILE), Checkpoint(output / CHECKPOINT_FILE, run_config=options)]
     trainer = Trainer(model, optimizer=options["optimizer"], lr=options["lr"], weight_decay=options["weight_decay"],
                       epochs=int(options["epochs"]), batch_size=options["batch_size"], drop_last=options["drop_last"],
                       seed=options["seed"], schedule=options["schedule"], warmup_epochs=options["warmup_epochs"],
-                      clip_norm=options["clip_norm"], callbacks=callbacks, progress=progress, log=log)
+                      clip_norm=options["clip_norm"], callbacks=callbacks, progress=progress, log=log,
+                      communicator=communicator)
     if resume:
         trainer.load_checkpoint(output / CHECKPOINT_FILE)
         log(f"resuming {output} after epoch {trainer.epoch} of {trainer.epochs}")
     log(f"training {_describe(model)} on {dataset.name} ({len(dataset.x_train)} train / {len(dataset.x_test)} "
         f"test) with {backend.name} ({backend.device_name}), {batch_mode(trainer.batch_size)}, "
-        f"{options['optimizer']} lr {trainer.base_lr:g}")
+        f"{options['optimizer']} lr {trainer.base_lr:g}"
+        + (f", {communicator.size} ranks (data-parallel)" if communicator is not None else ""))
     metadata = {"dataset": dataset.name, "num_classes": dataset.num_classes, "class_names": dataset.class_names,
                 "image_shape": dataset.image_shape, "scaler": dataset.scaler, "options": options}
     try:
         trainer.fit(dataset.x_train, dataset.y_train, validation_split=options["validation_split"] or 0.0)
     except TrainingError:
-        save_model(output / MODEL_FILE, model, {**metadata, "status": "stopped: non-finite loss"})
+        if root:
+            save_model(output / MODEL_FILE, model, {**metadata, "status": "stopped: non-finite loss"})
         raise
     elapsed = time.perf_counter() - started
+    if not root:  # rank 0 evaluates and writes; the others get its summary
+        return communicator.broadcast_object(None)
     x_test = backend.from_host(dataset.x_test)
     y_test = backend.from_host(dataset.y_test)
     test_loss, test_accuracy = evaluate(model, x_test, y_test, trainer.loss_fn)
@@ -122,6 +149,8 @@ def train_run(options: dict, *, output: Path, backend=None, progress: bool = Tru
                "test_examples": int(len(dataset.y_test)), "epochs_trained": trainer.epoch,
                "seconds": elapsed, "backend": backend.name, "device": backend.device_name,
                "parameters": model.num_parameters()}
+    if communicator is not None:
+        summary["ranks"] = communicator.size
     save_model(output / MODEL_FILE, model, {**metadata, "summary": summary})
     from .host_io.atomic import write_text_atomic
 
@@ -131,7 +160,13 @@ def train_run(options: dict, *, output: Path, backend=None, progress: bool = Tru
     log(f"test accuracy {100 * test_accuracy:.2f}% ({round(test_accuracy * len(dataset.y_test))}/"
         f"{len(dataset.y_test)}), test loss {test_loss:.4f}, {elapsed:.1f} s on {backend.name} "
         f"({backend.device_name}); saved {output / MODEL_FILE}")
+    if communicator is not None:
+        communicator.broadcast_object(summary)
     return summary
+
+
+def _silent(*_) -> None:
+    pass
 
 
 def _plots(output, history, model, x_test, dataset, log):

@@ -17,6 +17,9 @@ from ..errors import ConfigError
 
 
 class Callback:
+    #: True for callbacks that only print or write files: in a distributed run only rank 0 runs them.
+    root_only: bool = False
+
     def on_train_begin(self, trainer) -> None:
         """Called once at the start of ``fit`` (also when resuming)."""
 
@@ -100,6 +103,8 @@ class GradientMonitor(Callback):
     ``explode_above`` (try a lower learning rate or gradient clipping).
     """
 
+    root_only = True
+
     def __init__(self, *, vanish_below: float = 1e-7, vanish_ratio: float = 1e-4, explode_above: float = 1e3,
                  patience: int = 3):
         self.vanish_below, self.vanish_ratio, self.explode_above = vanish_below, vanish_ratio, explode_above
@@ -147,6 +152,8 @@ class GradientMonitor(Callback):
 class HistoryWriter(Callback):
     """Rewrite ``path`` (JSON lines, one record per epoch) atomically after every epoch."""
 
+    root_only = True
+
     def __init__(self, path):
         self.path = Path(path)
 
@@ -165,6 +172,8 @@ class HistoryWriter(Callback):
 class Checkpoint(Callback):
     """Save a resumable checkpoint (weights, optimizer state, epoch, history, callback state) to ``path``
     every ``every`` epochs, at the end, and on Ctrl-C."""
+
+    root_only = True
 
     def __init__(self, path, *, every: int = 1, run_config: dict | None = None):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:

@@ -29,13 +29,18 @@ class Trainer:
     masks come from device generators seeded with (seed, epoch), so the same
     seed, data and backend give the same weights, and a run resumed from a
     checkpoint continues exactly as if it had never stopped.
+
+    ``communicator``: a ``backprop.distributed.Communicator`` for data-parallel training on several processes
+    (``mpirun -n N``): each rank runs forward and backward on its shard of every global batch, one all-reduce
+    per step averages the gradients, metrics are summed over the ranks, and only rank 0 prints and runs the
+    callbacks that write files (``Callback.root_only``). None (the default): one process, nothing changes.
     """
 
     def __init__(self, model, *, loss: str | Loss = "cross_entropy", optimizer="adam", lr: float | None = None,
                  weight_decay: float = 0.0, epochs: int = 10, batch_size=32, drop_last: bool = False,
                  shuffle: bool = True, seed: int = 0, schedule: str = "constant", warmup_epochs: int = 0,
                  clip_norm: float | None = None, callbacks=(), progress: bool = True, log=print,
-                 grad_norm_samples: int = 10, log_points: int = 20):
+                 grad_norm_samples: int = 10, log_points: int = 20, communicator=None):
         from ..optim import Optimizer, make_optimizer, make_schedule
 
         self.model = model
@@ -64,6 +69,14 @@ class Trainer:
         for callback in self.callbacks:
             if not isinstance(callback, Callback):
                 raise ConfigError(f"callbacks must be Callback instances, got {type(callback).__name__}")
+        if communicator is not None:
+            from ..distributed import Communicator
+
+            if not isinstance(communicator, Communicator):
+                raise ConfigError(f"communicator must be a backprop.distributed.Communicator, got "
+                                  f"{type(communicator).__name__}")
+        self.communicator = communicator
+        self.is_root = communicator is None or communicator.is_root
         self.progress, self._log = progress, log
         self.grad_norm_samples, self.log_points = max(1, grad_norm_samples), max(1, log_points)
         self.epoch = 0  # completed epochs
@@ -73,7 +86,7 @@ class Trainer:
 
     # -- public API ---------------------------------------------------------
     def log(self, message: str) -> None:
-        if self._log is not None:
+        if self._log is not None and self.is_root:
             if self.progress:
                 from tqdm.auto import tqdm
 
@@ -83,7 +96,15 @@ class Trainer:
 
     def fit(self, x, y, *, validation_data=None, validation_split: float = 0.0) -> list[dict]:
         """Train until ``epochs`` epochs are complete (counting any done before a resume) or a callback stops
-        it. ``x``, ``y``: host (NumPy) or device arrays; they are copied to the device once."""
+        it. ``x``, ``y``: host (NumPy) or device arrays; they are copied to the device once. With a
+        communicator of several ranks, an exception on one rank ends the whole job (``MPI_Abort``) after
+        printing it with the rank, instead of leaving the other ranks waiting forever."""
+        if self.communicator is not None:
+            with self.communicator.abort_on_error():
+                return self._fit(x, y, validation_data, validation_split)
+        return self._fit(x, y, validation_data, validation_split)
+
+    def _fit(self, x, y, validation_data, validation_split) -> list[dict]:
         x, y = self._to_device(x, "x"), self._to_device(y, "y", labels=True)
         if validation_data is not None:
             if validation_split:
@@ -97,8 +118,11 @@ class Trainer:
         self._check_data(x, y, "training data")
         if x_val is not None:
             self._check_data(x_val, y_val, "validation data")
+        if self.communicator is not None:
+            self.communicator.broadcast_parameters(self.model)  # every rank starts from rank 0's weights
         self.stop_training = False
-        for callback in self.callbacks:
+        callbacks = self._active_callbacks()
+        for callback in callbacks:
             callback.on_train_begin(self)
         try:
             while self.epoch < self.epochs and not self.stop_training:
@@ -107,17 +131,21 @@ class Trainer:
                 self.epoch += 1
                 self.history.append(record)
                 self.log(_format_record(record, self.epochs))
-                for callback in self.callbacks:
+                for callback in callbacks:
                     callback.on_epoch_end(self, record)
         except KeyboardInterrupt:
             self._restore_snapshot()
             self.log(f"interrupted during epoch {self.epoch + 1}; rolled back to the end of epoch {self.epoch}")
-            for callback in self.callbacks:
+            for callback in callbacks:
                 callback.on_interrupt(self)
             raise
-        for callback in self.callbacks:
+        for callback in callbacks:
             callback.on_train_end(self)
         return self.history
+
+    def _active_callbacks(self) -> list[Callback]:
+        """The callbacks this process runs: all of them, except ``root_only`` ones on ranks other than 0."""
+        return [c for c in self.callbacks if self.is_root or not getattr(c, "root_only", False)]
 
     def train_epoch(self, x, y) -> dict:
         """One pass over ``(x, y)`` (already on the device, not checked): the work of one epoch of ``fit``,
@@ -145,10 +173,11 @@ class Trainer:
     def _run_epoch(self, x, y, x_val, y_val) -> dict:
         from ..optim import clip_grad_norm
 
-        backend, xp, model, loss_fn = self.backend, self.backend.xp, self.model, self.loss_fn
+        backend, xp, model, loss_fn, comm = self.backend, self.backend.xp, self.model, self.loss_fn, self.communicator
         started = time.perf_counter()
         self.optimizer.lr = self.schedule(self.epoch, self.base_lr)
-        model.reseed((self.seed, self.epoch, 1))
+        rank = 0 if comm is None else comm.rank
+        model.reseed((self.seed, self.epoch, 1) if rank == 0 else (self.seed, self.epoch, 1, rank))  # own masks
         n = x.shape[0]
         bounds = batch_bounds(n, self.batch_size, self.drop_last)
         full_batch = len(bounds) == 1 and bounds[0] == (0, n)
@@ -167,34 +196,41 @@ class Trainer:
         bar = self._progress_bar(n)
         try:
             for step, (start, stop) in enumerate(bounds):
+                lo, hi = (start, stop) if comm is None else comm.shard(start, stop)  # this rank's rows
+                count = hi - lo
                 if order is None:
-                    xb, yb = (x, y) if full_batch else (x[start:stop, ...], y[start:stop, ...])
+                    xb, yb = (x, y) if (lo, hi) == (0, n) else (x[lo:hi, ...], y[lo:hi, ...])
                 else:
-                    index = order[start:stop]
+                    index = order[lo:hi]
                     xb, yb = xp.take(x, index, axis=0), xp.take(y, index, axis=0)
-                logits = model.forward(xb, training=True)
-                loss = loss_fn(logits, yb)
-                if skip_input_grad:
-                    model.backward(loss_fn.backward(), input_grad=False)
-                else:
-                    model.backward(loss_fn.backward())
+                if count:  # a rank can get no rows of a global batch smaller than the number of ranks
+                    logits = model.forward(xb, training=True)
+                    loss = loss_fn(logits, yb)
+                    if skip_input_grad:
+                        model.backward(loss_fn.backward(), input_grad=False)
+                    else:
+                        model.backward(loss_fn.backward())
+                if comm is not None:  # every rank now holds the gradient of the global batch
+                    comm.allreduce_gradients(model, count, stop - start)
                 if step in norm_steps:
                     for name, grad in model.named_gradients().items():
                         norm_sums[name] = norm_sums[name] + xp.sqrt(xp.sum(grad * grad))
                 if self.clip_norm is not None:
                     clip_grad_norm(model, self.clip_norm)
                 self.optimizer.step()
-                count = stop - start
-                seen += count
-                loss_sum = loss_sum + loss * count
-                correct = correct + count_correct(xp, logits, yb)
-                all_finite = xp.logical_and(all_finite, xp.isfinite(loss))
+                seen += stop - start
+                if count:
+                    loss_sum = loss_sum + loss * count
+                    correct = correct + count_correct(xp, logits, yb)
+                    all_finite = xp.logical_and(all_finite, xp.isfinite(loss))
                 good_steps = good_steps + xp.astype(all_finite, model.dtype)
                 if bar is not None:
-                    bar.update(count)
-                if step in log_steps:  # the only host synchronizations inside an epoch
+                    bar.update(stop - start)
+                if step in log_steps:  # the only host synchronizations inside an epoch (besides the all-reduce)
                     finite, good, mean_loss, mean_acc = (float(v) for v in backend.to_host(
                         xp.stack([xp.astype(all_finite, model.dtype), good_steps, loss_sum, correct])))
+                    if comm is not None:  # every rank decides on the same global figures
+                        finite, good, mean_loss, mean_acc = comm.reduce_progress(finite, good, mean_loss, mean_acc)
                     if not finite:
                         self._fail_nonfinite(int(good), steps)
                     if bar is not None:
@@ -203,11 +239,14 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-        host = backend.to_host(xp.stack([loss_sum, correct]))
-        record = {"epoch": self.epoch + 1, "train_loss": float(host[0]) / seen,
-                  "train_accuracy": float(host[1]) / (seen * per_example), "val_loss": None, "val_accuracy": None}
+        host = [float(v) for v in backend.to_host(xp.stack([loss_sum, correct]))]
+        if comm is not None:
+            host = comm.sum_values(host)
+        record = {"epoch": self.epoch + 1, "train_loss": host[0] / seen,
+                  "train_accuracy": host[1] / (seen * per_example), "val_loss": None, "val_accuracy": None}
         if x_val is not None:
-            record["val_loss"], record["val_accuracy"] = evaluate(model, x_val, y_val, loss_fn)
+            record["val_loss"], record["val_accuracy"] = (evaluate(model, x_val, y_val, loss_fn) if comm is None
+                                                          else comm.evaluate(model, x_val, y_val, loss_fn))
         samples = len(norm_steps)
         record["lr"] = self.optimizer.lr
         record["grad_norms"] = dict(zip(norm_sums, (float(v) / samples for v in backend.to_host(
@@ -226,7 +265,7 @@ class Trainer:
             f"are kept")
 
     def _progress_bar(self, total):
-        if not self.progress:
+        if not self.progress or not self.is_root:
             return None
         from tqdm.auto import tqdm
 
@@ -343,6 +382,10 @@ class Trainer:
 def fit(model, x, y, **options) -> list[dict]:
     """Train ``model`` on ``(x, y)``; keyword options as for ``Trainer`` and ``Trainer.fit``."""
     fit_options = {k: options.pop(k) for k in ("validation_data", "validation_split") if k in options}
+    if options.pop("distributed", False) and options.get("communicator") is None:
+        from ..distributed import world
+
+        options["communicator"] = world()  # MPI.COMM_WORLD: every process mpirun started
     return Trainer(model, **options).fit(x, y, **fit_options)
 
 

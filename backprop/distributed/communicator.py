@@ -1,0 +1,327 @@
+"""The MPI side of data-parallel training: ranks, sharding, broadcasts, the gradient all-reduce, metrics.
+
+Communication goes through ``mpi4py`` only, and only on host buffers that the
+backend itself produced (``backend.to_host``): this module creates no arrays
+of its own and imports no array library. The array work (packing the
+gradients into one flat buffer, scaling, unpacking) stays on the backend's
+device, written against the array API like the rest of ``backprop/``.
+
+How one step of a global batch of B examples works on N ranks
+(``Trainer._run_epoch`` with a communicator):
+
+* every rank holds the whole data set and draws the same shuffle (same seed),
+  so every rank knows every global batch; rank r takes the contiguous slice
+  ``shard(start, stop)`` of it: ``b_r`` rows, with ``b_0 + ... + b_{N-1} = B``
+  (the sizes differ by at most one; a rank may get none when B < N);
+* each rank runs forward and backward on its rows: its gradient ``g_r`` is the
+  gradient of the mean loss over its ``b_r`` rows;
+* the gradient of the mean loss over the global batch is the weighted mean
+
+      g = (1/B) Σ_i ∇ℓ_i = Σ_r (b_r / B) g_r
+
+  so every rank scales its packed gradients by ``b_r / B`` and ONE all-reduce
+  (sum) of one contiguous buffer holding every parameter's gradient gives
+  ``g`` on every rank — the single-process gradient of the global batch, up
+  to float rounding, whether or not N divides B;
+* every rank then clips and steps with the same ``g`` from the same weights,
+  so the weights stay identical on every rank without further communication.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+
+from backends import BackendError
+
+from ..errors import BackpropError, ConfigError, TrainingError
+
+
+def _mpi():
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        raise ConfigError(f"distributed training needs mpi4py and an MPI library: pip install 'backprop[mpi]' "
+                          f"({exc})") from None
+    return MPI
+
+
+class Communicator:
+    """A group of processes (ranks) training one model together; wraps an mpi4py communicator.
+
+    ``Communicator()`` uses ``MPI.COMM_WORLD`` (every process ``mpirun -n N`` started). Launched without
+    ``mpirun`` it is a group of one, and training is exactly the single-process training.
+    """
+
+    def __init__(self, comm=None):
+        self.MPI = _mpi()
+        self.comm = self.MPI.COMM_WORLD if comm is None else comm
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+        self._local_rank = None
+        self._guards = 0  # nesting depth of abort_on_error
+        self._stop_requested = False  # Ctrl-C reached this rank (while Ctrl-C is deferred)
+        self._interrupt_agreed = False  # every rank stopped at the same step because of it
+        self._reducers: dict[str, object] = {}
+
+    def __repr__(self) -> str:
+        return f"Communicator(rank={self.rank}, size={self.size})"
+
+    @property
+    def is_root(self) -> bool:
+        """True on rank 0, the rank that writes files and prints."""
+        return self.rank == 0
+
+    @property
+    def local_rank(self) -> int:
+        """This rank's number among the ranks on the same machine (picks the GPU on a multi-GPU machine)."""
+        if self._local_rank is None:
+            local = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED, key=self.rank)
+            self._local_rank = local.Get_rank()
+            local.Free()
+        return self._local_rank
+
+    # -- sharding -------------------------------------------------------------
+    def shard(self, start: int, stop: int) -> tuple[int, int]:
+        """This rank's contiguous part ``[lo, hi)`` of the global batch ``[start, stop)``.
+
+        The parts of ranks 0..N-1 follow each other and cover the batch exactly; their sizes differ by at
+        most one (``B // N`` or ``B // N + 1`` rows), and some are empty when the batch is smaller than N.
+        """
+        count = stop - start
+        return start + count * self.rank // self.size, start + count * (self.rank + 1) // self.size
+
+    # -- host-side collectives on small Python values -------------------------
+    def broadcast_object(self, obj):
+        """Rank 0's ``obj`` (any picklable value) on every rank."""
+        return self.comm.bcast(obj, root=0)
+
+    def gather_values(self, values) -> list[list[float]]:
+        """Every rank's list of numbers, in rank order, on every rank (for a few metrics at a time)."""
+        return self.comm.allgather([float(v) for v in values])
+
+    def sum_values(self, values) -> list[float]:
+        """The element-wise sum over ranks of a short list of numbers, identical on every rank."""
+        return [sum(column) for column in zip(*self.gather_values(values))]
+
+    def barrier(self) -> None:
+        self.comm.Barrier()
+
+    # -- model arrays -----------------------------------------------------------
+    def broadcast_parameters(self, model) -> None:
+        """Overwrite every parameter and buffer of ``model`` with rank 0's values, in place (once, at the
+        start of training: ranks that built the model differently, or from another seed, start equal)."""
+        backend = model.backend
+        arrays = [*model.named_parameters().values(), *model.named_buffers().values()]
+        for array in arrays:
+            host = backend.to_host(array)  # rank 0: the values; elsewhere: a receive buffer of the right kind
+            self.comm.Bcast(host, root=0)
+            if not self.is_root:
+                array[...] = backend.from_host(host, dtype=array.dtype)
+
+    def allreduce_gradients(self, model, count: int, total: int) -> None:
+        """Replace every parameter's gradient by the gradient of the global batch, on every rank.
+
+        ``count``: the examples this rank ran forward and backward on this step (its gradients are the mean
+        over them; with 0 it contributes zeros and its gradients are not read); ``total``: the examples of
+        the global batch (the sum of ``count`` over ranks). One all-reduce of one contiguous buffer per step,
+        whatever the number of parameters. Every parameter takes part (one without a gradient counts as 0).
+
+        The buffer also carries one more number: whether Ctrl-C reached this rank (see ``abort_on_error``).
+        When it reached any rank, every rank raises ``KeyboardInterrupt`` here, at the same step.
+        """
+        backend = model.backend
+        xp = backend.xp
+        slots = model.parameter_slots()
+        if not slots:
+            return
+        params = [layer.params[key] for layer, key in slots]
+        dtype = params[0].dtype
+        if any(p.dtype != dtype for p in params):
+            raise ConfigError("distributed training needs all parameters of one dtype (one all-reduce buffer)")
+        sizes = [_size(p.shape) for p in params]
+        reducer = self._reducer(backend)
+        stop = 1.0 if self._stop_requested else 0.0
+        if count:  # pack, each gradient weighted by this rank's share of the global batch
+            weight = count / total
+            parts = [xp.zeros((size,), dtype=dtype, device=backend.device) if layer.grads.get(key) is None
+                     else xp.reshape(layer.grads[key], (size,)) * weight for (layer, key), size in zip(slots, sizes)]
+        else:
+            parts = [xp.zeros((sum(sizes),), dtype=dtype, device=backend.device)]
+        if reducer.carries_flag:
+            parts.append(xp.full((1,), stop, dtype=dtype, device=backend.device))
+        flat, stops = reducer.allreduce(xp.concat(parts), stop)
+        if stops:
+            self._interrupt_agreed, self._stop_requested = True, False
+            raise KeyboardInterrupt(f"Ctrl-C reached {int(stops)} of {self.size} ranks")
+        offset = 0
+        for (layer, key), param, size in zip(slots, params, sizes):
+            layer.grads[key] = xp.reshape(flat[offset:offset + size], tuple(param.shape))
+            offset += size
+
+    def _reducer(self, backend):
+        reducer = self._reducers.get(backend.name)
+        if reducer is None:
+            if backend.library == "cupy" and self.size > 1:
+                from .nccl import NcclReducer
+
+                reducer = NcclReducer(self, backend)
+            else:
+                reducer = HostReducer(self, backend)
+            self._reducers[backend.name] = reducer
+        return reducer
+
+    # -- metrics ------------------------------------------------------------------
+    def reduce_progress(self, finite: float, good_steps: float, loss_sum: float, correct: float):
+        """The global view of the trainer's running figures: finite only if finite on every rank, good steps
+        the fewest any rank had, loss sum and correct count summed (one small collective, at log points)."""
+        rows = self.gather_values([finite, good_steps, loss_sum, correct])
+        return (min(r[0] for r in rows), min(r[1] for r in rows), sum(r[2] for r in rows), sum(r[3] for r in rows))
+
+    def evaluate(self, model, x, y, loss_fn) -> tuple[float, float]:
+        """``training.evaluate`` over the whole of ``(x, y)``, each rank evaluating its shard of it."""
+        from ..training.metrics import evaluate, labels_per_example
+
+        if self.size == 1:
+            return evaluate(model, x, y, loss_fn)
+        n = x.shape[0]
+        per_example = labels_per_example(y)
+        lo, hi = self.shard(0, n)
+        loss_sum = correct = 0.0
+        if hi > lo:
+            loss, accuracy = evaluate(model, x[lo:hi, ...], y[lo:hi, ...], loss_fn)
+            loss_sum, correct = loss * (hi - lo), accuracy * (hi - lo) * per_example
+        loss_sum, correct = self.sum_values([loss_sum, correct])
+        return loss_sum / n, correct / (n * per_example)
+
+    # -- failures ---------------------------------------------------------------------
+    def abort(self, error, code: int = 1):
+        """Print ``error`` as one line naming this rank, then end every rank of the job (``MPI_Abort``):
+        ranks blocked in a collective waiting for this one are killed by the launcher instead of hanging."""
+        if isinstance(error, BaseException):
+            if not isinstance(error, (BackpropError, BackendError)):
+                traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+                text = f"{type(error).__name__}: {error}"
+            else:
+                text = str(error)
+        else:
+            text = str(error)
+        text = " ".join(text.split("\n"))
+        print(f"error: rank {self.rank} of {self.size}: {text}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        self.comm.Abort(code)
+        os._exit(code)  # MPI_Abort may return before the launcher kills this process (MPICH does): never go on
+
+    def end_interrupted(self, wait: float = 30.0):
+        """After Ctrl-C: make sure no rank is left waiting in a collective (a no-op for one rank).
+
+        Usually every rank stopped at the same step (the flag travels with the gradients) and the ranks can
+        simply exit. Otherwise (a ``KeyboardInterrupt`` outside the training steps, or a second Ctrl-C) a rank
+        may sit in a collective that the others will never join: then rank 0, once its callbacks have saved
+        the checkpoint, ends every rank (exit status 130); the other ranks wait up to ``wait`` seconds for
+        that (rank 0 may be writing), then end the job themselves."""
+        if self.size == 1 or self._interrupt_agreed:
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if not self.is_root:
+            time.sleep(wait)
+        self.comm.Abort(130)
+        os._exit(130)
+
+    @contextlib.contextmanager
+    def abort_on_error(self):
+        """Turn an exception on one rank into the end of the whole job (on more than one rank).
+
+        ``TrainingError`` (a non-finite loss) passes through: the trainer decides it from figures reduced over
+        all ranks, so every rank raises it at the same step. Ctrl-C is deferred while inside: the first one
+        only sets a flag that the next gradient all-reduce carries to every rank, so all ranks raise
+        ``KeyboardInterrupt`` at the same step (a second Ctrl-C raises at once); then ``end_interrupted``.
+        Nested uses (the CLI around ``train_run`` around ``Trainer.fit``) act only in the outermost one, so
+        code in between sees the exception first."""
+        outermost = self._guards == 0
+        self._guards += 1
+        previous = self._defer_ctrl_c() if outermost and self.size > 1 else None
+        try:
+            yield self
+        except TrainingError:
+            raise
+        except KeyboardInterrupt:
+            if self._guards == 1:
+                self.end_interrupted()
+            raise
+        except Exception as exc:
+            if self.size > 1 and self._guards == 1:
+                self.abort(exc)
+            raise
+        finally:
+            self._guards -= 1
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def _defer_ctrl_c(self):
+        """Install the SIGINT handler that only sets the flag (the main thread only); returns the old one."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def on_sigint(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+
+        return signal.signal(signal.SIGINT, on_sigint)
+
+
+class HostReducer:
+    """The all-reduce for CPU backends (and any backend): device → host copy, ``MPI_Allreduce`` in place on
+    the NumPy buffer, host → device copy. The Ctrl-C flag rides in the buffer's last element."""
+
+    carries_flag = True
+
+    def __init__(self, communicator: Communicator, backend):
+        self.communicator, self.backend = communicator, backend
+
+    def allreduce(self, flat, flag: float):
+        """``(sum of flat over ranks on the device, sum of flag over ranks)``; ``flat`` ends with the flag."""
+        host = self.backend.to_host(flat)  # a fresh, writable host copy
+        MPI = self.communicator.MPI
+        self.communicator.comm.Allreduce(MPI.IN_PLACE, host, op=MPI.SUM)
+        return self.backend.from_host(host, dtype=flat.dtype), float(host[-1])
+
+
+_WORLD: Communicator | None = None
+
+
+def world() -> Communicator:
+    """The communicator of every process of the job (``MPI.COMM_WORLD``), created once."""
+    global _WORLD
+    if _WORLD is None:
+        _WORLD = Communicator()
+    return _WORLD
+
+
+def device_backend(backend, communicator: Communicator):
+    """The backend this rank should train on: with CuPy and several ranks, GPU (local rank mod the number of
+    visible GPUs), so the ranks of one machine spread over its GPUs; otherwise ``backend`` itself."""
+    if backend.library != "cupy" or communicator.size == 1:
+        return backend
+    from backends import get_backend
+
+    from .nccl import visible_gpus
+
+    return get_backend(f"cupy:{communicator.local_rank % visible_gpus()}")
+
+
+def _size(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+__all__ = ["Communicator", "HostReducer", "device_backend", "world"]

@@ -1,0 +1,87 @@
+"""The gradient all-reduce between GPUs with NCCL (through ``cupy.cuda.nccl``), for the CuPy backend.
+
+UNTESTED: written against CuPy's documented NCCL bindings, but no GPU (let alone
+several) has been available to run it; the CI tests cover the MPI path on CPU
+only. Importing this module does not import CuPy: that happens when a
+``NcclReducer`` is created (the first all-reduce of a run on several ranks with
+``--backend cupy``). This is the one place in ``backprop/`` that touches CuPy
+itself (through ``importlib``, only when training on CuPy, where the backend
+has imported it already), because a collective between devices is
+library-specific and the array API standard has none. Its natural home would
+be a backend capability in ``backends/``; it lives here to keep the
+distributed code in one package.
+
+Setup: rank 0 makes an NCCL unique id, MPI broadcasts it (a few bytes, once),
+and every rank joins the NCCL communicator with it on its own GPU (chosen by
+``device_backend``: the rank's number on its machine, modulo the visible GPUs).
+Each step then sums the packed, weighted gradient buffer in place on the GPUs,
+on the current CUDA stream: no host copy at all (NVLink or PCIe inside a
+machine, InfiniBand/RoCE or TCP between machines, as NCCL finds them).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ..errors import ConfigError
+
+
+def _cupy(module: str = "cupy"):
+    """``cupy`` or one of its modules, imported on first use (never at import time of this module)."""
+    return importlib.import_module(module)
+
+
+def _nccl():
+    try:
+        nccl = _cupy("cupy.cuda.nccl")
+    except ImportError as exc:
+        raise ConfigError(f"distributed training with --backend cupy needs NCCL for CuPy (pip install "
+                          f"nvidia-nccl-cu12, or the matching cupy-cudaXXx[all]): {exc}") from None
+    if not getattr(nccl, "available", True):
+        raise ConfigError("distributed training with --backend cupy needs NCCL, which this CuPy cannot load "
+                          "(pip install nvidia-nccl-cu12, or the one for your CUDA)")
+    return nccl
+
+
+def visible_gpus() -> int:
+    """How many CUDA GPUs this process sees (CUDA_VISIBLE_DEVICES applies)."""
+    try:
+        cupy = _cupy()
+    except ImportError:
+        raise ConfigError("--backend cupy: CuPy is not installed (pip install 'backprop[cuda12]')") from None
+    count = cupy.cuda.runtime.getDeviceCount()
+    if count < 1:
+        raise ConfigError("--backend cupy: no CUDA GPU is visible")
+    return count
+
+
+class NcclReducer:
+    """Sums a flat device buffer over all ranks with ``ncclAllReduce``, in place, on this rank's GPU.
+
+    The Ctrl-C flag does not ride in the device buffer (reading it back would wait for the GPU every step);
+    a one-number MPI all-reduce on the host carries it instead, which does not synchronize the device."""
+
+    carries_flag = False
+
+    def __init__(self, communicator, backend):
+        nccl = _nccl()
+        self.communicator, self.nccl, self.backend = communicator, nccl, backend
+        unique_id = nccl.get_unique_id() if communicator.is_root else None
+        unique_id = communicator.broadcast_object(unique_id)
+        with backend.device:  # the cupy.cuda.Device of this rank
+            self.comm = nccl.NcclCommunicator(communicator.size, unique_id, communicator.rank)
+        self._types = {"float32": nccl.NCCL_FLOAT32, "float64": nccl.NCCL_FLOAT64, "float16": nccl.NCCL_FLOAT16}
+
+    def allreduce(self, flat, flag: float):
+        """``(flat summed over ranks, in place on the GPU, sum of flag over ranks)``."""
+        cupy = _cupy()
+        code = self._types.get(str(flat.dtype))
+        if code is None:
+            raise ConfigError(f"NCCL all-reduce: unsupported dtype {flat.dtype}")
+        with self.backend.device:
+            stream = cupy.cuda.get_current_stream()
+            self.comm.allReduce(flat.data.ptr, flat.data.ptr, flat.size, code, self.nccl.NCCL_SUM, stream.ptr)
+        return flat, self.communicator.comm.allreduce(flag)
+
+
+__all__ = ["NcclReducer", "visible_gpus"]

@@ -1,0 +1,350 @@
+"""Data-parallel training over MPI (CPU): ``mpirun -n 2`` ends with the single-process weights.
+
+The MPI runs are real: ``mpirun`` comes from the MPICH wheel the ``test`` extra installs, next to the
+Python that runs the tests. This file is also the program the ranks run (``python test_distributed.py
+MODE OUTPUT``). Every launch is bounded by a timeout that kills its whole process group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+HERE = Path(__file__).resolve()
+TIMEOUT = 90  # seconds for one launch; a hang fails the test instead of the CI run
+
+# Global batch, optimizer, epochs, ...: "adam33" has batches of 33 on 2 ranks (16 + 17 rows) and a last batch of
+# 1 row (rank 1 gets none); "full" is full-batch without shuffling on an odd number of examples.
+SCENARIOS = {
+    "momentum32": dict(n=256, optimizer="momentum", lr=0.05, batch_size=32, epochs=2, validation_split=0.1),
+    "adam33": dict(n=199, optimizer="adam", lr=0.01, batch_size=33, epochs=2, clip_norm=1.0),
+    "full": dict(n=101, optimizer="sgd", lr=0.5, batch_size="full", epochs=3, shuffle=False),
+}
+# (scenario, backend) pairs the 2-rank run trains; torch:cpu and array_api_strict show the host path is
+# backend-agnostic.
+RUNS = [("momentum32", "numpy"), ("adam33", "numpy"), ("full", "numpy"), ("adam33", "array_api_strict"),
+        ("adam33", "torch:cpu")]
+
+
+def train(scenario, backend_spec, communicator=None, callbacks=(), model_seed=1):
+    """Train a 64-32-10 MLP on a subset of the digits; returns (host weights, history)."""
+    import backprop as bp
+    from backprop.data import load_dataset
+
+    options = dict(SCENARIOS[scenario])
+    n, split = options.pop("n"), options.pop("validation_split", 0.0)
+    data = load_dataset("digits", seed=0)
+    backend = bp.get_backend(backend_spec)
+    model = bp.mlp([64, 32, 10], seed=model_seed, backend=backend)
+    trainer = bp.Trainer(model, seed=3, progress=False, log=None, callbacks=list(callbacks),
+                         communicator=communicator, **options)
+    history = trainer.fit(data.x_train[:n], data.y_train[:n], validation_split=split)
+    weights = {k: backend.to_host(v) for k, v in trainer.copy_weights().items()}
+    return weights, [{k: r[k] for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "grad_norms")}
+                     for r in history]
+
+
+# -- what the ranks run ------------------------------------------------------------------------------------------
+def _worker_equal(output: Path):
+    """Every (scenario, backend) of RUNS on all ranks; rank 0 writes the weights and histories."""
+    import backprop as bp
+    from backends import BackendUnavailable
+    from backprop.distributed import world
+
+    comm = world()
+    results, histories = {}, {}
+    for scenario, spec in RUNS:
+        try:
+            bp.get_backend(spec)
+        except BackendUnavailable:
+            continue  # torch not installed: the parent skips the comparison too
+        writers = [bp.HistoryWriter(f"history-{scenario}-{spec}.jsonl"),
+                   bp.Checkpoint(f"checkpoint-{scenario}-{spec}.safetensors")]
+        # Each rank builds its model from another seed: the broadcast from rank 0 must make them equal.
+        weights, history = train(scenario, spec, comm, writers, model_seed=1 + comm.rank)
+        flat = np.concatenate([w.ravel() for w in weights.values()])
+        others = comm.comm.gather(flat, root=0)
+        if comm.is_root:
+            histories[f"{scenario}/{spec}"] = history
+            results.update({f"{scenario}/{spec}/{k}": v for k, v in weights.items()})
+            results[f"{scenario}/{spec}/rank_spread"] = np.array(max(float(np.abs(o - flat).max()) for o in others))
+    if comm.is_root:
+        np.savez(output / "weights.npz", **results)
+        (output / "histories.json").write_text(json.dumps(histories))
+
+
+def _worker_size1(output: Path):
+    """Without mpirun: a communicator of one rank must give exactly the plain trainer's weights and history."""
+    from backprop.distributed import world
+
+    comm = world()
+    assert comm.size == 1
+    report = {}
+    for scenario in SCENARIOS:
+        plain, plain_history = train(scenario, "numpy")
+        dist, dist_history = train(scenario, "numpy", comm)
+        report[scenario] = {"bitwise": all(np.array_equal(plain[k], dist[k]) for k in plain),
+                            "history": plain_history == dist_history}
+    # The functional API's switch: fit(..., distributed=True) uses MPI.COMM_WORLD.
+    import backprop as bp
+    from backprop.data import load_dataset
+
+    data = load_dataset("digits", seed=0)
+    models = [bp.mlp([64, 32, 10], seed=1, backend="numpy") for _ in range(2)]
+    for model, distributed in zip(models, (False, True)):
+        bp.fit(model, data.x_train[:100], data.y_train[:100], epochs=1, batch_size=16, progress=False, log=None,
+               distributed=distributed)
+    report["fit"] = all(np.array_equal(a, b) for a, b in zip(models[0].named_parameters().values(),
+                                                             models[1].named_parameters().values()))
+    (output / "size1.json").write_text(json.dumps(report))
+
+
+def _worker_fail(output: Path):
+    """Rank 1 raises at the end of epoch 1 while rank 0 goes on into epoch 2's all-reduce."""
+    import backprop as bp
+    from backprop.data import load_dataset
+    from backprop.distributed import world
+
+    class Boom(bp.Callback):
+        def on_epoch_end(self, trainer, record):
+            if trainer.communicator.rank == 1:
+                raise RuntimeError("boom on purpose")
+
+    data = load_dataset("digits", seed=0)
+    model = bp.mlp([64, 32, 10], seed=1, backend="numpy")
+    bp.Trainer(model, optimizer="sgd", lr=0.05, batch_size=32, epochs=50, progress=False, callbacks=[Boom()],
+               communicator=world()).fit(data.x_train, data.y_train)
+    (output / "finished").write_text("the job should have been stopped")
+
+
+WORKERS = {"equal": _worker_equal, "size1": _worker_size1, "fail": _worker_fail}
+
+
+# -- launching ----------------------------------------------------------------------------------------------
+def _launcher() -> str:
+    """``mpirun`` of the MPI installed beside this Python (the MPICH wheel of the test/mpi extras)."""
+    for directory in (Path(sys.executable).parent, Path(sys.executable).resolve().parent):
+        for name in ("mpirun", "mpiexec"):
+            if (directory / name).exists():
+                return str(directory / name)
+    found = shutil.which("mpirun") or shutil.which("mpiexec")
+    if found is None:
+        pytest.fail("no mpirun beside this Python: install the test extra (pip install '.[test]' brings mpich)")
+    return found
+
+
+def _environment():
+    env = dict(os.environ)
+    # One thread per rank: two ranks on two cores; BLAS threads would only fight each other.
+    env.update({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                "BACKPROP_BACKEND": "numpy", "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+def _run(command, *, cwd, timeout=TIMEOUT) -> subprocess.CompletedProcess:
+    """Run ``command`` in its own process group; on timeout kill the whole group (launcher and ranks)."""
+    process = subprocess.Popen(command, cwd=cwd, env=_environment(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{' '.join(map(str, command))} did not finish in {timeout} s (a hang)\n{stdout}\n{stderr}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def _two_ranks(program: list[str], tmp_path: Path) -> tuple[subprocess.CompletedProcess, Path, Path]:
+    """``mpirun`` with rank 0 working in tmp_path/rank0 and rank 1 in tmp_path/rank1 (MPMD syntax), so what
+    each rank writes can be told apart."""
+    dirs = [tmp_path / "rank0", tmp_path / "rank1"]
+    for d in dirs:
+        d.mkdir()
+    command = [_launcher(), "-n", "1", "-wdir", str(dirs[0]), *program, ":", "-n", "1", "-wdir", str(dirs[1]),
+               *program]
+    return _run(command, cwd=tmp_path), dirs[0], dirs[1]
+
+
+def _torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# -- tests --------------------------------------------------------------------------------------------------------
+def test_two_ranks_give_the_single_process_weights(tmp_path):
+    result, rank0, rank1 = _two_ranks([sys.executable, str(HERE), "equal", str(tmp_path)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    weights = np.load(tmp_path / "weights.npz")
+    histories = json.loads((tmp_path / "histories.json").read_text())
+    compared = 0
+    for scenario, spec in RUNS:
+        if spec == "torch:cpu" and not _torch_available():
+            continue
+        reference, reference_history = train(scenario, spec)
+        for name, expected in reference.items():
+            np.testing.assert_allclose(weights[f"{scenario}/{spec}/{name}"], expected, rtol=2e-5, atol=2e-6,
+                                       err_msg=f"{scenario} on {spec}: {name}")
+        assert float(weights[f"{scenario}/{spec}/rank_spread"]) == 0.0  # every rank holds the same weights
+        for got, want in zip(histories[f"{scenario}/{spec}"], reference_history, strict=True):
+            for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+                expected = None if want[key] is None else pytest.approx(want[key], rel=1e-4, abs=1e-6)
+                assert got[key] == expected, (scenario, spec, key)
+            assert got["grad_norms"] == pytest.approx(want["grad_norms"], rel=1e-4)
+        compared += 1
+    assert compared >= 4
+    # Only rank 0 wrote the history and checkpoint files.
+    assert sorted(p.name for p in rank0.iterdir()) == sorted(
+        f"{kind}-{scenario}-{spec}.{ext}" for scenario, spec in RUNS
+        if spec != "torch:cpu" or _torch_available()
+        for kind, ext in (("history", "jsonl"), ("checkpoint", "safetensors")))
+    assert list(rank1.iterdir()) == []
+
+
+def test_one_rank_is_exactly_the_plain_trainer(tmp_path):
+    result = _run([sys.executable, str(HERE), "size1", str(tmp_path)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "size1.json").read_text())
+    assert report == {**{s: {"bitwise": True, "history": True} for s in SCENARIOS}, "fit": True}
+
+
+def test_a_failing_rank_stops_the_whole_job(tmp_path):
+    result, _, _ = _two_ranks([sys.executable, str(HERE), "fail", str(tmp_path)], tmp_path)
+    assert result.returncode != 0
+    assert "error: rank 1 of 2: RuntimeError: boom on purpose" in result.stderr
+    assert not (tmp_path / "finished").exists()
+
+
+def test_ctrl_c_stops_every_rank_at_the_same_step(tmp_path):
+    """Ctrl-C to mpirun during ``backprop train --distributed``: the ranks stop together, rank 0 saves the
+    checkpoint, and the job exits with status 130."""
+    command = [_launcher(), "-n", "2", sys.executable, "-m", "backprop", "train", "--distributed", "--epochs",
+               "100000", "--batch-size", "4", "--hidden", "32", "--no-progress", "--no-plots", "--output", "out"]
+    process = subprocess.Popen(command, cwd=tmp_path, env=_environment(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (tmp_path / "out" / "history.jsonl").exists():  # the first epoch is done
+            assert process.poll() is None and time.monotonic() < deadline, "the job did not start"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=TIMEOUT)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert process.returncode == 130, stdout + stderr
+    assert "interrupted during epoch" in stdout and "continue with: backprop train --resume out" in stderr
+    assert (tmp_path / "out" / "checkpoint.safetensors").exists()
+
+
+def test_cli_distributed_train_matches_single_process(tmp_path):
+    from backprop.cli import main
+    from backprop.host_io.model_files import load_model
+
+    options = ["train", "--epochs", "2", "--hidden", "32", "--batch-size", "33", "--no-progress", "--no-plots",
+               "--output", "out"]
+    result, rank0, rank1 = _two_ranks([sys.executable, "-m", "backprop", *options, "--distributed"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("test accuracy") == 1 and "2 ranks (data-parallel)" in result.stdout
+    assert list(rank1.iterdir()) == []  # rank 1 wrote nothing, not even the directory
+    written = {p.name for p in (rank0 / "out").iterdir()}
+    assert {"model.safetensors", "checkpoint.safetensors", "history.jsonl", "summary.json"} <= written
+    assert json.loads((rank0 / "out" / "summary.json").read_text())["ranks"] == 2
+    assert len((rank0 / "out" / "history.jsonl").read_text().splitlines()) == 2
+
+    single = tmp_path / "single"
+    options[-1] = str(single)
+    assert main(["--backend", "numpy", *options]) == 0
+    distributed_model, _ = load_model(rank0 / "out" / "model.safetensors")
+    single_model, _ = load_model(single / "model.safetensors")
+    for name, array in single_model.named_parameters().items():
+        np.testing.assert_allclose(distributed_model.backend.to_host(distributed_model.named_parameters()[name]),
+                                   single_model.backend.to_host(array), rtol=2e-5, atol=2e-6, err_msg=name)
+
+
+def test_cli_non_finite_loss_stops_every_rank_at_the_same_step(tmp_path):
+    command = [_launcher(), "-n", "2", sys.executable, "-m", "backprop", "train", "--distributed", "--optimizer",
+               "sgd", "--lr", "1e6", "--epochs", "3", "--no-progress", "--no-plots", "--output", "out"]
+    result = _run(command, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("error: the loss became NaN or infinite at epoch 1") == 1  # said once, by rank 0
+    assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_cli_error_on_one_rank_stops_the_job(tmp_path):
+    """Rank 1 cannot read its dataset while rank 0 waits for it in the first broadcast."""
+    dirs = [tmp_path / "rank0", tmp_path / "rank1"]
+    for d in dirs:
+        d.mkdir()
+    common = [sys.executable, "-m", "backprop", "train", "--distributed", "--epochs", "1", "--hidden", "16",
+              "--no-progress", "--no-plots", "--output", "out"]
+    command = [_launcher(), "-n", "1", "-wdir", str(dirs[0]), *common, ":",
+               "-n", "1", "-wdir", str(dirs[1]), *common, "--dataset", "missing.npz"]
+    result = _run(command, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "error: rank 1 of 2:" in result.stderr and "missing.npz" in result.stderr
+
+
+def test_allreduce_benchmark_runs_and_reports(tmp_path):
+    from benchmarks.allreduce import main
+
+    assert main(["--ranks", "1,2", "--repeats", "3", "--warmup", "1", "--batch-size", "16", "--train-steps", "2",
+                 "--epochs", "1", "--timeout", str(TIMEOUT), "--output-dir", str(tmp_path), "--name", "smoke"]) == 0
+    result = json.loads((tmp_path / "smoke.json").read_text())
+    assert [r["ranks"] for r in result["runs"]] == [1, 2]
+    assert result["runs"][0]["elements"] == 669_706 and result["runs"][1]["mpi_allreduce_s"]["median"] > 0
+    assert [row["ranks"] for row in result["predictions"]["nvlink"]["rows"]] == [1, 2, 4, 8]
+    assert "| 2 |" in (tmp_path / "smoke.md").read_text()
+
+
+# -- no MPI needed ------------------------------------------------------------------------------------------------
+def test_shards_cover_every_global_batch_exactly():
+    from backprop.distributed import Communicator
+
+    for size in range(1, 6):
+        ranks = []
+        for rank in range(size):
+            communicator = object.__new__(Communicator)
+            communicator.rank, communicator.size = rank, size
+            ranks.append(communicator)
+        for start, stop in [(0, 0), (0, 1), (5, 6), (0, 7), (10, 43), (3, 200)]:
+            parts = [c.shard(start, stop) for c in ranks]
+            assert [i for lo, hi in parts for i in range(lo, hi)] == list(range(start, stop))
+            counts = [hi - lo for lo, hi in parts]
+            assert max(counts) - min(counts) <= 1
+
+
+def test_trainer_rejects_a_non_communicator():
+    import backprop as bp
+
+    model = bp.mlp([4, 3], seed=0, backend="numpy")
+    with pytest.raises(bp.ConfigError, match="communicator must be a backprop.distributed.Communicator"):
+        bp.Trainer(model, communicator="world")
+
+
+def test_nccl_module_imports_without_cupy():
+    import backprop.distributed.nccl as nccl
+
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        from backprop.errors import ConfigError
+
+        with pytest.raises(ConfigError, match="NCCL for CuPy"):
+            nccl.NcclReducer(None, None)
+
+
+if __name__ == "__main__":
+    WORKERS[sys.argv[1]](Path(sys.argv[2]))
