@@ -109,6 +109,12 @@ class Backend:
         (``grad_bias`` is None when ``bias`` is False, ``grad_input`` None when ``input_grad`` is False)."""
         raise NotImplementedError(f"{self.name} has no conv2d fast path")
 
+    def limit_threads(self, threads: int) -> bool:
+        """Use at most ``threads`` CPU threads for this library's kernels (BLAS, OpenMP); False when the
+        limit could not be applied. Several processes sharing a machine (MPI ranks) need this: oversubscribed
+        BLAS threads can make each step tens of times slower."""
+        return False
+
     def synchronize(self) -> None:
         """Wait for all queued work on the device (needed before timing GPU work)."""
 

@@ -46,6 +46,14 @@ class NumpyBackend(Backend):
     def random(self, seed):
         return NumpyRandom(self, seed)
 
+    def limit_threads(self, threads):
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # the `mpi` extra installs it
+            return False
+        threadpool_limits(limits=max(1, int(threads)))
+        return True
+
     def scatter_add(self, target, indices, values):
         np.add.at(target, indices, values)
         return target

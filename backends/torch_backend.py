@@ -67,6 +67,10 @@ class TorchBackend(Backend):
     def random(self, seed):
         return TorchRandom(self, seed)
 
+    def limit_threads(self, threads):
+        self._torch.set_num_threads(max(1, int(threads)))
+        return True
+
     def scatter_add(self, target, indices, values):
         return target.index_add_(0, indices, values)
 

@@ -106,6 +106,10 @@ def _train_run(options, *, output, backend, progress, plots, resume, log, commun
         from .distributed import device_backend
 
         backend = device_backend(backend, communicator)  # with CuPy: one GPU per rank of a machine
+        if communicator.size > 1:
+            problem = communicator.share_cores(backend)
+            if problem and root:
+                warnings.warn(problem, RuntimeWarning, stacklevel=2)
     if not root:
         log = _silent
     started = time.perf_counter()

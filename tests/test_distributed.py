@@ -348,3 +348,25 @@ def test_nccl_module_imports_without_cupy():
 
 if __name__ == "__main__":
     WORKERS[sys.argv[1]](Path(sys.argv[2]))
+
+
+def test_ranks_share_the_cores_for_blas_threads(monkeypatch):
+    import os
+
+    import backprop as bp
+    from backprop.distributed import world
+
+    pytest.importorskip("threadpoolctl")
+    communicator = world()
+    backend = bp.get_backend("numpy")
+    assert communicator.local_size == communicator.size == 1
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    assert communicator.share_cores(backend) is None  # limited to this rank's share: all the cores here
+    calls = []
+    monkeypatch.setattr(type(backend), "limit_threads", lambda self, n: calls.append(n) or False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert communicator.share_cores(backend) is None and calls == []  # the user's setting wins
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    warning = communicator.share_cores(backend)
+    assert calls == [len(os.sched_getaffinity(0))] and "could not limit numpy's threads" in warning

@@ -64,6 +64,7 @@ class Communicator:
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self._local_rank = None
+        self._local_size = None
         self._guards = 0  # nesting depth of abort_on_error
         self._stop_requested = False  # Ctrl-C reached this rank (while Ctrl-C is deferred)
         self._interrupt_agreed = False  # every rank stopped at the same step because of it
@@ -85,6 +86,31 @@ class Communicator:
             self._local_rank = local.Get_rank()
             local.Free()
         return self._local_rank
+
+    @property
+    def local_size(self) -> int:
+        """How many ranks of this job run on this machine."""
+        if self._local_size is None:
+            local = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED, key=self.rank)
+            self._local_size = local.Get_size()
+            local.Free()
+        return self._local_size
+
+    def share_cores(self, backend) -> str | None:
+        """Give each rank on this machine its share of the cores for the backend's CPU threads, unless the
+        user set a thread count in the environment. Returns a warning to show when it could not."""
+        import os
+
+        if any(os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")):
+            return None
+        if backend.library == "cupy" or getattr(backend.device, "type", "cpu") != "cpu":
+            return None
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        share = max(1, cores // self.local_size)
+        if backend.limit_threads(share):
+            return None
+        return (f"could not limit {backend.library}'s threads to {share} per rank (pip install threadpoolctl, or "
+                f"set OMP_NUM_THREADS={share}); {self.local_size} ranks on {cores} cores may oversubscribe them")
 
     # -- sharding -------------------------------------------------------------
     def shard(self, start: int, stop: int) -> tuple[int, int]:
