@@ -31,15 +31,14 @@ class Loss:
         return self._cache
 
     def _check(self, prediction, target, *, same_shape: bool):
-        try:
-            xp = array_api_compat.array_namespace(prediction, target)
-        except TypeError:
+        xp = _namespace(prediction, target)
+        if xp is None:
             raise DeviceMismatchError(f"{self!r}: prediction is {describe_array(prediction)} but target is "
-                                      f"{describe_array(target)}; put both on one backend") from None
+                                      f"{describe_array(target)}; put both on one backend")
         if array_api_compat.device(prediction) != array_api_compat.device(target):
             raise DeviceMismatchError(f"{self!r}: prediction is {describe_array(prediction)} but target is "
                                       f"{describe_array(target)}; put both on one device")
-        if not xp.isdtype(prediction.dtype, "real floating"):
+        if _kind(xp, prediction.dtype) != "real floating":
             raise DTypeError(f"{self!r}: expected a floating-point prediction, got {dtype_name(prediction.dtype)}")
         if same_shape and tuple(prediction.shape) != tuple(target.shape):
             raise ShapeError(f"{self!r}: expected target of shape {tuple(prediction.shape)} (same as the "
@@ -80,13 +79,14 @@ class CrossEntropy(Loss):
             raise ShapeError(f"{self!r}: expected logits of shape (batch, classes), got {tuple(logits.shape)}")
         classes = logits.shape[-1]
         positions = tuple(logits.shape[:-1])
-        if xp.isdtype(target.dtype, "integral"):
+        target_kind = _kind(xp, target.dtype)
+        if target_kind == "integral":
             if tuple(target.shape) != positions:
                 raise ShapeError(f"{self!r}: expected integer labels of shape {_shape_text(positions)}, got "
                                  f"{tuple(target.shape)}")
             classes_range = xp.arange(classes, dtype=target.dtype, device=_device(logits))
             target = xp.astype(target[..., None] == classes_range, logits.dtype)
-        elif xp.isdtype(target.dtype, "real floating"):
+        elif target_kind == "real floating":
             if tuple(target.shape) != tuple(logits.shape):
                 raise ShapeError(f"{self!r}: expected integer labels of shape {_shape_text(positions)} or "
                                  f"probabilities of shape {tuple(logits.shape)}, got {tuple(target.shape)}")
@@ -131,6 +131,34 @@ LOSSES = {"mse": MSE, "cross_entropy": CrossEntropy, "binary_cross_entropy": Bin
 
 def _device(x):
     return array_api_compat.device(x)
+
+
+# Per-call lookups of the namespace and dtype kind cost more than the arithmetic of a small batch: cache them.
+_NAMESPACES: dict[tuple[type, type], object] = {}
+_KINDS: dict[tuple[object, object], str] = {}
+
+
+def _namespace(a, b):
+    """The array namespace of two arrays, or None when they come from different libraries."""
+    key = (type(a), type(b))
+    xp = _NAMESPACES.get(key)
+    if xp is None:
+        try:
+            xp = array_api_compat.array_namespace(a, b)
+        except TypeError:
+            return None
+        _NAMESPACES[key] = xp
+    return xp
+
+
+def _kind(xp, dtype) -> str:
+    """'integral', 'real floating' or 'other'."""
+    key = (xp, dtype)
+    kind = _KINDS.get(key)
+    if kind is None:
+        kind = next((k for k in ("integral", "real floating") if xp.isdtype(dtype, k)), "other")
+        _KINDS[key] = kind
+    return kind
 
 
 def _shape_text(shape) -> str:
