@@ -36,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import report
+
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = [784, 512, 512, 10]
@@ -322,12 +324,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--{name.replace('_', '-')} must be a positive integer")
     result = run(args)
     result["command"] = " ".join(["python -m benchmarks.allreduce", *(sys.argv[1:] if argv is None else argv)])
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / f"{args.name}.md").write_text(markdown(result))
+    json_path, md_path = report.save(result, markdown(result), args.output_dir, args.name)
     print(markdown(result))
-    print(f"wrote {out / (args.name + '.json')} and {out / (args.name + '.md')}")
+    print(f"wrote {json_path} and {md_path}")
     return 0
 
 

@@ -26,7 +26,6 @@ file names and ``--output-dir`` the folder.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -34,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import machine
+from . import machine, report
 
 TARGET_RATIO = 1.5  # the issue: an epoch on NumPy at most 1.5x slower than PyTorch CPU
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -300,12 +299,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--warmup must be >= 0 and --threads >= 1")
     result = run(args)
     result["command"] = " ".join(["python -m benchmarks.cnn_vs_torch", *(sys.argv[1:] if argv is None else argv)])
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / f"{args.name}.md").write_text(markdown(result))
+    json_path, md_path = report.save(result, markdown(result), args.output_dir, args.name)
     print(markdown(result))
-    print(f"wrote {out / (args.name + '.json')} and {out / (args.name + '.md')}")
+    print(f"wrote {json_path} and {md_path}")
     return 0
 
 

@@ -73,10 +73,15 @@ def _ratio(value) -> str:
     return f"{value:.2f}x" if value else "-"
 
 
-def write(run: dict, directory: Path, name: str | None = None) -> tuple[Path, Path]:
+def save(result: dict, text: str, directory, name: str) -> tuple[Path, Path]:
+    """Write ``name.json`` (every figure) and ``name.md`` (the table) into ``directory``."""
+    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    name = name or time.strftime("run-%Y%m%d-%H%M%S")
     json_path, md_path = directory / f"{name}.json", directory / f"{name}.md"
-    json_path.write_text(json.dumps(run, indent=1) + "\n")
-    md_path.write_text(markdown(run))
+    json_path.write_text(json.dumps(result, indent=1) + "\n")
+    md_path.write_text(text)
     return json_path, md_path
+
+
+def write(run: dict, directory: Path, name: str | None = None) -> tuple[Path, Path]:
+    return save(run, markdown(run), directory, name or time.strftime("run-%Y%m%d-%H%M%S"))
