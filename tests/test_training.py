@@ -115,6 +115,7 @@ def test_resume_after_interrupt_equals_an_uninterrupted_run(backend, digits, tmp
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in reference.history]
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_weights(digits):
     model = bp.mlp([64, 32, 10], seed=0, backend="numpy")
     trainer = Trainer(model, optimizer="sgd", lr=0.05, epochs=5, batch_size=100, progress=False, log=None)
