@@ -166,7 +166,8 @@ def cmd_evaluate(args) -> int:
 
     path = resolve_model_path(args.model)
     model, metadata = load_model(path)
-    name = args.dataset or metadata.get("dataset")
+    # the spec the model was trained with ("digits", or the path of the user's file), not its display name
+    name = args.dataset or metadata.get("options", {}).get("dataset") or metadata.get("dataset")
     if not name:
         raise ConfigError(f"{path}: the model does not record its dataset; pass --dataset")
     options = metadata.get("options", {})

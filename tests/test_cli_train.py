@@ -139,3 +139,23 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(tmp_p
         np.testing.assert_array_equal(cut.named_parameters()[name], weight)
     history = (interrupted / "history.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in history] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_model_trained_on_a_csv_file_evaluates_and_predicts(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 4))
+    labels = np.where(x[:, 0] + x[:, 1] > 0, "yes", "no")
+    rows = ["a,b,c,d,label"] + [",".join(f"{v:.4f}" for v in r) + f",{label}" for r, label in zip(x, labels)]
+    (tmp_path / "mine.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    trained = cli("train", "--dataset", str(tmp_path / "mine.csv"), "--epochs", "8", "--no-plots", "--no-progress",
+                  "--output", str(out))
+    assert trained.returncode == 0, trained.stderr
+    evaluated = cli("evaluate", str(out))
+    assert evaluated.returncode == 0, evaluated.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert f"test accuracy {100 * summary['test_accuracy']:.2f}%" in evaluated.stdout
+    (tmp_path / "new.csv").write_text("a,b,c,d\n2,2,0,0\n-2,-2,0,0\n")
+    predicted = cli("predict", str(out), str(tmp_path / "new.csv"))
+    assert predicted.returncode == 0, predicted.stderr
+    assert predicted.stdout.splitlines()[1:] == ["0,1,yes", "1,0,no"]
