@@ -225,3 +225,26 @@ def test_dropout_is_inverted_and_off_in_evaluation(backend):
     np.testing.assert_array_equal(again, y)
     with pytest.raises(bp.ConfigError, match=r"p must be a probability in \[0, 1\), got 1.0"):
         bp.layers.Dropout(1.0)
+
+
+def test_memory_does_not_grow_from_epoch_to_epoch(digits):
+    import tracemalloc
+
+    model = bp.mlp([64, 64, 10], seed=0, backend="numpy")
+    trainer = Trainer(model, optimizer="adam", epochs=10**6, batch_size=16, progress=False, log=None)
+    backend = model.backend
+    x, y = backend.from_host(digits.x_train), backend.from_host(digits.y_train)
+    trainer.train_epoch(x, y)  # the first epoch creates the optimizer state
+    trainer.history.clear()
+    tracemalloc.start()
+    try:
+        trainer.train_epoch(x, y)
+        trainer.history.clear()
+        after_one, _ = tracemalloc.get_traced_memory()
+        for _ in range(3):
+            trainer.train_epoch(x, y)
+            trainer.history.clear()  # the history grows by one small record per epoch by design
+        after_four, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert after_four - after_one < 64 * 1024, f"grew by {after_four - after_one} bytes over three epochs"
