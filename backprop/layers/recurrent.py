@@ -345,16 +345,22 @@ class LSTM(Recurrent):
     def _cell_forward(self, a_x, state, params, constants):
         xp, hidden = self.xp, self.hidden_size
         scale, mult, shift, _ = constants
+        # In-place updates below act only on arrays created in this step, never on the caller's or cached ones.
         if state is None:
             h_prev = c_prev = None
-            a = a_x
+            a = a_x * scale
         else:
             h_prev, c_prev = state
-            a = a_x + h_prev @ params["weight_hh"]
-        t = xp.tanh(a * scale)
-        gates = t * mult + shift
+            a = h_prev @ params["weight_hh"]
+            a += a_x
+            a *= scale
+        t = xp.tanh(a)
+        gates = t * mult
+        gates += shift
         i, f, g, o = (gates[:, k * hidden:(k + 1) * hidden] for k in range(4))
-        c = i * g if c_prev is None else f * c_prev + i * g
+        c = i * g
+        if c_prev is not None:
+            c += f * c_prev
         tanh_c = xp.tanh(c)
         h = o * tanh_c
         return h, (h, c), (h_prev, c_prev, t, gates, tanh_c)
@@ -363,12 +369,18 @@ class LSTM(Recurrent):
         xp, hidden = self.xp, self.hidden_size
         _, c_prev, t, gates, tanh_c = cache
         i, f, g, o = (gates[:, k * hidden:(k + 1) * hidden] for k in range(4))
-        dc_t = dh * o * (1.0 - tanh_c * tanh_c)
+        dc_t = tanh_c * tanh_c
+        dc_t -= 1.0
+        dc_t *= -o
+        dc_t *= dh  # dh ⊙ o ⊙ (1 − tanh² c)
         if dc is not None:
-            dc_t = dc_t + dc
+            dc_t += dc
         df = dc_t * c_prev if c_prev is not None else xp.zeros_like(dh)
-        d_gates = xp.concat([dc_t * g, df, dc_t * i, dh * tanh_c], axis=1)
-        da = d_gates * constants[3] * (1.0 - t * t)
+        da = xp.concat([dc_t * g, df, dc_t * i, dh * tanh_c], axis=1)
+        derivative = t * t
+        derivative -= 1.0
+        derivative *= -constants[3]  # mult ⊙ scale ⊙ (1 − t²)
+        da *= derivative
         if not pass_back:
             return da, da, None, None
         return da, da, da @ xp.matrix_transpose(params["weight_hh"]), dc_t * f
