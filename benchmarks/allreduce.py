@@ -323,11 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be a positive integer")
     result = run(args)
-    result["command"] = " ".join(["python -m benchmarks.allreduce", *(sys.argv[1:] if argv is None else argv)])
-    json_path, md_path = report.save(result, markdown(result), args.output_dir, args.name)
-    print(markdown(result))
-    print(f"wrote {json_path} and {md_path}")
-    return 0
+    command = " ".join(["python -m benchmarks.allreduce", *(sys.argv[1:] if argv is None else argv)])
+    return report.publish(result, markdown(result), args.output_dir, args.name, command)
 
 
 if __name__ == "__main__":

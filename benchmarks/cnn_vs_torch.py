@@ -298,11 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.warmup < 0 or (args.threads is not None and args.threads < 1):
         raise SystemExit("--warmup must be >= 0 and --threads >= 1")
     result = run(args)
-    result["command"] = " ".join(["python -m benchmarks.cnn_vs_torch", *(sys.argv[1:] if argv is None else argv)])
-    json_path, md_path = report.save(result, markdown(result), args.output_dir, args.name)
-    print(markdown(result))
-    print(f"wrote {json_path} and {md_path}")
-    return 0
+    command = " ".join(["python -m benchmarks.cnn_vs_torch", *(sys.argv[1:] if argv is None else argv)])
+    return report.publish(result, markdown(result), args.output_dir, args.name, command)
 
 
 if __name__ == "__main__":

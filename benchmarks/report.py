@@ -83,5 +83,14 @@ def save(result: dict, text: str, directory, name: str) -> tuple[Path, Path]:
     return json_path, md_path
 
 
+def publish(result: dict, text: str, directory, name: str, command: str) -> int:
+    """Record the command line, write ``name.json``/``name.md``, print the table; the exit status of a script."""
+    result["command"] = command
+    json_path, md_path = save(result, text, directory, name)
+    print(text)
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
 def write(run: dict, directory: Path, name: str | None = None) -> tuple[Path, Path]:
     return save(run, markdown(run), directory, name or time.strftime("run-%Y%m%d-%H%M%S"))

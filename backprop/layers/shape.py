@@ -8,18 +8,10 @@ from ..errors import ConfigError, ShapeError
 from .base import Layer
 
 
-class Flatten(Layer):
-    """``(batch, d1, d2, ...)`` → ``(batch, d1·d2·...)``, in row-major order (as ``torch.flatten(x, 1)``).
-
-    Forward: y = reshape(x, (batch, −1));   backward: dL/dx = reshape(dL/dy, shape of x).
-    """
+class _Rearrange(Layer):
+    """What Flatten and Reshape share: the backward pass puts the gradient back in the input's shape."""
 
     _shape = None
-
-    def forward(self, x, *, training: bool = False):
-        self.check_input(x, min_ndim=2, expected="(batch, ...)")
-        self._shape = tuple(x.shape)
-        return self.xp.reshape(x, (x.shape[0], math.prod(x.shape[1:])))
 
     def backward(self, grad_output):
         if self._shape is None:
@@ -30,14 +22,24 @@ class Flatten(Layer):
         self._shape = None
 
 
-class Reshape(Layer):
+class Flatten(_Rearrange):
+    """``(batch, d1, d2, ...)`` → ``(batch, d1·d2·...)``, in row-major order (as ``torch.flatten(x, 1)``).
+
+    Forward: y = reshape(x, (batch, −1));   backward: dL/dx = reshape(dL/dy, shape of x).
+    """
+
+    def forward(self, x, *, training: bool = False):
+        self.check_input(x, min_ndim=2, expected="(batch, ...)")
+        self._shape = tuple(x.shape)
+        return self.xp.reshape(x, (x.shape[0], math.prod(x.shape[1:])))
+
+
+class Reshape(_Rearrange):
     """``(batch, ...)`` → ``(batch, *shape)`` when each example holds ``prod(shape)`` values; for instance
     ``Reshape((1, 28, 28))`` turns flat MNIST rows of 784 features into images for ``Conv2D``.
 
     Forward: y = reshape(x, (batch, *shape));   backward: dL/dx = reshape(dL/dy, shape of x).
     """
-
-    _shape = None
 
     def __init__(self, shape, *, backend=None, dtype=None):
         super().__init__(backend=backend, dtype=dtype)
@@ -60,11 +62,3 @@ class Reshape(Layer):
             raise ShapeError(f"{self!r}: expected input of shape {expected}, got {tuple(x.shape)}")
         self._shape = tuple(x.shape)
         return self.xp.reshape(x, (x.shape[0], *self.shape))
-
-    def backward(self, grad_output):
-        if self._shape is None:
-            raise RuntimeError(f"{self!r}: backward called before forward")
-        return self.xp.reshape(grad_output, self._shape)
-
-    def _clear_cache(self) -> None:
-        self._shape = None
