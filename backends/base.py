@@ -93,6 +93,22 @@ class Backend:
         raise NotImplementedError
 
     # -- optional fast paths -------------------------------------------------
+    def outer(self, a, b):
+        """The outer product of two vectors, a new ``(len(a), len(b))`` array with ``[i, j] = a[i] * b[j]``:
+        the weight gradient of a one-example batch. Backends override it with BLAS where that is faster."""
+        xp = self.xp
+        return xp.reshape(a, (-1, 1)) * xp.reshape(b, (1, -1))
+
+    def add_scaled(self, target, source, alpha: float):
+        """``target += alpha * source``, in place, for arrays of the same shape; returns ``target``.
+
+        The update of every optimizer. This default makes a temporary ``alpha * source``; backends override
+        it with one fused pass (BLAS ``axpy``, ``torch.add_``), which halves the memory traffic of a large
+        update.
+        """
+        target += alpha * source
+        return target
+
     def conv2d_forward(self, x, weight, bias, *, stride, padding, dilation):
         """A faster 2-D convolution (NCHW), or None when this backend has none.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import resource
 import sys
 
@@ -31,6 +32,32 @@ class NumpyRandom(DeviceRandom):
         return self._rng.permutation(n)
 
 
+# BLAS fast paths through SciPy (a dependency; without it NumPy's own operations run): OpenBLAS runs a
+# fused update (axpy) or an outer product (gemm with an inner size of 1) on all cores in one pass, where NumPy
+# runs a single thread and makes temporaries. Below this many elements a NumPy call is as fast as the BLAS one.
+BLAS_MIN_SIZE = 1 << 15
+_BLAS_TYPES = {np.dtype(np.float32): "s", np.dtype(np.float64): "d"}
+
+
+@functools.cache
+def _scipy_blas():
+    """SciPy's BLAS wrappers, or None without SciPy. Imported on first need: ``scipy.linalg`` takes ~0.3 s."""
+    try:
+        from scipy.linalg import blas
+    except ImportError:
+        return None
+    return blas
+
+
+def _blas_routine(name, a, b):
+    """SciPy's BLAS routine ``name`` for two arrays of one float dtype, or None."""
+    prefix = _BLAS_TYPES.get(a.dtype)
+    if prefix is None or b.dtype != a.dtype:
+        return None
+    blas = _scipy_blas()
+    return None if blas is None else getattr(blas, prefix + name)
+
+
 class NumpyBackend(Backend):
     library = "numpy"
 
@@ -47,12 +74,36 @@ class NumpyBackend(Backend):
         return NumpyRandom(self, seed)
 
     def limit_threads(self, threads):
+        _scipy_blas()  # load SciPy's BLAS now: threadpoolctl limits only the libraries already loaded
         try:
             from threadpoolctl import threadpool_limits
         except ImportError:  # the `mpi` extra installs it
             return False
         threadpool_limits(limits=max(1, int(threads)))
         return True
+
+    def outer(self, a, b):
+        gemm = _blas_routine("gemm", a, b) if a.size * b.size >= BLAS_MIN_SIZE else None
+        if gemm is None:
+            return np.multiply.outer(a, b)
+        out = np.empty((a.shape[0], b.shape[0]), dtype=a.dtype)
+        # BLAS is column-major: it sees our row-major ``out`` as outᵀ = b aᵀ, a product with an inner size of 1.
+        out_t = gemm(1.0, b.reshape(-1, 1), a.reshape(1, -1), beta=0.0, c=out.T, overwrite_c=True)
+        return out_t.T
+
+    def add_scaled(self, target, source, alpha):
+        axpy = None
+        if (target.size >= BLAS_MIN_SIZE and target.shape == source.shape and target.flags.c_contiguous
+                and target.flags.writeable):
+            axpy = _blas_routine("axpy", target, source)
+        if axpy is None:
+            target += alpha * source
+            return target
+        flat = target.reshape(-1)
+        result = axpy(source.reshape(-1), flat, a=alpha)  # in place on ``flat`` (a float array of its own type)
+        if result.ctypes.data != flat.ctypes.data:  # f2py had to copy: never for the arrays we let through
+            flat[...] = result
+        return target
 
     def scatter_add(self, target, indices, values):
         np.add.at(target, indices, values)

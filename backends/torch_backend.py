@@ -71,6 +71,9 @@ class TorchBackend(Backend):
         self._torch.set_num_threads(max(1, int(threads)))
         return True
 
+    def add_scaled(self, target, source, alpha):
+        return target.add_(source, alpha=alpha)
+
     def scatter_add(self, target, indices, values):
         return target.index_add_(0, indices, values)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -184,6 +185,81 @@ def test_scatter_add_accumulates_duplicates(backend):
     np.testing.assert_array_equal(backend.to_host(result), expected)
     np.testing.assert_array_equal(backend.to_host(target), expected)  # in place
     assert_on_backend(result, backend)
+
+
+# Above and below the size where the NumPy backend switches to SciPy's BLAS.
+FAST_PATH_SHAPES = [(300, 200), (7, 5)]
+
+
+def _float_dtypes(backend):
+    return ["float32", "float64"] if backend.supports_float64 else ["float32"]
+
+
+@pytest.mark.parametrize("shape", FAST_PATH_SHAPES)
+def test_outer_equals_the_portable_outer_product(backend, shape):
+    host = np.random.default_rng(0)
+    for dtype_name in _float_dtypes(backend):
+        a_host = host.standard_normal(shape[0]).astype(dtype_name)
+        b_host = host.standard_normal(shape[1]).astype(dtype_name)
+        dtype = getattr(backend.xp, dtype_name)
+        result = backend.outer(backend.from_host(a_host, dtype), backend.from_host(b_host, dtype))
+        assert_on_backend(result, backend, dtype_name, shape)
+        portable = backends.Backend.outer(backend, backend.from_host(a_host, dtype), backend.from_host(b_host, dtype))
+        np.testing.assert_array_equal(backend.to_host(result), backend.to_host(portable))
+        np.testing.assert_allclose(backend.to_host(result), np.multiply.outer(a_host, b_host), rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", FAST_PATH_SHAPES)
+def test_add_scaled_updates_in_place_like_the_portable_update(backend, shape):
+    rng = np.random.default_rng(1)
+    for dtype_name in _float_dtypes(backend):
+        dtype = getattr(backend.xp, dtype_name)
+        target_host = rng.standard_normal(shape).astype(dtype_name)
+        source_host = rng.standard_normal(shape).astype(dtype_name)
+        target, source = backend.from_host(target_host, dtype), backend.from_host(source_host, dtype)
+        portable = backends.Backend.add_scaled(backend, backend.from_host(target_host, dtype), source, -0.25)
+        result = backend.add_scaled(target, source, -0.25)
+        assert result is target
+        assert_on_backend(target, backend, dtype_name, shape)
+        np.testing.assert_allclose(backend.to_host(target), backend.to_host(portable), rtol=1e-6, atol=1e-7)
+        np.testing.assert_array_equal(backend.to_host(source), source_host)  # the source is left alone
+
+
+def test_numpy_fast_paths_without_scipy_or_on_strided_arrays(monkeypatch):
+    from backends import numpy_backend
+
+    backend = backends.get_backend("numpy")
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal(300, dtype=np.float32), rng.standard_normal(200, dtype=np.float32)
+    target = rng.standard_normal((200, 300), dtype=np.float32)
+    source = rng.standard_normal((200, 300), dtype=np.float32)
+    expected_update = target - 0.5 * source
+    with_blas = backend.outer(a, b)
+    # A transposed (strided) target cannot go to axpy: it is still updated in place, by NumPy.
+    strided = np.ascontiguousarray(target.T).T
+    assert backend.add_scaled(strided, source, -0.5) is strided
+    np.testing.assert_allclose(strided, expected_update, rtol=1e-6, atol=1e-7)
+    monkeypatch.setattr(numpy_backend, "_scipy_blas", lambda: None)
+    np.testing.assert_allclose(backend.outer(a, b), with_blas, rtol=1e-6)
+    assert backend.add_scaled(target, source, -0.5) is target
+    np.testing.assert_allclose(target, expected_update, rtol=1e-6, atol=1e-7)
+
+
+def test_numpy_thread_limit_reaches_scipy_blas():
+    """MPI ranks limit their threads before SciPy's BLAS would otherwise first load (with all cores)."""
+    pytest.importorskip("threadpoolctl")
+    script = textwrap.dedent("""
+        import json, threadpoolctl
+        from backends import get_backend
+        from backends.numpy_backend import _scipy_blas
+        assert get_backend("numpy").limit_threads(1)
+        assert _scipy_blas() is not None
+        print(json.dumps([p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    threads = json.loads(done.stdout)
+    assert len(threads) >= 2 and set(threads) == {1}  # NumPy's OpenBLAS and SciPy's, both limited
 
 
 def test_host_round_trip_keeps_values_and_dtype(backend):

@@ -75,6 +75,22 @@ def test_backward_outputs_live_on_the_backend(backend, name):
         assert_on_backend(grad, backend, shape=layer.named_parameters()[param_name].shape)
 
 
+def test_dense_one_example_gradient_is_the_outer_product_at_blas_sizes(backend):
+    """A 300 x 200 weight takes the backend's outer-product fast path (SciPy BLAS on NumPy)."""
+    layer = bp.Dense(300, 200, rng=0, backend=backend)
+    rng = np.random.default_rng(3)
+    x_host = rng.standard_normal((1, 300)).astype(np.float32)
+    g_host = rng.standard_normal((1, 200)).astype(np.float32)
+    layer(backend.from_host(x_host), training=True)
+    dx = layer.backward(backend.from_host(g_host))
+    grad = layer.grads["weight"]
+    assert_on_backend(grad, backend, shape=(300, 200))
+    assert_on_backend(dx, backend, shape=(1, 300))
+    np.testing.assert_allclose(backend.to_host(grad), x_host.T @ g_host, rtol=1e-6)
+    np.testing.assert_allclose(backend.to_host(dx), g_host @ backend.to_host(layer.params["weight"]).T,
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_gradcheck_catches_a_wrong_backward(backend):
     class BrokenTanh(bp.Tanh):
         def backward(self, grad_output):

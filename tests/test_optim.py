@@ -52,8 +52,8 @@ ORACLE_CASES = {
 STEPS = 5
 
 
-def _model(backend, dtype=None):
-    return bp.mlp([4, 5, 3], seed=0, backend=backend, dtype=dtype)
+def _model(backend, dtype=None, sizes=(4, 5, 3)):
+    return bp.mlp(list(sizes), seed=0, backend=backend, dtype=dtype)
 
 
 def _host_grads(model, steps, seed=7):
@@ -75,11 +75,14 @@ def _host_weights(model):
     return {name: np.array(model.backend.to_host(p), copy=True) for name, p in model.named_parameters().items()}
 
 
-@pytest.mark.parametrize("case", list(ORACLE_CASES), ids=list(ORACLE_CASES))
-def test_matches_torch_optim(backend, case):
+# A weight of 200 x 180 is past the size where the NumPy backend's update runs as SciPy's BLAS axpy.
+@pytest.mark.parametrize("case, sizes", [(case, (4, 5, 3)) for case in ORACLE_CASES]
+                         + [("sgd", (200, 180, 3)), ("sgd-momentum-wd", (200, 180, 3))],
+                         ids=list(ORACLE_CASES) + ["sgd-large", "sgd-momentum-wd-large"])
+def test_matches_torch_optim(backend, case, sizes):
     torch = pytest.importorskip("torch")
     name, ours, torch_class, theirs = ORACLE_CASES[case]
-    model = _model(backend)
+    model = _model(backend, sizes=sizes)
     params = model.named_parameters()
     identities = {k: id(v) for k, v in params.items()}
     reference = {k: torch.tensor(w, dtype=torch.float64, requires_grad=True) for k, w in _host_weights(model).items()}

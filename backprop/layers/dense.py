@@ -59,8 +59,8 @@ class Dense(Layer):
         if x.ndim > 2:  # every position is one more example for the weight gradient
             x = self.xp.reshape(x, (-1, self.in_features))
             grad = self.xp.reshape(grad, (-1, self.out_features))
-        if x.shape[0] == 1:  # one example: an outer product; BLAS matmul with an inner size of 1 is far slower
-            self.grads["weight"] = self.xp.matrix_transpose(x) * grad
+        if x.shape[0] == 1:  # one example: an outer product; a matmul with an inner size of 1 is far slower
+            self.grads["weight"] = self.backend.outer(x[0, ...], grad[0, ...])
         else:
             self.grads["weight"] = x.T @ grad
         if self.use_bias:

@@ -15,11 +15,12 @@ from .base import Optimizer, check_number
 
 
 def sgd(params: list, grads: list, momentum_buffers: list | None = None, *, lr: float, momentum: float = 0.0,
-        nesterov: bool = False, weight_decay: float = 0.0) -> None:
+        nesterov: bool = False, weight_decay: float = 0.0, backend=None) -> None:
     """The update itself, in place, for matching lists of parameters, gradients and momentum buffers.
 
     ``momentum_buffers`` (needed when ``momentum`` is not 0) start as zeros, which
-    gives PyTorch's first step (the buffer becomes the gradient).
+    gives PyTorch's first step (the buffer becomes the gradient). With a ``backend``, the last line runs as its
+    fused ``add_scaled``.
     """
     for i, (param, grad) in enumerate(zip(params, grads)):
         if weight_decay != 0:
@@ -29,7 +30,10 @@ def sgd(params: list, grads: list, momentum_buffers: list | None = None, *, lr: 
             buf *= momentum
             buf += grad
             grad = grad + momentum * buf if nesterov else buf
-        param -= lr * grad
+        if backend is None:
+            param -= lr * grad
+        else:
+            backend.add_scaled(param, grad, -lr)
 
 
 class SGD(Optimizer):
@@ -59,4 +63,4 @@ class SGD(Optimizer):
     def _update(self, params, grads, states, steps) -> None:
         buffers = [s["momentum_buffer"] for s in states] if self.momentum != 0 else None
         sgd(params, grads, buffers, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov,
-            weight_decay=self.weight_decay)
+            weight_decay=self.weight_decay, backend=self.backend)
