@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import resource
 import sys
 
@@ -32,9 +33,9 @@ class NumpyRandom(DeviceRandom):
         return self._rng.permutation(n)
 
 
-# BLAS fast paths through SciPy (a dependency; without it NumPy's own operations run): OpenBLAS runs a
-# fused update (axpy) or an outer product (gemm with an inner size of 1) on all cores in one pass, where NumPy
-# runs a single thread and makes temporaries. Below this many elements a NumPy call is as fast as the BLAS one.
+# BLAS fast paths through SciPy (a dependency; without it NumPy's own operations run): a fused update (axpy)
+# or an outer product (gemm with an inner size of 1) in one pass, where NumPy makes a temporary or runs a slow
+# broadcast loop; each is about twice as fast. Below this many elements a NumPy call is as fast as the BLAS one.
 BLAS_MIN_SIZE = 1 << 15
 _BLAS_TYPES = {np.dtype(np.float32): "s", np.dtype(np.float64): "d"}
 
@@ -43,10 +44,28 @@ _BLAS_TYPES = {np.dtype(np.float32): "s", np.dtype(np.float64): "d"}
 def _scipy_blas():
     """SciPy's BLAS wrappers, or None without SciPy. Imported on first need: ``scipy.linalg`` takes ~0.3 s."""
     try:
+        import scipy
         from scipy.linalg import blas
     except ImportError:
         return None
+    _single_thread_bundled_blas(scipy)
     return blas
+
+
+def _single_thread_bundled_blas(scipy) -> None:
+    """SciPy's wheels bundle an OpenBLAS of their own beside NumPy's. Two pools of worker threads spinning on
+    the same cores make each call of either library many times slower (measured on 2 cores: a matrix product
+    followed by an update, 0.1 ms alone, took 9.8 ms), and the single passes we use SciPy for gain little from
+    threads: its own copy runs on one thread. A BLAS the two libraries share (conda, system) is left alone."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return
+    site = os.path.dirname(os.path.dirname(os.path.realpath(scipy.__file__)))
+    bundled = os.path.join(site, "scipy")  # scipy.libs/ (Linux, Windows wheels) or scipy/.dylibs/ (macOS)
+    for library in ThreadpoolController().lib_controllers:
+        if library.user_api == "blas" and os.path.realpath(library.filepath).startswith(bundled):
+            library.set_num_threads(1)
 
 
 def _blas_routine(name, a, b):
@@ -74,12 +93,13 @@ class NumpyBackend(Backend):
         return NumpyRandom(self, seed)
 
     def limit_threads(self, threads):
-        _scipy_blas()  # load SciPy's BLAS now: threadpoolctl limits only the libraries already loaded
         try:
             from threadpoolctl import threadpool_limits
-        except ImportError:  # the `mpi` extra installs it
+        except ImportError:
             return False
         threadpool_limits(limits=max(1, int(threads)))
+        if _scipy_blas() is not None:  # loaded now or before: keep SciPy's own BLAS on one thread
+            _single_thread_bundled_blas(sys.modules["scipy"])
         return True
 
     def outer(self, a, b):
