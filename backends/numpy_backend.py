@@ -121,7 +121,7 @@ class NumpyBackend(Backend):
             return target
         flat = target.reshape(-1)
         result = axpy(source.reshape(-1), flat, a=alpha)  # in place on ``flat`` (a float array of its own type)
-        if result.ctypes.data != flat.ctypes.data:  # f2py had to copy: never for the arrays we let through
+        if result is not flat:  # f2py had to copy: never for the arrays we let through
             flat[...] = result
         return target
 

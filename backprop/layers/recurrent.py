@@ -153,8 +153,11 @@ class Recurrent(Layer):
         for suffix in self.suffixes:
             params = self._direction_params(suffix)
             order = list(range(steps - 1, -1, -1)) if suffix else list(range(steps))
-            # Every step's input projection x_t W_ih + b in one product: (batch, time, gates * hidden).
-            projected = x @ params["weight_ih"] + params["bias"]
+            # Every step's input projection x_t W_ih + b in one 2-D product: (batch, time, gates * hidden).
+            # (A 3-D matmul runs one small product per batch row: 1.5x slower on NumPy.)
+            projected = xp.reshape(xp.reshape(x, (-1, self.input_size)) @ params["weight_ih"],
+                                   (x.shape[0], steps, -1))
+            projected += params["bias"]  # in place: a fresh array of our own
             hs: list = [None] * steps
             caches, state = [], None  # state None: the zero initial state
             for t in order:
@@ -237,7 +240,7 @@ class Recurrent(Layer):
             self.grads["bias" + suffix] = xp.sum(flat_in, axis=0)
             if self.extra_bias:
                 self.grads[self.extra_bias + suffix] = xp.sum(flat_hh[:, 2 * hidden:], axis=0)
-            part = d_in_all @ xp.matrix_transpose(params["weight_ih"])
+            part = xp.reshape(flat_in @ xp.matrix_transpose(params["weight_ih"]), (batch, steps, self.input_size))
             grad_x = part if grad_x is None else grad_x + part
             dh_steps.append(xp.stack(dh_seen, axis=1))
         self._dh = dh_steps
