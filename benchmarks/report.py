@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from pathlib import Path
+
+
+def paired_ratio(mine: dict, other: dict | None) -> float | None:
+    """Ours / theirs: the median over rounds of the ratio within a round. Contenders of one round run back
+    to back, so a load change on a shared machine moves both sides of each ratio; a ratio of the two
+    medians would mix rounds. (Ratio of the per-epoch figures when the rounds do not pair up.)"""
+    if other is None:
+        return None
+    a, b = mine.get("runs") or [], other.get("runs") or []
+    if a and len(a) == len(b):
+        return statistics.median(x / y for x, y in zip(a, b))
+    return mine["seconds_per_epoch"] / other["seconds_per_epoch"]
 
 
 def ratios(results: list[dict]) -> list[dict]:
@@ -20,8 +33,7 @@ def ratios(results: list[dict]) -> list[dict]:
         hand = by_key.get((r["workload"], r["batch_size"], f"handwritten[{spec}]")) or \
             by_key.get((r["workload"], r["batch_size"], "handwritten[numpy]" if device == "cpu" else ""))
         peer = by_key.get((r["workload"], r["batch_size"], f"pytorch[{device}]"))
-        rows.append({**r, "vs_handwritten": r["seconds_per_epoch"] / hand["seconds_per_epoch"] if hand else None,
-                     "vs_pytorch": r["seconds_per_epoch"] / peer["seconds_per_epoch"] if peer else None})
+        rows.append({**r, "vs_handwritten": paired_ratio(r, hand), "vs_pytorch": paired_ratio(r, peer)})
     return rows
 
 
@@ -35,6 +47,8 @@ def markdown(run: dict) -> str:
     if peaks:
         lines += ["Matrix-multiply peak (float32, 2048x2048): " +
                   ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()), ""]
+    lines += ["Ratios: the median over the timed rounds of ours / theirs within one round (contenders run "
+              "interleaved, A B C A B C ...).", ""]
     workloads = sorted({r["workload"] for r in run["results"]})
     ours = ratios(run["results"])
     for workload in workloads:

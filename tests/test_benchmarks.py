@@ -21,3 +21,17 @@ def test_benchmark_suite_writes_json_and_markdown(tmp_path):
     assert run["memory"][0]["growth_after_first_epoch_bytes"] is not None
     table = (tmp_path / "smoke.md").read_text()
     assert "| 16 | backprop[numpy] |" in table and "x |" in table  # ratios are filled in
+
+
+def test_ratios_pair_the_rounds():
+    """A load spike in one round moves both contenders of that round; the ratio pairs rounds, not medians."""
+    from benchmarks.report import ratios
+
+    rows = [{"workload": "w", "batch_size": 1, "contender": "backprop[numpy]", "seconds_per_epoch": 3.0,
+             "runs": [2.0, 10.0, 3.0]},
+            {"workload": "w", "batch_size": 1, "contender": "pytorch[cpu]", "seconds_per_epoch": 3.0,
+             "runs": [1.0, 8.0, 3.0]},
+            {"workload": "w", "batch_size": 1, "contender": "handwritten[numpy]", "seconds_per_epoch": 1.5}]
+    (mine,) = ratios(rows)
+    assert mine["vs_pytorch"] == pytest.approx(1.25)  # per round 2, 1.25, 1; the medians' ratio would be 1
+    assert mine["vs_handwritten"] == pytest.approx(2.0)  # no rounds to pair: the per-epoch figures
