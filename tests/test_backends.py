@@ -225,6 +225,32 @@ def test_add_scaled_updates_in_place_like_the_portable_update(backend, shape):
         np.testing.assert_array_equal(backend.to_host(source), source_host)  # the source is left alone
 
 
+def test_numpy_training_with_and_without_the_blas_fast_paths_gives_the_same_losses(monkeypatch):
+    """One-example steps of a network whose first weight (200 x 180) takes the BLAS outer product and update."""
+    import backprop as bp
+    from backends import numpy_backend
+    from backprop.optim import SGD
+
+    backend = backends.get_backend("numpy")
+    rng = np.random.default_rng(4)
+    x = backend.from_host(rng.standard_normal((40, 200)).astype(np.float32))
+    y = backend.from_host(rng.integers(0, 3, 40))
+
+    def losses():
+        model = bp.mlp([200, 180, 3], seed=0, backend=backend)
+        trainer = bp.Trainer(model, optimizer=SGD(model, lr=0.002, momentum=0.5), epochs=3, batch_size=1,
+                             progress=False, log=None)
+        return [trainer.train_epoch(x, y)["train_loss"] for _ in range(3)], model
+
+    fast, fast_model = losses()
+    monkeypatch.setattr(numpy_backend, "_scipy_blas", lambda: None)
+    portable, portable_model = losses()
+    np.testing.assert_allclose(fast, portable, rtol=1e-5)
+    assert fast[-1] < fast[0]
+    for name, weight in fast_model.named_parameters().items():
+        np.testing.assert_allclose(weight, portable_model.named_parameters()[name], rtol=1e-4, atol=1e-5)
+
+
 def test_numpy_fast_paths_without_scipy_or_on_strided_arrays(monkeypatch):
     from backends import numpy_backend
 
