@@ -16,6 +16,13 @@ from .timing import interleaved
 BATCH, STEPS, FEATURES, HIDDEN, SEQUENCES, LR = 64, 50, 32, 128, 2048, 0.01
 
 
+def flops_per_epoch() -> float:
+    """Multiply-adds x2 of the matrix products, per example and step: forward x W_ih and h W_hh, backward the
+    gradients of W_ih, W_hh and h (none for the input x: neither contender computes it)."""
+    gates = 4 * HIDDEN
+    return 2.0 * gates * (2 * FEATURES + 3 * HIDDEN) * STEPS * SEQUENCES
+
+
 def run(backends, *, repeats, include_torch=True, log=print):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(SEQUENCES, STEPS, FEATURES)).astype(np.float32)
@@ -67,6 +74,7 @@ def run(backends, *, repeats, include_torch=True, log=print):
     for name, t in timed.items():
         results.append({"workload": f"lstm {FEATURES}-{HIDDEN}, {STEPS} steps", "batch_size": BATCH,
                         "contender": name, "seconds_per_epoch": t["median"], "extrapolated": False,
-                        "samples_timed": SEQUENCES, "runs": t["runs"]})
+                        "samples_timed": SEQUENCES, "runs": t["runs"],
+                        "gflops": flops_per_epoch() / t["median"] / 1e9})
         log(f"  {name:<28} {t['median']:8.3f} s/epoch")
     return results

@@ -264,6 +264,20 @@ def test_truncation_longer_than_the_sequence_is_full_bptt(kind):
         np.testing.assert_array_equal(full.grads[name], long.grads[name])
 
 
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_a_first_recurrent_layer_can_skip_its_input_gradient(backend, kind):
+    model = bp.Sequential([_layer(kind, backend, bidirectional=True, return_sequences=False),
+                           bp.Dense(2 * H, 2, rng=0, backend=backend)])
+    _, x = _x(backend, (B, T, F))
+    grad = backend.xp.ones_like(model(x, training=True))
+    assert_on_backend(model.backward(grad), backend, shape=(B, T, F))
+    full = {k: backend.to_host(v) for k, v in model.named_gradients().items()}
+    model(x, training=True)
+    assert model.backward(grad, input_grad=False) is None
+    for name, value in model.named_gradients().items():
+        np.testing.assert_array_equal(backend.to_host(value), full[name])
+
+
 # -- the vanishing-gradient diagnostic ---------------------------------------------------------------------------
 
 def test_grad_norms_through_time_show_a_vanishing_gradient(backend):

@@ -188,7 +188,9 @@ class Recurrent(Layer):
         return h, state
 
     # -- backward -----------------------------------------------------------------
-    def backward(self, grad_output):
+    can_skip_input_grad = True
+
+    def backward(self, grad_output, *, input_grad: bool = True):
         if self._cache is None:
             raise RuntimeError(f"{self!r}: backward called before forward")
         x, runs, constants = self._cache
@@ -240,8 +242,10 @@ class Recurrent(Layer):
             self.grads["bias" + suffix] = xp.sum(flat_in, axis=0)
             if self.extra_bias:
                 self.grads[self.extra_bias + suffix] = xp.sum(flat_hh[:, 2 * hidden:], axis=0)
-            part = xp.reshape(flat_in @ xp.matrix_transpose(params["weight_ih"]), (batch, steps, self.input_size))
-            grad_x = part if grad_x is None else grad_x + part
+            if input_grad:
+                part = xp.reshape(flat_in @ xp.matrix_transpose(params["weight_ih"]),
+                                  (batch, steps, self.input_size))
+                grad_x = part if grad_x is None else grad_x + part
             dh_steps.append(xp.stack(dh_seen, axis=1))
         self._dh = dh_steps
         return grad_x
