@@ -102,9 +102,8 @@ class Backend:
     def add_scaled(self, target, source, alpha: float):
         """``target += alpha * source``, in place, for arrays of the same shape; returns ``target``.
 
-        The update of every optimizer. This default makes a temporary ``alpha * source``; backends override
-        it with one fused pass (BLAS ``axpy``, ``torch.add_``), which halves the memory traffic of a large
-        update.
+        SGD's weight update. This default makes a temporary ``alpha * source``; backends override it with one
+        fused pass (BLAS ``axpy``, ``torch.add_``), which halves the memory traffic of a large update.
         """
         target += alpha * source
         return target
