@@ -10,7 +10,7 @@ import warnings
 from backends import ENV_VAR, BackendError, BackendUnavailable, backend_statuses, get_backend
 
 from .errors import BackpropError, ConfigError, TrainingError
-from .runs import DEFAULTS
+from .runs import CHECKPOINT_FILE, DEFAULTS
 
 
 def _format_warning(message, category, filename, lineno, line=None):
@@ -144,9 +144,11 @@ def _train(args, communicator) -> int:
         train_run(options, output=output, progress=not args.no_progress, plots=not args.no_plots,
                   resume=bool(args.resume), communicator=communicator)
     except KeyboardInterrupt:
-        if root:
+        if root and (output / CHECKPOINT_FILE).exists():
             print(f"interrupted: checkpoint saved; continue with: backprop train --resume {output}",
                   file=sys.stderr)
+        elif root:
+            print("interrupted before the first epoch ended: no checkpoint to resume from", file=sys.stderr)
         if communicator is not None:
             communicator.end_interrupted()  # no rank may be left waiting in a collective
         return 130

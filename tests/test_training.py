@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+import signal
 
 import numpy as np
 import pytest
 
 import backprop as bp
+from backends import get_backend
 from backprop.data import load_digits
-from backprop.training import EarlyStopping, GradientMonitor, Trainer, evaluate, fit
+from backprop.training import Callback, Checkpoint, EarlyStopping, GradientMonitor, Trainer, evaluate, fit
+from backprop.training.interrupts import ctrl_c_held
 
 from conftest import assert_on_backend
 
@@ -113,6 +116,70 @@ def test_resume_after_interrupt_equals_an_uninterrupted_run(backend, digits, tmp
         np.testing.assert_array_equal(backend.to_host(resumed.model.named_parameters()[name]),
                                       backend.to_host(weight))
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in reference.history]
+
+
+class _CtrlCAt(Callback):
+    """Sends this process a real SIGINT at the end of epoch ``epoch``, before the callbacks after it run."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer, record):
+        if trainer.epoch == self.epoch:
+            signal.raise_signal(signal.SIGINT)
+
+
+@pytest.mark.parametrize("moment", ["epoch_end_callbacks", "snapshot"])
+def test_ctrl_c_at_an_epoch_boundary_checkpoints_a_state_that_resumes_exactly(digits, tmp_path, moment):
+    """Ctrl-C can land anywhere; between epochs it must neither roll back a counted epoch nor skip callbacks."""
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # a real Ctrl-C, as a user sends it
+    x, y = digits.x_train[:400], digits.y_train[:400]
+    reference = _trainer(get_backend("numpy"), tmp_path)
+    reference.fit(x, y, validation_split=0.25)
+
+    checkpoint = tmp_path / "checkpoint.safetensors"
+    interrupted = _trainer(get_backend("numpy"), tmp_path)
+    if moment == "epoch_end_callbacks":
+        interrupted.callbacks.insert(0, _CtrlCAt(epoch=2))  # before EarlyStopping and the Checkpoint
+    else:
+        take_snapshot, calls = interrupted._take_snapshot, []
+
+        def snapshot_with_ctrl_c():
+            calls.append(1)
+            if len(calls) == 3:  # at the start of epoch 3
+                signal.raise_signal(signal.SIGINT)
+            return take_snapshot()
+
+        interrupted._take_snapshot = snapshot_with_ctrl_c
+    interrupted.callbacks.append(Checkpoint(checkpoint))
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit(x, y, validation_split=0.25)
+    assert interrupted.epoch == 2 and len(interrupted.history) == 2
+
+    resumed = _trainer(get_backend("numpy"), tmp_path)
+    resumed.load_checkpoint(checkpoint)
+    assert resumed.epoch == 2
+    resumed.fit(x, y, validation_split=0.25)
+    for name, weight in reference.model.named_parameters().items():
+        np.testing.assert_array_equal(resumed.model.named_parameters()[name], weight)
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in reference.history]
+
+
+def test_ctrl_c_is_held_only_where_python_handles_it():
+    def custom(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGINT, custom)
+    try:
+        with ctrl_c_held():
+            assert signal.getsignal(signal.SIGINT) is custom  # a handler of the user's is left alone
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    with pytest.raises(KeyboardInterrupt):
+        with ctrl_c_held():
+            signal.raise_signal(signal.SIGINT)
+            finished = True
+    assert finished and signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning", "ignore:invalid value:RuntimeWarning")

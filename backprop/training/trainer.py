@@ -18,6 +18,7 @@ from ..layers import Sequential
 from ..losses import LOSSES, Loss
 from .batches import batch_bounds, parse_batch_size
 from .callbacks import Callback
+from .interrupts import ctrl_c_held
 from .metrics import count_correct, evaluate, labels_per_example
 
 
@@ -126,16 +127,20 @@ class Trainer:
             callback.on_train_begin(self)
         try:
             while self.epoch < self.epochs and not self.stop_training:
-                self._snapshot = self._take_snapshot()
+                with ctrl_c_held():
+                    self._snapshot = self._take_snapshot()
                 record = self._run_epoch(x, y, x_val, y_val)
-                self.epoch += 1
-                self.history.append(record)
-                self.log(_format_record(record, self.epochs))
-                for callback in callbacks:
-                    callback.on_epoch_end(self, record)
+                with ctrl_c_held():  # an epoch is counted with its history and callbacks, or not at all
+                    self.history.append(record)
+                    self.epoch += 1
+                    self.log(_format_record(record, self.epochs))
+                    for callback in callbacks:
+                        callback.on_epoch_end(self, record)
         except KeyboardInterrupt:
-            self._restore_snapshot()
-            self.log(f"interrupted during epoch {self.epoch + 1}; rolled back to the end of epoch {self.epoch}")
+            if self._restore_snapshot():
+                self.log(f"interrupted during epoch {self.epoch + 1}; rolled back to the end of epoch {self.epoch}")
+            else:
+                self.log(f"interrupted after epoch {self.epoch}")
             for callback in callbacks:
                 callback.on_interrupt(self)
             raise
@@ -274,16 +279,21 @@ class Trainer:
 
     # -- snapshots, checkpoints, resume --------------------------------------
     def _take_snapshot(self):
+        """The state at the start of the epoch about to run (to roll an unfinished epoch back to)."""
         xp = self.backend.xp
         arrays, info = self.optimizer.state_dict()
-        return (self.copy_weights(), {k: xp.asarray(v, copy=True) for k, v in arrays.items()}, info)
+        return (self.epoch, len(self.history), self.copy_weights(),
+                {k: xp.asarray(v, copy=True) for k, v in arrays.items()}, info)
 
-    def _restore_snapshot(self):
-        if self._snapshot is None:
-            return
-        weights, arrays, info = self._snapshot
+    def _restore_snapshot(self) -> bool:
+        """Roll back to the start of the unfinished epoch; False when no epoch was unfinished."""
+        if self._snapshot is None or self._snapshot[0] != self.epoch:
+            return False  # interrupted between epochs: the weights already match the epochs counted
+        _, history_length, weights, arrays, info = self._snapshot
         self.set_weights(weights)
         self.optimizer.load_state_dict(arrays, info)
+        del self.history[history_length:]
+        return True
 
     def state_dict(self) -> tuple[dict, dict]:
         """Everything a resumed run needs: device arrays and a JSON-able dict."""
