@@ -144,8 +144,9 @@ class Trainer:
             for callback in callbacks:
                 callback.on_interrupt(self)
             raise
-        for callback in callbacks:
-            callback.on_train_end(self)
+        with ctrl_c_held():  # early stopping's restored weights and the last checkpoint go together
+            for callback in callbacks:
+                callback.on_train_end(self)
         return self.history
 
     def _active_callbacks(self) -> list[Callback]:
