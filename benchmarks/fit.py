@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import backprop as bp
 
+from . import torch_peer
 from .timing import interleaved
 
 EPOCHS, BATCH = 30, 32
@@ -23,34 +24,30 @@ def run(backends, *, repeats, include_torch=True, log=print):
             backend.synchronize()
 
         runs[f"backprop[{backend.name}]"] = ours
-    if include_torch:
-        try:
-            import torch
-        except ImportError:
-            torch = None
-        if torch is not None:
-            def torch_fit():
-                torch.manual_seed(0)
-                x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
-                order = torch.randperm(len(x))
-                n_val = round(0.1 * len(x))
-                xv, yv, xt, yt = x[order[:n_val]], y[order[:n_val]], x[order[n_val:]], y[order[n_val:]]
-                model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128),
-                                            torch.nn.ReLU(), torch.nn.Linear(128, 10))
-                optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-                loss_fn = torch.nn.CrossEntropyLoss()
-                for _ in range(EPOCHS):
-                    perm = torch.randperm(len(xt))
-                    for start in range(0, len(xt), BATCH):
-                        index = perm[start:start + BATCH]
-                        optimizer.zero_grad(set_to_none=True)
-                        loss = loss_fn(model(xt[index]), yt[index])
-                        loss.backward()
-                        optimizer.step()
-                    with torch.no_grad():
-                        float(loss_fn(model(xv), yv))
+    torch = torch_peer.optional_torch(include_torch)
+    if torch is not None:
+        def torch_fit():
+            torch.manual_seed(0)
+            x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+            order = torch.randperm(len(x))
+            n_val = round(0.1 * len(x))
+            xv, yv, xt, yt = x[order[:n_val]], y[order[:n_val]], x[order[n_val:]], y[order[n_val:]]
+            model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128),
+                                        torch.nn.ReLU(), torch.nn.Linear(128, 10))
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+            loss_fn = torch.nn.CrossEntropyLoss()
+            for _ in range(EPOCHS):
+                perm = torch.randperm(len(xt))
+                for start in range(0, len(xt), BATCH):
+                    index = perm[start:start + BATCH]
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = loss_fn(model(xt[index]), yt[index])
+                    loss.backward()
+                    optimizer.step()
+                with torch.no_grad():
+                    float(loss_fn(model(xv), yv))
 
-            runs["pytorch[cpu]"] = torch_fit
+        runs["pytorch[cpu]"] = torch_fit
     log(f"fit on digits: {len(runs)} contenders, {repeats} rounds")
     timed = interleaved(runs, repeats=repeats)
     results = []

@@ -11,6 +11,7 @@ import numpy as np
 
 import backprop as bp
 
+from . import torch_peer
 from .timing import interleaved
 
 BATCH, STEPS, FEATURES, HIDDEN, SEQUENCES, LR = 64, 50, 32, 128, 2048, 0.01
@@ -40,34 +41,30 @@ def run(backends, *, repeats, include_torch=True, log=print):
             backend.synchronize()
 
         runs[f"backprop[{backend.name}]"] = ours
-    if include_torch:
-        try:
-            import torch
-        except ImportError:
-            torch = None
-        if torch is not None:
-            for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
-                lstm = torch.nn.LSTM(FEATURES, HIDDEN, batch_first=True).to(device)
-                head = torch.nn.Linear(HIDDEN, 1).to(device)
-                params = list(lstm.parameters()) + list(head.parameters())
-                optimizer = torch.optim.SGD(params, lr=LR)
-                xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-                generator = torch.Generator(device=device).manual_seed(0)
+    torch = torch_peer.optional_torch(include_torch)
+    if torch is not None:
+        for device in torch_peer.torch_devices(torch):
+            lstm = torch.nn.LSTM(FEATURES, HIDDEN, batch_first=True).to(device)
+            head = torch.nn.Linear(HIDDEN, 1).to(device)
+            params = list(lstm.parameters()) + list(head.parameters())
+            optimizer = torch.optim.SGD(params, lr=LR)
+            xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+            generator = torch.Generator(device=device).manual_seed(0)
 
-                def torch_run(lstm=lstm, head=head, optimizer=optimizer, xt=xt, yt=yt, generator=generator,
-                              device=device):
-                    order = torch.randperm(SEQUENCES, generator=generator, device=xt.device)
-                    for start in range(0, SEQUENCES, BATCH):
-                        index = order[start:start + BATCH]
-                        optimizer.zero_grad(set_to_none=True)
-                        out, _ = lstm(xt.index_select(0, index))
-                        loss = torch.nn.functional.mse_loss(head(out[:, -1]), yt.index_select(0, index))
-                        loss.backward()
-                        optimizer.step()
-                    if device == "cuda":
-                        torch.cuda.synchronize()
+            def torch_run(lstm=lstm, head=head, optimizer=optimizer, xt=xt, yt=yt, generator=generator,
+                          device=device):
+                order = torch.randperm(SEQUENCES, generator=generator, device=xt.device)
+                for start in range(0, SEQUENCES, BATCH):
+                    index = order[start:start + BATCH]
+                    optimizer.zero_grad(set_to_none=True)
+                    out, _ = lstm(xt.index_select(0, index))
+                    loss = torch.nn.functional.mse_loss(head(out[:, -1]), yt.index_select(0, index))
+                    loss.backward()
+                    optimizer.step()
+                if device == "cuda":
+                    torch.cuda.synchronize()
 
-                runs[f"pytorch[{device}]"] = torch_run
+            runs[f"pytorch[{device}]"] = torch_run
     log(f"lstm: {len(runs)} contenders, {repeats} rounds")
     timed = interleaved(runs, repeats=repeats)
     results = []

@@ -66,26 +66,23 @@ def contenders(backends, batch_size, x_host, y_host, samples, include_torch=True
                 backend.synchronize()
 
             runs[f"handwritten[{backend.name}]"] = hand_gpu
-    if include_torch:
-        try:
-            import torch
-        except ImportError:
-            return runs
-        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-        for device in devices:
-            model = torch_peer.build(SIZES, device)
-            optimizer = torch.optim.SGD(model.parameters(), lr=LR)
-            x_t = torch.from_numpy(x_part).to(device)
-            y_t = torch.from_numpy(y_part).to(device)
-            generator = torch.Generator(device=device).manual_seed(0)
+    torch = torch_peer.optional_torch(include_torch)
+    if torch is None:
+        return runs
+    for device in torch_peer.torch_devices(torch):
+        model = torch_peer.build(SIZES, device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+        x_t = torch.from_numpy(x_part).to(device)
+        y_t = torch.from_numpy(y_part).to(device)
+        generator = torch.Generator(device=device).manual_seed(0)
 
-            def torch_run(model=model, optimizer=optimizer, x=x_t, y=y_t, generator=generator, device=device,
-                          batch_size=batch_size):
-                torch_peer.train_epoch(model, optimizer, x, y, batch_size, generator)
-                if device == "cuda":
-                    torch.cuda.synchronize()
+        def torch_run(model=model, optimizer=optimizer, x=x_t, y=y_t, generator=generator, device=device,
+                      batch_size=batch_size):
+            torch_peer.train_epoch(model, optimizer, x, y, batch_size, generator)
+            if device == "cuda":
+                torch.cuda.synchronize()
 
-            runs[f"pytorch[{device}]"] = torch_run
+        runs[f"pytorch[{device}]"] = torch_run
     return runs
 
 

@@ -3,6 +3,22 @@
 from __future__ import annotations
 
 
+def optional_torch(include: bool = True):
+    """The torch module when it is wanted and installed, else None: the benchmarks run without PyTorch."""
+    if not include:
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def torch_devices(torch) -> list[str]:
+    """The devices PyTorch can race on here: the CPU, and the GPU when there is one."""
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
 def build(sizes, device, seed=0):
     import torch
 

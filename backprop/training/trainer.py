@@ -131,8 +131,8 @@ class Trainer:
                     self._snapshot = self._take_snapshot()
                 record = self._run_epoch(x, y, x_val, y_val)
                 with ctrl_c_held():  # an epoch is counted with its history and callbacks, or not at all
-                    self.history.append(record)
                     self.epoch += 1
+                    self.history.append(record)
                     self.log(_format_record(record, self.epochs))
                     for callback in callbacks:
                         callback.on_epoch_end(self, record)
@@ -283,17 +283,15 @@ class Trainer:
         """The state at the start of the epoch about to run (to roll an unfinished epoch back to)."""
         xp = self.backend.xp
         arrays, info = self.optimizer.state_dict()
-        return (self.epoch, len(self.history), self.copy_weights(),
-                {k: xp.asarray(v, copy=True) for k, v in arrays.items()}, info)
+        return (self.epoch, self.copy_weights(), {k: xp.asarray(v, copy=True) for k, v in arrays.items()}, info)
 
     def _restore_snapshot(self) -> bool:
         """Roll back to the start of the unfinished epoch; False when no epoch was unfinished."""
         if self._snapshot is None or self._snapshot[0] != self.epoch:
             return False  # interrupted between epochs: the weights already match the epochs counted
-        _, history_length, weights, arrays, info = self._snapshot
+        _, weights, arrays, info = self._snapshot
         self.set_weights(weights)
         self.optimizer.load_state_dict(arrays, info)
-        del self.history[history_length:]
         return True
 
     def state_dict(self) -> tuple[dict, dict]:
