@@ -146,7 +146,7 @@ def _train(args, communicator) -> int:
             output = communicator.broadcast_object(output)  # rank 0 names it (a new directory has the time in it)
     try:
         train_run(options, output=output, progress=not args.no_progress, plots=not args.no_plots,
-                  resume=bool(args.resume), communicator=communicator)
+                  resume=bool(args.resume), overwrite=args.overwrite, communicator=communicator)
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (Terminated)
         what = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
         if root and (output / CHECKPOINT_FILE).exists():

@@ -4,7 +4,11 @@ directory's lock, and kills at random moments followed by ``--resume``."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -111,3 +115,120 @@ def test_cli_sigterm_saves_the_checkpoint_and_exits_143(tmp_path, monkeypatch, c
     assert _checkpoint_epoch(out) == 2 and _history_epochs(out) == [1, 2]
     assert not (out / "model.safetensors").exists()
     assert signal.getsignal(signal.SIGTERM) is sigterm_must_not_kill_pytest  # the CLI restored it
+
+
+# -- 2. temporary files a killed run left behind are removed --------------------------------------------------
+STALE = [".checkpoint.safetensors.k3x_9a0q.tmp", ".history.jsonl.0abc_def.tmp", ".learning_curves.png.zz00zz00.tmp",
+         ".model.safetensors.a1b2c3d4.tmp", ".summary.json.qwertyui.tmp"]
+NOT_OURS = [".notes.txt.abcdefgh.tmp",  # not a file a run writes
+            ".history.jsonl.ABCDEFGH.tmp",  # not a name mkstemp makes
+            ".history.jsonl.abcdefgh.tmp.bak", "history.jsonl.abcdefgh.tmp", "my.tmp"]
+
+
+def _plant(directory, names):
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (directory / name).write_bytes(b"half a file")
+
+
+def test_stale_temp_files_are_removed_on_start_and_on_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    _plant(out, STALE + NOT_OURS)
+    (out / ".confusion_matrix.png.abcdefgh.tmp").mkdir()  # not a regular file: not ours either
+    assert main([*SMALL_RUN, "--output", str(out)]) == 0
+    assert f"removed {len(STALE)} temporary files left in {out} by an earlier run that was killed" \
+        in capsys.readouterr().out
+    left = {p.name for p in out.iterdir()}
+    assert not left & set(STALE)
+    assert set(NOT_OURS) | {".confusion_matrix.png.abcdefgh.tmp"} <= left
+
+    _plant(out, STALE[:2])
+    assert main(["--backend", "numpy", "train", "--resume", str(out), "--no-plots", "--no-progress"]) == 0
+    assert "removed 2 temporary files" in capsys.readouterr().out
+    assert not {p.name for p in out.iterdir()} & set(STALE)
+
+
+# -- 4. one run per directory, and never over another run's files ---------------------------------------------
+@pytest.mark.parametrize("files, message", [
+    (["checkpoint.safetensors", "history.jsonl"], "holds an interrupted run (checkpoint.safetensors, no model "
+                                                  "yet); continue it with --resume {out}, or pass --overwrite"),
+    (["history.jsonl"], "already holds a run's files (history.jsonl); choose another directory or pass --overwrite"),
+    (["summary.json"], "already holds a run's files (summary.json)"),
+    (["confusion_matrix.png"], "already holds a run's files (confusion_matrix.png)"),
+    (["model.safetensors"], "already holds a trained model"),
+])
+def test_output_refuses_a_directory_holding_any_runs_files(tmp_path, capsys, files, message):
+    out = tmp_path / "run"
+    _plant(out, files)
+    assert main([*SMALL_RUN, "--output", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"error: --output {out} {message.format(out=out)}") and "\n" not in error
+    assert sorted(p.name for p in out.iterdir()) == sorted(files)
+    assert all((out / name).read_bytes() == b"half a file" for name in files)
+
+
+def test_train_run_checks_the_directory_again_under_its_lock(tmp_path):
+    """The CLI checks before loading the data; the run itself checks again once it holds the lock (a run
+    that finished in between must not be overwritten)."""
+    from backprop.errors import ConfigError
+    from backprop.runs import train_run
+
+    out = tmp_path / "run"
+    _plant(out, ["checkpoint.safetensors"])
+    with pytest.raises(ConfigError, match="holds an interrupted run"):
+        train_run({"epochs": 1, "hidden": "8"}, output=out, backend="numpy", progress=False, plots=False, log=None)
+    assert (out / "checkpoint.safetensors").read_bytes() == b"half a file"
+
+
+def test_overwrite_replaces_the_earlier_run_and_says_so(tmp_path, capsys):
+    out = tmp_path / "run"
+    _plant(out, ["checkpoint.safetensors", "history.jsonl", "learning_curves.png", "notes.txt"])
+    assert main([*SMALL_RUN, "--output", str(out), "--overwrite"]) == 0
+    assert (f"--overwrite: replacing the run in {out} (removed checkpoint.safetensors, history.jsonl, "
+            f"learning_curves.png)") in capsys.readouterr().out
+    assert not (out / "learning_curves.png").exists()  # nothing of the old run mixes with the new one
+    assert (out / "notes.txt").read_bytes() == b"half a file"  # not a run's file: kept
+    assert _history_epochs(out) == [1, 2, 3, 4] and _checkpoint_epoch(out) == 4
+
+
+def test_a_run_that_fails_before_writing_leaves_no_directory(tmp_path):
+    out = tmp_path / "run"
+    assert main([*SMALL_RUN, "--dataset", str(tmp_path / "missing.npz"), "--output", str(out)]) == 2
+    assert not out.exists()
+
+
+def test_a_directory_in_use_by_another_run_is_refused_at_once(tmp_path, capsys):
+    """A real second process trains in the directory; a run, or a resume, of the same directory stops with
+    one line naming it, and the running job's files stay consistent."""
+    out = tmp_path / "run"
+    other = _start_cli([*SMALL_RUN[2:], "--epochs", "100000", "--output", str(out)])
+    try:
+        _wait_for(lambda: (out / "checkpoint.safetensors").exists(), other)
+        assert main([*SMALL_RUN, "--output", str(out), "--overwrite"]) == 2
+        assert main(["--backend", "numpy", "train", "--resume", str(out), "--epochs", "1", "--no-progress",
+                     "--no-plots"]) == 2
+        errors = capsys.readouterr().err.strip().splitlines()
+        assert errors == [f"error: {out} is in use by another backprop run (process {other.pid}); wait for it to "
+                          f"end, or choose another directory"] * 2
+        other.send_signal(signal.SIGTERM)
+        assert other.wait(timeout=120) == 143
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+    assert not (out / "model.safetensors").exists()
+    assert _history_epochs(out) == list(range(1, _checkpoint_epoch(out) + 1))
+
+
+def _start_cli(args, **popen):
+    env = {**os.environ, "BACKPROP_BACKEND": "numpy", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "backprop", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
+def _wait_for(condition, process, poll=0.005):
+    """Poll until ``condition()``; fails if ``process`` ended first (no fixed sleeps, no clock assertions)."""
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"the process ended first (status {process.returncode}): {process.communicate()}")
+        time.sleep(poll)
