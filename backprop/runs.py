@@ -195,7 +195,9 @@ def _run(options, *, output, backend, progress, plots, resume, log, communicator
     callbacks = [GradientMonitor()]
     if options["early_stopping"]:
         callbacks.append(EarlyStopping(int(options["early_stopping"])))
-    callbacks += [HistoryWriter(output / HISTORY_FILE), Checkpoint(output / CHECKPOINT_FILE, run_config=options)]
+    # The checkpoint before the history: a kill between the two leaves the history behind the checkpoint
+    # (rewritten from it on resume), never ahead of it.
+    callbacks += [Checkpoint(output / CHECKPOINT_FILE, run_config=options), HistoryWriter(output / HISTORY_FILE)]
     trainer = Trainer(model, optimizer=options["optimizer"], lr=options["lr"], weight_decay=options["weight_decay"],
                       epochs=int(options["epochs"]), batch_size=options["batch_size"], drop_last=options["drop_last"],
                       seed=options["seed"], schedule=options["schedule"], warmup_epochs=options["warmup_epochs"],

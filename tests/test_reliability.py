@@ -232,3 +232,37 @@ def _wait_for(condition, process, poll=0.005):
         if process.poll() is not None:
             pytest.fail(f"the process ended first (status {process.returncode}): {process.communicate()}")
         time.sleep(poll)
+
+
+# -- 3. the history never claims an epoch the checkpoint lacks ------------------------------------------------
+class _Killed(BaseException):
+    """Stands for kill -9: nothing after it runs, no handler sees it."""
+
+
+def test_a_kill_while_the_checkpoint_is_written_leaves_the_history_behind_it(tmp_path, monkeypatch):
+    import backprop.host_io.model_files as model_files
+
+    save_checkpoint, saves = model_files.save_checkpoint, []
+
+    def killed_at_the_third_save(*args, **kwargs):
+        saves.append(1)
+        if len(saves) == 3:  # the end of epoch 3
+            raise _Killed
+        save_checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(model_files, "save_checkpoint", killed_at_the_third_save)
+    out = tmp_path / "run"
+    with pytest.raises(_Killed):
+        main([*SMALL_RUN, "--output", str(out)])
+    assert _checkpoint_epoch(out) == 2 and _history_epochs(out) == [1, 2]
+
+
+def test_resume_rewrites_the_history_from_the_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    assert main([*SMALL_RUN, "--output", str(out)]) == 0
+    saved = (out / "history.jsonl").read_text()
+    (out / "history.jsonl").write_text(saved.replace('"epoch": 2', '"epoch": 7') + '{"epoch": 5}\n')
+    assert main(["--backend", "numpy", "train", "--resume", str(out), "--no-plots", "--no-progress"]) == 0
+    assert (out / "history.jsonl").read_text() == saved
+    records = [json.loads(line) for line in saved.splitlines()]
+    assert records == read_checkpoint(out / "checkpoint.safetensors")[1]["trainer"]["history"]
