@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path, PurePath
 
+import numpy as np
 import pytest
 
 import backprop as bp
@@ -266,3 +269,223 @@ def test_resume_rewrites_the_history_from_the_checkpoint(tmp_path):
     assert (out / "history.jsonl").read_text() == saved
     records = [json.loads(line) for line in saved.splitlines()]
     assert records == read_checkpoint(out / "checkpoint.safetensors")[1]["trainer"]["history"]
+
+
+# -- 5. kills at random moments, then --resume, end exactly like a run that was never killed -------------------
+HERE = Path(__file__).resolve()
+#: The run the kill tests repeat: small, with dropout (so the random streams must resume exactly too).
+KILLED_RUN = ["--epochs", "4", "--hidden", "16", "--batch-size", "32", "--dropout", "0.1", "--no-progress"]
+TIMING_FIELDS = ("time", "samples_per_second")
+
+
+def _drive(run_dir: Path, args: list[str], kill=None, *, counts: Path | None = None):
+    """``backprop`` ARGS in a child that sends itself ``kill = (signal, kind, n)`` at its n-th event of that
+    kind: "file" (any file operation inside ``run_dir``: opening, renaming, removing, listing...) or "step"
+    (a training step). Seeded moments, reproducible, and no clock involved. ``counts``: where the child
+    writes how many events of each kind it saw (if it lives to the end)."""
+    signum, kind, index = kill if kill else (0, "-", 0)
+    command = [sys.executable, str(HERE), "drive", str(run_dir), kind, str(index), str(int(signum)),
+               str(counts or ""), *args]
+    env = {**os.environ, "BACKPROP_BACKEND": "numpy", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+
+def _run_as_driven(argv: list[str]) -> int:  # the child's side of ``_drive``
+    run_dir, kind, index, signum, counts_file, *args = argv
+    index, signum = int(index), int(signum)
+    seen = {"file": 0, "step": 0}
+
+    def event(what):
+        seen[what] += 1
+        if what == kind and seen[what] == index:
+            os.kill(os.getpid(), signum)  # SIGKILL ends the process here and now; SIGTERM is handled
+
+    def on_audit(name, args):
+        if args and isinstance(args[0], (str, PurePath)) and str(args[0]).startswith(run_dir):
+            event("file")
+
+    import backprop.training.trainer as trainer_module
+
+    count_correct = trainer_module.count_correct
+
+    def counted_step(*a, **k):  # called once per training step
+        event("step")
+        return count_correct(*a, **k)
+
+    trainer_module.count_correct = counted_step
+    sys.addaudithook(on_audit)
+    status = main(args)
+    if counts_file:
+        Path(counts_file).write_text(json.dumps(seen))
+    return status
+
+
+def _without_timing(history):
+    return [{k: v for k, v in record.items() if k not in TIMING_FIELDS} for record in history]
+
+
+def _assert_consistent(run_dir: Path, reference_history):
+    """What a kill may leave: a readable checkpoint (or none yet), a history never ahead of it."""
+    if not (run_dir / "checkpoint.safetensors").exists():
+        assert not (run_dir / "history.jsonl").exists(), "a history without a checkpoint"
+        return
+    header = read_checkpoint(run_dir / "checkpoint.safetensors")[1]  # never half-written
+    epoch, saved = header["trainer"]["epoch"], header["trainer"]["history"]
+    assert _without_timing(saved) == reference_history[:epoch]
+    if (run_dir / "history.jsonl").exists():
+        history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+        assert len(history) <= epoch, f"the history has {len(history)} epochs, the checkpoint {epoch}"
+        assert _without_timing(history) == reference_history[:len(history)]
+
+
+def _assert_same_as_reference(run_dir: Path, reference: Path):
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(
+        [".backprop.lock", "model.safetensors", "checkpoint.safetensors", "history.jsonl", "summary.json"])
+    model, _ = bp.load_model(run_dir / "model.safetensors", backend="numpy")
+    expected, _ = bp.load_model(reference / "model.safetensors", backend="numpy")
+    for name, weight in expected.named_parameters().items():
+        np.testing.assert_array_equal(model.named_parameters()[name], weight, err_msg=name)  # bit for bit
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert _without_timing(history) == _without_timing(
+        json.loads(line) for line in (reference / "history.jsonl").read_text().splitlines())
+
+
+def test_kills_at_random_moments_then_resume_end_exactly_like_an_uninterrupted_run(tmp_path):
+    """kill -9 and SIGTERM at seeded-random file operations and training steps, each followed by --resume
+    (or a fresh start when no checkpoint was saved yet): never a temporary file left, a damaged checkpoint,
+    a history ahead of the checkpoint, or weights different from the uninterrupted run's."""
+    reference, counts = tmp_path / "reference", tmp_path / "counts.json"
+    result = _drive(reference, ["train", *KILLED_RUN, "--no-plots", "--output", str(reference)], counts=counts)
+    assert result.returncode == 0, result.stderr
+    events = json.loads(counts.read_text())
+    reference_history = _without_timing(
+        json.loads(line) for line in (reference / "history.jsonl").read_text().splitlines())
+    rng = random.Random(20240611)
+    kills, chains, attempts = {signal.SIGKILL: 0, signal.SIGTERM: 0}, 0, 0
+    while sum(kills.values()) < 6:
+        run_dir = tmp_path / f"killed{chains}"
+        chains += 1
+        while True:  # kill, resume, kill, ... until an attempt is not killed (its moment never came)
+            attempts += 1
+            assert attempts < 40, "the kills never took"
+            kind = rng.choice(["file", "step"])
+            kill = (rng.choice([signal.SIGKILL, signal.SIGTERM]), kind, rng.randint(1, events[kind]))
+            if sum(kills.values()) >= 6:
+                kill = None
+            if (run_dir / "checkpoint.safetensors").exists():
+                args = ["train", "--resume", str(run_dir), "--no-progress", "--no-plots"]
+            else:
+                args = ["train", *KILLED_RUN, "--no-plots", "--output", str(run_dir)]
+            result = _drive(run_dir, args, kill)
+            if result.returncode == 0:
+                break
+            assert kill is not None, result.stderr
+            kills[kill[0]] += 1
+            if kill[0] == signal.SIGKILL:
+                assert result.returncode == -signal.SIGKILL, result.stderr
+            else:
+                assert result.returncode == 143 and "terminated (SIGTERM)" in result.stderr, result.stderr
+                assert "Traceback" not in result.stderr, result.stderr
+            _assert_consistent(run_dir, reference_history)
+        _assert_same_as_reference(run_dir, reference)
+    assert kills[signal.SIGKILL] and kills[signal.SIGTERM]
+
+
+def stress(kills: int = 40, seed: int = 1, workdir: str | None = None) -> dict:
+    """The long version of the test above, run by hand (``python tests/test_reliability.py stress 40``):
+    real ``backprop train`` processes with plots, killed (kill -9 or SIGTERM, half each) after a random
+    delay of up to the length of a whole run, each followed by --resume until a run ends; every run that
+    ends is compared bit for bit with an uninterrupted one. Returns (and prints) the figures."""
+    import re
+    import shutil
+    import tempfile
+
+    from backprop.runs import RUN_FILES
+
+    ours = re.compile(r"\.(" + "|".join(map(re.escape, RUN_FILES)) + r")\.[a-z0-9_]{8}\.tmp")
+    foreign = re.compile(r"\.tmp[A-Za-z0-9]{6}")  # safetensors' own temporary file (save_file)
+    root = Path(workdir or tempfile.mkdtemp(prefix="backprop-stress-"))
+    rng = random.Random(seed)
+    env = {**os.environ, "BACKPROP_BACKEND": "numpy", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+    def launch(args):
+        return subprocess.Popen([sys.executable, "-m", "backprop", *args], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    reference = root / "reference"
+    started = time.monotonic()
+    process = launch(["train", *KILLED_RUN, "--output", str(reference)])
+    _, stderr = process.communicate()
+    assert process.returncode == 0, stderr
+    whole_run = time.monotonic() - started
+    reference_history = _without_timing(
+        json.loads(line) for line in (reference / "history.jsonl").read_text().splitlines())
+    figures = {"kills": 0, "SIGKILL": 0, "SIGTERM": 0, "SIGTERM exit 143": 0, "SIGTERM before the handler": 0,
+               "runs finished": 0, "runs started": 0, "temp files right after a kill (ours)": 0,
+               "temp files right after a kill (safetensors' own)": 0, "temp files left at the end": 0,
+               "history ahead of checkpoint": 0, "damaged checkpoints": 0, "weights different": 0,
+               "problems": [], "seconds for a whole run": round(whole_run, 2)}
+    chain = 0
+    while figures["kills"] < kills:
+        run_dir = root / f"run{chain}"
+        chain += 1
+        while True:
+            if (run_dir / "checkpoint.safetensors").exists():
+                args = ["train", "--resume", str(run_dir), "--no-progress"]
+            else:
+                args = ["train", *KILLED_RUN, "--output", str(run_dir)]
+            figures["runs started"] += 1
+            process = launch(args)
+            signum = rng.choice([signal.SIGKILL, signal.SIGTERM])
+            try:
+                process.wait(timeout=rng.uniform(0, 1.2 * whole_run))
+            except subprocess.TimeoutExpired:
+                process.send_signal(signum)
+            stdout, stderr = process.communicate()
+            if process.returncode == 0:
+                figures["runs finished"] += 1
+                break
+            if process.returncode not in (-signal.SIGKILL, -signal.SIGTERM, 143):
+                figures["problems"].append(f"{run_dir.name}: status {process.returncode}: {stderr[-500:]}")
+                break
+            figures["kills"] += 1
+            figures[signum.name] += 1
+            if signum == signal.SIGTERM:
+                figures["SIGTERM exit 143" if process.returncode == 143 else "SIGTERM before the handler"] += 1
+                if "Traceback" in stderr:
+                    figures["problems"].append(f"{run_dir.name}: traceback after SIGTERM: {stderr[-500:]}")
+            names = [p.name for p in run_dir.iterdir()] if run_dir.exists() else []
+            figures["temp files right after a kill (ours)"] += sum(bool(ours.fullmatch(n)) for n in names)
+            figures["temp files right after a kill (safetensors' own)"] += sum(bool(foreign.fullmatch(n))
+                                                                              for n in names)
+            try:
+                _assert_consistent(run_dir, reference_history)
+            except AssertionError as exc:
+                figures["history ahead of checkpoint"] += "history" in str(exc)
+                figures["problems"].append(f"{run_dir.name}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint
+                figures["damaged checkpoints"] += 1
+                figures["problems"].append(f"{run_dir.name}: {exc}")
+        names = [p.name for p in run_dir.iterdir()]
+        figures["temp files left at the end"] += sum(bool(ours.fullmatch(n) or foreign.fullmatch(n)) for n in names)
+        try:
+            model, _ = bp.load_model(run_dir / "model.safetensors", backend="numpy")
+            expected, _ = bp.load_model(reference / "model.safetensors", backend="numpy")
+            if any(not np.array_equal(model.named_parameters()[k], v) for k, v in expected.named_parameters().items()):
+                figures["weights different"] += 1
+        except Exception as exc:  # noqa: BLE001
+            figures["problems"].append(f"{run_dir.name}: {exc}")
+    figures["chains (killed, resumed, ..., finished)"] = chain
+    print(json.dumps(figures, indent=2))
+    if not figures["problems"] and workdir is None:
+        shutil.rmtree(root)
+    return figures
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "drive":
+        sys.exit(_run_as_driven(sys.argv[2:]))
+    if sys.argv[1] == "stress":
+        result = stress(*map(int, sys.argv[2:4]))
+        sys.exit(1 if result["problems"] or result["weights different"] or result["temp files left at the end"]
+                 else 0)
