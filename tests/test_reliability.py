@@ -486,6 +486,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "drive":
         sys.exit(_run_as_driven(sys.argv[2:]))
     if sys.argv[1] == "stress":
-        result = stress(*map(int, sys.argv[2:4]))
+        result = stress(*map(int, sys.argv[2:4]), *sys.argv[4:5])  # KILLS [SEED [WORKDIR]]
         sys.exit(1 if result["problems"] or result["weights different"] or result["temp files left at the end"]
                  else 0)

@@ -152,8 +152,8 @@ class GradientMonitor(Callback):
 class HistoryWriter(Callback):
     """Rewrite ``path`` (JSON lines, one record per epoch) atomically after every epoch.
 
-    Place it after a ``Checkpoint`` in the callbacks: the history file then never lists an epoch that the
-    checkpoint lacks, even if the process is killed between the two writes. At the start of training (a
+    Place it after a ``Checkpoint`` that saves every epoch: the history file then never lists an epoch that
+    the checkpoint lacks, even if the process is killed between the two writes. At the start of training (a
     resume) it rewrites the file from ``trainer.history``, which a resumed trainer has from its checkpoint."""
 
     root_only = True
