@@ -114,7 +114,7 @@ def claim_run_directory(output: Path, *, resume: bool = False, overwrite: bool =
     from .host_io.atomic import remove_stale_temp_files
     from .host_io.directory_lock import LOCK_FILE, lock_directory
 
-    output = Path(output)
+    output, log = Path(output), log or _silent  # log=None: say nothing
     if output.exists() and not output.is_dir():
         raise ConfigError(f"{output} exists and is not a directory")
     created = not output.exists()
@@ -155,7 +155,7 @@ def train_run(options: dict, *, output: Path, backend=None, progress: bool = Tru
     checkpoint on every rank: on several hosts ``output`` must be on a shared file system. An exception on
     one rank of several ends the whole job (see ``Communicator.abort_on_error``)."""
     arguments = dict(output=Path(output), backend=backend, progress=progress, plots=plots, resume=resume,
-                     overwrite=overwrite, log=log, communicator=communicator)
+                     overwrite=overwrite, log=log or _silent, communicator=communicator)
     if communicator is None:
         return _train_run(options, **arguments)
     with communicator.abort_on_error():
