@@ -112,21 +112,25 @@ TRAIN_OPTIONS = tuple(DEFAULTS)
 
 
 def cmd_train(args) -> int:
-    if not args.distributed:
-        return _train(args, None)
-    from .distributed import world
+    from .training.interrupts import terminate_as_interrupt
 
-    communicator = world()
-    if not communicator.is_root:
-        warnings.simplefilter("ignore")  # rank 0 says it once; errors still show with their rank
-    with communicator.abort_on_error():  # an error on one rank ends every rank, never a hang
-        return _train(args, communicator)
+    with terminate_as_interrupt():  # SIGTERM (timeout, systemd, Slurm, Kubernetes) stops training like Ctrl-C
+        if not args.distributed:
+            return _train(args, None)
+        from .distributed import world
+
+        communicator = world()
+        if not communicator.is_root:
+            warnings.simplefilter("ignore")  # rank 0 says it once; errors still show with their rank
+        with communicator.abort_on_error():  # an error on one rank ends every rank, never a hang
+            return _train(args, communicator)
 
 
 def _train(args, communicator) -> int:
     from pathlib import Path
 
     from .runs import output_directory, resume_options, train_run
+    from .training.interrupts import Terminated, exit_status
 
     root = communicator is None or communicator.is_root
     if args.resume:
@@ -142,16 +146,18 @@ def _train(args, communicator) -> int:
             output = communicator.broadcast_object(output)  # rank 0 names it (a new directory has the time in it)
     try:
         train_run(options, output=output, progress=not args.no_progress, plots=not args.no_plots,
-                  resume=bool(args.resume), communicator=communicator)
-    except KeyboardInterrupt:
+                  resume=bool(args.resume), overwrite=args.overwrite, communicator=communicator)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (Terminated)
+        what = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
         if root and (output / CHECKPOINT_FILE).exists():
-            print(f"interrupted: checkpoint saved; continue with: backprop train --resume {output}",
+            print(f"{what}: checkpoint saved; continue with: backprop train --resume {output}",
                   file=sys.stderr)
         elif root:
-            print("interrupted before the first epoch ended: no checkpoint to resume from", file=sys.stderr)
+            print(f"{what} before the first epoch ended: no checkpoint to resume from", file=sys.stderr)
+        status = exit_status(interrupt)
         if communicator is not None:
-            communicator.end_interrupted()  # no rank may be left waiting in a collective
-        return 130
+            communicator.end_interrupted(status=status)  # no rank may be left waiting in a collective
+        return status
     except TrainingError:
         if not root:  # every rank stops at the same step; rank 0 says why
             return 2
@@ -258,9 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     except (BackpropError, BackendError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        from .training.interrupts import Terminated, exit_status
+
+        print("terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted", file=sys.stderr)
+        return exit_status(interrupt)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,7 +6,9 @@ be started, resumed and tested from Python.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -21,6 +23,9 @@ MODEL_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 HISTORY_FILE = "history.jsonl"
 SUMMARY_FILE = "summary.json"
+PLOT_FILES = ("learning_curves.png", "confusion_matrix.png")
+#: Every file a run writes into its directory (besides the lock file): what makes a directory hold a run.
+RUN_FILES = (MODEL_FILE, CHECKPOINT_FILE, HISTORY_FILE, SUMMARY_FILE, *PLOT_FILES)
 
 #: The options of a training run and their defaults (also what a checkpoint stores to resume).
 DEFAULTS = {
@@ -60,7 +65,10 @@ def build_model(options: dict, num_features: int, num_classes: int, backend) -> 
 
 
 def output_directory(requested: str | None, dataset: str, overwrite: bool) -> Path:
-    """A directory for the run's files that never silently replaces an earlier run's model."""
+    """A directory for the run's files that never silently replaces an earlier run's files.
+
+    Checked again under the directory's lock when the run starts (``claim_run_directory``); checking here
+    too stops a refused run before its data is loaded."""
     if requested is None:
         stem = Path(dataset).stem if dataset.endswith((".csv", ".npz")) else dataset
         base = Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -72,29 +80,98 @@ def output_directory(requested: str | None, dataset: str, overwrite: bool) -> Pa
     path = Path(requested)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--output {path} exists and is not a directory")
-    if (path / MODEL_FILE).exists() and not overwrite:
-        raise ConfigError(f"--output {path} already holds a trained model; choose another directory, pass "
-                          f"--overwrite, or continue it with --resume {path}")
+    existing = run_files(path)
+    if existing and not overwrite:
+        raise ConfigError(_refusal(path, existing))
     return path
 
 
+def run_files(directory: Path) -> list[str]:
+    """The names of the run files (``RUN_FILES``) that ``directory`` holds."""
+    return [name for name in RUN_FILES if os.path.lexists(Path(directory) / name)]
+
+
+def _refusal(path: Path, existing: list[str]) -> str:
+    if MODEL_FILE in existing:
+        return (f"--output {path} already holds a trained model; choose another directory, pass --overwrite, "
+                f"or continue it with --resume {path}")
+    if CHECKPOINT_FILE in existing:
+        return (f"--output {path} holds an interrupted run ({CHECKPOINT_FILE}, no model yet); continue it with "
+                f"--resume {path}, or pass --overwrite to start over")
+    return (f"--output {path} already holds a run's files ({', '.join(existing)}); choose another directory or "
+            f"pass --overwrite")
+
+
+@contextlib.contextmanager
+def claim_run_directory(output: Path, *, resume: bool = False, overwrite: bool = False, log=print):
+    """Hold ``output`` for one run, from before its first file is written to its end.
+
+    Creates the directory and takes its exclusive lock (``DirectoryInUse`` at once if another run holds
+    it); removes the temporary files that a killed run's writes left behind (none can belong to a live
+    writer: no other run holds the lock); and, unless resuming, refuses a directory holding any run's
+    files, or with ``overwrite`` removes them first, saying which. A directory this call created is
+    removed again if the run ends before writing anything in it."""
+    from .host_io.atomic import remove_stale_temp_files
+    from .host_io.directory_lock import LOCK_FILE, lock_directory
+
+    output, log = Path(output), log or _silent  # log=None: say nothing
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"{output} exists and is not a directory")
+    created = not output.exists()
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the run directory {output} ({exc.strerror})") from None
+    try:
+        with lock_directory(output):
+            removed = remove_stale_temp_files(output, RUN_FILES)
+            if removed:
+                log(f"removed {len(removed)} temporary file{'s' if len(removed) > 1 else ''} left in {output} by "
+                    f"an earlier run that was killed: {', '.join(path.name for path in removed)}")
+            existing = [] if resume else run_files(output)
+            if existing and not overwrite:
+                raise ConfigError(_refusal(output, existing))
+            if existing:
+                for name in existing:
+                    (output / name).unlink()
+                log(f"--overwrite: replacing the run in {output} (removed {', '.join(existing)})")
+            yield output
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                if set(os.listdir(output)) <= {LOCK_FILE}:  # the run wrote nothing: leave no trace
+                    (output / LOCK_FILE).unlink(missing_ok=True)
+                    output.rmdir()
+
+
 def train_run(options: dict, *, output: Path, backend=None, progress: bool = True, plots: bool = True,
-              resume: bool = False, log=print, communicator=None) -> dict:
+              resume: bool = False, overwrite: bool = False, log=print, communicator=None) -> dict:
     """Run (or resume) a training job; returns the summary that is also written to summary.json.
 
+    The run holds ``output`` (see ``claim_run_directory``) from start to end: a directory that another run
+    is using, or that holds another run's files (unless ``resume`` or ``overwrite``), is refused at once.
     ``communicator`` (a ``backprop.distributed.Communicator``): this process is one rank of a data-parallel
     job; every rank returns the same summary, and only rank 0 prints and writes files. Resuming reads the
     checkpoint on every rank: on several hosts ``output`` must be on a shared file system. An exception on
     one rank of several ends the whole job (see ``Communicator.abort_on_error``)."""
-    arguments = dict(output=output, backend=backend, progress=progress, plots=plots, resume=resume, log=log,
-                     communicator=communicator)
+    arguments = dict(output=Path(output), backend=backend, progress=progress, plots=plots, resume=resume,
+                     overwrite=overwrite, log=log or _silent, communicator=communicator)
     if communicator is None:
         return _train_run(options, **arguments)
     with communicator.abort_on_error():
         return _train_run(options, **arguments)
 
 
-def _train_run(options, *, output, backend, progress, plots, resume, log, communicator) -> dict:
+def _train_run(options, *, overwrite, **arguments) -> dict:
+    communicator = arguments["communicator"]
+    if communicator is not None and not communicator.is_root:  # only rank 0 writes, so only rank 0 locks
+        return _run(options, **{**arguments, "log": _silent})
+    with claim_run_directory(arguments["output"], resume=arguments["resume"], overwrite=overwrite,
+                             log=arguments["log"]):
+        return _run(options, **arguments)
+
+
+def _run(options, *, output, backend, progress, plots, resume, log, communicator) -> dict:
     from .data import load_dataset
     from .host_io.model_files import save_model
     from .training import Checkpoint, EarlyStopping, GradientMonitor, HistoryWriter, Trainer, batch_mode, evaluate
@@ -110,8 +187,6 @@ def _train_run(options, *, output, backend, progress, plots, resume, log, commun
             problem = communicator.share_cores(backend)
             if problem and root:
                 warnings.warn(problem, RuntimeWarning, stacklevel=2)
-    if not root:
-        log = _silent
     started = time.perf_counter()
     dataset = load_dataset(options["dataset"], data_dir=options["data_dir"], scaling=options["scaling"],
                            seed=options["seed"])
@@ -120,9 +195,9 @@ def _train_run(options, *, output, backend, progress, plots, resume, log, commun
     callbacks = [GradientMonitor()]
     if options["early_stopping"]:
         callbacks.append(EarlyStopping(int(options["early_stopping"])))
-    if root:
-        output.mkdir(parents=True, exist_ok=True)
-    callbacks += [HistoryWriter(output / HISTORY_FILE), Checkpoint(output / CHECKPOINT_FILE, run_config=options)]
+    # The checkpoint before the history: a kill between the two leaves the history behind the checkpoint
+    # (rewritten from it on resume), never ahead of it.
+    callbacks += [Checkpoint(output / CHECKPOINT_FILE, run_config=options), HistoryWriter(output / HISTORY_FILE)]
     trainer = Trainer(model, optimizer=options["optimizer"], lr=options["lr"], weight_decay=options["weight_decay"],
                       epochs=int(options["epochs"]), batch_size=options["batch_size"], drop_last=options["drop_last"],
                       seed=options["seed"], schedule=options["schedule"], warmup_epochs=options["warmup_epochs"],
@@ -215,4 +290,5 @@ def resume_options(directory: Path) -> dict:
     return dict(header.get("run", {}))
 
 
-__all__ = ["DEFAULTS", "build_model", "output_directory", "resume_options", "train_run"]
+__all__ = ["DEFAULTS", "RUN_FILES", "build_model", "claim_run_directory", "output_directory", "resume_options",
+           "run_files", "train_run"]

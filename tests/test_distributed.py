@@ -226,9 +226,12 @@ def test_a_failing_rank_stops_the_whole_job(tmp_path):
     assert not (tmp_path / "finished").exists()
 
 
-def test_ctrl_c_stops_every_rank_at_the_same_step(tmp_path):
-    """Ctrl-C to mpirun during ``backprop train --distributed``: the ranks stop together, rank 0 saves the
-    checkpoint, and the job exits with status 130."""
+@pytest.mark.parametrize("signum, status, said", [(signal.SIGINT, 130, "interrupted"),
+                                                   (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_ctrl_c_stops_every_rank_at_the_same_step(tmp_path, signum, status, said):
+    """Ctrl-C (or SIGTERM, which mpirun forwards to every rank) to mpirun during ``backprop train
+    --distributed``: the ranks stop together, rank 0 saves the checkpoint, and the job exits with status 130
+    (143)."""
     command = [_launcher(), "-n", "2", sys.executable, "-m", "backprop", "train", "--distributed", "--epochs",
                "100000", "--batch-size", "4", "--hidden", "32", "--no-progress", "--no-plots", "--output", "out"]
     process = subprocess.Popen(command, cwd=tmp_path, env=_environment(), stdout=subprocess.PIPE,
@@ -238,14 +241,16 @@ def test_ctrl_c_stops_every_rank_at_the_same_step(tmp_path):
         while not (tmp_path / "out" / "history.jsonl").exists():  # the first epoch is done
             assert process.poll() is None and time.monotonic() < deadline, "the job did not start"
             time.sleep(0.05)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         stdout, stderr = process.communicate(timeout=TIMEOUT)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.communicate()
-    assert process.returncode == 130, stdout + stderr
-    assert "interrupted during epoch" in stdout and "continue with: backprop train --resume out" in stderr
+    assert process.returncode == status, stdout + stderr
+    assert stdout.count(" during epoch ") == 1  # said once, by rank 0
+    assert ("interrupted by SIGTERM during epoch" if signum == signal.SIGTERM else "interrupted during epoch") in stdout
+    assert f"{said}: checkpoint saved; continue with: backprop train --resume out" in stderr
     assert (tmp_path / "out" / "checkpoint.safetensors").exists()
 
 

@@ -40,6 +40,7 @@ import traceback
 from backends import BackendError
 
 from ..errors import BackpropError, ConfigError, TrainingError
+from ..training.interrupts import INTERRUPTED_STATUS, Terminated, exit_status, raise_terminated
 
 
 def _mpi():
@@ -66,7 +67,8 @@ class Communicator:
         self._local_rank = None
         self._local_size = None
         self._guards = 0  # nesting depth of abort_on_error
-        self._stop_requested = False  # Ctrl-C reached this rank (while Ctrl-C is deferred)
+        self._stop_requested = False  # Ctrl-C (or SIGTERM) reached this rank (while Ctrl-C is deferred)
+        self._stop_terminated = False  # ... and it was SIGTERM
         self._interrupt_agreed = False  # every rank stopped at the same step because of it
         self._reducers: dict[str, object] = {}
 
@@ -158,8 +160,10 @@ class Communicator:
         the global batch (the sum of ``count`` over ranks). One all-reduce of one contiguous buffer per step,
         whatever the number of parameters. Every parameter takes part (one without a gradient counts as 0).
 
-        The buffer also carries one more number: whether Ctrl-C reached this rank (see ``abort_on_error``).
-        When it reached any rank, every rank raises ``KeyboardInterrupt`` here, at the same step.
+        The buffer also carries one more number: whether Ctrl-C reached this rank (see ``abort_on_error``):
+        0 (no), 1 (Ctrl-C) or N + 1 (SIGTERM), so the sum over N ranks tells whether any rank got SIGTERM.
+        When either reached any rank, every rank raises ``KeyboardInterrupt`` here, at the same step
+        (``Terminated`` when one was SIGTERM, so every rank exits with the same status).
         """
         backend = model.backend
         xp = backend.xp
@@ -172,7 +176,7 @@ class Communicator:
             raise ConfigError("distributed training needs all parameters of one dtype (one all-reduce buffer)")
         sizes = [_size(p.shape) for p in params]
         reducer = self._reducer(backend)
-        stop = 1.0 if self._stop_requested else 0.0
+        stop = 0.0 if not self._stop_requested else self.size + 1.0 if self._stop_terminated else 1.0
         if count:  # pack, each gradient weighted by this rank's share of the global batch
             weight = count / total
             parts = [xp.zeros((size,), dtype=dtype, device=backend.device) if layer.grads.get(key) is None
@@ -183,8 +187,11 @@ class Communicator:
             parts.append(xp.full((1,), stop, dtype=dtype, device=backend.device))
         flat, stops = reducer.allreduce(xp.concat(parts), stop)
         if stops:
-            self._interrupt_agreed, self._stop_requested = True, False
-            raise KeyboardInterrupt(f"Ctrl-C reached {int(stops)} of {self.size} ranks")
+            self._interrupt_agreed, self._stop_requested, self._stop_terminated = True, False, False
+            terminated, interrupted = divmod(int(stops), self.size + 1)
+            if terminated:
+                raise Terminated(f"SIGTERM reached {terminated + interrupted} of {self.size} ranks")
+            raise KeyboardInterrupt(f"Ctrl-C reached {interrupted} of {self.size} ranks")
         offset = 0
         for (layer, key), param, size in zip(slots, params, sizes):
             layer.grads[key] = xp.reshape(flat[offset:offset + size], tuple(param.shape))
@@ -243,22 +250,22 @@ class Communicator:
         self.comm.Abort(code)
         os._exit(code)  # MPI_Abort may return before the launcher kills this process (MPICH does): never go on
 
-    def end_interrupted(self, wait: float = 30.0):
-        """After Ctrl-C: make sure no rank is left waiting in a collective (a no-op for one rank).
+    def end_interrupted(self, wait: float = 30.0, status: int = INTERRUPTED_STATUS):
+        """After Ctrl-C (or SIGTERM): make sure no rank is left waiting in a collective (a no-op for one rank).
 
         Usually every rank stopped at the same step (the flag travels with the gradients) and the ranks can
         simply exit. Otherwise (a ``KeyboardInterrupt`` outside the training steps, or a second Ctrl-C) a rank
         may sit in a collective that the others will never join: then rank 0, once its callbacks have saved
-        the checkpoint, ends every rank (exit status 130); the other ranks wait up to ``wait`` seconds for
-        that (rank 0 may be writing), then end the job themselves."""
+        the checkpoint, ends every rank (exit ``status``: 130, or 143 after SIGTERM); the other ranks wait up to
+        ``wait`` seconds for that (rank 0 may be writing), then end the job themselves."""
         if self.size == 1 or self._interrupt_agreed:
             return
         sys.stdout.flush()
         sys.stderr.flush()
         if not self.is_root:
             time.sleep(wait)
-        self.comm.Abort(130)
-        os._exit(130)
+        self.comm.Abort(status)
+        os._exit(status)
 
     @contextlib.contextmanager
     def abort_on_error(self):
@@ -268,6 +275,8 @@ class Communicator:
         all ranks, so every rank raises it at the same step. Ctrl-C is deferred while inside: the first one
         only sets a flag that the next gradient all-reduce carries to every rank, so all ranks raise
         ``KeyboardInterrupt`` at the same step (a second Ctrl-C raises at once); then ``end_interrupted``.
+        SIGTERM is deferred the same way where it raises ``Terminated`` (under ``terminate_as_interrupt``,
+        as in ``backprop train``; ``mpirun`` forwards it to every rank).
         Nested uses (the CLI around ``train_run`` around ``Trainer.fit``) act only in the outermost one, so
         code in between sees the exception first."""
         outermost = self._guards == 0
@@ -277,9 +286,9 @@ class Communicator:
             yield self
         except TrainingError:
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             if self._guards == 1:
-                self.end_interrupted()
+                self.end_interrupted(status=exit_status(interrupt))
             raise
         except Exception as exc:
             if self.size > 1 and self._guards == 1:
@@ -287,11 +296,12 @@ class Communicator:
             raise
         finally:
             self._guards -= 1
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for signum, handler in (previous or {}).items():
+                signal.signal(signum, handler)
 
-    def _defer_ctrl_c(self):
-        """Install the SIGINT handler that only sets the flag (the main thread only); returns the old one."""
+    def _defer_ctrl_c(self) -> dict | None:
+        """Install the handlers that only set the flag (the main thread only): for SIGINT, and for SIGTERM
+        where it raises ``Terminated``. Returns the handlers they replaced."""
         if threading.current_thread() is not threading.main_thread():
             return None
 
@@ -300,7 +310,15 @@ class Communicator:
                 raise KeyboardInterrupt
             self._stop_requested = True
 
-        return signal.signal(signal.SIGINT, on_sigint)
+        def on_sigterm(signum, frame):
+            if self._stop_requested:
+                raise_terminated()
+            self._stop_requested = self._stop_terminated = True
+
+        previous = {signal.SIGINT: signal.signal(signal.SIGINT, on_sigint)}
+        if signal.getsignal(signal.SIGTERM) is raise_terminated:
+            previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, on_sigterm)
+        return previous
 
 
 class HostReducer:

@@ -1,9 +1,17 @@
-"""Atomic file writes: a reader (or a crash) never sees a half-written file."""
+"""Atomic file writes: a reader (or a crash) never sees a half-written file.
+
+Each write goes to a temporary file ``.<name>.<8 random characters>.tmp`` beside
+the target and is renamed over it once complete. A process killed mid-write
+(kill -9, a power cut) leaves that temporary file behind and the previous
+target intact; ``remove_stale_temp_files`` removes such leftovers.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +41,35 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def temp_file_pattern(name: str) -> re.Pattern:
+    """What ``atomic_path`` names its temporary files for a target called ``name`` (``mkstemp``'s names)."""
+    return re.compile(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}\.tmp")
+
+
+def remove_stale_temp_files(directory: str | os.PathLike, names) -> list[Path]:
+    """Remove the temporary files that ``atomic_path`` writes of the files ``names`` in ``directory`` left
+    behind; returns what was removed.
+
+    Call it only when no process can be writing those files (``backprop train`` holds the directory's
+    lock): a live writer's temporary file is indistinguishable from a dead one's. Only regular files named
+    exactly as ``atomic_path`` names them for one of ``names`` are touched, nothing else."""
+    directory = Path(directory)
+    patterns = [temp_file_pattern(name) for name in names]
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if not any(pattern.fullmatch(entry.name) for pattern in patterns):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISREG(entry.stat(follow_symlinks=False).st_mode):
+                os.unlink(entry.path)
+                removed.append(directory / entry.name)
+    return sorted(removed)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

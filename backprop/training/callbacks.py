@@ -150,7 +150,11 @@ class GradientMonitor(Callback):
 
 
 class HistoryWriter(Callback):
-    """Rewrite ``path`` (JSON lines, one record per epoch) atomically after every epoch."""
+    """Rewrite ``path`` (JSON lines, one record per epoch) atomically after every epoch.
+
+    Place it after a ``Checkpoint`` that saves every epoch: the history file then never lists an epoch that
+    the checkpoint lacks, even if the process is killed between the two writes. At the start of training (a
+    resume) it rewrites the file from ``trainer.history``, which a resumed trainer has from its checkpoint."""
 
     root_only = True
 
@@ -161,6 +165,10 @@ class HistoryWriter(Callback):
         from ..host_io.atomic import write_text_atomic
 
         write_text_atomic(self.path, "".join(json.dumps(record) + "\n" for record in trainer.history))
+
+    def on_train_begin(self, trainer):
+        if trainer.history or self.path.exists():
+            self._write(trainer)
 
     def on_epoch_end(self, trainer, record):
         self._write(trainer)

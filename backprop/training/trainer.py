@@ -18,7 +18,7 @@ from ..layers import Sequential
 from ..losses import LOSSES, Loss
 from .batches import batch_bounds, parse_batch_size
 from .callbacks import Callback
-from .interrupts import ctrl_c_held
+from .interrupts import Terminated, ctrl_c_held
 from .metrics import count_correct, evaluate, labels_per_example
 
 
@@ -136,11 +136,12 @@ class Trainer:
                     self.log(_format_record(record, self.epochs))
                     for callback in callbacks:
                         callback.on_epoch_end(self, record)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM where it raises Terminated (the CLI)
+            what = "interrupted by SIGTERM" if isinstance(interrupt, Terminated) else "interrupted"
             if self._restore_snapshot():
-                self.log(f"interrupted during epoch {self.epoch + 1}; rolled back to the end of epoch {self.epoch}")
+                self.log(f"{what} during epoch {self.epoch + 1}; rolled back to the end of epoch {self.epoch}")
             else:
-                self.log(f"interrupted after epoch {self.epoch}")
+                self.log(f"{what} after epoch {self.epoch}")
             for callback in callbacks:
                 callback.on_interrupt(self)
             raise
