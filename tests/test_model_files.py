@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,14 +59,13 @@ def test_an_interrupted_save_keeps_the_previous_file(tmp_path, monkeypatch):
     bp.save_model(path, _model())
     before = path.read_bytes()
 
-    def crash(tensors, filename, metadata=None):
-        with open(filename, "wb") as handle:
-            handle.write(b"half a file")
+    real_write_bytes = Path.write_bytes
+
+    def crash(self, data):
+        real_write_bytes(self, data[: len(data) // 2])
         raise KeyboardInterrupt
 
-    import safetensors.numpy
-
-    monkeypatch.setattr(safetensors.numpy, "save_file", crash)
+    monkeypatch.setattr(Path, "write_bytes", crash)
     with pytest.raises(KeyboardInterrupt):
         bp.save_model(path, bp.mlp([6, 2], backend="numpy"))
     assert path.read_bytes() == before
@@ -128,3 +128,30 @@ def test_a_model_file_is_refused_where_a_checkpoint_is_needed(tmp_path):
     bp.save_model(tmp_path / "m.safetensors", trainer.model)
     with pytest.raises(bp.ModelFileError, match="expected a checkpoint, found a 'model' file"):
         model_files.read_checkpoint(tmp_path / "m.safetensors")
+
+
+def test_a_save_writes_its_own_temporary_file_only_with_the_usual_mode(tmp_path, monkeypatch):
+    """The bytes go through our atomic writer: the file that lands is the temporary file we created (same
+    inode), not one a library made and renamed over it, and it has the umask's mode, not a forced 0600."""
+    import os
+    import tempfile
+
+    created = []
+    real_mkstemp = tempfile.mkstemp
+
+    def recording_mkstemp(*args, **kwargs):
+        fd, name = real_mkstemp(*args, **kwargs)
+        created.append((name, os.fstat(fd).st_ino))
+        return fd, name
+
+    monkeypatch.setattr(tempfile, "mkstemp", recording_mkstemp)
+    old_umask = os.umask(0o022)
+    try:
+        bp.save_model(tmp_path / "model.safetensors", _model())
+    finally:
+        os.umask(old_umask)
+    assert len(created) == 1 and os.path.basename(created[0][0]).startswith(".model.safetensors.")
+    final = os.stat(tmp_path / "model.safetensors")
+    assert final.st_ino == created[0][1]  # no foreign temporary file was renamed over ours
+    assert final.st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]

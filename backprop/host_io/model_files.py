@@ -4,7 +4,9 @@ safetensors stores named arrays plus a JSON header of strings; loading it
 never executes code (unlike pickle). We put the architecture and any metadata
 (training settings, class names, feature scaling, history) in the header, so a
 file alone rebuilds the model on any backend. Every write goes through
-``atomic_path``: an interrupted save leaves the previous file intact.
+``write_bytes_atomic``: an interrupted save leaves the previous file intact. (safetensors' own
+``save_file`` is not used: it makes a temporary file of its own, renames it over ours, which leaves it
+behind after a kill, and forces mode 0600.)
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 from backends import get_backend
 
 from ..errors import ModelFileError
-from .atomic import atomic_path
+from .atomic import write_bytes_atomic
 
 FORMAT = "backprop"
 FORMAT_VERSION = 1
@@ -25,13 +27,12 @@ FORMAT_VERSION = 1
 
 def save_arrays(path, arrays: dict[str, np.ndarray], header: dict) -> None:
     """Write host arrays and a JSON-able header to a safetensors file, atomically."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     tensors = {name: np.ascontiguousarray(array) for name, array in arrays.items()}
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
                 **{key: json.dumps(value) for key, value in header.items()}}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    write_bytes_atomic(path, save(tensors, metadata=metadata))
 
 
 def load_arrays(path, *, kind: str = "model") -> tuple[dict[str, np.ndarray], dict]:
