@@ -320,3 +320,62 @@ def test_declared_arrays_are_those_a_build_creates(layer):
     model = bp.Sequential([layer, bp.Sequential([bp.ReLU(backend="numpy")])])
     actual = {key: tuple(array.shape) for key, array in model_files.model_arrays(model).items()}
     assert declared_arrays(architecture(model)) == actual
+
+
+# ------------------------------------------------------------------------- a dataset path in a model file
+
+
+def model_naming(tmp_path, dataset, **metadata):
+    model = bp.mlp([4, 3], seed=0, backend="numpy")
+    path = tmp_path / "m.safetensors"
+    bp.save_model(path, model, {"dataset": "x", "options": {"dataset": str(dataset)}, **metadata})
+    return path
+
+
+def secret_csv(tmp_path):
+    path = tmp_path / "secret.csv"
+    path.write_text("1,2,3,4,0\n1,2,SECRET-TOKEN-0123456789abcdef,4,1\n")
+    return path
+
+
+def test_evaluate_does_not_read_a_file_a_model_names_without_its_hash(tmp_path, capsys):
+    secret = secret_csv(tmp_path)
+    line = run_cli(capsys, "evaluate", model_naming(tmp_path, secret))
+    assert f"the model names the dataset file {secret} but records no SHA-256 of it" in line
+    assert "pass --dataset" in line and "SECRET" not in line
+
+
+def test_evaluate_does_not_read_a_file_whose_hash_differs(tmp_path, capsys):
+    secret = secret_csv(tmp_path)
+    line = run_cli(capsys, "evaluate", model_naming(tmp_path, secret, dataset_sha256="0" * 64))
+    assert f"{secret} is not the file the model was trained on" in line and "SECRET" not in line
+
+
+def test_a_file_the_user_names_is_read_and_errors_quote_only_a_short_excerpt(tmp_path, capsys):
+    secret = secret_csv(tmp_path)
+    line = run_cli(capsys, "evaluate", model_naming(tmp_path, "elsewhere.csv"), "--dataset", secret)
+    assert f"{secret}: line 2, column 3: 'SECRET-TOKEN-0123456789a...' is not a number" in line
+
+
+def test_a_model_trained_on_a_file_evaluates_on_that_file_only(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 4)).astype(np.float32)
+    np.savez(tmp_path / "mine.npz", x=x, y=(x[:, 0] > 0).astype(np.int64))
+    assert main(["--backend", "numpy", "train", "--dataset", "mine.npz", "--epochs", "1", "--hidden", "4",
+                 "--output", "run", "--no-progress", "--no-plots"]) == 0
+    capsys.readouterr()
+    metadata = bp.load_model(tmp_path / "run" / "model.safetensors")[1]
+    assert metadata["dataset_sha256"] == __import__("hashlib").sha256((tmp_path / "mine.npz").read_bytes()).hexdigest()
+    assert main(["--backend", "numpy", "evaluate", "run"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    np.savez(tmp_path / "mine.npz", x=x[::-1], y=(x[::-1, 0] > 0).astype(np.int64))  # the same name, other data
+    assert "mine.npz is not the file the model was trained on" in run_cli(capsys, "evaluate", "run")
+    assert main(["--backend", "numpy", "evaluate", "run", "--dataset", "mine.npz"]) == 0  # the user says so
+
+
+def test_a_model_trained_on_a_built_in_dataset_needs_no_hash(tmp_path, capsys):
+    model = bp.mlp([64, 10], seed=0, backend="numpy")
+    bp.save_model(tmp_path / "m.safetensors", model, {"dataset": "digits", "options": {"dataset": "digits"}})
+    assert main(["--backend", "numpy", "evaluate", str(tmp_path / "m.safetensors")]) == 0
+    assert "on digits" in capsys.readouterr().out

@@ -293,7 +293,7 @@ def test_npz_x_y_is_split_with_a_seed(tmp_path, rng):
     ({"x_train": np.ones((4, 2)), "y_train": np.arange(4), "x_test": np.ones((2, 2)), "y_test": np.arange(3)},
      "2 test samples but 3 test labels"),
     ({"x_train": np.ones((4, 2)), "y_train": np.arange(4), "x_test": np.ones((2, 2))}, "has x_test but not y_test"),
-    ({"features": np.ones((4, 2))}, "expected arrays x_train and y_train .* found features"),
+    ({"features": np.ones((4, 2))}, "expected arrays x_train and y_train .* found 'features'"),
     ({"x": np.ones(4), "y": np.arange(4)}, r"at least 2 dimensions .* got shape \(4,\)"),
     ({"x": np.ones((4, 2)), "y": np.ones((4, 1))}, "labels must be a 1-D array"),
     ({"x": np.ones((4, 2)), "y": np.array([0, 1, -1, 0])}, "labels must be >= 0, found -1 at sample 2"),
@@ -463,6 +463,19 @@ def test_load_dataset_rejects_unknown_specs_and_options():
         data.load_dataset("cifar")
     with pytest.raises(ConfigError, match="unknown scaling"):
         data.load_dataset("digits", scaling="max")
+
+
+@pytest.mark.parametrize("seed", [-1, "0", 1.5, True])
+def test_load_dataset_rejects_bad_seeds(tmp_path, rng, seed):
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(20, 3)), y=np.arange(20) % 2)
+    with pytest.raises(ConfigError, match=r"the seed must be an integer >= 0, got"):
+        data.load_dataset(tmp_path / "d.npz", seed=seed)
+
+
+def test_npz_errors_quote_array_names_only_briefly(tmp_path):
+    np.savez(tmp_path / "d.npz", **{f"secret_array_number_{i}": np.zeros(1) for i in range(20)})
+    with pytest.raises(DataError, match=r"found 'secret_array_number_0, secret_array_number_1, secret_array_n\.\.\.'$"):
+        data.load_dataset(tmp_path / "d.npz")
 
 
 def test_split_validation_is_stratified_and_seeded():

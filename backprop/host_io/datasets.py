@@ -100,6 +100,15 @@ class Dataset:
 # ------------------------------------------------------------------------------------------------ validation
 
 
+def excerpt(content, limit: int = 24) -> str:
+    """File content quoted in an error message: at most ``limit`` characters, quoted, control characters
+    escaped. Errors quote no more of a file than this, so a path named by someone else (a model file's
+    dataset) cannot be used to print a file, and a file cannot flood or rewrite the terminal."""
+    text = " ".join(str(content).split())
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+
 def validate_features(x, source: str) -> None:
     """Features must be a numeric 2-D array ``(samples, features)`` with at least one sample, all finite."""
     x = np.asarray(x)
@@ -502,7 +511,7 @@ def load_npz(path, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
-        raise DataError(f"{path}: unreadable .npz file ({' '.join(str(exc).split()) or type(exc).__name__})") \
+        raise DataError(f"{path}: unreadable .npz file ({excerpt(exc, 60) if str(exc) else type(exc).__name__})") \
             from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise DataError(f"{path}: not an .npz archive (a single .npy array?)")
@@ -512,7 +521,7 @@ def load_npz(path, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
         keys = ["x", "y"]
     else:
         raise DataError(f"{path}: expected arrays x_train and y_train (optionally x_test and y_test), or x and y; "
-                        f"found {', '.join(sorted(arrays)) or 'none'}")
+                        f"found {excerpt(', '.join(sorted(arrays)), 60) if arrays else 'none'}")
     missing = [key for key in keys if key not in arrays]
     if missing:
         raise DataError(f"{path}: has {'x_test' if 'x_test' in arrays else 'y_test'} but not {missing[0]}")
@@ -608,12 +617,12 @@ def load_csv(path, label_column: int | str = -1, test_fraction: float = 0.2, see
     except ValueError as exc:
         bad_cells = np.argwhere(~np.vectorize(_is_number, otypes=[bool])(cells))
         if not len(bad_cells):  # a spelling Python's float() takes but NumPy's does not, such as "1_000"
-            raise DataError(f"{path}: features are not all plain numbers ({' '.join(str(exc).split())})") from None
+            raise DataError(f"{path}: features are not all plain numbers ({excerpt(exc, 60)})") from None
         bad = bad_cells[0]
         column = bad[1] + (bad[1] >= label_index)
         name = f" ({header[column]})" if header else ""
         raise DataError(f"{path}: line {lines[bad[0]]}, column {column + 1}{name}: "
-                        f"{str(cells[tuple(bad)])!r} is not a number") from None
+                        f"{excerpt(cells[tuple(bad)])} is not a number") from None
     non_finite = ~np.isfinite(x)
     if np.any(non_finite):
         row, col = np.argwhere(non_finite)[0]
@@ -634,6 +643,51 @@ def load_csv(path, label_column: int | str = -1, test_fraction: float = 0.2, see
 BUILTIN_DATASETS = ("digits", "mnist", "fashion-mnist")
 
 
+def dataset_file(spec) -> Path | None:
+    """The file a dataset spec names (a ``.npz`` or ``.csv`` path), or None for a built-in name."""
+    text = str(spec)
+    if text.lower().replace("_", "-") in BUILTIN_DATASETS or not text.lower().endswith((".npz", ".csv")):
+        return None
+    return Path(text)
+
+
+def file_sha256(path) -> str:
+    """The SHA-256 (hex) of a file's bytes, read in chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
+    return digest.hexdigest()
+
+
+def check_recorded_dataset(spec, recorded_sha256, source) -> None:
+    """Refuse to read a dataset file that a model file names, unless it is the very file the model was trained
+    on (``recorded_sha256``, written at training time, matches); built-in names are always fine.
+
+    Without this a model file would be a way to make ``backprop evaluate`` open any file on the machine. A
+    file the user names (``--dataset``) needs no check.
+    """
+    path = dataset_file(spec)
+    if path is None:
+        return
+    advice = f"pass --dataset {path} to evaluate on it anyway, or --dataset with another file"
+    if not isinstance(recorded_sha256, str):
+        raise ConfigError(f"{source}: the model names the dataset file {path} but records no SHA-256 of it, so it "
+                          f"cannot be checked to be the file the model was trained on; {advice}")
+    if not path.is_file():
+        raise ConfigError(f"{source}: the model was trained on {path}, which is not there now; pass --dataset FILE")
+    if file_sha256(path) != recorded_sha256:
+        raise ConfigError(f"{source}: {path} is not the file the model was trained on (its SHA-256 differs from "
+                          f"the one recorded at training); {advice}")
+
+
 def load_dataset(spec, data_dir=None, scaling: str | None = None, seed: int = 0, download: bool = True, *,
                  label_column: int | str = -1, test_fraction: float = 0.2) -> Dataset:
     """Load a dataset by name (``digits``, ``mnist``, ``fashion-mnist``) or from a ``.npz`` / ``.csv`` path.
@@ -649,6 +703,8 @@ def load_dataset(spec, data_dir=None, scaling: str | None = None, seed: int = 0,
     """
     if scaling is not None and scaling not in SCALINGS:
         raise ConfigError(f"unknown scaling {scaling!r}; expected one of {', '.join(SCALINGS)}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"the seed must be an integer >= 0, got {seed!r}")
     text = str(spec)
     name = text.lower().replace("_", "-")
     if name == "digits":
