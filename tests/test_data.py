@@ -229,9 +229,30 @@ def test_download_checks_hashes_and_falls_back_to_other_mirrors(tmp_path, fake_p
     assert len({url.rsplit("/", 1)[0] for url in urls}) >= 2  # ... and another one after it fails
     assert len(fake_pooch.calls) == 5  # the mirror that worked is tried first for the later files
     hashes = {fname: known_hash for _, known_hash, fname, _ in fake_pooch.calls}
-    assert hashes[IDX_FILES[0]] == "md5:f68b3c2dcbeaaa9fbdd348bbdeb94873"
-    assert hashes[IDX_FILES[3]] == "md5:ec29112dd5afa0611ce80d1b7f02629c"
+    assert hashes[IDX_FILES[0]] == "sha256:440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"
+    assert hashes[IDX_FILES[3]] == "sha256:f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"
     assert {folder for *_, folder in fake_pooch.calls} == {tmp_path / "cache" / "mnist"}
+
+
+@pytest.mark.parametrize("name", sorted(downloads.REMOTE_DATASETS))
+def test_downloads_use_https_mirrors_and_sha256_only(tmp_path, fake_pooch, name):
+    remote = downloads.REMOTE_DATASETS[name]
+    assert remote.mirrors and all(mirror.startswith("https://") and mirror.endswith("/") for mirror in remote.mirrors)
+    sources = make_mnist_dir(tmp_path / "server")
+
+    def retrieve(url, known_hash=None, fname=None, path=None, **kwargs):
+        fake_pooch.calls.append((url, known_hash))
+        target = Path(path) / fname
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(sources[fname].read_bytes())
+        return str(target)
+
+    fake_pooch.retrieve = retrieve
+    data.load_dataset(name)
+    assert [known_hash for _, known_hash in fake_pooch.calls] == [
+        f"sha256:{remote.sha256[file_name]}" for file_name in IDX_FILES]
+    assert all(len(digest) == 64 and set(digest) <= set("0123456789abcdef") for digest in remote.sha256.values())
+    assert len(set(remote.sha256.values())) == 4  # one sum per file
 
 
 def test_download_all_mirrors_failed(fake_pooch):
