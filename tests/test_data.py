@@ -439,6 +439,75 @@ def test_minmax_and_none(tmp_path, rng):
     np.testing.assert_allclose(data.apply_scaler(raw.x_test, ds.scaler), ds.x_test, rtol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(300, 7), (5, 40), (1000, 1)])
+def test_standardize_equals_float64_statistics_within_float32_rounding(tmp_path, rng, shape):
+    """The scaler is fitted in float64 blocks and applied in place; the result must be what the plain
+    float64 formulas (the former implementation) give, up to float32 rounding."""
+    x = rng.normal(3.0, 2.0, shape).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(len(x)) % 2, x_test=x[::-1].copy(),
+             y_test=np.arange(len(x)) % 2)
+    ds = data.load_dataset(tmp_path / "d.npz")
+    x64 = x.astype(np.float64)
+    offset, scale = x64.mean(axis=0), x64.std(axis=0)
+    np.testing.assert_allclose(ds.scaler["offset"], offset, rtol=1e-12)
+    np.testing.assert_allclose(ds.scaler["scale"], scale, rtol=1e-12)
+    for got, raw in ((ds.x_train, x), (ds.x_test, x[::-1])):
+        expected = (raw - offset.astype(np.float32)) / scale.astype(np.float32)
+        assert got.dtype == np.float32
+        # two float32 spacings of the largest value: an offset or scale one float64 rounding apart can round
+        # to the neighbouring float32
+        np.testing.assert_allclose(got, expected, rtol=0, atol=2 * np.spacing(np.abs(expected).max()))
+
+
+def test_apply_scaler_leaves_its_input_alone(rng):
+    x = rng.normal(3, 2, (20, 3)).astype(np.float32)
+    before = x.copy()
+    out = data.apply_scaler(x, data.fit_scaler(x))
+    np.testing.assert_array_equal(x, before)
+    assert out is not x and out.dtype == np.float32
+
+
+MEMORY_CHILD = r"""
+import json, sys
+from backprop.data import load_dataset
+
+def status(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+
+try:  # start the high-water mark afresh (Linux >= 4.0); the imports' transient peak is not the loader's
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError:
+    pass
+baseline = status("VmRSS")
+dataset = load_dataset(sys.argv[1])
+print(json.dumps({"peak": status("VmHWM") - baseline, "data": dataset.x_train.nbytes + dataset.x_test.nbytes}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc to read the peak memory")
+@pytest.mark.parametrize("keys", ["x/y", "x_train/x_test"])
+def test_loading_and_standardizing_an_npz_peaks_under_twice_the_data(tmp_path, rng, keys):
+    import subprocess
+
+    x = rng.normal(3.0, 2.0, (40_000, 256)).astype(np.float32)  # 41 MB: well above the interpreter's noise
+    y = rng.integers(0, 10, len(x))
+    if keys == "x/y":
+        np.savez(tmp_path / "big.npz", x=x, y=y)  # the loader holds out the test rows itself
+    else:
+        np.savez(tmp_path / "big.npz", x_train=x[:32_000], y_train=y[:32_000], x_test=x[32_000:], y_test=y[32_000:])
+    del x
+    result = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(tmp_path / "big.npz")], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    measured = json.loads(result.stdout)
+    assert measured["data"] == 40_000 * 256 * 4
+    assert measured["peak"] <= 2 * measured["data"], measured
+
+
 def test_constant_columns_do_not_divide_by_zero():
     x = np.array([[1.0, 0.1, 5], [2.0, 0.1, 5], [3.0, 0.1, 5]], np.float32)
     for kind in ("standardize", "minmax"):

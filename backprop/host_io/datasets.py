@@ -118,7 +118,7 @@ def validate_features(x, source: str) -> None:
         raise DataError(f"{source}: features are empty, shape {x.shape}")
     if x.dtype.kind not in "biuf":
         raise DataError(f"{source}: features must be numbers, got dtype {x.dtype}")
-    if x.dtype.kind == "f":
+    if x.dtype.kind == "f" and not (np.isfinite(x.min()) and np.isfinite(x.max())):  # NaN propagates; no copy
         bad = ~np.isfinite(x)
         count = int(np.count_nonzero(bad))
         if count:
@@ -188,15 +188,36 @@ def fit_scaler(x_train, kind: str = "standardize") -> dict:
         return {"kind": "none"}
     x = np.asarray(x_train)
     validate_features(x, "fit_scaler")
-    x = x.astype(np.float64)
-    low, high = x.min(axis=0), x.max(axis=0)
+    low, high = x.min(axis=0).astype(np.float64), x.max(axis=0).astype(np.float64)
     constant = high == low  # exact test: a float std of a constant column can come out as 1e-17, not 0
     if kind == "standardize":
-        offset, scale = x.mean(axis=0), x.std(axis=0)
+        offset = _column_sums(x) / len(x)
+
+        def squared_deviation(block):
+            block -= offset
+            block *= block
+            return block
+
+        scale = np.sqrt(_column_sums(x, squared_deviation) / len(x))  # the two-pass formula of np.std
     else:
         offset, scale = low, high - low
     scale = np.where(constant, 1.0, scale)
     return {"kind": kind, "offset": offset.tolist(), "scale": scale.tolist()}
+
+
+def _column_sums(x: np.ndarray, transform=None) -> np.ndarray:
+    """Per-column sums of ``transform(rows as float64)`` over all rows, in float64, without a float64 copy of
+    ``x``: a few rows (about 1 MiB) at a time. Each block is summed together with the running total as its
+    first row, so the additions happen in the order NumPy uses for a float64 copy (usually bit for bit
+    the same result as ``x.astype(float64).sum(axis=0)``)."""
+    rows = max(1, (1 << 20) // (8 * max(1, x.shape[1])))
+    total = np.zeros((1, x.shape[1]))
+    for start in range(0, len(x), rows):
+        block = x[start:start + rows].astype(np.float64)
+        if transform is not None:
+            block = transform(block)
+        total = np.add.reduce(np.concatenate([total, block]), axis=0, keepdims=True)
+    return total[0]
 
 
 def _affine(scaler: dict, source: str = "scaler") -> tuple[np.ndarray, np.ndarray]:
@@ -217,15 +238,24 @@ def _affine(scaler: dict, source: str = "scaler") -> tuple[np.ndarray, np.ndarra
 
 
 def apply_scaler(x, scaler: dict) -> np.ndarray:
-    """Apply a scaler dict from :func:`fit_scaler` (or from a dataset or model file): float32 result."""
-    x = np.asarray(x)
+    """Apply a scaler dict from :func:`fit_scaler` (or from a dataset or model file): a new float32 array."""
+    return scale_in_place(np.array(x, dtype=np.float32), scaler)
+
+
+def scale_in_place(x: np.ndarray, scaler: dict) -> np.ndarray:
+    """Apply a scaler to a float32 array in place (no copy of the data) and return it: ``(x - offset) / scale``
+    in float32."""
     offset, scale = _affine(scaler)
     if scaler["kind"] == "none":
-        return x.astype(np.float32)
+        return x
+    if x.dtype != np.float32:
+        raise DataError(f"scaler: scale_in_place needs a float32 array, got {x.dtype}")
     for values in (offset, scale):
         if values.ndim == 1 and (x.ndim != 2 or x.shape[1] != values.size):
             raise DataError(f"scaler: fitted on {values.size} features, got an array of shape {x.shape}")
-    return ((x - offset.astype(np.float32)) / scale.astype(np.float32)).astype(np.float32)
+    x -= offset.astype(np.float32)
+    x /= scale.astype(np.float32)
+    return x
 
 
 def compose_scalers(first: dict, second: dict) -> dict:
@@ -473,7 +503,7 @@ def _features_2d(x: np.ndarray, source: str) -> tuple[np.ndarray, tuple[int, ...
     if x.dtype.kind not in "biuf":
         raise DataError(f"{source}: features must be numbers, got dtype {x.dtype}")
     image_shape = tuple(int(s) for s in x.shape[1:]) if x.ndim >= 3 else None
-    flat = x.reshape(len(x), -1).astype(np.float32)
+    flat = x.reshape(len(x), -1).astype(np.float32, copy=False)  # float32 data stay where they are
     validate_features(flat, source)
     return flat, image_shape
 
@@ -485,13 +515,26 @@ def _from_arrays(name: str, path: Path, x, y, x_test, y_test, test_fraction: flo
         if len(x) != len(y):
             raise DataError(f"{path}: {len(x)} samples but {len(y)} labels")
         kept, held = _stratified_holdout(y, test_fraction, seed, f"{path} (test split)")
-        x, y, x_test, y_test = x[kept], y[kept], x[held], y[held]
+        x_test, y_test, y = x[held], y[held], y[kept]
+        x = _keep_rows(x, kept)
     for part, xs, ys in (("train", x, y), ("test", x_test, y_test)):
         if len(xs) != len(ys):
             raise DataError(f"{path}: {len(xs)} {part} samples but {len(ys)} {part} labels")
     num_classes = len(class_names) if class_names else int(max(y.max(initial=0), y_test.max(initial=0))) + 1
     return Dataset(name, x, y, x_test, y_test, num_classes=num_classes, image_shape=image_shape,
                    class_names=class_names or [], scaler={"kind": "none"})
+
+
+def _keep_rows(x: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """``x[kept]`` for sorted unique ``kept``, made in place (``x`` is ours and is overwritten): the kept rows
+    move to the front a block at a time and a view of them is returned. A row only ever moves towards the
+    front, past rows already read, so this is safe, and it saves a copy of the data (``x[kept]`` next to
+    ``x`` would double the memory of a large file)."""
+    block = max(1, (1 << 22) // max(1, x[:1].nbytes))  # rows per step: about 4 MiB
+    for start in range(0, len(kept), block):
+        rows = kept[start:start + block]
+        x[start:start + len(rows)] = x[rows]
+    return x[:len(kept)]
 
 
 def load_npz(path, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
@@ -723,9 +766,9 @@ def load_dataset(spec, data_dir=None, scaling: str | None = None, seed: int = 0,
     if scaling is None:
         scaling = "none" if name in BUILTIN_DATASETS else "standardize"
     fitted = fit_scaler(dataset.x_train, scaling)
-    if fitted["kind"] != "none":
-        dataset.x_train = apply_scaler(dataset.x_train, fitted)
-        dataset.x_test = apply_scaler(dataset.x_test, fitted)
+    if fitted["kind"] != "none":  # in place: the loaders' arrays are our own, and a copy would double the memory
+        dataset.x_train = scale_in_place(dataset.x_train, fitted)
+        dataset.x_test = scale_in_place(dataset.x_test, fitted)
         dataset.scaler = compose_scalers(dataset.scaler or {"kind": "none"}, fitted)
     return dataset
 
