@@ -108,7 +108,6 @@ def excerpt(content, limit: int = 24) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-
 def validate_features(x, source: str) -> None:
     """Features must be a numeric 2-D array ``(samples, features)`` with at least one sample, all finite."""
     x = np.asarray(x)
