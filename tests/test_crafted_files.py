@@ -159,6 +159,7 @@ def test_class_names_shorter_than_the_outputs(tmp_path, capsys, features):
     ({"num_classes": "3"}, "'num_classes' must be a positive integer"),
     ({"scaler": [1, 2]}, "'scaler' must be a dict"),
     ({"options": "x"}, "'options' must be a dict"),
+    ({"options": None}, "'options' must be a dict"),
     ({"dataset": 7}, "'dataset' must be a string"),
 ])
 def test_metadata_entries_of_the_wrong_type(tmp_path, capsys, features, metadata, problem):

@@ -247,9 +247,10 @@ def _check_metadata(path, metadata: dict) -> None:
     for key in ("dataset", "dataset_sha256"):
         if metadata.get(key) is not None and not isinstance(metadata[key], str):
             raise bad(key, "a string")
-    for key in ("options", "scaler"):
-        if metadata.get(key) is not None and not isinstance(metadata[key], dict):
-            raise bad(key, "a dict")
+    if "options" in metadata and not isinstance(metadata["options"], dict):
+        raise bad("options", "a dict")
+    if metadata.get("scaler") is not None and not isinstance(metadata["scaler"], dict):
+        raise bad("scaler", "a dict")
 
 
 def _outputs(model) -> int | None:
