@@ -167,6 +167,7 @@ def _train(args, communicator) -> int:
 
 def cmd_evaluate(args) -> int:
     from .data import load_dataset
+    from .host_io.datasets import check_recorded_dataset
     from .host_io.model_files import load_model
     from .losses import CrossEntropy
     from .runs import resolve_model_path
@@ -178,6 +179,8 @@ def cmd_evaluate(args) -> int:
     name = args.dataset or metadata.get("options", {}).get("dataset") or metadata.get("dataset")
     if not name:
         raise ConfigError(f"{path}: the model does not record its dataset; pass --dataset")
+    if not args.dataset:  # a path the model file names is read only if it is the file the model was trained on
+        check_recorded_dataset(name, metadata.get("dataset_sha256"), path)
     options = metadata.get("options", {})
     # Loading the same way as in training refits the scaling on the same training set: the same test features.
     dataset = load_dataset(name, data_dir=args.data_dir, scaling=options.get("scaling"),

@@ -173,6 +173,7 @@ def _train_run(options, *, overwrite, **arguments) -> dict:
 
 def _run(options, *, output, backend, progress, plots, resume, log, communicator) -> dict:
     from .data import load_dataset
+    from .host_io.datasets import dataset_file, file_sha256
     from .host_io.model_files import save_model
     from .training import Checkpoint, EarlyStopping, GradientMonitor, HistoryWriter, Trainer, batch_mode, evaluate
 
@@ -212,6 +213,9 @@ def _run(options, *, output, backend, progress, plots, resume, log, communicator
         + (f", {communicator.size} ranks (data-parallel)" if communicator is not None else ""))
     metadata = {"dataset": dataset.name, "num_classes": dataset.num_classes, "class_names": dataset.class_names,
                 "image_shape": dataset.image_shape, "scaler": dataset.scaler, "options": options}
+    source = dataset_file(options["dataset"])
+    if root and source is not None:  # lets evaluate trust the path the model names (see check_recorded_dataset)
+        metadata["dataset_sha256"] = file_sha256(source)
     try:
         trainer.fit(dataset.x_train, dataset.y_train, validation_split=options["validation_split"] or 0.0)
     except TrainingError:

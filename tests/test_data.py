@@ -229,9 +229,30 @@ def test_download_checks_hashes_and_falls_back_to_other_mirrors(tmp_path, fake_p
     assert len({url.rsplit("/", 1)[0] for url in urls}) >= 2  # ... and another one after it fails
     assert len(fake_pooch.calls) == 5  # the mirror that worked is tried first for the later files
     hashes = {fname: known_hash for _, known_hash, fname, _ in fake_pooch.calls}
-    assert hashes[IDX_FILES[0]] == "md5:f68b3c2dcbeaaa9fbdd348bbdeb94873"
-    assert hashes[IDX_FILES[3]] == "md5:ec29112dd5afa0611ce80d1b7f02629c"
+    assert hashes[IDX_FILES[0]] == "sha256:440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"
+    assert hashes[IDX_FILES[3]] == "sha256:f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"
     assert {folder for *_, folder in fake_pooch.calls} == {tmp_path / "cache" / "mnist"}
+
+
+@pytest.mark.parametrize("name", sorted(downloads.REMOTE_DATASETS))
+def test_downloads_use_https_mirrors_and_sha256_only(tmp_path, fake_pooch, name):
+    remote = downloads.REMOTE_DATASETS[name]
+    assert remote.mirrors and all(mirror.startswith("https://") and mirror.endswith("/") for mirror in remote.mirrors)
+    sources = make_mnist_dir(tmp_path / "server")
+
+    def retrieve(url, known_hash=None, fname=None, path=None, **kwargs):
+        fake_pooch.calls.append((url, known_hash))
+        target = Path(path) / fname
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(sources[fname].read_bytes())
+        return str(target)
+
+    fake_pooch.retrieve = retrieve
+    data.load_dataset(name)
+    assert [known_hash for _, known_hash in fake_pooch.calls] == [
+        f"sha256:{remote.sha256[file_name]}" for file_name in IDX_FILES]
+    assert all(len(digest) == 64 and set(digest) <= set("0123456789abcdef") for digest in remote.sha256.values())
+    assert len(set(remote.sha256.values())) == 4  # one sum per file
 
 
 def test_download_all_mirrors_failed(fake_pooch):
@@ -293,7 +314,7 @@ def test_npz_x_y_is_split_with_a_seed(tmp_path, rng):
     ({"x_train": np.ones((4, 2)), "y_train": np.arange(4), "x_test": np.ones((2, 2)), "y_test": np.arange(3)},
      "2 test samples but 3 test labels"),
     ({"x_train": np.ones((4, 2)), "y_train": np.arange(4), "x_test": np.ones((2, 2))}, "has x_test but not y_test"),
-    ({"features": np.ones((4, 2))}, "expected arrays x_train and y_train .* found features"),
+    ({"features": np.ones((4, 2))}, "expected arrays x_train and y_train .* found 'features'"),
     ({"x": np.ones(4), "y": np.arange(4)}, r"at least 2 dimensions .* got shape \(4,\)"),
     ({"x": np.ones((4, 2)), "y": np.ones((4, 1))}, "labels must be a 1-D array"),
     ({"x": np.ones((4, 2)), "y": np.array([0, 1, -1, 0])}, "labels must be >= 0, found -1 at sample 2"),
@@ -418,6 +439,75 @@ def test_minmax_and_none(tmp_path, rng):
     np.testing.assert_allclose(data.apply_scaler(raw.x_test, ds.scaler), ds.x_test, rtol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(300, 7), (5, 40), (1000, 1)])
+def test_standardize_equals_float64_statistics_within_float32_rounding(tmp_path, rng, shape):
+    """The scaler is fitted in float64 blocks and applied in place; the result must be what the plain
+    float64 formulas (the former implementation) give, up to float32 rounding."""
+    x = rng.normal(3.0, 2.0, shape).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(len(x)) % 2, x_test=x[::-1].copy(),
+             y_test=np.arange(len(x)) % 2)
+    ds = data.load_dataset(tmp_path / "d.npz")
+    x64 = x.astype(np.float64)
+    offset, scale = x64.mean(axis=0), x64.std(axis=0)
+    np.testing.assert_allclose(ds.scaler["offset"], offset, rtol=1e-12)
+    np.testing.assert_allclose(ds.scaler["scale"], scale, rtol=1e-12)
+    for got, raw in ((ds.x_train, x), (ds.x_test, x[::-1])):
+        expected = (raw - offset.astype(np.float32)) / scale.astype(np.float32)
+        assert got.dtype == np.float32
+        # two float32 spacings of the largest value: an offset or scale one float64 rounding apart can round
+        # to the neighbouring float32
+        np.testing.assert_allclose(got, expected, rtol=0, atol=2 * np.spacing(np.abs(expected).max()))
+
+
+def test_apply_scaler_leaves_its_input_alone(rng):
+    x = rng.normal(3, 2, (20, 3)).astype(np.float32)
+    before = x.copy()
+    out = data.apply_scaler(x, data.fit_scaler(x))
+    np.testing.assert_array_equal(x, before)
+    assert out is not x and out.dtype == np.float32
+
+
+MEMORY_CHILD = r"""
+import json, sys
+from backprop.data import load_dataset
+
+def status(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+
+try:  # start the high-water mark afresh (Linux >= 4.0); the imports' transient peak is not the loader's
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError:
+    pass
+baseline = status("VmRSS")
+dataset = load_dataset(sys.argv[1])
+print(json.dumps({"peak": status("VmHWM") - baseline, "data": dataset.x_train.nbytes + dataset.x_test.nbytes}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc to read the peak memory")
+@pytest.mark.parametrize("keys", ["x/y", "x_train/x_test"])
+def test_loading_and_standardizing_an_npz_peaks_under_twice_the_data(tmp_path, rng, keys):
+    import subprocess
+
+    x = rng.normal(3.0, 2.0, (40_000, 256)).astype(np.float32)  # 41 MB: well above the interpreter's noise
+    y = rng.integers(0, 10, len(x))
+    if keys == "x/y":
+        np.savez(tmp_path / "big.npz", x=x, y=y)  # the loader holds out the test rows itself
+    else:
+        np.savez(tmp_path / "big.npz", x_train=x[:32_000], y_train=y[:32_000], x_test=x[32_000:], y_test=y[32_000:])
+    del x
+    result = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(tmp_path / "big.npz")], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    measured = json.loads(result.stdout)
+    assert measured["data"] == 40_000 * 256 * 4
+    assert measured["peak"] <= 2 * measured["data"], measured
+
+
 def test_constant_columns_do_not_divide_by_zero():
     x = np.array([[1.0, 0.1, 5], [2.0, 0.1, 5], [3.0, 0.1, 5]], np.float32)
     for kind in ("standardize", "minmax"):
@@ -463,6 +553,19 @@ def test_load_dataset_rejects_unknown_specs_and_options():
         data.load_dataset("cifar")
     with pytest.raises(ConfigError, match="unknown scaling"):
         data.load_dataset("digits", scaling="max")
+
+
+@pytest.mark.parametrize("seed", [-1, "0", 1.5, True])
+def test_load_dataset_rejects_bad_seeds(tmp_path, rng, seed):
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(20, 3)), y=np.arange(20) % 2)
+    with pytest.raises(ConfigError, match=r"the seed must be an integer >= 0, got"):
+        data.load_dataset(tmp_path / "d.npz", seed=seed)
+
+
+def test_npz_errors_quote_array_names_only_briefly(tmp_path):
+    np.savez(tmp_path / "d.npz", **{f"secret_array_number_{i}": np.zeros(1) for i in range(20)})
+    with pytest.raises(DataError, match=r"found 'secret_array_number_0, secret_array_number_1, secret_array_n\.\.\.'$"):
+        data.load_dataset(tmp_path / "d.npz")
 
 
 def test_split_validation_is_stratified_and_seeded():

@@ -100,6 +100,14 @@ class Dataset:
 # ------------------------------------------------------------------------------------------------ validation
 
 
+def excerpt(content, limit: int = 24) -> str:
+    """File content quoted in an error message: at most ``limit`` characters, quoted, control characters
+    escaped. Errors quote no more of a file than this, so a path named by someone else (a model file's
+    dataset) cannot be used to print a file, and a file cannot flood or rewrite the terminal."""
+    text = " ".join(str(content).split())
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
 def validate_features(x, source: str) -> None:
     """Features must be a numeric 2-D array ``(samples, features)`` with at least one sample, all finite."""
     x = np.asarray(x)
@@ -109,7 +117,7 @@ def validate_features(x, source: str) -> None:
         raise DataError(f"{source}: features are empty, shape {x.shape}")
     if x.dtype.kind not in "biuf":
         raise DataError(f"{source}: features must be numbers, got dtype {x.dtype}")
-    if x.dtype.kind == "f":
+    if x.dtype.kind == "f" and not (np.isfinite(x.min()) and np.isfinite(x.max())):  # NaN propagates; no copy
         bad = ~np.isfinite(x)
         count = int(np.count_nonzero(bad))
         if count:
@@ -179,15 +187,36 @@ def fit_scaler(x_train, kind: str = "standardize") -> dict:
         return {"kind": "none"}
     x = np.asarray(x_train)
     validate_features(x, "fit_scaler")
-    x = x.astype(np.float64)
-    low, high = x.min(axis=0), x.max(axis=0)
+    low, high = x.min(axis=0).astype(np.float64), x.max(axis=0).astype(np.float64)
     constant = high == low  # exact test: a float std of a constant column can come out as 1e-17, not 0
     if kind == "standardize":
-        offset, scale = x.mean(axis=0), x.std(axis=0)
+        offset = _column_sums(x) / len(x)
+
+        def squared_deviation(block):
+            block -= offset
+            block *= block
+            return block
+
+        scale = np.sqrt(_column_sums(x, squared_deviation) / len(x))  # the two-pass formula of np.std
     else:
         offset, scale = low, high - low
     scale = np.where(constant, 1.0, scale)
     return {"kind": kind, "offset": offset.tolist(), "scale": scale.tolist()}
+
+
+def _column_sums(x: np.ndarray, transform=None) -> np.ndarray:
+    """Per-column sums of ``transform(rows as float64)`` over all rows, in float64, without a float64 copy of
+    ``x``: a few rows (about 1 MiB) at a time. Each block is summed together with the running total as its
+    first row, so the additions happen in the order NumPy uses for a float64 copy (usually bit for bit
+    the same result as ``x.astype(float64).sum(axis=0)``)."""
+    rows = max(1, (1 << 20) // (8 * max(1, x.shape[1])))
+    total = np.zeros((1, x.shape[1]))
+    for start in range(0, len(x), rows):
+        block = x[start:start + rows].astype(np.float64)
+        if transform is not None:
+            block = transform(block)
+        total = np.add.reduce(np.concatenate([total, block]), axis=0, keepdims=True)
+    return total[0]
 
 
 def _affine(scaler: dict, source: str = "scaler") -> tuple[np.ndarray, np.ndarray]:
@@ -208,15 +237,24 @@ def _affine(scaler: dict, source: str = "scaler") -> tuple[np.ndarray, np.ndarra
 
 
 def apply_scaler(x, scaler: dict) -> np.ndarray:
-    """Apply a scaler dict from :func:`fit_scaler` (or from a dataset or model file): float32 result."""
-    x = np.asarray(x)
+    """Apply a scaler dict from :func:`fit_scaler` (or from a dataset or model file): a new float32 array."""
+    return scale_in_place(np.array(x, dtype=np.float32), scaler)
+
+
+def scale_in_place(x: np.ndarray, scaler: dict) -> np.ndarray:
+    """Apply a scaler to a float32 array in place (no copy of the data) and return it: ``(x - offset) / scale``
+    in float32."""
     offset, scale = _affine(scaler)
     if scaler["kind"] == "none":
-        return x.astype(np.float32)
+        return x
+    if x.dtype != np.float32:
+        raise DataError(f"scaler: scale_in_place needs a float32 array, got {x.dtype}")
     for values in (offset, scale):
         if values.ndim == 1 and (x.ndim != 2 or x.shape[1] != values.size):
             raise DataError(f"scaler: fitted on {values.size} features, got an array of shape {x.shape}")
-    return ((x - offset.astype(np.float32)) / scale.astype(np.float32)).astype(np.float32)
+    x -= offset.astype(np.float32)
+    x /= scale.astype(np.float32)
+    return x
 
 
 def compose_scalers(first: dict, second: dict) -> dict:
@@ -464,7 +502,7 @@ def _features_2d(x: np.ndarray, source: str) -> tuple[np.ndarray, tuple[int, ...
     if x.dtype.kind not in "biuf":
         raise DataError(f"{source}: features must be numbers, got dtype {x.dtype}")
     image_shape = tuple(int(s) for s in x.shape[1:]) if x.ndim >= 3 else None
-    flat = x.reshape(len(x), -1).astype(np.float32)
+    flat = x.reshape(len(x), -1).astype(np.float32, copy=False)  # float32 data stay where they are
     validate_features(flat, source)
     return flat, image_shape
 
@@ -476,13 +514,26 @@ def _from_arrays(name: str, path: Path, x, y, x_test, y_test, test_fraction: flo
         if len(x) != len(y):
             raise DataError(f"{path}: {len(x)} samples but {len(y)} labels")
         kept, held = _stratified_holdout(y, test_fraction, seed, f"{path} (test split)")
-        x, y, x_test, y_test = x[kept], y[kept], x[held], y[held]
+        x_test, y_test, y = x[held], y[held], y[kept]
+        x = _keep_rows(x, kept)
     for part, xs, ys in (("train", x, y), ("test", x_test, y_test)):
         if len(xs) != len(ys):
             raise DataError(f"{path}: {len(xs)} {part} samples but {len(ys)} {part} labels")
     num_classes = len(class_names) if class_names else int(max(y.max(initial=0), y_test.max(initial=0))) + 1
     return Dataset(name, x, y, x_test, y_test, num_classes=num_classes, image_shape=image_shape,
                    class_names=class_names or [], scaler={"kind": "none"})
+
+
+def _keep_rows(x: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """``x[kept]`` for sorted unique ``kept``, made in place (``x`` is ours and is overwritten): the kept rows
+    move to the front a block at a time and a view of them is returned. A row only ever moves towards the
+    front, past rows already read, so this is safe, and it saves a copy of the data (``x[kept]`` next to
+    ``x`` would double the memory of a large file)."""
+    block = max(1, (1 << 22) // max(1, x[:1].nbytes))  # rows per step: about 4 MiB
+    for start in range(0, len(kept), block):
+        rows = kept[start:start + block]
+        x[start:start + len(rows)] = x[rows]
+    return x[:len(kept)]
 
 
 def load_npz(path, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
@@ -502,7 +553,7 @@ def load_npz(path, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
-        raise DataError(f"{path}: unreadable .npz file ({' '.join(str(exc).split()) or type(exc).__name__})") \
+        raise DataError(f"{path}: unreadable .npz file ({excerpt(exc, 60) if str(exc) else type(exc).__name__})") \
             from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise DataError(f"{path}: not an .npz archive (a single .npy array?)")
@@ -512,7 +563,7 @@ def load_npz(path, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
         keys = ["x", "y"]
     else:
         raise DataError(f"{path}: expected arrays x_train and y_train (optionally x_test and y_test), or x and y; "
-                        f"found {', '.join(sorted(arrays)) or 'none'}")
+                        f"found {excerpt(', '.join(sorted(arrays)), 60) if arrays else 'none'}")
     missing = [key for key in keys if key not in arrays]
     if missing:
         raise DataError(f"{path}: has {'x_test' if 'x_test' in arrays else 'y_test'} but not {missing[0]}")
@@ -608,12 +659,12 @@ def load_csv(path, label_column: int | str = -1, test_fraction: float = 0.2, see
     except ValueError as exc:
         bad_cells = np.argwhere(~np.vectorize(_is_number, otypes=[bool])(cells))
         if not len(bad_cells):  # a spelling Python's float() takes but NumPy's does not, such as "1_000"
-            raise DataError(f"{path}: features are not all plain numbers ({' '.join(str(exc).split())})") from None
+            raise DataError(f"{path}: features are not all plain numbers ({excerpt(exc, 60)})") from None
         bad = bad_cells[0]
         column = bad[1] + (bad[1] >= label_index)
         name = f" ({header[column]})" if header else ""
         raise DataError(f"{path}: line {lines[bad[0]]}, column {column + 1}{name}: "
-                        f"{str(cells[tuple(bad)])!r} is not a number") from None
+                        f"{excerpt(cells[tuple(bad)])} is not a number") from None
     non_finite = ~np.isfinite(x)
     if np.any(non_finite):
         row, col = np.argwhere(non_finite)[0]
@@ -634,6 +685,51 @@ def load_csv(path, label_column: int | str = -1, test_fraction: float = 0.2, see
 BUILTIN_DATASETS = ("digits", "mnist", "fashion-mnist")
 
 
+def dataset_file(spec) -> Path | None:
+    """The file a dataset spec names (a ``.npz`` or ``.csv`` path), or None for a built-in name."""
+    text = str(spec)
+    if text.lower().replace("_", "-") in BUILTIN_DATASETS or not text.lower().endswith((".npz", ".csv")):
+        return None
+    return Path(text)
+
+
+def file_sha256(path) -> str:
+    """The SHA-256 (hex) of a file's bytes, read in chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
+    return digest.hexdigest()
+
+
+def check_recorded_dataset(spec, recorded_sha256, source) -> None:
+    """Refuse to read a dataset file that a model file names, unless it is the very file the model was trained
+    on (``recorded_sha256``, written at training time, matches); built-in names are always fine.
+
+    Without this a model file would be a way to make ``backprop evaluate`` open any file on the machine. A
+    file the user names (``--dataset``) needs no check.
+    """
+    path = dataset_file(spec)
+    if path is None:
+        return
+    advice = f"pass --dataset {path} to evaluate on it anyway, or --dataset with another file"
+    if not isinstance(recorded_sha256, str):
+        raise ConfigError(f"{source}: the model names the dataset file {path} but records no SHA-256 of it, so it "
+                          f"cannot be checked to be the file the model was trained on; {advice}")
+    if not path.is_file():
+        raise ConfigError(f"{source}: the model was trained on {path}, which is not there now; pass --dataset FILE")
+    if file_sha256(path) != recorded_sha256:
+        raise ConfigError(f"{source}: {path} is not the file the model was trained on (its SHA-256 differs from "
+                          f"the one recorded at training); {advice}")
+
+
 def load_dataset(spec, data_dir=None, scaling: str | None = None, seed: int = 0, download: bool = True, *,
                  label_column: int | str = -1, test_fraction: float = 0.2) -> Dataset:
     """Load a dataset by name (``digits``, ``mnist``, ``fashion-mnist``) or from a ``.npz`` / ``.csv`` path.
@@ -649,6 +745,8 @@ def load_dataset(spec, data_dir=None, scaling: str | None = None, seed: int = 0,
     """
     if scaling is not None and scaling not in SCALINGS:
         raise ConfigError(f"unknown scaling {scaling!r}; expected one of {', '.join(SCALINGS)}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"the seed must be an integer >= 0, got {seed!r}")
     text = str(spec)
     name = text.lower().replace("_", "-")
     if name == "digits":
@@ -667,9 +765,9 @@ def load_dataset(spec, data_dir=None, scaling: str | None = None, seed: int = 0,
     if scaling is None:
         scaling = "none" if name in BUILTIN_DATASETS else "standardize"
     fitted = fit_scaler(dataset.x_train, scaling)
-    if fitted["kind"] != "none":
-        dataset.x_train = apply_scaler(dataset.x_train, fitted)
-        dataset.x_test = apply_scaler(dataset.x_test, fitted)
+    if fitted["kind"] != "none":  # in place: the loaders' arrays are our own, and a copy would double the memory
+        dataset.x_train = scale_in_place(dataset.x_train, fitted)
+        dataset.x_test = scale_in_place(dataset.x_test, fitted)
         dataset.scaler = compose_scalers(dataset.scaler or {"kind": "none"}, fitted)
     return dataset
 

@@ -1,9 +1,10 @@
 """Fetch the MNIST-format datasets once: hash-checked, cached, several mirrors tried in turn.
 
 The official MNIST host has been unreliable for years, so every file is listed
-with more than one mirror and the first that delivers bytes with the right MD5
-wins. The hashes are those of the original distribution (the ones torchvision
-also checks), so a mirror can never hand us different data.
+with more than one mirror and the first that delivers bytes with the right
+SHA-256 wins. The hashes are those of the original distribution, so a mirror
+can never hand us different data. Mirrors are https only: the hash guards the
+content, https also keeps what we ask for and from whom private.
 
 ``pooch`` does the downloading and is imported only here, only when a download
 is needed: using the packaged digits, or MNIST from ``--data-dir``, never needs
@@ -32,39 +33,42 @@ IDX_FILES = (
 
 @dataclass(frozen=True)
 class RemoteDataset:
-    """Where a dataset's files can be downloaded from, and the MD5 each file must have."""
+    """Where a dataset's files can be downloaded from, and the SHA-256 each file must have."""
 
     name: str
-    mirrors: tuple[str, ...]  # base URLs ending in "/"; a file's URL is mirror + file name
-    md5: dict[str, str]
+    mirrors: tuple[str, ...]  # https base URLs ending in "/"; a file's URL is mirror + file name
+    sha256: dict[str, str]
 
 
+# The SHA-256 sums are those TensorFlow Datasets pins for these files (tensorflow-datasets 4.9.10 on PyPI,
+# tensorflow_datasets/url_checksums/mnist.txt and fashion_mnist.txt; sizes there: MNIST 9912422, 28881,
+# 1648877 and 4542 bytes, Fashion-MNIST 26421880, 29515, 4422102 and 5148, in the order below); other
+# public projects that pin these files by SHA-256 list the same sums.
 REMOTE_DATASETS = {
     "mnist": RemoteDataset(
         name="mnist",
         mirrors=(
-            "https://ossci-datasets.s3.amazonaws.com/mnist/",
-            "https://storage.googleapis.com/cvdf-datasets/mnist/",
-            "http://yann.lecun.com/exdb/mnist/",
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",  # torchvision's first mirror
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",  # TensorFlow Datasets' source
         ),
-        md5={
-            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        sha256={
+            "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
         },
     ),
     "fashion-mnist": RemoteDataset(
         name="fashion-mnist",
         mirrors=(
-            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-            "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+            "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",  # the authors'
+            "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",  # Keras' source (Keras pins no hash)
         ),
-        md5={
-            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+        sha256={
+            "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+            "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+            "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+            "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
         },
     ),
 }
@@ -97,7 +101,7 @@ def fetch(name: str) -> dict[str, Path]:
     """Download (or find already cached) the four files of dataset ``name``; return {file name: local path}.
 
     Each file is tried on every mirror in turn; the mirror that worked last is
-    tried first for the next file. A file whose MD5 does not match is rejected
+    tried first for the next file. A file whose SHA-256 does not match is rejected
     by pooch (and deleted), which counts as that mirror failing.
     """
     remote = REMOTE_DATASETS.get(name)
@@ -112,7 +116,7 @@ def fetch(name: str) -> dict[str, Path]:
         for mirror in list(mirrors):
             url = mirror + file_name
             try:
-                local = pooch.retrieve(url, known_hash=f"md5:{remote.md5[file_name]}", fname=file_name,
+                local = pooch.retrieve(url, known_hash=f"sha256:{remote.sha256[file_name]}", fname=file_name,
                                        path=folder, progressbar=False)
             except Exception as exc:  # network, HTTP status, hash mismatch, disk: all mean "try the next mirror"
                 failures.append(f"{url} ({_one_line(exc)})")

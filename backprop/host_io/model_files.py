@@ -4,64 +4,147 @@ safetensors stores named arrays plus a JSON header of strings; loading it
 never executes code (unlike pickle). We put the architecture and any metadata
 (training settings, class names, feature scaling, history) in the header, so a
 file alone rebuilds the model on any backend. Every write goes through
-``atomic_path``: an interrupted save leaves the previous file intact.
+``write_bytes_atomic``: an interrupted save leaves the previous file intact. (safetensors' own
+``save_file`` is not used: it makes a temporary file of its own, renames it over ours, which leaves it
+behind after a kill, and forces mode 0600.)
+
+Nothing in a file is trusted before it is checked:
+
+* integrity: since format version 2 the header holds the SHA-256 of the tensors (names, dtypes, shapes
+  and bytes, in name order) and of the other header entries; a file whose content does not match is
+  "damaged". Floating-point arrays must be finite. Version 1 files (written before the checksums) are
+  still read, with a warning that their integrity cannot be checked: every other check applies to them,
+  and saving them again adds the checksums;
+* structure: tensor dtypes must be ones backprop writes (no bfloat16 or float8), header entries must have
+  the right types, and the parameter shapes the architecture declares must be those of the tensors in the
+  file *before* the model is built, so a header cannot make the loader allocate more than the file holds;
+  ``Sequential`` nesting is capped (``backprop.layers.MAX_NESTING``).
+
+Every problem is a one-line ``ModelFileError`` naming the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import numbers
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from backends import get_backend
 
-from ..errors import ModelFileError
-from .atomic import atomic_path
+from ..errors import ConfigError, ModelFileError
+from .atomic import write_bytes_atomic
 
 FORMAT = "backprop"
-FORMAT_VERSION = 1
+#: 2: checksums of the tensors and of the header (``WEIGHTS_CHECKSUM``, ``HEADER_CHECKSUM``).
+FORMAT_VERSION = 2
+#: Versions this code reads; version 1 files have no checksums (read with a warning).
+READABLE_VERSIONS = ("1", "2")
+WEIGHTS_CHECKSUM = "weights_sha256"
+HEADER_CHECKSUM = "header_sha256"
+_RESERVED = ("format", "format_version", WEIGHTS_CHECKSUM, HEADER_CHECKSUM)
+#: The safetensors dtypes backprop writes and reads; others (BF16, F8_*, ...) are refused before reading.
+TENSOR_DTYPES = ("F16", "F32", "F64", "I8", "I16", "I32", "I64", "U8", "U16", "U32", "U64", "BOOL")
+#: The model dtypes a header may name.
+MODEL_DTYPES = ("float16", "float32", "float64")
+
+
+def weights_checksum(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 (hex) of the tensors: each one's name, little-endian dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.asarray(arrays[name])
+        dtype = array.dtype.newbyteorder("<")
+        description = json.dumps([name, dtype.str, list(array.shape)]).encode()
+        digest.update(len(description).to_bytes(8, "little") + description)
+        digest.update(np.ascontiguousarray(array, dtype=dtype).reshape(-1).view(np.uint8))
+    return digest.hexdigest()
+
+
+def header_checksum(metadata: dict[str, str]) -> str:
+    """SHA-256 (hex) of the header's string entries, the checksum entries left out."""
+    entries = sorted((key, value) for key, value in metadata.items() if key not in (WEIGHTS_CHECKSUM, HEADER_CHECKSUM))
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
 
 
 def save_arrays(path, arrays: dict[str, np.ndarray], header: dict) -> None:
-    """Write host arrays and a JSON-able header to a safetensors file, atomically."""
-    from safetensors.numpy import save_file
+    """Write host arrays and a JSON-able header to a safetensors file, atomically, with checksums."""
+    from safetensors.numpy import save
 
+    clash = sorted(set(header) & set(_RESERVED))
+    if clash:
+        raise ValueError(f"header keys {clash} are reserved")
     tensors = {name: np.ascontiguousarray(array) for name, array in arrays.items()}
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
                 **{key: json.dumps(value) for key, value in header.items()}}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    metadata[WEIGHTS_CHECKSUM] = weights_checksum(tensors)
+    metadata[HEADER_CHECKSUM] = header_checksum(metadata)
+    write_bytes_atomic(path, save(tensors, metadata=metadata))
 
 
 def load_arrays(path, *, kind: str = "model") -> tuple[dict[str, np.ndarray], dict]:
-    """Read a file written by ``save_arrays``; a damaged or foreign file raises ``ModelFileError``."""
+    """Read a file written by ``save_arrays``, checked (see the module docstring): ``(arrays, header)``.
+
+    A damaged, foreign or malformed file raises ``ModelFileError``.
+    """
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such {kind} file")
     try:
+        # safetensors checks on opening that the tensors' declared sizes add up to the file's size
         with safe_open(str(path), framework="numpy") as handle:
             metadata = handle.metadata() or {}
             if metadata.get("format") != FORMAT:
                 raise ModelFileError(f"{path}: a safetensors file, but not one written by backprop "
                                      f"(no backprop header)")
+            version = metadata.get("format_version", "?")
+            if version not in READABLE_VERSIONS:
+                raise ModelFileError(f"{path}: {kind} file format version {_short(version)}; this backprop reads "
+                                     f"versions {' and '.join(READABLE_VERSIONS)}")
+            for name in handle.keys():  # noqa: SIM118 (a safe_open handle is not a dict)
+                dtype = handle.get_slice(name).get_dtype()
+                if dtype not in TENSOR_DTYPES:
+                    raise ModelFileError(f"{path}: tensor {_short(name)} has dtype {_short(dtype)}, which backprop "
+                                         f"does not read (expected one of {', '.join(TENSOR_DTYPES)})")
             arrays = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
     except ModelFileError:
         raise
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+    except PermissionError:
+        raise ModelFileError(f"{path}: permission denied: cannot read this {kind} file") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelFileError(f"{path}: not a readable {kind} file (damaged or not safetensors: {detail})") from None
-    version = metadata.get("format_version", "?")
-    if version != str(FORMAT_VERSION):
-        raise ModelFileError(f"{path}: {kind} file format version {version}; this backprop reads "
-                             f"version {FORMAT_VERSION}")
-    try:
-        header = {key: json.loads(value) for key, value in metadata.items()
-                  if key not in ("format", "format_version")}
-    except json.JSONDecodeError as exc:
-        raise ModelFileError(f"{path}: damaged header ({exc})") from None
+        raise ModelFileError(f"{path}: not a readable {kind} file (damaged or not safetensors: "
+                             f"{_short(detail, 200)})") from None
+    if version == "1":
+        warnings.warn(f"{path}: written by an older backprop (format version 1) without checksums, so its "
+                      f"integrity cannot be checked; saving it again adds them", RuntimeWarning, stacklevel=2)
+    else:
+        if metadata.get(HEADER_CHECKSUM) != header_checksum(metadata):
+            raise ModelFileError(f"{path} is damaged: its header does not match the checksum recorded when it "
+                                 f"was saved")
+        if metadata.get(WEIGHTS_CHECKSUM) != weights_checksum(arrays):
+            raise ModelFileError(f"{path} is damaged: its weights do not match the checksum recorded when it "
+                                 f"was saved")
+    for name, array in arrays.items():
+        if array.dtype.kind == "f" and array.size and not (np.isfinite(array.min()) and np.isfinite(array.max())):
+            raise ModelFileError(f"{path}: {kind} file holds non-finite values (NaN or inf) in array "
+                                 f"{_short(name)}; it cannot be used")
+    header = {}
+    for key, value in metadata.items():
+        if key in _RESERVED:
+            continue
+        try:
+            header[key] = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ModelFileError(f"{path}: damaged header: entry {_short(key)} is not JSON ({exc})") from None
+        except RecursionError:
+            raise ModelFileError(f"{path}: header entry {_short(key)} is nested too deeply") from None
     return arrays, header
 
 
@@ -98,29 +181,102 @@ def save_model(path, model, metadata: dict | None = None) -> None:
 
 
 def load_model(path, backend=None):
-    """Load a model saved by ``save_model`` onto ``backend`` (default: the current one).
-
-    Returns ``(model, metadata)``.
-    """
-    from ..errors import ConfigError
-    from ..layers import build
-
+    """Load a model saved by ``save_model`` (or the model in a checkpoint) onto ``backend`` (default: the
+    current one). Returns ``(model, metadata)``."""
     arrays, header = load_arrays(path)
     if header.get("kind") not in ("model", "checkpoint"):
-        raise ModelFileError(f"{path}: expected a model file, found a {header.get('kind')!r} file")
-    backend = get_backend(backend)
-    try:
-        model = build(header["architecture"], backend=backend, dtype=header.get("dtype", "float32"))
-    except (KeyError, ConfigError, TypeError) as exc:
-        raise ModelFileError(f"{path}: the architecture in the header cannot be rebuilt ({exc})") from None
+        raise ModelFileError(f"{path}: expected a model file, found a {_short(header.get('kind'))} file")
+    metadata = header.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise ModelFileError(f"{path}: header entry 'metadata' must be a dict, got {type(metadata).__name__}")
+    _check_metadata(path, metadata)
+    model = _build_checked(path, header, arrays, get_backend(backend))
     assign_model_arrays(model, arrays, path)
-    return model, header.get("metadata", {})
+    outputs = _outputs(model)
+    for key, count in (("class_names", len(metadata.get("class_names") or [])), ("num_classes",
+                                                                               metadata.get("num_classes"))):
+        if outputs is not None and count and count != outputs:
+            raise ModelFileError(f"{path}: metadata {key!r} gives {count} classes, the model has {outputs} outputs")
+    return model, metadata
+
+
+def _build_checked(path, header: dict, arrays: dict, backend):
+    """The model the header's architecture describes, built only after its declared parameter shapes were
+    found to be exactly those of the file's ``param/`` and ``buffer/`` tensors."""
+    from ..layers import build, declared_arrays
+
+    description, dtype = header.get("architecture"), header.get("dtype", "float32")
+    if not isinstance(description, dict):
+        raise ModelFileError(f"{path}: header entry 'architecture' must be a dict, got {type(description).__name__}")
+    if dtype not in MODEL_DTYPES:
+        raise ModelFileError(f"{path}: header entry 'dtype' must be one of {', '.join(MODEL_DTYPES)}, "
+                             f"got {_short(dtype)}")
+    try:
+        declared = declared_arrays(description)
+    except ConfigError as exc:
+        raise ModelFileError(f"{path}: the architecture in the header cannot be rebuilt ({exc})") from None
+    if declared is not None:
+        for key, shape in declared.items():
+            if key not in arrays:
+                raise ModelFileError(f"{path}: the architecture declares array {key!r} of shape {_short(shape)}, "
+                                     f"which the file does not hold")
+            if tuple(arrays[key].shape) != shape:
+                raise ModelFileError(f"{path}: array {key!r} has shape {tuple(arrays[key].shape)}, the architecture "
+                                     f"declares {_short(shape)}")
+        extra = sorted(key for key in arrays if key.startswith(("param/", "buffer/")) and key not in declared)
+        if extra:
+            raise ModelFileError(f"{path}: array {_short(extra[0])} is not part of the architecture in the header")
+    try:
+        return build(description, backend=backend, dtype=dtype)
+    except (KeyError, ConfigError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path}: the architecture in the header cannot be rebuilt "
+                             f"({_short(str(exc), 300)})") from None
+
+
+def _check_metadata(path, metadata: dict) -> None:
+    """The types of the metadata entries backprop itself reads (``backprop evaluate`` and ``predict``)."""
+    def bad(key, expected):
+        return ModelFileError(f"{path}: metadata entry {key!r} must be {expected}, got {_short(metadata[key])}")
+
+    names = metadata.get("class_names")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise bad("class_names", "a list of strings")
+    count = metadata.get("num_classes")
+    if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 1):
+        raise bad("num_classes", "a positive integer")
+    for key in ("dataset", "dataset_sha256"):
+        if metadata.get(key) is not None and not isinstance(metadata[key], str):
+            raise bad(key, "a string")
+    if "options" in metadata and not isinstance(metadata["options"], dict):
+        raise bad("options", "a dict")
+    if metadata.get("scaler") is not None and not isinstance(metadata["scaler"], dict):
+        raise bad("scaler", "a dict")
+
+
+def _outputs(model) -> int | None:
+    """The number of outputs when the model ends in a layer that says (``out_features``), else None."""
+    layers = list(getattr(model, "layers", [model]))
+    while layers:
+        layer = layers.pop()
+        if hasattr(layer, "layers"):
+            layers.extend(layer.layers)
+        elif isinstance(getattr(layer, "out_features", None), int):
+            return layer.out_features
+        elif layer.named_parameters():
+            return None  # a parametric last layer that does not say
+    return None
 
 
 def _dtype_name(model) -> str:
     from backends import dtype_name
 
     return dtype_name(model.dtype)
+
+
+def _short(value, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a crafted header must not flood the terminal."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def save_checkpoint(path, trainer, *, run_config: dict) -> None:
@@ -136,19 +292,79 @@ def save_checkpoint(path, trainer, *, run_config: dict) -> None:
 
 
 def read_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
-    """The arrays and header of a checkpoint file (to rebuild the run before loading it)."""
+    """The arrays and header of a checkpoint file (to rebuild the run before loading it), checked."""
     arrays, header = load_arrays(path, kind="checkpoint")
     if header.get("kind") != "checkpoint":
-        raise ModelFileError(f"{path}: expected a checkpoint, found a {header.get('kind')!r} file "
+        raise ModelFileError(f"{path}: expected a checkpoint, found a {_short(header.get('kind'))} file "
                              f"(resume needs the checkpoint.safetensors a training run writes)")
+    _check_trainer_info(path, header.get("trainer"))
+    run = header.get("run", {})
+    if not isinstance(run, dict):
+        raise ModelFileError(f"{path}: header entry 'run' must be a dict of options, got {type(run).__name__}")
+    for key, value in run.items():
+        if value is not None and not isinstance(value, (str, bool, numbers.Real)):
+            raise ModelFileError(f"{path}: run option {_short(key)} must be a string, a number or null, "
+                                 f"got {type(value).__name__}")
     return arrays, header
 
 
-def load_checkpoint(path, trainer) -> dict:
-    """Restore a checkpoint into ``trainer`` (built with the same architecture); returns the run config."""
-    from ..errors import ConfigError
+def _check_trainer_info(path, info) -> None:
+    """The types of the ``trainer`` header entry (what ``Trainer.state_dict`` wrote)."""
+    if not isinstance(info, dict):
+        raise ModelFileError(f"{path}: header entry 'trainer' must be a dict, got {type(info).__name__}")
 
+    def bad(key, expected):
+        shown = _short(info[key]) if key in info else "nothing"
+        return ModelFileError(f"{path}: trainer entry {key!r} must be {expected}, got {shown}")
+
+    def count(value, low):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+    if not count(info.get("epoch"), 0):
+        raise bad("epoch", "an integer >= 0")
+    if not count(info.get("epochs"), 1):
+        raise bad("epochs", "an integer >= 1")
+    if not count(info.get("seed", 0), 0):
+        raise bad("seed", "an integer >= 0")
+    lr = info.get("base_lr")
+    if not isinstance(lr, numbers.Real) or isinstance(lr, bool) or not math.isfinite(lr) or lr < 0:
+        raise bad("base_lr", "a finite number >= 0")
+    if not isinstance(info.get("optimizer"), dict):
+        raise bad("optimizer", "a dict")
+    history = info.get("history")
+    if not isinstance(history, list) or not all(isinstance(record, dict) for record in history):
+        raise bad("history", "a list of dicts")
+    callbacks = info.get("callbacks", [])
+    if not isinstance(callbacks, list) or not all(
+            isinstance(c, dict) and isinstance(c.get("type"), str) and isinstance(c.get("info"), dict)
+            for c in callbacks):
+        raise bad("callbacks", "a list of {'type': name, 'info': dict}")
+
+
+def load_checkpoint(path, trainer) -> dict:
+    """Restore a checkpoint into ``trainer`` (built with the same architecture); returns the run config.
+
+    The trainer's model (built from the checkpoint's run options) must have exactly the parameters and
+    buffers the checkpoint holds, with the same shapes; this is checked before anything is restored.
+    """
     arrays, header = read_checkpoint(path)
+    current = {f"param/{n}": a for n, a in trainer.model.named_parameters().items()}
+    current.update({f"buffer/{n}": a for n, a in trainer.model.named_buffers().items()})
+    saved = {key for key in arrays if key.startswith(("param/", "buffer/"))}
+    for key in sorted(set(current) | saved):
+        expected = tuple(current[key].shape) if key in current else None
+        found = tuple(arrays[key].shape) if key in arrays else None
+        if expected != found:
+            what = (f"has no array {key!r}" if found is None else f"holds an array {key!r} the model lacks"
+                    if expected is None else f"array {key!r} has shape {found}, the model expects {expected}")
+            raise ModelFileError(f"{path}: the checkpoint does not fit the model its run options describe: the "
+                                 f"checkpoint {what}")
+    for key, array in arrays.items():  # saved copies of the weights (early stopping's best, say)
+        if key.startswith("callback/"):
+            weight = key.split("/", 2)[-1]
+            if weight in current and tuple(array.shape) != tuple(current[weight].shape):
+                raise ModelFileError(f"{path}: array {key!r} has shape {tuple(array.shape)}, the model's "
+                                     f"{weight!r} {tuple(current[weight].shape)}")
     backend = trainer.backend
     device_arrays = {}
     for name, array in arrays.items():
@@ -156,6 +372,7 @@ def load_checkpoint(path, trainer) -> dict:
                                                 backend.dtype(str(array.dtype)))
     try:
         trainer.load_state_dict(device_arrays, header["trainer"])
-    except (KeyError, ConfigError) as exc:
-        raise ModelFileError(f"{path}: checkpoint does not match this model and optimizer ({exc})") from None
+    except (KeyError, ConfigError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path}: checkpoint does not match this model and optimizer "
+                             f"({_short(str(exc), 300)})") from None
     return header.get("run", {})

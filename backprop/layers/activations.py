@@ -11,6 +11,10 @@ from .base import Layer
 class Activation(Layer):
     """A parameter-free layer applied elementwise; subclasses define forward and backward."""
 
+    @classmethod
+    def array_shapes(cls, config: dict) -> dict[str, tuple]:
+        return {}  # no parameters or buffers
+
     def forward(self, x, *, training: bool = False):
         self.check_input(x)
         return self._forward(x)

@@ -84,6 +84,14 @@ class Layer:
         """The constructor arguments (JSON values) that rebuild this layer's architecture."""
         return {}
 
+    @classmethod
+    def array_shapes(cls, config: dict) -> dict[str, tuple] | None:
+        """The shapes of the arrays ``cls(**config)`` would create, keyed ``param/<name>`` and ``buffer/<name>``,
+        computed without creating them: a model file's declared architecture is checked against the arrays the
+        file actually holds before anything is allocated. None: this layer type cannot tell (then it is built
+        as declared). A layer with parameters overrides this; one without returns ``{}``."""
+        return None
+
     # -- moving and converting ------------------------------------------------
     def _map_arrays(self, convert, *, backend: Backend | None = None, dtype=None) -> Layer:
         """A copy whose parameters and buffers are ``convert(array)``; caches are dropped."""

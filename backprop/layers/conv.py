@@ -68,6 +68,15 @@ class Conv2D(Layer):
                 "kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding),
                 "dilation": list(self.dilation), "bias": self.use_bias, "init": self.init}
 
+    @classmethod
+    def array_shapes(cls, config: dict) -> dict[str, tuple]:
+        out_channels = config.get("out_channels")
+        kernel = as_pair(config.get("kernel_size"), "kernel_size", "Conv2D", minimum=1)
+        shapes = {"param/weight": (out_channels, config.get("in_channels"), *kernel)}
+        if config.get("bias", True):
+            shapes["param/bias"] = (out_channels,)
+        return shapes
+
     def forward(self, x, *, training: bool = False):
         expected = f"(batch, {self.in_channels}, H, W)"
         self.check_input(x, ndim=4, expected=expected)

@@ -42,6 +42,14 @@ class Dense(Layer):
         return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.use_bias,
                 "init": self.init}
 
+    @classmethod
+    def array_shapes(cls, config: dict) -> dict[str, tuple]:
+        out_features = config.get("out_features")
+        shapes = {"param/weight": (config.get("in_features"), out_features)}
+        if config.get("bias", True):
+            shapes["param/bias"] = (out_features,)
+        return shapes
+
     def forward(self, x, *, training: bool = False):
         self.check_input(x, min_ndim=2, last_dim=self.in_features, expected=f"(batch, {self.in_features})")
         self._x = x

@@ -33,6 +33,10 @@ class Dropout(Layer):
     def config(self) -> dict:
         return {"p": self.p}
 
+    @classmethod
+    def array_shapes(cls, config: dict) -> dict[str, tuple]:
+        return {}  # no parameters or buffers
+
     def reseed(self, seed) -> None:
         self._random = self.backend.random(seed)
 

@@ -61,6 +61,10 @@ class Embedding(Layer):
         return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim, "init": self.init,
                 "check_indices": self.check_indices}
 
+    @classmethod
+    def array_shapes(cls, config: dict) -> dict[str, tuple]:
+        return {"param/weight": (config.get("num_embeddings"), config.get("embedding_dim"))}
+
     def _check_indices(self, x):
         if not self.backend.owns(x):
             raise DeviceMismatchError(

@@ -199,6 +199,11 @@ class FixedPointRecurrent(Layer):
                 "check_every": self.check_every, "recurrent_norm": self.recurrent_norm,
                 "max_recurrent_norm": self.max_recurrent_norm, "init": self.init}
 
+    @classmethod
+    def array_shapes(cls, config: dict) -> dict[str, tuple]:
+        inputs, hidden = config.get("input_size"), config.get("hidden_size")
+        return {"param/weight_ih": (inputs, hidden), "param/weight_hh": (hidden, hidden), "param/bias": (hidden,)}
+
     def reset_stats(self) -> None:
         """Zero the running totals in ``stats``."""
         self.stats = {"forward_calls": 0, "forward_iterations": 0, "forward_failures": 0,

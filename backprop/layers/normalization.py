@@ -107,6 +107,12 @@ class _BatchNorm(Layer):
         return {self._features_name: self.num_features, "momentum": self.momentum, "eps": self.eps,
                 "affine": self.affine}
 
+    @classmethod
+    def array_shapes(cls, config: dict) -> dict[str, tuple]:
+        shape = (config.get(cls._features_name),)
+        shapes = {"param/weight": shape, "param/bias": shape} if config.get("affine", True) else {}
+        return {**shapes, "buffer/running_mean": shape, "buffer/running_var": shape}
+
     def _channel_shape(self, ndim: int) -> tuple[int, ...]:
         """(1, C, 1, ...): a per-channel vector shaped to broadcast against the input."""
         return (1, self.num_features) + (1,) * (ndim - 2)
@@ -245,6 +251,12 @@ class LayerNorm(Layer):
     def config(self) -> dict:
         return {"normalized_shape": list(self.normalized_shape), "eps": self.eps,
                 "elementwise_affine": self.elementwise_affine}
+
+    @classmethod
+    def array_shapes(cls, config: dict) -> dict[str, tuple]:
+        shape = config.get("normalized_shape")
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        return {"param/weight": shape, "param/bias": shape} if config.get("elementwise_affine", True) else {}
 
     def forward(self, x, *, training: bool = False):
         k = len(self.normalized_shape)

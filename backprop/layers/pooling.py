@@ -33,6 +33,10 @@ class _Pool2D(Layer):
     def config(self) -> dict:
         return {"kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding)}
 
+    @classmethod
+    def array_shapes(cls, config: dict) -> dict[str, tuple]:
+        return {}  # no parameters or buffers
+
     def _windows(self, x, fill: float):
         """The padded input, and the row slices and column slices of the kernel offsets: window row i of
         every output position lies in ``padded[:, :, rows[i], :]``, window column j of a row-reduced array in

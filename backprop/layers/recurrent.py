@@ -100,11 +100,7 @@ class Recurrent(Layer):
         Any other name from ``backprop.init``: each gate's block of the weights drawn on its own (so the
         fans are those of one gate), biases zero."""
         gates, hidden = len(self.gate_order), self.hidden_size
-        shapes = {"weight_ih": (self.input_size, gates * hidden), "weight_hh": (hidden, gates * hidden),
-                  "bias": (gates * hidden,)}
-        if self.extra_bias:
-            shapes[self.extra_bias] = (hidden,)
-        for name, shape in shapes.items():
+        for name, shape in self._direction_shapes(self.input_size, hidden).items():
             if self.init == "uniform":
                 bound = 1.0 / math.sqrt(hidden)
                 value = self.backend.from_host(rng.uniform(shape, -bound, bound), dtype=self.dtype)
@@ -115,6 +111,21 @@ class Recurrent(Layer):
             else:
                 value = self.xp.zeros(shape, dtype=self.dtype, device=self.backend.device)
             self.params[name + suffix] = value
+
+    @classmethod
+    def _direction_shapes(cls, input_size: int, hidden: int) -> dict[str, tuple]:
+        gates = len(cls.gate_order)
+        shapes = {"weight_ih": (input_size, gates * hidden), "weight_hh": (hidden, gates * hidden),
+                  "bias": (gates * hidden,)}
+        if cls.extra_bias:
+            shapes[cls.extra_bias] = (hidden,)
+        return shapes
+
+    @classmethod
+    def array_shapes(cls, config: dict) -> dict[str, tuple]:
+        suffixes = ("", "_reverse") if config.get("bidirectional", False) else ("",)
+        shapes = cls._direction_shapes(config.get("input_size"), config.get("hidden_size"))
+        return {f"param/{name}{suffix}": shape for suffix in suffixes for name, shape in shapes.items()}
 
     def _direction_params(self, suffix: str) -> dict:
         names = ("weight_ih", "weight_hh", "bias") + ((self.extra_bias,) if self.extra_bias else ())

@@ -13,6 +13,10 @@ class _Rearrange(Layer):
 
     _shape = None
 
+    @classmethod
+    def array_shapes(cls, config: dict) -> dict[str, tuple]:
+        return {}  # no parameters or buffers
+
     def backward(self, grad_output):
         if self._shape is None:
             raise RuntimeError(f"{self!r}: backward called before forward")
