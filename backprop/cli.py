@@ -17,18 +17,29 @@ def _format_warning(message, category, filename, lineno, line=None):
     return f"warning: {message}\n"
 
 
+BACKEND_HELP = (f"array library and device: numpy, cupy[:N], torch:cpu, torch:cuda:N, torch:mps, array_api_strict, "
+                f"or auto (default: ${ENV_VAR}, else auto). Accepted before or after the command; given in both "
+                f"places, the one after the command is used")
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
+    """The options every command takes, before its name (``backprop --backend numpy train``) or after it
+    (``backprop train --backend numpy``). After the command the default is SUPPRESS, so an option given only
+    before it is not overwritten by the subcommand's default."""
+    parser.add_argument("--backend", default=argparse.SUPPRESS if after_command else None, help=BACKEND_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backprop", description="Train neural networks by backpropagation on NumPy, CuPy or PyTorch.")
-    parser.add_argument("--backend", default=None,
-                        help=f"array library and device: numpy, cupy[:N], torch:cpu, torch:cuda:N, torch:mps, "
-                             f"array_api_strict, or auto (default: ${ENV_VAR}, else auto)")
+    _add_global_options(parser, after_command=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     backends_cmd = commands.add_parser("backends", help="list the array backends and whether each works here")
     backends_cmd.add_argument("--require", metavar="SPEC",
                               help="exit with status 1 unless this backend runs a real computation here")
     backends_cmd.set_defaults(handler=cmd_backends)
+    _add_global_options(backends_cmd, after_command=True)
 
     train = commands.add_parser("train", help="train a network (default: a two-hidden-layer MLP on the digits)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -77,18 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
                                "--distributed ... (pip install 'backprop[mpi]'); each rank trains on its shard of "
                                "every batch, gradients are averaged, only rank 0 writes files")
     train.set_defaults(handler=cmd_train)
+    _add_global_options(train, after_command=True)
 
     evaluate = commands.add_parser("evaluate", help="accuracy of a saved model on a dataset's test set")
     evaluate.add_argument("model", help="a model.safetensors file or a run directory")
     evaluate.add_argument("--dataset", default=None, help="default: the dataset the model was trained on")
     evaluate.add_argument("--data-dir", default=None)
     evaluate.set_defaults(handler=cmd_evaluate)
+    _add_global_options(evaluate, after_command=True)
 
     predict = commands.add_parser("predict", help="predict the classes of new inputs with a saved model")
     predict.add_argument("model", help="a model.safetensors file or a run directory")
     predict.add_argument("input", help="a .npy, .npz (array 'x') or .csv file of feature rows")
     predict.add_argument("--output", default=None, help="write the predictions to this CSV file")
     predict.set_defaults(handler=cmd_predict)
+    _add_global_options(predict, after_command=True)
 
     from .examples import EXAMPLES
 
@@ -250,11 +264,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        if args.backend is not None:
-            from backends import set_backend
+        if args.backend is None:
+            return args.handler(args)
+        from backends import use_backend
 
-            set_backend(args.backend)
-        return args.handler(args)
+        with use_backend(args.backend):  # for this command only: main() called from Python leaves no trace
+            return args.handler(args)
     except (BackpropError, BackendError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
