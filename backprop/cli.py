@@ -41,45 +41,58 @@ def build_parser() -> argparse.ArgumentParser:
     backends_cmd.set_defaults(handler=cmd_backends)
     _add_global_options(backends_cmd, after_command=True)
 
+    # Every train option defaults to SUPPRESS: the namespace then holds exactly the options the user typed
+    # (an explicitly typed default included), which --resume needs; the defaults come from DEFAULTS and
+    # RUN_FLAGS afterwards, and the help shows them itself.
     train = commands.add_parser("train", help="train a network (default: a two-hidden-layer MLP on the digits)",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                argument_default=argparse.SUPPRESS)
     d = DEFAULTS
     data = train.add_argument_group("data")
-    data.add_argument("--dataset", default=d["dataset"],
-                      help="digits (shipped with the package), mnist, fashion-mnist, or a .npz/.csv file")
-    data.add_argument("--data-dir", default=None, help="read MNIST-style files from here instead of downloading")
-    data.add_argument("--scaling", choices=["none", "standardize", "minmax"], default=None,
-                      help="feature scaling fitted on the training set (default: none for images, "
-                           "standardize for your files)")
-    data.add_argument("--validation-split", type=float, default=d["validation_split"],
-                      help="fraction of the training set held out for validation (0: none)")
+    data.add_argument("--dataset", help=f"digits (shipped with the package), mnist, fashion-mnist, or a .npz/.csv "
+                                        f"file (default: {d['dataset']})")
+    data.add_argument("--data-dir", help="read the MNIST or Fashion-MNIST files from here instead of downloading")
+    data.add_argument("--scaling", choices=["none", "standardize", "minmax"],
+                      help="feature scaling fitted on the training set (default: none for the built-in image "
+                           "sets, standardize for your files)")
+    data.add_argument("--validation-split", type=float, metavar="FRACTION",
+                      help=f"fraction of the training set held out for validation, 0 for none "
+                           f"(default: {d['validation_split']})")
     model = train.add_argument_group("model")
-    model.add_argument("--hidden", default=d["hidden"], help="hidden layer sizes, comma-separated")
-    model.add_argument("--activation", default=d["activation"], help="relu, leaky_relu, gelu, tanh or sigmoid")
-    model.add_argument("--dropout", type=float, default=d["dropout"], help="dropout probability after each "
-                                                                            "hidden layer")
+    model.add_argument("--hidden", metavar="SIZES",
+                       help=f"hidden layer sizes, comma-separated, or none for a linear model "
+                            f"(default: {d['hidden']})")
+    model.add_argument("--activation", help=f"relu, leaky_relu, gelu, tanh or sigmoid (default: {d['activation']})")
+    model.add_argument("--dropout", type=float, metavar="P",
+                       help=f"dropout probability after each hidden layer (default: {d['dropout']:g}, none)")
     opt = train.add_argument_group("optimization")
-    opt.add_argument("--batch-size", default=d["batch_size"],
-                     help="1 (stochastic), N (mini-batch) or full (one update per epoch)")
+    opt.add_argument("--batch-size", metavar="N",
+                     help=f"1 (stochastic), N (mini-batch) or full (one update per epoch) (default: {d['batch_size']})")
     opt.add_argument("--drop-last", action="store_true", help="drop the short last batch of each epoch")
-    opt.add_argument("--optimizer", default=d["optimizer"],
-                     help="sgd, momentum, nesterov, adam, adamw, rmsprop or adagrad")
-    opt.add_argument("--lr", type=float, default=d["lr"], help="learning rate (default: the optimizer's)")
-    opt.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="L2 weight decay")
-    opt.add_argument("--schedule", default=d["schedule"], help="constant, step, exponential or cosine")
-    opt.add_argument("--warmup-epochs", type=int, default=d["warmup_epochs"], help="linear learning-rate warm-up")
-    opt.add_argument("--clip-norm", type=float, default=d["clip_norm"], help="clip gradients to this global norm")
-    opt.add_argument("--epochs", type=int, default=d["epochs"])
-    opt.add_argument("--early-stopping", type=int, default=d["early_stopping"], metavar="PATIENCE",
-                     help="stop after PATIENCE epochs without validation improvement and keep the best "
-                          "weights (0: off)")
-    opt.add_argument("--seed", type=int, default=d["seed"])
+    opt.add_argument("--optimizer", help=f"sgd, momentum, nesterov, adam, adamw, rmsprop or adagrad "
+                                         f"(default: {d['optimizer']})")
+    opt.add_argument("--lr", type=float, help="learning rate (default: the optimizer's own: 0.001 for adam and "
+                                              "adamw, 0.01 for the others)")
+    opt.add_argument("--weight-decay", type=float, help=f"L2 weight decay (default: {d['weight_decay']:g})")
+    opt.add_argument("--schedule", help=f"learning-rate schedule: constant, step, exponential or cosine "
+                                        f"(default: {d['schedule']})")
+    opt.add_argument("--warmup-epochs", type=int, metavar="N",
+                     help=f"epochs of linear learning-rate warm-up (default: {d['warmup_epochs']})")
+    opt.add_argument("--clip-norm", type=float, metavar="NORM",
+                     help="clip gradients to this global norm (default: no clipping)")
+    opt.add_argument("--epochs", type=int, metavar="N", help=f"passes over the training set (default: {d['epochs']})")
+    opt.add_argument("--early-stopping", type=int, metavar="PATIENCE",
+                     help=f"stop after PATIENCE epochs without validation improvement and keep the best "
+                          f"weights (default: {d['early_stopping']}, off)")
+    opt.add_argument("--seed", type=int, help=f"seed of the initial weights, shuffling and dropout "
+                                              f"(default: {d['seed']})")
     run = train.add_argument_group("output")
-    run.add_argument("--output", default=None, help="directory for the model, history and plots "
-                                                    "(default: a new runs/<dataset>-<time>)")
-    run.add_argument("--overwrite", action="store_true", help="allow --output to replace an earlier model")
-    run.add_argument("--resume", metavar="DIR", default=None,
-                     help="continue the interrupted run in DIR from its checkpoint")
+    run.add_argument("--output", metavar="DIR", help="directory for the model, history and plots "
+                                                     "(default: a new runs/<dataset>-<date>-<time>)")
+    run.add_argument("--overwrite", action="store_true", help="allow --output to replace an earlier run")
+    run.add_argument("--resume", metavar="DIR",
+                     help="continue the run in DIR from its checkpoint, with the options it was started with; "
+                          "only --epochs (to train longer), --no-progress, --no-plots, --distributed and "
+                          "--backend may be given with it")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parallel = train.add_argument_group("distributed")
@@ -123,9 +136,20 @@ def cmd_example(args) -> int:
 
 
 TRAIN_OPTIONS = tuple(DEFAULTS)
+#: The train command's options that are not part of a run's recorded options, and their defaults.
+RUN_FLAGS = {"output": None, "overwrite": False, "resume": None, "no_progress": False, "no_plots": False,
+             "distributed": False}
+
+
+def given_train_options(args) -> dict:
+    """The run options (``DEFAULTS``' keys) the user typed on the command line, whatever their value."""
+    return {key: getattr(args, key) for key in TRAIN_OPTIONS if hasattr(args, key)}
 
 
 def cmd_train(args) -> int:
+    for key, default in RUN_FLAGS.items():
+        if not hasattr(args, key):
+            setattr(args, key, default)
     if not args.distributed:
         return _train(args, None)
     from .distributed import world
@@ -143,15 +167,19 @@ def _train(args, communicator) -> int:
     from .runs import output_directory, resume_options, train_run
 
     root = communicator is None or communicator.is_root
+    given = given_train_options(args)
     if args.resume:
         output = Path(args.resume)
-        options = resume_options(output)
-        given = {key: getattr(args, key) for key in TRAIN_OPTIONS
-                 if getattr(args, key) != DEFAULTS[key] and key != "dataset"}
-        options.update({k: v for k, v in given.items() if k == "epochs"})  # only more epochs may be asked for
+        if args.output is not None and Path(args.output) != output:
+            raise ConfigError(f"--output {args.output} and --resume {output}: a resumed run continues in its own "
+                              f"directory; leave out --output")
+        if args.overwrite:
+            raise ConfigError(f"--overwrite and --resume {output}: resuming continues the run's files, it replaces "
+                              f"nothing; leave out --overwrite")
+        options = resume_options(output, given)
     else:
-        options = {key: getattr(args, key) for key in TRAIN_OPTIONS}
-        output = output_directory(args.output, args.dataset, args.overwrite) if root else None
+        options = {**DEFAULTS, **given}
+        output = output_directory(args.output, options["dataset"], args.overwrite) if root else None
         if communicator is not None:
             output = communicator.broadcast_object(output)  # rank 0 names it (a new directory has the time in it)
     try:

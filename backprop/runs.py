@@ -205,14 +205,83 @@ def resolve_model_path(path) -> Path:
     return path
 
 
-def resume_options(directory: Path) -> dict:
+def resume_options(directory: Path, given: dict | None = None) -> dict:
+    """The options to resume the run in ``directory`` with: the ones it was started with (from its checkpoint).
+
+    ``given``: options the user typed along with ``--resume``. A resumed run must end exactly where the run
+    would have ended without the interruption, so nothing that shapes the result may change: an option whose
+    value differs from the run's raises a ``ConfigError`` that names each one. The exception is ``epochs``,
+    which may grow (to extend a finished run) as long as the learning-rate schedule does not depend on it:
+    a step or cosine schedule is laid out over the run's epochs, and stretching it would change learning
+    rates the run has already used."""
     from .host_io.model_files import read_checkpoint
 
-    checkpoint = directory / CHECKPOINT_FILE
+    checkpoint = Path(directory) / CHECKPOINT_FILE
     if not checkpoint.exists():
         raise ConfigError(f"--resume {directory}: no {CHECKPOINT_FILE} there (nothing to resume)")
     _, header = read_checkpoint(checkpoint)
-    return dict(header.get("run", {}))
+    recorded = header.get("run", {})
+    options = {**DEFAULTS, **(recorded if isinstance(recorded, dict) else {})}
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown run option(s) {', '.join(unknown)}; expected {', '.join(DEFAULTS)}")
+    changed = [key for key, value in given.items() if key != "epochs" and not _same_option(key, value, options[key])]
+    if changed:
+        listed = ", ".join(f"{_flag(key, given[key])} (the run has {_shown(key, options[key])})" for key in changed)
+        raise ConfigError(f"--resume {directory} continues the run with the options it was started with, so "
+                          f"{listed} cannot be given; leave {'it' if len(changed) == 1 else 'them'} out, or start "
+                          f"a new run")
+    if "epochs" in given and given["epochs"] != options["epochs"]:
+        epochs, trainer = given["epochs"], header.get("trainer", {})
+        done = trainer.get("epoch") if isinstance(trainer, dict) else None
+        if isinstance(done, int) and isinstance(epochs, int) and epochs < done:
+            raise ConfigError(f"--epochs {epochs} with --resume {directory}: the run has already trained {done} "
+                              f"epochs; ask for at least that many")
+        schedule = str(options["schedule"]).lower()
+        if schedule in ("step", "cosine"):
+            raise ConfigError(f"--epochs {epochs} with --resume {directory}: the run's {schedule} schedule is laid "
+                              f"out over its {options['epochs']} epochs, and changing that would change learning "
+                              f"rates it has already used; resume without --epochs, or start a new run")
+        options["epochs"] = epochs
+    return options
+
+
+def _canonical(key: str, value):
+    """An option's value in the form that decides the run, so 256,128 and "256, 128" compare equal."""
+    from .training.batches import parse_batch_size
+
+    try:
+        if key == "hidden":
+            return tuple(parse_hidden(value))
+        if key == "batch_size":
+            return parse_batch_size(value)
+    except ConfigError:
+        return value
+    if key in ("optimizer", "schedule", "activation") and isinstance(value, str):
+        return value.lower().replace("-", "_")
+    if isinstance(value, int) and not isinstance(value, bool) and key not in ("epochs", "seed", "warmup_epochs",
+                                                                              "early_stopping"):
+        return float(value)
+    return value
+
+
+def _same_option(key: str, a, b) -> bool:
+    return _canonical(key, a) == _canonical(key, b)
+
+
+def _flag(key: str, value) -> str:
+    flag = "--" + key.replace("_", "-")
+    return flag if isinstance(value, bool) else f"{flag} {value}"
+
+
+def _shown(key: str, value) -> str:
+    if value is None:
+        return {"lr": "the optimizer's default", "clip_norm": "no clipping", "scaling": "the dataset's default",
+                "data_dir": "none"}.get(key, "none")
+    if isinstance(value, bool):
+        return "it on" if value else "it off"
+    return str(value)
 
 
 __all__ = ["DEFAULTS", "build_model", "output_directory", "resume_options", "train_run"]

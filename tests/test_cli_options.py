@@ -56,3 +56,66 @@ def test_main_leaves_the_current_backend_as_it_was(tmp_path):
     before = current_backend()
     assert main(["backends", "--backend", "array_api_strict"]) == 0
     assert current_backend() is before
+
+
+# ----------------------------------------------------------------------------------------------- --resume
+
+
+@pytest.fixture
+def two_epoch_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *QUICK, "--epochs", "2", "--optimizer", "sgd", "--lr", "0.05", "--output", str(out)]) == 0
+    capsys.readouterr()
+    return out
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--optimizer", "adam"], ["--optimizer adam (the run has sgd)"]),  # adam is the default: typed, so counted
+    (["--lr", "0.1", "--hidden", "16"], ["--lr 0.1 (the run has 0.05)", "--hidden 16 (the run has 8)"]),
+    (["--drop-last", "--seed", "0"], ["--drop-last (the run has it off)"]),  # --seed 0 is the run's own seed
+    (["--dataset", "mnist"], ["--dataset mnist (the run has digits)"]),
+])
+def test_resume_refuses_options_that_would_change_the_run_and_names_each(two_epoch_run, capsys, extra, named):
+    before = {p.name: p.read_bytes() for p in two_epoch_run.iterdir()}
+    assert main(["train", "--resume", str(two_epoch_run), *extra]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"error: --resume {two_epoch_run} continues the run with the options it was started")
+    for text in named:
+        assert text in line
+    assert line.count("(the run has") == len(named)
+    assert {p.name: p.read_bytes() for p in two_epoch_run.iterdir()} == before  # nothing touched
+
+
+def test_resume_accepts_the_run_s_own_options_and_more_epochs_bit_for_bit(two_epoch_run, tmp_path, capsys):
+    import numpy as np
+
+    import backprop as bp
+
+    whole = tmp_path / "whole"
+    assert main(["train", *QUICK, "--epochs", "3", "--optimizer", "sgd", "--lr", "0.05", "--output", str(whole)]) == 0
+    # the run's own values, spelled differently, and display options are fine
+    assert main(["train", "--resume", str(two_epoch_run), "--epochs", "3", "--optimizer", "SGD", "--lr", "5e-2",
+                 "--hidden", " 8", "--no-plots", "--no-progress", "--output", str(two_epoch_run)]) == 0
+    assert "resuming" in capsys.readouterr().out
+    expected, _ = bp.load_model(whole / "model.safetensors")
+    resumed, _ = bp.load_model(two_epoch_run / "model.safetensors")
+    for name, weight in expected.named_parameters().items():
+        np.testing.assert_array_equal(resumed.named_parameters()[name], weight)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--epochs", "1"], "--epochs 1 with --resume {out}: the run has already trained 2 epochs"),
+    (["--overwrite"], "--overwrite and --resume {out}: resuming continues the run's files"),
+    (["--output", "elsewhere"], "--output elsewhere and --resume {out}: a resumed run continues in its own"),
+])
+def test_resume_rejects_what_it_cannot_honour(two_epoch_run, capsys, extra, message):
+    assert main(["train", "--resume", str(two_epoch_run), *extra]) == 2
+    assert message.format(out=two_epoch_run) in one_error_line(capsys)
+
+
+def test_resume_cannot_stretch_a_cosine_schedule(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *QUICK, "--epochs", "2", "--schedule", "cosine", "--output", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--epochs", "4"]) == 2
+    assert "the run's cosine schedule is laid out over its 2 epochs" in one_error_line(capsys)
