@@ -204,7 +204,6 @@ def _train(args, communicator) -> int:
 def cmd_evaluate(args) -> int:
     from .data import load_dataset
     from .host_io.model_files import load_model
-    from .losses import CrossEntropy
     from .runs import resolve_model_path
     from .training import evaluate
 
@@ -218,12 +217,32 @@ def cmd_evaluate(args) -> int:
     # Loading the same way as in training refits the scaling on the same training set: the same test features.
     dataset = load_dataset(name, data_dir=args.data_dir, scaling=options.get("scaling"),
                            seed=options.get("seed", 0))
+    loss_fn, y_test = _recorded_loss(path, metadata, dataset)
     backend = model.backend
-    x_test, y_test = backend.from_host(dataset.x_test), backend.from_host(dataset.y_test)
-    loss, accuracy = evaluate(model, x_test, y_test, CrossEntropy())
+    x_test, y_test = backend.from_host(dataset.x_test), backend.from_host(y_test)
+    loss, accuracy = evaluate(model, x_test, y_test, loss_fn)
     print(f"{path}: test accuracy {100 * accuracy:.2f}% ({round(accuracy * len(dataset.y_test))}/"
           f"{len(dataset.y_test)}), test loss {loss:.4f} on {dataset.name} with {backend.name}")
     return 0
+
+
+def _recorded_loss(path, metadata: dict, dataset):
+    """The loss the model was trained with, and the test targets in the form that loss takes."""
+    import numpy as np
+
+    from .errors import ModelFileError
+    from .losses import LOSSES
+
+    # Model files record their loss since it became possible to train with another; every model saved before
+    # that was trained with cross-entropy (the only loss `backprop train` used), so it is the right default.
+    name = metadata.get("loss", "cross_entropy")
+    if not isinstance(name, str) or name not in LOSSES:
+        raise ModelFileError(f"{path}: the model records an unknown loss {name!r}; expected one of "
+                             f"{', '.join(LOSSES)}")
+    if name == "cross_entropy":
+        return LOSSES[name](), dataset.y_test
+    # The other losses compare the scores with a target of the same shape: a class is its one-hot vector.
+    return LOSSES[name](), np.eye(dataset.num_classes, dtype=np.float32)[dataset.y_test]
 
 
 def cmd_predict(args) -> int:

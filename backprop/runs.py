@@ -59,6 +59,17 @@ def build_model(options: dict, num_features: int, num_classes: int, backend) -> 
     return model
 
 
+def loss_name(loss) -> str:
+    """The name ``LOSSES`` knows a loss by (what a model file records, so ``evaluate`` can use it again)."""
+    from .losses import LOSSES
+
+    for name, cls in LOSSES.items():
+        if type(loss) is cls:
+            return name
+    raise ConfigError(f"{type(loss).__name__} is not one of the losses a model file can record "
+                      f"({', '.join(LOSSES)})")
+
+
 def output_directory(requested: str | None, dataset: str, overwrite: bool) -> Path:
     """A directory for the run's files that never silently replaces an earlier run's model."""
     if requested is None:
@@ -136,7 +147,8 @@ def _train_run(options, *, output, backend, progress, plots, resume, log, commun
         f"{options['optimizer']} lr {trainer.base_lr:g}"
         + (f", {communicator.size} ranks (data-parallel)" if communicator is not None else ""))
     metadata = {"dataset": dataset.name, "num_classes": dataset.num_classes, "class_names": dataset.class_names,
-                "image_shape": dataset.image_shape, "scaler": dataset.scaler, "options": options}
+                "image_shape": dataset.image_shape, "scaler": dataset.scaler, "options": options,
+                "loss": loss_name(trainer.loss_fn)}
     try:
         trainer.fit(dataset.x_train, dataset.y_train, validation_split=options["validation_split"] or 0.0)
     except TrainingError:

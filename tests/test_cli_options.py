@@ -119,3 +119,49 @@ def test_resume_cannot_stretch_a_cosine_schedule(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "--resume", str(out), "--epochs", "4"]) == 2
     assert "the run's cosine schedule is laid out over its 2 epochs" in one_error_line(capsys)
+
+
+# ------------------------------------------------------------------------------------- evaluate's loss
+
+
+@pytest.mark.parametrize("recorded", ["mse", "binary_cross_entropy", None])
+def test_evaluate_uses_the_loss_the_model_was_trained_with(recorded, tmp_path, capsys):
+    import numpy as np
+
+    import backprop as bp
+
+    out = tmp_path / "run"
+    assert main(["train", *QUICK, "--output", str(out)]) == 0
+    model, metadata = bp.load_model(out / "model.safetensors")
+    assert metadata["loss"] == "cross_entropy"  # what `backprop train` trains with, recorded
+    if recorded is None:
+        del metadata["loss"]  # a model saved before losses were recorded: trained with cross-entropy
+    else:
+        metadata["loss"] = recorded
+    bp.save_model(out / "model.safetensors", model, metadata)
+    capsys.readouterr()
+    assert main(["evaluate", str(out)]) == 0
+    printed = capsys.readouterr().out
+
+    digits = bp.data.load_digits()  # the expected loss, computed here in float64 from the model's scores
+    scores = np.asarray(model.forward(digits.x_test), dtype=np.float64)
+    onehot = np.eye(10)[digits.y_test]
+    if recorded == "mse":
+        expected = np.mean((scores - onehot) ** 2)
+    elif recorded == "binary_cross_entropy":
+        expected = np.mean(np.logaddexp(0, scores) - scores * onehot)
+    else:
+        shifted = scores - scores.max(axis=1, keepdims=True)
+        expected = -np.mean((shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True)))[onehot == 1])
+    assert f"test loss {expected:.4f} " in printed, printed
+
+
+def test_evaluate_rejects_an_unknown_recorded_loss(tmp_path, capsys):
+    import backprop as bp
+
+    out = tmp_path / "run"
+    assert main(["train", *QUICK, "--output", str(out)]) == 0
+    model, metadata = bp.load_model(out / "model.safetensors")
+    bp.save_model(out / "model.safetensors", model, {**metadata, "loss": "hinge"})
+    assert main(["evaluate", str(out)]) == 2
+    assert "the model records an unknown loss 'hinge'" in one_error_line(capsys)
