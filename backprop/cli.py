@@ -29,8 +29,15 @@ def _add_global_options(parser: argparse.ArgumentParser, *, after_command: bool)
     parser.add_argument("--backend", default=argparse.SUPPRESS if after_command else None, help=BACKEND_HELP)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in the CLI's one-line form (``error: ...``, status 2) instead of usage + error."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="backprop", description="Train neural networks by backpropagation on NumPy, CuPy or PyTorch.")
     _add_global_options(parser, after_command=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -164,7 +171,7 @@ def cmd_train(args) -> int:
 def _train(args, communicator) -> int:
     from pathlib import Path
 
-    from .runs import output_directory, resume_options, train_run
+    from .runs import check_options, output_directory, resume_options, train_run
 
     root = communicator is None or communicator.is_root
     given = given_train_options(args)
@@ -177,8 +184,9 @@ def _train(args, communicator) -> int:
             raise ConfigError(f"--overwrite and --resume {output}: resuming continues the run's files, it replaces "
                               f"nothing; leave out --overwrite")
         options = resume_options(output, given)
+        check_options(options)  # --epochs may have changed
     else:
-        options = {**DEFAULTS, **given}
+        options = check_options(given)  # every option, before the output directory is named or anything written
         output = output_directory(args.output, options["dataset"], args.overwrite) if root else None
         if communicator is not None:
             output = communicator.broadcast_object(output)  # rank 0 names it (a new directory has the time in it)

@@ -45,6 +45,35 @@ def parse_hidden(text) -> list[int]:
     return sizes
 
 
+def check_options(options: dict) -> dict:
+    """The run's options with defaults filled in, every one checked before anything is loaded or written.
+
+    The checks are the run's own code, not a copy of its rules: the dataset options go through the loader's
+    check, and a stand-in of the model (one unit per hidden layer, on the host) is built by ``build_model``
+    and handed to ``Trainer`` with the run's settings, so the optimizer, learning rate, schedule, batch size,
+    seed, activation, dropout, clipping, ... are refused by the same lines that would refuse them later."""
+    from .host_io.datasets import check_dataset_options
+    from .training import EarlyStopping, Trainer
+    from .training.trainer import validation_size
+
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown run option(s) {', '.join(unknown)}; expected {', '.join(DEFAULTS)}")
+    options = {**DEFAULTS, **options}
+    check_dataset_options(options["dataset"], options["data_dir"], options["scaling"])
+    hidden = parse_hidden(options["hidden"])
+    stand_in = build_model({**options, "hidden": [1] * len(hidden)}, 1, 2, get_backend("numpy"))
+    Trainer(stand_in, optimizer=options["optimizer"], lr=options["lr"], weight_decay=options["weight_decay"],
+            epochs=options["epochs"], batch_size=options["batch_size"], drop_last=options["drop_last"],
+            seed=options["seed"], schedule=options["schedule"], warmup_epochs=options["warmup_epochs"],
+            clip_norm=options["clip_norm"], progress=False, log=None)
+    if options["early_stopping"]:
+        EarlyStopping(options["early_stopping"])
+    if options["validation_split"]:
+        validation_size(None, options["validation_split"])
+    return options
+
+
 def build_model(options: dict, num_features: int, num_classes: int, backend) -> Sequential:
     """The MLP the options describe: input, hidden layers (with dropout after each), output."""
     sizes = [num_features, *parse_hidden(options["hidden"]), num_classes]
@@ -110,7 +139,7 @@ def _train_run(options, *, output, backend, progress, plots, resume, log, commun
     from .host_io.model_files import save_model
     from .training import Checkpoint, EarlyStopping, GradientMonitor, HistoryWriter, Trainer, batch_mode, evaluate
 
-    options = {**DEFAULTS, **options}
+    options = check_options(options)
     backend = get_backend(backend)
     root = communicator is None or communicator.is_root
     if communicator is not None:
@@ -127,6 +156,10 @@ def _train_run(options, *, output, backend, progress, plots, resume, log, commun
     dataset = load_dataset(options["dataset"], data_dir=options["data_dir"], scaling=options["scaling"],
                            seed=options["seed"])
     num_features = dataset.x_train.shape[1]
+    if options["validation_split"]:  # the fraction is checked; whether it leaves training data needs the data
+        from .training.trainer import validation_size
+
+        validation_size(len(dataset.x_train), options["validation_split"])
     model = build_model(options, num_features, dataset.num_classes, backend)
     callbacks = [GradientMonitor()]
     if options["early_stopping"]:
@@ -296,4 +329,4 @@ def _shown(key: str, value) -> str:
     return str(value)
 
 
-__all__ = ["DEFAULTS", "build_model", "output_directory", "resume_options", "train_run"]
+__all__ = ["DEFAULTS", "build_model", "check_options", "output_directory", "resume_options", "train_run"]

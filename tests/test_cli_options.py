@@ -165,3 +165,45 @@ def test_evaluate_rejects_an_unknown_recorded_loss(tmp_path, capsys):
     bp.save_model(out / "model.safetensors", model, {**metadata, "loss": "hinge"})
     assert main(["evaluate", str(out)]) == 2
     assert "the model records an unknown loss 'hinge'" in one_error_line(capsys)
+
+
+# ---------------------------------------------------------------------- every option checked before writing
+
+
+def run_main(argv) -> int:
+    """``main(argv)``'s exit status, argparse's own usage errors (SystemExit) included."""
+    try:
+        return main(argv)
+    except SystemExit as exit_:
+        return exit_.code
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--optimizer", "magic"], "unknown optimizer 'magic'"),
+    (["--lr", "-0.5"], "learning rate must be a positive finite number, got -0.5"),
+    (["--lr", "nan"], "learning rate must be a positive finite number, got nan"),
+    (["--schedule", "linear"], "unknown learning-rate schedule 'linear'"),
+    (["--warmup-epochs", "30"], "warmup_epochs must be less than epochs (30), got 30"),
+    (["--batch-size", "many"], "batch size must be a positive integer or 'full', got 'many'"),
+    (["--clip-norm", "0"], "clip_norm must be a positive number, got 0.0"),
+    (["--early-stopping", "-1"], "patience must be a positive integer, got -1"),
+    (["--validation-split", "1"], "validation_split must be a fraction in (0, 1), got 1.0"),
+    (["--validation-split", "0.9999"], "validation_split=0.9999 leaves no training data out of 1437 examples"),
+    (["--dropout", "1"], "p must be a probability in [0, 1), got 1.0"),
+    (["--activation", "swish"], "unknown activation 'swish'"),
+    (["--weight-decay", "-1"], "weight_decay must be a finite number >= 0, got -1.0"),
+    (["--epochs", "0"], "epochs must be a positive integer, got 0"),
+    (["--seed", "-1"], "seed must be a non-negative integer, got -1"),
+    (["--data-dir", "somewhere"], "a data directory (somewhere) is read for mnist and fashion-mnist only"),
+    (["--dataset", "cifar"], "unknown dataset 'cifar'"),
+    (["--dataset", "missing.csv"], "missing.csv: no such file"),
+    (["--scaling", "max"], "argument --scaling: invalid choice: 'max'"),
+    (["--epochs", "ten"], "argument --epochs: invalid int value: 'ten'"),
+])
+@pytest.mark.parametrize("output", ["given", "default"])
+def test_a_bad_option_stops_before_anything_is_written(bad, message, output, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the default output directory would be runs/... in here
+    argv = ["train", *bad, "--no-progress"] + (["--output", "out"] if output == "given" else [])
+    assert run_main(argv) == 2
+    assert message in one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []  # no output directory, no runs/

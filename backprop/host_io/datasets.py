@@ -634,6 +634,25 @@ def load_csv(path, label_column: int | str = -1, test_fraction: float = 0.2, see
 BUILTIN_DATASETS = ("digits", "mnist", "fashion-mnist")
 
 
+def check_dataset_options(spec, data_dir=None, scaling: str | None = None) -> str:
+    """What kind of dataset ``spec`` names (``digits``, ``mnist``, ``fashion-mnist``, ``npz`` or ``csv``), with
+    ``data_dir`` and ``scaling`` checked against it: a ConfigError before anything is read or downloaded."""
+    if scaling is not None and scaling not in SCALINGS:
+        raise ConfigError(f"unknown scaling {scaling!r}; expected one of {', '.join(SCALINGS)}")
+    text = str(spec)
+    name = text.lower().replace("_", "-")
+    if name in BUILTIN_DATASETS:
+        kind = name
+    elif name.endswith((".npz", ".csv")):
+        kind = name[-3:]
+    else:
+        raise ConfigError(f"unknown dataset {text!r}; expected one of {', '.join(BUILTIN_DATASETS)}, "
+                          f"or a path to a .npz or .csv file")
+    if data_dir is not None and kind not in ("mnist", "fashion-mnist"):
+        raise ConfigError(f"a data directory ({data_dir}) is read for mnist and fashion-mnist only, not for {text}")
+    return kind
+
+
 def load_dataset(spec, data_dir=None, scaling: str | None = None, seed: int = 0, download: bool = True, *,
                  label_column: int | str = -1, test_fraction: float = 0.2) -> Dataset:
     """Load a dataset by name (``digits``, ``mnist``, ``fashion-mnist``) or from a ``.npz`` / ``.csv`` path.
@@ -647,25 +666,20 @@ def load_dataset(spec, data_dir=None, scaling: str | None = None, seed: int = 0,
     Fashion-MNIST; ``seed``, ``label_column`` and ``test_fraction`` to user
     files that have no test part of their own.
     """
-    if scaling is not None and scaling not in SCALINGS:
-        raise ConfigError(f"unknown scaling {scaling!r}; expected one of {', '.join(SCALINGS)}")
+    kind = check_dataset_options(spec, data_dir, scaling)
     text = str(spec)
-    name = text.lower().replace("_", "-")
-    if name == "digits":
+    if kind == "digits":
         dataset = load_digits()
-    elif name == "mnist":
+    elif kind == "mnist":
         dataset = load_mnist(data_dir, download)
-    elif name == "fashion-mnist":
+    elif kind == "fashion-mnist":
         dataset = load_fashion_mnist(data_dir, download)
-    elif text.lower().endswith(".npz"):
+    elif kind == "npz":
         dataset = load_npz(text, test_fraction=test_fraction, seed=seed)
-    elif text.lower().endswith(".csv"):
-        dataset = load_csv(text, label_column=label_column, test_fraction=test_fraction, seed=seed)
     else:
-        raise ConfigError(f"unknown dataset {text!r}; expected one of {', '.join(BUILTIN_DATASETS)}, "
-                          f"or a path to a .npz or .csv file")
+        dataset = load_csv(text, label_column=label_column, test_fraction=test_fraction, seed=seed)
     if scaling is None:
-        scaling = "none" if name in BUILTIN_DATASETS else "standardize"
+        scaling = "none" if kind in BUILTIN_DATASETS else "standardize"
     fitted = fit_scaler(dataset.x_train, scaling)
     if fitted["kind"] != "none":
         dataset.x_train = apply_scaler(dataset.x_train, fitted)
