@@ -33,14 +33,23 @@ DEFAULTS = {
 
 
 def parse_hidden(text) -> list[int]:
+    """Hidden layer sizes from ``"256,128"`` (or a list of ints); ``"none"`` is no hidden layer (a linear
+    model). An empty text is an error, not a linear model: it is what an unset shell variable gives."""
     if isinstance(text, (list, tuple)):
         sizes = list(text)
     else:
+        spelled = str(text).replace(" ", "")
+        if spelled.lower() == "none":
+            return []
+        parts = spelled.split(",")
+        if not spelled or not all(parts):
+            raise ConfigError(f"--hidden expects comma-separated layer sizes such as 256,128 (or none for no hidden "
+                              f"layer), got {text!r}")
         try:
-            sizes = [int(part) for part in str(text).replace(" ", "").split(",") if part]
+            sizes = [int(part) for part in parts]
         except ValueError:
             raise ConfigError(f"--hidden expects comma-separated layer sizes such as 256,128, got {text!r}") from None
-    if any(not isinstance(n, int) or n <= 0 for n in sizes):
+    if any(not isinstance(n, int) or isinstance(n, bool) or n <= 0 for n in sizes):
         raise ConfigError(f"--hidden expects positive layer sizes such as 256,128, got {text!r}")
     return sizes
 
@@ -76,7 +85,11 @@ def check_options(options: dict) -> dict:
 
 def build_model(options: dict, num_features: int, num_classes: int, backend) -> Sequential:
     """The MLP the options describe: input, hidden layers (with dropout after each), output."""
-    sizes = [num_features, *parse_hidden(options["hidden"]), num_classes]
+    hidden = parse_hidden(options["hidden"])
+    if options["dropout"] and not hidden:
+        raise ConfigError(f"--dropout {options['dropout']} applies after hidden layers, and the model has none "
+                          f"(--hidden none)")
+    sizes = [num_features, *hidden, num_classes]
     model = mlp(sizes, activation_name=options["activation"], seed=options["seed"], backend=backend)
     if options["dropout"]:
         layers = []

@@ -207,3 +207,39 @@ def test_a_bad_option_stops_before_anything_is_written(bad, message, output, tmp
     assert run_main(argv) == 2
     assert message in one_error_line(capsys)
     assert list(tmp_path.iterdir()) == []  # no output directory, no runs/
+
+
+# ------------------------------------------------------------------------------------------ help, --hidden
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "backends"])
+def test_help_shows_meaningful_defaults_only(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
+    for noise in ("default: None", "default: False", "default: ==SUPPRESS=="):
+        assert noise not in text
+    if command == "train":
+        for shown in ("(default: 30)", "(default: 256,128)", "(default: adam)", "(default: 32)",
+                      "(default: no clipping)", "(default: the optimizer's own: 0.001 for adam"):
+            assert shown in text, shown
+
+
+@pytest.mark.parametrize("hidden", ["", " ", "256,,128", "64,"])
+def test_an_empty_hidden_size_is_an_error_not_a_linear_model(hidden, tmp_path, capsys):
+    assert main(["train", "--hidden", hidden, "--output", str(tmp_path / "out")]) == 2
+    assert "--hidden expects comma-separated layer sizes" in one_error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_hidden_none_is_the_explicit_linear_model(tmp_path, capsys):
+    import backprop as bp
+
+    out = tmp_path / "run"
+    assert main(["train", *QUICK, "--hidden", "none", "--output", str(out)]) == 0
+    model, _ = bp.load_model(out / "model.safetensors")
+    assert [type(layer).__name__ for layer in model.layers] == ["Dense"]
+    assert (model.layers[0].in_features, model.layers[0].out_features) == (64, 10)
+    assert main(["train", *QUICK, "--hidden", "none", "--dropout", "0.2", "--output", str(tmp_path / "b")]) == 2
+    assert "--dropout 0.2 applies after hidden layers, and the model has none" in one_error_line(capsys)
