@@ -171,7 +171,7 @@ def cmd_train(args) -> int:
 def _train(args, communicator) -> int:
     from pathlib import Path
 
-    from .runs import check_options, output_directory, resume_options, train_run
+    from .runs import check_options, check_writable_directory, output_directory, resume_options, train_run
 
     root = communicator is None or communicator.is_root
     given = given_train_options(args)
@@ -184,10 +184,13 @@ def _train(args, communicator) -> int:
             raise ConfigError(f"--overwrite and --resume {output}: resuming continues the run's files, it replaces "
                               f"nothing; leave out --overwrite")
         options = resume_options(output, given)
+        check_writable_directory(output, "--resume")
         check_options(options)  # --epochs may have changed
     else:
         options = check_options(given)  # every option, before the output directory is named or anything written
         output = output_directory(args.output, options["dataset"], args.overwrite) if root else None
+        if root:
+            check_writable_directory(output, "--output")
         if communicator is not None:
             output = communicator.broadcast_object(output)  # rank 0 names it (a new directory has the time in it)
     try:
@@ -257,9 +260,11 @@ def cmd_predict(args) -> int:
     from .data import apply_scaler, load_features
     from .host_io.atomic import write_text_atomic
     from .host_io.model_files import load_model
-    from .runs import resolve_model_path
+    from .runs import check_output_file, resolve_model_path
     from .training import predict_classes
 
+    if args.output is not None:
+        check_output_file(args.output)  # before the work, not after it
     path = resolve_model_path(args.model)
     model, metadata = load_model(path)
     features = apply_scaler(load_features(args.input), metadata.get("scaler"))
@@ -311,6 +316,14 @@ def cmd_backends(args) -> int:
     return 0
 
 
+def _run_command(args) -> int:
+    try:
+        return args.handler(args)
+    except OSError as exc:  # a file the system refused (permission, a full disk, ...): say which, in one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise ConfigError(f"{where}{exc.strerror or exc}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _format_warning
     parser = build_parser()
@@ -320,11 +333,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.backend is None:
-            return args.handler(args)
+            return _run_command(args)
         from backends import use_backend
 
         with use_backend(args.backend):  # for this command only: main() called from Python leaves no trace
-            return args.handler(args)
+            return _run_command(args)
     except (BackpropError, BackendError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ be started, resumed and tested from Python.
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -112,6 +113,43 @@ def loss_name(loss) -> str:
                       f"({', '.join(LOSSES)})")
 
 
+def check_memory(options: dict, num_features: int, num_classes: int, backend) -> None:
+    """Refuse a model whose parameters, gradients and optimizer state (in the model's dtype) would not fit in
+    the memory free on the backend's device, before any of it is allocated. A lower bound of what training
+    needs (activations and the trainer's start-of-epoch copy come on top), so a model it lets through can
+    still be too big, but one it stops could never have trained."""
+    import numpy as np
+
+    from backends import dtype_name
+
+    from .optim import make_optimizer
+
+    sizes = [num_features, *parse_hidden(options["hidden"]), num_classes]
+    parameters = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))  # Dense weights and biases
+    # the optimizer's own declaration of the state it keeps per parameter (Adam: 2 arrays, SGD: none)
+    stand_in = build_model({**options, "hidden": [], "dropout": 0.0}, 1, 1, get_backend("numpy"))
+    state = len(make_optimizer(options["optimizer"], stand_in).buffer_names())
+    dtype = dtype_name(backend.float_dtype)
+    needed = parameters * np.dtype(dtype).itemsize * (2 + state)
+    available = backend.available_memory()
+    if available is not None and needed > available:
+        kept = f"plus {state} {options['optimizer']} state array{'s' if state > 1 else ''}" if state else \
+            f"{options['optimizer']} keeps no state"
+        raise ConfigError(f"--hidden {options['hidden']}: the model's {parameters:,} parameters need "
+                          f"{_size_text(needed)} ({dtype} weights and gradients, {kept}), more than the "
+                          f"{_size_text(available)} of memory available to {backend.name} ({backend.device_name})")
+
+
+def _size_text(size: int) -> str:
+    """Bytes in binary units for messages: '21.9 GiB', '512.0 TiB'."""
+    value, unit = size / 2**30, "GiB"
+    for bigger in ("TiB", "PiB", "EiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:,.1f} {unit}"
+
+
 def output_directory(requested: str | None, dataset: str, overwrite: bool) -> Path:
     """A directory for the run's files that never silently replaces an earlier run's model."""
     if requested is None:
@@ -173,6 +211,7 @@ def _train_run(options, *, output, backend, progress, plots, resume, log, commun
         from .training.trainer import validation_size
 
         validation_size(len(dataset.x_train), options["validation_split"])
+    check_memory(options, num_features, dataset.num_classes, backend)
     model = build_model(options, num_features, dataset.num_classes, backend)
     callbacks = [GradientMonitor()]
     if options["early_stopping"]:
@@ -257,10 +296,54 @@ def _describe(model) -> str:
 
 
 def resolve_model_path(path) -> Path:
+    """The model file that ``path`` (the file, or a run directory) names, checked to be readable."""
     path = Path(path)
     if path.is_dir():
         path = path / MODEL_FILE
+    check_readable(path, "model file")
     return path
+
+
+def check_readable(path: Path, what: str) -> None:
+    """A ConfigError naming ``path`` when it exists but cannot be read (a missing file is left to its
+    loader, which says so in its own words)."""
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        return
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied (cannot read the {what})") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a directory, not a {what}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+
+
+def check_writable_directory(path, option: str) -> None:
+    """A ConfigError unless the directory ``path`` can be written in, or created: checked before the data is
+    loaded or a step is trained, so a run cannot be lost at its first checkpoint for want of permission."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{option} {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "the directory is not writable" if existing == path else f"cannot create it in {existing}"
+        raise ConfigError(f"{option} {path}: permission denied ({where})")
+
+
+def check_output_file(path, option: str = "--output") -> None:
+    """A ConfigError unless a file can be written at ``path``: checked before any work is done."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a directory; name a file, such as {path / 'predictions.csv'}")
+    parent = path.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {path}: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: permission denied (cannot write in {parent})")
 
 
 def resume_options(directory: Path, given: dict | None = None) -> dict:
@@ -275,6 +358,7 @@ def resume_options(directory: Path, given: dict | None = None) -> dict:
     from .host_io.model_files import read_checkpoint
 
     checkpoint = Path(directory) / CHECKPOINT_FILE
+    check_readable(checkpoint, "checkpoint")
     if not checkpoint.exists():
         raise ConfigError(f"--resume {directory}: no {CHECKPOINT_FILE} there (nothing to resume)")
     _, header = read_checkpoint(checkpoint)

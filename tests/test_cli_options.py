@@ -243,3 +243,166 @@ def test_hidden_none_is_the_explicit_linear_model(tmp_path, capsys):
     assert (model.layers[0].in_features, model.layers[0].out_features) == (64, 10)
     assert main(["train", *QUICK, "--hidden", "none", "--dropout", "0.2", "--output", str(tmp_path / "b")]) == 2
     assert "--dropout 0.2 applies after hidden layers, and the model has none" in one_error_line(capsys)
+
+
+# ------------------------------------------------------------------------ one-line errors, not tracebacks
+
+
+def test_a_huge_label_is_refused_with_the_class_cap(tmp_path, capsys):
+    import numpy as np
+
+    x = np.random.default_rng(0).normal(size=(10, 5)).astype(np.float32)
+    np.savez(tmp_path / "ids.npz", x_train=x, y_train=np.array([0] * 9 + [2_000_000_000]))
+    assert main(["train", "--dataset", str(tmp_path / "ids.npz"), "--output", str(tmp_path / "out")]) == 2
+    line = one_error_line(capsys)
+    assert "may be at most 99,999 (100,000 classes); found 2,000,000,000 at sample 9" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_npz_without_samples_is_refused(tmp_path, capsys):
+    import numpy as np
+
+    np.savez(tmp_path / "empty.npz", x_train=np.zeros((0, 5), np.float32), y_train=np.zeros(0, np.int64))
+    assert main(["train", "--dataset", str(tmp_path / "empty.npz"), "--output", str(tmp_path / "out")]) == 2
+    assert "empty.npz (x_train): features are empty, shape (0, 5)" in one_error_line(capsys)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli_options") / "run"
+    assert main(["train", *QUICK, "--output", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def features_csv(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text(",".join(["0"] * 64) + "\n")
+    return path
+
+
+def test_predict_output_must_be_a_file_in_an_existing_directory(digits_run, features_csv, tmp_path, capsys):
+    assert main(["predict", str(digits_run), str(features_csv), "--output", str(tmp_path)]) == 2
+    assert f"--output {tmp_path} is a directory; name a file, such as {tmp_path / 'predictions.csv'}" in \
+        one_error_line(capsys)
+    assert main(["predict", str(digits_run), str(features_csv), "--output", str(tmp_path / "no" / "p.csv")]) == 2
+    assert f"the directory {tmp_path / 'no'} does not exist" in one_error_line(capsys)
+
+
+def test_hidden_sizes_that_cannot_fit_in_memory_are_refused_before_allocating(tmp_path, capsys, monkeypatch):
+    from backends import Backend
+
+    # on this machine's real free memory: a layer of 1e12 units needs about 546 TiB with SGD, anywhere
+    assert main(["train", "--hidden", "1000000000000", "--optimizer", "sgd", "--output", str(tmp_path / "a")]) == 2
+    line = one_error_line(capsys)
+    assert "--hidden 1000000000000: the model's 75,000,000,000,010 parameters need 545.7 TiB (float32 weights " \
+           "and gradients, sgd keeps no state), more than the " in line and "GiB of memory available to numpy" in line
+    # the case of the issue, against a known amount of free memory: 7.5e9 parameters x 4 bytes x (weights,
+    # gradients and Adam's two moments)
+    monkeypatch.setattr(Backend, "available_memory", lambda self: 64 * 2**30)
+    assert main(["train", "--hidden", "100000000", "--output", str(tmp_path / "b")]) == 2
+    needed = (64 * 10**8 + 10**8 + 10**8 * 10 + 10) * 4 * 4
+    assert (f"the model's 7,500,000,010 parameters need {needed / 2**30:,.1f} GiB (float32 weights and gradients, "
+            f"plus 2 adam state arrays), more than the 64.0 GiB of memory available to numpy (CPU)") in \
+        one_error_line(capsys)
+    # the check is not stricter than that: exactly enough memory trains
+    small = (64 * 8 + 8 + 8 * 10 + 10) * 4 * 4
+    monkeypatch.setattr(Backend, "available_memory", lambda self: small)
+    assert main(["train", *QUICK, "--output", str(tmp_path / "c")]) == 0
+    monkeypatch.setattr(Backend, "available_memory", lambda self: small - 1)
+    assert main(["train", *QUICK, "--output", str(tmp_path / "d")]) == 2
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "d").exists()
+
+
+def test_an_os_error_during_a_command_is_one_line(digits_run, features_csv, tmp_path, monkeypatch, capsys):
+    # A write refused after the up-front checks passed (the disk filled, permissions changed meanwhile): raised
+    # here from the atomic writer, as the OS would raise it.
+    import backprop.host_io.atomic as atomic
+
+    def refused(path, data):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(atomic, "write_bytes_atomic", refused)
+    target = tmp_path / "p.csv"
+    assert main(["predict", str(digits_run), str(features_csv), "--output", str(target)]) == 2
+    assert one_error_line(capsys) == f"error: {target}: Permission denied"
+
+
+_MAIN_IN_A_LOOP = """
+import contextlib, io, json, sys
+from backprop.cli import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        status = main(argv)
+    results.append([status, err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def run_with_file_permissions(tmp_path, commands):
+    """Run CLI commands in one child process in which file permissions apply: as root (as the tests often
+    run), without the capabilities that let root ignore them (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), dropped
+    from the bounding set by ``setpriv``. Returns [(status, stderr)] per command."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root and setpriv (util-linux) is missing: cannot make the OS deny access")
+        prefix = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+        probe = tmp_path / "probe"
+        probe.write_text("")
+        probe.chmod(0)
+        probe_run = subprocess.run([*prefix, sys.executable, "-c", f"open({str(probe)!r})"], capture_output=True)
+        if probe_run.returncode == 0:
+            pytest.skip("setpriv could not drop root's file-permission capabilities here")
+    result = subprocess.run([*prefix, sys.executable, "-c", _MAIN_IN_A_LOOP, json.dumps(commands)],
+                            capture_output=True, text=True, env={**os.environ, "BACKPROP_BACKEND": "numpy"},
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_permission_denied_is_one_line_naming_the_path(digits_run, features_csv, tmp_path):
+    import shutil
+
+    runs = {name: tmp_path / name for name in ("model", "checkpoint", "readonly_run")}
+    for path in runs.values():
+        shutil.copytree(digits_run, path)
+    (runs["model"] / "model.safetensors").chmod(0)
+    (runs["checkpoint"] / "checkpoint.safetensors").chmod(0)
+    runs["readonly_run"].chmod(0o555)
+    readonly = tmp_path / "readonly"
+    readonly.mkdir(mode=0o555)
+    before = {p.name: p.read_bytes() for p in runs["readonly_run"].iterdir()}
+    commands = {
+        "evaluate": (["evaluate", str(runs["model"])],
+                     f"{runs['model'] / 'model.safetensors'}: permission denied (cannot read the model file)"),
+        "predict": (["predict", str(runs["model"]), str(features_csv)],
+                    f"{runs['model'] / 'model.safetensors'}: permission denied (cannot read the model file)"),
+        "resume unreadable": (["train", "--resume", str(runs["checkpoint"])],
+                              f"{runs['checkpoint'] / 'checkpoint.safetensors'}: permission denied (cannot read "
+                              f"the checkpoint)"),
+        "resume read-only": (["train", "--resume", str(runs["readonly_run"]), "--epochs", "2"],
+                             f"--resume {runs['readonly_run']}: permission denied (the directory is not writable)"),
+        "train output": (["train", *QUICK, "--output", str(readonly / "new")],
+                         f"--output {readonly / 'new'}: permission denied (cannot create it in {readonly})"),
+        "predict output": (["predict", str(digits_run), str(features_csv), "--output", str(readonly / "p.csv")],
+                           f"--output {readonly / 'p.csv'}: permission denied (cannot write in {readonly})"),
+    }
+    results = run_with_file_permissions(tmp_path, [argv for argv, _ in commands.values()])
+    for (name, (_, message)), (status, err) in zip(commands.items(), results):
+        assert status == 2 and err == f"error: {message}\n", (name, err)
+    assert list(readonly.iterdir()) == []
+    assert {p.name: p.read_bytes() for p in runs["readonly_run"].iterdir()} == before
+    runs["readonly_run"].chmod(0o755)  # so that pytest can clean up
+
+
+def test_every_backend_reports_its_free_memory_in_bytes(backend):
+    available = backend.available_memory()
+    assert isinstance(available, int) and 0 < available < 2**60, available

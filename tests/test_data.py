@@ -311,6 +311,37 @@ def test_npz_bad_contents(tmp_path, arrays, problem):
     one_line_error(excinfo, path)
 
 
+@pytest.mark.parametrize("arrays, problem", [
+    ({"x_train": np.zeros((0, 5)), "y_train": np.zeros(0, np.int64)}, r"features are empty, shape \(0, 5\)"),
+    ({"x": np.zeros((4, 0, 3)), "y": np.arange(4)}, r"features are empty, shape \(4, 0, 3\)"),
+    ({"x": np.ones((4, 2)), "y": np.array([0, 1, 2_000_000_000, 0])},
+     "may be at most 99,999 \\(100,000 classes\\); found 2,000,000,000 at sample 2"),
+    ({"x": np.ones((4, 2)), "y": np.array([0, 1, 1e30, 0])}, "may be at most 99,999 .* found 1e\\+30 at sample 2"),
+    ({"x": np.ones((100_001, 1), np.float32), "y": np.array([f"id{i}" for i in range(100_001)])},
+     "100,001 different class names, more than the 100,000 classes"),
+])
+def test_npz_sizes_that_would_exhaust_memory_or_crash(tmp_path, arrays, problem):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(DataError, match=problem) as excinfo:
+        data.load_npz(path)
+    one_line_error(excinfo, path)
+
+
+def test_the_class_cap_allows_its_largest_label(tmp_path):
+    path = tmp_path / "wide.npz"
+    np.savez(path, x_train=np.ones((2, 1), np.float32), y_train=np.array([0, data.MAX_CLASSES - 1]),
+             x_test=np.ones((1, 1), np.float32), y_test=np.array([0]))
+    assert data.load_npz(path).num_classes == data.MAX_CLASSES == 100_000
+
+
+def test_features_for_prediction_cannot_be_empty(tmp_path):
+    np.save(tmp_path / "none.npy", np.zeros((0, 64), np.float32))
+    with pytest.raises(DataError, match=r"features are empty, shape \(0, 64\)") as excinfo:
+        data.load_features(tmp_path / "none.npy")
+    one_line_error(excinfo, tmp_path / "none.npy")
+
+
 @pytest.mark.parametrize("content, problem", [
     (b"", "unreadable .npz file"),
     (b"PK\x03\x04 not really a zip", "unreadable .npz file"),
@@ -371,6 +402,7 @@ def test_csv_header_of_numbers_over_integer_labels(tmp_path):
     ("a,b,c\n1,2,0\n3,,1\n", r"line 3, column 2 \(b\): '' is not a number"),
     ("1,2,0.5\n3,4,1\n", "labels must be integers, found 0.5"),
     ("1,2,-1\n3,4,1\n", "labels must be >= 0"),
+    ("1,2,0\n3,4,2000000000\n", "may be at most 99,999 .* found 2,000,000,000 at sample 1"),
     ("1\n2\n", "need at least one feature and a label"),
 ])
 def test_csv_bad_files(tmp_path, text, problem):

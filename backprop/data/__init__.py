@@ -29,6 +29,7 @@ scikit-learn was used only to read that CSV once; it is not a dependency.
 """
 
 from ..host_io.datasets import (
+    MAX_CLASSES,
     Dataset,
     apply_scaler,
     fit_scaler,
@@ -47,7 +48,7 @@ from ..host_io.datasets import (
 )
 
 __all__ = [
-    "Dataset", "apply_scaler", "fit_scaler", "load_csv", "load_dataset", "load_digits", "load_fashion_mnist",
-    "load_features",
+    "MAX_CLASSES", "Dataset", "apply_scaler", "fit_scaler", "load_csv", "load_dataset", "load_digits",
+    "load_fashion_mnist", "load_features",
     "load_mnist", "load_npz", "read_idx", "split_validation", "validate_features", "validate_labels", "write_idx",
 ]

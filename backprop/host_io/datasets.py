@@ -135,6 +135,19 @@ def validate_labels(y, num_classes: int | None, source: str) -> None:
                         f"found {high} at sample {int(np.argmax(y))}")
 
 
+#: The most classes a dataset file may have. The output layer has a row of weights per class, so a label
+#: column that holds something else (IDs, prices, a timestamp) would size a huge layer from its largest value:
+#: a label of 2,000,000,000 asks for 2e9 outputs. Real classification sets stay far below this (ImageNet-21k
+#: has about 21,800 classes), and 100,000 classes x 1,024 inputs is still a 400 MB float32 layer.
+MAX_CLASSES = 100_000
+
+
+def _number_text(value) -> str:
+    """A label value for a message: 2,000,000,000 (also from a float that holds it), or 1e+30."""
+    value = float(value)
+    return f"{int(value):,}" if value.is_integer() and abs(value) < 1e18 else f"{value:g}"
+
+
 def _encode_labels(values: np.ndarray, source: str) -> tuple[np.ndarray, list[str] | None]:
     """Labels as int64, plus class names when they were strings (sorted unique values -> 0..C-1)."""
     if values.ndim != 1:
@@ -144,6 +157,9 @@ def _encode_labels(values: np.ndarray, source: str) -> tuple[np.ndarray, list[st
         if np.any(names == ""):
             raise DataError(f"{source}: empty label at sample {int(np.argmax(names == ''))}")
         classes, codes = np.unique(names, return_inverse=True)
+        if len(classes) > MAX_CLASSES:
+            raise DataError(f"{source}: {len(classes):,} different class names, more than the {MAX_CLASSES:,} "
+                            f"classes a dataset may have; is this column really the class of each sample?")
         return codes.astype(np.int64), [str(c) for c in classes]
     if values.dtype.kind == "b":
         return values.astype(np.int64), None
@@ -154,6 +170,11 @@ def _encode_labels(values: np.ndarray, source: str) -> tuple[np.ndarray, list[st
             raise DataError(f"{source}: labels must be integers, found {values[index]} at sample {index}")
     elif values.dtype.kind not in "iu":
         raise DataError(f"{source}: labels must be integers or class names, got dtype {values.dtype}")
+    if values.size and values.max() >= MAX_CLASSES:  # before the int64 cast, which would wrap a float of 1e30
+        index = int(np.argmax(values))
+        raise DataError(f"{source}: labels are class numbers 0, 1, 2, ... and may be at most {MAX_CLASSES - 1:,} "
+                        f"({MAX_CLASSES:,} classes); found {_number_text(values[index])} at sample {index}: is this "
+                        f"column really the class of each sample?")
     labels = values.astype(np.int64)
     validate_labels(labels, None, source)
     return labels, None
@@ -463,6 +484,9 @@ def _features_2d(x: np.ndarray, source: str) -> tuple[np.ndarray, tuple[int, ...
                         f"got shape {x.shape}")
     if x.dtype.kind not in "biuf":
         raise DataError(f"{source}: features must be numbers, got dtype {x.dtype}")
+    if x.size == 0:  # before the reshape, which cannot infer a row length from no data
+        raise DataError(f"{source}: features are empty, shape {x.shape}; expected at least one sample of at least "
+                        f"one feature")
     image_shape = tuple(int(s) for s in x.shape[1:]) if x.ndim >= 3 else None
     flat = x.reshape(len(x), -1).astype(np.float32)
     validate_features(flat, source)
