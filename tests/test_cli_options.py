@@ -406,3 +406,10 @@ def test_permission_denied_is_one_line_naming_the_path(digits_run, features_csv,
 def test_every_backend_reports_its_free_memory_in_bytes(backend):
     available = backend.available_memory()
     assert isinstance(available, int) and 0 < available < 2**60, available
+
+
+def test_predict_reports_a_typo_in_the_first_row_instead_of_dropping_it(digits_run, tmp_path, capsys):
+    path = tmp_path / "new.csv"
+    path.write_text(",".join(["0"] * 5 + ["O"] + ["0"] * 58) + "\n" + ",".join(["0"] * 64) + "\n")  # O for 0
+    assert main(["predict", str(digits_run), str(path)]) == 2
+    assert one_error_line(capsys) == f"error: {path}: line 1, column 6: 'O' is not a number"

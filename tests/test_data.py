@@ -413,6 +413,47 @@ def test_csv_bad_files(tmp_path, text, problem):
     one_line_error(excinfo, path)
 
 
+@pytest.mark.parametrize("text, problem", [
+    ("1,2,3,x,5,0\n1,2,3,4,5,1\n", r"line 1, column 4: 'x' is not a number"),  # a typo: the row is data
+    ("1,,3,4,5,0\n1,2,3,4,5,1\n", r"line 1, column 2: '' is not a number"),
+    ("a,b,c,d,e,label\n1,2,3,x,5,0\n", r"line 2, column 4 \(d\): 'x' is not a number"),
+])
+def test_csv_first_row_of_mostly_numbers_is_data_and_its_typo_is_reported(tmp_path, text, problem):
+    path = tmp_path / "typo.csv"
+    path.write_text(text)
+    with pytest.raises(DataError, match=problem) as excinfo:
+        data.load_csv(path)
+    one_line_error(excinfo, path)
+
+
+def test_csv_header_of_mostly_names_is_a_header(tmp_path):
+    path = tmp_path / "named.csv"
+    path.write_text("a,b,3,label\n" + "".join(f"{i},{i + 1},{i + 2},{i % 2}\n" for i in range(10)))
+    ds = data.load_csv(path)
+    assert len(ds.x_train) + len(ds.x_test) == 10 and ds.class_names == ["0", "1"]
+
+
+@pytest.mark.parametrize("text, rows, problem", [
+    ("1,2,3,4\n5,6,7,8\n", 2, None),
+    ("a,b,c,d\n1,2,3,4\n5,6,7,8\n", 2, None),  # a header
+    ("a,b,3,4\n1,2,3,4\n", 1, None),  # half names: a header
+    ("1,2,x,4\n5,6,7,8\n", None, r"line 1, column 3: 'x' is not a number"),  # mostly numbers: data, with a typo
+    ("1,2,3,4\n5,six,7,8\n", None, r"line 2, column 2: 'six' is not a number"),
+    ("a,b,c,d\n1,2,3,4\n5,6,7,eight\n", None, r"line 3, column 4 \(d\): 'eight' is not a number"),
+])
+def test_features_csv_header_detection(tmp_path, text, rows, problem):
+    path = tmp_path / "x.csv"
+    path.write_text(text)
+    if problem is None:
+        x = data.load_features(path)
+        assert x.shape == (rows, 4) and x.dtype == np.float32
+        np.testing.assert_array_equal(x[-1], [5, 6, 7, 8] if rows == 2 else [1, 2, 3, 4])
+    else:
+        with pytest.raises(DataError, match=problem) as excinfo:
+            data.load_features(path)
+        one_line_error(excinfo, path)
+
+
 def test_csv_bad_label_column(tmp_path):
     path = tmp_path / "plain.csv"
     path.write_text("1,2,0\n3,4,1\n")

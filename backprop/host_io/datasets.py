@@ -565,6 +565,12 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def _is_header(cells: list[str]) -> bool:
+    """Whether a first row is a header: when most of its cells are not numbers. A row that is mostly numbers
+    is data, even with a typo in it; the typo is then reported, instead of the row being dropped unseen."""
+    return 2 * sum(_is_number(cell) for cell in cells) <= len(cells)
+
+
 def _read_csv_rows(path: Path, delimiter: str) -> tuple[list[list[str]], list[int]]:
     """Non-blank rows as lists of stripped cells, with their line numbers (1-based)."""
     rows, lines = [], []
@@ -593,8 +599,10 @@ def load_csv(path, label_column: int | str = -1, test_fraction: float = 0.2, see
 
     ``label_column`` is a column index (negative counts from the end) or a
     header name. A header row is detected automatically: the first row is a
-    header when one of its feature cells is not a number, or when its label
-    cell is not a number but every other row's label is. Labels may be
+    header when most of its feature cells are not numbers, or when its label
+    cell is not a number but every other row's label is. A first row that is
+    mostly numbers is data: a cell in it that is not a number is reported
+    (line, column, text), never dropped with the row. Labels may be
     integers or strings (class names, numbered 0..C-1 in sorted order). A
     stratified ``test_fraction`` of the rows is held out as the test set.
     """
@@ -616,8 +624,8 @@ def load_csv(path, label_column: int | str = -1, test_fraction: float = 0.2, see
             raise ConfigError(f"label_column must be a column name or an index in [{-width}, {width}) "
                               f"for {path}, got {label_column!r}")
         label_index = label_column % width
-        # A header has a name that is not a number among the features, or a name over numeric labels.
-        has_header = not all(_is_number(cell) for i, cell in enumerate(rows[0]) if i != label_index) or (
+        # A header has mostly names that are not numbers among the features, or a name over numeric labels.
+        has_header = _is_header([cell for i, cell in enumerate(rows[0]) if i != label_index]) or (
             len(rows) > 1 and not _is_number(rows[0][label_index])
             and all(_is_number(row[label_index]) for row in rows[1:]))
     header = rows[0] if has_header else None
@@ -718,8 +726,9 @@ def load_dataset(spec, data_dir=None, scaling: str | None = None, seed: int = 0,
 
 def load_features(path, delimiter: str = ",") -> np.ndarray:
     """Feature rows (no labels) for ``backprop predict``: a ``.npy`` array, a ``.npz`` with an array ``x``
-    (or a single array), or a ``.csv`` of numbers with an optional header row. Returns float32 (n, features);
-    images of rank 3 or more are flattened."""
+    (or a single array), or a ``.csv`` of numbers with an optional header row (a first row of mostly
+    non-numbers; a first row of mostly numbers is data, and a cell in it that is not a number an error naming
+    it). Returns float32 (n, features); images of rank 3 or more are flattened."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -739,16 +748,19 @@ def load_features(path, delimiter: str = ",") -> np.ndarray:
                                     f"{', '.join(names) or 'none'}")
         elif suffix == ".csv":
             rows, lines = _read_csv_rows(path, delimiter)
-            if rows and not all(_is_number(cell) for cell in rows[0]):
-                rows, lines = rows[1:], lines[1:]  # a header row
+            header = rows[0] if _is_header(rows[0]) else None
+            if header is not None:
+                rows, lines = rows[1:], lines[1:]
             if not rows:
                 raise DataError(f"{path}: no data rows")
             width = len(rows[0])
             for row, line in zip(rows, lines):
                 if len(row) != width:
                     raise DataError(f"{path}: line {line} has {len(row)} values, expected {width}")
-                if not all(_is_number(cell) for cell in row):
-                    raise DataError(f"{path}: line {line} has a value that is not a number")
+                bad = next((i for i, cell in enumerate(row) if not _is_number(cell)), None)
+                if bad is not None:
+                    name = f" ({header[bad]})" if header is not None and bad < len(header) else ""
+                    raise DataError(f"{path}: line {line}, column {bad + 1}{name}: {row[bad]!r} is not a number")
             x = np.array([[float(cell) for cell in row] for row in rows], dtype=np.float32)
         else:
             raise DataError(f"{path}: expected a .npy, .npz or .csv file of feature rows")
