@@ -277,7 +277,7 @@ def cmd_predict(args) -> int:
     lines = ["index,class,name"] + [f"{i},{int(c)},{names[int(c)]}" for i, c in enumerate(classes)]
     if args.output:
         write_text_atomic(args.output, "\n".join(lines) + "\n")
-        print(f"wrote {len(classes)} predictions to {args.output}")
+        print(f"wrote {len(classes)} prediction{'s' if len(classes) != 1 else ''} to {args.output}")
     else:
         print("\n".join(lines))
     return 0

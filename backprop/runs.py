@@ -79,6 +79,9 @@ def check_options(options: dict) -> dict:
             clip_norm=options["clip_norm"], progress=False, log=None)
     if options["early_stopping"]:
         EarlyStopping(options["early_stopping"])
+        if not options["validation_split"]:  # the run's EarlyStopping watches val_loss: found after an epoch
+            raise ConfigError(f"--early-stopping {options['early_stopping']} watches the validation loss, and "
+                              f"--validation-split 0 holds out no validation data")
     if options["validation_split"]:
         validation_size(None, options["validation_split"])
     return options
@@ -299,7 +302,10 @@ def resolve_model_path(path) -> Path:
     """The model file that ``path`` (the file, or a run directory) names, checked to be readable."""
     path = Path(path)
     if path.is_dir():
-        path = path / MODEL_FILE
+        directory, path = path, path / MODEL_FILE
+        if not path.exists() and (directory / CHECKPOINT_FILE).exists():
+            raise ConfigError(f"{directory} holds an unfinished run ({CHECKPOINT_FILE}, no {MODEL_FILE} yet); "
+                              f"finish it with: backprop train --resume {directory}")
     check_readable(path, "model file")
     return path
 

@@ -199,6 +199,8 @@ def run_main(argv) -> int:
     (["--dataset", "missing.csv"], "missing.csv: no such file"),
     (["--scaling", "max"], "argument --scaling: invalid choice: 'max'"),
     (["--epochs", "ten"], "argument --epochs: invalid int value: 'ten'"),
+    (["--early-stopping", "3", "--validation-split", "0"],
+     "--early-stopping 3 watches the validation loss, and --validation-split 0 holds out no validation data"),
 ])
 @pytest.mark.parametrize("output", ["given", "default"])
 def test_a_bad_option_stops_before_anything_is_written(bad, message, output, tmp_path, monkeypatch, capsys):
@@ -413,3 +415,16 @@ def test_predict_reports_a_typo_in_the_first_row_instead_of_dropping_it(digits_r
     path.write_text(",".join(["0"] * 5 + ["O"] + ["0"] * 58) + "\n" + ",".join(["0"] * 64) + "\n")  # O for 0
     assert main(["predict", str(digits_run), str(path)]) == 2
     assert one_error_line(capsys) == f"error: {path}: line 1, column 6: 'O' is not a number"
+
+
+def test_evaluate_and_predict_on_an_unfinished_run_say_how_to_finish_it(digits_run, features_csv, tmp_path, capsys):
+    import shutil
+
+    unfinished = tmp_path / "cut"
+    unfinished.mkdir()
+    shutil.copy(digits_run / "checkpoint.safetensors", unfinished)
+    for argv in (["evaluate", str(unfinished)], ["predict", str(unfinished), str(features_csv)]):
+        assert main(argv) == 2
+        assert one_error_line(capsys) == (f"error: {unfinished} holds an unfinished run (checkpoint.safetensors, no "
+                                          f"model.safetensors yet); finish it with: backprop train --resume "
+                                          f"{unfinished}")
