@@ -113,14 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="accuracy of a saved model on a dataset's test set")
     evaluate.add_argument("model", help="a model.safetensors file or a run directory")
     evaluate.add_argument("--dataset", default=None, help="default: the dataset the model was trained on")
-    evaluate.add_argument("--data-dir", default=None)
+    evaluate.add_argument("--data-dir", default=None, metavar="DIR",
+                          help="read the MNIST or Fashion-MNIST files from here instead of downloading")
     evaluate.set_defaults(handler=cmd_evaluate)
     _add_global_options(evaluate, after_command=True)
 
     predict = commands.add_parser("predict", help="predict the classes of new inputs with a saved model")
     predict.add_argument("model", help="a model.safetensors file or a run directory")
     predict.add_argument("input", help="a .npy, .npz (array 'x') or .csv file of feature rows")
-    predict.add_argument("--output", default=None, help="write the predictions to this CSV file")
+    predict.add_argument("--output", default=None, metavar="FILE",
+                         help="write the predictions to this CSV file (default: print them)")
     predict.set_defaults(handler=cmd_predict)
     _add_global_options(predict, after_command=True)
 
@@ -175,6 +177,8 @@ def _train(args, communicator) -> int:
 
     root = communicator is None or communicator.is_root
     given = given_train_options(args)
+    for flag, value in (("--output", args.output), ("--resume", args.resume), ("--data-dir", given.get("data_dir"))):
+        _check_not_empty(flag, value)
     if args.resume:
         output = Path(args.resume)
         if args.output is not None and Path(args.output) != output:
@@ -210,6 +214,12 @@ def _train(args, communicator) -> int:
             return 2
         raise
     return 0
+
+
+def _check_not_empty(flag: str, path) -> None:
+    """An empty path is the current directory to the OS, and almost always an unset shell variable."""
+    if path is not None and not str(path).strip():
+        raise ConfigError(f"{flag} is empty; name a path (. for the current directory)")
 
 
 def cmd_evaluate(args) -> int:
@@ -264,6 +274,7 @@ def cmd_predict(args) -> int:
     from .training import predict_classes
 
     if args.output is not None:
+        _check_not_empty("--output", args.output)
         check_output_file(args.output)  # before the work, not after it
     path = resolve_model_path(args.model)
     model, metadata = load_model(path)

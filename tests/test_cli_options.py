@@ -428,3 +428,16 @@ def test_evaluate_and_predict_on_an_unfinished_run_say_how_to_finish_it(digits_r
         assert one_error_line(capsys) == (f"error: {unfinished} holds an unfinished run (checkpoint.safetensors, no "
                                           f"model.safetensors yet); finish it with: backprop train --resume "
                                           f"{unfinished}")
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["train", "--output", ""], "--output"),
+    (["train", "--resume", " "], "--resume"),
+    (["train", "--dataset", "mnist", "--data-dir", ""], "--data-dir"),
+    (["predict", "run", "x.csv", "--output", ""], "--output"),
+])
+def test_an_empty_path_is_an_error_not_the_current_directory(argv, flag, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert one_error_line(capsys) == f"error: {flag} is empty; name a path (. for the current directory)"
+    assert list(tmp_path.iterdir()) == []
