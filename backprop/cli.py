@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = train.add_argument_group("data")
     data.add_argument("--dataset", help=f"digits (shipped with the package), mnist, fashion-mnist, or a .npz/.csv "
                                         f"file (default: {d['dataset']})")
-    data.add_argument("--data-dir", help="read the MNIST or Fashion-MNIST files from here instead of downloading")
+    data.add_argument("--data-dir", metavar="DIR",
+                      help="read the MNIST or Fashion-MNIST files from here instead of downloading")
     data.add_argument("--scaling", choices=["none", "standardize", "minmax"],
                       help="feature scaling fitted on the training set (default: none for the built-in image "
                            "sets, standardize for your files)")

@@ -408,10 +408,7 @@ def _canonical(key: str, value):
         return value
     if key in ("optimizer", "schedule", "activation") and isinstance(value, str):
         return value.lower().replace("-", "_")
-    if isinstance(value, int) and not isinstance(value, bool) and key not in ("epochs", "seed", "warmup_epochs",
-                                                                              "early_stopping"):
-        return float(value)
-    return value
+    return value  # numbers compare by value: 0 == 0.0
 
 
 def _same_option(key: str, a, b) -> bool:
