@@ -250,8 +250,7 @@ def cmd_evaluate(args) -> int:
 
 def _recorded_loss(path, metadata: dict, dataset):
     """The loss the model was trained with, and the test targets in the form that loss takes."""
-    import numpy as np
-
+    from .data import one_hot
     from .errors import ModelFileError
     from .losses import LOSSES
 
@@ -264,7 +263,7 @@ def _recorded_loss(path, metadata: dict, dataset):
     if name == "cross_entropy":
         return LOSSES[name](), dataset.y_test
     # The other losses compare the scores with a target of the same shape: a class is its one-hot vector.
-    return LOSSES[name](), np.eye(dataset.num_classes, dtype=np.float32)[dataset.y_test]
+    return LOSSES[name](), one_hot(dataset.y_test, dataset.num_classes)
 
 
 def cmd_predict(args) -> int:

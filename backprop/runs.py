@@ -121,8 +121,6 @@ def check_memory(options: dict, num_features: int, num_classes: int, backend) ->
     the memory free on the backend's device, before any of it is allocated. A lower bound of what training
     needs (activations and the trainer's start-of-epoch copy come on top), so a model it lets through can
     still be too big, but one it stops could never have trained."""
-    import numpy as np
-
     from backends import dtype_name
 
     from .optim import make_optimizer
@@ -133,7 +131,7 @@ def check_memory(options: dict, num_features: int, num_classes: int, backend) ->
     stand_in = build_model({**options, "hidden": [], "dropout": 0.0}, 1, 1, get_backend("numpy"))
     state = len(make_optimizer(options["optimizer"], stand_in).buffer_names())
     dtype = dtype_name(backend.float_dtype)
-    needed = parameters * np.dtype(dtype).itemsize * (2 + state)
+    needed = parameters * (backend.xp.finfo(backend.float_dtype).bits // 8) * (2 + state)
     available = backend.available_memory()
     if available is not None and needed > available:
         kept = f"plus {state} {options['optimizer']} state array{'s' if state > 1 else ''}" if state else \

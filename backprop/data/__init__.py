@@ -40,6 +40,7 @@ from ..host_io.datasets import (
     load_features,
     load_mnist,
     load_npz,
+    one_hot,
     read_idx,
     split_validation,
     validate_features,
@@ -49,6 +50,6 @@ from ..host_io.datasets import (
 
 __all__ = [
     "MAX_CLASSES", "Dataset", "apply_scaler", "fit_scaler", "load_csv", "load_dataset", "load_digits",
-    "load_fashion_mnist", "load_features",
-    "load_mnist", "load_npz", "read_idx", "split_validation", "validate_features", "validate_labels", "write_idx",
+    "load_fashion_mnist", "load_features", "load_mnist", "load_npz", "one_hot", "read_idx", "split_validation",
+    "validate_features", "validate_labels", "write_idx",
 ]

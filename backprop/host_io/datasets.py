@@ -180,6 +180,14 @@ def _encode_labels(values: np.ndarray, source: str) -> tuple[np.ndarray, list[st
     return labels, None
 
 
+def one_hot(labels, num_classes: int) -> np.ndarray:
+    """Class labels ``(n,)`` as float32 one-hot rows ``(n, num_classes)``: the targets of a loss that compares
+    the scores with a vector (MSE, binary cross-entropy)."""
+    labels = np.asarray(labels)
+    validate_labels(labels, num_classes, "one_hot")
+    return np.eye(num_classes, dtype=np.float32)[labels]
+
+
 # -------------------------------------------------------------------------------------------------- scaling
 
 SCALINGS = ("none", "standardize", "minmax")
