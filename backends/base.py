@@ -137,6 +137,40 @@ class Backend:
         """Memory figures the library reports, in bytes; empty when it reports none."""
         return {}
 
+    def available_memory(self) -> int | None:
+        """Bytes free for new arrays where this backend keeps them (None when unknown): the host's available
+        memory here; GPU backends report their device's."""
+        return host_available_memory()
+
+
+def host_available_memory() -> int | None:
+    """Bytes of host memory a process can still get (None when unknown): the kernel's MemAvailable estimate,
+    capped by the cgroup's memory limit (a container's) when one is set."""
+    import os
+
+    available = None
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is None:  # not Linux: what POSIX says, where it says it
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            return None
+    try:  # cgroup v2 (a container's limit)
+        with open("/sys/fs/cgroup/memory.max") as limit, open("/sys/fs/cgroup/memory.current") as current:
+            text = limit.read().strip()
+            if text != "max":
+                available = min(available, max(0, int(text) - int(current.read().strip())))
+    except (OSError, ValueError):
+        pass
+    return available
+
 
 def dtype_name(dtype) -> str:
     """A dtype of any library as a plain name: 'float32'."""

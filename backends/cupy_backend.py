@@ -78,6 +78,12 @@ class CupyBackend(Backend):
     def synchronize(self):
         self._cupy_device.synchronize()
 
+    def available_memory(self):
+        with self._cupy_device:
+            free, _ = self._cupy.cuda.runtime.memGetInfo()
+        pool = self._cupy.get_default_memory_pool()
+        return int(free) + int(pool.free_bytes())  # the pool's cached blocks are free for our arrays too
+
     def memory_stats(self):
         pool = self._cupy.get_default_memory_pool()
         free, total = self._cupy.cuda.runtime.memGetInfo()

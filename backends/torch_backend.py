@@ -96,6 +96,13 @@ class TorchBackend(Backend):
         elif self.device.type == "mps":
             self._torch.mps.synchronize()
 
+    def available_memory(self):
+        torch = self._torch
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return int(free) + int(torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device))
+        return super().available_memory()  # the CPU, and Apple GPUs, which share the host's memory
+
     def memory_stats(self):
         torch = self._torch
         if self.device.type == "cuda":

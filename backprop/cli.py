@@ -17,58 +17,90 @@ def _format_warning(message, category, filename, lineno, line=None):
     return f"warning: {message}\n"
 
 
+BACKEND_HELP = (f"array library and device: numpy, cupy[:N], torch:cpu, torch:cuda:N, torch:mps, array_api_strict, "
+                f"or auto (default: ${ENV_VAR}, else auto). Accepted before or after the command; given in both "
+                f"places, the one after the command is used")
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
+    """The options every command takes, before its name (``backprop --backend numpy train``) or after it
+    (``backprop train --backend numpy``). After the command the default is SUPPRESS, so an option given only
+    before it is not overwritten by the subcommand's default."""
+    parser.add_argument("--backend", default=argparse.SUPPRESS if after_command else None, help=BACKEND_HELP)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in the CLI's one-line form (``error: ...``, status 2) instead of usage + error."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="backprop", description="Train neural networks by backpropagation on NumPy, CuPy or PyTorch.")
-    parser.add_argument("--backend", default=None,
-                        help=f"array library and device: numpy, cupy[:N], torch:cpu, torch:cuda:N, torch:mps, "
-                             f"array_api_strict, or auto (default: ${ENV_VAR}, else auto)")
+    _add_global_options(parser, after_command=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     backends_cmd = commands.add_parser("backends", help="list the array backends and whether each works here")
     backends_cmd.add_argument("--require", metavar="SPEC",
                               help="exit with status 1 unless this backend runs a real computation here")
     backends_cmd.set_defaults(handler=cmd_backends)
+    _add_global_options(backends_cmd, after_command=True)
 
+    # Every train option defaults to SUPPRESS: the namespace then holds exactly the options the user typed
+    # (an explicitly typed default included), which --resume needs; the defaults come from DEFAULTS and
+    # RUN_FLAGS afterwards, and the help shows them itself.
     train = commands.add_parser("train", help="train a network (default: a two-hidden-layer MLP on the digits)",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                argument_default=argparse.SUPPRESS)
     d = DEFAULTS
     data = train.add_argument_group("data")
-    data.add_argument("--dataset", default=d["dataset"],
-                      help="digits (shipped with the package), mnist, fashion-mnist, or a .npz/.csv file")
-    data.add_argument("--data-dir", default=None, help="read MNIST-style files from here instead of downloading")
-    data.add_argument("--scaling", choices=["none", "standardize", "minmax"], default=None,
-                      help="feature scaling fitted on the training set (default: none for images, "
-                           "standardize for your files)")
-    data.add_argument("--validation-split", type=float, default=d["validation_split"],
-                      help="fraction of the training set held out for validation (0: none)")
+    data.add_argument("--dataset", help=f"digits (shipped with the package), mnist, fashion-mnist, or a .npz/.csv "
+                                        f"file (default: {d['dataset']})")
+    data.add_argument("--data-dir", metavar="DIR",
+                      help="read the MNIST or Fashion-MNIST files from here instead of downloading")
+    data.add_argument("--scaling", choices=["none", "standardize", "minmax"],
+                      help="feature scaling fitted on the training set (default: none for the built-in image "
+                           "sets, standardize for your files)")
+    data.add_argument("--validation-split", type=float, metavar="FRACTION",
+                      help=f"fraction of the training set held out for validation, 0 for none "
+                           f"(default: {d['validation_split']})")
     model = train.add_argument_group("model")
-    model.add_argument("--hidden", default=d["hidden"], help="hidden layer sizes, comma-separated")
-    model.add_argument("--activation", default=d["activation"], help="relu, leaky_relu, gelu, tanh or sigmoid")
-    model.add_argument("--dropout", type=float, default=d["dropout"], help="dropout probability after each "
-                                                                            "hidden layer")
+    model.add_argument("--hidden", metavar="SIZES",
+                       help=f"hidden layer sizes, comma-separated, or none for a linear model "
+                            f"(default: {d['hidden']})")
+    model.add_argument("--activation", help=f"relu, leaky_relu, gelu, tanh or sigmoid (default: {d['activation']})")
+    model.add_argument("--dropout", type=float, metavar="P",
+                       help=f"dropout probability after each hidden layer (default: {d['dropout']:g}, none)")
     opt = train.add_argument_group("optimization")
-    opt.add_argument("--batch-size", default=d["batch_size"],
-                     help="1 (stochastic), N (mini-batch) or full (one update per epoch)")
+    opt.add_argument("--batch-size", metavar="N",
+                     help=f"1 (stochastic), N (mini-batch) or full (one update per epoch) (default: {d['batch_size']})")
     opt.add_argument("--drop-last", action="store_true", help="drop the short last batch of each epoch")
-    opt.add_argument("--optimizer", default=d["optimizer"],
-                     help="sgd, momentum, nesterov, adam, adamw, rmsprop or adagrad")
-    opt.add_argument("--lr", type=float, default=d["lr"], help="learning rate (default: the optimizer's)")
-    opt.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="L2 weight decay")
-    opt.add_argument("--schedule", default=d["schedule"], help="constant, step, exponential or cosine")
-    opt.add_argument("--warmup-epochs", type=int, default=d["warmup_epochs"], help="linear learning-rate warm-up")
-    opt.add_argument("--clip-norm", type=float, default=d["clip_norm"], help="clip gradients to this global norm")
-    opt.add_argument("--epochs", type=int, default=d["epochs"])
-    opt.add_argument("--early-stopping", type=int, default=d["early_stopping"], metavar="PATIENCE",
-                     help="stop after PATIENCE epochs without validation improvement and keep the best "
-                          "weights (0: off)")
-    opt.add_argument("--seed", type=int, default=d["seed"])
+    opt.add_argument("--optimizer", help=f"sgd, momentum, nesterov, adam, adamw, rmsprop or adagrad "
+                                         f"(default: {d['optimizer']})")
+    opt.add_argument("--lr", type=float, help="learning rate (default: the optimizer's own: 0.001 for adam and "
+                                              "adamw, 0.01 for the others)")
+    opt.add_argument("--weight-decay", type=float, help=f"L2 weight decay (default: {d['weight_decay']:g})")
+    opt.add_argument("--schedule", help=f"learning-rate schedule: constant, step, exponential or cosine "
+                                        f"(default: {d['schedule']})")
+    opt.add_argument("--warmup-epochs", type=int, metavar="N",
+                     help=f"epochs of linear learning-rate warm-up (default: {d['warmup_epochs']})")
+    opt.add_argument("--clip-norm", type=float, metavar="NORM",
+                     help="clip gradients to this global norm (default: no clipping)")
+    opt.add_argument("--epochs", type=int, metavar="N", help=f"passes over the training set (default: {d['epochs']})")
+    opt.add_argument("--early-stopping", type=int, metavar="PATIENCE",
+                     help=f"stop after PATIENCE epochs without validation improvement and keep the best "
+                          f"weights (default: {d['early_stopping']}, off)")
+    opt.add_argument("--seed", type=int, help=f"seed of the initial weights, shuffling and dropout "
+                                              f"(default: {d['seed']})")
     run = train.add_argument_group("output")
-    run.add_argument("--output", default=None, help="directory for the model, history and plots "
-                                                    "(default: a new runs/<dataset>-<time>)")
-    run.add_argument("--overwrite", action="store_true", help="allow --output to replace an earlier model")
-    run.add_argument("--resume", metavar="DIR", default=None,
-                     help="continue the interrupted run in DIR from its checkpoint")
+    run.add_argument("--output", metavar="DIR", help="directory for the model, history and plots "
+                                                     "(default: a new runs/<dataset>-<date>-<time>)")
+    run.add_argument("--overwrite", action="store_true", help="allow --output to replace an earlier run")
+    run.add_argument("--resume", metavar="DIR",
+                     help="continue the run in DIR from its checkpoint, with the options it was started with; "
+                          "only --epochs (to train longer), --no-progress, --no-plots, --distributed and "
+                          "--backend may be given with it")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parallel = train.add_argument_group("distributed")
@@ -77,18 +109,23 @@ def build_parser() -> argparse.ArgumentParser:
                                "--distributed ... (pip install 'backprop[mpi]'); each rank trains on its shard of "
                                "every batch, gradients are averaged, only rank 0 writes files")
     train.set_defaults(handler=cmd_train)
+    _add_global_options(train, after_command=True)
 
     evaluate = commands.add_parser("evaluate", help="accuracy of a saved model on a dataset's test set")
     evaluate.add_argument("model", help="a model.safetensors file or a run directory")
     evaluate.add_argument("--dataset", default=None, help="default: the dataset the model was trained on")
-    evaluate.add_argument("--data-dir", default=None)
+    evaluate.add_argument("--data-dir", default=None, metavar="DIR",
+                          help="read the MNIST or Fashion-MNIST files from here instead of downloading")
     evaluate.set_defaults(handler=cmd_evaluate)
+    _add_global_options(evaluate, after_command=True)
 
     predict = commands.add_parser("predict", help="predict the classes of new inputs with a saved model")
     predict.add_argument("model", help="a model.safetensors file or a run directory")
     predict.add_argument("input", help="a .npy, .npz (array 'x') or .csv file of feature rows")
-    predict.add_argument("--output", default=None, help="write the predictions to this CSV file")
+    predict.add_argument("--output", default=None, metavar="FILE",
+                         help="write the predictions to this CSV file (default: print them)")
     predict.set_defaults(handler=cmd_predict)
+    _add_global_options(predict, after_command=True)
 
     from .examples import EXAMPLES
 
@@ -109,10 +146,22 @@ def cmd_example(args) -> int:
 
 
 TRAIN_OPTIONS = tuple(DEFAULTS)
+#: The train command's options that are not part of a run's recorded options, and their defaults.
+RUN_FLAGS = {"output": None, "overwrite": False, "resume": None, "no_progress": False, "no_plots": False,
+             "distributed": False}
+
+
+def given_train_options(args) -> dict:
+    """The run options (``DEFAULTS``' keys) the user typed on the command line, whatever their value."""
+    return {key: getattr(args, key) for key in TRAIN_OPTIONS if hasattr(args, key)}
 
 
 def cmd_train(args) -> int:
     from .training.interrupts import terminate_as_interrupt
+
+    for key, default in RUN_FLAGS.items():
+        if not hasattr(args, key):
+            setattr(args, key, default)
 
     with terminate_as_interrupt():  # SIGTERM (timeout, systemd, Slurm, Kubernetes) stops training like Ctrl-C
         if not args.distributed:
@@ -129,19 +178,29 @@ def cmd_train(args) -> int:
 def _train(args, communicator) -> int:
     from pathlib import Path
 
-    from .runs import output_directory, resume_options, train_run
+    from .runs import check_options, check_writable_directory, output_directory, resume_options, train_run
     from .training.interrupts import Terminated, exit_status
 
     root = communicator is None or communicator.is_root
+    given = given_train_options(args)
+    for flag, value in (("--output", args.output), ("--resume", args.resume), ("--data-dir", given.get("data_dir"))):
+        _check_not_empty(flag, value)
     if args.resume:
         output = Path(args.resume)
-        options = resume_options(output)
-        given = {key: getattr(args, key) for key in TRAIN_OPTIONS
-                 if getattr(args, key) != DEFAULTS[key] and key != "dataset"}
-        options.update({k: v for k, v in given.items() if k == "epochs"})  # only more epochs may be asked for
+        if args.output is not None and Path(args.output) != output:
+            raise ConfigError(f"--output {args.output} and --resume {output}: a resumed run continues in its own "
+                              f"directory; leave out --output")
+        if args.overwrite:
+            raise ConfigError(f"--overwrite and --resume {output}: resuming continues the run's files, it replaces "
+                              f"nothing; leave out --overwrite")
+        options = resume_options(output, given)
+        check_writable_directory(output, "--resume")
+        check_options(options)  # --epochs may have changed
     else:
-        options = {key: getattr(args, key) for key in TRAIN_OPTIONS}
-        output = output_directory(args.output, args.dataset, args.overwrite) if root else None
+        options = check_options(given)  # every option, before the output directory is named or anything written
+        output = output_directory(args.output, options["dataset"], args.overwrite) if root else None
+        if root:
+            check_writable_directory(output, "--output")
         if communicator is not None:
             output = communicator.broadcast_object(output)  # rank 0 names it (a new directory has the time in it)
     try:
@@ -165,11 +224,16 @@ def _train(args, communicator) -> int:
     return 0
 
 
+def _check_not_empty(flag: str, path) -> None:
+    """An empty path is the current directory to the OS, and almost always an unset shell variable."""
+    if path is not None and not str(path).strip():
+        raise ConfigError(f"{flag} is empty; name a path (. for the current directory)")
+
+
 def cmd_evaluate(args) -> int:
     from .data import load_dataset
     from .host_io.datasets import check_recorded_dataset
     from .host_io.model_files import load_model
-    from .losses import CrossEntropy
     from .runs import resolve_model_path
     from .training import evaluate
 
@@ -185,21 +249,43 @@ def cmd_evaluate(args) -> int:
     # Loading the same way as in training refits the scaling on the same training set: the same test features.
     dataset = load_dataset(name, data_dir=args.data_dir, scaling=options.get("scaling"),
                            seed=options.get("seed", 0))
+    loss_fn, y_test = _recorded_loss(path, metadata, dataset)
     backend = model.backend
-    x_test, y_test = backend.from_host(dataset.x_test), backend.from_host(dataset.y_test)
-    loss, accuracy = evaluate(model, x_test, y_test, CrossEntropy())
+    x_test, y_test = backend.from_host(dataset.x_test), backend.from_host(y_test)
+    loss, accuracy = evaluate(model, x_test, y_test, loss_fn)
     print(f"{path}: test accuracy {100 * accuracy:.2f}% ({round(accuracy * len(dataset.y_test))}/"
           f"{len(dataset.y_test)}), test loss {loss:.4f} on {dataset.name} with {backend.name}")
     return 0
+
+
+def _recorded_loss(path, metadata: dict, dataset):
+    """The loss the model was trained with, and the test targets in the form that loss takes."""
+    from .data import one_hot
+    from .errors import ModelFileError
+    from .losses import LOSSES
+
+    # Model files record their loss since it became possible to train with another; every model saved before
+    # that was trained with cross-entropy (the only loss `backprop train` used), so it is the right default.
+    name = metadata.get("loss", "cross_entropy")
+    if not isinstance(name, str) or name not in LOSSES:
+        raise ModelFileError(f"{path}: the model records an unknown loss {name!r}; expected one of "
+                             f"{', '.join(LOSSES)}")
+    if name == "cross_entropy":
+        return LOSSES[name](), dataset.y_test
+    # The other losses compare the scores with a target of the same shape: a class is its one-hot vector.
+    return LOSSES[name](), one_hot(dataset.y_test, dataset.num_classes)
 
 
 def cmd_predict(args) -> int:
     from .data import apply_scaler, load_features
     from .host_io.atomic import write_text_atomic
     from .host_io.model_files import load_model
-    from .runs import resolve_model_path
+    from .runs import check_output_file, resolve_model_path
     from .training import predict_classes
 
+    if args.output is not None:
+        _check_not_empty("--output", args.output)
+        check_output_file(args.output)  # before the work, not after it
     path = resolve_model_path(args.model)
     model, metadata = load_model(path)
     features = apply_scaler(load_features(args.input), metadata.get("scaler"))
@@ -212,7 +298,7 @@ def cmd_predict(args) -> int:
     lines = ["index,class,name"] + [f"{i},{int(c)},{names[int(c)]}" for i, c in enumerate(classes)]
     if args.output:
         write_text_atomic(args.output, "\n".join(lines) + "\n")
-        print(f"wrote {len(classes)} predictions to {args.output}")
+        print(f"wrote {len(classes)} prediction{'s' if len(classes) != 1 else ''} to {args.output}")
     else:
         print("\n".join(lines))
     return 0
@@ -251,6 +337,14 @@ def cmd_backends(args) -> int:
     return 0
 
 
+def _run_command(args) -> int:
+    try:
+        return args.handler(args)
+    except OSError as exc:  # a file the system refused (permission, a full disk, ...): say which, in one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise ConfigError(f"{where}{exc.strerror or exc}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _format_warning
     parser = build_parser()
@@ -259,11 +353,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        if args.backend is not None:
-            from backends import set_backend
+        if args.backend is None:
+            return _run_command(args)
+        from backends import use_backend
 
-            set_backend(args.backend)
-        return args.handler(args)
+        with use_backend(args.backend):  # for this command only: main() called from Python leaves no trace
+            return _run_command(args)
     except (BackpropError, BackendError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

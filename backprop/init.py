@@ -31,6 +31,8 @@ def host_random(rng: HostRandom | int | None) -> HostRandom:
     if isinstance(rng, HostRandom):
         return rng
     if isinstance(rng, int) and not isinstance(rng, bool):
+        if rng < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {rng}")
         return HostRandom(rng)
     raise ConfigError(f"rng must be an int seed, a HostRandom or None, got {type(rng).__name__}")
 

@@ -38,21 +38,66 @@ DEFAULTS = {
 
 
 def parse_hidden(text) -> list[int]:
+    """Hidden layer sizes from ``"256,128"`` (or a list of ints); ``"none"`` is no hidden layer (a linear
+    model). An empty text is an error, not a linear model: it is what an unset shell variable gives."""
     if isinstance(text, (list, tuple)):
         sizes = list(text)
     else:
+        spelled = str(text).replace(" ", "")
+        if spelled.lower() == "none":
+            return []
+        parts = spelled.split(",")
+        if not spelled or not all(parts):
+            raise ConfigError(f"--hidden expects comma-separated layer sizes such as 256,128 (or none for no hidden "
+                              f"layer), got {text!r}")
         try:
-            sizes = [int(part) for part in str(text).replace(" ", "").split(",") if part]
+            sizes = [int(part) for part in parts]
         except ValueError:
             raise ConfigError(f"--hidden expects comma-separated layer sizes such as 256,128, got {text!r}") from None
-    if any(not isinstance(n, int) or n <= 0 for n in sizes):
+    if any(not isinstance(n, int) or isinstance(n, bool) or n <= 0 for n in sizes):
         raise ConfigError(f"--hidden expects positive layer sizes such as 256,128, got {text!r}")
     return sizes
 
 
+def check_options(options: dict) -> dict:
+    """The run's options with defaults filled in, every one checked before anything is loaded or written.
+
+    The checks are the run's own code, not a copy of its rules: the dataset options go through the loader's
+    check, and a stand-in of the model (one unit per hidden layer, on the host) is built by ``build_model``
+    and handed to ``Trainer`` with the run's settings, so the optimizer, learning rate, schedule, batch size,
+    seed, activation, dropout, clipping, ... are refused by the same lines that would refuse them later."""
+    from .host_io.datasets import check_dataset_options
+    from .training import EarlyStopping, Trainer
+    from .training.trainer import validation_size
+
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown run option(s) {', '.join(unknown)}; expected {', '.join(DEFAULTS)}")
+    options = {**DEFAULTS, **options}
+    check_dataset_options(options["dataset"], options["data_dir"], options["scaling"])
+    hidden = parse_hidden(options["hidden"])
+    stand_in = build_model({**options, "hidden": [1] * len(hidden)}, 1, 2, get_backend("numpy"))
+    Trainer(stand_in, optimizer=options["optimizer"], lr=options["lr"], weight_decay=options["weight_decay"],
+            epochs=options["epochs"], batch_size=options["batch_size"], drop_last=options["drop_last"],
+            seed=options["seed"], schedule=options["schedule"], warmup_epochs=options["warmup_epochs"],
+            clip_norm=options["clip_norm"], progress=False, log=None)
+    if options["early_stopping"]:
+        EarlyStopping(options["early_stopping"])
+        if not options["validation_split"]:  # the run's EarlyStopping watches val_loss: found after an epoch
+            raise ConfigError(f"--early-stopping {options['early_stopping']} watches the validation loss, and "
+                              f"--validation-split 0 holds out no validation data")
+    if options["validation_split"]:
+        validation_size(None, options["validation_split"])
+    return options
+
+
 def build_model(options: dict, num_features: int, num_classes: int, backend) -> Sequential:
     """The MLP the options describe: input, hidden layers (with dropout after each), output."""
-    sizes = [num_features, *parse_hidden(options["hidden"]), num_classes]
+    hidden = parse_hidden(options["hidden"])
+    if options["dropout"] and not hidden:
+        raise ConfigError(f"--dropout {options['dropout']} applies after hidden layers, and the model has none "
+                          f"(--hidden none)")
+    sizes = [num_features, *hidden, num_classes]
     model = mlp(sizes, activation_name=options["activation"], seed=options["seed"], backend=backend)
     if options["dropout"]:
         layers = []
@@ -62,6 +107,52 @@ def build_model(options: dict, num_features: int, num_classes: int, backend) -> 
                 layers.append(Dropout(options["dropout"], backend=backend))
         model = Sequential(layers)
     return model
+
+
+def loss_name(loss) -> str:
+    """The name ``LOSSES`` knows a loss by (what a model file records, so ``evaluate`` can use it again)."""
+    from .losses import LOSSES
+
+    for name, cls in LOSSES.items():
+        if type(loss) is cls:
+            return name
+    raise ConfigError(f"{type(loss).__name__} is not one of the losses a model file can record "
+                      f"({', '.join(LOSSES)})")
+
+
+def check_memory(options: dict, num_features: int, num_classes: int, backend) -> None:
+    """Refuse a model whose parameters, gradients and optimizer state (in the model's dtype) would not fit in
+    the memory free on the backend's device, before any of it is allocated. A lower bound of what training
+    needs (activations and the trainer's start-of-epoch copy come on top), so a model it lets through can
+    still be too big, but one it stops could never have trained."""
+    from backends import dtype_name
+
+    from .optim import make_optimizer
+
+    sizes = [num_features, *parse_hidden(options["hidden"]), num_classes]
+    parameters = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))  # Dense weights and biases
+    # the optimizer's own declaration of the state it keeps per parameter (Adam: 2 arrays, SGD: none)
+    stand_in = build_model({**options, "hidden": [], "dropout": 0.0}, 1, 1, get_backend("numpy"))
+    state = len(make_optimizer(options["optimizer"], stand_in).buffer_names())
+    dtype = dtype_name(backend.float_dtype)
+    needed = parameters * (backend.xp.finfo(backend.float_dtype).bits // 8) * (2 + state)
+    available = backend.available_memory()
+    if available is not None and needed > available:
+        kept = f"plus {state} {options['optimizer']} state array{'s' if state > 1 else ''}" if state else \
+            f"{options['optimizer']} keeps no state"
+        raise ConfigError(f"--hidden {options['hidden']}: the model's {parameters:,} parameters need "
+                          f"{_size_text(needed)} ({dtype} weights and gradients, {kept}), more than the "
+                          f"{_size_text(available)} of memory available to {backend.name} ({backend.device_name})")
+
+
+def _size_text(size: int) -> str:
+    """Bytes in binary units for messages: '21.9 GiB', '512.0 TiB'."""
+    value, unit = size / 2**30, "GiB"
+    for bigger in ("TiB", "PiB", "EiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:,.1f} {unit}"
 
 
 def output_directory(requested: str | None, dataset: str, overwrite: bool) -> Path:
@@ -177,7 +268,7 @@ def _run(options, *, output, backend, progress, plots, resume, log, communicator
     from .host_io.model_files import save_model
     from .training import Checkpoint, EarlyStopping, GradientMonitor, HistoryWriter, Trainer, batch_mode, evaluate
 
-    options = {**DEFAULTS, **options}
+    options = check_options(options)
     backend = get_backend(backend)
     root = communicator is None or communicator.is_root
     if communicator is not None:
@@ -192,6 +283,11 @@ def _run(options, *, output, backend, progress, plots, resume, log, communicator
     dataset = load_dataset(options["dataset"], data_dir=options["data_dir"], scaling=options["scaling"],
                            seed=options["seed"])
     num_features = dataset.x_train.shape[1]
+    if options["validation_split"]:  # the fraction is checked; whether it leaves training data needs the data
+        from .training.trainer import validation_size
+
+        validation_size(len(dataset.x_train), options["validation_split"])
+    check_memory(options, num_features, dataset.num_classes, backend)
     model = build_model(options, num_features, dataset.num_classes, backend)
     callbacks = [GradientMonitor()]
     if options["early_stopping"]:
@@ -212,7 +308,8 @@ def _run(options, *, output, backend, progress, plots, resume, log, communicator
         f"{options['optimizer']} lr {trainer.base_lr:g}"
         + (f", {communicator.size} ranks (data-parallel)" if communicator is not None else ""))
     metadata = {"dataset": dataset.name, "num_classes": dataset.num_classes, "class_names": dataset.class_names,
-                "image_shape": dataset.image_shape, "scaler": dataset.scaler, "options": options}
+                "image_shape": dataset.image_shape, "scaler": dataset.scaler, "options": options,
+                "loss": loss_name(trainer.loss_fn)}
     source = dataset_file(options["dataset"])
     if root and source is not None:  # lets evaluate trust the path the model names (see check_recorded_dataset)
         metadata["dataset_sha256"] = file_sha256(source)
@@ -278,21 +375,135 @@ def _describe(model) -> str:
 
 
 def resolve_model_path(path) -> Path:
+    """The model file that ``path`` (the file, or a run directory) names, checked to be readable."""
     path = Path(path)
     if path.is_dir():
-        path = path / MODEL_FILE
+        directory, path = path, path / MODEL_FILE
+        if not path.exists() and (directory / CHECKPOINT_FILE).exists():
+            raise ConfigError(f"{directory} holds an unfinished run ({CHECKPOINT_FILE}, no {MODEL_FILE} yet); "
+                              f"finish it with: backprop train --resume {directory}")
+    check_readable(path, "model file")
     return path
 
 
-def resume_options(directory: Path) -> dict:
+def check_readable(path: Path, what: str) -> None:
+    """A ConfigError naming ``path`` when it exists but cannot be read (a missing file is left to its
+    loader, which says so in its own words)."""
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        return
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied (cannot read the {what})") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a directory, not a {what}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+
+
+def check_writable_directory(path, option: str) -> None:
+    """A ConfigError unless the directory ``path`` can be written in, or created: checked before the data is
+    loaded or a step is trained, so a run cannot be lost at its first checkpoint for want of permission."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{option} {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "the directory is not writable" if existing == path else f"cannot create it in {existing}"
+        raise ConfigError(f"{option} {path}: permission denied ({where})")
+
+
+def check_output_file(path, option: str = "--output") -> None:
+    """A ConfigError unless a file can be written at ``path``: checked before any work is done."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a directory; name a file, such as {path / 'predictions.csv'}")
+    parent = path.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {path}: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: permission denied (cannot write in {parent})")
+
+
+def resume_options(directory: Path, given: dict | None = None) -> dict:
+    """The options to resume the run in ``directory`` with: the ones it was started with (from its checkpoint).
+
+    ``given``: options the user typed along with ``--resume``. A resumed run must end exactly where the run
+    would have ended without the interruption, so nothing that shapes the result may change: an option whose
+    value differs from the run's raises a ``ConfigError`` that names each one. The exception is ``epochs``,
+    which may grow (to extend a finished run) as long as the learning-rate schedule does not depend on it:
+    a step or cosine schedule is laid out over the run's epochs, and stretching it would change learning
+    rates the run has already used."""
     from .host_io.model_files import read_checkpoint
 
-    checkpoint = directory / CHECKPOINT_FILE
+    checkpoint = Path(directory) / CHECKPOINT_FILE
+    check_readable(checkpoint, "checkpoint")
     if not checkpoint.exists():
         raise ConfigError(f"--resume {directory}: no {CHECKPOINT_FILE} there (nothing to resume)")
     _, header = read_checkpoint(checkpoint)
-    return dict(header.get("run", {}))
+    recorded = header.get("run", {})
+    options = {**DEFAULTS, **(recorded if isinstance(recorded, dict) else {})}
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown run option(s) {', '.join(unknown)}; expected {', '.join(DEFAULTS)}")
+    changed = [key for key, value in given.items() if key != "epochs" and not _same_option(key, value, options[key])]
+    if changed:
+        listed = ", ".join(f"{_flag(key, given[key])} (the run has {_shown(key, options[key])})" for key in changed)
+        raise ConfigError(f"--resume {directory} continues the run with the options it was started with, so "
+                          f"{listed} cannot be given; leave {'it' if len(changed) == 1 else 'them'} out, or start "
+                          f"a new run")
+    if "epochs" in given and given["epochs"] != options["epochs"]:
+        epochs, trainer = given["epochs"], header.get("trainer", {})
+        done = trainer.get("epoch") if isinstance(trainer, dict) else None
+        if isinstance(done, int) and isinstance(epochs, int) and epochs < done:
+            raise ConfigError(f"--epochs {epochs} with --resume {directory}: the run has already trained {done} "
+                              f"epochs; ask for at least that many")
+        schedule = str(options["schedule"]).lower()
+        if schedule in ("step", "cosine"):
+            raise ConfigError(f"--epochs {epochs} with --resume {directory}: the run's {schedule} schedule is laid "
+                              f"out over its {options['epochs']} epochs, and changing that would change learning "
+                              f"rates it has already used; resume without --epochs, or start a new run")
+        options["epochs"] = epochs
+    return options
 
 
-__all__ = ["DEFAULTS", "RUN_FILES", "build_model", "claim_run_directory", "output_directory", "resume_options",
-           "run_files", "train_run"]
+def _canonical(key: str, value):
+    """An option's value in the form that decides the run, so 256,128 and "256, 128" compare equal."""
+    from .training.batches import parse_batch_size
+
+    try:
+        if key == "hidden":
+            return tuple(parse_hidden(value))
+        if key == "batch_size":
+            return parse_batch_size(value)
+    except ConfigError:
+        return value
+    if key in ("optimizer", "schedule", "activation") and isinstance(value, str):
+        return value.lower().replace("-", "_")
+    return value  # numbers compare by value: 0 == 0.0
+
+
+def _same_option(key: str, a, b) -> bool:
+    return _canonical(key, a) == _canonical(key, b)
+
+
+def _flag(key: str, value) -> str:
+    flag = "--" + key.replace("_", "-")
+    return flag if isinstance(value, bool) else f"{flag} {value}"
+
+
+def _shown(key: str, value) -> str:
+    if value is None:
+        return {"lr": "the optimizer's default", "clip_norm": "no clipping", "scaling": "the dataset's default",
+                "data_dir": "none"}.get(key, "none")
+    if isinstance(value, bool):
+        return "it on" if value else "it off"
+    return str(value)
+
+
+__all__ = ["DEFAULTS", "RUN_FILES", "build_model", "check_options", "claim_run_directory", "output_directory",
+           "resume_options", "run_files", "train_run"]

@@ -332,6 +332,37 @@ def test_npz_bad_contents(tmp_path, arrays, problem):
     one_line_error(excinfo, path)
 
 
+@pytest.mark.parametrize("arrays, problem", [
+    ({"x_train": np.zeros((0, 5)), "y_train": np.zeros(0, np.int64)}, r"features are empty, shape \(0, 5\)"),
+    ({"x": np.zeros((4, 0, 3)), "y": np.arange(4)}, r"features are empty, shape \(4, 0, 3\)"),
+    ({"x": np.ones((4, 2)), "y": np.array([0, 1, 2_000_000_000, 0])},
+     "may be at most 99,999 \\(100,000 classes\\); found 2,000,000,000 at sample 2"),
+    ({"x": np.ones((4, 2)), "y": np.array([0, 1, 1e30, 0])}, "may be at most 99,999 .* found 1e\\+30 at sample 2"),
+    ({"x": np.ones((100_001, 1), np.float32), "y": np.array([f"id{i}" for i in range(100_001)])},
+     "100,001 different class names, more than the 100,000 classes"),
+])
+def test_npz_sizes_that_would_exhaust_memory_or_crash(tmp_path, arrays, problem):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(DataError, match=problem) as excinfo:
+        data.load_npz(path)
+    one_line_error(excinfo, path)
+
+
+def test_the_class_cap_allows_its_largest_label(tmp_path):
+    path = tmp_path / "wide.npz"
+    np.savez(path, x_train=np.ones((2, 1), np.float32), y_train=np.array([0, data.MAX_CLASSES - 1]),
+             x_test=np.ones((1, 1), np.float32), y_test=np.array([0]))
+    assert data.load_npz(path).num_classes == data.MAX_CLASSES == 100_000
+
+
+def test_features_for_prediction_cannot_be_empty(tmp_path):
+    np.save(tmp_path / "none.npy", np.zeros((0, 64), np.float32))
+    with pytest.raises(DataError, match=r"features are empty, shape \(0, 64\)") as excinfo:
+        data.load_features(tmp_path / "none.npy")
+    one_line_error(excinfo, tmp_path / "none.npy")
+
+
 @pytest.mark.parametrize("content, problem", [
     (b"", "unreadable .npz file"),
     (b"PK\x03\x04 not really a zip", "unreadable .npz file"),
@@ -392,6 +423,7 @@ def test_csv_header_of_numbers_over_integer_labels(tmp_path):
     ("a,b,c\n1,2,0\n3,,1\n", r"line 3, column 2 \(b\): '' is not a number"),
     ("1,2,0.5\n3,4,1\n", "labels must be integers, found 0.5"),
     ("1,2,-1\n3,4,1\n", "labels must be >= 0"),
+    ("1,2,0\n3,4,2000000000\n", "may be at most 99,999 .* found 2,000,000,000 at sample 1"),
     ("1\n2\n", "need at least one feature and a label"),
 ])
 def test_csv_bad_files(tmp_path, text, problem):
@@ -400,6 +432,47 @@ def test_csv_bad_files(tmp_path, text, problem):
     with pytest.raises(DataError, match=problem) as excinfo:
         data.load_csv(path)
     one_line_error(excinfo, path)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("1,2,3,x,5,0\n1,2,3,4,5,1\n", r"line 1, column 4: 'x' is not a number"),  # a typo: the row is data
+    ("1,,3,4,5,0\n1,2,3,4,5,1\n", r"line 1, column 2: '' is not a number"),
+    ("a,b,c,d,e,label\n1,2,3,x,5,0\n", r"line 2, column 4 \(d\): 'x' is not a number"),
+])
+def test_csv_first_row_of_mostly_numbers_is_data_and_its_typo_is_reported(tmp_path, text, problem):
+    path = tmp_path / "typo.csv"
+    path.write_text(text)
+    with pytest.raises(DataError, match=problem) as excinfo:
+        data.load_csv(path)
+    one_line_error(excinfo, path)
+
+
+def test_csv_header_of_mostly_names_is_a_header(tmp_path):
+    path = tmp_path / "named.csv"
+    path.write_text("a,b,3,label\n" + "".join(f"{i},{i + 1},{i + 2},{i % 2}\n" for i in range(10)))
+    ds = data.load_csv(path)
+    assert len(ds.x_train) + len(ds.x_test) == 10 and ds.class_names == ["0", "1"]
+
+
+@pytest.mark.parametrize("text, rows, problem", [
+    ("1,2,3,4\n5,6,7,8\n", 2, None),
+    ("a,b,c,d\n1,2,3,4\n5,6,7,8\n", 2, None),  # a header
+    ("a,b,3,4\n1,2,3,4\n", 1, None),  # half names: a header
+    ("1,2,x,4\n5,6,7,8\n", None, r"line 1, column 3: 'x' is not a number"),  # mostly numbers: data, with a typo
+    ("1,2,3,4\n5,six,7,8\n", None, r"line 2, column 2: 'six' is not a number"),
+    ("a,b,c,d\n1,2,3,4\n5,6,7,eight\n", None, r"line 3, column 4 \(d\): 'eight' is not a number"),
+])
+def test_features_csv_header_detection(tmp_path, text, rows, problem):
+    path = tmp_path / "x.csv"
+    path.write_text(text)
+    if problem is None:
+        x = data.load_features(path)
+        assert x.shape == (rows, 4) and x.dtype == np.float32
+        np.testing.assert_array_equal(x[-1], [5, 6, 7, 8] if rows == 2 else [1, 2, 3, 4])
+    else:
+        with pytest.raises(DataError, match=problem) as excinfo:
+            data.load_features(path)
+        one_line_error(excinfo, path)
 
 
 def test_csv_bad_label_column(tmp_path):

@@ -29,6 +29,7 @@ scikit-learn was used only to read that CSV once; it is not a dependency.
 """
 
 from ..host_io.datasets import (
+    MAX_CLASSES,
     Dataset,
     apply_scaler,
     fit_scaler,
@@ -39,6 +40,7 @@ from ..host_io.datasets import (
     load_features,
     load_mnist,
     load_npz,
+    one_hot,
     read_idx,
     split_validation,
     validate_features,
@@ -47,7 +49,7 @@ from ..host_io.datasets import (
 )
 
 __all__ = [
-    "Dataset", "apply_scaler", "fit_scaler", "load_csv", "load_dataset", "load_digits", "load_fashion_mnist",
-    "load_features",
-    "load_mnist", "load_npz", "read_idx", "split_validation", "validate_features", "validate_labels", "write_idx",
+    "MAX_CLASSES", "Dataset", "apply_scaler", "fit_scaler", "load_csv", "load_dataset", "load_digits",
+    "load_fashion_mnist", "load_features", "load_mnist", "load_npz", "one_hot", "read_idx", "split_validation",
+    "validate_features", "validate_labels", "write_idx",
 ]

@@ -143,6 +143,19 @@ def validate_labels(y, num_classes: int | None, source: str) -> None:
                         f"found {high} at sample {int(np.argmax(y))}")
 
 
+#: The most classes a dataset file may have. The output layer has a row of weights per class, so a label
+#: column that holds something else (IDs, prices, a timestamp) would size a huge layer from its largest value:
+#: a label of 2,000,000,000 asks for 2e9 outputs. Real classification sets stay far below this (ImageNet-21k
+#: has about 21,800 classes), and 100,000 classes x 1,024 inputs is still a 400 MB float32 layer.
+MAX_CLASSES = 100_000
+
+
+def _number_text(value) -> str:
+    """A label value for a message: 2,000,000,000 (also from a float that holds it), or 1e+30."""
+    value = float(value)
+    return f"{int(value):,}" if value.is_integer() and abs(value) < 1e18 else f"{value:g}"
+
+
 def _encode_labels(values: np.ndarray, source: str) -> tuple[np.ndarray, list[str] | None]:
     """Labels as int64, plus class names when they were strings (sorted unique values -> 0..C-1)."""
     if values.ndim != 1:
@@ -152,6 +165,9 @@ def _encode_labels(values: np.ndarray, source: str) -> tuple[np.ndarray, list[st
         if np.any(names == ""):
             raise DataError(f"{source}: empty label at sample {int(np.argmax(names == ''))}")
         classes, codes = np.unique(names, return_inverse=True)
+        if len(classes) > MAX_CLASSES:
+            raise DataError(f"{source}: {len(classes):,} different class names, more than the {MAX_CLASSES:,} "
+                            f"classes a dataset may have; is this column really the class of each sample?")
         return codes.astype(np.int64), [str(c) for c in classes]
     if values.dtype.kind == "b":
         return values.astype(np.int64), None
@@ -162,9 +178,22 @@ def _encode_labels(values: np.ndarray, source: str) -> tuple[np.ndarray, list[st
             raise DataError(f"{source}: labels must be integers, found {values[index]} at sample {index}")
     elif values.dtype.kind not in "iu":
         raise DataError(f"{source}: labels must be integers or class names, got dtype {values.dtype}")
+    if values.size and values.max() >= MAX_CLASSES:  # before the int64 cast, which would wrap a float of 1e30
+        index = int(np.argmax(values))
+        raise DataError(f"{source}: labels are class numbers 0, 1, 2, ... and may be at most {MAX_CLASSES - 1:,} "
+                        f"({MAX_CLASSES:,} classes); found {_number_text(values[index])} at sample {index}: is this "
+                        f"column really the class of each sample?")
     labels = values.astype(np.int64)
     validate_labels(labels, None, source)
     return labels, None
+
+
+def one_hot(labels, num_classes: int) -> np.ndarray:
+    """Class labels ``(n,)`` as float32 one-hot rows ``(n, num_classes)``: the targets of a loss that compares
+    the scores with a vector (MSE, binary cross-entropy)."""
+    labels = np.asarray(labels)
+    validate_labels(labels, num_classes, "one_hot")
+    return np.eye(num_classes, dtype=np.float32)[labels]
 
 
 # -------------------------------------------------------------------------------------------------- scaling
@@ -501,6 +530,9 @@ def _features_2d(x: np.ndarray, source: str) -> tuple[np.ndarray, tuple[int, ...
                         f"got shape {x.shape}")
     if x.dtype.kind not in "biuf":
         raise DataError(f"{source}: features must be numbers, got dtype {x.dtype}")
+    if x.size == 0:  # before the reshape, which cannot infer a row length from no data
+        raise DataError(f"{source}: features are empty, shape {x.shape}; expected at least one sample of at least "
+                        f"one feature")
     image_shape = tuple(int(s) for s in x.shape[1:]) if x.ndim >= 3 else None
     flat = x.reshape(len(x), -1).astype(np.float32, copy=False)  # float32 data stay where they are
     validate_features(flat, source)
@@ -592,6 +624,12 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def _is_header(cells: list[str]) -> bool:
+    """Whether a first row is a header: when most of its cells are not numbers. A row that is mostly numbers
+    is data, even with a typo in it; the typo is then reported, instead of the row being dropped unseen."""
+    return 2 * sum(_is_number(cell) for cell in cells) <= len(cells)
+
+
 def _read_csv_rows(path: Path, delimiter: str) -> tuple[list[list[str]], list[int]]:
     """Non-blank rows as lists of stripped cells, with their line numbers (1-based)."""
     rows, lines = [], []
@@ -620,8 +658,10 @@ def load_csv(path, label_column: int | str = -1, test_fraction: float = 0.2, see
 
     ``label_column`` is a column index (negative counts from the end) or a
     header name. A header row is detected automatically: the first row is a
-    header when one of its feature cells is not a number, or when its label
-    cell is not a number but every other row's label is. Labels may be
+    header when most of its feature cells are not numbers, or when its label
+    cell is not a number but every other row's label is. A first row that is
+    mostly numbers is data: a cell in it that is not a number is reported
+    (line, column, text), never dropped with the row. Labels may be
     integers or strings (class names, numbered 0..C-1 in sorted order). A
     stratified ``test_fraction`` of the rows is held out as the test set.
     """
@@ -643,8 +683,8 @@ def load_csv(path, label_column: int | str = -1, test_fraction: float = 0.2, see
             raise ConfigError(f"label_column must be a column name or an index in [{-width}, {width}) "
                               f"for {path}, got {label_column!r}")
         label_index = label_column % width
-        # A header has a name that is not a number among the features, or a name over numeric labels.
-        has_header = not all(_is_number(cell) for i, cell in enumerate(rows[0]) if i != label_index) or (
+        # A header has mostly names that are not numbers among the features, or a name over numeric labels.
+        has_header = _is_header([cell for i, cell in enumerate(rows[0]) if i != label_index]) or (
             len(rows) > 1 and not _is_number(rows[0][label_index])
             and all(_is_number(row[label_index]) for row in rows[1:]))
     header = rows[0] if has_header else None
@@ -730,6 +770,25 @@ def check_recorded_dataset(spec, recorded_sha256, source) -> None:
                           f"the one recorded at training); {advice}")
 
 
+def check_dataset_options(spec, data_dir=None, scaling: str | None = None) -> str:
+    """What kind of dataset ``spec`` names (``digits``, ``mnist``, ``fashion-mnist``, ``npz`` or ``csv``), with
+    ``data_dir`` and ``scaling`` checked against it: a ConfigError before anything is read or downloaded."""
+    if scaling is not None and scaling not in SCALINGS:
+        raise ConfigError(f"unknown scaling {scaling!r}; expected one of {', '.join(SCALINGS)}")
+    text = str(spec)
+    name = text.lower().replace("_", "-")
+    if name in BUILTIN_DATASETS:
+        kind = name
+    elif name.endswith((".npz", ".csv")):
+        kind = name[-3:]
+    else:
+        raise ConfigError(f"unknown dataset {text!r}; expected one of {', '.join(BUILTIN_DATASETS)}, "
+                          f"or a path to a .npz or .csv file")
+    if data_dir is not None and kind not in ("mnist", "fashion-mnist"):
+        raise ConfigError(f"a data directory ({data_dir}) is read for mnist and fashion-mnist only, not for {text}")
+    return kind
+
+
 def load_dataset(spec, data_dir=None, scaling: str | None = None, seed: int = 0, download: bool = True, *,
                  label_column: int | str = -1, test_fraction: float = 0.2) -> Dataset:
     """Load a dataset by name (``digits``, ``mnist``, ``fashion-mnist``) or from a ``.npz`` / ``.csv`` path.
@@ -743,27 +802,22 @@ def load_dataset(spec, data_dir=None, scaling: str | None = None, seed: int = 0,
     Fashion-MNIST; ``seed``, ``label_column`` and ``test_fraction`` to user
     files that have no test part of their own.
     """
-    if scaling is not None and scaling not in SCALINGS:
-        raise ConfigError(f"unknown scaling {scaling!r}; expected one of {', '.join(SCALINGS)}")
+    kind = check_dataset_options(spec, data_dir, scaling)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ConfigError(f"the seed must be an integer >= 0, got {seed!r}")
     text = str(spec)
-    name = text.lower().replace("_", "-")
-    if name == "digits":
+    if kind == "digits":
         dataset = load_digits()
-    elif name == "mnist":
+    elif kind == "mnist":
         dataset = load_mnist(data_dir, download)
-    elif name == "fashion-mnist":
+    elif kind == "fashion-mnist":
         dataset = load_fashion_mnist(data_dir, download)
-    elif text.lower().endswith(".npz"):
+    elif kind == "npz":
         dataset = load_npz(text, test_fraction=test_fraction, seed=seed)
-    elif text.lower().endswith(".csv"):
-        dataset = load_csv(text, label_column=label_column, test_fraction=test_fraction, seed=seed)
     else:
-        raise ConfigError(f"unknown dataset {text!r}; expected one of {', '.join(BUILTIN_DATASETS)}, "
-                          f"or a path to a .npz or .csv file")
+        dataset = load_csv(text, label_column=label_column, test_fraction=test_fraction, seed=seed)
     if scaling is None:
-        scaling = "none" if name in BUILTIN_DATASETS else "standardize"
+        scaling = "none" if kind in BUILTIN_DATASETS else "standardize"
     fitted = fit_scaler(dataset.x_train, scaling)
     if fitted["kind"] != "none":  # in place: the loaders' arrays are our own, and a copy would double the memory
         dataset.x_train = scale_in_place(dataset.x_train, fitted)
@@ -778,8 +832,9 @@ def load_dataset(spec, data_dir=None, scaling: str | None = None, seed: int = 0,
 
 def load_features(path, delimiter: str = ",") -> np.ndarray:
     """Feature rows (no labels) for ``backprop predict``: a ``.npy`` array, a ``.npz`` with an array ``x``
-    (or a single array), or a ``.csv`` of numbers with an optional header row. Returns float32 (n, features);
-    images of rank 3 or more are flattened."""
+    (or a single array), or a ``.csv`` of numbers with an optional header row (a first row of mostly
+    non-numbers; a first row of mostly numbers is data, and a cell in it that is not a number an error naming
+    it). Returns float32 (n, features); images of rank 3 or more are flattened."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -799,16 +854,19 @@ def load_features(path, delimiter: str = ",") -> np.ndarray:
                                     f"{', '.join(names) or 'none'}")
         elif suffix == ".csv":
             rows, lines = _read_csv_rows(path, delimiter)
-            if rows and not all(_is_number(cell) for cell in rows[0]):
-                rows, lines = rows[1:], lines[1:]  # a header row
+            header = rows[0] if _is_header(rows[0]) else None
+            if header is not None:
+                rows, lines = rows[1:], lines[1:]
             if not rows:
                 raise DataError(f"{path}: no data rows")
             width = len(rows[0])
             for row, line in zip(rows, lines):
                 if len(row) != width:
                     raise DataError(f"{path}: line {line} has {len(row)} values, expected {width}")
-                if not all(_is_number(cell) for cell in row):
-                    raise DataError(f"{path}: line {line} has a value that is not a number")
+                bad = next((i for i, cell in enumerate(row) if not _is_number(cell)), None)
+                if bad is not None:
+                    name = f" ({header[bad]})" if header is not None and bad < len(header) else ""
+                    raise DataError(f"{path}: line {line}, column {bad + 1}{name}: {row[bad]!r} is not a number")
             x = np.array([[float(cell) for cell in row] for row in rows], dtype=np.float32)
         else:
             raise DataError(f"{path}: expected a .npy, .npz or .csv file of feature rows")

@@ -354,12 +354,8 @@ class Trainer:
         return array
 
     def _split(self, x, y, fraction):
-        if not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-            raise ConfigError(f"validation_split must be a fraction in (0, 1), got {fraction!r}")
         n = x.shape[0]
-        n_val = max(1, int(round(n * fraction)))
-        if n_val >= n:
-            raise ConfigError(f"validation_split={fraction} leaves no training data out of {n} examples")
+        n_val = validation_size(n, fraction)
         order = self.backend.from_host(HostRandom((self.seed, 7)).permutation(n))
         xp = self.backend.xp
         val_idx, train_idx = order[:n_val], order[n_val:]
@@ -387,6 +383,19 @@ class Trainer:
         if label_range and (label_range[0] < 0 or label_range[1] >= outputs):
             raise DataError(f"{what}: labels must be class numbers 0..{outputs - 1} for this model's {outputs} "
                             f"outputs, found values from {int(label_range[0])} to {int(label_range[1])}")
+
+
+def validation_size(n: int | None, fraction) -> int | None:
+    """How many of ``n`` examples ``validation_split=fraction`` holds out; a ConfigError when ``fraction`` is
+    not in (0, 1) or leaves no training data. ``n=None`` checks the fraction alone (before the data is known)."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ConfigError(f"validation_split must be a fraction in (0, 1), got {fraction!r}")
+    if n is None:
+        return None
+    n_val = max(1, int(round(n * fraction)))
+    if n_val >= n:
+        raise ConfigError(f"validation_split={fraction} leaves no training data out of {n} examples")
+    return n_val
 
 
 def fit(model, x, y, **options) -> list[dict]:
