@@ -208,7 +208,7 @@ def claim_run_directory(output: Path, *, resume: bool = False, overwrite: bool =
     output, log = Path(output), log or _silent  # log=None: say nothing
     if output.exists() and not output.is_dir():
         raise ConfigError(f"{output} exists and is not a directory")
-    created = not output.exists()
+    created = [path for path in (output, *output.parents) if not path.exists()]  # innermost first
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -232,7 +232,8 @@ def claim_run_directory(output: Path, *, resume: bool = False, overwrite: bool =
             with contextlib.suppress(OSError):
                 if set(os.listdir(output)) <= {LOCK_FILE}:  # the run wrote nothing: leave no trace
                     (output / LOCK_FILE).unlink(missing_ok=True)
-                    output.rmdir()
+                    for directory in created:  # with the parents it made (runs/ of a default name); rmdir
+                        directory.rmdir()  # stops at one that is not empty
 
 
 def train_run(options: dict, *, output: Path, backend=None, progress: bool = True, plots: bool = True,
