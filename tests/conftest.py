@@ -1,7 +1,7 @@
 """Test fixtures: every registered backend, narrowed by ``--backend`` or ``$BACKPROP_TEST_BACKENDS``.
 
-Backends that cannot run here are reported as skipped with their reason, never
-dropped. ``array_api_strict`` runs on its non-default device ``device1`` so any
+Backends that cannot run here are reported as skipped with their reason, never dropped (``-rs`` shows one line
+per absent backend, not one per test). ``array_api_strict`` runs on its non-default device ``device1`` so any
 array created without ``device=`` fails the tests.
 """
 
@@ -19,6 +19,8 @@ import backends
 # The benchmarks live beside the package, not in it: make them importable for their smoke tests. Appended, so
 # the installed backprop (not the source tree) is what the tests import.
 sys.path.append(str(Path(__file__).resolve().parents[1]))
+
+pytest_plugins = ["pytester"]  # tests of these fixtures and hooks run pytest on small test files
 
 # Layers built without backend= use the current backend; keep that quiet and predictable in tests.
 os.environ.setdefault("BACKPROP_BACKEND", "numpy")
@@ -50,12 +52,38 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("backend", specs, ids=specs, indirect=True)
 
 
+# spec -> the reason its tests were skipped, for the backends that cannot run here
+ABSENT_BACKENDS: dict[str, str] = {}
+
+
 @pytest.fixture
 def backend(request):
     try:
         return backends.get_backend(request.param)
     except backends.BackendUnavailable as exc:
-        pytest.skip(f"{request.param}: {exc.reason.split('. Available backends')[0]}")
+        reason = ABSENT_BACKENDS.setdefault(request.param, exc.reason.split(". Available backends")[0])
+        pytest.skip(f"{request.param}: {reason}")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter):
+    """In ``-rs``'s short summary, one line per absent backend with its reason and the number of tests it
+    skipped, instead of a line per test. The tests still count as skipped; other skips show as usual.
+
+    Around pytest's own summary (this wrapper runs outside it), the skips for an absent backend are given one
+    location, this file, which pytest's folding of equal skips then counts as one line."""
+    messages = {f"Skipped: {spec}: {reason}" for spec, reason in ABSENT_BACKENDS.items()}
+    moved = []
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        if isinstance(longrepr, tuple) and len(longrepr) == 3 and longrepr[2] in messages:
+            moved.append((report, longrepr))
+            report.longrepr = (__file__, None, f"absent backend {longrepr[2].removeprefix('Skipped: ')}")
+    try:
+        return (yield)
+    finally:
+        for report, longrepr in moved:
+            report.longrepr = longrepr
 
 
 @pytest.fixture
