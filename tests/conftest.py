@@ -29,6 +29,23 @@ os.environ.setdefault("BACKPROP_BACKEND", "numpy")
 ALL_BACKENDS = ["numpy", "array_api_strict:device1", "torch:cpu", "torch:cuda:0", "torch:mps", "cupy:0"]
 
 
+# Tests check results, not speed, and must pass on a shared 2-core machine beside other busy processes. There,
+# BLAS and OpenMP pools of 2 threads wait on each other and on those processes (measured: a 0.2 s full-batch
+# test took 7 s under two busy loops). So this process and every process it starts use one thread per
+# library, unless the environment already says how many. Tests of thread settings set their own.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def pytest_configure(config):
+    if not any(os.environ.get(name) for name in THREAD_VARIABLES):
+        os.environ.update(dict.fromkeys(THREAD_VARIABLES, "1"))  # for the processes the tests start, and torch
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            return
+        threadpool_limits(1)  # NumPy's BLAS is loaded already
+
+
 def pytest_addoption(parser):
     parser.addoption("--backend", action="append", default=[], metavar="SPEC",
                      help="run only on this backend (repeatable), e.g. --backend numpy --backend torch:cpu")

@@ -419,13 +419,14 @@ def test_ranks_share_the_cores_for_blas_threads(monkeypatch):
     import backprop as bp
     from backprop.distributed import world
 
-    pytest.importorskip("threadpoolctl")
+    threadpoolctl = pytest.importorskip("threadpoolctl")
     communicator = world()
     backend = bp.get_backend("numpy")
     assert communicator.local_size == communicator.size == 1
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.delenv(name, raising=False)
-    assert communicator.share_cores(backend) is None  # limited to this rank's share: all the cores here
+    with threadpoolctl.threadpool_limits(limits=None):  # gives the tests after this one their thread counts back
+        assert communicator.share_cores(backend) is None  # limited to this rank's share: all the cores here
     calls = []
     monkeypatch.setattr(type(backend), "limit_threads", lambda self, n: calls.append(n) or False)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
