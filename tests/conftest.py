@@ -2,11 +2,13 @@
 
 Backends that cannot run here are reported as skipped with their reason, never dropped (``-rs`` shows one line
 per absent backend, not one per test). ``array_api_strict`` runs on its non-default device ``device1`` so any
-array created without ``device=`` fails the tests.
+array created without ``device=`` fails the tests; tests marked ``every_device`` (the backend contract) run on
+every device of every backend, its default device too.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -25,7 +27,11 @@ pytest_plugins = ["pytester"]  # tests of these fixtures and hooks run pytest on
 # Layers built without backend= use the current backend; keep that quiet and predictable in tests.
 os.environ.setdefault("BACKPROP_BACKEND", "numpy")
 
-# The specs every test runs over, in the order they are shown.
+# The specs every test runs over, in the order they are shown. array_api_strict runs on its device1 only:
+# there, an array made without device= fails. Its default device adds nothing the numpy backend and device1
+# do not already cover for the network code, and would add ~7 s to the suite (~12 s beside two busy
+# processes), so only the backend contract tests (marked ``every_device``) run there, on every device that
+# ``backprop backends`` lists.
 ALL_BACKENDS = ["numpy", "array_api_strict:device1", "torch:cpu", "torch:cuda:0", "torch:mps", "cupy:0"]
 
 
@@ -51,21 +57,42 @@ def pytest_addoption(parser):
                      help="run only on this backend (repeatable), e.g. --backend numpy --backend torch:cpu")
 
 
-def selected_backends(config) -> list[str]:
+def selected_backends(config, every_device: bool = False) -> list[str]:
     chosen = list(config.getoption("--backend"))
     env = os.environ.get("BACKPROP_TEST_BACKENDS", "").strip()
     if not chosen and env:
         chosen = [s.strip() for s in env.split(",") if s.strip()]
+    if chosen:
+        return chosen
+    if every_device:
+        return every_listed_device()
     specs = list(ALL_BACKENDS)
     for family in backends.families():  # backends registered by plugins are tested too
         if not any(spec.split(":")[0] == family.name for spec in specs):
             specs.append(family.name)
-    return chosen or specs
+    return specs
+
+
+@functools.cache
+def every_listed_device() -> list[str]:
+    """Every device of every registered backend, as ``backprop backends`` lists them (families in the order
+    of the default suite)."""
+    specs = []
+    for family in backends.families():
+        try:
+            devices = family.listed_devices()
+        except Exception:  # a broken plugin still gets its tests, which then say why it is unavailable
+            devices = [None]
+        specs += [family.name if device is None else f"{family.name}:{device}" for device in devices]
+    order = list(dict.fromkeys(spec.split(":")[0] for spec in ALL_BACKENDS))
+    return sorted(specs, key=lambda spec: order.index(spec.split(":")[0]) if spec.split(":")[0] in order
+                  else len(order))
 
 
 def pytest_generate_tests(metafunc):
     if "backend" in metafunc.fixturenames:
-        specs = selected_backends(metafunc.config)
+        specs = selected_backends(metafunc.config, every_device=metafunc.definition.get_closest_marker(
+            "every_device") is not None)
         metafunc.parametrize("backend", specs, ids=specs, indirect=True)
 
 

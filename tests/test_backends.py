@@ -17,6 +17,9 @@ from backends import registry
 
 from conftest import THREAD_VARIABLES, assert_on_backend
 
+# The backend contract: every device of every backend keeps it, array_api_strict's default device included.
+pytestmark = pytest.mark.every_device
+
 
 @pytest.fixture
 def fresh_registry(monkeypatch):
