@@ -41,12 +41,13 @@ RUNS = [("momentum32", "numpy", "float64"), ("adam33", "numpy", "float64"), ("fu
 # process does (each rank sums its shard, then the shards are added): equally valid, but rounded differently.
 # Adam's step m/sqrt(v) normalizes each element, so an element whose gradient nearly cancels (a pixel that is
 # almost always 0) turns that rounding into a visible change: in float32 adam33 the worst element differs by
-# 7e-4 relative, about 1e4 times float32's eps (1.2e-7). Rounding scales with eps, so in float64 (eps 2.2e-16)
-# the same amplification gives ~2e-12, which is what we measure (worst 2e-12 relative, 7e-15 absolute, on
+# 7e-4 relative, about 6e3 times float32's eps (1.2e-7). Rounding scales with eps, so in float64 (eps 2.2e-16)
+# the same amplification gives ~1e-12, which is what we measure (worst 2e-12 relative, 7e-15 absolute, on
 # numpy, array_api_strict and torch:cpu). RTOL64 = 1e6 eps allows 100 times more amplification than that;
-# a real bug (a shard weighted 1.01 instead of 1, a missed all-reduce) moves the weights by 1e-5 to 1e-2, five
-# orders of magnitude above it. The absolute part covers weights near 0: rounding is relative to the size of
-# what is summed (weights and steps of ~0.1), not to a result that happens to be small.
+# a real bug moves the weights far more: a shard weighted 1.01 instead of 1 by 1e-2, a missed all-reduce by
+# 1e-1, and even a weighting off by 1e-6 by 1e-7 (all measured). The absolute part covers weights near 0:
+# rounding is relative to the size of what is summed (weights and steps of ~0.1), not to a result that happens
+# to be small.
 RTOL64 = 1e6 * float(np.finfo(np.float64).eps)  # 2.2e-10
 ATOL64 = 0.1 * RTOL64
 
@@ -250,8 +251,8 @@ def test_two_ranks_give_the_single_process_weights(tmp_path):
             # float32: the 2-rank and the single-process weights are two float32 roundings of one computation,
             # whose exact result is (to 1e-12) the float64 run. The tolerance is float32 rounding itself,
             # measured on this very run: the 2 ranks must be as close to the exact weights as one process is,
-            # within a factor of 4 that another summation order may cost (measured: at most 1.6 over 48
-            # seeds of these scenarios, Adam included). A rank weighted 1.01 is off by ~1000 times that.
+            # within a factor of 4 that another summation order may cost (measured: at most 1.6 per tensor over
+            # 36 pairs of seeds of these scenarios, Adam included). A rank weighted 1.0001 is 100 times off.
             for name, expected in reference.items():
                 truth = exact[scenario, spec][name]
                 single_error = float(np.abs(expected - truth).max())
