@@ -59,7 +59,7 @@ class StrictBackend(Backend):
         host_array = np.asarray(host_array)
         if dtype is None and host_array.dtype == np.float64:
             dtype = self.float_dtype
-        on_cpu = self.xp.asarray(host_array, dtype=dtype)
+        on_cpu = self.xp.asarray(host_array, dtype=dtype, copy=True)  # else a view of host memory
         return on_cpu.to_device(self.device)
 
     def random(self, seed):

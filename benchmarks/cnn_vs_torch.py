@@ -54,13 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def load_average():
     try:
         return list(os.getloadavg())
@@ -180,7 +173,7 @@ class TorchEpoch:
 
 
 def run(args) -> dict:
-    threads = args.threads or available_cores()
+    threads = args.threads or machine.available_cores()
     import numpy as np
     import torch
 
@@ -217,7 +210,8 @@ def run(args) -> dict:
         "settings": {"images": args.images, "image_shape": [1, 28, 28], "batch_size": args.batch_size,
                      "lr": args.lr, "repeats": args.repeats, "warmup": args.warmup, "seed": args.seed,
                      "threads": threads, "dtype": "float32"},
-        "machine": {"cpu": machine.cpu_name(), "cores_available": available_cores(), "cpu_count": os.cpu_count(),
+        "machine": {"cpu": machine.cpu_name(), "cores_available": machine.available_cores(),
+                    "cpu_count": os.cpu_count(),
                     "platform": platform.platform(), "node": platform.node(), "python": platform.python_version(),
                     "load_average_before": load_before, "load_average_after": load_average()},
         "versions": {"numpy": np.__version__, "torch": torch.__version__, "numpy_blas": machine.blas_name(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
@@ -46,7 +47,44 @@ def blas_name() -> str:
         return "unknown"
 
 
-def matmul_peak_gflops(backend, size: int = 2048, repeats: int = 5) -> float:
+MATMUL_SIZE = 2048  # the side of the matrices of the peak measurement
+
+
+def available_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def limited_threads(threads: int):
+    """NumPy's BLAS (and any OpenMP pool, through threadpoolctl) and PyTorch use ``threads`` threads inside,
+    and what they used before afterwards."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        limiter = None
+    else:
+        limiter = threadpool_limits(limits=threads)
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    before = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch is not None:
+            torch.set_num_threads(before)
+        if limiter is not None:
+            limiter.restore_original_limits()
+
+
+def matmul_peak_gflops(backend, size: int = MATMUL_SIZE, repeats: int = 5) -> float:
     """The best float32 matrix-multiply rate this backend reaches on its device (the physical limit)."""
     xp = backend.xp
     a = backend.random(0).normal((size, size))

@@ -6,8 +6,12 @@ Runs in a fresh subprocess per measurement so the peak belongs to that run alone
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]  # the directory that holds the benchmarks package
 
 CHILD = r"""
 import json, resource, sys
@@ -56,8 +60,13 @@ def analytic_minimum(samples, batch_size, sizes) -> dict:
 def measure(spec="numpy", batch_size=128, epochs=3, samples=60_000) -> dict:
     from .mlp import SIZES
 
+    # The child imports this package: give it the directory that holds it, from whatever directory we run in.
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     out = subprocess.run([sys.executable, "-c", CHILD, spec, str(batch_size), str(epochs), str(samples)],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"the memory measurement failed (status {out.returncode}):\n{out.stderr}")
     measured = json.loads(out.stdout.strip().splitlines()[-1])
     minimum = analytic_minimum(samples, batch_size, SIZES)
     growth = measured["after_epoch_bytes"][-1] - measured["after_epoch_bytes"][0]

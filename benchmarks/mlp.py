@@ -87,7 +87,7 @@ def contenders(backends, batch_size, x_host, y_host, samples, include_torch=True
 
 
 def run(backends, batch_sizes, *, repeats, max_steps, include_torch=True, log=print):
-    x_host, y_host = synthetic_mnist()
+    x_host, y_host = synthetic_mnist(min(N_TRAIN, max(batch_sizes) * max_steps))  # as many as any timing uses
     results = []
     for batch_size in batch_sizes:
         samples = min(N_TRAIN, batch_size * max_steps)

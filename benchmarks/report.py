@@ -45,7 +45,8 @@ def markdown(run: dict) -> str:
              + (f", GPU: {machine['gpu']}" if "gpu" in machine else ""), ""]
     peaks = run.get("matmul_peak_gflops", {})
     if peaks:
-        lines += ["Matrix-multiply peak (float32, 2048x2048): " +
+        size = run.get("matmul_size", 2048)
+        lines += [f"Matrix-multiply peak (float32, {size}x{size}): " +
                   ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()), ""]
     lines += ["Ratios: the median over the timed rounds of ours / theirs within one round (contenders run "
               "interleaved, A B C A B C ...).", ""]

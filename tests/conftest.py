@@ -1,12 +1,14 @@
 """Test fixtures: every registered backend, narrowed by ``--backend`` or ``$BACKPROP_TEST_BACKENDS``.
 
-Backends that cannot run here are reported as skipped with their reason, never
-dropped. ``array_api_strict`` runs on its non-default device ``device1`` so any
-array created without ``device=`` fails the tests.
+Backends that cannot run here are reported as skipped with their reason, never dropped (``-rs`` shows one line
+per absent backend, not one per test). ``array_api_strict`` runs on its non-default device ``device1`` so any
+array created without ``device=`` fails the tests; tests marked ``every_device`` (the backend contract) run on
+every device of every backend, its default device too.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -20,11 +22,34 @@ import backends
 # the installed backprop (not the source tree) is what the tests import.
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 
+pytest_plugins = ["pytester"]  # tests of these fixtures and hooks run pytest on small test files
+
 # Layers built without backend= use the current backend; keep that quiet and predictable in tests.
 os.environ.setdefault("BACKPROP_BACKEND", "numpy")
 
-# The specs every test runs over, in the order they are shown.
+# The specs every test runs over, in the order they are shown. array_api_strict runs on its device1 only:
+# there, an array made without device= fails. Its default device adds nothing the numpy backend and device1
+# do not already cover for the network code, and would add 270 tests: ~7 s to the suite, and 22 s beside two
+# busy processes (132 s -> 154 s of the 180 s allowed). So only the backend contract tests (marked
+# ``every_device``) run there, on every device that ``backprop backends`` lists.
 ALL_BACKENDS = ["numpy", "array_api_strict:device1", "torch:cpu", "torch:cuda:0", "torch:mps", "cupy:0"]
+
+
+# Tests check results, not speed, and must pass on a shared 2-core machine beside other busy processes. There,
+# BLAS and OpenMP pools of 2 threads wait on each other and on those processes (measured: a 0.2 s full-batch
+# test took 7 s under two busy loops). So this process and every process it starts use one thread per
+# library, unless the environment already says how many. Tests of thread settings set their own.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def pytest_configure(config):
+    if not any(os.environ.get(name) for name in THREAD_VARIABLES):
+        os.environ.update(dict.fromkeys(THREAD_VARIABLES, "1"))  # for the processes the tests start, and torch
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            return
+        threadpool_limits(1)  # NumPy's BLAS is loaded already
 
 
 def pytest_addoption(parser):
@@ -32,22 +57,47 @@ def pytest_addoption(parser):
                      help="run only on this backend (repeatable), e.g. --backend numpy --backend torch:cpu")
 
 
-def selected_backends(config) -> list[str]:
+def selected_backends(config, every_device: bool = False) -> list[str]:
     chosen = list(config.getoption("--backend"))
     env = os.environ.get("BACKPROP_TEST_BACKENDS", "").strip()
     if not chosen and env:
         chosen = [s.strip() for s in env.split(",") if s.strip()]
+    if chosen:
+        return chosen
+    if every_device:
+        return every_listed_device()
     specs = list(ALL_BACKENDS)
     for family in backends.families():  # backends registered by plugins are tested too
         if not any(spec.split(":")[0] == family.name for spec in specs):
             specs.append(family.name)
-    return chosen or specs
+    return specs
+
+
+@functools.cache
+def every_listed_device() -> list[str]:
+    """Every device of every registered backend, as ``backprop backends`` lists them (families in the order
+    of the default suite)."""
+    specs = []
+    for family in backends.families():
+        try:
+            devices = family.listed_devices()
+        except Exception:  # a broken plugin still gets its tests, which then say why it is unavailable
+            devices = [None]
+        specs += [family.name if device is None else f"{family.name}:{device}" for device in devices]
+    order = list(dict.fromkeys(spec.split(":")[0] for spec in ALL_BACKENDS))
+    return sorted(specs, key=lambda spec: order.index(spec.split(":")[0]) if spec.split(":")[0] in order
+                  else len(order))
 
 
 def pytest_generate_tests(metafunc):
     if "backend" in metafunc.fixturenames:
-        specs = selected_backends(metafunc.config)
+        specs = selected_backends(metafunc.config, every_device=metafunc.definition.get_closest_marker(
+            "every_device") is not None)
         metafunc.parametrize("backend", specs, ids=specs, indirect=True)
+
+
+# spec -> the reason its tests were skipped, for the backends that cannot run here
+ABSENT_BACKENDS: dict[str, str] = {}
 
 
 @pytest.fixture
@@ -55,7 +105,29 @@ def backend(request):
     try:
         return backends.get_backend(request.param)
     except backends.BackendUnavailable as exc:
-        pytest.skip(f"{request.param}: {exc.reason.split('. Available backends')[0]}")
+        reason = ABSENT_BACKENDS.setdefault(request.param, exc.reason.split(". Available backends")[0])
+        pytest.skip(f"{request.param}: {reason}")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter):
+    """In ``-rs``'s short summary, one line per absent backend with its reason and the number of tests it
+    skipped, instead of a line per test. The tests still count as skipped; other skips show as usual.
+
+    Around pytest's own summary (this wrapper runs outside it), the skips for an absent backend are given one
+    location, this file, which pytest's folding of equal skips then counts as one line."""
+    messages = {f"Skipped: {spec}: {reason}" for spec, reason in ABSENT_BACKENDS.items()}
+    moved = []
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        if isinstance(longrepr, tuple) and len(longrepr) == 3 and longrepr[2] in messages:
+            moved.append((report, longrepr))
+            report.longrepr = (__file__, None, f"absent backend {longrepr[2].removeprefix('Skipped: ')}")
+    try:
+        return (yield)
+    finally:
+        for report, longrepr in moved:
+            report.longrepr = longrepr
 
 
 @pytest.fixture

@@ -9,29 +9,43 @@ import pytest
 pytest.importorskip("torch")
 
 
-def test_benchmark_suite_writes_json_and_markdown(tmp_path):
+def test_benchmark_suite_writes_json_and_markdown(tmp_path, monkeypatch):
+    """Run from another directory than the repository root: the memory workload's child process must still
+    find the benchmarks package."""
     from benchmarks.__main__ import main
 
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
     assert main(["--workloads", "mlp,fit,memory", "--backends", "numpy", "--batch-sizes", "16", "--repeats", "1",
-                 "--max-steps", "3", "--memory-samples", "2000", "--output", str(tmp_path), "--name", "smoke"]) == 0
-    run = json.loads((tmp_path / "smoke.json").read_text())
+                 "--max-steps", "3", "--fit-epochs", "1", "--matmul-size", "64", "--threads", "1",
+                 "--memory-samples", "256", "--output", "out", "--name", "smoke"]) == 0
+    run = json.loads((tmp_path / "out" / "smoke.json").read_text())
     contenders = {r["contender"] for r in run["results"] if r["workload"].startswith("mlp")}
     assert contenders == {"backprop[numpy]", "handwritten[numpy]", "pytorch[cpu]"}
-    assert run["matmul_peak_gflops"]["numpy"] > 0
-    assert run["memory"][0]["growth_after_first_epoch_bytes"] is not None
-    table = (tmp_path / "smoke.md").read_text()
+    assert {r["contender"] for r in run["results"] if r["workload"].startswith("fit")} == {
+        "backprop[numpy]", "pytorch[cpu]"}
+    assert run["matmul_peak_gflops"]["numpy"] > 0 and run["matmul_size"] == 64
+    (memory,) = run["memory"]
+    assert memory["samples"] == 256 and memory["peak_bytes"] > 0 and len(memory["after_epoch_bytes"]) == 3
+    assert memory["growth_after_first_epoch_bytes"] is not None
+    table = (tmp_path / "out" / "smoke.md").read_text()
     assert "| 16 | backprop[numpy] |" in table and "x |" in table  # ratios are filled in
+    assert "(float32, 64x64)" in table
 
 
-def test_ratios_pair_the_rounds():
-    """A load spike in one round moves both contenders of that round; the ratio pairs rounds, not medians."""
-    from benchmarks.report import ratios
+def test_benchmark_suite_gives_back_the_thread_settings(tmp_path):
+    """``--threads N`` holds for the run only: the tests that follow keep PyTorch's and the BLAS's threads."""
+    import torch
+    from threadpoolctl import threadpool_info
 
-    rows = [{"workload": "w", "batch_size": 1, "contender": "backprop[numpy]", "seconds_per_epoch": 3.0,
-             "runs": [2.0, 10.0, 3.0]},
-            {"workload": "w", "batch_size": 1, "contender": "pytorch[cpu]", "seconds_per_epoch": 3.0,
-             "runs": [1.0, 8.0, 3.0]},
-            {"workload": "w", "batch_size": 1, "contender": "handwritten[numpy]", "seconds_per_epoch": 1.5}]
-    (mine,) = ratios(rows)
-    assert mine["vs_pytorch"] == pytest.approx(1.25)  # per round 2, 1.25, 1; the medians' ratio would be 1
-    assert mine["vs_handwritten"] == pytest.approx(2.0)  # no rounds to pair: the per-epoch figures
+    from benchmarks.__main__ import main
+
+    def settings():
+        return torch.get_num_threads(), [pool["num_threads"] for pool in threadpool_info()]
+
+    before = settings()
+    other = 2 if before[0] == 1 else 1  # a count that differs from the current one
+    assert main(["--workloads", "memory", "--backends", "numpy", "--matmul-size", "16", "--threads", str(other),
+                 "--memory-samples", "64", "--output", str(tmp_path), "--name", "threads"]) == 0
+    assert json.loads((tmp_path / "threads.json").read_text())["machine"]["torch_threads"] == other
+    assert settings() == before

@@ -213,6 +213,44 @@ def test_max_pool_ties_go_to_one_pixel_consistently(backend):
                                          [0, 0, 0, 0, 0, 0]]]])
 
 
+def _max_pool_backward_reference(x, grad_output, kernel, stride, padding):
+    """Max-pool backward by loops over the windows, as MaxPool2D documents it: each window's whole gradient goes
+    to exactly one pixel, the topmost maximum of the leftmost column that holds the window's maximum."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    padded = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
+    grad = np.zeros_like(padded)
+    n, c, oh, ow = grad_output.shape
+    for b, ch, i, j in itertools.product(range(n), range(c), range(oh), range(ow)):
+        window = padded[b, ch, i * sh:i * sh + kh, j * sw:j * sw + kw]
+        column = int(np.flatnonzero((window == window.max()).any(axis=0))[0])
+        row = int(np.flatnonzero(window[:, column] == window.max())[0])
+        grad[b, ch, i * sh + row, j * sw + column] += grad_output[b, ch, i, j]
+    return grad[:, :, ph:padded.shape[2] - ph, pw:padded.shape[3] - pw]
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [((3, 3), (3, 3), (0, 0)), ((3, 3), (1, 1), (0, 0)),
+                                                     ((4, 3), (2, 1), (1, 1)), ((3, 4), (2, 3), (1, 2))],
+                         ids=["3x3", "3x3_overlapping", "4x3_padded", "3x4_padded"])
+def test_max_pool_ties_in_large_windows_route_each_window_to_one_pixel(backend, kernel, stride, padding):
+    """Windows of 3 or more rows and columns, where the tie-breaking passes over middle rows and columns. Few
+    distinct values make ties in nearly every window; distinct gradients show where each one went."""
+    rng = np.random.default_rng(5)
+    host_x = rng.integers(0, 3, size=(2, 2, 9, 10)).astype(np.float32)
+    layer = MaxPool2D(kernel, stride=stride, padding=padding, backend=backend)
+    y = layer(backend.from_host(host_x))
+    expected_y = F.max_pool2d(torch.from_numpy(host_x), kernel, stride=stride, padding=padding).numpy()
+    np.testing.assert_array_equal(backend.to_host(y), expected_y)
+    host_g = (1 + np.arange(expected_y.size, dtype=np.float32).reshape(expected_y.shape)) / 8  # exact in float32
+    dx = layer.backward(backend.from_host(host_g))
+    assert_on_backend(dx, backend, shape=host_x.shape)
+    reference = _max_pool_backward_reference(host_x, host_g, kernel, stride, padding)
+    np.testing.assert_array_equal(backend.to_host(dx), reference)
+    # what PyTorch's rule shares with ours: each window's gradient reaches one pixel, so none is lost or doubled
+    torch_x = torch.from_numpy(host_x).requires_grad_()
+    F.max_pool2d(torch_x, kernel, stride=stride, padding=padding).backward(torch.from_numpy(host_g))
+    assert float(backend.to_host(dx).sum()) == float(torch_x.grad.sum()) == float(host_g.sum())
+
+
 # --------------------------------------------------------------------------------- dtypes, devices, errors
 
 

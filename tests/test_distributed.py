@@ -29,14 +29,31 @@ SCENARIOS = {
     "adam33": dict(n=199, optimizer="adam", lr=0.01, batch_size=33, epochs=2, clip_norm=1.0),
     "full": dict(n=101, optimizer="sgd", lr=0.5, batch_size="full", epochs=3, shuffle=False),
 }
-# (scenario, backend) pairs the 2-rank run trains; torch:cpu and array_api_strict show the host path is
+# (scenario, backend, dtype) runs the 2 ranks train. float64 runs check the data-parallel arithmetic itself
+# (RTOL64 below); float32 runs, of the scenarios whose rounding no step amplifies (SGD, momentum), check the
+# float32 path against float32 rounding (see the test). torch:cpu and array_api_strict show the host path is
 # backend-agnostic.
-RUNS = [("momentum32", "numpy"), ("adam33", "numpy"), ("full", "numpy"), ("adam33", "array_api_strict"),
-        ("adam33", "torch:cpu")]
+RUNS = [("momentum32", "numpy", "float64"), ("adam33", "numpy", "float64"), ("full", "numpy", "float64"),
+        ("adam33", "array_api_strict", "float64"), ("adam33", "torch:cpu", "float64"),
+        ("momentum32", "numpy", "float32"), ("full", "numpy", "float32")]
+
+# How far 2 ranks may be from one process in float64. The ranks sum the gradient in another order than one
+# process does (each rank sums its shard, then the shards are added): equally valid, but rounded differently.
+# Adam's step m/sqrt(v) normalizes each element, so an element whose gradient nearly cancels (a pixel that is
+# almost always 0) turns that rounding into a visible change: in float32 adam33 the worst element differs by
+# 7e-4 relative, about 6e3 times float32's eps (1.2e-7). Rounding scales with eps, so in float64 (eps 2.2e-16)
+# the same amplification gives ~1e-12, which is what we measure (worst 2e-12 relative, 7e-15 absolute, on
+# numpy, array_api_strict and torch:cpu). RTOL64 = 1e6 eps allows 100 times more amplification than that;
+# a real bug moves the weights far more: a shard weighted 1.01 instead of 1 by 1e-2, a missed all-reduce by
+# 1e-1, and even a weighting off by 1e-6 by 1e-7 (all measured). The absolute part covers weights near 0:
+# rounding is relative to the size of what is summed (weights and steps of ~0.1), not to a result that happens
+# to be small.
+RTOL64 = 1e6 * float(np.finfo(np.float64).eps)  # 2.2e-10
+ATOL64 = 0.1 * RTOL64
 
 
-def train(scenario, backend_spec, communicator=None, callbacks=(), model_seed=1):
-    """Train a 64-32-10 MLP on a subset of the digits; returns (host weights, history)."""
+def train(scenario, backend_spec, dtype, communicator=None, callbacks=(), model_seed=1):
+    """Train a 64-32-10 MLP in ``dtype`` on a subset of the digits; returns (host weights, history)."""
     import backprop as bp
     from backprop.data import load_dataset
 
@@ -44,7 +61,7 @@ def train(scenario, backend_spec, communicator=None, callbacks=(), model_seed=1)
     n, split = options.pop("n"), options.pop("validation_split", 0.0)
     data = load_dataset("digits", seed=0)
     backend = bp.get_backend(backend_spec)
-    model = bp.mlp([64, 32, 10], seed=model_seed, backend=backend)
+    model = bp.mlp([64, 32, 10], seed=model_seed, backend=backend, dtype=dtype)
     trainer = bp.Trainer(model, seed=3, progress=False, log=None, callbacks=list(callbacks),
                          communicator=communicator, **options)
     history = trainer.fit(data.x_train[:n], data.y_train[:n], validation_split=split)
@@ -62,21 +79,21 @@ def _worker_equal(output: Path):
 
     comm = world()
     results, histories = {}, {}
-    for scenario, spec in RUNS:
+    for scenario, spec, dtype in RUNS:
         try:
             bp.get_backend(spec)
         except BackendUnavailable:
             continue  # torch not installed: the parent skips the comparison too
-        writers = [bp.HistoryWriter(f"history-{scenario}-{spec}.jsonl"),
-                   bp.Checkpoint(f"checkpoint-{scenario}-{spec}.safetensors")]
+        run = f"{scenario}-{spec}-{dtype}"
+        writers = [bp.HistoryWriter(f"history-{run}.jsonl"), bp.Checkpoint(f"checkpoint-{run}.safetensors")]
         # Each rank builds its model from another seed: the broadcast from rank 0 must make them equal.
-        weights, history = train(scenario, spec, comm, writers, model_seed=1 + comm.rank)
+        weights, history = train(scenario, spec, dtype, comm, writers, model_seed=1 + comm.rank)
         flat = np.concatenate([w.ravel() for w in weights.values()])
         others = comm.comm.gather(flat, root=0)
         if comm.is_root:
-            histories[f"{scenario}/{spec}"] = history
-            results.update({f"{scenario}/{spec}/{k}": v for k, v in weights.items()})
-            results[f"{scenario}/{spec}/rank_spread"] = np.array(max(float(np.abs(o - flat).max()) for o in others))
+            histories[run] = history
+            results.update({f"{run}/{k}": v for k, v in weights.items()})
+            results[f"{run}/rank_spread"] = np.array(max(float(np.abs(o - flat).max()) for o in others))
     if comm.is_root:
         np.savez(output / "weights.npz", **results)
         (output / "histories.json").write_text(json.dumps(histories))
@@ -90,8 +107,8 @@ def _worker_size1(output: Path):
     assert comm.size == 1
     report = {}
     for scenario in SCENARIOS:
-        plain, plain_history = train(scenario, "numpy")
-        dist, dist_history = train(scenario, "numpy", comm)
+        plain, plain_history = train(scenario, "numpy", "float32")
+        dist, dist_history = train(scenario, "numpy", "float32", comm)
         report[scenario] = {"bitwise": all(np.array_equal(plain[k], dist[k]) for k in plain),
                             "history": plain_history == dist_history}
     # The functional API's switch: fit(..., distributed=True) uses MPI.COMM_WORLD.
@@ -127,6 +144,31 @@ def _worker_fail(output: Path):
 
 
 WORKERS = {"equal": _worker_equal, "size1": _worker_size1, "fail": _worker_fail}
+
+
+def use_float64(backend, setattr=setattr):
+    """Make the NumPy backend compute in float64: layers are built in float64 and float host data (the
+    float32 data sets) comes onto the device as float64. ``setattr``: pytest's ``monkeypatch.setattr`` to
+    undo it after a test."""
+    plain = backend.from_host
+
+    def from_host(host_array, dtype=None):
+        host_array = np.asarray(host_array)
+        if dtype is None and host_array.dtype.kind == "f":
+            dtype = np.float64
+        return plain(host_array, dtype=dtype)
+
+    setattr(backend, "float_dtype", np.float64)
+    setattr(backend, "from_host", from_host)
+
+
+def _cli_in_float64(argv: list[str]) -> int:
+    """``backprop ARGV`` on a NumPy backend that computes in float64 (see ``RTOL64``)."""
+    import backprop as bp
+    from backprop.cli import main
+
+    use_float64(bp.get_backend("numpy"))
+    return main(argv)
 
 
 # -- launching ----------------------------------------------------------------------------------------------
@@ -188,26 +230,39 @@ def test_two_ranks_give_the_single_process_weights(tmp_path):
     assert result.returncode == 0, result.stderr
     weights = np.load(tmp_path / "weights.npz")
     histories = json.loads((tmp_path / "histories.json").read_text())
-    compared = 0
-    for scenario, spec in RUNS:
-        if spec == "torch:cpu" and not _torch_available():
-            continue
-        reference, reference_history = train(scenario, spec)
-        for name, expected in reference.items():
-            np.testing.assert_allclose(weights[f"{scenario}/{spec}/{name}"], expected, rtol=2e-5, atol=2e-6,
-                                       err_msg=f"{scenario} on {spec}: {name}")
-        assert float(weights[f"{scenario}/{spec}/rank_spread"]) == 0.0  # every rank holds the same weights
-        for got, want in zip(histories[f"{scenario}/{spec}"], reference_history, strict=True):
-            for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
-                expected = None if want[key] is None else pytest.approx(want[key], rel=1e-4, abs=1e-6)
-                assert got[key] == expected, (scenario, spec, key)
-            assert got["grad_norms"] == pytest.approx(want["grad_norms"], rel=1e-4)
-        compared += 1
-    assert compared >= 4
+    runs = [(scenario, spec, dtype) for scenario, spec, dtype in RUNS if spec != "torch:cpu" or _torch_available()]
+    exact = {}  # (scenario, spec) -> the single process's float64 weights
+    for scenario, spec, dtype in sorted(runs, key=lambda run: run[2], reverse=True):  # float64 first
+        run = f"{scenario}-{spec}-{dtype}"
+        reference, reference_history = train(scenario, spec, dtype)
+        assert float(weights[f"{run}/rank_spread"]) == 0.0  # every rank holds the same weights
+        got = {name: weights[f"{run}/{name}"] for name in reference}
+        assert all(array.dtype == np.dtype(dtype) for array in got.values()), run
+        if dtype == "float64":
+            exact[scenario, spec] = reference
+            for name, expected in reference.items():
+                np.testing.assert_allclose(got[name], expected, rtol=RTOL64, atol=ATOL64, err_msg=f"{run}: {name}")
+            for have, want in zip(histories[run], reference_history, strict=True):
+                for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+                    expected = None if want[key] is None else pytest.approx(want[key], rel=RTOL64, abs=ATOL64)
+                    assert have[key] == expected, (run, key)
+                assert have["grad_norms"] == pytest.approx(want["grad_norms"], rel=RTOL64, abs=ATOL64), run
+        else:
+            # float32: the 2-rank and the single-process weights are two float32 roundings of one computation,
+            # whose exact result is (to 1e-12) the float64 run. The tolerance is float32 rounding itself,
+            # measured on this very run: the 2 ranks must be as close to the exact weights as one process is,
+            # within a factor of 4 that another summation order may cost (measured: at most 1.6 per tensor over
+            # 36 pairs of seeds of these scenarios, Adam included). A rank weighted 1.0001 is 100 times off.
+            for name, expected in reference.items():
+                truth = exact[scenario, spec][name]
+                single_error = float(np.abs(expected - truth).max())
+                ranks_error = float(np.abs(got[name] - truth).max())
+                assert ranks_error <= 4 * single_error, (f"{run}: {name}: 2 ranks are {ranks_error:.3g} from the "
+                                                         f"exact weights, one process {single_error:.3g}")
+    assert len(exact) >= 4
     # Only rank 0 wrote the history and checkpoint files.
     assert sorted(p.name for p in rank0.iterdir()) == sorted(
-        f"{kind}-{scenario}-{spec}.{ext}" for scenario, spec in RUNS
-        if spec != "torch:cpu" or _torch_available()
+        f"{kind}-{scenario}-{spec}-{dtype}.{ext}" for scenario, spec, dtype in runs
         for kind, ext in (("history", "jsonl"), ("checkpoint", "safetensors")))
     assert list(rank1.iterdir()) == []
 
@@ -254,13 +309,18 @@ def test_ctrl_c_stops_every_rank_at_the_same_step(tmp_path, signum, status, said
     assert (tmp_path / "out" / "checkpoint.safetensors").exists()
 
 
-def test_cli_distributed_train_matches_single_process(tmp_path):
+def test_cli_distributed_train_matches_single_process(tmp_path, monkeypatch):
+    """``backprop train --distributed`` on 2 ranks ends with the weights of ``backprop train``. Both run on a
+    NumPy backend that computes in float64, so the comparison is exact up to RTOL64: in float32 the default
+    optimizer, Adam, turns the ranks' other (equally valid) summation order into differences of 1e-4 relative
+    (see RTOL64). That the float32 path of the ranks is as accurate as one process is tested above."""
+    import backprop as bp
     from backprop.cli import main
     from backprop.host_io.model_files import load_model
 
     options = ["train", "--epochs", "2", "--hidden", "32", "--batch-size", "33", "--no-progress", "--no-plots",
                "--output", "out"]
-    result, rank0, rank1 = _two_ranks([sys.executable, "-m", "backprop", *options, "--distributed"], tmp_path)
+    result, rank0, rank1 = _two_ranks([sys.executable, str(HERE), "cli64", *options, "--distributed"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("test accuracy") == 1 and "2 ranks (data-parallel)" in result.stdout
     assert list(rank1.iterdir()) == []  # rank 1 wrote nothing, not even the directory
@@ -271,12 +331,14 @@ def test_cli_distributed_train_matches_single_process(tmp_path):
 
     single = tmp_path / "single"
     options[-1] = str(single)
+    use_float64(bp.get_backend("numpy"), monkeypatch.setattr)
     assert main(["--backend", "numpy", *options]) == 0
     distributed_model, _ = load_model(rank0 / "out" / "model.safetensors")
     single_model, _ = load_model(single / "model.safetensors")
     for name, array in single_model.named_parameters().items():
-        np.testing.assert_allclose(distributed_model.backend.to_host(distributed_model.named_parameters()[name]),
-                                   single_model.backend.to_host(array), rtol=2e-5, atol=2e-6, err_msg=name)
+        got = distributed_model.backend.to_host(distributed_model.named_parameters()[name])
+        assert got.dtype == np.float64, name
+        np.testing.assert_allclose(got, single_model.backend.to_host(array), rtol=RTOL64, atol=ATOL64, err_msg=name)
 
 
 def test_cli_non_finite_loss_stops_every_rank_at_the_same_step(tmp_path):
@@ -352,6 +414,8 @@ def test_nccl_module_imports_without_cupy():
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "cli64":
+        sys.exit(_cli_in_float64(sys.argv[2:]))
     WORKERS[sys.argv[1]](Path(sys.argv[2]))
 
 
@@ -361,13 +425,14 @@ def test_ranks_share_the_cores_for_blas_threads(monkeypatch):
     import backprop as bp
     from backprop.distributed import world
 
-    pytest.importorskip("threadpoolctl")
+    threadpoolctl = pytest.importorskip("threadpoolctl")
     communicator = world()
     backend = bp.get_backend("numpy")
     assert communicator.local_size == communicator.size == 1
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.delenv(name, raising=False)
-    assert communicator.share_cores(backend) is None  # limited to this rank's share: all the cores here
+    with threadpoolctl.threadpool_limits(limits=None):  # gives the tests after this one their thread counts back
+        assert communicator.share_cores(backend) is None  # limited to this rank's share: all the cores here
     calls = []
     monkeypatch.setattr(type(backend), "limit_threads", lambda self, n: calls.append(n) or False)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

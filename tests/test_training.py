@@ -197,17 +197,68 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_weights(digits):
         np.testing.assert_array_equal(weight, good[name])
 
 
+class _WeightsEveryEpoch(Callback):
+    """Host copies of the parameters at the end of every epoch, taken apart from what the trainer keeps."""
+
+    def __init__(self):
+        self.weights = {}
+
+    def on_epoch_end(self, trainer, record):
+        backend = trainer.model.backend
+        self.weights[record["epoch"]] = {name: backend.to_host(array).copy()
+                                         for name, array in trainer.model.named_parameters().items()}
+
+
 def test_early_stopping_restores_the_best_weights(digits):
     model = bp.mlp([64, 128, 10], seed=0, backend="numpy")
-    stopper = EarlyStopping(2, monitor="val_loss")
-    fit(model, digits.x_train[:200], digits.y_train[:200], optimizer="adam", lr=0.05, epochs=60, batch_size=10,
-        validation_split=0.5, callbacks=[stopper], progress=False, log=None)
-    assert stopper.best_epoch < 60  # it overfits 100 examples quickly, so it stops early
-    x_val = model.backend.from_host(digits.x_train[:200])
-    assert model(x_val).shape == (200, 10)
-    best = stopper.best_weights
+    stopper, recorder = EarlyStopping(2, monitor="val_loss"), _WeightsEveryEpoch()
+    history = fit(model, digits.x_train[:200], digits.y_train[:200], optimizer="adam", lr=0.05, epochs=60,
+                  batch_size=10, validation_split=0.5, callbacks=[recorder, stopper], progress=False, log=None)
+    losses = [record["val_loss"] for record in history]
+    best = 1 + losses.index(min(losses))  # the epoch of the lowest validation loss (the first, on a tie)
+    assert stopper.best_epoch == best and len(history) == best + 2 < 60  # it overfits 100 examples quickly
+    assert sorted(recorder.weights) == list(range(1, len(history) + 1))
     for name, weight in model.named_parameters().items():
-        np.testing.assert_array_equal(weight, best[f"param/{name}"])
+        np.testing.assert_array_equal(weight, recorder.weights[best][name], err_msg=name)
+    last = recorder.weights[len(history)]
+    assert any(not np.array_equal(last[name], recorder.weights[best][name]) for name in last)  # a real restore
+
+
+class _InputRecorder(bp.Layer):
+    """An identity layer that keeps the inputs it sees in training."""
+
+    def __init__(self, backend):
+        super().__init__(backend=backend)
+        self.seen = []
+
+    def forward(self, x, *, training=False):
+        if training:
+            self.seen.append(self.backend.to_host(x)[:, 0].astype(int).tolist())
+        return x
+
+    def backward(self, grad_output):
+        return grad_output
+
+
+def test_the_shuffle_follows_the_seed(backend):
+    """The order of the examples: the same for the same seed, different for another seed or another epoch."""
+    n = 24
+    x = np.arange(n, dtype=np.float32)[:, None]  # each example's one feature is its index
+    y = np.arange(n) % 2
+
+    def orders(seed):
+        recorder = _InputRecorder(backend)
+        model = bp.Sequential([recorder, bp.Dense(1, 2, rng=0, backend=backend)])
+        fit(model, x, y, optimizer="sgd", lr=0.01, epochs=2, batch_size=4, seed=seed, progress=False, log=None)
+        per_epoch = [sum(recorder.seen[i:i + n // 4], []) for i in range(0, len(recorder.seen), n // 4)]
+        assert len(per_epoch) == 2 and all(sorted(order) == list(range(n)) for order in per_epoch)
+        return per_epoch
+
+    five, six = orders(5), orders(6)
+    assert orders(5) == five
+    assert five[0] != five[1]  # each epoch is shuffled anew
+    assert five[0] != six[0] and five[1] != six[1]
+    assert five[0] != list(range(n))
 
 
 def test_vanishing_gradients_are_recorded_and_warned(digits):
