@@ -1,7 +1,7 @@
 """Test fixtures: every registered backend, narrowed by ``--backend`` or ``$BACKPROP_TEST_BACKENDS``.
 
 Backends that cannot run here are reported as skipped with their reason, never dropped (``-rs`` shows one line
-per absent backend, not one per test). ``array_api_strict`` runs on its non-default device ``device1`` so any
+per absent backend, not one per test). ``array_api_strict`` runs on both its devices: on ``device1`` any
 array created without ``device=`` fails the tests; tests marked ``every_device`` (the backend contract) run on
 every device of every backend, its default device too.
 """
@@ -27,12 +27,12 @@ pytest_plugins = ["pytester"]  # tests of these fixtures and hooks run pytest on
 # Layers built without backend= use the current backend; keep that quiet and predictable in tests.
 os.environ.setdefault("BACKPROP_BACKEND", "numpy")
 
-# The specs every test runs over, in the order they are shown. array_api_strict runs on its device1 only:
-# there, an array made without device= fails. Its default device adds nothing the numpy backend and device1
-# do not already cover for the network code, and would add 270 tests: ~7 s to the suite, and 22 s beside two
-# busy processes (132 s -> 154 s of the 180 s allowed). So only the backend contract tests (marked
-# ``every_device``) run there, on every device that ``backprop backends`` lists.
-ALL_BACKENDS = ["numpy", "array_api_strict:device1", "torch:cpu", "torch:cuda:0", "torch:mps", "cupy:0"]
+# The specs every test runs over, in the order they are shown. array_api_strict runs on both its devices: on
+# device1 an array made without device= fails; its default device checks what a CPU-device library without
+# NumPy's extras gives (host copies that must not be views, say). Tests marked ``every_device`` (the backend
+# contract) also run on every other device that ``backprop backends`` lists.
+ALL_BACKENDS = ["numpy", "array_api_strict", "array_api_strict:device1", "torch:cpu", "torch:cuda:0", "torch:mps",
+                "cupy:0"]
 
 
 # Tests check results, not speed, and must pass on a shared 2-core machine beside other busy processes. There,
