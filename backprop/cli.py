@@ -178,7 +178,14 @@ def cmd_train(args) -> int:
 def _train(args, communicator) -> int:
     from pathlib import Path
 
-    from .runs import check_options, check_writable_directory, output_directory, resume_options, train_run
+    from .runs import (
+        check_options,
+        check_writable_directory,
+        output_directory,
+        refuse_if_in_use,
+        resume_options,
+        train_run,
+    )
     from .training.interrupts import Terminated, exit_status
 
     root = communicator is None or communicator.is_root
@@ -193,6 +200,7 @@ def _train(args, communicator) -> int:
         if args.overwrite:
             raise ConfigError(f"--overwrite and --resume {output}: resuming continues the run's files, it replaces "
                               f"nothing; leave out --overwrite")
+        refuse_if_in_use(output)  # a running run is not one to resume, whatever else is wrong
         options = resume_options(output, given)
         check_writable_directory(output, "--resume")
         check_options(options)  # --epochs may have changed

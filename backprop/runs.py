@@ -172,9 +172,20 @@ def output_directory(requested: str | None, dataset: str, overwrite: bool) -> Pa
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--output {path} exists and is not a directory")
     existing = run_files(path)
-    if existing and not overwrite:
-        raise ConfigError(_refusal(path, existing))
+    if existing:
+        refuse_if_in_use(path)  # a running run's files are not "an interrupted run" to resume or overwrite
+        if not overwrite:
+            raise ConfigError(_refusal(path, existing))
     return path
+
+
+def refuse_if_in_use(path: Path) -> None:
+    """``DirectoryInUse`` when a live run holds ``path``'s lock (only a directory with a lock file can be held)."""
+    from .host_io.directory_lock import LOCK_FILE, lock_directory
+
+    if (path / LOCK_FILE).exists():
+        with lock_directory(path):
+            pass
 
 
 def run_files(directory: Path) -> list[str]:

@@ -207,12 +207,13 @@ def test_a_directory_in_use_by_another_run_is_refused_at_once(tmp_path, capsys):
     other = _start_cli([*SMALL_RUN[2:], "--epochs", "100000", "--output", str(out)])
     try:
         _wait_for(lambda: (out / "checkpoint.safetensors").exists(), other)
+        assert main([*SMALL_RUN, "--output", str(out)]) == 2  # not "holds an interrupted run": it is running
         assert main([*SMALL_RUN, "--output", str(out), "--overwrite"]) == 2
         assert main(["--backend", "numpy", "train", "--resume", str(out), "--epochs", "1", "--no-progress",
                      "--no-plots"]) == 2
         errors = capsys.readouterr().err.strip().splitlines()
         assert errors == [f"error: {out} is in use by another backprop run (process {other.pid}); wait for it to "
-                          f"end, or choose another directory"] * 2
+                          f"end, or choose another directory"] * 3
         other.send_signal(signal.SIGTERM)
         assert other.wait(timeout=120) == 143
     finally:
