@@ -178,11 +178,11 @@ def cmd_train(args) -> int:
 def _train(args, communicator) -> int:
     from pathlib import Path
 
+    from .host_io.directory_lock import refuse_if_locked
     from .runs import (
         check_options,
         check_writable_directory,
         output_directory,
-        refuse_if_in_use,
         resume_options,
         train_run,
     )
@@ -200,7 +200,7 @@ def _train(args, communicator) -> int:
         if args.overwrite:
             raise ConfigError(f"--overwrite and --resume {output}: resuming continues the run's files, it replaces "
                               f"nothing; leave out --overwrite")
-        refuse_if_in_use(output)  # a running run is not one to resume, whatever else is wrong
+        refuse_if_locked(output)  # a running run is not one to resume, whatever else is wrong
         options = resume_options(output, given)
         check_writable_directory(output, "--resume")
         check_options(options)  # --epochs may have changed

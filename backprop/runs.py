@@ -160,6 +160,8 @@ def output_directory(requested: str | None, dataset: str, overwrite: bool) -> Pa
 
     Checked again under the directory's lock when the run starts (``claim_run_directory``); checking here
     too stops a refused run before its data is loaded."""
+    from .host_io.directory_lock import refuse_if_locked
+
     if requested is None:
         stem = Path(dataset).stem if dataset.endswith((".csv", ".npz")) else dataset
         base = Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -173,19 +175,10 @@ def output_directory(requested: str | None, dataset: str, overwrite: bool) -> Pa
         raise ConfigError(f"--output {path} exists and is not a directory")
     existing = run_files(path)
     if existing:
-        refuse_if_in_use(path)  # a running run's files are not "an interrupted run" to resume or overwrite
+        refuse_if_locked(path)  # a running run's files are not "an interrupted run" to resume or overwrite
         if not overwrite:
             raise ConfigError(_refusal(path, existing))
     return path
-
-
-def refuse_if_in_use(path: Path) -> None:
-    """``DirectoryInUse`` when a live run holds ``path``'s lock (only a directory with a lock file can be held)."""
-    from .host_io.directory_lock import LOCK_FILE, lock_directory
-
-    if (path / LOCK_FILE).exists():
-        with lock_directory(path):
-            pass
 
 
 def run_files(directory: Path) -> list[str]:
@@ -306,7 +299,11 @@ def _run(options, *, output, backend, progress, plots, resume, log, communicator
         callbacks.append(EarlyStopping(int(options["early_stopping"])))
     # The checkpoint before the history: a kill between the two leaves the history behind the checkpoint
     # (rewritten from it on resume), never ahead of it.
-    callbacks += [Checkpoint(output / CHECKPOINT_FILE, run_config=options), HistoryWriter(output / HISTORY_FILE)]
+    source = dataset_file(options["dataset"])
+    # lets evaluate and --resume trust the path a model or checkpoint names (see check_recorded_dataset)
+    dataset_sha256 = file_sha256(source) if root and source is not None else None
+    run_config = options if dataset_sha256 is None else {**options, "dataset_sha256": dataset_sha256}
+    callbacks += [Checkpoint(output / CHECKPOINT_FILE, run_config=run_config), HistoryWriter(output / HISTORY_FILE)]
     trainer = Trainer(model, optimizer=options["optimizer"], lr=options["lr"], weight_decay=options["weight_decay"],
                       epochs=int(options["epochs"]), batch_size=options["batch_size"], drop_last=options["drop_last"],
                       seed=options["seed"], schedule=options["schedule"], warmup_epochs=options["warmup_epochs"],
@@ -322,9 +319,8 @@ def _run(options, *, output, backend, progress, plots, resume, log, communicator
     metadata = {"dataset": dataset.name, "num_classes": dataset.num_classes, "class_names": dataset.class_names,
                 "image_shape": dataset.image_shape, "scaler": dataset.scaler, "options": options,
                 "loss": loss_name(trainer.loss_fn)}
-    source = dataset_file(options["dataset"])
-    if root and source is not None:  # lets evaluate trust the path the model names (see check_recorded_dataset)
-        metadata["dataset_sha256"] = file_sha256(source)
+    if dataset_sha256 is not None:
+        metadata["dataset_sha256"] = dataset_sha256
     try:
         trainer.fit(dataset.x_train, dataset.y_train, validation_split=options["validation_split"] or 0.0)
     except TrainingError:
@@ -456,8 +452,11 @@ def resume_options(directory: Path, given: dict | None = None) -> dict:
     if not checkpoint.exists():
         raise ConfigError(f"--resume {directory}: no {CHECKPOINT_FILE} there (nothing to resume)")
     _, header = read_checkpoint(checkpoint)
-    recorded = header.get("run", {})
-    options = {**DEFAULTS, **(recorded if isinstance(recorded, dict) else {})}
+    from .host_io.datasets import check_recorded_dataset, file_sha256
+
+    recorded = dict(header.get("run", {}))  # read_checkpoint checked it is a dict
+    dataset_sha256 = recorded.pop("dataset_sha256", None)  # not an option: what the dataset file was
+    options = {**DEFAULTS, **recorded}
     given = dict(given or {})
     unknown = sorted(set(given) - set(DEFAULTS))
     if unknown:
@@ -480,6 +479,13 @@ def resume_options(directory: Path, given: dict | None = None) -> dict:
                               f"out over its {options['epochs']} epochs, and changing that would change learning "
                               f"rates it has already used; resume without --epochs, or start a new run")
         options["epochs"] = epochs
+    if "dataset" not in given:
+        check_recorded_dataset(options["dataset"], dataset_sha256, checkpoint, kind="checkpoint",
+                               purpose="resume on it")
+    elif dataset_sha256 is not None and file_sha256(options["dataset"]) != dataset_sha256:
+        raise ConfigError(f"--dataset {options['dataset']} with --resume {directory}: not the file the run was "
+                          f"trained on (its SHA-256 differs), and a resumed run must go on with the same data; "
+                          f"start a new run to train on it")
     return options
 
 

@@ -380,3 +380,40 @@ def test_a_model_trained_on_a_built_in_dataset_needs_no_hash(tmp_path, capsys):
     bp.save_model(tmp_path / "m.safetensors", model, {"dataset": "digits", "options": {"dataset": "digits"}})
     assert main(["--backend", "numpy", "evaluate", str(tmp_path / "m.safetensors")]) == 0
     assert "on digits" in capsys.readouterr().out
+
+
+def test_resume_reads_the_dataset_file_a_checkpoint_names_only_if_it_is_the_one_trained_on(tmp_path, capsys,
+                                                                                           monkeypatch):
+    """The same rule as evaluate's for train --resume: the checkpoint records the file's SHA-256; a file whose
+    content differs (another file of the same name, say from another directory), or a checkpoint without the
+    hash (a crafted one), is refused; the unchanged file resumes."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 4)).astype(np.float32)
+    np.savez(tmp_path / "mine.npz", x=x, y=(x[:, 0] > 0).astype(np.int64))
+    train = ["--backend", "numpy", "train", "--no-progress", "--no-plots"]
+    assert main([*train, "--dataset", "mine.npz", "--epochs", "1", "--hidden", "4", "--output", "run"]) == 0
+    checkpoint = tmp_path / "run" / "checkpoint.safetensors"
+    original = checkpoint.read_bytes()
+    arrays, header = model_files.read_checkpoint(checkpoint)
+    assert header["run"]["dataset_sha256"] == __import__("hashlib").sha256(
+        (tmp_path / "mine.npz").read_bytes()).hexdigest()
+
+    np.savez(tmp_path / "mine.npz", x=x[::-1], y=(x[::-1, 0] > 0).astype(np.int64))  # the same name, other data
+    assert "mine.npz is not the file the model was trained on" in run_cli(capsys, *train[2:], "--resume", "run",
+                                                                          "--epochs", "2")
+    line = run_cli(capsys, *train[2:], "--resume", "run", "--epochs", "2", "--dataset", "mine.npz")
+    assert "not the file the run was trained on" in line and "start a new run" in line
+
+    secret = secret_csv(tmp_path)
+    run = {k: v for k, v in header["run"].items() if k != "dataset_sha256"}
+    write_file(checkpoint, arrays, {k: v for k, v in header.items() if k != "run"} | {"run": run | {
+        "dataset": str(secret)}})
+    line = run_cli(capsys, *train[2:], "--resume", "run", "--epochs", "2")
+    assert f"the checkpoint names the dataset file {secret} but records no SHA-256 of it" in line
+    assert "SECRET" not in line
+
+    checkpoint.write_bytes(original)
+    np.savez(tmp_path / "mine.npz", x=x, y=(x[:, 0] > 0).astype(np.int64))  # the file it was trained on again
+    assert main([*train, "--resume", "run", "--epochs", "2"]) == 0
+    assert main([*train, "--resume", "run", "--epochs", "3", "--dataset", "mine.npz"]) == 0

@@ -749,20 +749,22 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
-def check_recorded_dataset(spec, recorded_sha256, source) -> None:
-    """Refuse to read a dataset file that a model file names, unless it is the very file the model was trained
-    on (``recorded_sha256``, written at training time, matches); built-in names are always fine.
+def check_recorded_dataset(spec, recorded_sha256, source, *, kind: str = "model", purpose: str = "evaluate on it"
+                           ) -> None:
+    """Refuse to read a dataset file that a model or checkpoint file names, unless it is the very file the model
+    was trained on (``recorded_sha256``, written at training time, matches); built-in names are always fine.
 
-    Without this a model file would be a way to make ``backprop evaluate`` open any file on the machine. A
-    file the user names (``--dataset``) needs no check.
+    Without this a model file would be a way to make ``backprop evaluate`` (or ``train --resume``) open any file
+    on the machine, and a run resumed from another directory could silently train on another file of the same
+    name. A file the user names (``--dataset``) needs no check.
     """
     path = dataset_file(spec)
     if path is None:
         return
-    advice = f"pass --dataset {path} to evaluate on it anyway, or --dataset with another file"
+    advice = f"pass --dataset {path} to {purpose} anyway"
     if not isinstance(recorded_sha256, str):
-        raise ConfigError(f"{source}: the model names the dataset file {path} but records no SHA-256 of it, so it "
-                          f"cannot be checked to be the file the model was trained on; {advice}")
+        raise ConfigError(f"{source}: the {kind} names the dataset file {path} but records no SHA-256 of it, so "
+                          f"it cannot be checked to be the file the model was trained on; {advice}")
     if not path.is_file():
         raise ConfigError(f"{source}: the model was trained on {path}, which is not there now; pass --dataset FILE")
     if file_sha256(path) != recorded_sha256:

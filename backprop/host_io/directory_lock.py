@@ -43,18 +43,37 @@ def lock_directory(directory: str | os.PathLike) -> Iterator[Path]:
     except OSError as exc:
         raise ConfigError(f"{directory}: cannot create the lock file {LOCK_FILE} there ({exc.strerror})") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder(fd)
-            raise DirectoryInUse(f"{directory} is in use by another backprop run"
-                                 + (f" (process {holder})" if holder else "")
-                                 + "; wait for it to end, or choose another directory") from None
+        _lock_or_refuse(fd, directory)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield path
     finally:
         os.close(fd)  # releases the lock
+
+
+def refuse_if_locked(directory: str | os.PathLike) -> None:
+    """``DirectoryInUse`` when a live process holds ``directory``'s lock; changes nothing in the directory."""
+    path = Path(directory) / LOCK_FILE
+    if fcntl is None:  # pragma: no cover
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # no lock file (or none we may read): no run of ours can be holding it
+        return
+    try:
+        _lock_or_refuse(fd, directory)
+    finally:
+        os.close(fd)
+
+
+def _lock_or_refuse(fd: int, directory) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder(fd)
+        raise DirectoryInUse(f"{directory} is in use by another backprop run"
+                             + (f" (process {holder})" if holder else "")
+                             + "; wait for it to end, or choose another directory") from None
 
 
 def _holder(fd: int) -> str:
