@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -43,6 +44,11 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 
 
 def pytest_configure(config):
+    # The Ctrl-C tests need Ctrl-C to arrive as in a terminal. A shell script that starts pytest in the
+    # background (`pytest &` without job control) makes it ignore SIGINT, and every process it starts would
+    # inherit that; Python's own handler here gives them the default (Python's KeyboardInterrupt) back.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if not any(os.environ.get(name) for name in THREAD_VARIABLES):
         os.environ.update(dict.fromkeys(THREAD_VARIABLES, "1"))  # for the processes the tests start, and torch
         try:
