@@ -68,6 +68,9 @@ _BUILTIN = [
                   description="PyTorch tensors on CPU, CUDA or Apple MPS"),
     BackendFamily("array_api_strict", _lazy("strict_backend", "load"), lambda: [None, "device1"],
                   description="the array API reference implementation (proves standard-only code)"),
+    BackendFamily("simulated_cupy", _lazy("simulated_cupy", "load"), lambda: ["1"],
+                  description="CuPy's current-device model on array_api_strict (finds arrays created on the "
+                              "wrong GPU, without a GPU)"),
 ]
 
 _families: dict[str, BackendFamily] = {family.name: family for family in _BUILTIN}
