@@ -19,8 +19,8 @@ is current unless a backend is activated:
 * every other function and operator raises ``ValueError`` when an array it is
   given is not on the current device (stricter than CuPy on a machine where
   peer access lets some of these run, slowly, and leave their result on the
-  current device); views (``x[...]`` reading, ``reshape`` of a view) are
-  checked too, which CuPy would let through;
+  current device); a view (``x[1:, ::2]``) is not checked, as on CuPy, but
+  ``reshape`` and every other function are, even where CuPy would make a view;
 * reading values to the host (``float(x)``, ``backend.to_host``) works from
   any device, as ``cupy.asnumpy`` does.
 
@@ -80,6 +80,13 @@ class SimulatedCupyArray(Array):
     def __array_namespace__(self, /, *, api_version=None):
         return namespace
 
+    def __getitem__(self, key, /):
+        # A view (integers, slices) runs no kernel, on CuPy either; indexing with an array does.
+        keys = key if isinstance(key, tuple) else (key,)
+        if any(isinstance(k, Array) for k in keys):
+            _require_current((self, *keys))
+        return Array.__getitem__(self, key)
+
     def __iter__(self):
         if self.ndim != 1:
             raise TypeError("only 1-D arrays can be iterated over")
@@ -87,14 +94,8 @@ class SimulatedCupyArray(Array):
         return iter([self[i] for i in range(self.shape[0])])
 
 
-import os
-_KERNEL_CHECK = os.environ.get("SIMCUPY_KERNEL_CHECK", "1") == "1"
-
-
 def _require_current(values) -> None:
     """Raise as CuPy does when a kernel gets an array of a device that is not current (or a foreign array)."""
-    if not _KERNEL_CHECK:
-        return
     current = _current.get()
     for value in values:
         if isinstance(value, (list, tuple)):
@@ -130,7 +131,7 @@ _NO_KERNEL = {"broadcast_shapes", "can_cast", "finfo", "iinfo", "isdtype", "resu
 # Array methods that run no kernel: host reads (which CuPy does from any device), metadata, moving.
 _ARRAY_METHODS_UNCHECKED = {"__new__", "__reduce__", "__repr__", "__buffer__", "__array__", "__bool__",
                             "__complex__", "__float__", "__int__", "__index__", "__dlpack__", "__iter__",
-                            "__array_namespace__"}
+                            "__array_namespace__", "__getitem__"}
 
 
 def _on_current_device(function):

@@ -3,15 +3,49 @@
 
 from __future__ import annotations
 
+import functools
+
 import array_api_compat
 
-from backends import describe_array, dtype_name
+from backends import backend_of, describe_array, dtype_name
 
 from .errors import DeviceMismatchError, DTypeError, ShapeError
 
 
+def _on_prediction_device(forward):
+    @functools.wraps(forward)
+    def run(self, prediction, target):
+        self._backend = backend_of(prediction)
+        if self._backend is None:  # not an array of a loaded backend: forward's checks say what is wrong
+            return forward(self, prediction, target)
+        with self._backend.activate():
+            return forward(self, prediction, target)
+
+    return run
+
+
+def _on_forward_device(backward):
+    @functools.wraps(backward)
+    def run(self):
+        if self._backend is None:
+            return backward(self)
+        with self._backend.activate():
+            return backward(self)
+
+    return run
+
+
 class Loss:
     _cache = None
+    _backend = None  # the backend of the last forward's prediction: backward runs on its device too
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # A loss runs with its prediction's device current (see backprop/on_device.py), whoever calls it.
+        if "forward" in cls.__dict__:
+            cls.forward = _on_prediction_device(cls.__dict__["forward"])
+        if "backward" in cls.__dict__:
+            cls.backward = _on_forward_device(cls.__dict__["backward"])
 
     def __call__(self, prediction, target):
         return self.forward(prediction, target)

@@ -141,6 +141,14 @@ def rng():
     return np.random.default_rng(1234)
 
 
+def ones_like(backend, array):
+    """Ones of ``array``'s shape and dtype on the backend's device (the output gradient tests feed a backward
+    pass). Made inside ``backend.activate()``, as array code of one's own must be on a library with a current
+    device: on ``cupy:1`` (and ``simulated_cupy:1``) an array made outside lands on GPU 0."""
+    with backend.activate():
+        return backend.xp.ones_like(array)
+
+
 def assert_on_backend(array, backend, dtype_name="float32", shape=None):
     """The array belongs to the backend's namespace and device and has the expected dtype and shape."""
     import array_api_compat
