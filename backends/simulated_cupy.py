@@ -163,6 +163,8 @@ def asarray(obj, /, *, dtype=None, device=None, copy=None):
         if not isinstance(obj, SimulatedCupyArray):
             raise TypeError("simulated_cupy.asarray: got a plain array_api_strict array; arrays of two "
                             "libraries cannot be mixed")
+        if obj.device == target and not copy and dtype in (None, obj.dtype):
+            return obj  # as cupy.asarray: the array itself
         if obj.device != target:
             if copy is False:
                 raise ValueError("Unable to avoid copy while moving an array to another device")

@@ -168,9 +168,11 @@ class Trainer:
     @on_device
     def copy_weights(self) -> dict:
         """Copies of the model's parameters and buffers (running statistics, say), keyed as in model files."""
-        xp = self.backend.xp
-        weights = {f"param/{k}": xp.asarray(v, copy=True) for k, v in self.model.named_parameters().items()}
-        weights.update({f"buffer/{k}": xp.asarray(v, copy=True) for k, v in self.model.named_buffers().items()})
+        xp, device = self.backend.xp, self.backend.device
+        weights = {f"param/{k}": xp.asarray(v, copy=True, device=device)
+                   for k, v in self.model.named_parameters().items()}
+        weights.update({f"buffer/{k}": xp.asarray(v, copy=True, device=device)
+                        for k, v in self.model.named_buffers().items()})
         return weights
 
     @on_device
@@ -287,9 +289,10 @@ class Trainer:
     # -- snapshots, checkpoints, resume --------------------------------------
     def _take_snapshot(self):
         """The state at the start of the epoch about to run (to roll an unfinished epoch back to)."""
-        xp = self.backend.xp
+        xp, device = self.backend.xp, self.backend.device
         arrays, info = self.optimizer.state_dict()
-        return (self.epoch, self.copy_weights(), {k: xp.asarray(v, copy=True) for k, v in arrays.items()}, info)
+        optimizer_arrays = {k: xp.asarray(v, copy=True, device=device) for k, v in arrays.items()}
+        return self.epoch, self.copy_weights(), optimizer_arrays, info
 
     def _restore_snapshot(self) -> bool:
         """Roll back to the start of the unfinished epoch; False when no epoch was unfinished."""
