@@ -9,6 +9,7 @@ import sys
 import textwrap
 import warnings
 
+import array_api_compat
 import numpy as np
 import pytest
 
@@ -176,6 +177,21 @@ def test_random_distributions(backend):
     assert sorted(backend.to_host(perm).tolist()) == list(range(50))
     with pytest.raises(ValueError, match="probability"):
         gen.bernoulli((2,), 1.5)
+
+
+def test_activate_makes_the_device_current_and_nests(backend):
+    """Inside ``activate()``, entered again or not, the standard's creation functions make this backend's
+    arrays, ``*_like`` included (on CuPy they follow the current device, not ``device=``); afterwards the
+    device that was current before is current again."""
+    xp = backend.xp
+    with backend.activate():
+        with backend.activate():
+            inner = xp.zeros((2,), dtype=xp.float32, device=backend.device)
+        made = [inner, xp.arange(3, device=backend.device), xp.zeros_like(inner),
+                xp.full((1,), 2.0, dtype=xp.float32, device=backend.device)]
+    for array in made:
+        assert backend.owns(array) and array_api_compat.device(array) == backend.device
+    assert backend.owns(backend.asarray([1.0, 2.0]))  # backend methods enter the device themselves
 
 
 def test_scatter_add_accumulates_duplicates(backend):
