@@ -336,3 +336,34 @@ def test_parse_spec_names_the_family_and_loads_nothing(fake_cupy):
     with pytest.raises(backends.UnknownBackend, match="unknown backend 'tensorflow'"):
         backends.parse_spec("tensorflow")
     assert fake_cupy == []
+
+
+# -- the CLI and the examples, on the simulated GPU 1 -----------------------------------------------------------
+
+def test_the_cli_commands_run_on_the_models_device(tmp_path, capsys):
+    from backprop.cli import main
+    from backprop.data import load_digits
+
+    out = tmp_path / "run"
+    assert main(["--backend", SIMULATED, "train", "--epochs", "1", "--hidden", "16", "--batch-size", "128",
+                 "--no-progress", "--no-plots", "--output", str(out)]) == 0
+    assert "with simulated_cupy:1" in capsys.readouterr().out
+    assert main(["--backend", SIMULATED, "evaluate", str(out)]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    features = tmp_path / "rows.npy"
+    np.save(features, load_digits().x_test[:3] * 16.0)  # raw pixel values, as the model file's scaler expects
+    assert main(["--backend", SIMULATED, "predict", str(out), str(features)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 4
+    assert main(["backends", "--require", SIMULATED]) == 0
+    assert simulated_cupy.current_device() == 0
+
+
+def test_the_examples_with_array_code_of_their_own_run_on_the_models_device(capsys):
+    from backprop.examples import adding_problem, char_lm
+
+    assert char_lm.main(["--max-chars", "2000", "--epochs", "1", "--seq-len", "8", "--hidden", "4", "--batch-size",
+                         "64", "--sample-length", "5", "--prompt", "From", "--quiet", "--backend", SIMULATED]) == 0
+    assert adding_problem.main(["--length", "4", "--train", "32", "--val", "16", "--epochs", "1", "--hidden", "3",
+                                "--batch-size", "32", "--probe", "8", "--cells", "gru", "--no-plot", "--quiet",
+                                "--backend", SIMULATED]) == 0
+    assert "gru: val MSE" in capsys.readouterr().out
