@@ -53,7 +53,7 @@ class Backend:
         so code written against ``xp`` below them runs on the right device. Array code of your own on a
         device other than the library's default belongs inside it. Re-entrant and cheap; the default (a
         library whose arrays carry their device, such as NumPy or PyTorch on the CPU) does nothing."""
-        return _NOTHING_TO_ACTIVATE
+        return NOTHING_TO_ACTIVATE
 
     # -- capabilities -------------------------------------------------------
     @property
@@ -159,7 +159,9 @@ class Backend:
         return host_available_memory()
 
 
-_NOTHING_TO_ACTIVATE = contextlib.nullcontext()  # reusable and re-entrant
+#: What ``activate()`` returns on a library without a current device (reusable and re-entrant); callers on
+#: hot paths compare with it to skip the ``with`` altogether.
+NOTHING_TO_ACTIVATE = contextlib.nullcontext()
 
 
 def host_available_memory() -> int | None:

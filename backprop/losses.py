@@ -8,6 +8,7 @@ import functools
 import array_api_compat
 
 from backends import backend_of, describe_array, dtype_name
+from backends.base import NOTHING_TO_ACTIVATE
 
 from .errors import DeviceMismatchError, DTypeError, ShapeError
 
@@ -15,10 +16,12 @@ from .errors import DeviceMismatchError, DTypeError, ShapeError
 def _on_prediction_device(forward):
     @functools.wraps(forward)
     def run(self, prediction, target):
+        # None: not an array of a loaded backend (forward's checks say what is wrong)
         self._backend = backend_of(prediction)
-        if self._backend is None:  # not an array of a loaded backend: forward's checks say what is wrong
+        context = NOTHING_TO_ACTIVATE if self._backend is None else self._backend.activate()
+        if context is NOTHING_TO_ACTIVATE:
             return forward(self, prediction, target)
-        with self._backend.activate():
+        with context:
             return forward(self, prediction, target)
 
     return run
@@ -27,9 +30,10 @@ def _on_prediction_device(forward):
 def _on_forward_device(backward):
     @functools.wraps(backward)
     def run(self):
-        if self._backend is None:
+        context = NOTHING_TO_ACTIVATE if self._backend is None else self._backend.activate()
+        if context is NOTHING_TO_ACTIVATE:
             return backward(self)
-        with self._backend.activate():
+        with context:
             return backward(self)
 
     return run

@@ -10,10 +10,10 @@ libraries whose arrays carry their device (NumPy, PyTorch on the CPU).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 from backends import backend_of
+from backends.base import NOTHING_TO_ACTIVATE
 
 
 def on_device(method):
@@ -24,7 +24,10 @@ def on_device(method):
 
     @functools.wraps(method)
     def run(self, *args, **kwargs):
-        with self.backend.activate():
+        context = self.backend.activate()
+        if context is NOTHING_TO_ACTIVATE:  # NumPy, CPU libraries: not even a `with` per call
+            return method(self, *args, **kwargs)
+        with context:
             return method(self, *args, **kwargs)
 
     run.runs_on_device = True
@@ -43,11 +46,8 @@ def on_model_device(method):
     return run
 
 
-_NOTHING = contextlib.nullcontext()
-
-
 def on_device_of(array):
     """``with on_device_of(x):`` runs the block with the device of ``x``'s backend current (for code that gets
     arrays, not a backend: losses). Nothing to enter when no loaded backend owns ``x``."""
     backend = backend_of(array)
-    return _NOTHING if backend is None else backend.activate()
+    return NOTHING_TO_ACTIVATE if backend is None else backend.activate()
