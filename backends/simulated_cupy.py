@@ -128,7 +128,8 @@ _ON_CURRENT_DEVICE = {"arange", "empty", "eye", "full", "linspace", "ones", "zer
 _LIKE = {"empty_like", "full_like", "ones_like", "zeros_like"}
 # Functions that look at dtypes or shapes only: no kernel, no device.
 _NO_KERNEL = {"broadcast_shapes", "can_cast", "finfo", "iinfo", "isdtype", "result_type"}
-# Array methods that run no kernel: host reads (which CuPy does from any device), metadata, moving.
+# Array methods left as they are: host reads (which CuPy does from any device) and metadata run no kernel;
+# __getitem__ and __iter__ check for themselves (above).
 _ARRAY_METHODS_UNCHECKED = {"__new__", "__reduce__", "__repr__", "__buffer__", "__array__", "__bool__",
                             "__complex__", "__float__", "__int__", "__index__", "__dlpack__", "__iter__",
                             "__array_namespace__", "__getitem__"}

@@ -31,7 +31,9 @@ os.environ.setdefault("BACKPROP_BACKEND", "numpy")
 # The specs every test runs over, in the order they are shown. array_api_strict runs on both its devices: on
 # device1 an array made without device= fails; its default device checks what a CPU-device library without
 # NumPy's extras gives (host copies that must not be views, say). Tests marked ``every_device`` (the backend
-# contract) also run on every other device that ``backprop backends`` lists.
+# contract) also run on every other device that ``backprop backends`` lists. simulated_cupy:1 plays CuPy on a GPU
+# that is not the current one (backends/simulated_cupy.py): an array made or used outside the backend's
+# activate() fails, as it would on cupy:1.
 ALL_BACKENDS = ["numpy", "array_api_strict", "array_api_strict:device1", "torch:cpu", "torch:cuda:0", "torch:mps",
                 "cupy:0", "simulated_cupy:1"]
 
