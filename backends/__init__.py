@@ -13,12 +13,15 @@ from .registry import (
     ENV_VAR,
     BackendFamily,
     BackendStatus,
+    auto_backend,
     available_backends,
+    backend_of,
     backend_statuses,
     current_backend,
     default_spec,
     families,
     get_backend,
+    parse_spec,
     register_backend,
     set_backend,
     use_backend,
@@ -26,7 +29,8 @@ from .registry import (
 
 __all__ = [
     "ENTRY_POINT_GROUP", "ENV_VAR", "Backend", "BackendError", "BackendFamily", "BackendStatus",
-    "BackendUnavailable", "DeviceRandom", "HostRandom", "UnknownBackend", "available_backends",
-    "backend_statuses", "current_backend", "default_spec", "describe_array", "dtype_name", "families", "get_backend",
-    "register_backend", "seed_to_int", "set_backend", "use_backend",
+    "BackendUnavailable", "DeviceRandom", "HostRandom", "UnknownBackend", "auto_backend",
+    "available_backends", "backend_of", "backend_statuses", "current_backend", "default_spec", "describe_array",
+    "dtype_name", "families", "get_backend", "parse_spec", "register_backend", "seed_to_int", "set_backend",
+    "use_backend",
 ]

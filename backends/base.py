@@ -8,6 +8,8 @@ synchronization and memory statistics.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from .random import DeviceRandom, Seed
@@ -40,6 +42,18 @@ class Backend:
 
     def __deepcopy__(self, memo):
         return self
+
+    # -- the device ----------------------------------------------------------
+    def activate(self):
+        """``with backend.activate(): ...`` makes this backend's device the current one inside the block.
+
+        Libraries with a *current device* need it: CuPy creates every array and runs every kernel there,
+        whatever ``device=`` says. backprop enters it once per public call (fit, evaluate, a layer's
+        forward, an optimizer's step, saving and loading), and every method of a backend enters it itself,
+        so code written against ``xp`` below them runs on the right device. Array code of your own on a
+        device other than the library's default belongs inside it. Re-entrant and cheap; the default (a
+        library whose arrays carry their device, such as NumPy or PyTorch on the CPU) does nothing."""
+        return NOTHING_TO_ACTIVATE
 
     # -- capabilities -------------------------------------------------------
     @property
@@ -97,7 +111,8 @@ class Backend:
         """The outer product of two vectors, a new ``(len(a), len(b))`` array with ``[i, j] = a[i] * b[j]``:
         the weight gradient of a one-example batch. Backends override it with BLAS where that is faster."""
         xp = self.xp
-        return xp.reshape(a, (-1, 1)) * xp.reshape(b, (1, -1))
+        with self.activate():
+            return xp.reshape(a, (-1, 1)) * xp.reshape(b, (1, -1))
 
     def add_scaled(self, target, source, alpha: float):
         """``target += alpha * source``, in place, for arrays of the same shape; returns ``target``.
@@ -105,7 +120,8 @@ class Backend:
         SGD's weight update. This default makes a temporary ``alpha * source``; backends override it with one
         fused pass (BLAS ``axpy``, ``torch.add_``), which halves the memory traffic of a large update.
         """
-        target += alpha * source
+        with self.activate():
+            target += alpha * source
         return target
 
     def conv2d_forward(self, x, weight, bias, *, stride, padding, dilation):
@@ -141,6 +157,11 @@ class Backend:
         """Bytes free for new arrays where this backend keeps them (None when unknown): the host's available
         memory here; GPU backends report their device's."""
         return host_available_memory()
+
+
+#: What ``activate()`` returns on a library without a current device (reusable and re-entrant); callers on
+#: hot paths compare with it to skip the ``with`` altogether.
+NOTHING_TO_ACTIVATE = contextlib.nullcontext()
 
 
 def host_available_memory() -> int | None:

@@ -48,6 +48,10 @@ class CupyBackend(Backend):
         device_name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
         super().__init__(f"cupy:{index}", xp, self._cupy_device, device_name=device_name, version=cupy.__version__)
 
+    def activate(self):
+        # UNTESTED on a GPU (none here): cupy.cuda.Device is CuPy's own re-entrant context manager for this.
+        return self._cupy_device
+
     def owns(self, x) -> bool:
         return isinstance(x, self._cupy.ndarray) and x.device.id == self._cupy_device.id
 
@@ -78,17 +82,19 @@ class CupyBackend(Backend):
     def synchronize(self):
         self._cupy_device.synchronize()
 
+    # memGetInfo and the memory pool's figures are the current device's.
     def available_memory(self):
         with self._cupy_device:
             free, _ = self._cupy.cuda.runtime.memGetInfo()
-        pool = self._cupy.get_default_memory_pool()
-        return int(free) + int(pool.free_bytes())  # the pool's cached blocks are free for our arrays too
+            pool = self._cupy.get_default_memory_pool()
+            return int(free) + int(pool.free_bytes())  # the pool's cached blocks are free for our arrays too
 
     def memory_stats(self):
-        pool = self._cupy.get_default_memory_pool()
-        free, total = self._cupy.cuda.runtime.memGetInfo()
-        return {"pool_used_bytes": pool.used_bytes(), "pool_total_bytes": pool.total_bytes(),
-                "device_free_bytes": free, "device_total_bytes": total}
+        with self._cupy_device:
+            pool = self._cupy.get_default_memory_pool()
+            free, total = self._cupy.cuda.runtime.memGetInfo()
+            return {"pool_used_bytes": pool.used_bytes(), "pool_total_bytes": pool.total_bytes(),
+                    "device_free_bytes": free, "device_total_bytes": total}
 
 
 def _parse_index(device: str | None, name: str) -> int:
@@ -167,6 +173,21 @@ def _cuda_reason(exc: Exception) -> str:
     if "libcuda" in text or "cudaErrorInitializationError" in text:
         return f"the NVIDIA driver could not be loaded ({text})"
     return f"CUDA is not usable: {text}"
+
+
+def cuda_gpu_count() -> int:
+    """The GPUs CuPy sees (0 when CuPy is missing or CUDA does not work), without creating a CUDA context on
+    any of them."""
+    import importlib.util
+
+    if importlib.util.find_spec("cupy") is None:
+        return 0
+    try:
+        import cupy
+
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:
+        return 0
 
 
 def listed_devices() -> list[str]:

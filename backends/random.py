@@ -73,24 +73,27 @@ class DeviceRandom:
         self.seed = seed
 
     def uniform(self, shape, low: float = 0.0, high: float = 1.0, dtype=None):
-        u = self._uniform01(tuple(shape), dtype or self.backend.float_dtype)
-        if low == 0.0 and high == 1.0:
-            return u
-        return u * (high - low) + low
+        with self.backend.activate():
+            u = self._uniform01(tuple(shape), dtype or self.backend.float_dtype)
+            if low == 0.0 and high == 1.0:
+                return u
+            return u * (high - low) + low
 
     def normal(self, shape, mean: float = 0.0, std: float = 1.0, dtype=None):
-        z = self._normal01(tuple(shape), dtype or self.backend.float_dtype)
-        if mean == 0.0 and std == 1.0:
-            return z
-        return z * std + mean
+        with self.backend.activate():
+            z = self._normal01(tuple(shape), dtype or self.backend.float_dtype)
+            if mean == 0.0 and std == 1.0:
+                return z
+            return z * std + mean
 
     def bernoulli(self, shape, p: float, dtype=None):
         """An array of 1s (with probability ``p``) and 0s, of a floating dtype."""
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"bernoulli probability must be in [0, 1], got {p}")
         dtype = dtype or self.backend.float_dtype
-        u = self._uniform01(tuple(shape), dtype)
-        return self.backend.xp.astype(u < p, dtype)
+        with self.backend.activate():
+            u = self._uniform01(tuple(shape), dtype)
+            return self.backend.xp.astype(u < p, dtype)
 
     def _uniform01(self, shape, dtype):  # pragma: no cover - abstract
         raise NotImplementedError

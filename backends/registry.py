@@ -68,6 +68,9 @@ _BUILTIN = [
                   description="PyTorch tensors on CPU, CUDA or Apple MPS"),
     BackendFamily("array_api_strict", _lazy("strict_backend", "load"), lambda: [None, "device1"],
                   description="the array API reference implementation (proves standard-only code)"),
+    BackendFamily("simulated_cupy", _lazy("simulated_cupy", "load"), lambda: ["1"],
+                  description="CuPy's current-device model on array_api_strict (finds arrays created on the "
+                              "wrong GPU, without a GPU)"),
 ]
 
 _families: dict[str, BackendFamily] = {family.name: family for family in _BUILTIN}
@@ -130,6 +133,18 @@ def _split(spec: str) -> tuple[BackendFamily, str | None]:
     raise UnknownBackend(f"unknown backend {spec!r}; expected one of: {known} (optionally with :DEVICE)")
 
 
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """``(family name, device or None)`` for a spec, loading nothing (no library import, no GPU touched):
+    ``"cuda:1"`` gives ``("cupy", "1")``, ``"auto"`` gives ``("auto", None)``. ``UnknownBackend`` when no
+    family has that name."""
+    if not isinstance(spec, str):
+        raise TypeError(f"backend must be a name such as 'numpy', got {type(spec).__name__}")
+    if spec.strip().lower() == "auto":
+        return "auto", None
+    family, device = _split(spec.strip().lower())
+    return family.name, device
+
+
 def get_backend(spec: str | Backend | None = None) -> Backend:
     """The backend for a spec; ``None`` means the current one (see ``current_backend``)."""
     if isinstance(spec, Backend):
@@ -165,13 +180,20 @@ def _auto() -> Backend:
     """A working CUDA GPU through CuPy, else NumPy, with one warning that says why."""
     global _auto_choice
     if _auto_choice is None:
-        try:
-            _auto_choice = get_backend("cupy:0")
-        except BackendUnavailable as exc:
-            _auto_choice = get_backend("numpy")
-            reason = exc.reason.split(". Available backends")[0]
-            warnings.warn(f"no GPU backend: {reason}; using numpy on the CPU", RuntimeWarning, stacklevel=3)
+        _auto_choice = auto_backend(0)
     return _auto_choice
+
+
+def auto_backend(gpu: int) -> Backend:
+    """What ``auto`` means on CUDA GPU ``gpu``: CuPy there when it works, else NumPy with one warning that says
+    why. Only that GPU is probed: a rank of a distributed job asks for its own GPU, and must not open a CUDA
+    context on GPU 0 first."""
+    try:
+        return get_backend(f"cupy:{gpu}")
+    except BackendUnavailable as exc:
+        reason = exc.reason.split(". Available backends")[0]
+        warnings.warn(f"no GPU backend: {reason}; using numpy on the CPU", RuntimeWarning, stacklevel=4)
+        return get_backend("numpy")
 
 
 def backend_statuses() -> list[BackendStatus]:
@@ -196,6 +218,14 @@ def backend_statuses() -> list[BackendStatus]:
 
 def available_backends() -> list[Backend]:
     return [row.backend for row in backend_statuses() if row.available]
+
+
+def backend_of(x) -> Backend | None:
+    """The backend, among those loaded, whose array ``x`` is (its library, on its device); None when none is."""
+    for backend in list(_instances.values()):
+        if backend.owns(x):
+            return backend
+    return None
 
 
 # -- the current backend ------------------------------------------------------
@@ -236,6 +266,6 @@ def use_backend(spec: str | Backend) -> Iterator[Backend]:
         _current.reset(token)
 
 
-__all__ = ["BackendError", "BackendFamily", "BackendStatus", "available_backends", "backend_statuses",
-           "current_backend", "default_spec", "families", "get_backend", "register_backend", "set_backend",
-           "use_backend"]
+__all__ = ["BackendError", "BackendFamily", "BackendStatus", "auto_backend", "available_backends", "backend_of",
+           "backend_statuses", "current_backend", "default_spec", "families", "get_backend", "parse_spec",
+           "register_backend", "set_backend", "use_backend"]

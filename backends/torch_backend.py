@@ -51,6 +51,13 @@ class TorchBackend(Backend):
     def supports_float64(self) -> bool:
         return self.device.type != "mps"
 
+    def activate(self):
+        # PyTorch ops follow their tensors' device; the current CUDA device matters for what does not name one
+        # (a plain "cuda" device, CUDA libraries and kernels called from other libraries). UNTESTED on a GPU.
+        if self.device.type == "cuda":
+            return self._torch.cuda.device(self.device)
+        return super().activate()
+
     def owns(self, x) -> bool:
         return isinstance(x, self._torch.Tensor) and x.device == self.device
 

@@ -212,8 +212,9 @@ def _train(args, communicator) -> int:
         if communicator is not None:
             output = communicator.broadcast_object(output)  # rank 0 names it (a new directory has the time in it)
     try:
-        train_run(options, output=output, progress=not args.no_progress, plots=not args.no_plots,
-                  resume=bool(args.resume), overwrite=args.overwrite, communicator=communicator)
+        train_run(options, output=output, backend=args.backend, progress=not args.no_progress,
+                  plots=not args.no_plots, resume=bool(args.resume), overwrite=args.overwrite,
+                  communicator=communicator)
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (Terminated)
         what = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
         if root and (output / CHECKPOINT_FILE).exists():
@@ -319,8 +320,9 @@ def cmd_backends(args) -> int:
         except BackendUnavailable as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        x = backend.asarray([1.0, 2.0, 3.0])
-        total = float(backend.to_host(backend.xp.sum(x * x)))
+        with backend.activate():
+            x = backend.asarray([1.0, 2.0, 3.0])
+            total = float(backend.to_host(backend.xp.sum(x * x)))
         if total != 14.0:
             print(f"error: backend {backend.name} computed {total}, expected 14.0", file=sys.stderr)
             return 1
@@ -363,7 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.backend is None:
             return _run_command(args)
-        from backends import use_backend
+        from backends import parse_spec, use_backend
+
+        if getattr(args, "distributed", False):  # each rank loads the backend on its own GPU (train_run)
+            parse_spec(args.backend)  # a bad name is still an error before anything else
+            return _run_command(args)
 
         with use_backend(args.backend):  # for this command only: main() called from Python leaves no trace
             return _run_command(args)

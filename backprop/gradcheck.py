@@ -10,12 +10,14 @@ much) and falls back to float32 with looser tolerances otherwise.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
 from .layers.base import Layer
 from .losses import Loss
+from .on_device import on_device_of
 
 # (eps, rtol, atol) by the dtype the check runs in.
 TOLERANCES = {"float64": (1e-6, 1e-5, 1e-7), "float32": (1e-2, 5e-2, 5e-3)}
@@ -36,6 +38,16 @@ class GradcheckResult:
         return not self.failures
 
 
+def _on_the_inputs_device(check):
+    @functools.wraps(check)
+    def run(fn, x, *args, **kwargs):
+        with on_device_of(x):  # a layer's input is on the layer's device (it says so when not)
+            return check(fn, x, *args, **kwargs)
+
+    return run
+
+
+@_on_the_inputs_device
 def gradcheck(fn: Layer | Loss, x, target=None, *, training: bool = False, seed: int = 0,
               max_elements: int | None = 200, raise_on_failure: bool = True) -> GradcheckResult:
     """Compare analytic and numerical gradients of a layer, model or loss.

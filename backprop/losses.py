@@ -3,15 +3,53 @@
 
 from __future__ import annotations
 
+import functools
+
 import array_api_compat
 
-from backends import describe_array, dtype_name
+from backends import backend_of, describe_array, dtype_name
+from backends.base import NOTHING_TO_ACTIVATE
 
 from .errors import DeviceMismatchError, DTypeError, ShapeError
 
 
+def _on_prediction_device(forward):
+    @functools.wraps(forward)
+    def run(self, prediction, target):
+        # None: not an array of a loaded backend (forward's checks say what is wrong)
+        self._backend = backend_of(prediction)
+        context = NOTHING_TO_ACTIVATE if self._backend is None else self._backend.activate()
+        if context is NOTHING_TO_ACTIVATE:
+            return forward(self, prediction, target)
+        with context:
+            return forward(self, prediction, target)
+
+    return run
+
+
+def _on_forward_device(backward):
+    @functools.wraps(backward)
+    def run(self):
+        context = NOTHING_TO_ACTIVATE if self._backend is None else self._backend.activate()
+        if context is NOTHING_TO_ACTIVATE:
+            return backward(self)
+        with context:
+            return backward(self)
+
+    return run
+
+
 class Loss:
     _cache = None
+    _backend = None  # the backend of the last forward's prediction: backward runs on its device too
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # A loss runs with its prediction's device current (see backprop/on_device.py), whoever calls it.
+        if "forward" in cls.__dict__:
+            cls.forward = _on_prediction_device(cls.__dict__["forward"])
+        if "backward" in cls.__dict__:
+            cls.backward = _on_forward_device(cls.__dict__["backward"])
 
     def __call__(self, prediction, target):
         return self.forward(prediction, target)

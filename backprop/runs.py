@@ -268,22 +268,30 @@ def _train_run(options, *, overwrite, **arguments) -> dict:
 
 
 def _run(options, *, output, backend, progress, plots, resume, log, communicator) -> dict:
+    options = check_options(options)
+    root = communicator is None or communicator.is_root
+    if communicator is None:
+        backend = get_backend(backend)
+    else:
+        from .distributed import device_backend
+
+        # with CuPy: one GPU per rank of a machine, chosen before any GPU is touched
+        backend = device_backend(backend, communicator)
+        if communicator.size > 1:
+            problem = communicator.share_cores(backend)
+            if problem and root:
+                warnings.warn(problem, RuntimeWarning, stacklevel=2)
+    with backend.activate():  # the whole run on the backend's device
+        return _run_on(backend, options, output=output, progress=progress, plots=plots, resume=resume, log=log,
+                       communicator=communicator, root=root)
+
+
+def _run_on(backend, options, *, output, progress, plots, resume, log, communicator, root) -> dict:
     from .data import load_dataset
     from .host_io.datasets import dataset_file, file_sha256
     from .host_io.model_files import save_model
     from .training import Checkpoint, EarlyStopping, GradientMonitor, HistoryWriter, Trainer, batch_mode, evaluate
 
-    options = check_options(options)
-    backend = get_backend(backend)
-    root = communicator is None or communicator.is_root
-    if communicator is not None:
-        from .distributed import device_backend
-
-        backend = device_backend(backend, communicator)  # with CuPy: one GPU per rank of a machine
-        if communicator.size > 1:
-            problem = communicator.share_cores(backend)
-            if problem and root:
-                warnings.warn(problem, RuntimeWarning, stacklevel=2)
     started = time.perf_counter()
     dataset = load_dataset(options["dataset"], data_dir=options["data_dir"], scaling=options["scaling"],
                            seed=options["seed"])

@@ -31,9 +31,11 @@ os.environ.setdefault("BACKPROP_BACKEND", "numpy")
 # The specs every test runs over, in the order they are shown. array_api_strict runs on both its devices: on
 # device1 an array made without device= fails; its default device checks what a CPU-device library without
 # NumPy's extras gives (host copies that must not be views, say). Tests marked ``every_device`` (the backend
-# contract) also run on every other device that ``backprop backends`` lists.
+# contract) also run on every other device that ``backprop backends`` lists. simulated_cupy:1 plays CuPy on a GPU
+# that is not the current one (backends/simulated_cupy.py): an array made or used outside the backend's
+# activate() fails, as it would on cupy:1.
 ALL_BACKENDS = ["numpy", "array_api_strict", "array_api_strict:device1", "torch:cpu", "torch:cuda:0", "torch:mps",
-                "cupy:0"]
+                "cupy:0", "simulated_cupy:1"]
 
 
 # Tests check results, not speed, and must pass on a shared 2-core machine beside other busy processes. There,
@@ -139,6 +141,14 @@ def pytest_terminal_summary(terminalreporter):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def ones_like(backend, array):
+    """Ones of ``array``'s shape and dtype on the backend's device (the output gradient tests feed a backward
+    pass). Made inside ``backend.activate()``, as array code of one's own must be on a library with a current
+    device: on ``cupy:1`` (and ``simulated_cupy:1``) an array made outside lands on GPU 0."""
+    with backend.activate():
+        return backend.xp.ones_like(array)
 
 
 def assert_on_backend(array, backend, dtype_name="float32", shape=None):

@@ -9,6 +9,7 @@ import sys
 import textwrap
 import warnings
 
+import array_api_compat
 import numpy as np
 import pytest
 
@@ -178,9 +179,25 @@ def test_random_distributions(backend):
         gen.bernoulli((2,), 1.5)
 
 
+def test_activate_makes_the_device_current_and_nests(backend):
+    """Inside ``activate()``, entered again or not, the standard's creation functions make this backend's
+    arrays, ``*_like`` included (on CuPy they follow the current device, not ``device=``); afterwards the
+    device that was current before is current again."""
+    xp = backend.xp
+    with backend.activate():
+        with backend.activate():
+            inner = xp.zeros((2,), dtype=xp.float32, device=backend.device)
+        made = [inner, xp.arange(3, device=backend.device), xp.zeros_like(inner),
+                xp.full((1,), 2.0, dtype=xp.float32, device=backend.device)]
+    for array in made:
+        assert backend.owns(array) and array_api_compat.device(array) == backend.device
+    assert backend.owns(backend.asarray([1.0, 2.0]))  # backend methods enter the device themselves
+
+
 def test_scatter_add_accumulates_duplicates(backend):
     xp = backend.xp
-    target = xp.zeros((4, 2), dtype=xp.float32, device=backend.device)
+    with backend.activate():  # array code of our own runs on the backend's device
+        target = xp.zeros((4, 2), dtype=xp.float32, device=backend.device)
     indices = backend.asarray([0, 2, 0, 0, 3], dtype=xp.int64)
     values = backend.from_host(np.arange(10, dtype=np.float32).reshape(5, 2))
     result = backend.scatter_add(target, indices, values)
@@ -329,7 +346,8 @@ def test_host_transfers_are_copies_both_ways(backend, kind):
     assert_on_backend(on_device, backend, original.dtype.name, original.shape)
     base += 100  # the host source changes: the device array does not
     np.testing.assert_array_equal(backend.to_host(on_device), original)
-    on_device[0, 0] = 50  # the device array changes: the host source does not
+    with backend.activate():  # array code of our own runs on the backend's device
+        on_device[0, 0] = 50  # the device array changes: the host source does not
     np.testing.assert_array_equal(host, original + 100)
 
     back = backend.to_host(on_device)
@@ -338,7 +356,8 @@ def test_host_transfers_are_copies_both_ways(backend, kind):
     expected = original.copy()
     expected[0, 0] = 50
     np.testing.assert_array_equal(backend.to_host(on_device), expected)
-    on_device[1, 1] = 60  # the device array changes: the earlier host copy does not
+    with backend.activate():
+        on_device[1, 1] = 60  # the device array changes: the earlier host copy does not
     np.testing.assert_array_equal(back, expected + 7)
 
 

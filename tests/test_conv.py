@@ -20,7 +20,7 @@ from backprop.layers.im2col import output_size
 from backprop.layers.pooling import AvgPool2D, MaxPool2D
 from backprop.layers.shape import Flatten, Reshape
 
-from conftest import assert_on_backend
+from conftest import assert_on_backend, ones_like
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -266,7 +266,7 @@ def test_outputs_and_gradients_live_on_the_backend(backend, fast):
         inputs.append(x)
         x = layer(x)
         assert_on_backend(x, backend, shape=shape)
-    grad = backend.xp.ones_like(x)
+    grad = ones_like(backend, x)
     for layer, layer_input in zip(reversed(layers), reversed(inputs)):
         grad = layer.backward(grad)
         assert_on_backend(grad, backend, shape=layer_input.shape)
@@ -285,7 +285,7 @@ def test_float64_layers(backend, fast):
                            Flatten(backend=backend, dtype="float64")])
     y = model(backend.from_host(_host((2, 1, 4, 4)), dtype=f64))
     assert_on_backend(y, backend, dtype_name="float64", shape=(2, 8))
-    assert_on_backend(model.backward(backend.xp.ones_like(y)), backend, dtype_name="float64", shape=(2, 1, 4, 4))
+    assert_on_backend(model.backward(ones_like(backend, y)), backend, dtype_name="float64", shape=(2, 1, 4, 4))
     assert_on_backend(conv.grads["weight"], backend, dtype_name="float64", shape=(2, 1, 3, 3))
 
 
@@ -489,7 +489,7 @@ def test_first_convolution_can_skip_its_input_gradient(backend):
     model = bp.Sequential([Conv2D(2, 3, 3, rng=0, backend=backend), bp.ReLU(backend=backend), Flatten(backend=backend),
                            bp.Dense(3 * 3 * 3, 2, rng=1, backend=backend)])
     x = backend.from_host(np.random.default_rng(0).normal(size=(2, 2, 5, 5)).astype(np.float32))
-    grad = backend.xp.ones((2, 2), dtype=backend.xp.float32, device=backend.device)
+    grad = backend.from_host(np.ones((2, 2), np.float32))
     model(x)
     full_input_grad = model.backward(grad)
     assert full_input_grad.shape == (2, 2, 5, 5)
@@ -501,5 +501,5 @@ def test_first_convolution_can_skip_its_input_gradient(backend):
     layer = Conv2D(2, 3, 3, rng=0, backend=backend)
     layer.use_fast_path = False
     layer(x)
-    assert layer.backward(backend.xp.ones((2, 3, 3, 3), dtype=backend.xp.float32, device=backend.device),
+    assert layer.backward(backend.from_host(np.ones((2, 3, 3, 3), np.float32)),
                           input_grad=False) is None

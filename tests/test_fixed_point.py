@@ -17,7 +17,7 @@ import backprop as bp
 from backprop.errors import ConfigError, DeviceMismatchError, DTypeError, ShapeError
 from backprop.layers.fixed_point import FixedPointRecurrent
 
-from conftest import assert_on_backend
+from conftest import assert_on_backend, ones_like
 
 ACTIVATIONS = {
     "tanh": (np.tanh, lambda a: 1.0 - np.tanh(a) ** 2),
@@ -198,10 +198,10 @@ def test_non_convergence_is_reported_once_and_does_not_crash(backend, limit, osc
     assert layer.stats["forward_failures"] == 2 and layer.stats["forward_calls"] == 2
     if limit == 2:  # the adjoint gets two iterations too
         with pytest.warns(RuntimeWarning, match="backward fixed-point iteration did not converge: after 2 "):
-            dx = layer.backward(backend.xp.ones_like(h))
+            dx = layer.backward(ones_like(backend, h))
         assert layer.last_backward_converged is False
     else:  # on the saturated 2-cycle the adjoint map contracts: a gradient comes back, just not a meaningful one
-        dx = layer.backward(backend.xp.ones_like(h))
+        dx = layer.backward(ones_like(backend, h))
     assert_on_backend(dx, backend, shape=(2, 3))
     assert np.isfinite(backend.to_host(dx)).all()
 
@@ -214,7 +214,7 @@ def test_damping_makes_an_oscillating_iteration_converge(backend):
     p, host_h = host_params(layer), backend.to_host(h).astype(np.float64)
     residual = np.tanh(host_h @ p["weight_hh"] + host_x @ p["weight_ih"] + p["bias"]) - host_h
     assert np.abs(residual).max() < 1e-4  # |Δh| = α·|residual| < tolerance
-    layer.backward(backend.xp.ones_like(h))
+    layer.backward(ones_like(backend, h))
     assert layer.last_backward_converged
 
 
@@ -249,7 +249,7 @@ def test_outputs_gradients_and_float64_live_on_the_backend(backend):
         _, x = _data(backend, (2, 5), dtype)
         h = layer(x)
         assert_on_backend(h, backend, dtype, shape=(2, 3))
-        dx = layer.backward(backend.xp.ones_like(h))
+        dx = layer.backward(ones_like(backend, h))
         assert_on_backend(dx, backend, dtype, shape=(2, 5))
         for name, grad in layer.grads.items():
             assert_on_backend(grad, backend, dtype, shape=layer.params[name].shape)
@@ -287,11 +287,11 @@ def test_bad_inputs_give_one_line_errors(backend):
             layer(np.ones((2, 3), dtype=np.float32))
     fresh = FixedPointRecurrent(3, 4, rng=0, backend=backend)
     with pytest.raises(RuntimeError, match="FixedPointRecurrent.*backward called before forward"):
-        fresh.backward(backend.xp.ones((2, 4), dtype=backend.xp.float32, device=backend.device))
+        fresh.backward(backend.from_host(np.ones((2, 4), np.float32)))
     _, x = _data(backend, (2, 3))
     layer(x)
     with pytest.raises(ShapeError, match=r"FixedPointRecurrent.*expected grad_output of shape \(2, 4\), got \(2, 5\)"):
-        layer.backward(backend.xp.ones((2, 5), dtype=backend.xp.float32, device=backend.device))
+        layer.backward(backend.from_host(np.ones((2, 5), np.float32)))
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -8,7 +8,7 @@ import pytest
 import backprop as bp
 
 import reference as ref
-from conftest import assert_on_backend
+from conftest import assert_on_backend, ones_like
 
 # name -> (build(backend), input shape, reference(host_input, host_params))
 LAYERS = {
@@ -69,7 +69,7 @@ def test_backward_outputs_live_on_the_backend(backend, name):
     layer = build(backend)
     _, x = _input(backend, shape)
     y = layer(x)
-    dx = layer.backward(backend.xp.ones_like(y))
+    dx = layer.backward(ones_like(backend, y))
     assert_on_backend(dx, backend, shape=shape)
     for param_name, grad in layer.named_gradients().items():
         assert_on_backend(grad, backend, shape=layer.named_parameters()[param_name].shape)
@@ -124,7 +124,7 @@ def test_parameters_and_gradients_are_named(backend):
     assert list(model.named_parameters()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
     assert model.num_parameters() == 3 * 4 + 4 + 4 * 2 + 2
     _, x = _input(backend, (5, 3))
-    model.backward(backend.xp.ones_like(model(x)))
+    model.backward(ones_like(backend, model(x)))
     assert list(model.named_gradients()) == list(model.named_parameters())
     model.zero_grad()
     assert model.named_gradients() == {}
@@ -166,7 +166,7 @@ def test_sgd_step_reduces_the_loss(backend):
 def test_skipping_the_input_gradient_keeps_parameter_gradients(backend):
     model = bp.mlp([5, 7, 3], seed=1, backend=backend)
     _, x = _input(backend, (4, 5))
-    grad = backend.xp.ones_like(model(x))
+    grad = ones_like(backend, model(x))
     assert_on_backend(model.backward(grad), backend, shape=(4, 5))
     full = {k: backend.to_host(v) for k, v in model.named_gradients().items()}
     model(x)

@@ -10,7 +10,7 @@ import backprop as bp
 from backprop.layers import register_layer
 from backprop.layers.normalization import BatchNorm1D, BatchNorm2D, LayerNorm
 
-from conftest import assert_on_backend
+from conftest import assert_on_backend, ones_like
 
 # name -> (layer class, constructor keywords, input shape)
 BATCH_NORMS = {
@@ -39,7 +39,8 @@ def _randomize_params(layer, backend, seed=1):
     rng = np.random.default_rng(seed)
     for name, array in layer.params.items():
         values = rng.uniform(0.5, 1.5, size=array.shape) if name == "weight" else rng.normal(size=array.shape)
-        array[...] = backend.from_host(values.astype(np.float32))
+        with backend.activate():  # array code of our own runs on the backend's device
+            array[...] = backend.from_host(values.astype(np.float32))
 
 
 def _host_params(layer, backend):
@@ -146,7 +147,7 @@ def test_batch_norm_outputs_grads_and_buffers_live_on_the_backend(backend, name)
     for training in (True, False):
         y = layer(backend.from_host(_host(shape)), training=training)
         assert_on_backend(y, backend, shape=shape)
-        assert_on_backend(layer.backward(backend.xp.ones_like(y)), backend, shape=shape)
+        assert_on_backend(layer.backward(ones_like(backend, y)), backend, shape=shape)
         for array in (*layer.grads.values(), *layer.params.values(), *layer.buffers.values()):
             assert_on_backend(array, backend, shape=(shape[1],))
     assert list(layer.named_buffers()) == ["running_mean", "running_var"]

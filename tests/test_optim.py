@@ -149,7 +149,8 @@ def test_state_dict_round_trip_resumes_exactly(backend, name, hyperparameters):
 
     resumed = _model(backend)
     for k, p in resumed.named_parameters().items():
-        p[...] = backend.from_host(saved_weights[k])
+        with backend.activate():  # array code of our own runs on the backend's device
+            p[...] = backend.from_host(saved_weights[k])
     fresh = make_optimizer(model=resumed, **config)
     fresh.load_state_dict(arrays, info)
     assert fresh.step_count == 3 and fresh.config() == optimizer.config()

@@ -9,8 +9,9 @@ import pytest
 import backprop as bp
 from backprop.errors import ConfigError, DTypeError, ShapeError
 from backprop.layers.recurrent import GRU, LSTM, RNN
+from backprop.on_device import on_device
 
-from conftest import assert_on_backend
+from conftest import assert_on_backend, ones_like
 
 KINDS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 B, T, F, H = 2, 4, 3, 3  # batch, time, features, hidden: tiny, so array_api_strict stays quick
@@ -129,7 +130,7 @@ class UnrolledRNN:
 
     def __init__(self, rnn: RNN, steps: int, bptt_steps=None):
         backend, n_in, n_h = rnn.backend, rnn.input_size, rnn.hidden_size
-        self.rnn, self.bptt_steps = rnn, bptt_steps
+        self.rnn, self.bptt_steps, self.backend = rnn, bptt_steps, backend
         self.ih = [bp.Dense(n_in, n_h, backend=backend) for _ in range(steps)]
         self.hh = [bp.Dense(n_h, n_h, bias=False, backend=backend) for _ in range(steps)]
         self.act = [bp.Tanh(backend=backend) for _ in range(steps)]
@@ -137,6 +138,7 @@ class UnrolledRNN:
             ih.params["weight"], ih.params["bias"] = rnn.params["weight_ih"], rnn.params["bias"]
             hh.params["weight"] = rnn.params["weight_hh"]
 
+    @on_device
     def forward(self, x):
         h, hs = None, []
         for t, (ih, hh, act) in enumerate(zip(self.ih, self.hh, self.act)):
@@ -145,6 +147,7 @@ class UnrolledRNN:
             hs.append(h)
         return self.rnn.xp.stack(hs, axis=1)
 
+    @on_device
     def backward(self, grad_seq):
         """Returns dL/dx, the parameter gradients summed over the copies, and dL/dh_t for every t."""
         xp, steps = self.rnn.xp, len(self.ih)
@@ -188,7 +191,7 @@ def test_full_bptt_is_not_the_truncated_one(backend):
     _, x = _x(backend, (B, 6, F))
     full, cut = RNN(F, H, rng=4, backend=backend), RNN(F, H, bptt_steps=2, rng=4, backend=backend)
     for layer in (full, cut):
-        layer.backward(backend.xp.ones_like(layer(x)))
+        layer.backward(ones_like(backend, layer(x)))
     assert not np.allclose(backend.to_host(full.grads["weight_hh"]), backend.to_host(cut.grads["weight_hh"]))
 
 
@@ -269,7 +272,7 @@ def test_a_first_recurrent_layer_can_skip_its_input_gradient(backend, kind):
     model = bp.Sequential([_layer(kind, backend, bidirectional=True, return_sequences=False),
                            bp.Dense(2 * H, 2, rng=0, backend=backend)])
     _, x = _x(backend, (B, T, F))
-    grad = backend.xp.ones_like(model(x, training=True))
+    grad = ones_like(backend, model(x, training=True))
     assert_on_backend(model.backward(grad), backend, shape=(B, T, F))
     full = {k: backend.to_host(v) for k, v in model.named_gradients().items()}
     model(x, training=True)
@@ -283,10 +286,11 @@ def test_a_first_recurrent_layer_can_skip_its_input_gradient(backend, kind):
 def test_grad_norms_through_time_show_a_vanishing_gradient(backend):
     steps = 12
     rnn = RNN(2, 8, return_sequences=False, rng=0, backend=backend)
-    rnn.params["weight_hh"] = rnn.params["weight_hh"] * 0.5  # a contracting recurrence
+    with backend.activate():  # array code of our own runs on the backend's device
+        rnn.params["weight_hh"] = rnn.params["weight_hh"] * 0.5  # a contracting recurrence
     assert rnn.grad_norms_through_time is None  # nothing before a backward pass
     _, x = _x(backend, (4, steps, 2))
-    rnn.backward(backend.xp.ones_like(rnn(x)))
+    rnn.backward(ones_like(backend, rnn(x)))
     norms = rnn.grad_norms_through_time
     assert_on_backend(norms, backend, shape=(steps,))
     host = backend.to_host(norms)
@@ -311,7 +315,7 @@ def test_gradient_clipping_applies_to_recurrent_parameters(backend):
     model = bp.Sequential([LSTM(F, H, rng=0, backend=backend), bp.Dense(H, 2, rng=1, backend=backend)])
     _, x = _x(backend)
     y = model(x, training=True)
-    model.backward(backend.xp.ones_like(y) * 10.0)
+    model.backward(backend.from_host(np.full(tuple(y.shape), 10.0, np.float32)))
     before = {name: backend.to_host(g) for name, g in model.named_gradients().items()}
     assert {"0.weight_ih", "0.weight_hh", "0.bias"} <= set(before)
     total = float(backend.to_host(bp.clip_grad_norm(model, 1e-3)))
@@ -401,9 +405,11 @@ def test_to_and_astype_copy_the_layer(backend):
     assert moved.grad_norms_through_time is None
     if backend.supports_float64:
         wide = moved.astype("float64")
-        y64 = wide(backend.xp.astype(x, backend.xp.float64))
+        with backend.activate():  # array code of our own runs on the backend's device
+            x64 = backend.xp.astype(x, backend.xp.float64)
+        y64 = wide(x64)
         assert_on_backend(y64, backend, dtype_name="float64", shape=(B, T, 2 * H))
-        dx = wide.backward(backend.xp.ones_like(y64))
+        dx = wide.backward(ones_like(backend, y64))
         assert_on_backend(dx, backend, dtype_name="float64", shape=(B, T, F))
 
 
@@ -422,14 +428,15 @@ def test_other_bad_inputs(backend):
     layer = GRU(F, H, return_sequences=False, backend=backend)
     _, x = _x(backend)
     with pytest.raises(RuntimeError, match="backward called before forward"):
-        layer.backward(backend.xp.ones((B, H), dtype=backend.xp.float32, device=backend.device))
+        layer.backward(backend.from_host(np.ones((B, H), np.float32)))
     layer(x)
     with pytest.raises(ShapeError, match=r"^GRU\(3, 3, return_sequences=False\): expected an output gradient of "
                                          r"shape \(2, 3\), got \(2, 4, 3\)$"):
-        layer.backward(backend.xp.ones((B, T, H), dtype=backend.xp.float32, device=backend.device))
+        layer.backward(backend.from_host(np.ones((B, T, H), np.float32)))
     if backend.supports_float64:
         with pytest.raises(DTypeError, match=r"^GRU\(.*\): expected float32 input, got float64$"):
-            layer(backend.xp.astype(x, backend.xp.float64))
+            with backend.activate():  # array code of our own runs on the backend's device
+                layer(backend.xp.astype(x, backend.xp.float64))
     with pytest.raises(ShapeError, match=r"^GRU\(.*\): expected input of shape \(batch, 3\), got \(2, 4, 3\)$"):
         GRU(F, H, backend=backend).step(x)
 

@@ -40,6 +40,7 @@ import traceback
 from backends import BackendError
 
 from ..errors import BackpropError, ConfigError, TrainingError
+from ..on_device import on_model_device
 from ..training.interrupts import INTERRUPTED_STATUS, Terminated, exit_status, raise_terminated
 
 
@@ -141,6 +142,7 @@ class Communicator:
         self.comm.Barrier()
 
     # -- model arrays -----------------------------------------------------------
+    @on_model_device
     def broadcast_parameters(self, model) -> None:
         """Overwrite every parameter and buffer of ``model`` with rank 0's values, in place (once, at the
         start of training: ranks that built the model differently, or from another seed, start equal)."""
@@ -152,6 +154,7 @@ class Communicator:
             if not self.is_root:
                 array[...] = backend.from_host(host, dtype=array.dtype)
 
+    @on_model_device
     def allreduce_gradients(self, model, count: int, total: int) -> None:
         """Replace every parameter's gradient by the gradient of the global batch, on every rank.
 
@@ -216,6 +219,7 @@ class Communicator:
         rows = self.gather_values([finite, good_steps, loss_sum, correct])
         return (min(r[0] for r in rows), min(r[1] for r in rows), sum(r[2] for r in rows), sum(r[3] for r in rows))
 
+    @on_model_device
     def evaluate(self, model, x, y, loss_fn) -> tuple[float, float]:
         """``training.evaluate`` over the whole of ``(x, y)``, each rank evaluating its shard of it."""
         from ..training.metrics import evaluate, labels_per_example
@@ -350,15 +354,31 @@ def world() -> Communicator:
 
 
 def device_backend(backend, communicator: Communicator):
-    """The backend this rank should train on: with CuPy and several ranks, GPU (local rank mod the number of
-    visible GPUs), so the ranks of one machine spread over its GPUs; otherwise ``backend`` itself."""
-    if backend.library != "cupy" or communicator.size == 1:
-        return backend
-    from backends import get_backend
+    """The backend this rank trains on. With CuPy (``cupy``, ``cupy:N``, ``cuda``..., or ``auto`` where CuPy
+    works) and several ranks: GPU (local rank mod the number of visible GPUs), so the ranks of one machine
+    spread over its GPUs; otherwise the backend ``backend`` names.
+
+    ``backend`` is a spec (None: the default one) or a ``Backend``. Give a spec: it is read without loading
+    anything, so each rank touches its own GPU only. Loading ``cupy`` first would open a CUDA context on GPU 0
+    in every rank (hundreds of MB of GPU 0's memory each) before the rank moved to its own GPU."""
+    from backends import Backend, auto_backend, default_spec, get_backend, parse_spec
+    from backends.cupy_backend import cuda_gpu_count
+
+    if isinstance(backend, Backend):
+        family = backend.library
+    else:
+        backend = default_spec() if backend is None else backend
+        family, _ = parse_spec(backend)
+    if communicator.size == 1 or family not in ("cupy", "auto"):
+        return get_backend(backend)
+    if family == "auto" and not cuda_gpu_count():
+        return auto_backend(0)  # NumPy, with the reason (nothing on a GPU is touched)
 
     from .nccl import visible_gpus
 
-    return get_backend(f"cupy:{communicator.local_rank % visible_gpus()}")
+    gpu = communicator.local_rank % visible_gpus()
+    return auto_backend(gpu) if family == "auto" else get_backend(f"cupy:{gpu}")
+
 
 
 def _size(shape) -> int:

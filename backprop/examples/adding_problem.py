@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     x_val, y_val = backend.from_host(x_host[args.train:]), backend.from_host(y_host[args.train:])
     probe = min(args.probe, args.val)
     x_probe, y_probe = x_val[:probe, ...], y_val[:probe, ...]
-    baseline = float(backend.to_host(xp.mean((y_val - BASELINE_PREDICTION) ** 2)))
+    with backend.activate():  # array code of our own runs on the backend's device
+        baseline = float(backend.to_host(xp.mean((y_val - BASELINE_PREDICTION) ** 2)))
     length = args.length
     print(f"adding problem: {args.train} training and {args.val} validation sequences of length {length}, "
           f"hidden {args.hidden}, {args.epochs} epochs, Adam lr {args.lr:g}, clip {args.clip_norm:g}, "

@@ -31,6 +31,7 @@ import time
 from collections import Counter
 
 from ..errors import ConfigError
+from ..on_device import on_device
 
 DEFAULT_PROMPT = "From fairest"
 
@@ -103,6 +104,7 @@ def unigram_cross_entropy(train_ids: list[int], test_ids: list[int], vocab_size:
     return -sum(math.log((counts[i] + 1) / total) for i in test_ids) / len(test_ids)
 
 
+@on_device
 def sample(model, prompt_ids: list[int], length: int, *, temperature: float, rng: random.Random) -> list[int]:
     """Feed the prompt one character at a time, then draw ``length`` characters from the model."""
     backend = model.backend
@@ -154,11 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"the held-out part ({len(val_ids)} characters) is shorter than --seq-len {length}")
     x_train_ids, y_train = windows(train_ids, length, max(1, length // 2))
     x_val_ids, y_val = windows(val_ids, length, length)
-    arange = xp.arange(len(vocab), device=backend.device)
-
     def one_hot(rows):
         tokens = backend.asarray(rows, dtype=xp.int64)
-        return xp.astype(tokens[..., None] == arange, backend.float_dtype)
+        with backend.activate():  # array code of our own runs on the backend's device
+            arange = xp.arange(len(vocab), device=backend.device)
+            return xp.astype(tokens[..., None] == arange, backend.float_dtype)
 
     x_train, x_val = one_hot(x_train_ids), one_hot(x_val_ids)
     y_train, y_val = backend.asarray(y_train, dtype=xp.int64), backend.asarray(y_val, dtype=xp.int64)

@@ -37,6 +37,7 @@ import numpy as np
 from backends import get_backend
 
 from ..errors import ConfigError, ModelFileError
+from ..on_device import on_device
 from .atomic import write_bytes_atomic
 
 FORMAT = "backprop"
@@ -156,6 +157,7 @@ def model_arrays(model, prefix: str = "") -> dict[str, np.ndarray]:
     return arrays
 
 
+@on_device
 def assign_model_arrays(model, arrays: dict[str, np.ndarray], source, prefix: str = "") -> None:
     """Copy saved arrays into the model's parameters and buffers, checking names and shapes."""
     backend = model.backend
@@ -190,8 +192,10 @@ def load_model(path, backend=None):
     if not isinstance(metadata, dict):
         raise ModelFileError(f"{path}: header entry 'metadata' must be a dict, got {type(metadata).__name__}")
     _check_metadata(path, metadata)
-    model = _build_checked(path, header, arrays, get_backend(backend))
-    assign_model_arrays(model, arrays, path)
+    backend = get_backend(backend)
+    with backend.activate():  # the model is built, and its arrays are filled, on the backend's device
+        model = _build_checked(path, header, arrays, backend)
+        assign_model_arrays(model, arrays, path)
     outputs = _outputs(model)
     for key, count in (("class_names", len(metadata.get("class_names") or [])), ("num_classes",
                                                                                metadata.get("num_classes"))):

@@ -13,6 +13,7 @@ import copy
 from backends import Backend, describe_array, dtype_name, get_backend
 
 from ..errors import DeviceMismatchError, DTypeError, ShapeError
+from ..on_device import on_device
 
 
 class Layer:
@@ -25,6 +26,14 @@ class Layer:
         self.grads: dict[str, object] = {}
         self.buffers: dict[str, object] = {}  # state that is saved but not trained
         self.training = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # Every layer's forward and backward, your own layers' too, run with the layer's device current, so
+        # the arrays they create land on it whoever calls them (see backprop/on_device.py).
+        for name in ("forward", "backward"):
+            if name in cls.__dict__:
+                setattr(cls, name, on_device(cls.__dict__[name]))
 
     @property
     def xp(self):
@@ -112,6 +121,7 @@ class Layer:
         target = get_backend(backend)
         return self._map_arrays(lambda a: target.from_host(self.backend.to_host(a)), backend=target)
 
+    @on_device
     def astype(self, dtype) -> Layer:
         """A copy with floating parameters converted to ``dtype`` (``"float64"`` for gradient checks)."""
         dtype = self.backend.dtype(dtype)

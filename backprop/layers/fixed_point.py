@@ -14,6 +14,7 @@ import warnings
 
 from ..errors import ConfigError, ShapeError
 from ..init import INITIALIZERS, host_random, initialize
+from ..on_device import on_device
 from .base import Layer
 
 #: activation -> its Lipschitz constant (the largest |f'|), for the contraction bound.
@@ -209,6 +210,7 @@ class FixedPointRecurrent(Layer):
         self.stats = {"forward_calls": 0, "forward_iterations": 0, "forward_failures": 0,
                       "backward_calls": 0, "backward_iterations": 0, "backward_failures": 0}
 
+    @on_device
     def spectral_norm(self, iterations: int = 100) -> float:
         """||W||₂ of the current recurrent weight, by power iteration on the device (one host transfer)."""
         xp, w = self.xp, self.params["weight_hh"]
@@ -293,6 +295,7 @@ class FixedPointRecurrent(Layer):
                 f"max_iterations (warned once per layer and direction)", RuntimeWarning,
                 stacklevel=_stacklevel_outside_package())
 
+    @on_device
     def project_recurrent_norm(self, max_norm: float | None = None) -> None:
         """Rescale W in place so that ||W||₂ ≤ ``max_norm`` (default ``max_recurrent_norm``), on the device.
 

@@ -88,11 +88,12 @@ class _BatchNorm(Layer):
         self.eps = _positive_eps(name, eps)
         self.affine = _flag(name, "affine", affine)
         xp, device, shape = self.xp, self.backend.device, (self.num_features,)
-        if affine:
-            self.params["weight"] = xp.ones(shape, dtype=self.dtype, device=device)
-            self.params["bias"] = xp.zeros(shape, dtype=self.dtype, device=device)
-        self.buffers["running_mean"] = xp.zeros(shape, dtype=self.dtype, device=device)
-        self.buffers["running_var"] = xp.ones(shape, dtype=self.dtype, device=device)
+        with self.backend.activate():  # the parameters are created on the layer's device
+            if affine:
+                self.params["weight"] = xp.ones(shape, dtype=self.dtype, device=device)
+                self.params["bias"] = xp.zeros(shape, dtype=self.dtype, device=device)
+            self.buffers["running_mean"] = xp.zeros(shape, dtype=self.dtype, device=device)
+            self.buffers["running_var"] = xp.ones(shape, dtype=self.dtype, device=device)
         self._cache = None
 
     def extra_repr(self) -> str:
@@ -237,8 +238,9 @@ class LayerNorm(Layer):
         self.elementwise_affine = _flag("LayerNorm", "elementwise_affine", elementwise_affine)
         if elementwise_affine:
             xp, device = self.xp, self.backend.device
-            self.params["weight"] = xp.ones(self.normalized_shape, dtype=self.dtype, device=device)
-            self.params["bias"] = xp.zeros(self.normalized_shape, dtype=self.dtype, device=device)
+            with self.backend.activate():  # the parameters are created on the layer's device
+                self.params["weight"] = xp.ones(self.normalized_shape, dtype=self.dtype, device=device)
+                self.params["bias"] = xp.zeros(self.normalized_shape, dtype=self.dtype, device=device)
         self._cache = None
 
     def extra_repr(self) -> str:

@@ -35,6 +35,7 @@ import math
 
 from ..errors import ConfigError, ShapeError
 from ..init import INITIALIZERS, host_random, initialize
+from ..on_device import on_device
 from .base import Layer
 
 
@@ -95,6 +96,7 @@ class Recurrent(Layer):
         self._dh = None
 
     # -- parameters -----------------------------------------------------------
+    @on_device
     def _init_direction(self, suffix: str, rng) -> None:
         """``init="uniform"``: every weight and bias from U(−1/√hidden, 1/√hidden), as PyTorch does.
         Any other name from ``backprop.init``: each gate's block of the weights drawn on its own (so the
@@ -183,6 +185,7 @@ class Recurrent(Layer):
         self._dh = None
         return outputs[0] if len(outputs) == 1 else xp.concat(outputs, axis=-1)
 
+    @on_device
     def step(self, x_t, state=None):
         """One step of a unidirectional layer for generation: ``(h, state) = layer.step(x_t, state)``.
 
@@ -274,10 +277,11 @@ class Recurrent(Layer):
             return None
         xp = self.xp
         total = None
-        for dh in self._dh:
-            part = xp.sum(dh * dh, axis=(0, 2))
-            total = part if total is None else total + part
-        return xp.sqrt(total)
+        with self.backend.activate():
+            for dh in self._dh:
+                part = xp.sum(dh * dh, axis=(0, 2))
+                total = part if total is None else total + part
+            return xp.sqrt(total)
 
     def _clear_cache(self) -> None:
         self._cache = None

@@ -20,6 +20,7 @@ import array_api_compat
 from backends import describe_array, dtype_name
 
 from ..errors import ConfigError, DeviceMismatchError
+from ..on_device import on_device
 
 
 def check_lr(owner: str, value, *, allow_zero: bool = False) -> float:
@@ -147,6 +148,7 @@ class Optimizer:
         return state
 
     # -- the update -----------------------------------------------------------
+    @on_device
     def step(self) -> None:
         """Update, in place, every parameter that has a gradient; the others are skipped."""
         self.step_count += 1
@@ -174,6 +176,7 @@ class Optimizer:
             layer.grads.pop(key, None)
 
     # -- checkpoints ------------------------------------------------------------
+    @on_device
     def state_dict(self) -> tuple[dict[str, object], dict]:
         """``(arrays, info)``: copies of the state arrays on the device, keyed ``"0.weight.exp_avg"``,
         and a JSON-able dict with the optimizer's name, hyperparameters and step counts."""
@@ -191,6 +194,7 @@ class Optimizer:
         }
         return arrays, info
 
+    @on_device
     def load_state_dict(self, arrays: dict[str, object], info: dict) -> None:
         """Restore what ``state_dict()`` returned (hyperparameters included) so training continues exactly.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import array_api_compat
 
+from ..on_device import on_device
 from .base import check_number
 
 
@@ -18,6 +19,7 @@ def _gradients(model) -> list:
     return [layer.grads[key] for layer, key in model.parameter_slots() if layer.grads.get(key) is not None]
 
 
+@on_device
 def global_grad_norm(model):
     """``sqrt(sum of g² over every gradient)`` as a 0-d array on the model's device (0 when there are none)."""
     grads = _gradients(model)
@@ -36,6 +38,7 @@ def global_grad_norm(model):
     return xp.asarray(norm, dtype=norm.dtype, device=array_api_compat.device(norm))
 
 
+@on_device
 def clip_grad_norm(model, max_norm: float):
     """Scale every gradient in place so the global norm is at most ``max_norm``; returns the norm before."""
     max_norm = check_number("clip_grad_norm", "max_norm", max_norm, low=0, low_open=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from ..on_device import on_device
 from .batches import batch_bounds
 
 
+@on_device
 def predict_logits(model, x, *, batch_size: int = 4096):
     """The model's outputs for ``x`` (evaluation mode), computed in batches to bound memory."""
     xp = model.backend.xp
@@ -12,10 +14,12 @@ def predict_logits(model, x, *, batch_size: int = 4096):
     return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
 
 
+@on_device
 def predict_classes(model, x, *, batch_size: int = 4096):
     return model.backend.xp.argmax(predict_logits(model, x, batch_size=batch_size), axis=-1)
 
 
+@on_device
 def evaluate(model, x, y, loss_fn, *, batch_size: int = 4096) -> tuple[float, float]:
     """Mean loss and accuracy (fraction correct) over a dataset, as Python floats."""
     xp = model.backend.xp

@@ -16,6 +16,7 @@ from backends import HostRandom
 from ..errors import ConfigError, DataError, ShapeError, TrainingError
 from ..layers import Sequential
 from ..losses import LOSSES, Loss
+from ..on_device import on_device
 from .batches import batch_bounds, parse_batch_size
 from .callbacks import Callback
 from .interrupts import Terminated, ctrl_c_held
@@ -95,6 +96,7 @@ class Trainer:
             else:
                 self._log(message)
 
+    @on_device
     def fit(self, x, y, *, validation_data=None, validation_split: float = 0.0) -> list[dict]:
         """Train until ``epochs`` epochs are complete (counting any done before a resume) or a callback stops
         it. ``x``, ``y``: host (NumPy) or device arrays; they are copied to the device once. With a
@@ -154,6 +156,7 @@ class Trainer:
         """The callbacks this process runs: all of them, except ``root_only`` ones on ranks other than 0."""
         return [c for c in self.callbacks if self.is_root or not getattr(c, "root_only", False)]
 
+    @on_device
     def train_epoch(self, x, y) -> dict:
         """One pass over ``(x, y)`` (already on the device, not checked): the work of one epoch of ``fit``,
         without validation or callbacks. For benchmarks and hand-made loops."""
@@ -162,13 +165,17 @@ class Trainer:
         self.history.append(record)
         return record
 
+    @on_device
     def copy_weights(self) -> dict:
         """Copies of the model's parameters and buffers (running statistics, say), keyed as in model files."""
-        xp = self.backend.xp
-        weights = {f"param/{k}": xp.asarray(v, copy=True) for k, v in self.model.named_parameters().items()}
-        weights.update({f"buffer/{k}": xp.asarray(v, copy=True) for k, v in self.model.named_buffers().items()})
+        xp, device = self.backend.xp, self.backend.device
+        weights = {f"param/{k}": xp.asarray(v, copy=True, device=device)
+                   for k, v in self.model.named_parameters().items()}
+        weights.update({f"buffer/{k}": xp.asarray(v, copy=True, device=device)
+                        for k, v in self.model.named_buffers().items()})
         return weights
 
+    @on_device
     def set_weights(self, weights: dict) -> None:
         """Copy what ``copy_weights`` returned back into the model, in place."""
         for name, array in self.model.named_parameters().items():
@@ -282,9 +289,10 @@ class Trainer:
     # -- snapshots, checkpoints, resume --------------------------------------
     def _take_snapshot(self):
         """The state at the start of the epoch about to run (to roll an unfinished epoch back to)."""
-        xp = self.backend.xp
+        xp, device = self.backend.xp, self.backend.device
         arrays, info = self.optimizer.state_dict()
-        return (self.epoch, self.copy_weights(), {k: xp.asarray(v, copy=True) for k, v in arrays.items()}, info)
+        optimizer_arrays = {k: xp.asarray(v, copy=True, device=device) for k, v in arrays.items()}
+        return self.epoch, self.copy_weights(), optimizer_arrays, info
 
     def _restore_snapshot(self) -> bool:
         """Roll back to the start of the unfinished epoch; False when no epoch was unfinished."""
@@ -295,6 +303,7 @@ class Trainer:
         self.optimizer.load_state_dict(arrays, info)
         return True
 
+    @on_device
     def state_dict(self) -> tuple[dict, dict]:
         """Everything a resumed run needs: device arrays and a JSON-able dict."""
         arrays = self.copy_weights()  # keyed as in model files
@@ -309,6 +318,7 @@ class Trainer:
                 "optimizer": opt_info, "callbacks": callback_infos, "history": self.history}
         return arrays, info
 
+    @on_device
     def load_state_dict(self, arrays: dict, info: dict) -> None:
         def part(prefix):
             return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
@@ -327,12 +337,14 @@ class Trainer:
         self.epoch, self.base_lr = info["epoch"], info["base_lr"]
         self.history = list(info["history"])
 
+    @on_device
     def save_checkpoint(self, path, *, run_config: dict | None = None) -> None:
         """Write a resumable checkpoint file atomically (a failed write keeps the previous one)."""
         from ..host_io.model_files import save_checkpoint
 
         save_checkpoint(path, self, run_config=run_config or {})
 
+    @on_device
     def load_checkpoint(self, path) -> dict:
         """Restore a checkpoint into this trainer; returns the run configuration saved with it."""
         from ..host_io.model_files import load_checkpoint
