@@ -28,7 +28,7 @@ from backprop.optim import (
     schedule_from_config,
 )
 
-from conftest import assert_on_backend
+from conftest import UPDATES_IN_PLACE, assert_on_backend
 
 # (optimizer name, our hyperparameters, torch.optim class, torch hyperparameters)
 ORACLE_CASES = {
@@ -98,7 +98,8 @@ def test_matches_torch_optim(backend, case, sizes):
     weights = model.named_parameters()
     arrays, info = optimizer.state_dict()
     for k, p in reference.items():
-        assert id(weights[k]) == identities[k], f"{k} was replaced, not updated in place"
+        if backend.library in UPDATES_IN_PLACE:  # the fast path: no new arrays, one pass per update
+            assert id(weights[k]) == identities[k], f"{k} was replaced, not updated in place"
         assert_on_backend(weights[k], backend, shape=p.shape)
         np.testing.assert_allclose(backend.to_host(weights[k]), p.detach().numpy(), rtol=1e-5, atol=1e-6,
                                    err_msg=f"{case}: {k}")
@@ -148,8 +149,7 @@ def test_state_dict_round_trip_resumes_exactly(backend, name, hyperparameters):
         optimizer.step()
 
     resumed = _model(backend)
-    for k, p in resumed.named_parameters().items():
-        p[...] = backend.from_host(saved_weights[k])
+    resumed.replace_arrays({f"param/{k}": backend.from_host(w) for k, w in saved_weights.items()})
     fresh = make_optimizer(model=resumed, **config)
     fresh.load_state_dict(arrays, info)
     assert fresh.step_count == 3 and fresh.config() == optimizer.config()
@@ -262,7 +262,9 @@ def test_clip_grad_norm_matches_numpy(backend):
     np.testing.assert_allclose(float(backend.to_host(norm)), expected_norm, rtol=1e-6)  # the norm before
     scale = max_norm / (expected_norm + 1e-6)
     for (layer, key), name in zip(model.parameter_slots(), model.named_parameters()):
-        assert id(layer.grads[key]) == identities.pop(0)  # scaled in place
+        if backend.library in UPDATES_IN_PLACE:
+            assert id(layer.grads[key]) == identities[0]  # scaled in place: the fast path
+        identities.pop(0)
         assert_on_backend(layer.grads[key], backend, shape=grads[name].shape)
         np.testing.assert_allclose(backend.to_host(layer.grads[key]), grads[name] * scale, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(float(backend.to_host(global_grad_norm(model))), max_norm, rtol=1e-5)

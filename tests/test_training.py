@@ -11,6 +11,7 @@ import pytest
 import backprop as bp
 from backends import get_backend
 from backprop.data import load_digits
+from backprop.layers import BatchNorm1D
 from backprop.training import Callback, Checkpoint, EarlyStopping, GradientMonitor, Trainer, evaluate, fit
 from backprop.training.interrupts import ctrl_c_held
 
@@ -222,6 +223,29 @@ def test_early_stopping_restores_the_best_weights(digits):
         np.testing.assert_array_equal(weight, recorder.weights[best][name], err_msg=name)
     last = recorder.weights[len(history)]
     assert any(not np.array_equal(last[name], recorder.weights[best][name]) for name in last)  # a real restore
+
+
+def test_set_weights_gives_the_model_copies_of_the_saved_weights(backend, digits):
+    """What early stopping and the roll-back of an interrupted epoch rely on, on every backend (arrays may be
+    immutable: the model gets new arrays), with a buffer (running statistics) as well as parameters."""
+    model = bp.Sequential([bp.Dense(64, 16, rng=0, backend=backend), BatchNorm1D(16, backend=backend),
+                           bp.ReLU(backend=backend), bp.Dense(16, 10, rng=1, backend=backend)])
+    trainer = Trainer(model, optimizer="sgd", lr=0.5, batch_size=50, progress=False, log=None)
+    x, y = backend.from_host(digits.x_train[:100]), backend.from_host(digits.y_train[:100])
+    saved = trainer.copy_weights()
+    assert set(saved) == {"param/0.weight", "param/0.bias", "param/1.weight", "param/1.bias", "param/3.weight",
+                          "param/3.bias", "buffer/1.running_mean", "buffer/1.running_var"}
+    host_saved = {key: backend.to_host(array) for key, array in saved.items()}
+    trainer.train_epoch(x, y)
+    for key, array in trainer.copy_weights().items():  # training changed every weight and buffer
+        assert not np.array_equal(backend.to_host(array), host_saved[key]), key
+    trainer.set_weights(saved)
+    for key, array in trainer.copy_weights().items():
+        assert_on_backend(array, backend, shape=host_saved[key].shape)
+        np.testing.assert_array_equal(backend.to_host(array), host_saved[key], err_msg=key)
+    trainer.train_epoch(x, y)  # the steps after a restore change the model's copies, never the saved weights
+    for key, array in saved.items():
+        np.testing.assert_array_equal(backend.to_host(array), host_saved[key], err_msg=key)
 
 
 class _InputRecorder(bp.Layer):

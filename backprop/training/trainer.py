@@ -164,17 +164,20 @@ class Trainer:
 
     def copy_weights(self) -> dict:
         """Copies of the model's parameters and buffers (running statistics, say), keyed as in model files."""
-        xp = self.backend.xp
-        weights = {f"param/{k}": xp.asarray(v, copy=True) for k, v in self.model.named_parameters().items()}
-        weights.update({f"buffer/{k}": xp.asarray(v, copy=True) for k, v in self.model.named_buffers().items()})
-        return weights
+        return {key: self._copy(array) for key, array in self._weights().items()}
 
     def set_weights(self, weights: dict) -> None:
-        """Copy what ``copy_weights`` returned back into the model, in place."""
-        for name, array in self.model.named_parameters().items():
-            array[...] = weights[f"param/{name}"]
-        for name, array in self.model.named_buffers().items():
-            array[...] = weights[f"buffer/{name}"]
+        """Give the model copies of what ``copy_weights`` returned (``weights`` stays as it is, to be set
+        again: the copies, not its arrays, go into the model, where a step may update them in place)."""
+        self.model.replace_arrays({key: self._copy(weights[key]) for key in self._weights()})
+
+    def _weights(self) -> dict:
+        weights = {f"param/{k}": v for k, v in self.model.named_parameters().items()}
+        weights.update({f"buffer/{k}": v for k, v in self.model.named_buffers().items()})
+        return weights
+
+    def _copy(self, array):
+        return self.backend.xp.asarray(array, copy=True, device=self.backend.device)
 
     # -- one epoch ----------------------------------------------------------
     def _run_epoch(self, x, y, x_val, y_val) -> dict:
