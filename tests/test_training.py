@@ -248,6 +248,54 @@ def test_set_weights_gives_the_model_copies_of_the_saved_weights(backend, digits
         np.testing.assert_array_equal(backend.to_host(array), host_saved[key], err_msg=key)
 
 
+class _ForgetsToStore(bp.optim.SGD):
+    """An optimizer with the bug immutable arrays exposed: it computes its update and then drops it (JAX's
+    ``w -= lr * g`` inside a function rebinds a local name and leaves the model's array as it was)."""
+
+    def _update(self, params, grads, states, steps):
+        _ = [param - self.lr * grad for param, grad in zip(params, grads)]  # computed, never stored
+        return params, states
+
+
+def test_a_step_that_changes_no_weight_stops_training(backend, digits):
+    model = bp.mlp([64, 8, 10], seed=0, backend=backend)
+    before = {name: backend.to_host(array) for name, array in model.named_parameters().items()}
+    trainer = Trainer(model, optimizer=_ForgetsToStore(model, lr=0.1), epochs=3, batch_size=50, progress=False,
+                      log=None)
+    with pytest.raises(bp.TrainingError, match=r"^the optimizer's first step of epoch 1 left every weight exactly "
+                                               r"as it was although the gradients are non-zero \(lr=0.1\)"):
+        trainer.fit(digits.x_train[:100], digits.y_train[:100])
+    assert trainer.epoch == 0 and not trainer.history
+    for name, array in model.named_parameters().items():
+        np.testing.assert_array_equal(backend.to_host(array), before[name])
+
+
+def test_steps_that_may_leave_the_weights_alone_do_not_stop_training(backend, digits):
+    """lr = 0 (a schedule's end), or gradients that are all zero: the weights stay, and that is right."""
+    x, y = digits.x_train[:40], digits.y_train[:40]
+    model = bp.mlp([64, 8, 10], seed=0, backend=backend)
+    trainer = Trainer(model, optimizer=_ForgetsToStore(model, lr=0.1), epochs=1, batch_size=20, progress=False,
+                      log=None)
+    trainer.optimizer.lr = 0.0
+    trainer.schedule = lambda epoch, base_lr: 0.0
+    assert len(trainer.fit(x, y)) == 1
+    no_bias = bp.Sequential([bp.Dense(64, 10, bias=False, rng=0, backend=backend)])
+    trainer = Trainer(no_bias, optimizer=_ForgetsToStore(no_bias, lr=0.1), epochs=1, batch_size=20,
+                      progress=False, log=None)
+    assert len(trainer.fit(np.zeros_like(x), y)) == 1  # zero inputs: every weight gradient is 0
+
+
+def test_the_weight_check_runs_at_the_first_step_of_each_epoch_only(monkeypatch, digits):
+    checks = []
+    original = Trainer._check_the_step_changed_weights
+    monkeypatch.setattr(Trainer, "_check_the_step_changed_weights",
+                        lambda self, before: checks.append(self.epoch) or original(self, before))
+    model = bp.mlp([64, 8, 10], seed=0, backend="numpy")
+    history = fit(model, digits.x_train[:100], digits.y_train[:100], epochs=3, batch_size=10, progress=False,
+                  log=None)
+    assert [record["steps"] for record in history] == [10, 10, 10] and checks == [0, 1, 2]
+
+
 class _InputRecorder(bp.Layer):
     """An identity layer that keeps the inputs it sees in training."""
 
