@@ -191,6 +191,50 @@ def test_load_state_dict_restores_hyperparameters_and_validates(backend):
     assert target.lr == 0.5 and not target.state
 
 
+CORES = {  # name -> (core, hyperparameters, number of state lists it takes and returns)
+    "sgd": (bp.optim.sgd, {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}, 1),
+    "adam": (bp.optim.adam, {"lr": 0.01, "beta1": 0.9, "beta2": 0.99, "eps": 1e-8, "weight_decay": 0.1}, 2),
+    "adamw": (bp.optim.adamw, {"lr": 0.01, "beta1": 0.9, "beta2": 0.99, "eps": 1e-8, "weight_decay": 0.1}, 2),
+    "rmsprop": (bp.optim.rmsprop, {"lr": 0.01, "alpha": 0.9, "eps": 1e-8, "momentum": 0.5}, 2),
+    "adagrad": (bp.optim.adagrad, {"lr": 0.1, "eps": 1e-10}, 1),
+}
+
+
+@pytest.mark.parametrize("name", CORES)
+def test_functional_cores_return_their_results(backend, name):
+    """Without a backend a core makes new arrays and leaves its inputs alone (right for immutable arrays);
+    with one it runs the backend's updates (in place on NumPy and PyTorch): the results are the same."""
+    core, hyperparameters, state_lists = CORES[name]
+    host = np.random.default_rng(3)
+    shapes = [(3, 4), (4,)]
+    params_host = [host.normal(size=shape).astype(np.float32) for shape in shapes]
+    grads_host = [host.normal(size=shape).astype(np.float32) for shape in shapes]
+    states_host = [[np.abs(host.normal(size=shape)).astype(np.float32) for shape in shapes]
+                   for _ in range(state_lists)]
+    steps = [[1, 1]] if name in ("adam", "adamw") else []
+
+    def run(with_backend):
+        def arrays(host_arrays):
+            return [backend.from_host(a) for a in host_arrays]
+
+        params, grads, states = arrays(params_host), arrays(grads_host), [arrays(s) for s in states_host]
+        results = core(params, grads, *states, *steps, **hyperparameters,
+                       backend=backend if with_backend else None)
+        if not with_backend:  # nothing passed in changed
+            for given, expected in zip([*params, *grads, *sum(states, [])],
+                                       [*params_host, *grads_host, *sum(states_host, [])]):
+                np.testing.assert_array_equal(backend.to_host(given), expected)
+        return results
+
+    portable, with_backend = run(False), run(True)
+    assert len(portable) == len(with_backend) == 1 + state_lists
+    for ours, theirs in zip(sum(map(list, portable), []), sum(map(list, with_backend), [])):
+        assert_on_backend(ours, backend)
+        np.testing.assert_allclose(backend.to_host(ours), backend.to_host(theirs), rtol=1e-6, atol=1e-7)
+    for new, old in zip(portable[0], params_host):
+        assert not np.array_equal(backend.to_host(new), old)  # the parameters did move
+
+
 def test_parameters_without_gradients_are_skipped(backend):
     model = _model(backend)
     optimizer = Adam(model, lr=0.01)
