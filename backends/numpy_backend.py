@@ -114,24 +114,25 @@ class NumpyBackend(Backend):
     # Updates write into the target when NumPy lets us (a read-only array, such as one NumPy made from a
     # buffer it does not own, gets the portable new array instead).
     def add_scaled(self, target, source, alpha=1.0, *, beta=1.0):
+        if target.size >= BLAS_MIN_SIZE and getattr(source, "shape", None) == target.shape:
+            axpy = (_blas_routine("axpy", target, source) if target.flags.c_contiguous and target.flags.writeable
+                    else None)
+            if axpy is not None:  # one fused pass
+                if beta != 1.0:
+                    target *= beta
+                flat = target.reshape(-1)
+                result = axpy(source.reshape(-1), flat, a=alpha)  # in place on ``flat`` (a float array of its type)
+                if result is not flat:  # f2py had to copy: never for the arrays we let through
+                    flat[...] = result
+                return target
         if not target.flags.writeable:
             return super().add_scaled(target, source, alpha, beta=beta)
         if beta != 1.0:
             target *= beta
-        axpy = None
-        if (target.size >= BLAS_MIN_SIZE and getattr(source, "shape", None) == target.shape
-                and target.flags.c_contiguous):
-            axpy = _blas_routine("axpy", target, source)
-        if axpy is None:
-            if alpha == 1.0:
-                target += source
-            else:
-                target += alpha * source
-            return target
-        flat = target.reshape(-1)
-        result = axpy(source.reshape(-1), flat, a=alpha)  # in place on ``flat`` (a float array of its own type)
-        if result is not flat:  # f2py had to copy: never for the arrays we let through
-            flat[...] = result
+        if alpha == 1.0:
+            target += source
+        else:
+            target += alpha * source
         return target
 
     def scale(self, target, factor):

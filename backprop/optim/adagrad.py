@@ -15,7 +15,7 @@ def adagrad(params: list, grads: list, state_sums: list, *, lr: float, eps: floa
     """The update. Returns the updated ``(params, state_sums)``, which the caller must keep (see ``sgd``)."""
     if not params:
         return [], []
-    xp = namespace(params)
+    xp = namespace(params) if backend is None else backend.xp
     update = _add_scaled if backend is None else backend.add_scaled
     new_params, new_sums = [], []
     for param, grad, state_sum in zip(params, grads, state_sums):

@@ -24,7 +24,7 @@ def adam(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, steps: li
     ``(params, exp_avgs, exp_avg_sqs)``, which the caller must keep (see ``sgd``)."""
     if not params:
         return [], [], []
-    xp = namespace(params)
+    xp = namespace(params) if backend is None else backend.xp
     update = _add_scaled if backend is None else backend.add_scaled
     scale = _scale if backend is None else backend.scale
     new_params, new_avgs, new_avg_sqs = [], [], []

@@ -18,7 +18,7 @@ def rmsprop(params: list, grads: list, square_avgs: list, momentum_buffers: list
     ``(params, square_avgs, momentum_buffers)``, which the caller must keep (see ``sgd``)."""
     if not params:
         return [], [], [] if momentum > 0 else None
-    xp = namespace(params)
+    xp = namespace(params) if backend is None else backend.xp
     update = _add_scaled if backend is None else backend.add_scaled
     new_params, new_avgs, new_buffers = [], [], [] if momentum > 0 else None
     for i, (param, grad, square_avg) in enumerate(zip(params, grads, square_avgs)):

@@ -65,4 +65,6 @@ class SGD(Optimizer):
         buffers = [s["momentum_buffer"] for s in states] if self.momentum != 0 else None
         params, buffers = sgd(params, grads, buffers, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov,
                               weight_decay=self.weight_decay, backend=self.backend)
-        return params, [{"momentum_buffer": b} for b in buffers] if buffers is not None else [{} for _ in params]
+        if buffers is None:
+            return params, states  # no state: the (empty) dicts stay as they are
+        return params, [{"momentum_buffer": b} for b in buffers]
