@@ -3,7 +3,16 @@
 ``backprop/`` does all array work through ``backend.xp`` (an array API
 namespace from ``array_api_compat``) and calls the methods below only for what
 the standard lacks: random numbers, scatter-add, host transfer,
-synchronization and memory statistics.
+synchronization and memory statistics, and for the updates an optimizer or a
+layer would otherwise write into an array.
+
+Arrays may be immutable. The standard does not promise that an array can be
+changed in place, and some libraries (JAX) do not allow it: there ``x += y`` or
+``x[i] = v`` rebinds a name or fails. So every update method here returns its
+result, and callers always use the returned array, never the one they passed
+in. The defaults are portable (new arrays, or ``array_api_extra.at``); NumPy,
+PyTorch and CuPy override them to write in place and return the same array,
+which keeps their speed.
 """
 
 from __future__ import annotations
@@ -99,12 +108,50 @@ class Backend:
         raise NotImplementedError
 
     def scatter_add(self, target, indices, values):
-        """``target[indices[i]] += values[i]`` along axis 0, in place, duplicates accumulating.
+        """``target`` with ``values[i]`` added to row ``indices[i]`` (axis 0), duplicates accumulating.
 
-        Returns ``target``. (Plain ``target[indices] += values`` keeps only one
-        of several duplicate indices.)
+        Returns the result: ``target`` itself where the library updates in place, a new array where it cannot
+        (use the returned array either way). (Plain ``target[indices] += values`` keeps only one of several
+        duplicate indices.)
         """
         raise NotImplementedError
+
+    # -- updates: portable defaults, in place where the library allows -----------
+    def add_scaled(self, target, source, alpha: float = 1.0, *, beta: float = 1.0):
+        """``beta * target + alpha * source`` (BLAS ``axpby``): every optimizer update, and the layers' additions
+        to arrays of their own. ``source``: an array of ``target``'s shape, one that broadcasts to it, or a number.
+
+        Returns the result; use it, not ``target``, afterwards. This default returns a new array, which is right
+        for every library, immutable ones included. NumPy, PyTorch and CuPy write into ``target`` and return it
+        (NumPy: one fused BLAS ``axpy`` pass for large arrays; PyTorch: ``mul_``/``add_``), with no temporary
+        for ``alpha * source`` and no new array, which halves the memory traffic of a large update.
+        """
+        with self.activate():
+            return add_scaled(target, source, alpha, beta=beta)
+
+    def scale(self, target, factor):
+        """``target * factor`` (``factor``: a number or a 0-d array of this backend): gradient clipping,
+        decoupled weight decay. Returns the result; NumPy, PyTorch and CuPy scale ``target`` in place."""
+        with self.activate():
+            return scale(target, factor)
+
+    def at_set(self, x, index, values):
+        """``x`` with ``x[index] = values``: ``array_api_extra.at(x, index).set(values)``, which writes into ``x``
+        where the library allows it (and returns ``x``) and otherwise returns an updated copy (JAX: ``.at[]``).
+        Use the returned array either way."""
+        import array_api_extra as xpx
+
+        with self.activate():
+            return xpx.at(x, index).set(values, xp=self.xp)
+
+    def at_add(self, x, index, values):
+        """``x`` with ``x[index] += values`` (``index``: integers and slices; within one call no element is
+        named twice): ``array_api_extra.at(x, index).add(values)``, in place where the library allows it.
+        Use the returned array either way."""
+        import array_api_extra as xpx
+
+        with self.activate():
+            return xpx.at(x, index).add(values, xp=self.xp)
 
     # -- optional fast paths -------------------------------------------------
     def outer(self, a, b):
@@ -113,16 +160,6 @@ class Backend:
         xp = self.xp
         with self.activate():
             return xp.reshape(a, (-1, 1)) * xp.reshape(b, (1, -1))
-
-    def add_scaled(self, target, source, alpha: float):
-        """``target += alpha * source``, in place, for arrays of the same shape; returns ``target``.
-
-        SGD's weight update. This default makes a temporary ``alpha * source``; backends override it with one
-        fused pass (BLAS ``axpy``, ``torch.add_``), which halves the memory traffic of a large update.
-        """
-        with self.activate():
-            target += alpha * source
-        return target
 
     def conv2d_forward(self, x, weight, bias, *, stride, padding, dilation):
         """A faster 2-D convolution (NCHW), or None when this backend has none.
@@ -157,6 +194,19 @@ class Backend:
         """Bytes free for new arrays where this backend keeps them (None when unknown): the host's available
         memory here; GPU backends report their device's."""
         return host_available_memory()
+
+
+def add_scaled(target, source, alpha: float = 1.0, *, beta: float = 1.0):
+    """``beta * target + alpha * source`` as a new array: ``Backend.add_scaled``'s portable default, for code
+    that has arrays but no backend (the functional optimizer cores)."""
+    if beta != 1.0:
+        target = beta * target
+    return target + source if alpha == 1.0 else target + alpha * source
+
+
+def scale(target, factor):
+    """``target * factor`` as a new array: ``Backend.scale``'s portable default (see ``add_scaled``)."""
+    return target * factor
 
 
 #: What ``activate()`` returns on a library without a current device (reusable and re-entrant); callers on

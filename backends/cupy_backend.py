@@ -79,6 +79,32 @@ class CupyBackend(Backend):
             cupyx.scatter_add(target, indices, values)
         return target
 
+    # Updates in place (CuPy arrays are always writeable), on the array's own GPU.
+    def add_scaled(self, target, source, alpha=1.0, *, beta=1.0):
+        with self._cupy_device:
+            if beta != 1.0:
+                target *= beta
+            if alpha == 1.0:
+                target += source
+            else:
+                target += alpha * source
+        return target
+
+    def scale(self, target, factor):
+        with self._cupy_device:
+            target *= factor
+        return target
+
+    def at_set(self, x, index, values):
+        with self._cupy_device:
+            x[index] = values
+        return x
+
+    def at_add(self, x, index, values):
+        with self._cupy_device:
+            x[index] += values
+        return x
+
     def synchronize(self):
         self._cupy_device.synchronize()
 

@@ -111,21 +111,51 @@ class NumpyBackend(Backend):
         out_t = gemm(1.0, b.reshape(-1, 1), a.reshape(1, -1), beta=0.0, c=out.T, overwrite_c=True)
         return out_t.T
 
-    def add_scaled(self, target, source, alpha):
-        axpy = None
-        if (target.size >= BLAS_MIN_SIZE and target.shape == source.shape and target.flags.c_contiguous
-                and target.flags.writeable):
-            axpy = _blas_routine("axpy", target, source)
-        if axpy is None:
+    # Updates write into the target when NumPy lets us (a read-only array, such as one NumPy made from a
+    # buffer it does not own, gets the portable new array instead).
+    def add_scaled(self, target, source, alpha=1.0, *, beta=1.0):
+        if target.size >= BLAS_MIN_SIZE and getattr(source, "shape", None) == target.shape:
+            axpy = (_blas_routine("axpy", target, source) if target.flags.c_contiguous and target.flags.writeable
+                    else None)
+            if axpy is not None:  # one fused pass
+                if beta != 1.0:
+                    target *= beta
+                flat = target.reshape(-1)
+                result = axpy(source.reshape(-1), flat, a=alpha)  # in place on ``flat`` (a float array of its type)
+                if result is not flat:  # f2py had to copy: never for the arrays we let through
+                    flat[...] = result
+                return target
+        if not target.flags.writeable:
+            return super().add_scaled(target, source, alpha, beta=beta)
+        if beta != 1.0:
+            target *= beta
+        if alpha == 1.0:
+            target += source
+        else:
             target += alpha * source
-            return target
-        flat = target.reshape(-1)
-        result = axpy(source.reshape(-1), flat, a=alpha)  # in place on ``flat`` (a float array of its own type)
-        if result is not flat:  # f2py had to copy: never for the arrays we let through
-            flat[...] = result
         return target
 
+    def scale(self, target, factor):
+        if not target.flags.writeable:
+            return super().scale(target, factor)
+        target *= factor
+        return target
+
+    def at_set(self, x, index, values):
+        if not x.flags.writeable:
+            return super().at_set(x, index, values)
+        x[index] = values
+        return x
+
+    def at_add(self, x, index, values):
+        if not x.flags.writeable:
+            return super().at_add(x, index, values)
+        x[index] += values
+        return x
+
     def scatter_add(self, target, indices, values):
+        if not target.flags.writeable:
+            target = target.copy()
         np.add.at(target, indices, values)
         return target
 

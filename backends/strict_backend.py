@@ -72,10 +72,10 @@ class StrictBackend(Backend):
         return NumpyBackend().limit_threads(threads)  # it computes with NumPy underneath
 
     def scatter_add(self, target, indices, values):
-        result = self.to_host(target).copy()
+        """A new array, computed on the host (array_api_strict has no scatter-add); ``target`` is left alone."""
+        result = self.to_host(target)
         np.add.at(result, self.to_host(indices), self.to_host(values))
-        target[...] = self.from_host(result, dtype=target.dtype)
-        return target
+        return self.from_host(result, dtype=target.dtype)
 
 
 def load(device: str | None) -> Backend:

@@ -78,8 +78,22 @@ class TorchBackend(Backend):
         self._torch.set_num_threads(max(1, int(threads)))
         return True
 
-    def add_scaled(self, target, source, alpha):
+    # Updates in place: tensors are always writeable.
+    def add_scaled(self, target, source, alpha=1.0, *, beta=1.0):
+        if beta != 1.0:
+            target.mul_(beta)
         return target.add_(source, alpha=alpha)
+
+    def scale(self, target, factor):
+        return target.mul_(factor)
+
+    def at_set(self, x, index, values):
+        x[index] = values
+        return x
+
+    def at_add(self, x, index, values):
+        x[index] += values
+        return x
 
     def scatter_add(self, target, indices, values):
         return target.index_add_(0, indices, values)

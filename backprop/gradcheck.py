@@ -75,11 +75,22 @@ def gradcheck(fn: Layer | Loss, x, target=None, *, training: bool = False, seed:
     x = promote(x)
     checked: dict[str, object] = {}  # name -> array whose elements we perturb
     analytic: dict[str, object] = {}
+    current = {"input": x}  # the input the objective sees: x, or a perturbed copy of it
+    layer = None
+
+    def use(name, array):
+        """Make the objective see ``array`` as the input or as parameter ``name``. Arrays may be immutable
+        (JAX), so a perturbed element is a new array put in the old one's place, never a write into it."""
+        if name == "input":
+            current["input"] = array
+        else:
+            layer.replace_arrays({f"param/{name}": array})
+
     if isinstance(fn, Loss):
         target = promote(target)
 
         def objective():
-            return fn.forward(x, target)
+            return fn.forward(current["input"], target)
 
         objective()
         analytic["input"] = fn.backward()
@@ -90,7 +101,7 @@ def gradcheck(fn: Layer | Loss, x, target=None, *, training: bool = False, seed:
         v = backend.random(seed).normal(tuple(y.shape), dtype=dtype)
 
         def objective():
-            return xp.sum(layer.forward(x, training=training) * v)
+            return xp.sum(layer.forward(current["input"], training=training) * v)
 
         grad_x = layer.backward(v)
         if xp.isdtype(x.dtype, "real floating"):
@@ -112,11 +123,12 @@ def gradcheck(fn: Layer | Loss, x, target=None, *, training: bool = False, seed:
             continue
         for index in _sample_indices(tuple(array.shape), max_elements):
             original = float(host_values[index])
-            array[index] = original + eps
+            perturbed = backend.at_set(xp.asarray(array, copy=True, device=backend.device), index, original + eps)
+            use(name, perturbed)
             f_plus = float(backend.to_host(objective()))
-            array[index] = original - eps
+            use(name, backend.at_set(perturbed, index, original - eps))  # our own copy: may be written into
             f_minus = float(backend.to_host(objective()))
-            array[index] = original
+            use(name, array)
             numeric = (f_plus - f_minus) / (2 * eps)
             exact = float(host_analytic[index])
             error = abs(exact - numeric)

@@ -3,7 +3,8 @@
 Backends that cannot run here are reported as skipped with their reason, never dropped (``-rs`` shows one line
 per absent backend, not one per test). ``array_api_strict`` runs on both its devices: on ``device1`` any
 array created without ``device=`` fails the tests; tests marked ``every_device`` (the backend contract) run on
-every device of every backend, its default device too.
+every device of every backend, its default device too. The test-only backend ``immutable``
+(``backends/immutable_backend.py``) refuses every in-place operation, as JAX's arrays cannot be changed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 
 import backends
+from backends import immutable_backend
 
 # The benchmarks live beside the package, not in it: make them importable for their smoke tests. Appended, so
 # the installed backprop (not the source tree) is what the tests import.
@@ -30,12 +32,19 @@ os.environ.setdefault("BACKPROP_BACKEND", "numpy")
 
 # The specs every test runs over, in the order they are shown. array_api_strict runs on both its devices: on
 # device1 an array made without device= fails; its default device checks what a CPU-device library without
-# NumPy's extras gives (host copies that must not be views, say). Tests marked ``every_device`` (the backend
-# contract) also run on every other device that ``backprop backends`` lists. simulated_cupy:1 plays CuPy on a GPU
-# that is not the current one (backends/simulated_cupy.py): an array made or used outside the backend's
-# activate() fails, as it would on cupy:1.
-ALL_BACKENDS = ["numpy", "array_api_strict", "array_api_strict:device1", "torch:cpu", "torch:cuda:0", "torch:mps",
-                "cupy:0", "simulated_cupy:1"]
+# NumPy's extras gives (host copies that must not be views, say). ``immutable`` (registered here, for the
+# tests only) is array_api_strict with arrays that refuse every in-place operation and item assignment: code
+# that writes into an array, which JAX would silently ignore or refuse, fails there. simulated_cupy:1 plays
+# CuPy on a GPU that is not the current one (backends/simulated_cupy.py): an array made or used outside the
+# backend's activate() fails, as it would on cupy:1. Tests marked ``every_device`` (the backend contract) also
+# run on every other device that ``backprop backends`` lists.
+immutable_backend.register()
+ALL_BACKENDS = ["numpy", "array_api_strict", "array_api_strict:device1", "immutable", "simulated_cupy:1",
+                "torch:cpu", "torch:cuda:0", "torch:mps", "cupy:0"]
+
+# The libraries whose backends update arrays in place (Backend.add_scaled, scale, at_set, at_add, scatter_add
+# write into their target and return it): the speed path. Every other backend returns new arrays.
+UPDATES_IN_PLACE = {"numpy", "torch", "cupy"}
 
 
 # Tests check results, not speed, and must pass on a shared 2-core machine beside other busy processes. There,

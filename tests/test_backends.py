@@ -16,7 +16,7 @@ import pytest
 import backends
 from backends import registry
 
-from conftest import THREAD_VARIABLES, assert_on_backend
+from conftest import THREAD_VARIABLES, UPDATES_IN_PLACE, assert_on_backend
 
 # The backend contract: every device of every backend keeps it, array_api_strict's default device included.
 pytestmark = pytest.mark.every_device
@@ -204,7 +204,8 @@ def test_scatter_add_accumulates_duplicates(backend):
     expected = np.zeros((4, 2), np.float32)
     np.add.at(expected, [0, 2, 0, 0, 3], np.arange(10, dtype=np.float32).reshape(5, 2))
     np.testing.assert_array_equal(backend.to_host(result), expected)
-    np.testing.assert_array_equal(backend.to_host(target), expected)  # in place
+    if backend.library in UPDATES_IN_PLACE:
+        assert result is target  # the fast path: no new array
     assert_on_backend(result, backend)
 
 
@@ -231,19 +232,64 @@ def test_outer_equals_the_portable_outer_product(backend, shape):
 
 
 @pytest.mark.parametrize("shape", FAST_PATH_SHAPES)
-def test_add_scaled_updates_in_place_like_the_portable_update(backend, shape):
+@pytest.mark.parametrize("beta", [1.0, 0.75])
+def test_add_scaled_equals_the_portable_update(backend, shape, beta):
+    """beta·target + alpha·source, as the portable default computes it; the libraries that can write into the
+    target (the fast path) return the target itself, and the source is left alone everywhere."""
     rng = np.random.default_rng(1)
     for dtype_name in _float_dtypes(backend):
         dtype = getattr(backend.xp, dtype_name)
         target_host = rng.standard_normal(shape).astype(dtype_name)
         source_host = rng.standard_normal(shape).astype(dtype_name)
         target, source = backend.from_host(target_host, dtype), backend.from_host(source_host, dtype)
-        portable = backends.Backend.add_scaled(backend, backend.from_host(target_host, dtype), source, -0.25)
-        result = backend.add_scaled(target, source, -0.25)
-        assert result is target
-        assert_on_backend(target, backend, dtype_name, shape)
-        np.testing.assert_allclose(backend.to_host(target), backend.to_host(portable), rtol=1e-6, atol=1e-7)
+        portable = backends.Backend.add_scaled(backend, backend.from_host(target_host, dtype), source, -0.25,
+                                               beta=beta)
+        result = backend.add_scaled(target, source, -0.25, beta=beta)
+        if backend.library in UPDATES_IN_PLACE:
+            assert result is target
+        assert_on_backend(result, backend, dtype_name, shape)
+        np.testing.assert_allclose(backend.to_host(result), backend.to_host(portable), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(backend.to_host(result), beta * target_host - 0.25 * source_host, rtol=1e-5,
+                                   atol=1e-6)
         np.testing.assert_array_equal(backend.to_host(source), source_host)  # the source is left alone
+
+
+def test_scale_and_indexed_updates_return_the_updated_array(backend):
+    xp = backend.xp
+    host = np.arange(12, dtype=np.float32).reshape(3, 4)
+    factor = xp.asarray(0.5, dtype=xp.float32, device=backend.device)
+    cases = [  # (update, expected result)
+        (lambda x: backend.scale(x, 3.0), host * 3.0),
+        (lambda x: backend.scale(x, factor), host * 0.5),
+        (lambda x: backend.at_set(x, (slice(0, 2), slice(1, 4, 2)), backend.from_host(np.full((2, 2), -1.0))),
+         np.where((np.arange(3)[:, None] < 2) & (np.arange(4) % 2 == 1), -1.0, host)),
+        (lambda x: backend.at_set(x, (2, 3), 7.0), np.where(np.arange(12).reshape(3, 4) == 11, 7.0, host)),
+        (lambda x: backend.at_add(x, (slice(None), slice(1, 3)), backend.from_host(np.ones((3, 2)))),
+         host + np.array([0, 1, 1, 0], np.float32)),
+    ]
+    for number, (update, expected) in enumerate(cases):
+        x = backend.from_host(host)
+        result = update(x)
+        assert_on_backend(result, backend, shape=(3, 4))
+        np.testing.assert_array_equal(backend.to_host(result), expected.astype(np.float32), err_msg=f"case {number}")
+        if backend.library in UPDATES_IN_PLACE:
+            assert result is x, f"case {number}: the fast path writes into its target"
+
+
+def test_numpy_updates_of_a_read_only_array_return_a_new_one():
+    """An array NumPy may not write into (one made from a read-only buffer) gets the portable new array."""
+    backend = backends.get_backend("numpy")
+    read_only = np.arange(6, dtype=np.float32)
+    read_only.flags.writeable = False
+    cases = [(backend.add_scaled(read_only, np.ones(6, np.float32), 2.0, beta=0.5), read_only * 0.5 + 2.0),
+             (backend.scale(read_only, 2.0), read_only * 2.0),
+             (backend.at_set(read_only, slice(0, 2), 9.0), [9, 9, 2, 3, 4, 5]),
+             (backend.at_add(read_only, slice(4, 6), 1.0), [0, 1, 2, 3, 5, 6]),
+             (backend.scatter_add(read_only, np.array([1, 1]), np.ones(2, np.float32)), [0, 3, 2, 3, 4, 5])]
+    for result, expected in cases:
+        assert result is not read_only and result.flags.writeable
+        np.testing.assert_array_equal(result, np.asarray(expected, np.float32))
+    np.testing.assert_array_equal(read_only, np.arange(6))
 
 
 def test_numpy_training_with_and_without_the_blas_fast_paths_gives_the_same_losses(monkeypatch):
@@ -346,8 +392,7 @@ def test_host_transfers_are_copies_both_ways(backend, kind):
     assert_on_backend(on_device, backend, original.dtype.name, original.shape)
     base += 100  # the host source changes: the device array does not
     np.testing.assert_array_equal(backend.to_host(on_device), original)
-    with backend.activate():  # array code of our own runs on the backend's device
-        on_device[0, 0] = 50  # the device array changes: the host source does not
+    on_device = backend.at_set(on_device, (0, 0), 50)  # the device array changes: the host source does not
     np.testing.assert_array_equal(host, original + 100)
 
     back = backend.to_host(on_device)
@@ -356,8 +401,7 @@ def test_host_transfers_are_copies_both_ways(backend, kind):
     expected = original.copy()
     expected[0, 0] = 50
     np.testing.assert_array_equal(backend.to_host(on_device), expected)
-    with backend.activate():
-        on_device[1, 1] = 60  # the device array changes: the earlier host copy does not
+    on_device = backend.at_set(on_device, (1, 1), 60)  # the device array changes: the earlier host copy does not
     np.testing.assert_array_equal(back, expected + 7)
 
 

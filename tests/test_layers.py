@@ -130,6 +130,24 @@ def test_parameters_and_gradients_are_named(backend):
     assert model.named_gradients() == {}
 
 
+def test_replace_arrays_stores_new_parameters_and_buffers(backend):
+    """The parameter store's one write for whole arrays (loading, restoring weights): keyed as in model files,
+    the arrays themselves stored, every other array kept; a wrong shape or dtype changes nothing of that array."""
+    model = bp.Sequential([bp.Dense(3, 4, rng=0, backend=backend), bp.layers.BatchNorm1D(4, backend=backend)])
+    before = {name: backend.to_host(array) for name, array in model.named_parameters().items()}
+    weight = backend.from_host(np.full((3, 4), 2.0, np.float32))
+    mean = backend.from_host(np.full((4,), 0.5, np.float32))
+    model.replace_arrays({"param/0.weight": weight, "buffer/1.running_mean": mean})
+    assert model.named_parameters()["0.weight"] is weight and model.layers[0].params["weight"] is weight
+    assert model.named_buffers()["1.running_mean"] is mean
+    for name in ("0.bias", "1.weight", "1.bias"):
+        np.testing.assert_array_equal(backend.to_host(model.named_parameters()[name]), before[name])
+    with pytest.raises(bp.ShapeError, match=r"param '0.bias' is float32 of shape \(4,\); got float32 of shape "
+                                            r"\(3,\)"):
+        model.replace_arrays({"param/0.bias": backend.from_host(np.zeros(3, np.float32))})
+    np.testing.assert_array_equal(backend.to_host(model.named_parameters()["0.bias"]), before["0.bias"])
+
+
 def test_float64_models_work(backend):
     if not backend.supports_float64:
         pytest.skip(f"{backend.name} has no float64")

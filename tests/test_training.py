@@ -11,6 +11,7 @@ import pytest
 import backprop as bp
 from backends import get_backend
 from backprop.data import load_digits
+from backprop.layers import BatchNorm1D
 from backprop.training import Callback, Checkpoint, EarlyStopping, GradientMonitor, Trainer, evaluate, fit
 from backprop.training.interrupts import ctrl_c_held
 
@@ -222,6 +223,77 @@ def test_early_stopping_restores_the_best_weights(digits):
         np.testing.assert_array_equal(weight, recorder.weights[best][name], err_msg=name)
     last = recorder.weights[len(history)]
     assert any(not np.array_equal(last[name], recorder.weights[best][name]) for name in last)  # a real restore
+
+
+def test_set_weights_gives_the_model_copies_of_the_saved_weights(backend, digits):
+    """What early stopping and the roll-back of an interrupted epoch rely on, on every backend (arrays may be
+    immutable: the model gets new arrays), with a buffer (running statistics) as well as parameters."""
+    model = bp.Sequential([bp.Dense(64, 16, rng=0, backend=backend), BatchNorm1D(16, backend=backend),
+                           bp.ReLU(backend=backend), bp.Dense(16, 10, rng=1, backend=backend)])
+    trainer = Trainer(model, optimizer="sgd", lr=0.5, batch_size=50, progress=False, log=None)
+    x, y = backend.from_host(digits.x_train[:100]), backend.from_host(digits.y_train[:100])
+    saved = trainer.copy_weights()
+    assert set(saved) == {"param/0.weight", "param/0.bias", "param/1.weight", "param/1.bias", "param/3.weight",
+                          "param/3.bias", "buffer/1.running_mean", "buffer/1.running_var"}
+    host_saved = {key: backend.to_host(array) for key, array in saved.items()}
+    trainer.train_epoch(x, y)
+    for key, array in trainer.copy_weights().items():  # training changed every weight and buffer
+        assert not np.array_equal(backend.to_host(array), host_saved[key]), key
+    trainer.set_weights(saved)
+    for key, array in trainer.copy_weights().items():
+        assert_on_backend(array, backend, shape=host_saved[key].shape)
+        np.testing.assert_array_equal(backend.to_host(array), host_saved[key], err_msg=key)
+    trainer.train_epoch(x, y)  # the steps after a restore change the model's copies, never the saved weights
+    for key, array in saved.items():
+        np.testing.assert_array_equal(backend.to_host(array), host_saved[key], err_msg=key)
+
+
+class _ForgetsToStore(bp.optim.SGD):
+    """An optimizer with the bug immutable arrays exposed: it computes its update and then drops it (JAX's
+    ``w -= lr * g`` inside a function rebinds a local name and leaves the model's array as it was)."""
+
+    def _update(self, params, grads, states, steps):
+        _ = [param - self.lr * grad for param, grad in zip(params, grads)]  # computed, never stored
+        return params, states
+
+
+def test_a_step_that_changes_no_weight_stops_training(backend, digits):
+    model = bp.mlp([64, 8, 10], seed=0, backend=backend)
+    before = {name: backend.to_host(array) for name, array in model.named_parameters().items()}
+    trainer = Trainer(model, optimizer=_ForgetsToStore(model, lr=0.1), epochs=3, batch_size=50, progress=False,
+                      log=None)
+    with pytest.raises(bp.TrainingError, match=r"^the optimizer's first step of epoch 1 left every weight exactly "
+                                               r"as it was although the gradients are non-zero \(lr=0.1\)"):
+        trainer.fit(digits.x_train[:100], digits.y_train[:100])
+    assert trainer.epoch == 0 and not trainer.history
+    for name, array in model.named_parameters().items():
+        np.testing.assert_array_equal(backend.to_host(array), before[name])
+
+
+def test_steps_that_may_leave_the_weights_alone_do_not_stop_training(backend, digits):
+    """lr = 0 (a schedule's end), or gradients that are all zero: the weights stay, and that is right."""
+    x, y = digits.x_train[:40], digits.y_train[:40]
+    model = bp.mlp([64, 8, 10], seed=0, backend=backend)
+    trainer = Trainer(model, optimizer=_ForgetsToStore(model, lr=0.1), epochs=1, batch_size=20, progress=False,
+                      log=None)
+    trainer.optimizer.lr = 0.0
+    trainer.schedule = lambda epoch, base_lr: 0.0
+    assert len(trainer.fit(x, y)) == 1
+    no_bias = bp.Sequential([bp.Dense(64, 10, bias=False, rng=0, backend=backend)])
+    trainer = Trainer(no_bias, optimizer=_ForgetsToStore(no_bias, lr=0.1), epochs=1, batch_size=20,
+                      progress=False, log=None)
+    assert len(trainer.fit(np.zeros_like(x), y)) == 1  # zero inputs: every weight gradient is 0
+
+
+def test_the_weight_check_runs_at_the_first_step_of_each_epoch_only(monkeypatch, digits):
+    checks = []
+    original = Trainer._check_the_step_changed_weights
+    monkeypatch.setattr(Trainer, "_check_the_step_changed_weights",
+                        lambda self, before: checks.append(self.epoch) or original(self, before))
+    model = bp.mlp([64, 8, 10], seed=0, backend="numpy")
+    history = fit(model, digits.x_train[:100], digits.y_train[:100], epochs=3, batch_size=10, progress=False,
+                  log=None)
+    assert [record["steps"] for record in history] == [10, 10, 10] and checks == [0, 1, 2]
 
 
 class _InputRecorder(bp.Layer):

@@ -144,15 +144,18 @@ class Communicator:
     # -- model arrays -----------------------------------------------------------
     @on_model_device
     def broadcast_parameters(self, model) -> None:
-        """Overwrite every parameter and buffer of ``model`` with rank 0's values, in place (once, at the
-        start of training: ranks that built the model differently, or from another seed, start equal)."""
+        """Give every parameter and buffer of ``model`` rank 0's values (once, at the start of training: ranks
+        that built the model differently, or from another seed, start equal)."""
         backend = model.backend
-        arrays = [*model.named_parameters().values(), *model.named_buffers().values()]
-        for array in arrays:
+        arrays = {f"param/{k}": v for k, v in model.named_parameters().items()}
+        arrays.update({f"buffer/{k}": v for k, v in model.named_buffers().items()})
+        received = {}
+        for key, array in arrays.items():
             host = backend.to_host(array)  # rank 0: the values; elsewhere: a receive buffer of the right kind
             self.comm.Bcast(host, root=0)
             if not self.is_root:
-                array[...] = backend.from_host(host, dtype=array.dtype)
+                received[key] = backend.from_host(host, dtype=array.dtype)
+        model.replace_arrays(received)
 
     @on_model_device
     def allreduce_gradients(self, model, count: int, total: int) -> None:

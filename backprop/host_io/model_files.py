@@ -159,8 +159,10 @@ def model_arrays(model, prefix: str = "") -> dict[str, np.ndarray]:
 
 @on_device
 def assign_model_arrays(model, arrays: dict[str, np.ndarray], source, prefix: str = "") -> None:
-    """Copy saved arrays into the model's parameters and buffers, checking names and shapes."""
+    """Give the model's parameters and buffers the saved arrays (copied to its device), checking names and
+    shapes first: on an error the model keeps all its arrays."""
     backend = model.backend
+    device_arrays = {}
     for kind, current in (("param", model.named_parameters()), ("buffer", model.named_buffers())):
         for name, array in current.items():
             key = f"{prefix}{kind}/{name}"
@@ -170,7 +172,8 @@ def assign_model_arrays(model, arrays: dict[str, np.ndarray], source, prefix: st
             if tuple(saved.shape) != tuple(array.shape):
                 raise ModelFileError(f"{source}: array {key!r} has shape {tuple(saved.shape)}, the architecture "
                                      f"expects {tuple(array.shape)}")
-            array[...] = backend.from_host(saved, dtype=array.dtype)
+            device_arrays[f"{kind}/{name}"] = backend.from_host(saved, dtype=array.dtype)
+    model.replace_arrays(device_arrays)
 
 
 def save_model(path, model, metadata: dict | None = None) -> None:

@@ -70,8 +70,32 @@ class Layer:
         return dict(self.buffers)
 
     def parameter_slots(self) -> list[tuple[Layer, str]]:
-        """(layer, name) pairs for every parameter, for optimizers that update in place."""
+        """(layer, name) pairs for every parameter, in the order of ``named_parameters``: where an optimizer
+        stores a parameter's new array (``layer.params[name] = new``)."""
         return [(self, name) for name in self.params]
+
+    def buffer_slots(self) -> list[tuple[Layer, str]]:
+        """(layer, name) pairs for every buffer, in the order of ``named_buffers``."""
+        return [(self, name) for name in self.buffers]
+
+    def replace_arrays(self, arrays: dict[str, object]) -> None:
+        """Store new arrays as parameters and buffers, keyed ``"param/<name>"`` and ``"buffer/<name>"`` (the keys
+        of model files; ``<name>`` as in ``named_parameters``); names not given keep their arrays.
+
+        The arrays are stored, not copied into the current ones (arrays may be immutable: JAX), so the caller
+        must not change them afterwards; each must have the shape and dtype of the array it replaces.
+        """
+        for kind, names, slots in (("param", self.named_parameters(), self.parameter_slots()),
+                                   ("buffer", self.named_buffers(), self.buffer_slots())):
+            for (name, current), (layer, key) in zip(names.items(), slots):
+                new = arrays.get(f"{kind}/{name}")
+                if new is None:
+                    continue
+                if tuple(new.shape) != tuple(current.shape) or new.dtype != current.dtype:
+                    raise ShapeError(f"{self!r}: {kind} {name!r} is {dtype_name(current.dtype)} of shape "
+                                     f"{tuple(current.shape)}; got {dtype_name(new.dtype)} of shape "
+                                     f"{tuple(new.shape)}")
+                (layer.params if kind == "param" else layer.buffers)[key] = new
 
     def num_parameters(self) -> int:
         total = 0

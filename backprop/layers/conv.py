@@ -94,7 +94,7 @@ class Conv2D(Layer):
             return y
         xp = self.xp
         n = x.shape[0]
-        padded = pad(xp, x, self.padding, device=self.backend.device)
+        padded = pad(self.backend, x, self.padding)
         columns = im2col(xp, padded, self.kernel_size, self.stride, self.dilation, out_hw)  # (N, C, kh·kw, OH, OW)
         rows = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
         columns = xp.reshape(columns, (n, rows, out_hw[0] * out_hw[1]))
@@ -132,8 +132,8 @@ class Conv2D(Layer):
             return None
         grad_columns = xp.reshape(xp.matrix_transpose(weight) @ grad,
                                   (n, self.in_channels, rows // self.in_channels, *out_hw))
-        grad_padded = col2im(xp, grad_columns, padded_shape, self.kernel_size, self.stride, self.dilation, out_hw,
-                             device=self.backend.device)
+        grad_padded = col2im(self.backend, grad_columns, padded_shape, self.kernel_size, self.stride, self.dilation,
+                             out_hw)
         return unpad(grad_padded, self.padding)
 
     def _clear_cache(self) -> None:

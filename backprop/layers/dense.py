@@ -55,7 +55,7 @@ class Dense(Layer):
         self._x = x
         y = x @ self.params["weight"]
         if self.use_bias:
-            y += self.params["bias"]  # in place: y is a fresh array of our own
+            y = self.backend.add_scaled(y, self.params["bias"])  # in place where allowed: y is our own
         return y
 
     can_skip_input_grad = True

@@ -297,7 +297,8 @@ class FixedPointRecurrent(Layer):
 
     @on_device
     def project_recurrent_norm(self, max_norm: float | None = None) -> None:
-        """Rescale W in place so that ||W||₂ ≤ ``max_norm`` (default ``max_recurrent_norm``), on the device.
+        """Rescale W so that ||W||₂ ≤ ``max_norm`` (default ``max_recurrent_norm``), on the device (in place
+        where the backend allows).
 
         ||W||₂ is estimated by power iteration on WᵀW from the previous call's vector (30 steps the first time,
         then 5: W changes little between optimizer steps). The estimate approaches ||W||₂ from below.
@@ -317,7 +318,7 @@ class FixedPointRecurrent(Layer):
             v = v / (xp.sqrt(xp.sum(v * v)) + tiny)
         self._power_vector = v
         sigma = xp.sqrt(xp.sum((w @ v) ** 2))
-        w[...] = w * xp.where(sigma > max_norm, max_norm / (sigma + tiny), 1.0)
+        self.params["weight_hh"] = self.backend.scale(w, xp.where(sigma > max_norm, max_norm / (sigma + tiny), 1.0))
 
     # -- forward and backward ------------------------------------------------------
     def forward(self, x, *, training: bool = False):

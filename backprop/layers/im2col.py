@@ -49,15 +49,14 @@ def output_shape(layer, x, kernel, stride, padding, dilation) -> tuple[int, int]
     return out
 
 
-def pad(xp, x, padding, *, value: float = 0.0, device=None):
-    """``x`` (N, C, H, W) surrounded by ``padding`` = (ph, pw) rows/columns of ``value``: written into a new array."""
+def pad(backend, x, padding, *, value: float = 0.0):
+    """``x`` (N, C, H, W) surrounded by ``padding`` = (ph, pw) rows/columns of ``value``: a new array."""
     ph, pw = padding
     if ph == 0 and pw == 0:
         return x
     n, c, h, w = x.shape
-    out = xp.full((n, c, h + 2 * ph, w + 2 * pw), value, dtype=x.dtype, device=device)
-    out[:, :, ph:ph + h, pw:pw + w] = x
-    return out
+    out = backend.xp.full((n, c, h + 2 * ph, w + 2 * pw), value, dtype=x.dtype, device=backend.device)
+    return backend.at_set(out, (slice(None), slice(None), slice(ph, ph + h), slice(pw, pw + w)), x)
 
 
 def unpad(x, padding):
@@ -81,10 +80,10 @@ def im2col(xp, x_padded, kernel, stride, dilation, out_shape):
     return xp.stack([x_padded[:, :, rows, cols] for rows, cols in slices], axis=2)
 
 
-def col2im(xp, columns, padded_shape, kernel, stride, dilation, out_shape, *, device=None):
+def col2im(backend, columns, padded_shape, kernel, stride, dilation, out_shape):
     """The adjoint of ``im2col``: add each offset's slice of ``columns`` (N, C, kh·kw, OH, OW) back into a
     zero array of ``padded_shape``; windows that overlap accumulate."""
-    grad = xp.zeros(tuple(padded_shape), dtype=columns.dtype, device=device)
+    grad = backend.xp.zeros(tuple(padded_shape), dtype=columns.dtype, device=backend.device)
     for k, (rows, cols) in enumerate(offset_slices(kernel, stride, dilation, out_shape)):
-        grad[:, :, rows, cols] = grad[:, :, rows, cols] + columns[:, :, k, :, :]
+        grad = backend.at_add(grad, (slice(None), slice(None), rows, cols), columns[:, :, k, :, :])
     return grad

@@ -147,10 +147,9 @@ class _BatchNorm(Layer):
         return x_hat * xp.reshape(self.params["weight"], shape) + xp.reshape(self.params["bias"], shape)
 
     def _update_running_stats(self, batch_mean, unbiased_var) -> None:
-        m = self.momentum
-        running_mean, running_var = self.buffers["running_mean"], self.buffers["running_var"]
-        running_mean[...] = running_mean * (1.0 - m) + batch_mean * m  # in place: the buffer arrays stay the same
-        running_var[...] = running_var * (1.0 - m) + unbiased_var * m
+        m, update = self.momentum, self.backend.add_scaled  # in place where the backend allows
+        self.buffers["running_mean"] = update(self.buffers["running_mean"], batch_mean, m, beta=1.0 - m)
+        self.buffers["running_var"] = update(self.buffers["running_var"], unbiased_var, m, beta=1.0 - m)
 
     def backward(self, grad_output):
         if self._cache is None:

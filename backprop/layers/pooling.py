@@ -44,7 +44,7 @@ class _Pool2D(Layer):
         which takes kh + kw − 2 elementwise steps instead of kh·kw − 1."""
         self.check_input(x, ndim=4, expected="(batch, channels, H, W)")
         oh, ow = output_shape(self, x, self.kernel_size, self.stride, self.padding, _NO_DILATION)
-        padded = pad(self.xp, x, self.padding, value=fill, device=self.backend.device)
+        padded = pad(self.backend, x, self.padding, value=fill)
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         rows = [slice(i, i + sh * (oh - 1) + 1, sh) for i in range(kh)]
         cols = [slice(j, j + sw * (ow - 1) + 1, sw) for j in range(kw)]
@@ -69,9 +69,10 @@ def _columns(index):
     return slice(None), slice(None), slice(None), index
 
 
-def _accumulate(target, index, value, disjoint: bool) -> None:
-    """target[index] += value, or = value when the slices of different kernel offsets never overlap."""
-    target[index] = value if disjoint else target[index] + value
+def _accumulate(backend, target, index, value, disjoint: bool):
+    """``target`` with ``target[index] += value``, or ``= value`` when the slices of different kernel offsets
+    never overlap (in place where the backend allows: use the returned array)."""
+    return backend.at_set(target, index, value) if disjoint else backend.at_add(target, index, value)
 
 
 class MaxPool2D(_Pool2D):
@@ -122,7 +123,7 @@ class MaxPool2D(_Pool2D):
             # a 0/1 mask times the gradient rather than where(): NumPy's where branches on every element and
             # is ~20x slower on the random masks max pooling makes (the one difference: a NaN or infinite
             # gradient also turns the window's other pixels to NaN, where training has failed anyway)
-            _accumulate(grad, index, xp.astype(hit, grad_maxima.dtype) * grad_maxima, disjoint)
+            grad = _accumulate(self.backend, grad, index, xp.astype(hit, grad_maxima.dtype) * grad_maxima, disjoint)
             if number < len(slices) - 1:
                 missed = xp.logical_not(hit)
                 unclaimed = missed if unclaimed is None else xp.logical_and(unclaimed, missed)
@@ -155,8 +156,8 @@ class AvgPool2D(_Pool2D):
         share = grad_output * (1.0 / (kh * kw))
         grad_row_sum = xp.zeros_like(row_sum)
         for index in cols:
-            _accumulate(grad_row_sum, _columns(index), share, sw >= kw)
+            grad_row_sum = _accumulate(self.backend, grad_row_sum, _columns(index), share, sw >= kw)
         grad = xp.zeros_like(padded)
         for index in rows:
-            _accumulate(grad, _rows(index), grad_row_sum, sh >= kh)
+            grad = _accumulate(self.backend, grad, _rows(index), grad_row_sum, sh >= kh)
         return unpad(grad, self.padding)

@@ -170,7 +170,7 @@ class Recurrent(Layer):
             # (A 3-D matmul runs one small product per batch row: 1.5x slower on NumPy.)
             projected = xp.reshape(xp.reshape(x, (-1, self.input_size)) @ params["weight_ih"],
                                    (x.shape[0], steps, -1))
-            projected += params["bias"]  # in place: a fresh array of our own
+            projected = self.backend.add_scaled(projected, params["bias"])  # in place where allowed: our own
             hs: list = [None] * steps
             caches, state = [], None  # state None: the zero initial state
             for t in order:
@@ -365,44 +365,38 @@ class LSTM(Recurrent):
         return blocks(0.5, 1.0), blocks(0.5, 1.0), blocks(0.5, 0.0), blocks(0.25, 1.0)
 
     def _cell_forward(self, a_x, state, params, constants):
-        xp, hidden = self.xp, self.hidden_size
+        xp, hidden, add, scale_by = self.xp, self.hidden_size, self.backend.add_scaled, self.backend.scale
         scale, mult, shift, _ = constants
-        # In-place updates below act only on arrays created in this step, never on the caller's or cached ones.
+        # The backend's updates below (in place where it allows) act only on arrays created in this step, never
+        # on the caller's or cached ones.
         if state is None:
             h_prev = c_prev = None
             a = a_x * scale
         else:
             h_prev, c_prev = state
-            a = h_prev @ params["weight_hh"]
-            a += a_x
-            a *= scale
+            a = scale_by(add(h_prev @ params["weight_hh"], a_x), scale)
         t = xp.tanh(a)
-        gates = t * mult
-        gates += shift
+        gates = add(t * mult, shift)
         i, f, g, o = (gates[:, k * hidden:(k + 1) * hidden] for k in range(4))
         c = i * g
         if c_prev is not None:
-            c += f * c_prev
+            c = add(c, f * c_prev)
         tanh_c = xp.tanh(c)
         h = o * tanh_c
         return h, (h, c), (h_prev, c_prev, t, gates, tanh_c)
 
     def _cell_backward(self, dh, dc, cache, params, constants, pass_back):
-        xp, hidden = self.xp, self.hidden_size
+        xp, hidden, add, scale_by = self.xp, self.hidden_size, self.backend.add_scaled, self.backend.scale
         _, c_prev, t, gates, tanh_c = cache
         i, f, g, o = (gates[:, k * hidden:(k + 1) * hidden] for k in range(4))
-        dc_t = tanh_c * tanh_c
-        dc_t -= 1.0
-        dc_t *= -o
-        dc_t *= dh  # dh ⊙ o ⊙ (1 − tanh² c)
+        dc_t = add(tanh_c * tanh_c, 1.0, -1.0)  # tanh² c − 1: a new array, then updated where it is
+        dc_t = scale_by(scale_by(dc_t, -o), dh)  # dh ⊙ o ⊙ (1 − tanh² c)
         if dc is not None:
-            dc_t += dc
+            dc_t = add(dc_t, dc)
         df = dc_t * c_prev if c_prev is not None else xp.zeros_like(dh)
         da = xp.concat([dc_t * g, df, dc_t * i, dh * tanh_c], axis=1)
-        derivative = t * t
-        derivative -= 1.0
-        derivative *= -constants[3]  # mult ⊙ scale ⊙ (1 − t²)
-        da *= derivative
+        derivative = scale_by(add(t * t, 1.0, -1.0), -constants[3])  # mult ⊙ scale ⊙ (1 − t²)
+        da = scale_by(da, derivative)
         if not pass_back:
             return da, da, None, None
         return da, da, da @ xp.matrix_transpose(params["weight_hh"]), dc_t * f

@@ -85,6 +85,9 @@ class Sequential(Layer):
     def parameter_slots(self):
         return [slot for layer in self.layers for slot in layer.parameter_slots()]
 
+    def buffer_slots(self):
+        return [slot for layer in self.layers for slot in layer.buffer_slots()]
+
     def _map_arrays(self, convert, *, backend=None, dtype=None):
         clone = super()._map_arrays(convert, backend=backend, dtype=dtype)
         clone.layers = [layer._map_arrays(convert, backend=backend, dtype=dtype) for layer in self.layers]

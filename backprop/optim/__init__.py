@@ -1,9 +1,10 @@
 """Optimizers, learning-rate schedules and gradient clipping.
 
-Each optimizer is a functional core that updates lists of arrays in place
-(``sgd``, ``adam``, ``adamw``, ``rmsprop``, ``adagrad``) and a class that gathers
-parameters, gradients and state from a model (``SGD``, ``Adam``, ...), as in
-``torch.optim``.
+Each optimizer is a functional core that returns the updated parameters and
+state for lists of arrays (``sgd``, ``adam``, ``adamw``, ``rmsprop``,
+``adagrad``; arrays may be immutable) and a class that gathers parameters,
+gradients and state from a model and stores what the core returns (``SGD``,
+``Adam``, ...), as in ``torch.optim``.
 """
 
 from __future__ import annotations

@@ -7,22 +7,26 @@
 
 from __future__ import annotations
 
-import array_api_compat
+from backends.base import add_scaled as _add_scaled  # portable, for cores without a backend
 
 from .base import Optimizer, check_number, namespace
 
 
-def adagrad(params: list, grads: list, state_sums: list, *, lr: float, eps: float,
-            weight_decay: float = 0.0) -> None:
-    """The update itself, in place."""
+def adagrad(params: list, grads: list, state_sums: list, *, lr: float, eps: float, weight_decay: float = 0.0,
+            backend=None) -> tuple[list, list]:
+    """The update. Returns the updated ``(params, state_sums)``, which the caller must keep (see ``sgd``)."""
     if not params:
-        return
-    xp = namespace(params)
+        return [], []
+    xp = namespace(params) if backend is None else backend.xp
+    update = _add_scaled if backend is None else backend.add_scaled
+    new_params, new_sums = [], []
     for param, grad, state_sum in zip(params, grads, state_sums):
         if weight_decay != 0:
             grad = grad + weight_decay * param
-        state_sum += grad * grad
-        param -= lr * (grad / (xp.sqrt(state_sum) + eps))
+        state_sum = update(state_sum, grad * grad, 1.0)
+        new_sums.append(state_sum)
+        new_params.append(update(param, grad / (xp.sqrt(state_sum) + eps), -lr))
+    return new_params, new_sums
 
 
 class AdaGrad(Optimizer):
@@ -49,12 +53,13 @@ class AdaGrad(Optimizer):
         return ("sum",)
 
     def _init_buffer(self, buffer: str, param):
-        xp = array_api_compat.array_namespace(param)
-        return xp.full(param.shape, self.initial_accumulator_value, dtype=param.dtype,
-                       device=array_api_compat.device(param))
+        return self.backend.xp.full(param.shape, self.initial_accumulator_value, dtype=param.dtype,
+                                    device=self.backend.device)
 
-    def _update(self, params, grads, states, steps) -> None:
-        adagrad(params, grads, [s["sum"] for s in states], lr=self.lr, eps=self.eps, weight_decay=self.weight_decay)
+    def _update(self, params, grads, states, steps):
+        params, sums = adagrad(params, grads, [s["sum"] for s in states], lr=self.lr, eps=self.eps,
+                               weight_decay=self.weight_decay, backend=self.backend)
+        return params, [{"sum": s} for s in sums]
 
 
 Adagrad = AdaGrad  # PyTorch's spelling

@@ -13,38 +13,46 @@ from __future__ import annotations
 
 import math
 
+from backends.base import add_scaled as _add_scaled  # portable, for cores without a backend
+from backends.base import scale as _scale
+
 from ..errors import ConfigError
 from .base import Optimizer, check_number, namespace
 
 
 def adam(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, steps: list[int], *, lr: float,
          beta1: float, beta2: float, eps: float, weight_decay: float = 0.0,
-         decoupled_weight_decay: bool = False) -> None:
-    """The update itself, in place; ``steps[i]`` is parameter i's step number including this one."""
+         decoupled_weight_decay: bool = False, backend=None) -> tuple[list, list, list]:
+    """The update; ``steps[i]`` is parameter i's step number including this one. Returns the updated
+    ``(params, exp_avgs, exp_avg_sqs)``, which the caller must keep (see ``sgd``)."""
     if not params:
-        return
-    xp = namespace(params)
+        return [], [], []
+    xp = namespace(params) if backend is None else backend.xp
+    update = _add_scaled if backend is None else backend.add_scaled
+    scale = _scale if backend is None else backend.scale
+    new_params, new_avgs, new_avg_sqs = [], [], []
     for param, grad, exp_avg, exp_avg_sq, step in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
         if weight_decay != 0:
             if decoupled_weight_decay:
-                param *= 1 - lr * weight_decay
+                param = scale(param, 1 - lr * weight_decay)
             else:
                 grad = grad + weight_decay * param
-        exp_avg *= beta1
-        exp_avg += (1 - beta1) * grad
-        exp_avg_sq *= beta2
-        exp_avg_sq += (1 - beta2) * (grad * grad)
+        exp_avg = update(exp_avg, grad, 1 - beta1, beta=beta1)
+        exp_avg_sq = update(exp_avg_sq, grad * grad, 1 - beta2, beta=beta2)
         bias_correction1 = 1 - beta1 ** step
         bias_correction2_sqrt = math.sqrt(1 - beta2 ** step)
         denom = xp.sqrt(exp_avg_sq) / bias_correction2_sqrt + eps
-        param -= (lr / bias_correction1) * (exp_avg / denom)
+        new_params.append(update(param, exp_avg / denom, -(lr / bias_correction1)))
+        new_avgs.append(exp_avg)
+        new_avg_sqs.append(exp_avg_sq)
+    return new_params, new_avgs, new_avg_sqs
 
 
 def adamw(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, steps: list[int], *, lr: float,
-          beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
+          beta1: float, beta2: float, eps: float, weight_decay: float, backend=None) -> tuple[list, list, list]:
     """Adam with decoupled weight decay: ``w ← w (1 − η λ)`` before the Adam step."""
-    adam(params, grads, exp_avgs, exp_avg_sqs, steps, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-         weight_decay=weight_decay, decoupled_weight_decay=True)
+    return adam(params, grads, exp_avgs, exp_avg_sqs, steps, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                weight_decay=weight_decay, decoupled_weight_decay=True, backend=backend)
 
 
 class Adam(Optimizer):
@@ -71,10 +79,12 @@ class Adam(Optimizer):
     def buffer_names(self) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")
 
-    def _update(self, params, grads, states, steps) -> None:
-        adam(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], steps,
-             lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], eps=self.eps, weight_decay=self.weight_decay,
-             decoupled_weight_decay=self.decoupled_weight_decay)
+    def _update(self, params, grads, states, steps):
+        params, exp_avgs, exp_avg_sqs = adam(
+            params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], steps, lr=self.lr,
+            beta1=self.betas[0], beta2=self.betas[1], eps=self.eps, weight_decay=self.weight_decay,
+            decoupled_weight_decay=self.decoupled_weight_decay, backend=self.backend)
+        return params, [{"exp_avg": m, "exp_avg_sq": v} for m, v in zip(exp_avgs, exp_avg_sqs)]
 
 
 class AdamW(Adam):

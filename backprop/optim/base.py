@@ -1,10 +1,14 @@
 """The ``Optimizer`` base class: gathers parameters, gradients and state for a functional update.
 
 Following ``torch.optim``, each optimizer is a functional core (``sgd(...)``,
-``adam(...)``: the math once, in place, on lists of arrays) and a thin class
-that finds the parameters that have a gradient, creates their state buffers on
-first use and calls the core. All arrays stay on the model's device: a step
-makes no host round trips (hyperparameters and step counts are Python numbers).
+``adam(...)``: the math once, on lists of arrays) and a thin class that finds
+the parameters that have a gradient, creates their state buffers on first use,
+calls the core and stores what it returns. The cores return the updated
+parameters and state instead of changing them: arrays may be immutable (JAX),
+and where they are not, the backend's update methods (``add_scaled``) still
+write in place for speed and return the same arrays. All arrays stay on the
+model's device: a step makes no host round trips (hyperparameters and step
+counts are Python numbers).
 
 State is kept per parameter under its full name (``"0.weight"``), and
 ``state_dict()`` returns it as arrays keyed ``"0.weight.exp_avg"`` plus a
@@ -63,7 +67,8 @@ class Optimizer:
 
     Subclasses set ``name`` and ``hyperparameter_names`` (besides ``lr``), check
     them in ``_validate(dict) -> dict``, name the state buffers each parameter
-    needs in ``buffer_names()``, and implement ``_update`` with their functional core.
+    needs in ``buffer_names()``, and implement ``_update`` with their functional core: it returns the new
+    parameters and state, which ``step`` stores (``_store``).
     """
 
     #: The name ``make_optimizer`` knows this optimizer by.
@@ -138,8 +143,7 @@ class Optimizer:
 
     def _init_buffer(self, buffer: str, param):
         """A new state array for ``param``; zeros unless a subclass says otherwise."""
-        xp = array_api_compat.array_namespace(param)
-        return xp.zeros_like(param)
+        return self.backend.xp.zeros(param.shape, dtype=param.dtype, device=self.backend.device)
 
     def _buffers(self, name: str, param) -> dict[str, object]:
         state = self.state.get(name)
@@ -150,9 +154,9 @@ class Optimizer:
     # -- the update -----------------------------------------------------------
     @on_device
     def step(self) -> None:
-        """Update, in place, every parameter that has a gradient; the others are skipped."""
+        """Update every parameter that has a gradient; the others are skipped."""
         self.step_count += 1
-        names, params, grads, states, steps = [], [], [], [], []
+        names, slots, params, grads, states, steps = [], [], [], [], [], []
         for name, (layer, key) in zip(self.names, self.slots):
             grad = layer.grads.get(key)
             if grad is None:
@@ -160,15 +164,29 @@ class Optimizer:
             param = layer.params[key]
             self.param_steps[name] = self.param_steps.get(name, 0) + 1
             names.append(name)
+            slots.append((layer, key))
             params.append(param)
             grads.append(grad)
             states.append(self._buffers(name, param))
             steps.append(self.param_steps[name])
         if params:
-            self._update(params, grads, states, steps)
+            new_params, new_states = self._update(params, grads, states, steps)
+            self._store(names, slots, new_params, new_states)
 
-    def _update(self, params: list, grads: list, states: list[dict], steps: list[int]) -> None:
+    def _update(self, params: list, grads: list, states: list[dict], steps: list[int]) -> tuple[list, list[dict]]:
+        """The updated ``(params, states)``, as new lists in the same order (``states[i]``: buffer name -> array)."""
         raise NotImplementedError
+
+    def _store(self, names: list[str], slots: list, params: list, states: list[dict]) -> None:
+        """The one place where a step's results enter the parameter store (each layer's ``params``) and the
+        optimizer's state. Always assigned, even when the arrays are the ones a step updated in place: with
+        immutable arrays (JAX) the returned arrays are the only updated ones."""
+        if len(params) != len(slots) or len(states) != len(slots):  # a subclass that lost some on the way
+            raise RuntimeError(f"{type(self).__name__}._update returned {len(params)} parameters and "
+                               f"{len(states)} states for {len(slots)} parameters")
+        for name, (layer, key), param, state in zip(names, slots, params, states):
+            layer.params[key] = param
+            self.state[name] = state
 
     def zero_grad(self) -> None:
         """Forget every gradient (a backward pass replaces them anyway)."""

@@ -8,28 +8,34 @@
 
 from __future__ import annotations
 
+from backends.base import add_scaled as _add_scaled  # portable, for cores without a backend
+
 from .base import Optimizer, check_number, namespace
 
 
 def rmsprop(params: list, grads: list, square_avgs: list, momentum_buffers: list | None = None, *, lr: float,
-            alpha: float, eps: float, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
-    """The update itself, in place; ``momentum_buffers`` are needed when ``momentum`` is not 0."""
+            alpha: float, eps: float, momentum: float = 0.0, weight_decay: float = 0.0,
+            backend=None) -> tuple[list, list, list | None]:
+    """The update; ``momentum_buffers`` are needed when ``momentum`` is not 0. Returns the updated
+    ``(params, square_avgs, momentum_buffers)``, which the caller must keep (see ``sgd``)."""
     if not params:
-        return
-    xp = namespace(params)
+        return [], [], [] if momentum > 0 else None
+    xp = namespace(params) if backend is None else backend.xp
+    update = _add_scaled if backend is None else backend.add_scaled
+    new_params, new_avgs, new_buffers = [], [], [] if momentum > 0 else None
     for i, (param, grad, square_avg) in enumerate(zip(params, grads, square_avgs)):
         if weight_decay != 0:
             grad = grad + weight_decay * param
-        square_avg *= alpha
-        square_avg += (1 - alpha) * (grad * grad)
+        square_avg = update(square_avg, grad * grad, 1 - alpha, beta=alpha)
+        new_avgs.append(square_avg)
         avg = xp.sqrt(square_avg) + eps
         if momentum > 0:
-            buf = momentum_buffers[i]
-            buf *= momentum
-            buf += grad / avg
-            param -= lr * buf
+            buf = update(momentum_buffers[i], grad / avg, 1.0, beta=momentum)
+            new_buffers.append(buf)
+            new_params.append(update(param, buf, -lr))
         else:
-            param -= lr * (grad / avg)
+            new_params.append(update(param, grad / avg, -lr))
+    return new_params, new_avgs, new_buffers
 
 
 class RMSprop(Optimizer):
@@ -54,7 +60,11 @@ class RMSprop(Optimizer):
     def buffer_names(self) -> tuple[str, ...]:
         return ("square_avg", "momentum_buffer") if self.momentum > 0 else ("square_avg",)
 
-    def _update(self, params, grads, states, steps) -> None:
+    def _update(self, params, grads, states, steps):
         buffers = [s["momentum_buffer"] for s in states] if self.momentum > 0 else None
-        rmsprop(params, grads, [s["square_avg"] for s in states], buffers, lr=self.lr, alpha=self.alpha,
-                eps=self.eps, momentum=self.momentum, weight_decay=self.weight_decay)
+        params, square_avgs, buffers = rmsprop(
+            params, grads, [s["square_avg"] for s in states], buffers, lr=self.lr, alpha=self.alpha, eps=self.eps,
+            momentum=self.momentum, weight_decay=self.weight_decay, backend=self.backend)
+        if buffers is None:
+            return params, [{"square_avg": s} for s in square_avgs]
+        return params, [{"square_avg": s, "momentum_buffer": b} for s, b in zip(square_avgs, buffers)]

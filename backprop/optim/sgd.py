@@ -10,30 +10,33 @@ As ``torch.optim.SGD`` (without dampening)::
 
 from __future__ import annotations
 
+from backends.base import add_scaled as _add_scaled  # portable, for cores without a backend
+
 from ..errors import ConfigError
 from .base import Optimizer, check_number
 
 
 def sgd(params: list, grads: list, momentum_buffers: list | None = None, *, lr: float, momentum: float = 0.0,
-        nesterov: bool = False, weight_decay: float = 0.0, backend=None) -> None:
-    """The update itself, in place, for matching lists of parameters, gradients and momentum buffers.
+        nesterov: bool = False, weight_decay: float = 0.0, backend=None) -> tuple[list, list | None]:
+    """The update for matching lists of parameters, gradients and momentum buffers: returns the updated
+    ``(params, momentum_buffers)``, which the caller must keep (the arrays passed in may or may not have been
+    updated in place: see ``Backend.add_scaled``).
 
-    ``momentum_buffers`` (needed when ``momentum`` is not 0) start as zeros, which
-    gives PyTorch's first step (the buffer becomes the gradient). With a ``backend``, the last line runs as its
-    fused ``add_scaled``.
+    ``momentum_buffers`` (needed when ``momentum`` is not 0) start as zeros, which gives PyTorch's first step
+    (the buffer becomes the gradient). With a ``backend``, the updates run as its ``add_scaled`` (in place, one
+    fused pass on NumPy, PyTorch and CuPy); without one, as new arrays.
     """
+    update = _add_scaled if backend is None else backend.add_scaled
+    new_params, new_buffers = [], [] if momentum != 0 else None
     for i, (param, grad) in enumerate(zip(params, grads)):
         if weight_decay != 0:
             grad = grad + weight_decay * param
         if momentum != 0:
-            buf = momentum_buffers[i]
-            buf *= momentum
-            buf += grad
+            buf = update(momentum_buffers[i], grad, 1.0, beta=momentum)
+            new_buffers.append(buf)
             grad = grad + momentum * buf if nesterov else buf
-        if backend is None:
-            param -= lr * grad
-        else:
-            backend.add_scaled(param, grad, -lr)
+        new_params.append(update(param, grad, -lr))
+    return new_params, new_buffers
 
 
 class SGD(Optimizer):
@@ -60,7 +63,10 @@ class SGD(Optimizer):
     def buffer_names(self) -> tuple[str, ...]:
         return ("momentum_buffer",) if self.momentum != 0 else ()
 
-    def _update(self, params, grads, states, steps) -> None:
+    def _update(self, params, grads, states, steps):
         buffers = [s["momentum_buffer"] for s in states] if self.momentum != 0 else None
-        sgd(params, grads, buffers, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov,
-            weight_decay=self.weight_decay, backend=self.backend)
+        params, buffers = sgd(params, grads, buffers, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov,
+                              weight_decay=self.weight_decay, backend=self.backend)
+        if buffers is None:
+            return params, states  # no state: the (empty) dicts stay as they are
+        return params, [{"momentum_buffer": b} for b in buffers]

@@ -168,20 +168,21 @@ class Trainer:
     @on_device
     def copy_weights(self) -> dict:
         """Copies of the model's parameters and buffers (running statistics, say), keyed as in model files."""
-        xp, device = self.backend.xp, self.backend.device
-        weights = {f"param/{k}": xp.asarray(v, copy=True, device=device)
-                   for k, v in self.model.named_parameters().items()}
-        weights.update({f"buffer/{k}": xp.asarray(v, copy=True, device=device)
-                        for k, v in self.model.named_buffers().items()})
-        return weights
+        return {key: self._copy(array) for key, array in self._weights().items()}
 
     @on_device
     def set_weights(self, weights: dict) -> None:
-        """Copy what ``copy_weights`` returned back into the model, in place."""
-        for name, array in self.model.named_parameters().items():
-            array[...] = weights[f"param/{name}"]
-        for name, array in self.model.named_buffers().items():
-            array[...] = weights[f"buffer/{name}"]
+        """Give the model copies of what ``copy_weights`` returned (``weights`` stays as it is, to be set
+        again: the copies, not its arrays, go into the model, where a step may update them in place)."""
+        self.model.replace_arrays({key: self._copy(weights[key]) for key in self._weights()})
+
+    def _weights(self) -> dict:
+        weights = {f"param/{k}": v for k, v in self.model.named_parameters().items()}
+        weights.update({f"buffer/{k}": v for k, v in self.model.named_buffers().items()})
+        return weights
+
+    def _copy(self, array):
+        return self.backend.xp.asarray(array, copy=True, device=self.backend.device)
 
     # -- one epoch ----------------------------------------------------------
     def _run_epoch(self, x, y, x_val, y_val) -> dict:
@@ -231,7 +232,11 @@ class Trainer:
                         norm_sums[name] = norm_sums[name] + xp.sqrt(xp.sum(grad * grad))
                 if self.clip_norm is not None:
                     clip_grad_norm(model, self.clip_norm)
+                if step == 0:
+                    before = self._params_before_first_step()
                 self.optimizer.step()
+                if step == 0:
+                    self._check_the_step_changed_weights(before)
                 seen += stop - start
                 if count:
                     loss_sum = loss_sum + loss * count
@@ -269,6 +274,43 @@ class Trainer:
         record["samples_per_second"] = seen / record["time"] if record["time"] > 0 else None
         record["steps"] = steps
         return record
+
+    # A step that changes no weight although the gradients are non-zero means the updates never reach the
+    # model: an optimizer that does not store the arrays its update returns. With mutable arrays (NumPy) such a
+    # bug can hide behind in-place writes; with immutable ones (JAX) ``w -= lr * g`` only rebinds a name, and
+    # training would run to the end, printing losses, with the initial weights. Checked at the first step of
+    # every epoch only: the comparison reads every weight and synchronizes with the host once, a cost no step
+    # in the middle of an epoch should pay, and an optimizer that does not write back fails at its first step.
+    def _params_before_first_step(self) -> dict:
+        """The parameters before the epoch's first step: the snapshot's copies, taken just before the epoch
+        (``fit``), or new copies when there is none (``train_epoch``)."""
+        if self._snapshot is not None and self._snapshot[0] == self.epoch:
+            weights = self._snapshot[1]
+            return {name: weights[f"param/{name}"] for name in self.model.named_parameters()}
+        return {name: self._copy(array) for name, array in self.model.named_parameters().items()}
+
+    def _check_the_step_changed_weights(self, before: dict) -> None:
+        """Raise ``TrainingError`` when the step just taken left every weight bit for bit as it was, although
+        some gradient is non-zero and the learning rate is not 0."""
+        if self.optimizer.lr == 0:
+            return
+        xp = self.backend.xp
+        params = self.model.named_parameters()
+        changed, nonzero = [], []
+        for name, grad in self.model.named_gradients().items():
+            if name in before:
+                changed.append(xp.any(params[name] != before[name]))
+                nonzero.append(xp.any(grad != 0))
+        if not changed:
+            return
+        any_changed, any_nonzero = (bool(v) for v in self.backend.to_host(  # the one host synchronization
+            xp.stack([xp.any(xp.stack(changed)), xp.any(xp.stack(nonzero))])))
+        if any_nonzero and not any_changed:
+            raise TrainingError(
+                f"the optimizer's first step of epoch {self.epoch + 1} left every weight exactly as it was although "
+                f"the gradients are non-zero (lr={self.optimizer.lr:g}): its updates do not reach the model (an "
+                f"optimizer that does not store the arrays its update returns; with immutable arrays, as JAX's, "
+                f"w -= lr * g only rebinds a name), or lr is too small to change any weight")
 
     def _fail_nonfinite(self, good_steps: int, steps: int):
         self._restore_snapshot()
