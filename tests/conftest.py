@@ -33,7 +33,7 @@ os.environ.setdefault("BACKPROP_BACKEND", "numpy")
 # NumPy's extras gives (host copies that must not be views, say). Tests marked ``every_device`` (the backend
 # contract) also run on every other device that ``backprop backends`` lists.
 ALL_BACKENDS = ["numpy", "array_api_strict", "array_api_strict:device1", "torch:cpu", "torch:cuda:0", "torch:mps",
-                "cupy:0"]
+                "jax:cpu", "jax:cuda:0", "cupy:0"]
 
 
 # Tests check results, not speed, and must pass on a shared 2-core machine beside other busy processes. There,

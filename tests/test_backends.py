@@ -187,7 +187,10 @@ def test_scatter_add_accumulates_duplicates(backend):
     expected = np.zeros((4, 2), np.float32)
     np.add.at(expected, [0, 2, 0, 0, 3], np.arange(10, dtype=np.float32).reshape(5, 2))
     np.testing.assert_array_equal(backend.to_host(result), expected)
-    np.testing.assert_array_equal(backend.to_host(target), expected)  # in place
+    # Callers use the returned array: the target itself, updated in place where the library allows it, else a
+    # new array with the target left as it was (JAX).
+    if result is not target:
+        np.testing.assert_array_equal(backend.to_host(target), np.zeros((4, 2), np.float32))
     assert_on_backend(result, backend)
 
 
