@@ -85,11 +85,10 @@ class Backend:
         raise NotImplementedError
 
     def scatter_add(self, target, indices, values):
-        """``target[indices[i]] += values[i]`` along axis 0, duplicates accumulating.
+        """``target[indices[i]] += values[i]`` along axis 0, in place, duplicates accumulating.
 
-        Returns the result: ``target`` itself, updated in place, where the library allows it, else a new array
-        (JAX), ``target`` being left as it was; callers use the returned array. (Plain
-        ``target[indices] += values`` keeps only one of several duplicate indices.)
+        Returns ``target``. (Plain ``target[indices] += values`` keeps only one
+        of several duplicate indices.)
         """
         raise NotImplementedError
 

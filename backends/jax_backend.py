@@ -9,17 +9,20 @@ their arguments.
 
 64-bit types. JAX has float64 and int64 only in its "x64" mode, a switch (``jax_enable_x64``) that is off by
 default and that changes what the user's own JAX code computes (``jnp.zeros(3)`` becomes float64). So this
-backend never turns it on globally: ``backend.scope()`` turns it on for the current thread, inside a ``with``
-block, together with the backend's device as JAX's default device, and puts both back as they were on exit.
-backprop's own work runs in that scope; float64 arrays must not be used outside it (JAX would silently
-compute some operations on them in float32), so ``supports_float64`` is true only inside the scope, or where
-the user has turned x64 on for themselves.
+backend never turns it on globally: ``backend.activate()`` turns it on for the current thread, inside a
+``with`` block, together with the backend's device as JAX's default device, and puts both back as they were
+on exit. backprop enters ``activate()`` in every public call and the backend's methods enter it themselves,
+so float64 models compute in float64 while the user's code outside keeps its own setting. A float64 array
+handed back to the user is float64; computing on it in one's own code needs x64 mode there too (inside
+``backend.activate()``, or with x64 on), else JAX computes some operations on it in float32.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -32,38 +35,71 @@ INSTALL_HINT = "pip install 'backprop[jax]'"
 CUDA_INSTALL_HINT = "pip install 'backprop[jax-cuda12]' or 'backprop[jax-cuda13]'"
 
 
+# Each new shape given to a jax.random function compiles a new program (~0.3 s of CPU each). Draws are made
+# in a few sizes instead, powers of two, and cut to the shape asked for, which compiles a small slice (~0.04 s).
+MIN_DRAW_SIZE = 1024
+
+
+def _draw_size(n: int) -> int:
+    return max(MIN_DRAW_SIZE, 1 << max(0, n - 1).bit_length())
+
+
 class JaxRandom(DeviceRandom):
     """Random numbers from ``jax.random``: a threefry key made from the seed, split once per draw.
 
     The key is built from two 32-bit words that NumPy's ``SeedSequence`` derives from the seed (an int or a
     tuple of ints), so one seed gives the same stream every time, in or out of x64 mode. The numbers are not
     NumPy's (each backend's stream is its own; initial weights come from the host, so they are equal anyway).
+    An array of n elements is the first n numbers of a draw of ``_draw_size(n)`` (see above).
     """
 
     def __init__(self, backend, seed: Seed):
         super().__init__(backend, seed)
         import jax
 
-        self._random = jax.random
+        self._jax = jax
         words = np.random.SeedSequence(_entropy(seed)).generate_state(2, dtype=np.uint32)
-        with backend.scope():
+        with backend.activate():
             self._key = jax.random.wrap_key_data(jax.device_put(words, backend.device), impl="threefry2x32")
 
     def _next_key(self):
-        self._key, key = self._random.split(self._key)
+        self._key, key = self._jax.random.split(self._key)
         return key
 
+    def _draw(self, sample, shape, dtype):
+        n = math.prod(shape)
+        with self.backend.activate():
+            flat = sample(self._next_key(), (_draw_size(n),), dtype=dtype)
+            return _first_elements(flat, tuple(shape))
+
     def _uniform01(self, shape, dtype):
-        with self.backend.scope():
-            return self._random.uniform(self._next_key(), shape, dtype=dtype)
+        return self._draw(self._jax.random.uniform, shape, dtype)
 
     def _normal01(self, shape, dtype):
-        with self.backend.scope():
-            return self._random.normal(self._next_key(), shape, dtype=dtype)
+        return self._draw(self._jax.random.normal, shape, dtype)
 
     def permutation(self, n):
-        with self.backend.scope():
-            return self._random.permutation(self._next_key(), self.backend.xp.arange(n, dtype=self.backend.xp.int64))
+        """Indices sorted by random 64-bit keys: two keys are equal (which would bias the order a little) with
+        probability under n² / 2⁶⁵. (``jax.random.permutation`` compiles anew for every n.)"""
+        jax = self._jax
+        with self.backend.activate():
+            keys = jax.random.bits(self._next_key(), (_draw_size(n),), dtype=self.backend.xp.uint64)
+            return self.backend.xp.argsort(_first_elements(keys, (n,)), stable=True)
+
+
+@functools.cache
+def _slicer():
+    import jax
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def first_elements(flat, shape):
+        return flat[:math.prod(shape)].reshape(shape)
+
+    return first_elements
+
+
+def _first_elements(flat, shape):
+    return _slicer()(flat, shape)
 
 
 class JaxBackend(Backend):
@@ -79,15 +115,12 @@ class JaxBackend(Backend):
                          version=jax.__version__)
 
     @contextlib.contextmanager
-    def scope(self) -> Iterator[JaxBackend]:
-        """``with backend.scope():`` JAX's x64 mode on, and this backend's device JAX's default, for this thread
-        until the block ends; both are then as they were (the user's own JAX code never sees them change)."""
+    def activate(self) -> Iterator[JaxBackend]:
+        """``with backend.activate():`` JAX's x64 mode on, and this backend's device JAX's default, for this
+        thread until the block ends; both are then as they were (the user's own JAX code never sees them
+        change). Re-entrant."""
         with self._jax.enable_x64(True), self._jax.default_device(self.device):
             yield self
-
-    @property
-    def supports_float64(self) -> bool:
-        return bool(self._jax.config.jax_enable_x64)  # this thread's value: true inside ``scope()``
 
     def owns(self, x) -> bool:
         if not isinstance(x, self._jax.Array):
@@ -97,22 +130,9 @@ class JaxBackend(Backend):
         except Exception:  # an abstract value being traced (inside jax.jit) has no device
             return False
 
-    def dtype(self, name_or_dtype):
-        dtype = super().dtype(name_or_dtype)
-        self._check_dtype(dtype)
-        return dtype
-
-    def _check_dtype(self, dtype) -> None:
-        """float64 outside x64 mode would silently become float32 (in some operations only): say so instead.
-        (64-bit integers are let through: JAX computes with them as int32 outside x64 mode, which loses nothing
-        for indices and labels.)"""
-        if dtype is not None and np.dtype(dtype) == np.float64 and not self.supports_float64:
-            raise TypeError(f"{self.name}: {np.dtype(dtype).name} needs JAX's 64-bit mode; use it inside "
-                            f"'with backend.scope():' (backprop's own calls are) or turn on jax_enable_x64")
-
     def asarray(self, obj, dtype=None):
-        with self.scope():
-            return self._jax.device_put(self.xp.asarray(obj, dtype=dtype), self.device)
+        with self.activate():
+            return self.xp.asarray(obj, dtype=dtype, device=self.device)
 
     def from_host(self, host_array, dtype=None):
         host_array = np.asarray(host_array)
@@ -120,12 +140,12 @@ class JaxBackend(Backend):
             dtype = self.float_dtype
         # On the CPU, JAX may wrap a NumPy buffer without copying it: hand it a copy that nobody else holds.
         host_copy = np.array(host_array, dtype=None if dtype is None else np.dtype(dtype), order="C", copy=True)
-        with self.scope():
+        with self.activate():
             return self._jax.device_put(host_copy, self.device)
 
     def to_host(self, x):
         # np.asarray of a CPU array can be a read-only view of JAX's buffer; np.array copies.
-        with self.scope():  # a 64-bit array must not pass through 32-bit conversion
+        with self.activate():  # a 64-bit array must not pass through 32-bit conversion
             return np.array(x, copy=True)
 
     def random(self, seed):
@@ -134,12 +154,12 @@ class JaxBackend(Backend):
     def scatter_add(self, target, indices, values):
         """A new array: ``target`` with ``values[i]`` added at row ``indices[i]``, duplicates accumulating
         (JAX arrays cannot be changed in place; ``target`` is left as it was)."""
-        with self.scope():
+        with self.activate():
             return target.at[indices].add(values)
 
     def synchronize(self):
         # JAX has no device-wide barrier: a computation queued after all others on the device finishes last.
-        with self.scope():
+        with self.activate():
             self.xp.zeros((), device=self.device).block_until_ready()
         self._jax.effects_barrier()
 
