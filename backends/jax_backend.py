@@ -10,11 +10,12 @@ their arguments.
 64-bit types. JAX has float64 and int64 only in its "x64" mode, a switch (``jax_enable_x64``) that is off by
 default and that changes what the user's own JAX code computes (``jnp.zeros(3)`` becomes float64). So this
 backend never turns it on globally: ``backend.activate()`` turns it on for the current thread, inside a
-``with`` block, together with the backend's device as JAX's default device, and puts both back as they were
-on exit. backprop enters ``activate()`` in every public call and the backend's methods enter it themselves,
-so float64 models compute in float64 while the user's code outside keeps its own setting. A float64 array
-handed back to the user is float64; computing on it in one's own code needs x64 mode there too (inside
-``backend.activate()``, or with x64 on), else JAX computes some operations on it in float32.
+``with`` block, together with the backend's device as JAX's default device (and full float32 precision for
+matrix products), and puts them back as they were on exit. backprop enters ``activate()`` in every public
+call and the backend's methods enter it themselves, so float64 models compute in float64 while the user's
+code outside keeps its own setting. A float64 array handed back to the user is float64; computing on it in
+one's own code needs x64 mode there too (inside ``backend.activate()``, or with x64 on), else JAX computes
+some operations on it in float32.
 """
 
 from __future__ import annotations
@@ -116,10 +117,12 @@ class JaxBackend(Backend):
 
     @contextlib.contextmanager
     def activate(self) -> Iterator[JaxBackend]:
-        """``with backend.activate():`` JAX's x64 mode on, and this backend's device JAX's default, for this
-        thread until the block ends; both are then as they were (the user's own JAX code never sees them
-        change). Re-entrant."""
-        with self._jax.enable_x64(True), self._jax.default_device(self.device):
+        """``with backend.activate():`` for this thread until the block ends, JAX's x64 mode on, this backend's
+        device JAX's default, and float32 matrix products in full float32 (NumPy's and PyTorch's precision; a
+        GPU would otherwise use TF32, about 3 decimal digits); then all three are as they were (the user's own
+        JAX code never sees them change). Re-entrant."""
+        jax = self._jax
+        with jax.enable_x64(True), jax.default_device(self.device), jax.default_matmul_precision("highest"):
             yield self
 
     def owns(self, x) -> bool:
@@ -157,6 +160,19 @@ class JaxBackend(Backend):
         with self.activate():
             return target.at[indices].add(values)
 
+    def conv2d_forward(self, x, weight, bias, *, stride, padding, dilation):
+        """XLA's convolution, compiled once per shape and setting (the portable im2col path compiles every slice
+        of it separately)."""
+        settings = (tuple(stride), tuple(padding), tuple(dilation))
+        with self.activate():
+            y = _convolution().forward(x, weight, bias, *settings)
+        return y, (x, weight, settings)
+
+    def conv2d_backward(self, grad_output, saved, *, bias, input_grad=True):
+        x, weight, settings = saved
+        with self.activate():
+            return _convolution().backward(grad_output, x, weight, *settings, bool(bias), bool(input_grad))
+
     def synchronize(self):
         # JAX has no device-wide barrier: a computation queued after all others on the device finishes last.
         with self.activate():
@@ -178,6 +194,39 @@ class JaxBackend(Backend):
         if "bytes_limit" not in stats:
             return None
         return max(0, int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)))
+
+
+@functools.cache
+def _convolution():
+    """The convolution fast path: jitted forward and backward (through ``jax.vjp``) functions, NCHW/OIHW."""
+    import types
+
+    import jax
+    from jax import lax
+
+    def convolve(x, weight, stride, padding, dilation):
+        # Precision.HIGHEST: full float32 products, as NumPy and PyTorch give (a GPU may otherwise use TF32).
+        return lax.conv_general_dilated(x, weight, window_strides=stride, padding=[(p, p) for p in padding],
+                                        rhs_dilation=dilation, dimension_numbers=("NCHW", "OIHW", "NCHW"),
+                                        precision=lax.Precision.HIGHEST)
+
+    @functools.partial(jax.jit, static_argnums=(3, 4, 5))
+    def forward(x, weight, bias, stride, padding, dilation):
+        y = convolve(x, weight, stride, padding, dilation)
+        return y if bias is None else y + bias[None, :, None, None]
+
+    @functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
+    def backward(grad_output, x, weight, stride, padding, dilation, bias, input_grad):
+        if input_grad:
+            _, pullback = jax.vjp(lambda x, w: convolve(x, w, stride, padding, dilation), x, weight)
+            grad_input, grad_weight = pullback(grad_output)
+        else:
+            _, pullback = jax.vjp(lambda w: convolve(x, w, stride, padding, dilation), weight)
+            (grad_weight,), grad_input = pullback(grad_output), None
+        grad_bias = grad_output.sum(axis=(0, 2, 3)) if bias else None
+        return grad_input, grad_weight, grad_bias
+
+    return types.SimpleNamespace(forward=forward, backward=backward)
 
 
 def _spec_device(device) -> str:

@@ -29,8 +29,9 @@ def test_activate_turns_x64_on_only_inside_the_block_and_restores_the_users_sett
                 assert jnp.zeros(3).dtype == jnp.float64
                 with jax_cpu.activate():  # re-entrant
                     assert jax.config.jax_enable_x64
-                assert jax.config.jax_enable_x64
+                assert jax.config.jax_enable_x64 and jax.config.jax_default_matmul_precision == "highest"
             assert jax.config.jax_enable_x64 is users_setting
+            assert jax.config.jax_default_matmul_precision is None
             with pytest.raises(RuntimeError), jax_cpu.activate():
                 raise RuntimeError("a failure inside the block")
             assert jax.config.jax_enable_x64 is users_setting
