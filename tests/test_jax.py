@@ -213,3 +213,20 @@ def _no_cuda(real_devices):
         return real_devices(kind)
 
     return devices
+
+
+def test_the_suites_jax_settings_leave_the_environments_own_alone(monkeypatch):
+    import importlib.metadata
+
+    import conftest
+
+    for jaxlib, flagged in (("0.10.2", True), ("0.8.0", True), ("0.7.2", False), ("0.11.0", False)):
+        monkeypatch.setattr(importlib.metadata, "version", lambda name, jaxlib=jaxlib: jaxlib)
+        environ = {}
+        conftest.configure_jax_for_tests(environ)
+        assert ("XLA_FLAGS" in environ) is flagged, jaxlib
+        assert environ["JAX_COMPILATION_CACHE_DIR"] and environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
+    own = {"XLA_FLAGS": "--xla_dump_to=/tmp/x", "JAX_COMPILATION_CACHE_DIR": "/somewhere"}
+    environ = dict(own)
+    conftest.configure_jax_for_tests(environ)
+    assert environ == own
