@@ -173,6 +173,11 @@ class JaxBackend(Backend):
         with self.activate():
             return _convolution().backward(grad_output, x, weight, *settings, bool(bias), bool(input_grad))
 
+    def limit_threads(self, threads):
+        """False: XLA sizes its CPU thread pool when JAX starts, from ``XLA_FLAGS`` (for one thread:
+        ``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``), and it cannot change later."""
+        return False
+
     def synchronize(self):
         # JAX has no device-wide barrier: a computation queued after all others on the device finishes last.
         with self.activate():
