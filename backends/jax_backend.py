@@ -37,12 +37,16 @@ CUDA_INSTALL_HINT = "pip install 'backprop[jax-cuda12]' or 'backprop[jax-cuda13]
 
 
 # Each new shape given to a jax.random function compiles a new program (~0.3 s of CPU each). Draws are made
-# in a few sizes instead, powers of two, and cut to the shape asked for, which compiles a small slice (~0.04 s).
-MIN_DRAW_SIZE = 1024
+# in a few sizes instead and cut to the shape asked for, which compiles a small slice (~0.04 s): powers of two
+# up to 2^20 numbers, whole multiples of 2^20 above (at most 4 MB of float32 drawn for nothing).
+MIN_DRAW_SIZE = 1 << 10
+DRAW_SIZE_STEP = 1 << 20
 
 
 def _draw_size(n: int) -> int:
-    return max(MIN_DRAW_SIZE, 1 << max(0, n - 1).bit_length())
+    if n <= DRAW_SIZE_STEP:
+        return max(MIN_DRAW_SIZE, 1 << max(0, n - 1).bit_length())
+    return -(-n // DRAW_SIZE_STEP) * DRAW_SIZE_STEP
 
 
 class JaxRandom(DeviceRandom):

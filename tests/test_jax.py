@@ -150,6 +150,12 @@ def test_permutations_of_every_size(jax_cpu, n):
         assert jax_cpu.to_host(perm).tolist() != list(range(n))
 
 
+def test_draw_sizes_cover_every_request_with_few_distinct_sizes():
+    sizes = {n: jax_backend._draw_size(n) for n in (0, 1, 1024, 1025, 2**20, 2**20 + 1, 3 * 2**20 - 5)}
+    assert sizes == {0: 1024, 1: 1024, 1024: 1024, 1025: 2048, 2**20: 2**20, 2**20 + 1: 2 * 2**20,
+                     3 * 2**20 - 5: 3 * 2**20}
+
+
 def test_memory_figures(jax_cpu):
     assert jax_cpu.memory_stats() == {}  # JAX reports none for the CPU
     available = jax_cpu.available_memory()
