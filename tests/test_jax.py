@@ -236,3 +236,25 @@ def test_the_suites_jax_settings_leave_the_environments_own_alone(monkeypatch):
     environ = dict(own)
     conftest.configure_jax_for_tests(environ)
     assert environ == own
+
+
+def test_the_suite_lowers_its_programs_in_one_mlir_context(jax_cpu):
+    """conftest.share_one_mlir_context, a test-speed setting: in place for the JAX versions it was measured on,
+    and programs lowered after it (new shapes, so new programs) still compute the right numbers."""
+    import importlib.metadata
+
+    from jax._src.interpreters import mlir
+
+    import conftest
+
+    release = tuple(int(part) for part in importlib.metadata.version("jax").split(".")[:2])
+    assert conftest.share_one_mlir_context() is ((0, 8) <= release < (0, 11))
+    if not conftest.share_one_mlir_context():
+        return
+    assert mlir.make_ir_context() is mlir.make_ir_context()
+    x = np.arange(39, dtype=np.float32).reshape(3, 13) / 40
+    with jax_cpu.activate():
+        first = jnp.tanh(jnp.asarray(x) @ jnp.asarray(x.T)).sum(axis=0)
+        second = jax.jit(lambda a: jnp.exp(-a).max(axis=1))(jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(first), np.tanh(x @ x.T).sum(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(second), np.exp(-x).max(axis=1), rtol=1e-6)
