@@ -106,11 +106,10 @@ def gradcheck(fn: Layer | Loss, x, target=None, *, training: bool = False, seed:
         grad_x = layer.backward(v)
         if xp.isdtype(x.dtype, "real floating"):
             analytic["input"], checked["input"] = grad_x, x
-        grads = layer.named_gradients()
         for name, param in layer.named_parameters().items():
-            if name not in grads:
+            if param.grad is None:
                 raise GradcheckError(f"gradcheck: {fn!r} computed no gradient for parameter {name!r}")
-            analytic[name], checked[name] = grads[name], param
+            analytic[name], checked[name] = param.grad, param.value
 
     result = GradcheckResult(dtype_name)
     for name, array in checked.items():

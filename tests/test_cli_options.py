@@ -13,6 +13,8 @@ import pytest
 
 from backprop.cli import main
 
+from conftest import weights
+
 QUICK = ["--epochs", "1", "--hidden", "8", "--no-plots", "--no-progress"]
 
 
@@ -99,8 +101,8 @@ def test_resume_accepts_the_run_s_own_options_and_more_epochs_bit_for_bit(two_ep
     assert "resuming" in capsys.readouterr().out
     expected, _ = bp.load_model(whole / "model.safetensors")
     resumed, _ = bp.load_model(two_epoch_run / "model.safetensors")
-    for name, weight in expected.named_parameters().items():
-        np.testing.assert_array_equal(resumed.named_parameters()[name], weight)
+    for name, weight in weights(expected).items():
+        np.testing.assert_array_equal(resumed.named_parameters()[name].value, weight)
 
 
 @pytest.mark.parametrize("extra, message", [

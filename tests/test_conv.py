@@ -20,7 +20,7 @@ from backprop.layers.im2col import output_size
 from backprop.layers.pooling import AvgPool2D, MaxPool2D
 from backprop.layers.shape import Flatten, Reshape
 
-from conftest import assert_on_backend, ones_like
+from conftest import assert_on_backend, ones_like, weights
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -54,14 +54,14 @@ def _conv(backend, name, fast=True):
     kwargs, shape = CONVS[name]
     layer = Conv2D(**kwargs, rng=0, backend=backend)
     if layer.use_bias:  # non-zero biases, so a bias mistake shows
-        layer.params["bias"] = backend.from_host(_host((kwargs["out_channels"],), seed=9))
+        layer.params["bias"].value = backend.from_host(_host((kwargs["out_channels"],), seed=9))
     layer.use_fast_path = fast
     return layer, shape
 
 
 def _torch_conv(layer, backend, host_x):
-    weight = torch.from_numpy(backend.to_host(layer.params["weight"]))
-    bias = torch.from_numpy(backend.to_host(layer.params["bias"])) if layer.use_bias else None
+    weight = torch.from_numpy(backend.to_host(layer.params["weight"].value))
+    bias = torch.from_numpy(backend.to_host(layer.params["bias"].value)) if layer.use_bias else None
     return F.conv2d(torch.from_numpy(host_x), weight, bias, layer.stride, layer.padding, layer.dilation).numpy()
 
 
@@ -163,13 +163,13 @@ def test_conv_backward_matches_torch_autograd(backend, name):
     host_g = _host(tuple(y.shape), seed=3)
     dx = layer.backward(backend.from_host(host_g))
     tx = torch.from_numpy(host_x).requires_grad_()
-    tw = torch.from_numpy(backend.to_host(layer.params["weight"])).requires_grad_()
-    tb = torch.from_numpy(backend.to_host(layer.params["bias"])).requires_grad_() if layer.use_bias else None
+    tw = torch.from_numpy(backend.to_host(layer.params["weight"].value)).requires_grad_()
+    tb = torch.from_numpy(backend.to_host(layer.params["bias"].value)).requires_grad_() if layer.use_bias else None
     F.conv2d(tx, tw, tb, layer.stride, layer.padding, layer.dilation).backward(torch.from_numpy(host_g))
     np.testing.assert_allclose(backend.to_host(dx), tx.grad.numpy(), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(backend.to_host(layer.grads["weight"]), tw.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(backend.to_host(layer.params["weight"].grad), tw.grad.numpy(), rtol=1e-4, atol=1e-4)
     if tb is not None:
-        np.testing.assert_allclose(backend.to_host(layer.grads["bias"]), tb.grad.numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(backend.to_host(layer.params["bias"].grad), tb.grad.numpy(), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", POOLS)
@@ -196,7 +196,7 @@ def test_fast_path_equals_portable_path(backend, name):
     np.testing.assert_allclose(backend.to_host(fast.backward(g)), backend.to_host(portable.backward(g)),
                                rtol=1e-5, atol=1e-5)
     for key in fast.params:
-        np.testing.assert_allclose(backend.to_host(fast.grads[key]), backend.to_host(portable.grads[key]),
+        np.testing.assert_allclose(backend.to_host(fast.params[key].grad), backend.to_host(portable.params[key].grad),
                                    rtol=1e-5, atol=1e-5)
 
 
@@ -270,8 +270,8 @@ def test_outputs_and_gradients_live_on_the_backend(backend, fast):
     for layer, layer_input in zip(reversed(layers), reversed(inputs)):
         grad = layer.backward(grad)
         assert_on_backend(grad, backend, shape=layer_input.shape)
-    for key, value in conv.grads.items():
-        assert_on_backend(value, backend, shape=conv.params[key].shape)
+    for key, value in conv.named_gradients().items():
+        assert_on_backend(value, backend, shape=conv.params[key].value.shape)
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast_path", "portable"])
@@ -286,7 +286,7 @@ def test_float64_layers(backend, fast):
     y = model(backend.from_host(_host((2, 1, 4, 4)), dtype=f64))
     assert_on_backend(y, backend, dtype_name="float64", shape=(2, 8))
     assert_on_backend(model.backward(ones_like(backend, y)), backend, dtype_name="float64", shape=(2, 1, 4, 4))
-    assert_on_backend(conv.grads["weight"], backend, dtype_name="float64", shape=(2, 1, 3, 3))
+    assert_on_backend(conv.params["weight"].grad, backend, dtype_name="float64", shape=(2, 1, 3, 3))
 
 
 def _one_line_error(excinfo, *fragments):
@@ -389,7 +389,7 @@ def test_tiny_cnn_trains_with_fit(backend):
     model = _tiny_cnn(backend)
     history = bp.fit(model, x, y, epochs=6, batch_size=8, optimizer="adam", lr=0.05, progress=False, log=None)
     assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
-    for param in model.named_parameters().values():
+    for param in weights(model).values():
         assert_on_backend(param, backend)
 
 

@@ -22,7 +22,7 @@ import backprop as bp
 from backends import registry, simulated_cupy
 from backprop.layers import RNN, AvgPool2D, BatchNorm1D, Conv2D, Embedding, LayerNorm, MaxPool2D
 
-from conftest import assert_on_backend, ones_like
+from conftest import assert_on_backend, ones_like, weights
 
 SIMULATED = "simulated_cupy:1"
 
@@ -154,8 +154,8 @@ def test_fit_runs_its_callbacks_on_the_device_and_saves_and_loads_there(simulate
     assert devices == [1, 1] and all(np.isfinite(r["train_loss"]) for r in history)
     bp.save_model(tmp_path / "m.safetensors", model)
     loaded, _ = bp.load_model(tmp_path / "m.safetensors", backend=simulated)
-    for name, array in loaded.named_parameters().items():
-        assert_on_backend(array, simulated, shape=model.named_parameters()[name].shape)
+    for name, array in weights(loaded).items():
+        assert_on_backend(array, simulated, shape=model.named_parameters()[name].value.shape)
     loss, accuracy = bp.evaluate(loaded, simulated.from_host(x), simulated.from_host(y), bp.CrossEntropy())
     assert np.isfinite(loss) and 0 <= accuracy <= 1
     assert simulated_cupy.current_device() == 0
@@ -178,7 +178,7 @@ def test_clipping_makes_its_norm_and_factor_on_the_device(backend):  # optim/cli
     model.backward(_ones(backend, (2, 2)))
     assert_on_backend(bp.clip_grad_norm(model, 1e-3), backend, shape=())
     for name, grad in model.named_gradients().items():
-        assert_on_backend(grad, backend, shape=model.named_parameters()[name].shape)
+        assert_on_backend(grad, backend, shape=model.named_parameters()[name].value.shape)
 
 
 def test_padding_and_col2im_are_made_on_the_device(backend):  # layers/im2col.py, pooling
@@ -191,15 +191,15 @@ def test_padding_and_col2im_are_made_on_the_device(backend):  # layers/im2col.py
         assert_on_backend(y, backend)
         assert_on_backend(layer.backward(ones_like(backend, y)), backend, shape=(2, 1, 4, 4))
         for name, grad in layer.named_gradients().items():
-            assert_on_backend(grad, backend, shape=layer.named_parameters()[name].shape)
+            assert_on_backend(grad, backend, shape=layer.named_parameters()[name].value.shape)
 
 
 def test_embedding_gradient_is_made_on_the_device(backend):  # layers/embedding.py
     layer = Embedding(5, 2, rng=0, backend=backend)
     y = layer(backend.from_host(np.array([[0, 4, 4]])))
     layer.backward(ones_like(backend, y))
-    assert_on_backend(layer.grads["weight"], backend, shape=(5, 2))
-    np.testing.assert_array_equal(backend.to_host(layer.grads["weight"])[:, 0], [1, 0, 0, 0, 2])
+    assert_on_backend(layer.params["weight"].grad, backend, shape=(5, 2))
+    np.testing.assert_array_equal(backend.to_host(layer.params["weight"].grad)[:, 0], [1, 0, 0, 0, 2])
 
 
 def test_optimizer_state_is_made_on_the_device(backend):  # optim/base.py (zeros_like)
@@ -210,13 +210,13 @@ def test_optimizer_state_is_made_on_the_device(backend):  # optim/base.py (zeros
     optimizer.step()
     arrays, _ = optimizer.state_dict()
     assert set(arrays) == {f"{p}.{b}" for p in ("0.weight", "0.bias") for b in ("exp_avg", "exp_avg_sq")}
-    for array in [*arrays.values(), *model.named_parameters().values()]:
+    for array in [*arrays.values(), *weights(model).values()]:
         assert_on_backend(array, backend)
 
 
 def test_parameters_made_by_constructors_are_on_the_device(backend):  # layers/normalization.py, recurrent.py
     for layer in (BatchNorm1D(3, backend=backend), LayerNorm(3, backend=backend), RNN(2, 3, rng=0, backend=backend)):
-        for array in [*layer.params.values(), *layer.buffers.values()]:
+        for array in [*weights(layer).values(), *layer.buffers.values()]:
             assert_on_backend(array, backend)
 
 
@@ -240,14 +240,14 @@ def test_gradient_all_reduce_packs_on_the_device(backend):  # distributed/commun
     communicator = world()  # one rank: the host all-reduce, but the packing is the same
     communicator.allreduce_gradients(model, 0, 4)  # a rank without rows: zeros for every parameter
     for name, grad in model.named_gradients().items():
-        assert_on_backend(grad, backend, shape=model.named_parameters()[name].shape)
+        assert_on_backend(grad, backend, shape=model.named_parameters()[name].value.shape)
         assert not backend.to_host(grad).any()
     model.zero_grad()
     model(_ones(backend, (2, 3)))
     model.backward(_ones(backend, (2, 2)))
-    model.layers[0].grads.pop("bias")  # a parameter without a gradient counts as zeros
+    model.layers[0].params["bias"].grad = None  # a parameter without a gradient counts as zeros
     communicator.allreduce_gradients(model, 2, 4)
-    assert_on_backend(model.layers[0].grads["bias"], backend, shape=(2,))
+    assert_on_backend(model.layers[0].params["bias"].grad, backend, shape=(2,))
 
 
 def _ones(backend, shape):

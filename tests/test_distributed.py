@@ -120,8 +120,8 @@ def _worker_size1(output: Path):
     for model, distributed in zip(models, (False, True)):
         bp.fit(model, data.x_train[:100], data.y_train[:100], epochs=1, batch_size=16, progress=False, log=None,
                distributed=distributed)
-    report["fit"] = all(np.array_equal(a, b) for a, b in zip(models[0].named_parameters().values(),
-                                                             models[1].named_parameters().values()))
+    report["fit"] = all(np.array_equal(a.value, b.value) for a, b in zip(models[0].parameters(),
+                                                                         models[1].parameters()))
     (output / "size1.json").write_text(json.dumps(report))
 
 
@@ -335,8 +335,8 @@ def test_cli_distributed_train_matches_single_process(tmp_path, monkeypatch):
     assert main(["--backend", "numpy", *options]) == 0
     distributed_model, _ = load_model(rank0 / "out" / "model.safetensors")
     single_model, _ = load_model(single / "model.safetensors")
-    for name, array in single_model.named_parameters().items():
-        got = distributed_model.backend.to_host(distributed_model.named_parameters()[name])
+    for name, array in ((n, p.value) for n, p in single_model.named_parameters().items()):
+        got = distributed_model.backend.to_host(distributed_model.named_parameters()[name].value)
         assert got.dtype == np.float64, name
         np.testing.assert_allclose(got, single_model.backend.to_host(array), rtol=RTOL64, atol=ATOL64, err_msg=name)
 

@@ -17,7 +17,7 @@ import backprop as bp
 from backprop.errors import ConfigError, DeviceMismatchError, DTypeError, ShapeError
 from backprop.layers.fixed_point import FixedPointRecurrent
 
-from conftest import UPDATES_IN_PLACE, assert_on_backend, ones_like
+from conftest import UPDATES_IN_PLACE, assert_on_backend, ones_like, weights
 
 ACTIVATIONS = {
     "tanh": (np.tanh, lambda a: 1.0 - np.tanh(a) ** 2),
@@ -27,7 +27,7 @@ ACTIVATIONS = {
 
 
 def host_params(layer):
-    return {k: layer.backend.to_host(v).astype(np.float64) for k, v in layer.params.items()}
+    return {k: layer.backend.to_host(v).astype(np.float64) for k, v in weights(layer).items()}
 
 
 def unrolled_bptt(params, x, grad_h, *, steps, activation="tanh", damping=1.0):
@@ -60,7 +60,7 @@ def _oscillating(layer, gain=3.0):
     """W = −gain·I: near h = 0 the map h ↦ tanh(−gain·h + c) has slope ≈ −gain, so the fixed point repels and
     the undamped iteration ends in a period-2 oscillation that never converges."""
     n = layer.hidden_size
-    layer.params["weight_hh"] = layer.backend.from_host(-gain * np.eye(n), dtype=layer.dtype)
+    layer.params["weight_hh"].value = layer.backend.from_host(-gain * np.eye(n), dtype=layer.dtype)
     return layer
 
 
@@ -106,7 +106,8 @@ def test_gradients_match_bptt_through_the_unrolled_iterations(backend, case):
     rtol, atol = (1e-8, 1e-10) if dtype == "float64" else (2e-4, 2e-5)
     np.testing.assert_allclose(backend.to_host(h), h_ref, rtol=rtol, atol=atol)
     for name, expected in grads_ref.items():
-        np.testing.assert_allclose(backend.to_host(layer.grads[name]), expected, rtol=rtol, atol=atol, err_msg=name)
+        np.testing.assert_allclose(backend.to_host(layer.params[name].grad), expected, rtol=rtol, atol=atol,
+                                   err_msg=name)
     np.testing.assert_allclose(backend.to_host(dx), dx_ref, rtol=rtol, atol=atol)
     # a truncated (one-step) gradient is far off: the comparison above has teeth
     _, one_step, _ = unrolled_bptt(host_params(layer), host_x, host_g, steps=1, activation=case["activation"])
@@ -123,7 +124,7 @@ def test_float32_gradients_at_the_default_tolerance(backend):
                                          steps=400)
     # errors of order tolerance / (1 − contraction) relative to the gradients' scale
     for name, expected in {**grads_ref, "input": dx_ref}.items():
-        actual = backend.to_host(dx if name == "input" else layer.grads[name])
+        actual = backend.to_host(dx if name == "input" else layer.params[name].grad)
         assert np.abs(actual - expected).max() < 2e-3 * np.abs(expected).max(), name
 
 
@@ -221,21 +222,21 @@ def test_damping_makes_an_oscillating_iteration_converge(backend):
 def test_max_recurrent_norm_projects_w_in_training(backend):
     layer = FixedPointRecurrent(3, 6, max_recurrent_norm=0.8, rng=0, backend=backend)
     _, x = _data(backend, (2, 3))
-    small = backend.to_host(layer.params["weight_hh"])  # ||W|| = 0.5: left alone
+    small = backend.to_host(layer.params["weight_hh"].value)  # ||W|| = 0.5: left alone
     layer(x, training=True)
-    np.testing.assert_array_equal(backend.to_host(layer.params["weight_hh"]), small)
+    np.testing.assert_array_equal(backend.to_host(layer.params["weight_hh"].value), small)
     big = np.random.default_rng(0).normal(size=(6, 6)) * 2.0
-    layer.params["weight_hh"] = backend.from_host(big, dtype=layer.dtype)
+    layer.params["weight_hh"].value = backend.from_host(big, dtype=layer.dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # ||W|| = 2·(random 6x6): this W need not contract
         layer(x)  # evaluation: no projection
-    np.testing.assert_array_equal(backend.to_host(layer.params["weight_hh"]), big.astype(np.float32))
-    weight = layer.params["weight_hh"]
+    np.testing.assert_array_equal(backend.to_host(layer.params["weight_hh"].value), big.astype(np.float32))
+    weight = layer.params["weight_hh"].value
     layer(x, training=True)
     if backend.library in UPDATES_IN_PLACE:
-        assert layer.params["weight_hh"] is weight  # rescaled in place: the fast path
-    assert_on_backend(layer.params["weight_hh"], backend, shape=(6, 6))
-    projected = backend.to_host(layer.params["weight_hh"]).astype(np.float64)
+        assert layer.params["weight_hh"].value is weight  # rescaled in place: the fast path
+    assert_on_backend(layer.params["weight_hh"].value, backend, shape=(6, 6))
+    projected = backend.to_host(layer.params["weight_hh"].value).astype(np.float64)
     assert abs(np.linalg.norm(projected, 2) - 0.8) < 1e-3
     np.testing.assert_allclose(projected / np.linalg.norm(projected, 2), big / np.linalg.norm(big, 2), rtol=1e-4,
                                atol=1e-6)  # the direction is kept
@@ -245,7 +246,7 @@ def test_max_recurrent_norm_projects_w_in_training(backend):
 def test_outputs_gradients_and_float64_live_on_the_backend(backend):
     for dtype in ("float32", "float64") if backend.supports_float64 else ("float32",):
         layer = FixedPointRecurrent(5, 3, rng=0, backend=backend, dtype=dtype)
-        for name, param in layer.params.items():
+        for name, param in weights(layer).items():
             assert_on_backend(param, backend, dtype, shape={"weight_ih": (5, 3), "weight_hh": (3, 3),
                                                             "bias": (3,)}[name])
         _, x = _data(backend, (2, 5), dtype)
@@ -253,8 +254,8 @@ def test_outputs_gradients_and_float64_live_on_the_backend(backend):
         assert_on_backend(h, backend, dtype, shape=(2, 3))
         dx = layer.backward(ones_like(backend, h))
         assert_on_backend(dx, backend, dtype, shape=(2, 5))
-        for name, grad in layer.grads.items():
-            assert_on_backend(grad, backend, dtype, shape=layer.params[name].shape)
+        for name, grad in layer.named_gradients().items():
+            assert_on_backend(grad, backend, dtype, shape=layer.params[name].value.shape)
         for array in layer.cached_arrays().values():
             assert_on_backend(array, backend, dtype)
 
@@ -262,9 +263,9 @@ def test_outputs_gradients_and_float64_live_on_the_backend(backend):
 def test_initial_weights_are_the_same_on_every_backend_and_contracting(backend):
     layer = FixedPointRecurrent(8, 16, rng=11, backend=backend)
     reference = FixedPointRecurrent(8, 16, rng=11, backend="numpy")
-    for name, weight in reference.params.items():
-        np.testing.assert_array_equal(backend.to_host(layer.params[name]), weight)
-    w = backend.to_host(layer.params["weight_hh"]).astype(np.float64)
+    for name, weight in weights(reference).items():
+        np.testing.assert_array_equal(backend.to_host(layer.params[name].value), weight)
+    w = backend.to_host(layer.params["weight_hh"].value).astype(np.float64)
     assert abs(np.linalg.norm(w, 2) - 0.5) < 1e-4
     assert abs(layer.spectral_norm() - 0.5) < 1e-3
     assert abs(layer.contraction_bound() - 0.5) < 1e-3

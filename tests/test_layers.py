@@ -8,7 +8,7 @@ import pytest
 import backprop as bp
 
 import reference as ref
-from conftest import assert_on_backend, ones_like
+from conftest import assert_on_backend, ones_like, weights
 
 # name -> (build(backend), input shape, reference(host_input, host_params))
 LAYERS = {
@@ -43,7 +43,7 @@ def test_forward_matches_numpy(backend, name):
     layer = build(backend)
     host_x, x = _input(backend, shape)
     y = layer(x)
-    host_params = {k: backend.to_host(v) for k, v in layer.named_parameters().items()}
+    host_params = {k: backend.to_host(v) for k, v in weights(layer).items()}
     if reference is None:  # the MLP: compose the references
         h = np.tanh(host_x @ host_params["0.weight"] + host_params["0.bias"])
         h = np.tanh(h @ host_params["2.weight"] + host_params["2.bias"])
@@ -72,7 +72,7 @@ def test_backward_outputs_live_on_the_backend(backend, name):
     dx = layer.backward(ones_like(backend, y))
     assert_on_backend(dx, backend, shape=shape)
     for param_name, grad in layer.named_gradients().items():
-        assert_on_backend(grad, backend, shape=layer.named_parameters()[param_name].shape)
+        assert_on_backend(grad, backend, shape=layer.named_parameters()[param_name].value.shape)
 
 
 def test_dense_one_example_gradient_is_the_outer_product_at_blas_sizes(backend):
@@ -83,11 +83,11 @@ def test_dense_one_example_gradient_is_the_outer_product_at_blas_sizes(backend):
     g_host = rng.standard_normal((1, 200)).astype(np.float32)
     layer(backend.from_host(x_host), training=True)
     dx = layer.backward(backend.from_host(g_host))
-    grad = layer.grads["weight"]
+    grad = layer.params["weight"].grad
     assert_on_backend(grad, backend, shape=(300, 200))
     assert_on_backend(dx, backend, shape=(1, 300))
     np.testing.assert_allclose(backend.to_host(grad), x_host.T @ g_host, rtol=1e-6)
-    np.testing.assert_allclose(backend.to_host(dx), g_host @ backend.to_host(layer.params["weight"]).T,
+    np.testing.assert_allclose(backend.to_host(dx), g_host @ backend.to_host(layer.params["weight"].value).T,
                                rtol=1e-4, atol=1e-5)
 
 
@@ -104,15 +104,15 @@ def test_gradcheck_catches_a_wrong_backward(backend):
 def test_same_seed_gives_same_initial_weights_on_every_backend(backend):
     numpy_model = bp.mlp([8, 16, 4], seed=11, backend="numpy")
     model = bp.mlp([8, 16, 4], seed=11, backend=backend)
-    for name, weight in numpy_model.named_parameters().items():
-        np.testing.assert_array_equal(backend.to_host(model.named_parameters()[name]), weight)
-    assert not np.array_equal(bp.mlp([8, 16, 4], seed=12, backend="numpy").named_parameters()["0.weight"],
-                              numpy_model.named_parameters()["0.weight"])
+    for name, weight in weights(numpy_model).items():
+        np.testing.assert_array_equal(backend.to_host(model.named_parameters()[name].value), weight)
+    assert not np.array_equal(bp.mlp([8, 16, 4], seed=12, backend="numpy").named_parameters()["0.weight"].value,
+                              numpy_model.named_parameters()["0.weight"].value)
 
 
 @pytest.mark.parametrize("init", ["glorot_uniform", "glorot_normal", "he_uniform", "he_normal"])
 def test_initializer_scale(init):
-    weight = bp.Dense(400, 300, init=init, rng=0, backend="numpy").params["weight"]
+    weight = bp.Dense(400, 300, init=init, rng=0, backend="numpy").params["weight"].value
     fan_in, fan_out = 400, 300
     expected_std = {"glorot": np.sqrt(2 / (fan_in + fan_out)), "he": np.sqrt(2 / fan_in)}[init.split("_")[0]]
     assert abs(weight.std() / expected_std - 1) < 0.03
@@ -134,18 +134,18 @@ def test_replace_arrays_stores_new_parameters_and_buffers(backend):
     """The parameter store's one write for whole arrays (loading, restoring weights): keyed as in model files,
     the arrays themselves stored, every other array kept; a wrong shape or dtype changes nothing of that array."""
     model = bp.Sequential([bp.Dense(3, 4, rng=0, backend=backend), bp.layers.BatchNorm1D(4, backend=backend)])
-    before = {name: backend.to_host(array) for name, array in model.named_parameters().items()}
+    before = {name: backend.to_host(array) for name, array in weights(model).items()}
     weight = backend.from_host(np.full((3, 4), 2.0, np.float32))
     mean = backend.from_host(np.full((4,), 0.5, np.float32))
     model.replace_arrays({"param/0.weight": weight, "buffer/1.running_mean": mean})
-    assert model.named_parameters()["0.weight"] is weight and model.layers[0].params["weight"] is weight
+    assert model.named_parameters()["0.weight"].value is weight and model.layers[0].params["weight"].value is weight
     assert model.named_buffers()["1.running_mean"] is mean
     for name in ("0.bias", "1.weight", "1.bias"):
-        np.testing.assert_array_equal(backend.to_host(model.named_parameters()[name]), before[name])
+        np.testing.assert_array_equal(backend.to_host(model.named_parameters()[name].value), before[name])
     with pytest.raises(bp.ShapeError, match=r"param '0.bias' is float32 of shape \(4,\); got float32 of shape "
                                             r"\(3,\)"):
         model.replace_arrays({"param/0.bias": backend.from_host(np.zeros(3, np.float32))})
-    np.testing.assert_array_equal(backend.to_host(model.named_parameters()["0.bias"]), before["0.bias"])
+    np.testing.assert_array_equal(backend.to_host(model.named_parameters()["0.bias"].value), before["0.bias"])
 
 
 def test_float64_models_work(backend):
@@ -177,7 +177,7 @@ def test_sgd_step_reduces_the_loss(backend):
         model.backward(loss_fn.backward())
         optimizer.step()
     assert losses[-1] < 0.5 * losses[0]
-    for param in model.named_parameters().values():
+    for param in weights(model).values():
         assert_on_backend(param, backend)
 
 

@@ -10,7 +10,7 @@ import backprop as bp
 from backprop.layers import register_layer
 from backprop.layers.normalization import BatchNorm1D, BatchNorm2D, LayerNorm
 
-from conftest import UPDATES_IN_PLACE, assert_on_backend, ones_like
+from conftest import UPDATES_IN_PLACE, assert_on_backend, ones_like, weights
 
 # name -> (layer class, constructor keywords, input shape)
 BATCH_NORMS = {
@@ -38,14 +38,14 @@ def _randomize_params(layer, backend, seed=1):
     """Give γ and β values other than ones and zeros, so the tests see them."""
     rng = np.random.default_rng(seed)
     new = {}
-    for name, array in layer.params.items():
+    for name, array in weights(layer).items():
         values = rng.uniform(0.5, 1.5, size=array.shape) if name == "weight" else rng.normal(size=array.shape)
         new[f"param/{name}"] = backend.from_host(values.astype(np.float32))
     layer.replace_arrays(new)
 
 
 def _host_params(layer, backend):
-    return {name: backend.to_host(array) for name, array in layer.params.items()}
+    return {name: backend.to_host(array) for name, array in weights(layer).items()}
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_batch_norm_matches_torch_in_training_and_evaluation(backend, torch, nam
         (y_t * torch.from_numpy(host_v)).sum().backward()
         np.testing.assert_allclose(backend.to_host(y), y_t.detach().numpy(), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(backend.to_host(dx), x_t.grad.numpy(), rtol=1e-4, atol=1e-4)
-        for param_name, grad in layer.grads.items():
+        for param_name, grad in layer.named_gradients().items():
             expected = getattr(oracle, param_name).grad.numpy()
             np.testing.assert_allclose(backend.to_host(grad), expected, rtol=1e-4, atol=1e-4)
             getattr(oracle, param_name).grad = None
@@ -112,7 +112,7 @@ def test_layer_norm_matches_torch(backend, torch, name):
         (y_t * torch.from_numpy(host_v)).sum().backward()
         np.testing.assert_allclose(backend.to_host(y), y_t.detach().numpy(), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(backend.to_host(dx), x_t.grad.numpy(), rtol=1e-4, atol=1e-4)
-        for param_name, grad in layer.grads.items():
+        for param_name, grad in layer.named_gradients().items():
             np.testing.assert_allclose(backend.to_host(grad), getattr(oracle, param_name).grad.numpy(),
                                        rtol=1e-4, atol=1e-4)
             getattr(oracle, param_name).grad = None
@@ -149,7 +149,7 @@ def test_batch_norm_outputs_grads_and_buffers_live_on_the_backend(backend, name)
         y = layer(backend.from_host(_host(shape)), training=training)
         assert_on_backend(y, backend, shape=shape)
         assert_on_backend(layer.backward(ones_like(backend, y)), backend, shape=shape)
-        for array in (*layer.grads.values(), *layer.params.values(), *layer.buffers.values()):
+        for array in (*layer.named_gradients().values(), *weights(layer).values(), *layer.buffers.values()):
             assert_on_backend(array, backend, shape=(shape[1],))
     assert list(layer.named_buffers()) == ["running_mean", "running_var"]
     assert list(layer.named_gradients()) == list(layer.named_parameters()) == ["weight", "bias"]
@@ -160,7 +160,7 @@ def test_layer_norm_outputs_and_grads_live_on_the_backend(backend):
     y = layer(backend.from_host(_host((2, 3, 4))))
     assert_on_backend(y, backend, shape=(2, 3, 4))
     assert_on_backend(layer.backward(y), backend, shape=(2, 3, 4))
-    for grad in layer.grads.values():
+    for grad in layer.named_gradients().values():
         assert_on_backend(grad, backend, shape=(3, 4))
     assert layer.buffers == {}
 
@@ -173,7 +173,7 @@ def test_float64_layers(backend):
         y = layer(x, training=True)
         assert_on_backend(y, backend, dtype_name="float64")
         assert_on_backend(layer.backward(y), backend, dtype_name="float64")
-        for array in (*layer.grads.values(), *layer.buffers.values()):
+        for array in (*layer.named_gradients().values(), *layer.buffers.values()):
             assert_on_backend(array, backend, dtype_name="float64")
 
 
@@ -235,9 +235,9 @@ def test_model_files_keep_weights_and_running_statistics(backend, tmp_path):
         loaded, _ = bp.load_model(path, backend=backend)
         assert repr(loaded) == repr(net)
         assert list(loaded.named_buffers()) == list(net.named_buffers())
-        for key, array in (*net.named_parameters().items(), *net.named_buffers().items()):
-            np.testing.assert_array_equal(backend.to_host({**loaded.named_parameters(),
-                                                           **loaded.named_buffers()}[key]), backend.to_host(array))
+        for key, array in (*weights(net).items(), *net.named_buffers().items()):
+            np.testing.assert_array_equal(backend.to_host({**weights(loaded), **loaded.named_buffers()}[key]),
+                                          backend.to_host(array))
         x = backend.from_host(host_x)
         np.testing.assert_array_equal(backend.to_host(loaded(x)), backend.to_host(net(x)))
     assert "0.running_mean" in images.named_buffers() and images[0].params == {}

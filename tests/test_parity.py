@@ -6,6 +6,8 @@ import numpy as np
 
 import backprop as bp
 
+from conftest import weights
+
 
 def _train(backend, steps=5):
     rng = np.random.default_rng(0)
@@ -20,8 +22,7 @@ def _train(backend, steps=5):
         model.backward(loss_fn.backward())
         optimizer.step()
         losses.append(float(backend.to_host(loss)))
-    weights = {k: backend.to_host(v) for k, v in model.named_parameters().items()}
-    return np.array(losses), weights
+    return np.array(losses), {k: backend.to_host(v) for k, v in weights(model).items()}
 
 
 def test_losses_and_weights_match_numpy(backend):

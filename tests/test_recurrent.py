@@ -11,7 +11,7 @@ from backprop.errors import ConfigError, DTypeError, ShapeError
 from backprop.layers.recurrent import GRU, LSTM, RNN
 from backprop.on_device import on_device
 
-from conftest import assert_on_backend, ones_like
+from conftest import assert_on_backend, ones_like, weights
 
 KINDS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 B, T, F, H = 2, 4, 3, 3  # batch, time, features, hidden: tiny, so array_api_strict stays quick
@@ -40,16 +40,16 @@ def _copy_from_torch(layer, module, suffix="", torch_suffix="_l0"):
     def get(name):
         return getattr(module, name + torch_suffix).detach().numpy().astype(np.float32)
 
-    layer.params["weight_ih" + suffix] = layer.backend.from_host(get("weight_ih").T.copy())
-    layer.params["weight_hh" + suffix] = layer.backend.from_host(get("weight_hh").T.copy())
+    layer.params["weight_ih" + suffix].value = layer.backend.from_host(get("weight_ih").T.copy())
+    layer.params["weight_hh" + suffix].value = layer.backend.from_host(get("weight_hh").T.copy())
     b_ih, b_hh = get("bias_ih"), get("bias_hh")
     if isinstance(layer, GRU):
         bias = b_ih.copy()
         bias[:2 * H] += b_hh[:2 * H]
-        layer.params["bias" + suffix] = layer.backend.from_host(bias)
-        layer.params["bias_hn" + suffix] = layer.backend.from_host(b_hh[2 * H:].copy())
+        layer.params["bias" + suffix].value = layer.backend.from_host(bias)
+        layer.params["bias_hn" + suffix].value = layer.backend.from_host(b_hh[2 * H:].copy())
     else:
-        layer.params["bias" + suffix] = layer.backend.from_host(b_ih + b_hh)
+        layer.params["bias" + suffix].value = layer.backend.from_host(b_ih + b_hh)
 
 
 def _torch_grads(layer, module, suffix="", torch_suffix="_l0"):
@@ -100,9 +100,9 @@ def test_forward_and_bptt_match_torch(backend, kind, bidirectional, return_seque
     expected = {}
     for suffix in layer.suffixes:
         expected.update(_torch_grads(layer, module, suffix, "_l0" + suffix))
-    assert set(layer.grads) == set(expected) == set(layer.params)
-    for name, grad in layer.grads.items():
-        assert_on_backend(grad, backend, shape=tuple(layer.params[name].shape))
+    assert set(layer.named_gradients()) == set(expected) == set(layer.params)
+    for name, grad in layer.named_gradients().items():
+        assert_on_backend(grad, backend, shape=tuple(layer.params[name].value.shape))
         np.testing.assert_allclose(backend.to_host(grad), expected[name], rtol=1e-4, atol=1e-6, err_msg=name)
 
 
@@ -135,8 +135,8 @@ class UnrolledRNN:
         self.hh = [bp.Dense(n_h, n_h, bias=False, backend=backend) for _ in range(steps)]
         self.act = [bp.Tanh(backend=backend) for _ in range(steps)]
         for ih, hh in zip(self.ih, self.hh):
-            ih.params["weight"], ih.params["bias"] = rnn.params["weight_ih"], rnn.params["bias"]
-            hh.params["weight"] = rnn.params["weight_hh"]
+            ih.params["weight"].value, ih.params["bias"].value = rnn.params["weight_ih"].value, rnn.params["bias"].value
+            hh.params["weight"].value = rnn.params["weight_hh"].value
 
     @on_device
     def forward(self, x):
@@ -160,9 +160,9 @@ class UnrolledRNN:
             carry = self.hh[t].backward(da) if t > 0 else None  # W_hh's gradient counts at every step...
             if self.bptt_steps is not None and t % self.bptt_steps == 0:
                 carry = None  # ...but at a chunk start h_{t-1} is a constant: no gradient goes further back
-        grads = {"weight_ih": sum(layer.grads["weight"] for layer in self.ih),
-                 "bias": sum(layer.grads["bias"] for layer in self.ih),
-                 "weight_hh": sum(layer.grads["weight"] for layer in self.hh[1:])}  # step 0 reads h = 0
+        grads = {"weight_ih": sum(layer.params["weight"].grad for layer in self.ih),
+                 "bias": sum(layer.params["bias"].grad for layer in self.ih),
+                 "weight_hh": sum(layer.params["weight"].grad for layer in self.hh[1:])}  # step 0 reads h = 0
         return xp.stack(dxs, axis=1), grads, dhs
 
 
@@ -179,7 +179,7 @@ def test_bptt_equals_the_unrolled_dense_tanh_network(backend, bptt):
     dx_ref, grads_ref, dhs = unrolled.backward(v)
     np.testing.assert_allclose(backend.to_host(dx), backend.to_host(dx_ref), rtol=1e-5, atol=1e-6)
     for name, grad in grads_ref.items():
-        np.testing.assert_allclose(backend.to_host(rnn.grads[name]), backend.to_host(grad), rtol=1e-5, atol=1e-6,
+        np.testing.assert_allclose(backend.to_host(rnn.params[name].grad), backend.to_host(grad), rtol=1e-5, atol=1e-6,
                                    err_msg=name)
     norms = [float(np.linalg.norm(backend.to_host(dh))) for dh in dhs]
     assert_on_backend(rnn.grad_norms_through_time, backend, shape=(steps,))
@@ -192,7 +192,8 @@ def test_full_bptt_is_not_the_truncated_one(backend):
     full, cut = RNN(F, H, rng=4, backend=backend), RNN(F, H, bptt_steps=2, rng=4, backend=backend)
     for layer in (full, cut):
         layer.backward(ones_like(backend, layer(x)))
-    assert not np.allclose(backend.to_host(full.grads["weight_hh"]), backend.to_host(cut.grads["weight_hh"]))
+    assert not np.allclose(backend.to_host(full.params["weight_hh"].grad),
+                           backend.to_host(cut.params["weight_hh"].grad))
 
 
 # -- truncated BPTT against detached chunks in PyTorch -----------------------------------------------------------
@@ -231,7 +232,7 @@ def test_truncated_bptt_matches_detached_chunks(kind, k, return_sequences):
     (tout * torch.tensor(v)).sum().backward()
     np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-4, atol=1e-6)
     for name, expected in _torch_grads(layer, module).items():
-        np.testing.assert_allclose(layer.grads[name], expected, rtol=1e-4, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(layer.params[name].grad, expected, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
 def test_truncated_bptt_of_a_bidirectional_layer_chunks_each_direction_in_its_reading_order():
@@ -254,7 +255,7 @@ def test_truncated_bptt_of_a_bidirectional_layer_chunks_each_direction_in_its_re
     np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-4, atol=1e-6)
     expected = {**_torch_grads(layer, forward_module), **_torch_grads(layer, reverse_module, "_reverse")}
     for name, grad in expected.items():
-        np.testing.assert_allclose(layer.grads[name], grad, rtol=1e-4, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(layer.params[name].grad, grad, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -264,7 +265,7 @@ def test_truncation_longer_than_the_sequence_is_full_bptt(kind):
     for layer in (full, long):
         layer.backward(np.ones_like(layer(host_x)))
     for name in full.params:
-        np.testing.assert_array_equal(full.grads[name], long.grads[name])
+        np.testing.assert_array_equal(full.params[name].grad, long.params[name].grad)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -287,7 +288,7 @@ def test_grad_norms_through_time_show_a_vanishing_gradient(backend):
     steps = 12
     rnn = RNN(2, 8, return_sequences=False, rng=0, backend=backend)
     with backend.activate():  # array code of our own runs on the backend's device
-        rnn.params["weight_hh"] = rnn.params["weight_hh"] * 0.5  # a contracting recurrence
+        rnn.params["weight_hh"].value = rnn.params["weight_hh"].value * 0.5  # a contracting recurrence
     assert rnn.grad_norms_through_time is None  # nothing before a backward pass
     _, x = _x(backend, (4, steps, 2))
     rnn.backward(ones_like(backend, rnn(x)))
@@ -361,12 +362,12 @@ def test_step_by_step_generation_matches_the_sequence_forward(backend, kind):
 # -- parameters, configuration, copies ----------------------------------------------------------------------------
 
 def test_parameter_names_and_shapes():
-    assert {k: tuple(v.shape) for k, v in RNN(3, 4, backend="numpy").params.items()} == {
+    assert {k: tuple(v.shape) for k, v in weights(RNN(3, 4, backend="numpy")).items()} == {
         "weight_ih": (3, 4), "weight_hh": (4, 4), "bias": (4,)}
-    assert {k: tuple(v.shape) for k, v in LSTM(3, 4, bidirectional=True, backend="numpy").params.items()} == {
+    assert {k: tuple(v.shape) for k, v in weights(LSTM(3, 4, bidirectional=True, backend="numpy")).items()} == {
         "weight_ih": (3, 16), "weight_hh": (4, 16), "bias": (16,),
         "weight_ih_reverse": (3, 16), "weight_hh_reverse": (4, 16), "bias_reverse": (16,)}
-    assert {k: tuple(v.shape) for k, v in GRU(3, 4, backend="numpy").params.items()} == {
+    assert {k: tuple(v.shape) for k, v in weights(GRU(3, 4, backend="numpy")).items()} == {
         "weight_ih": (3, 12), "weight_hh": (4, 12), "bias": (12,), "bias_hn": (4,)}
     assert LSTM.gate_order == ("i", "f", "g", "o") and GRU.gate_order == ("r", "z", "n")
 
@@ -374,12 +375,13 @@ def test_parameter_names_and_shapes():
 def test_initializers():
     layer = LSTM(5, 20, rng=0, backend="numpy")
     bound = 1 / np.sqrt(20)
-    for array in layer.params.values():  # PyTorch's default: U(-1/sqrt(hidden), 1/sqrt(hidden)) everywhere
+    for array in weights(layer).values():  # PyTorch's default: U(-1/sqrt(hidden), 1/sqrt(hidden)) everywhere
         assert np.abs(array).max() <= bound and np.abs(array).max() > 0.8 * bound
     glorot = LSTM(5, 20, init="glorot_uniform", rng=0, backend="numpy")
-    assert not glorot.params["bias"].any()
-    assert np.abs(glorot.params["weight_ih"]).max() <= np.sqrt(6 / 25)  # the fans of one gate's block
-    np.testing.assert_array_equal(LSTM(5, 20, rng=0, backend="numpy").params["weight_hh"], layer.params["weight_hh"])
+    assert not glorot.params["bias"].value.any()
+    assert np.abs(glorot.params["weight_ih"].value).max() <= np.sqrt(6 / 25)  # the fans of one gate's block
+    np.testing.assert_array_equal(LSTM(5, 20, rng=0, backend="numpy").params["weight_hh"].value,
+                                  layer.params["weight_hh"].value)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -392,7 +394,7 @@ def test_config_rebuilds_the_layer(kind):
     rebuilt = KINDS[kind](**config, backend="numpy")
     assert repr(rebuilt) == repr(layer) == f"{KINDS[kind].__name__}(3, 5, return_sequences=False, " \
                                            f"bidirectional=True, bptt_steps=4)"
-    assert {k: v.shape for k, v in rebuilt.params.items()} == {k: v.shape for k, v in layer.params.items()}
+    assert {k: v.shape for k, v in weights(rebuilt).items()} == {k: v.shape for k, v in weights(layer).items()}
 
 
 def test_to_and_astype_copy_the_layer(backend):

@@ -15,7 +15,7 @@ from backprop.layers import BatchNorm1D
 from backprop.training import Callback, Checkpoint, EarlyStopping, GradientMonitor, Trainer, evaluate, fit
 from backprop.training.interrupts import ctrl_c_held
 
-from conftest import assert_on_backend, ones_like
+from conftest import assert_on_backend, ones_like, weights
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_each_batch_mode_learns_the_digits(backend, digits, mode):
     expected_steps = {1: len(digits.x_train), 32: math.ceil(len(digits.x_train) / 32), "full": 1}[batch_size]
     assert history[-1]["steps"] == expected_steps
     assert _test_accuracy(model, digits) >= 0.90
-    for param in model.named_parameters().values():
+    for param in weights(model).values():
         assert_on_backend(param, backend)
 
 
@@ -57,7 +57,7 @@ def test_same_seed_same_weights_on_numpy(digits):
         model = bp.mlp([64, 32, 10], seed=3, backend="numpy")
         fit(model, digits.x_train[:300], digits.y_train[:300], epochs=3, batch_size=16, seed=5, progress=False,
             log=None, validation_split=0.2)
-        return model.named_parameters()
+        return weights(model)
 
     first, second = run(), run()
     for name in first:
@@ -69,13 +69,13 @@ def test_backends_agree_for_the_first_epochs(backend, digits):
         model = bp.mlp([64, 32, 10], seed=3, backend=on)
         history = fit(model, digits.x_train[:256], digits.y_train[:256], epochs=2, batch_size=64, shuffle=False,
                       optimizer="sgd", lr=0.1, progress=False, log=None)
-        return [r["train_loss"] for r in history], {k: on.to_host(v) for k, v in model.named_parameters().items()}
+        return [r["train_loss"] for r in history], {k: on.to_host(v) for k, v in weights(model).items()}
 
     expected_losses, expected_weights = run(bp.get_backend("numpy"))
-    losses, weights = run(backend)
+    losses, got_weights = run(backend)
     np.testing.assert_allclose(losses, expected_losses, rtol=1e-4)
     for name, weight in expected_weights.items():
-        np.testing.assert_allclose(weights[name], weight, rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(got_weights[name], weight, rtol=1e-3, atol=1e-5)
 
 
 def _trainer(backend, tmp_path, **options):
@@ -113,8 +113,8 @@ def test_resume_after_interrupt_equals_an_uninterrupted_run(backend, digits, tmp
     assert resumed.epoch == 2 and len(resumed.history) == 2
     resumed.fit(x, y, validation_split=0.25)
     assert resumed.epoch == 4
-    for name, weight in reference.model.named_parameters().items():
-        np.testing.assert_array_equal(backend.to_host(resumed.model.named_parameters()[name]),
+    for name, weight in weights(reference.model).items():
+        np.testing.assert_array_equal(backend.to_host(resumed.model.named_parameters()[name].value),
                                       backend.to_host(weight))
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in reference.history]
 
@@ -161,8 +161,8 @@ def test_ctrl_c_at_an_epoch_boundary_checkpoints_a_state_that_resumes_exactly(di
     resumed.load_checkpoint(checkpoint)
     assert resumed.epoch == 2
     resumed.fit(x, y, validation_split=0.25)
-    for name, weight in reference.model.named_parameters().items():
-        np.testing.assert_array_equal(resumed.model.named_parameters()[name], weight)
+    for name, weight in weights(reference.model).items():
+        np.testing.assert_array_equal(resumed.model.named_parameters()[name].value, weight)
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in reference.history]
 
 
@@ -188,13 +188,13 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_weights(digits):
     model = bp.mlp([64, 32, 10], seed=0, backend="numpy")
     trainer = Trainer(model, optimizer="sgd", lr=0.05, epochs=5, batch_size=100, progress=False, log=None)
     trainer.fit(digits.x_train, digits.y_train)
-    good = {k: v.copy() for k, v in model.named_parameters().items()}
+    good = {k: v.copy() for k, v in weights(model).items()}
     trainer.epochs = 6
     trainer.optimizer.lr = trainer.base_lr = 1e30  # certain to blow up
     with pytest.raises(bp.errors.TrainingError, match=r"NaN or infinite at epoch 6, step \d+ of 15; likely causes: "
                                                        r"learning rate too high"):
         trainer.fit(digits.x_train, digits.y_train)
-    for name, weight in model.named_parameters().items():
+    for name, weight in weights(model).items():
         np.testing.assert_array_equal(weight, good[name])
 
 
@@ -207,7 +207,7 @@ class _WeightsEveryEpoch(Callback):
     def on_epoch_end(self, trainer, record):
         backend = trainer.model.backend
         self.weights[record["epoch"]] = {name: backend.to_host(array).copy()
-                                         for name, array in trainer.model.named_parameters().items()}
+                                         for name, array in weights(trainer.model).items()}
 
 
 def test_early_stopping_restores_the_best_weights(digits):
@@ -219,7 +219,7 @@ def test_early_stopping_restores_the_best_weights(digits):
     best = 1 + losses.index(min(losses))  # the epoch of the lowest validation loss (the first, on a tie)
     assert stopper.best_epoch == best and len(history) == best + 2 < 60  # it overfits 100 examples quickly
     assert sorted(recorder.weights) == list(range(1, len(history) + 1))
-    for name, weight in model.named_parameters().items():
+    for name, weight in weights(model).items():
         np.testing.assert_array_equal(weight, recorder.weights[best][name], err_msg=name)
     last = recorder.weights[len(history)]
     assert any(not np.array_equal(last[name], recorder.weights[best][name]) for name in last)  # a real restore
@@ -252,21 +252,21 @@ class _ForgetsToStore(bp.optim.SGD):
     """An optimizer with the bug immutable arrays exposed: it computes its update and then drops it (JAX's
     ``w -= lr * g`` inside a function rebinds a local name and leaves the model's array as it was)."""
 
-    def _update(self, params, grads, states, steps):
-        _ = [param - self.lr * grad for param, grad in zip(params, grads)]  # computed, never stored
+    def _update(self, group, params, grads, states, steps):
+        _ = [param - group["lr"] * grad for param, grad in zip(params, grads)]  # computed, never stored
         return params, states
 
 
 def test_a_step_that_changes_no_weight_stops_training(backend, digits):
     model = bp.mlp([64, 8, 10], seed=0, backend=backend)
-    before = {name: backend.to_host(array) for name, array in model.named_parameters().items()}
+    before = {name: backend.to_host(array) for name, array in weights(model).items()}
     trainer = Trainer(model, optimizer=_ForgetsToStore(model, lr=0.1), epochs=3, batch_size=50, progress=False,
                       log=None)
     with pytest.raises(bp.TrainingError, match=r"^the optimizer's first step of epoch 1 left every weight exactly "
                                                r"as it was although the gradients are non-zero \(lr=0.1\)"):
         trainer.fit(digits.x_train[:100], digits.y_train[:100])
     assert trainer.epoch == 0 and not trainer.history
-    for name, array in model.named_parameters().items():
+    for name, array in weights(model).items():
         np.testing.assert_array_equal(backend.to_host(array), before[name])
 
 
@@ -355,10 +355,10 @@ def test_exploding_gradients_are_warned(digits):
 
 def test_gradient_clipping_bounds_the_update(digits):
     model = bp.mlp([64, 32, 10], seed=0, backend="numpy")
-    before = {k: v.copy() for k, v in model.named_parameters().items()}
+    before = {k: v.copy() for k, v in weights(model).items()}
     fit(model, digits.x_train[:64] * 1e3, digits.y_train[:64], optimizer="sgd", lr=1.0, epochs=1,
         batch_size="full", clip_norm=0.5, progress=False, log=None)
-    change = math.sqrt(sum(float(np.sum((model.named_parameters()[k] - before[k]) ** 2)) for k in before))
+    change = math.sqrt(sum(float(np.sum((model.named_parameters()[k].value - before[k]) ** 2)) for k in before))
     assert change <= 0.5 + 1e-5
 
 

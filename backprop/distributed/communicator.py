@@ -147,8 +147,7 @@ class Communicator:
         """Give every parameter and buffer of ``model`` rank 0's values (once, at the start of training: ranks
         that built the model differently, or from another seed, start equal)."""
         backend = model.backend
-        arrays = {f"param/{k}": v for k, v in model.named_parameters().items()}
-        arrays.update({f"buffer/{k}": v for k, v in model.named_buffers().items()})
+        arrays = model.named_arrays()
         received = {}
         for key, array in arrays.items():
             host = backend.to_host(array)  # rank 0: the values; elsewhere: a receive buffer of the right kind
@@ -173,10 +172,10 @@ class Communicator:
         """
         backend = model.backend
         xp = backend.xp
-        slots = model.parameter_slots()
-        if not slots:
+        boxes = model.parameters()
+        if not boxes:
             return
-        params = [layer.params[key] for layer, key in slots]
+        params = [box.value for box in boxes]
         dtype = params[0].dtype
         if any(p.dtype != dtype for p in params):
             raise ConfigError("distributed training needs all parameters of one dtype (one all-reduce buffer)")
@@ -185,8 +184,8 @@ class Communicator:
         stop = 0.0 if not self._stop_requested else self.size + 1.0 if self._stop_terminated else 1.0
         if count:  # pack, each gradient weighted by this rank's share of the global batch
             weight = count / total
-            parts = [xp.zeros((size,), dtype=dtype, device=backend.device) if layer.grads.get(key) is None
-                     else xp.reshape(layer.grads[key], (size,)) * weight for (layer, key), size in zip(slots, sizes)]
+            parts = [xp.zeros((size,), dtype=dtype, device=backend.device) if box.grad is None
+                     else xp.reshape(box.grad, (size,)) * weight for box, size in zip(boxes, sizes)]
         else:
             parts = [xp.zeros((sum(sizes),), dtype=dtype, device=backend.device)]
         if reducer.carries_flag:
@@ -199,8 +198,8 @@ class Communicator:
                 raise Terminated(f"SIGTERM reached {terminated + interrupted} of {self.size} ranks")
             raise KeyboardInterrupt(f"Ctrl-C reached {interrupted} of {self.size} ranks")
         offset = 0
-        for (layer, key), param, size in zip(slots, params, sizes):
-            layer.grads[key] = xp.reshape(flat[offset:offset + size], tuple(param.shape))
+        for box, param, size in zip(boxes, params, sizes):
+            box.grad = xp.reshape(flat[offset:offset + size], tuple(param.shape))
             offset += size
 
     def _reducer(self, backend):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError, ShapeError
 from ..init import host_random, initialize
+from ..parameters import Parameter
 from .base import Layer
 from .im2col import as_pair, col2im, im2col, output_shape, pad, unpad
 
@@ -49,11 +50,11 @@ class Conv2D(Layer):
         self.init = init
         self.use_bias = bias
         rng = host_random(rng)
-        self.params["weight"] = initialize(init, (out_channels, in_channels, *self.kernel_size), rng=rng,
-                                           backend=self.backend, dtype=self.dtype)
+        self.params["weight"] = Parameter(initialize(init, (out_channels, in_channels, *self.kernel_size), rng=rng,
+                                                     backend=self.backend, dtype=self.dtype))
         if bias:
-            self.params["bias"] = initialize("zeros", (out_channels,), rng=rng, backend=self.backend,
-                                             dtype=self.dtype)
+            self.params["bias"] = Parameter(initialize("zeros", (out_channels,), rng=rng, backend=self.backend,
+                                                       dtype=self.dtype))
         self._cache = None
 
     def extra_repr(self) -> str:
@@ -83,7 +84,7 @@ class Conv2D(Layer):
         if x.shape[1] != self.in_channels:
             raise ShapeError(f"{self!r}: expected input of shape {expected}, got {tuple(x.shape)}")
         out_hw = output_shape(self, x, self.kernel_size, self.stride, self.padding, self.dilation)
-        weight, bias = self.params["weight"], self.params.get("bias")
+        weight, bias = self.params["weight"].value, self.params["bias"].value if self.use_bias else None
         fast = None
         if self.use_fast_path:
             fast = self.backend.conv2d_forward(x, weight, bias, stride=self.stride, padding=self.padding,
@@ -115,19 +116,19 @@ class Conv2D(Layer):
             grad_input, grad_weight, grad_bias = self.backend.conv2d_backward(grad_output, saved,
                                                                               bias=self.use_bias,
                                                                               input_grad=input_grad)
-            self.grads["weight"] = grad_weight
+            self.params["weight"].grad = grad_weight
             if self.use_bias:
-                self.grads["bias"] = grad_bias
+                self.params["bias"].grad = grad_bias
             return grad_input
         xp = self.xp
         x_shape, padded_shape, columns, out_hw = saved
         n, rows = x_shape[0], columns.shape[1]
         grad = xp.reshape(grad_output, (n, self.out_channels, out_hw[0] * out_hw[1]))
-        weight = xp.reshape(self.params["weight"], (self.out_channels, rows))
-        self.grads["weight"] = xp.reshape(xp.tensordot(grad, columns, axes=([0, 2], [0, 2])),
-                                          tuple(self.params["weight"].shape))
+        weight = xp.reshape(self.params["weight"].value, (self.out_channels, rows))
+        self.params["weight"].grad = xp.reshape(xp.tensordot(grad, columns, axes=([0, 2], [0, 2])),
+                                          tuple(self.params["weight"].value.shape))
         if self.use_bias:
-            self.grads["bias"] = xp.sum(grad, axis=(0, 2))
+            self.params["bias"].grad = xp.sum(grad, axis=(0, 2))
         if not input_grad:
             return None
         grad_columns = xp.reshape(xp.matrix_transpose(weight) @ grad,

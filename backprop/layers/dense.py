@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from ..init import host_random, initialize
+from ..parameters import Parameter
 from .base import Layer
 
 
@@ -28,11 +29,11 @@ class Dense(Layer):
         self.init = init
         self.use_bias = bias
         rng = host_random(rng)
-        self.params["weight"] = initialize(init, (in_features, out_features),
-                                           rng=rng, backend=self.backend, dtype=self.dtype)
+        self.params["weight"] = Parameter(initialize(init, (in_features, out_features), rng=rng,
+                                                     backend=self.backend, dtype=self.dtype))
         if bias:
-            self.params["bias"] = initialize("zeros", (out_features,), rng=rng, backend=self.backend,
-                                             dtype=self.dtype)
+            self.params["bias"] = Parameter(initialize("zeros", (out_features,), rng=rng, backend=self.backend,
+                                                       dtype=self.dtype))
         self._x = None
 
     def extra_repr(self) -> str:
@@ -53,9 +54,9 @@ class Dense(Layer):
     def forward(self, x, *, training: bool = False):
         self.check_input(x, min_ndim=2, last_dim=self.in_features, expected=f"(batch, {self.in_features})")
         self._x = x
-        y = x @ self.params["weight"]
+        y = x @ self.params["weight"].value
         if self.use_bias:
-            y = self.backend.add_scaled(y, self.params["bias"])  # in place where allowed: y is our own
+            y = self.backend.add_scaled(y, self.params["bias"].value)  # in place where allowed: y is our own
         return y
 
     can_skip_input_grad = True
@@ -68,14 +69,14 @@ class Dense(Layer):
             x = self.xp.reshape(x, (-1, self.in_features))
             grad = self.xp.reshape(grad, (-1, self.out_features))
         if x.shape[0] == 1:  # one example: an outer product; a matmul with an inner size of 1 is far slower
-            self.grads["weight"] = self.backend.outer(x[0, ...], grad[0, ...])
+            self.params["weight"].grad = self.backend.outer(x[0, ...], grad[0, ...])
         else:
-            self.grads["weight"] = x.T @ grad
+            self.params["weight"].grad = x.T @ grad
         if self.use_bias:
-            self.grads["bias"] = self.xp.sum(grad, axis=0)
+            self.params["bias"].grad = self.xp.sum(grad, axis=0)
         if not input_grad:
             return None
-        return grad_output @ self.xp.matrix_transpose(self.params["weight"])
+        return grad_output @ self.xp.matrix_transpose(self.params["weight"].value)
 
     def _clear_cache(self) -> None:
         self._x = None

@@ -57,7 +57,7 @@ class Dropout(Layer):
     def _clear_cache(self) -> None:
         self._scaled_mask = None
 
-    def _map_arrays(self, convert, *, backend=None, dtype=None):
-        clone = super()._map_arrays(convert, backend=backend, dtype=dtype)
+    def _map_arrays(self, convert, **options):
+        clone = super()._map_arrays(convert, **options)
         clone.reseed(self._random.seed)
         return clone

@@ -6,6 +6,7 @@ from backends import describe_array, dtype_name
 
 from ..errors import ConfigError, DeviceMismatchError, DTypeError, ShapeError
 from ..init import INITIALIZERS, host_random, initialize
+from ..parameters import Parameter
 from .base import Layer
 
 
@@ -49,9 +50,10 @@ class Embedding(Layer):
         rng = host_random(rng)
         shape = (num_embeddings, embedding_dim)
         if init == "normal":
-            self.params["weight"] = self.backend.from_host(rng.normal(shape, 0.0, 1.0), dtype=self.dtype)
+            weight = self.backend.from_host(rng.normal(shape, 0.0, 1.0), dtype=self.dtype)
         else:
-            self.params["weight"] = initialize(init, shape, rng=rng, backend=self.backend, dtype=self.dtype)
+            weight = initialize(init, shape, rng=rng, backend=self.backend, dtype=self.dtype)
+        self.params["weight"] = Parameter(weight)
         self._indices = None
 
     def extra_repr(self) -> str:
@@ -91,7 +93,7 @@ class Embedding(Layer):
     def forward(self, x, *, training: bool = False):
         flat = self._check_indices(x)
         self._indices = flat
-        rows = self.xp.take(self.params["weight"], flat, axis=0)
+        rows = self.xp.take(self.params["weight"].value, flat, axis=0)
         return self.xp.reshape(rows, (*x.shape, self.embedding_dim))
 
     def backward(self, grad_output):
@@ -99,12 +101,12 @@ class Embedding(Layer):
         if self._indices is None:
             raise RuntimeError(f"{self!r}: backward called before forward")
         xp = self.xp
-        weight = self.params["weight"]
+        weight = self.params["weight"].value
         grad = xp.reshape(grad_output, (-1, self.embedding_dim))
         if grad.dtype != weight.dtype:
             grad = xp.astype(grad, weight.dtype)
         weight_grad = xp.zeros(tuple(weight.shape), dtype=weight.dtype, device=self.backend.device)
-        self.grads["weight"] = self.backend.scatter_add(weight_grad, self._indices, grad)
+        self.params["weight"].grad = self.backend.scatter_add(weight_grad, self._indices, grad)
         return None
 
     def _clear_cache(self) -> None:

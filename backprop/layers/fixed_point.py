@@ -15,6 +15,7 @@ import warnings
 from ..errors import ConfigError, ShapeError
 from ..init import INITIALIZERS, host_random, initialize
 from ..on_device import on_device
+from ..parameters import Parameter
 from .base import Layer
 
 #: activation -> its Lipschitz constant (the largest |f'|), for the contraction bound.
@@ -163,13 +164,14 @@ class FixedPointRecurrent(Layer):
         self.init = init
 
         rng = host_random(rng)
-        self.params["weight_ih"] = initialize(init, (input_size, hidden_size), rng=rng, backend=self.backend,
-                                              dtype=self.dtype)
+        self.params["weight_ih"] = Parameter(initialize(init, (input_size, hidden_size), rng=rng,
+                                                        backend=self.backend, dtype=self.dtype))
         recurrent = INITIALIZERS[init](rng, (hidden_size, hidden_size))  # a host array
         norm = _host_spectral_norm(recurrent, rng)
         recurrent = recurrent * (self.recurrent_norm / norm) if norm > 0 else recurrent * 0.0
-        self.params["weight_hh"] = self.backend.from_host(recurrent, dtype=self.dtype)
-        self.params["bias"] = initialize("zeros", (hidden_size,), rng=rng, backend=self.backend, dtype=self.dtype)
+        self.params["weight_hh"] = Parameter(self.backend.from_host(recurrent, dtype=self.dtype))
+        self.params["bias"] = Parameter(initialize("zeros", (hidden_size,), rng=rng, backend=self.backend,
+                                                   dtype=self.dtype))
 
         self._x = self._h = self._fprime = None
         self._power_vector = None  # warm start of the power iteration behind max_recurrent_norm
@@ -213,7 +215,7 @@ class FixedPointRecurrent(Layer):
     @on_device
     def spectral_norm(self, iterations: int = 100) -> float:
         """||W||₂ of the current recurrent weight, by power iteration on the device (one host transfer)."""
-        xp, w = self.xp, self.params["weight_hh"]
+        xp, w = self.xp, self.params["weight_hh"].value
         v = xp.ones((self.hidden_size, 1), dtype=self.dtype, device=self.backend.device)
         v = v / math.sqrt(self.hidden_size)
         for _ in range(iterations):
@@ -306,7 +308,7 @@ class FixedPointRecurrent(Layer):
         max_norm = self.max_recurrent_norm if max_norm is None else max_norm
         if max_norm is None:
             return
-        xp, w = self.xp, self.params["weight_hh"]
+        xp, w = self.xp, self.params["weight_hh"].value
         v, steps = self._power_vector, 5
         if v is None:
             v = xp.ones((self.hidden_size, 1), dtype=self.dtype, device=self.backend.device)
@@ -318,7 +320,8 @@ class FixedPointRecurrent(Layer):
             v = v / (xp.sqrt(xp.sum(v * v)) + tiny)
         self._power_vector = v
         sigma = xp.sqrt(xp.sum((w @ v) ** 2))
-        self.params["weight_hh"] = self.backend.scale(w, xp.where(sigma > max_norm, max_norm / (sigma + tiny), 1.0))
+        factor = xp.where(sigma > max_norm, max_norm / (sigma + tiny), 1.0)
+        self.params["weight_hh"].value = self.backend.scale(w, factor)
 
     # -- forward and backward ------------------------------------------------------
     def forward(self, x, *, training: bool = False):
@@ -326,8 +329,8 @@ class FixedPointRecurrent(Layer):
         if training and self.max_recurrent_norm is not None:
             self.project_recurrent_norm()
         xp, alpha = self.xp, self.damping
-        w = self.params["weight_hh"]
-        drive = x @ self.params["weight_ih"] + self.params["bias"]  # x U + b, the same at every step
+        w = self.params["weight_hh"].value
+        drive = x @ self.params["weight_ih"].value + self.params["bias"].value  # x U + b, the same at every step
 
         def step(h):
             y = self._value(h @ w + drive)
@@ -347,7 +350,7 @@ class FixedPointRecurrent(Layer):
             raise ShapeError(f"{self!r}: expected grad_output of shape {tuple(self._h.shape)}, "
                              f"got {tuple(grad_output.shape)}")
         xp, alpha, slope = self.xp, self.damping, self._fprime
-        w_t = xp.matrix_transpose(self.params["weight_hh"])
+        w_t = xp.matrix_transpose(self.params["weight_hh"].value)
         g = grad_output
 
         def step(v):
@@ -359,16 +362,16 @@ class FixedPointRecurrent(Layer):
         v, iterations, converged, change, rate = self._iterate(step, g, scale, tolerance)
         self._report("backward", iterations, converged, change, rate, tolerance)
         delta = slope * v  # dL/da*
-        self.grads["weight_hh"] = xp.matrix_transpose(self._h) @ delta
-        self.grads["weight_ih"] = xp.matrix_transpose(self._x) @ delta
-        self.grads["bias"] = xp.sum(delta, axis=0)
-        return delta @ xp.matrix_transpose(self.params["weight_ih"])
+        self.params["weight_hh"].grad = xp.matrix_transpose(self._h) @ delta
+        self.params["weight_ih"].grad = xp.matrix_transpose(self._x) @ delta
+        self.params["bias"].grad = xp.sum(delta, axis=0)
+        return delta @ xp.matrix_transpose(self.params["weight_ih"].value)
 
     def _clear_cache(self) -> None:
         self._x = self._h = self._fprime = None
 
-    def _map_arrays(self, convert, *, backend=None, dtype=None):
-        clone = super()._map_arrays(convert, backend=backend, dtype=dtype)
+    def _map_arrays(self, convert, **options):
+        clone = super()._map_arrays(convert, **options)
         clone._warned = {"forward": False, "backward": False}  # a copy has its own warnings and totals
         clone._power_vector = None
         clone.reset_stats()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from ..errors import ConfigError, ShapeError
+from ..parameters import Parameter
 from .base import Layer
 
 
@@ -90,8 +91,8 @@ class _BatchNorm(Layer):
         xp, device, shape = self.xp, self.backend.device, (self.num_features,)
         with self.backend.activate():  # the parameters are created on the layer's device
             if affine:
-                self.params["weight"] = xp.ones(shape, dtype=self.dtype, device=device)
-                self.params["bias"] = xp.zeros(shape, dtype=self.dtype, device=device)
+                self.params["weight"] = Parameter(xp.ones(shape, dtype=self.dtype, device=device))
+                self.params["bias"] = Parameter(xp.zeros(shape, dtype=self.dtype, device=device))
             self.buffers["running_mean"] = xp.zeros(shape, dtype=self.dtype, device=device)
             self.buffers["running_var"] = xp.ones(shape, dtype=self.dtype, device=device)
         self._cache = None
@@ -144,7 +145,7 @@ class _BatchNorm(Layer):
         self._cache = (x_hat, inv_std, axes, training)
         if not self.affine:
             return x_hat
-        return x_hat * xp.reshape(self.params["weight"], shape) + xp.reshape(self.params["bias"], shape)
+        return x_hat * xp.reshape(self.params["weight"].value, shape) + xp.reshape(self.params["bias"].value, shape)
 
     def _update_running_stats(self, batch_mean, unbiased_var) -> None:
         m, update = self.momentum, self.backend.add_scaled  # in place where the backend allows
@@ -158,9 +159,9 @@ class _BatchNorm(Layer):
         x_hat, inv_std, axes, training = self._cache
         grad_x_hat = grad_output
         if self.affine:
-            self.grads["weight"] = xp.sum(grad_output * x_hat, axis=axes)
-            self.grads["bias"] = xp.sum(grad_output, axis=axes)
-            grad_x_hat = grad_output * xp.reshape(self.params["weight"], self._channel_shape(x_hat.ndim))
+            self.params["weight"].grad = xp.sum(grad_output * x_hat, axis=axes)
+            self.params["bias"].grad = xp.sum(grad_output, axis=axes)
+            grad_x_hat = grad_output * xp.reshape(self.params["weight"].value, self._channel_shape(x_hat.ndim))
         if not training:
             return grad_x_hat * inv_std
         return _normalize_backward(xp, grad_x_hat, x_hat, inv_std, axes)
@@ -238,8 +239,8 @@ class LayerNorm(Layer):
         if elementwise_affine:
             xp, device = self.xp, self.backend.device
             with self.backend.activate():  # the parameters are created on the layer's device
-                self.params["weight"] = xp.ones(self.normalized_shape, dtype=self.dtype, device=device)
-                self.params["bias"] = xp.zeros(self.normalized_shape, dtype=self.dtype, device=device)
+                self.params["weight"] = Parameter(xp.ones(self.normalized_shape, dtype=self.dtype, device=device))
+                self.params["bias"] = Parameter(xp.zeros(self.normalized_shape, dtype=self.dtype, device=device))
         self._cache = None
 
     def extra_repr(self) -> str:
@@ -275,7 +276,7 @@ class LayerNorm(Layer):
         self._cache = (x_hat, inv_std, axes)
         if not self.elementwise_affine:
             return x_hat
-        return x_hat * self.params["weight"] + self.params["bias"]
+        return x_hat * self.params["weight"].value + self.params["bias"].value
 
     def backward(self, grad_output):
         if self._cache is None:
@@ -285,9 +286,9 @@ class LayerNorm(Layer):
         grad_x_hat = grad_output
         if self.elementwise_affine:
             leading = tuple(range(x_hat.ndim - len(axes)))
-            self.grads["weight"] = xp.sum(grad_output * x_hat, axis=leading)
-            self.grads["bias"] = xp.sum(grad_output, axis=leading)
-            grad_x_hat = grad_output * self.params["weight"]
+            self.params["weight"].grad = xp.sum(grad_output * x_hat, axis=leading)
+            self.params["bias"].grad = xp.sum(grad_output, axis=leading)
+            grad_x_hat = grad_output * self.params["weight"].value
         return _normalize_backward(xp, grad_x_hat, x_hat, inv_std, axes)
 
     def _clear_cache(self) -> None:

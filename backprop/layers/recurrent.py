@@ -36,6 +36,7 @@ import math
 from ..errors import ConfigError, ShapeError
 from ..init import INITIALIZERS, host_random, initialize
 from ..on_device import on_device
+from ..parameters import Parameter
 from .base import Layer
 
 
@@ -112,7 +113,7 @@ class Recurrent(Layer):
                 value = blocks[0] if gates == 1 else self.xp.concat(blocks, axis=1)
             else:
                 value = self.xp.zeros(shape, dtype=self.dtype, device=self.backend.device)
-            self.params[name + suffix] = value
+            self.params[name + suffix] = Parameter(value)
 
     @classmethod
     def _direction_shapes(cls, input_size: int, hidden: int) -> dict[str, tuple]:
@@ -131,7 +132,7 @@ class Recurrent(Layer):
 
     def _direction_params(self, suffix: str) -> dict:
         names = ("weight_ih", "weight_hh", "bias") + ((self.extra_bias,) if self.extra_bias else ())
-        return {name: self.params[name + suffix] for name in names}
+        return {name: self.params[name + suffix].value for name in names}
 
     def extra_repr(self) -> str:
         text = f"{self.input_size}, {self.hidden_size}"
@@ -251,11 +252,11 @@ class Recurrent(Layer):
             flat_hh = xp.reshape(d_hh_all, (-1, d_hh_all.shape[-1]))
             flat_x = xp.reshape(x, (-1, self.input_size))
             flat_h = xp.reshape(xp.stack(h_prev, axis=1), (-1, hidden))
-            self.grads["weight_ih" + suffix] = flat_x.T @ flat_in
-            self.grads["weight_hh" + suffix] = flat_h.T @ flat_hh
-            self.grads["bias" + suffix] = xp.sum(flat_in, axis=0)
+            self.params["weight_ih" + suffix].grad = flat_x.T @ flat_in
+            self.params["weight_hh" + suffix].grad = flat_h.T @ flat_hh
+            self.params["bias" + suffix].grad = xp.sum(flat_in, axis=0)
             if self.extra_bias:
-                self.grads[self.extra_bias + suffix] = xp.sum(flat_hh[:, 2 * hidden:], axis=0)
+                self.params[self.extra_bias + suffix].grad = xp.sum(flat_hh[:, 2 * hidden:], axis=0)
             if input_grad:
                 part = xp.reshape(flat_in @ xp.matrix_transpose(params["weight_ih"]),
                                   (batch, steps, self.input_size))

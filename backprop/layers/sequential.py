@@ -66,29 +66,11 @@ class Sequential(Layer):
     def config(self) -> dict:
         return {"layers": [architecture(layer) for layer in self.layers]}
 
-    def _named(self, attribute: str) -> dict[str, object]:
-        named = {}
-        for i, layer in enumerate(self.layers):
-            for name, array in getattr(layer, attribute)().items():
-                named[f"{i}.{name}"] = array
-        return named
+    def named_children(self) -> dict[str, Layer]:
+        return {str(i): layer for i, layer in enumerate(self.layers)}
 
-    def named_parameters(self):
-        return self._named("named_parameters")
-
-    def named_gradients(self):
-        return self._named("named_gradients")
-
-    def named_buffers(self):
-        return self._named("named_buffers")
-
-    def parameter_slots(self):
-        return [slot for layer in self.layers for slot in layer.parameter_slots()]
-
-    def buffer_slots(self):
-        return [slot for layer in self.layers for slot in layer.buffer_slots()]
-
-    def _map_arrays(self, convert, *, backend=None, dtype=None):
-        clone = super()._map_arrays(convert, backend=backend, dtype=dtype)
-        clone.layers = [layer._map_arrays(convert, backend=backend, dtype=dtype) for layer in self.layers]
+    def _map_arrays(self, convert, *, backend=None, dtype=None, memo=None):
+        memo = {} if memo is None else memo
+        clone = super()._map_arrays(convert, backend=backend, dtype=dtype, memo=memo)
+        clone.layers = [layer._map_arrays(convert, backend=backend, dtype=dtype, memo=memo) for layer in self.layers]
         return clone

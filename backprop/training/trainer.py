@@ -177,9 +177,7 @@ class Trainer:
         self.model.replace_arrays({key: self._copy(weights[key]) for key in self._weights()})
 
     def _weights(self) -> dict:
-        weights = {f"param/{k}": v for k, v in self.model.named_parameters().items()}
-        weights.update({f"buffer/{k}": v for k, v in self.model.named_buffers().items()})
-        return weights
+        return self.model.named_arrays()
 
     def _copy(self, array):
         return self.backend.xp.asarray(array, copy=True, device=self.backend.device)
@@ -287,7 +285,7 @@ class Trainer:
         if self._snapshot is not None and self._snapshot[0] == self.epoch:
             weights = self._snapshot[1]
             return {name: weights[f"param/{name}"] for name in self.model.named_parameters()}
-        return {name: self._copy(array) for name, array in self.model.named_parameters().items()}
+        return {name: self._copy(param.value) for name, param in self.model.named_parameters().items()}
 
     def _check_the_step_changed_weights(self, before: dict) -> None:
         """Raise ``TrainingError`` when the step just taken left every weight bit for bit as it was, although
@@ -299,7 +297,7 @@ class Trainer:
         changed, nonzero = [], []
         for name, grad in self.model.named_gradients().items():
             if name in before:
-                changed.append(xp.any(params[name] != before[name]))
+                changed.append(xp.any(params[name].value != before[name]))
                 nonzero.append(xp.any(grad != 0))
         if not changed:
             return
