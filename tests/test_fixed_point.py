@@ -6,6 +6,7 @@ written in plain NumPy below (and itself checked against PyTorch autograd).
 
 from __future__ import annotations
 
+import inspect
 import re
 import tracemalloc
 import warnings
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 import backprop as bp
+from backends import dtype_name
 from backprop.errors import ConfigError, DeviceMismatchError, DTypeError, ShapeError
 from backprop.layers.fixed_point import FixedPointRecurrent
 
@@ -96,8 +98,8 @@ def test_gradients_match_bptt_through_the_unrolled_iterations(backend, case):
                                 dtype=dtype, **options)
     host_x, x = _data(backend, (3, 4), dtype)
     host_g, g = _data(backend, (3, 5), dtype, seed=1)
-    h = layer(x)
-    dx = layer.backward(g)
+    h, backprop = layer.begin_update(x)
+    dx = backprop(g)
     assert layer.last_forward_converged and layer.last_backward_converged
     assert layer.last_backward_iterations > 10  # the adjoint really iterated
     h_ref, grads_ref, dx_ref = unrolled_bptt(host_params(layer), backend.to_host(x).astype(np.float64), host_g,
@@ -118,8 +120,8 @@ def test_float32_gradients_at_the_default_tolerance(backend):
     layer = FixedPointRecurrent(6, 8, recurrent_norm=0.9, rng=2, backend=backend)  # tolerance 1e-5
     host_x, x = _data(backend, (5, 6))
     host_g, g = _data(backend, (5, 8), seed=3)
-    layer(x)
-    dx = layer.backward(g)
+    _, backprop = layer.begin_update(x)
+    dx = backprop(g)
     _, grads_ref, dx_ref = unrolled_bptt(host_params(layer), backend.to_host(x).astype(np.float64), host_g,
                                          steps=400)
     # errors of order tolerance / (1 − contraction) relative to the gradients' scale
@@ -157,8 +159,17 @@ def test_gradcheck(backend):
         assert result.dtype == "float64" and max(result.max_abs_error.values()) < 1e-7
 
 
+def _kept_for_backward(backprop, layer, backend) -> list:
+    """(shape, dtype) of the arrays the backward closure of one call keeps, the layer's weights left out."""
+    weights_of_layer = {id(param.value) for param in layer.parameters()}
+    cells = [cell.cell_contents for cell in inspect.unwrap(backprop).__closure__]
+    return sorted((tuple(a.shape), dtype_name(a.dtype)) for a in cells
+                  if backend.owns(a) and id(a) not in weights_of_layer)
+
+
 def test_memory_does_not_grow_with_iterations(backend):
-    """The layer keeps x, h* and f'(a*) whether it ran 20 or 2000 iterations (a non-contracting W runs all)."""
+    """A call keeps x, h* and f'(a*) for its backward pass whether it ran 20 or 2000 iterations (a non-contracting
+    W runs all), and the layer itself keeps no array of it."""
     kept, peaks = {}, {}
     for limit in (20, 2000):
         layer = _oscillating(FixedPointRecurrent(5, 6, max_iterations=limit, check_every=10, rng=0, backend=backend))
@@ -170,12 +181,12 @@ def test_memory_does_not_grow_with_iterations(backend):
             layer(x)
             peaks[limit] = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
+            _, backprop = layer.begin_update(x)
         assert layer.last_forward_iterations == limit and not layer.last_forward_converged
-        kept[limit] = {name: (tuple(a.shape), a.dtype) for name, a in layer.cached_arrays().items()}
-        arrays = [v for v in vars(layer).values() if backend.owns(v)]
-        assert len(arrays) == 3  # nothing else array-valued hangs off the layer
+        kept[limit] = _kept_for_backward(backprop, layer, backend)
+        assert not [v for v in vars(layer).values() if backend.owns(v)]  # nothing array-valued hangs off the layer
     assert kept[20] == kept[2000]
-    assert set(kept[20]) == {"x", "h_star", "activation_slope"}
+    assert [shape for shape, _ in kept[20]] == [(4, 5), (4, 6), (4, 6)]  # x, h*, f'(a*)
     if backend.name == "numpy":  # NumPy reports its allocations to tracemalloc
         assert peaks[2000] < peaks[20] + 4096, peaks
 
@@ -195,14 +206,14 @@ def test_non_convergence_is_reported_once_and_does_not_crash(backend, limit, osc
     assert_on_backend(h, backend, shape=(2, 4))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once per layer: the second failure is silent
-        layer(x)
+        _, backprop = layer.begin_update(x)
     assert layer.stats["forward_failures"] == 2 and layer.stats["forward_calls"] == 2
     if limit == 2:  # the adjoint gets two iterations too
         with pytest.warns(RuntimeWarning, match="backward fixed-point iteration did not converge: after 2 "):
-            dx = layer.backward(ones_like(backend, h))
+            dx = backprop(ones_like(backend, h))
         assert layer.last_backward_converged is False
     else:  # on the saturated 2-cycle the adjoint map contracts: a gradient comes back, just not a meaningful one
-        dx = layer.backward(ones_like(backend, h))
+        dx = backprop(ones_like(backend, h))
     assert_on_backend(dx, backend, shape=(2, 3))
     assert np.isfinite(backend.to_host(dx)).all()
 
@@ -210,12 +221,12 @@ def test_non_convergence_is_reported_once_and_does_not_crash(backend, limit, osc
 def test_damping_makes_an_oscillating_iteration_converge(backend):
     layer = _oscillating(FixedPointRecurrent(3, 4, damping=0.3, rng=0, backend=backend))
     host_x, x = _data(backend, (2, 3), seed=5)
-    h = layer(x)
+    h, backprop = layer.begin_update(x)
     assert layer.last_forward_converged and layer.last_forward_rate < 0.5
     p, host_h = host_params(layer), backend.to_host(h).astype(np.float64)
     residual = np.tanh(host_h @ p["weight_hh"] + host_x @ p["weight_ih"] + p["bias"]) - host_h
     assert np.abs(residual).max() < 1e-4  # |Δh| = α·|residual| < tolerance
-    layer.backward(ones_like(backend, h))
+    backprop(ones_like(backend, h))
     assert layer.last_backward_converged
 
 
@@ -250,14 +261,13 @@ def test_outputs_gradients_and_float64_live_on_the_backend(backend):
             assert_on_backend(param, backend, dtype, shape={"weight_ih": (5, 3), "weight_hh": (3, 3),
                                                             "bias": (3,)}[name])
         _, x = _data(backend, (2, 5), dtype)
-        h = layer(x)
+        h, backprop = layer.begin_update(x)
         assert_on_backend(h, backend, dtype, shape=(2, 3))
-        dx = layer.backward(ones_like(backend, h))
+        dx = backprop(ones_like(backend, h))
         assert_on_backend(dx, backend, dtype, shape=(2, 5))
         for name, grad in layer.named_gradients().items():
             assert_on_backend(grad, backend, dtype, shape=layer.params[name].value.shape)
-        for array in layer.cached_arrays().values():
-            assert_on_backend(array, backend, dtype)
+        assert [d for _, d in _kept_for_backward(backprop, layer, backend)] == [dtype] * 3
 
 
 def test_initial_weights_are_the_same_on_every_backend_and_contracting(backend):
@@ -288,13 +298,10 @@ def test_bad_inputs_give_one_line_errors(backend):
     if backend.name != "numpy":
         with pytest.raises(DeviceMismatchError, match="FixedPointRecurrent"):
             layer(np.ones((2, 3), dtype=np.float32))
-    fresh = FixedPointRecurrent(3, 4, rng=0, backend=backend)
-    with pytest.raises(RuntimeError, match="FixedPointRecurrent.*backward called before forward"):
-        fresh.backward(backend.from_host(np.ones((2, 4), np.float32)))
     _, x = _data(backend, (2, 3))
-    layer(x)
+    _, backprop = layer.begin_update(x)
     with pytest.raises(ShapeError, match=r"FixedPointRecurrent.*expected grad_output of shape \(2, 4\), got \(2, 5\)"):
-        layer.backward(backend.from_host(np.ones((2, 5), np.float32)))
+        backprop(backend.from_host(np.ones((2, 5), np.float32)))
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -332,7 +339,6 @@ def test_config_rebuilds_the_layer_and_copies_are_independent(tmp_path):
     copy = layer.astype("float64")
     copy(x.astype(np.float64))
     assert copy.stats["forward_calls"] == 1 and layer.stats["forward_calls"] == 0
-    assert layer.cached_arrays() == {}
     # saved models rebuild once the class is registered (backprop.layers.LAYER_TYPES)
     from backprop.layers import LAYER_TYPES, register_layer
 

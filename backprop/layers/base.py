@@ -1,9 +1,33 @@
-"""The ``Layer`` base class: parameters, gradients, and input checks.
+"""The ``Layer`` base class: the forward/backward protocol, parameters, and input checks.
 
-A layer's ``forward(x)`` computes its output and keeps what its ``backward``
-needs; ``backward(grad_output)`` applies the chain rule: it stores the
-gradient of the loss with respect to each parameter in ``grads`` (replacing
-the previous one) and returns the gradient with respect to its input.
+A layer is not its own tape. Its one training call,
+
+    y, backprop = layer.begin_update(x, training=True)
+    dx = backprop(dy)            # dL/dx, given dL/dy
+
+returns the output together with ``backprop``, a closure over exactly what the backward pass of *this call*
+needs (the input, an activation, a mask; the weights as they were). Nothing from the call is kept on the
+layer, so a layer may be applied several times before any backward pass (tied weights, a Siamese pair, a
+layer reused at several depths), and each call's ``backprop`` is independent of the others. Calling
+``backprop`` adds the gradient of the loss with respect to each parameter to that parameter's ``grad``
+(``backprop.parameters.accumulate``): gradients accumulate, over uses of a layer and over calls, until
+``zero_grad()`` clears them — which is also what lets several micro-batches add up to one optimizer step.
+(In the spirit of Thinc's ``begin_update`` → ``(Y, backprop)``; ``Sequential`` chains the closures in reverse.)
+
+``backprop`` may be called once per ``begin_update`` (a second call would count that call's gradients twice).
+Layers whose class sets ``can_skip_input_grad`` accept ``backprop(dy, input_grad=False)``, which adds the
+parameter gradients and skips dL/dx, returning None: what the first layer of a network does in training (for
+``Dense`` a third of its backward work).
+
+``layer(x)`` / ``forward(x, training=False)`` is the plain inference call: the output only, nothing kept.
+
+Writing a layer: subclass ``Layer``, create parameters as ``self.params[name] = Parameter(array)``, and
+implement ``begin_update`` (``forward`` follows from it; override it only for a cheaper inference path).
+Inside ``backprop``, hand each parameter gradient to ``accumulate(self.backend, param, grad)`` as a fresh
+array of your own (it becomes the parameter's gradient, into which later calls may add in place). What a
+layer keeps on itself is state of the *model* (parameters, buffers such as BatchNorm's running statistics, a
+random stream) or diagnostics of its last call (iteration counts, ``grad_norms_through_time``), never what a
+backward pass needs. ``bp.gradcheck(layer, x)`` checks the result against finite differences.
 """
 
 from __future__ import annotations
@@ -13,40 +37,44 @@ import copy
 from backends import Backend, describe_array, dtype_name, get_backend
 
 from ..errors import DeviceMismatchError, DTypeError, ShapeError
-from ..on_device import on_device
+from ..on_device import on_device, on_device_update
 from ..parameters import Parameter, zero_grad
 
 
 class Layer:
-    """Base class of every layer. ``params``, ``grads`` and ``buffers`` map names to arrays."""
+    """Base class of every layer. ``params`` maps names to ``Parameter`` boxes, ``buffers`` names to arrays."""
 
     def __init__(self, *, backend: Backend | str | None = None, dtype=None):
         self.backend = get_backend(backend)
         self.dtype = self.backend.dtype(dtype) if dtype is not None else self.backend.float_dtype
         self.params: dict[str, Parameter] = {}  # this layer's own parameters (its inner layers' are theirs)
         self.buffers: dict[str, object] = {}  # state that is saved but not trained
-        self.training = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        # Every layer's forward and backward, your own layers' too, run with the layer's device current, so
-        # the arrays they create land on it whoever calls them (see backprop/on_device.py).
-        for name in ("forward", "backward"):
-            if name in cls.__dict__:
-                setattr(cls, name, on_device(cls.__dict__[name]))
+        # Every layer's forward pass and the backward closure it returns, your own layers' too, run with the
+        # layer's device current, so the arrays they create land on it whoever calls them (backprop/on_device.py).
+        if "forward" in cls.__dict__:
+            cls.forward = on_device(cls.__dict__["forward"])
+        if "begin_update" in cls.__dict__:
+            cls.begin_update = on_device_update(cls.__dict__["begin_update"])
 
     @property
     def xp(self):
         return self.backend.xp
 
+    def begin_update(self, x, *, training: bool = True):
+        """``(y, backprop)``: the output for ``x`` and the closure ``backprop(dy) -> dx`` of this call (see the
+        module docstring). ``training`` selects training behaviour (dropout masks, batch statistics)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement begin_update")
+
     def forward(self, x, *, training: bool = False):
-        raise NotImplementedError
+        """The output for ``x``; nothing is kept for a backward pass."""
+        return self.begin_update(x, training=training)[0]
 
-    def backward(self, grad_output):
-        raise NotImplementedError
-
-    #: True when ``backward(grad, input_grad=False)`` can skip computing dL/dinput (the first layer of a
-    #: network needs only its parameter gradients; for a Dense layer that saves a third of its backward work).
+    #: True when this layer's ``backprop`` accepts ``input_grad=False`` and then skips computing dL/dinput (the
+    #: first layer of a network needs only its parameter gradients; for a Dense layer that saves a third of its
+    #: backward work).
     can_skip_input_grad = False
 
     def __call__(self, x, *, training: bool = False):
@@ -171,7 +199,7 @@ class Layer:
 
     # -- moving and converting ------------------------------------------------
     def _map_arrays(self, convert, *, backend: Backend | None = None, dtype=None, memo: dict | None = None) -> Layer:
-        """A copy whose parameters and buffers are ``convert(array)``; gradients and caches are dropped. ``memo``
+        """A copy whose parameters and buffers are ``convert(array)``, without gradients. ``memo``
         (id -> copy) makes a layer or parameter met twice (tied weights) one copy, held twice, as it was."""
         memo = {} if memo is None else memo
         if id(self) in memo:
@@ -185,11 +213,7 @@ class Layer:
                 memo[id(param)] = Parameter(convert(param.value))
             clone.params[key] = memo[id(param)]
         clone.buffers = {k: convert(v) for k, v in self.buffers.items()}
-        clone._clear_cache()
         return clone
-
-    def _clear_cache(self) -> None:
-        """Forget arrays kept from the last forward pass."""
 
     def to(self, backend: Backend | str) -> Layer:
         """A copy of this layer with its arrays on another backend (through the host)."""

@@ -14,9 +14,9 @@ import time
 from backends import HostRandom
 
 from ..errors import ConfigError, DataError, ShapeError, TrainingError
-from ..layers import Sequential
 from ..losses import LOSSES, Loss
 from ..on_device import on_device
+from ..parameters import zero_grad
 from .batches import batch_bounds, parse_batch_size
 from .callbacks import Callback
 from .interrupts import Terminated, ctrl_c_held
@@ -202,9 +202,10 @@ class Trainer:
         zero = xp.zeros((), dtype=model.dtype, device=backend.device)
         loss_sum, correct, good_steps = zero, zero, zero
         all_finite = xp.ones((), dtype=xp.bool, device=backend.device)
+        params = model.parameters()
         norm_sums = {name: zero for name in model.named_parameters()}
         seen = 0
-        skip_input_grad = isinstance(model, Sequential)
+        skip_input_grad = model.can_skip_input_grad  # the first layer needs no dL/dinput: nothing uses it
         per_example = labels_per_example(y)
         bar = self._progress_bar(n)
         try:
@@ -216,13 +217,14 @@ class Trainer:
                 else:
                     index = order[lo:hi]
                     xb, yb = xp.take(x, index, axis=0), xp.take(y, index, axis=0)
+                zero_grad(params)
                 if count:  # a rank can get no rows of a global batch smaller than the number of ranks
-                    logits = model.forward(xb, training=True)
-                    loss = loss_fn(logits, yb)
+                    logits, backprop = model.begin_update(xb, training=True)
+                    loss, grad_logits = loss_fn.value_and_grad(logits, yb)
                     if skip_input_grad:
-                        model.backward(loss_fn.backward(), input_grad=False)
+                        backprop(grad_logits, input_grad=False)
                     else:
-                        model.backward(loss_fn.backward())
+                        backprop(grad_logits)
                 if comm is not None:  # every rank now holds the gradient of the global batch
                     comm.allreduce_gradients(model, count, stop - start)
                 if step in norm_steps:
