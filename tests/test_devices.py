@@ -239,15 +239,18 @@ def test_gradient_all_reduce_packs_on_the_device(backend):  # distributed/commun
 
     model = bp.mlp([3, 2], seed=0, backend=backend)
     communicator = world()  # one rank: the host all-reduce, but the packing is the same
-    communicator.allreduce_gradients(model, 0, 4)  # a rank without rows: zeros for every parameter
+    communicator.allreduce_gradients(model)  # a rank without rows (no gradients): zeros for every parameter
     for name, grad in model.named_gradients().items():
         assert_on_backend(grad, backend, shape=model.named_parameters()[name].value.shape)
         assert not backend.to_host(grad).any()
     model.zero_grad()
     _backward_pass(model, (2, 3), (2, 2))
+    expected = backend.to_host(model.layers[0].params["weight"].grad) * 0.5
     model.layers[0].params["bias"].grad = None  # a parameter without a gradient counts as zeros
-    communicator.allreduce_gradients(model, 2, 4)
+    communicator.allreduce_gradients(model, 0.5)
     assert_on_backend(model.layers[0].params["bias"].grad, backend, shape=(2,))
+    assert not backend.to_host(model.layers[0].params["bias"].grad).any()
+    np.testing.assert_allclose(backend.to_host(model.layers[0].params["weight"].grad), expected, rtol=1e-6)
 
 
 def _ones(backend, shape):

@@ -309,6 +309,58 @@ class _InputRecorder(bp.Layer):
         return x, lambda grad_output: grad_output
 
 
+# -- gradient accumulation ------------------------------------------------------------------------------------
+
+def test_update_bounds_lay_out_micro_batches():
+    from backprop.training.batches import batch_bounds, update_bounds
+
+    assert update_bounds(10, 4) == [[b] for b in batch_bounds(10, 4)]
+    assert update_bounds(23, 3, 4) == [[(0, 3), (3, 6), (6, 9), (9, 12)], [(12, 15), (15, 18), (18, 21), (21, 23)]]
+    assert update_bounds(23, 3, 4, drop_last=True) == [[(0, 3), (3, 6), (6, 9), (9, 12)]]  # a short *update* drops
+    assert update_bounds(7, 3, 4) == [[(0, 3), (3, 6), (6, 7)]]  # one update: the whole epoch
+    assert update_bounds(7, None, 3) == [[(0, 2), (2, 4), (4, 7)]]  # full batch in 3 parts
+    assert update_bounds(2, None, 5) == [[(0, 1), (1, 2)]]  # never an empty micro-batch
+
+
+# (batch_size, accumulate_steps, drop_last, n): micro-batches that do and do not divide the update, a short last
+# update of one short micro-batch (n = 90 = 2·32 + 26: micro-batches 8,8,8,2 last), drop_last, full batch.
+ACCUMULATION = {
+    "sgd-8x4": ("sgd", 8, 4, False, 90),
+    "adam-8x4": ("adam", 8, 4, False, 90),
+    "adam-5x3-drop_last": ("adam", 5, 3, True, 97),
+    "momentum-full-x3": ("momentum", "full", 3, False, 61),
+}
+
+
+@pytest.mark.parametrize("case", ACCUMULATION)
+def test_accumulated_micro_batches_give_the_update_of_one_batch_k_times_larger(backend, digits, case):
+    optimizer, batch_size, k, drop_last, n = ACCUMULATION[case]
+    big_batch = "full" if batch_size == "full" else batch_size * k
+
+    def run(batch, accumulate_steps):
+        model = bp.mlp([64, 16, 10], seed=2, backend=backend)
+        trainer = Trainer(model, optimizer=optimizer, lr=0.05 if optimizer != "adam" else 0.01, epochs=2,
+                          batch_size=batch, accumulate_steps=accumulate_steps, drop_last=drop_last, seed=4,
+                          progress=False, log=None)
+        history = trainer.fit(digits.x_train[:n], digits.y_train[:n])
+        for array in [*weights(model).values(), *model.named_gradients().values()]:
+            assert_on_backend(array, backend)
+        return history, {name: backend.to_host(array) for name, array in weights(model).items()}
+
+    expected_history, expected = run(big_batch, 1)
+    history, got = run(batch_size, k)
+    for name, weight in expected.items():
+        # float32: two roundings of one sum (the big batch sums its rows in one product, the micro-batches in k)
+        np.testing.assert_allclose(got[name], weight, rtol=1e-5, atol=1e-6, err_msg=name)
+    for have, want in zip(history, expected_history, strict=True):
+        assert have["steps"] == want["steps"]
+        assert have["train_loss"] == pytest.approx(want["train_loss"], rel=1e-5)
+        assert have["grad_norms"] == pytest.approx(want["grad_norms"], rel=1e-4)
+    moved = max(float(np.abs(got[name] - bp.mlp([64, 16, 10], seed=2, backend="numpy").named_parameters()[name]
+                             .value).max()) for name in got)
+    assert moved > 1e-3  # the weights did train
+
+
 def test_the_shuffle_follows_the_seed(backend):
     """The order of the examples: the same for the same seed, different for another seed or another epoch."""
     n = 24
@@ -392,6 +444,9 @@ def test_bad_training_data(digits, x_change, y_change, error, message):
     ({"loss": "hinge"}, "unknown loss 'hinge'"),
     ({"clip_norm": -1.0}, "clip_norm must be a positive number"),
     ({"seed": -1}, "seed must be a non-negative integer"),
+    ({"accumulate_steps": 0}, r"accumulate_steps \(micro-batches per update\) must be a positive integer, got 0"),
+    ({"accumulate_steps": 2.0}, "accumulate_steps .* must be a positive integer, got 2.0"),
+    ({"accumulate_steps": True}, "accumulate_steps .* must be a positive integer, got True"),
 ])
 def test_bad_hyperparameters(options, message):
     with pytest.raises(bp.ConfigError, match=message):
