@@ -75,7 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     opt = train.add_argument_group("optimization")
     opt.add_argument("--batch-size", metavar="N",
                      help=f"1 (stochastic), N (mini-batch) or full (one update per epoch) (default: {d['batch_size']})")
-    opt.add_argument("--drop-last", action="store_true", help="drop the short last batch of each epoch")
+    opt.add_argument("--accumulate", type=int, metavar="N",
+                     help=f"gradient accumulation: N batches of --batch-size per update, the same update as one "
+                          f"batch N times larger, in the memory of one batch (default: {d['accumulate']})")
+    opt.add_argument("--drop-last", action="store_true", help="drop the short last batch of each epoch (with "
+                                                              "--accumulate, the short last update)")
     opt.add_argument("--optimizer", help=f"sgd, momentum, nesterov, adam, adamw, rmsprop or adagrad "
                                          f"(default: {d['optimizer']})")
     opt.add_argument("--lr", type=float, help="learning rate (default: the optimizer's own: 0.001 for adam and "

@@ -1,8 +1,10 @@
 """Check a backward pass against central finite differences.
 
 For a layer, the checked scalar is f = Σ forward(x) ⊙ v for a fixed random v,
-so the analytic gradients are what ``backward(v)`` returns and stores. For a
-loss, f is the loss itself. Each input and parameter element is nudged by ±ε
+so the analytic gradients are what the ``backprop(v)`` of ``begin_update`` returns
+and accumulates into the parameters' ``grad`` (on a float64 copy of the layer,
+whose gradients start at zero). For a loss, f is the loss itself and the
+analytic gradient what ``value_and_grad`` returns. Each input and parameter element is nudged by ±ε
 and (f(+ε) − f(−ε)) / 2ε is compared with the analytic value. The check runs
 in float64 when the backend has it (float32 differences are too noisy to say
 much) and falls back to float32 with looser tolerances otherwise.
@@ -92,25 +94,23 @@ def gradcheck(fn: Layer | Loss, x, target=None, *, training: bool = False, seed:
         def objective():
             return fn.forward(current["input"], target)
 
-        objective()
-        analytic["input"] = fn.backward()
+        _, analytic["input"] = fn.value_and_grad(x, target)
         checked["input"] = x
     else:
-        layer = fn.astype(dtype_name)
-        y = layer.forward(x, training=training)
+        layer = fn.astype(dtype_name)  # a copy: its gradients start empty, and fn's stay as they are
+        y, backprop = layer.begin_update(x, training=training)
         v = backend.random(seed).normal(tuple(y.shape), dtype=dtype)
 
         def objective():
             return xp.sum(layer.forward(current["input"], training=training) * v)
 
-        grad_x = layer.backward(v)
+        grad_x = backprop(v)
         if xp.isdtype(x.dtype, "real floating"):
             analytic["input"], checked["input"] = grad_x, x
-        grads = layer.named_gradients()
         for name, param in layer.named_parameters().items():
-            if name not in grads:
+            if param.grad is None:
                 raise GradcheckError(f"gradcheck: {fn!r} computed no gradient for parameter {name!r}")
-            analytic[name], checked[name] = grads[name], param
+            analytic[name], checked[name] = param.grad, param.value
 
     result = GradcheckResult(dtype_name)
     for name, array in checked.items():

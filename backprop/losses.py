@@ -1,5 +1,7 @@
-"""Losses: ``forward(prediction, target)`` returns a 0-d array (it stays on the device);
-``backward()`` returns dLoss/dPrediction for the last forward call."""
+"""Losses, stateless: ``loss, backprop = loss_fn.begin_update(prediction, target)`` gives the loss (a 0-d array
+that stays on the device) and ``backprop() -> dLoss/dPrediction``; ``loss_fn.value_and_grad(prediction,
+target)`` returns both at once, and ``loss_fn(prediction, target)`` the value alone. Nothing is kept on the
+loss object between calls."""
 
 from __future__ import annotations
 
@@ -11,45 +13,32 @@ from backends import backend_of, describe_array, dtype_name
 from backends.base import NOTHING_TO_ACTIVATE
 
 from .errors import DeviceMismatchError, DTypeError, ShapeError
+from .on_device import activating
 
 
-def _on_prediction_device(forward):
-    @functools.wraps(forward)
+def _on_prediction_device(begin_update):
+    @functools.wraps(begin_update)
     def run(self, prediction, target):
-        # None: not an array of a loaded backend (forward's checks say what is wrong)
-        self._backend = backend_of(prediction)
-        context = NOTHING_TO_ACTIVATE if self._backend is None else self._backend.activate()
+        # None: not an array of a loaded backend (begin_update's checks say what is wrong)
+        backend = backend_of(prediction)
+        context = NOTHING_TO_ACTIVATE if backend is None else backend.activate()
         if context is NOTHING_TO_ACTIVATE:
-            return forward(self, prediction, target)
+            return begin_update(self, prediction, target)
         with context:
-            return forward(self, prediction, target)
-
-    return run
-
-
-def _on_forward_device(backward):
-    @functools.wraps(backward)
-    def run(self):
-        context = NOTHING_TO_ACTIVATE if self._backend is None else self._backend.activate()
-        if context is NOTHING_TO_ACTIVATE:
-            return backward(self)
-        with context:
-            return backward(self)
+            loss, backprop = begin_update(self, prediction, target)
+        return loss, activating(backend, backprop)  # the backward pass runs on the prediction's device too
 
     return run
 
 
 class Loss:
-    _cache = None
-    _backend = None  # the backend of the last forward's prediction: backward runs on its device too
+    """Base class: a subclass implements ``begin_update(prediction, target) -> (loss, backprop)``."""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         # A loss runs with its prediction's device current (see backprop/on_device.py), whoever calls it.
-        if "forward" in cls.__dict__:
-            cls.forward = _on_prediction_device(cls.__dict__["forward"])
-        if "backward" in cls.__dict__:
-            cls.backward = _on_forward_device(cls.__dict__["backward"])
+        if "begin_update" in cls.__dict__:
+            cls.begin_update = _on_prediction_device(cls.__dict__["begin_update"])
 
     def __call__(self, prediction, target):
         return self.forward(prediction, target)
@@ -57,16 +46,18 @@ class Loss:
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
-    def forward(self, prediction, target):  # pragma: no cover - abstract
+    def forward(self, prediction, target):
+        """The loss (a 0-d array); nothing is kept for a backward pass."""
+        return self.begin_update(prediction, target)[0]
+
+    def begin_update(self, prediction, target):  # pragma: no cover - abstract
+        """``(loss, backprop)``: the loss and the closure ``backprop() -> dLoss/dPrediction`` of this call."""
         raise NotImplementedError
 
-    def backward(self):  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _cached(self):
-        if self._cache is None:
-            raise RuntimeError(f"{self!r}: backward called before forward")
-        return self._cache
+    def value_and_grad(self, prediction, target):
+        """``(loss, dLoss/dPrediction)``."""
+        loss, backprop = self.begin_update(prediction, target)
+        return loss, backprop()
 
     def _check(self, prediction, target, *, same_shape: bool):
         xp = _namespace(prediction, target)
@@ -87,17 +78,17 @@ class Loss:
 class MSE(Loss):
     """Mean squared error over all elements: L = mean((p − t)²);  dL/dp = 2(p − t)/n."""
 
-    def forward(self, prediction, target):
+    def begin_update(self, prediction, target):
         xp = self._check(prediction, target, same_shape=True)
         if target.dtype != prediction.dtype:
             target = xp.astype(target, prediction.dtype)
         diff = prediction - target
-        self._cache = (diff, _size(diff))
-        return xp.asarray(xp.sum(diff * diff) / _size(diff))  # NumPy's sum gives a scalar; keep a 0-d array
+        n = _size(diff)
 
-    def backward(self):
-        diff, n = self._cached()
-        return diff * (2.0 / n)
+        def backprop():
+            return diff * (2.0 / n)
+
+        return xp.asarray(xp.sum(diff * diff) / n), backprop  # NumPy's sum gives a scalar; keep a 0-d array
 
 
 class CrossEntropy(Loss):
@@ -111,7 +102,7 @@ class CrossEntropy(Loss):
         L = −(1/N) Σ t·log p;   dL/dz = (softmax(z) − t)/N
     """
 
-    def forward(self, logits, target):
+    def begin_update(self, logits, target):
         xp = self._check(logits, target, same_shape=False)
         if logits.ndim < 2:
             raise ShapeError(f"{self!r}: expected logits of shape (batch, classes), got {tuple(logits.shape)}")
@@ -135,12 +126,11 @@ class CrossEntropy(Loss):
         n = _size(logits) // classes
         shifted = logits - xp.max(logits, axis=-1, keepdims=True)
         log_probs = shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
-        self._cache = (xp, log_probs, target, n)
-        return xp.asarray(-xp.sum(target * log_probs) / n)
 
-    def backward(self):
-        xp, log_probs, target, n = self._cached()
-        return (xp.exp(log_probs) - target) / n
+        def backprop():
+            return (xp.exp(log_probs) - target) / n
+
+        return xp.asarray(-xp.sum(target * log_probs) / n), backprop
 
 
 class BinaryCrossEntropy(Loss):
@@ -150,18 +140,18 @@ class BinaryCrossEntropy(Loss):
         dL/dz = (σ(z) − t)/n
     """
 
-    def forward(self, logits, target):
+    def begin_update(self, logits, target):
         xp = self._check(logits, target, same_shape=True)
         if target.dtype != logits.dtype:
             target = xp.astype(target, logits.dtype)
         n = _size(logits)
-        self._cache = (xp, logits, target, n)
-        return xp.asarray(xp.sum(xp.maximum(logits, 0.0) - logits * target + xp.log1p(xp.exp(-xp.abs(logits)))) / n)
 
-    def backward(self):
-        xp, logits, target, n = self._cached()
-        sigmoid = 0.5 + 0.5 * xp.tanh(0.5 * logits)  # stable for any logit
-        return (sigmoid - target) / n
+        def backprop():
+            sigmoid = 0.5 + 0.5 * xp.tanh(0.5 * logits)  # stable for any logit
+            return (sigmoid - target) / n
+
+        loss = xp.sum(xp.maximum(logits, 0.0) - logits * target + xp.log1p(xp.exp(-xp.abs(logits)))) / n
+        return xp.asarray(loss), backprop
 
 
 LOSSES = {"mse": MSE, "cross_entropy": CrossEntropy, "binary_cross_entropy": BinaryCrossEntropy}

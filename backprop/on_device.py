@@ -2,8 +2,9 @@
 
 A library with a *current device* (CuPy) creates every array and runs every kernel on that device, whatever
 ``device=`` says. So each public call of backprop (``fit``, ``evaluate``, saving and loading, building a
-layer, a layer's ``forward`` and ``backward``, a loss, an optimizer's ``step``, ``gradcheck``) enters its
-backend's ``activate()`` once, and the array code below it needs no device handling. Entering again inside
+layer, a layer's ``forward``, ``begin_update`` and the ``backprop`` closure it returns, a loss, an
+optimizer's ``step``, ``gradcheck``) enters its backend's ``activate()`` once, and the array code below it
+needs no device handling. Entering again inside
 (a ``Sequential`` calling its layers, ``fit`` calling everything) is cheap, and does nothing at all on
 libraries whose arrays carry their device (NumPy, PyTorch on the CPU).
 """
@@ -51,3 +52,35 @@ def on_device_of(array):
     arrays, not a backend: losses). Nothing to enter when no loaded backend owns ``x``."""
     backend = backend_of(array)
     return NOTHING_TO_ACTIVATE if backend is None else backend.activate()
+
+
+def on_device_update(begin_update):
+    """Decorate a ``begin_update`` method (``-> (output, backprop)``): it runs inside ``self.backend.activate()``,
+    and so does the ``backprop`` closure it returns, whenever it is called. (Nothing is wrapped on libraries
+    without a current device: NumPy's closures are returned as they are.)"""
+    if getattr(begin_update, "runs_on_device", False):
+        return begin_update
+
+    @functools.wraps(begin_update)
+    def run(self, *args, **kwargs):
+        backend = self.backend
+        context = backend.activate()
+        if context is NOTHING_TO_ACTIVATE:
+            return begin_update(self, *args, **kwargs)
+        with context:
+            output, backprop = begin_update(self, *args, **kwargs)
+        return output, activating(backend, backprop)
+
+    run.runs_on_device = True
+    return run
+
+
+def activating(backend, function):
+    """``function`` wrapped to run inside ``backend.activate()``."""
+
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        with backend.activate():
+            return function(*args, **kwargs)
+
+    return run

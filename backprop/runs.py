@@ -31,7 +31,7 @@ RUN_FILES = (MODEL_FILE, CHECKPOINT_FILE, HISTORY_FILE, SUMMARY_FILE, *PLOT_FILE
 DEFAULTS = {
     "dataset": "digits", "data_dir": None, "scaling": None,
     "hidden": "256,128", "activation": "relu", "dropout": 0.0,
-    "batch_size": "32", "drop_last": False, "optimizer": "adam", "lr": None, "weight_decay": 0.0,
+    "batch_size": "32", "accumulate": 1, "drop_last": False, "optimizer": "adam", "lr": None, "weight_decay": 0.0,
     "schedule": "constant", "warmup_epochs": 0, "clip_norm": None,
     "epochs": 30, "seed": 0, "validation_split": 0.1, "early_stopping": 0,
 }
@@ -78,8 +78,9 @@ def check_options(options: dict) -> dict:
     hidden = parse_hidden(options["hidden"])
     stand_in = build_model({**options, "hidden": [1] * len(hidden)}, 1, 2, get_backend("numpy"))
     Trainer(stand_in, optimizer=options["optimizer"], lr=options["lr"], weight_decay=options["weight_decay"],
-            epochs=options["epochs"], batch_size=options["batch_size"], drop_last=options["drop_last"],
-            seed=options["seed"], schedule=options["schedule"], warmup_epochs=options["warmup_epochs"],
+            epochs=options["epochs"], batch_size=options["batch_size"], accumulate_steps=options["accumulate"],
+            drop_last=options["drop_last"], seed=options["seed"], schedule=options["schedule"],
+            warmup_epochs=options["warmup_epochs"],
             clip_norm=options["clip_norm"], progress=False, log=None)
     if options["early_stopping"]:
         EarlyStopping(options["early_stopping"])
@@ -313,16 +314,19 @@ def _run_on(backend, options, *, output, progress, plots, resume, log, communica
     run_config = options if dataset_sha256 is None else {**options, "dataset_sha256": dataset_sha256}
     callbacks += [Checkpoint(output / CHECKPOINT_FILE, run_config=run_config), HistoryWriter(output / HISTORY_FILE)]
     trainer = Trainer(model, optimizer=options["optimizer"], lr=options["lr"], weight_decay=options["weight_decay"],
-                      epochs=int(options["epochs"]), batch_size=options["batch_size"], drop_last=options["drop_last"],
+                      epochs=int(options["epochs"]), batch_size=options["batch_size"],
+                      accumulate_steps=options["accumulate"], drop_last=options["drop_last"],
                       seed=options["seed"], schedule=options["schedule"], warmup_epochs=options["warmup_epochs"],
                       clip_norm=options["clip_norm"], callbacks=callbacks, progress=progress, log=log,
                       communicator=communicator)
     if resume:
         trainer.load_checkpoint(output / CHECKPOINT_FILE)
         log(f"resuming {output} after epoch {trainer.epoch} of {trainer.epochs}")
+    mode = batch_mode(trainer.batch_size)
+    if trainer.accumulate_steps > 1:
+        mode += f" accumulated {trainer.accumulate_steps} times per update"
     log(f"training {_describe(model)} on {dataset.name} ({len(dataset.x_train)} train / {len(dataset.x_test)} "
-        f"test) with {backend.name} ({backend.device_name}), {batch_mode(trainer.batch_size)}, "
-        f"{options['optimizer']} lr {trainer.base_lr:g}"
+        f"test) with {backend.name} ({backend.device_name}), {mode}, {options['optimizer']} lr {trainer.base_lr:g}"
         + (f", {communicator.size} ranks (data-parallel)" if communicator is not None else ""))
     metadata = {"dataset": dataset.name, "num_classes": dataset.num_classes, "class_names": dataset.class_names,
                 "image_shape": dataset.image_shape, "scaler": dataset.scaler, "options": options,

@@ -122,10 +122,10 @@ def worker_ranks(args) -> None:
     rng = np.random.default_rng(communicator.rank)
     loss = bp.CrossEntropy()
     x = backend.from_host(rng.normal(size=(64, SIZES[0])))
-    loss(model(x, training=True), backend.from_host(rng.integers(0, 10, size=64)))
-    model.backward(loss.backward())
-    # count 1 of total N: every call averages the gradients, so their values stay put however many calls
-    path = _timed(communicator, lambda: communicator.allreduce_gradients(model, 1, communicator.size),
+    logits, backprop = model.begin_update(x, training=True)
+    backprop(loss.value_and_grad(logits, backend.from_host(rng.integers(0, 10, size=64)))[1])
+    # weight 1/N: every call averages the gradients, so their values stay put however many calls
+    path = _timed(communicator, lambda: communicator.allreduce_gradients(model, 1 / communicator.size),
                   args.repeats, args.warmup)
 
     x, y = _data(args.batch_size, args.train_steps)

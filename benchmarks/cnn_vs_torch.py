@@ -95,7 +95,7 @@ def torch_model(ours):
     nn = torch.nn
     model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3), nn.ReLU(),
                           nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 5 * 5, 10))
-    params = ours.named_parameters()
+    params = {name: p.value for name, p in ours.named_parameters().items()}
     with torch.no_grad():
         for index in (0, 3):
             model[index].weight.copy_(torch.from_numpy(params[f"{index}.weight"]))

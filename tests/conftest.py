@@ -222,6 +222,11 @@ def ones_like(backend, array):
         return backend.xp.ones_like(array)
 
 
+def weights(model) -> dict:
+    """Every parameter's array by name (``named_parameters`` gives the ``Parameter`` boxes that hold them)."""
+    return {name: param.value for name, param in model.named_parameters().items()}
+
+
 def assert_on_backend(array, backend, dtype_name="float32", shape=None):
     """The array belongs to the backend's namespace and device and has the expected dtype and shape."""
     import array_api_compat

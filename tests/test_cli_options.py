@@ -13,6 +13,8 @@ import pytest
 
 from backprop.cli import main
 
+from conftest import weights
+
 QUICK = ["--epochs", "1", "--hidden", "8", "--no-plots", "--no-progress"]
 
 
@@ -74,6 +76,7 @@ def two_epoch_run(tmp_path, capsys):
     (["--lr", "0.1", "--hidden", "16"], ["--lr 0.1 (the run has 0.05)", "--hidden 16 (the run has 8)"]),
     (["--drop-last", "--seed", "0"], ["--drop-last (the run has it off)"]),  # --seed 0 is the run's own seed
     (["--dataset", "mnist"], ["--dataset mnist (the run has digits)"]),
+    (["--accumulate", "2"], ["--accumulate 2 (the run has 1)"]),
 ])
 def test_resume_refuses_options_that_would_change_the_run_and_names_each(two_epoch_run, capsys, extra, named):
     before = {p.name: p.read_bytes() for p in two_epoch_run.iterdir()}
@@ -99,8 +102,8 @@ def test_resume_accepts_the_run_s_own_options_and_more_epochs_bit_for_bit(two_ep
     assert "resuming" in capsys.readouterr().out
     expected, _ = bp.load_model(whole / "model.safetensors")
     resumed, _ = bp.load_model(two_epoch_run / "model.safetensors")
-    for name, weight in expected.named_parameters().items():
-        np.testing.assert_array_equal(resumed.named_parameters()[name], weight)
+    for name, weight in weights(expected).items():
+        np.testing.assert_array_equal(resumed.named_parameters()[name].value, weight)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -119,6 +122,59 @@ def test_resume_cannot_stretch_a_cosine_schedule(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "--resume", str(out), "--epochs", "4"]) == 2
     assert "the run's cosine schedule is laid out over its 2 epochs" in one_error_line(capsys)
+
+
+# ------------------------------------------------------------------------------------------- --accumulate
+
+
+def test_accumulate_trains_like_a_batch_that_many_times_larger_and_resumes(tmp_path, capsys):
+    """``--batch-size 8 --accumulate 4`` takes the updates of ``--batch-size 32`` (the digits' 1293 training rows
+    end in a short update of 13: micro-batches 8 and 5), is recorded with the run, and resumes bit for bit."""
+    import numpy as np
+
+    import backprop as bp
+
+    big, accumulated, resumed = tmp_path / "big", tmp_path / "accumulated", tmp_path / "resumed"
+    assert main(["train", *QUICK, "--epochs", "2", "--batch-size", "32", "--output", str(big)]) == 0
+    assert main(["train", *QUICK, "--epochs", "2", "--batch-size", "8", "--accumulate", "4",
+                 "--output", str(accumulated)]) == 0
+    assert "mini-batch of 8 accumulated 4 times per update" in capsys.readouterr().out
+    expected, _ = bp.load_model(big / "model.safetensors")
+    model, metadata = bp.load_model(accumulated / "model.safetensors")
+    assert metadata["options"]["accumulate"] == 4
+    for name, weight in weights(expected).items():
+        # float32: the same sums, added up in another order
+        np.testing.assert_allclose(model.named_parameters()[name].value, weight, rtol=1e-4, atol=1e-5, err_msg=name)
+    history = [json.loads(line) for line in (accumulated / "history.jsonl").read_text().splitlines()]
+    assert [r["steps"] for r in history] == [41, 41]  # updates, not micro-batches: ceil(1293 / 32)
+
+    assert main(["train", *QUICK, "--epochs", "1", "--batch-size", "8", "--accumulate", "4",
+                 "--output", str(resumed)]) == 0
+    assert main(["train", "--resume", str(resumed), "--epochs", "2", "--no-plots", "--no-progress"]) == 0
+    again, _ = bp.load_model(resumed / "model.safetensors")
+    for name, weight in weights(model).items():
+        np.testing.assert_array_equal(again.named_parameters()[name].value, weight, err_msg=name)
+
+
+def test_a_checkpoint_from_before_accumulation_resumes_with_one_micro_batch_per_update(two_epoch_run, tmp_path):
+    """Checkpoints written before ``--accumulate`` existed record no such option: they resume as they ran."""
+    import numpy as np
+
+    import backprop as bp
+    from backprop.host_io.model_files import read_checkpoint, save_arrays
+
+    checkpoint = two_epoch_run / "checkpoint.safetensors"
+    arrays, header = read_checkpoint(checkpoint)
+    del header["run"]["accumulate"]
+    save_arrays(checkpoint, arrays, header)
+    whole = tmp_path / "whole"
+    assert main(["train", *QUICK, "--epochs", "3", "--optimizer", "sgd", "--lr", "0.05", "--output", str(whole)]) == 0
+    assert main(["train", "--resume", str(two_epoch_run), "--epochs", "3", "--no-plots", "--no-progress"]) == 0
+    expected, _ = bp.load_model(whole / "model.safetensors")
+    resumed, metadata = bp.load_model(two_epoch_run / "model.safetensors")
+    assert metadata["options"]["accumulate"] == 1
+    for name, weight in weights(expected).items():
+        np.testing.assert_array_equal(resumed.named_parameters()[name].value, weight, err_msg=name)
 
 
 # ------------------------------------------------------------------------------------- evaluate's loss
@@ -199,6 +255,8 @@ def run_main(argv) -> int:
     (["--dataset", "missing.csv"], "missing.csv: no such file"),
     (["--scaling", "max"], "argument --scaling: invalid choice: 'max'"),
     (["--epochs", "ten"], "argument --epochs: invalid int value: 'ten'"),
+    (["--accumulate", "0"], "accumulate_steps (micro-batches per update) must be a positive integer, got 0"),
+    (["--accumulate", "2.5"], "argument --accumulate: invalid int value: '2.5'"),
     (["--early-stopping", "3", "--validation-split", "0"],
      "--early-stopping 3 watches the validation loss, and --validation-split 0 holds out no validation data"),
 ])
@@ -223,7 +281,7 @@ def test_help_shows_meaningful_defaults_only(command, capsys):
     for noise in ("default: None", "default: False", "default: ==SUPPRESS=="):
         assert noise not in text
     if command == "train":
-        for shown in ("(default: 30)", "(default: 256,128)", "(default: adam)", "(default: 32)",
+        for shown in ("(default: 30)", "(default: 256,128)", "(default: adam)", "(default: 32)", "(default: 1)",
                       "(default: no clipping)", "(default: the optimizer's own: 0.001 for adam"):
             assert shown in text, shown
 

@@ -14,6 +14,8 @@ import pytest
 
 import backprop as bp
 
+from conftest import weights
+
 
 def cli(*args, cwd=None, timeout=300):
     env = {**os.environ, "BACKPROP_BACKEND": "numpy"}
@@ -135,8 +137,8 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(tmp_p
     assert "resuming" in resumed.stdout
     whole, _ = bp.load_model(uninterrupted / "model.safetensors")
     cut, _ = bp.load_model(interrupted / "model.safetensors")
-    for name, weight in whole.named_parameters().items():
-        np.testing.assert_array_equal(cut.named_parameters()[name], weight)
+    for name, weight in weights(whole).items():
+        np.testing.assert_array_equal(cut.named_parameters()[name].value, weight)
     history = (interrupted / "history.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in history] == [1, 2, 3, 4, 5, 6]
 

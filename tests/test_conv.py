@@ -20,7 +20,7 @@ from backprop.layers.im2col import output_size
 from backprop.layers.pooling import AvgPool2D, MaxPool2D
 from backprop.layers.shape import Flatten, Reshape
 
-from conftest import assert_on_backend, ones_like
+from conftest import assert_on_backend, ones_like, weights
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -54,14 +54,14 @@ def _conv(backend, name, fast=True):
     kwargs, shape = CONVS[name]
     layer = Conv2D(**kwargs, rng=0, backend=backend)
     if layer.use_bias:  # non-zero biases, so a bias mistake shows
-        layer.params["bias"] = backend.from_host(_host((kwargs["out_channels"],), seed=9))
+        layer.params["bias"].value = backend.from_host(_host((kwargs["out_channels"],), seed=9))
     layer.use_fast_path = fast
     return layer, shape
 
 
 def _torch_conv(layer, backend, host_x):
-    weight = torch.from_numpy(backend.to_host(layer.params["weight"]))
-    bias = torch.from_numpy(backend.to_host(layer.params["bias"])) if layer.use_bias else None
+    weight = torch.from_numpy(backend.to_host(layer.params["weight"].value))
+    bias = torch.from_numpy(backend.to_host(layer.params["bias"].value)) if layer.use_bias else None
     return F.conv2d(torch.from_numpy(host_x), weight, bias, layer.stride, layer.padding, layer.dilation).numpy()
 
 
@@ -159,17 +159,17 @@ def test_shape_layers_gradcheck(backend, layer):
 def test_conv_backward_matches_torch_autograd(backend, name):
     layer, shape = _conv(backend, name)
     host_x = _host(shape)
-    y = layer(backend.from_host(host_x))
+    y, backprop = layer.begin_update(backend.from_host(host_x))
     host_g = _host(tuple(y.shape), seed=3)
-    dx = layer.backward(backend.from_host(host_g))
+    dx = backprop(backend.from_host(host_g))
     tx = torch.from_numpy(host_x).requires_grad_()
-    tw = torch.from_numpy(backend.to_host(layer.params["weight"])).requires_grad_()
-    tb = torch.from_numpy(backend.to_host(layer.params["bias"])).requires_grad_() if layer.use_bias else None
+    tw = torch.from_numpy(backend.to_host(layer.params["weight"].value)).requires_grad_()
+    tb = torch.from_numpy(backend.to_host(layer.params["bias"].value)).requires_grad_() if layer.use_bias else None
     F.conv2d(tx, tw, tb, layer.stride, layer.padding, layer.dilation).backward(torch.from_numpy(host_g))
     np.testing.assert_allclose(backend.to_host(dx), tx.grad.numpy(), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(backend.to_host(layer.grads["weight"]), tw.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(backend.to_host(layer.params["weight"].grad), tw.grad.numpy(), rtol=1e-4, atol=1e-4)
     if tb is not None:
-        np.testing.assert_allclose(backend.to_host(layer.grads["bias"]), tb.grad.numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(backend.to_host(layer.params["bias"].grad), tb.grad.numpy(), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", POOLS)
@@ -177,9 +177,9 @@ def test_pool_backward_matches_torch_autograd(backend, name):
     build, shape, reference = POOLS[name]
     layer = build(backend)
     host_x = _host(shape)
-    y = layer(backend.from_host(host_x))
+    y, backprop = layer.begin_update(backend.from_host(host_x))
     host_g = _host(tuple(y.shape), seed=3)
-    dx = layer.backward(backend.from_host(host_g))
+    dx = backprop(backend.from_host(host_g))
     tx = torch.from_numpy(host_x).requires_grad_()
     reference(tx).backward(torch.from_numpy(host_g))
     np.testing.assert_allclose(backend.to_host(dx), tx.grad.numpy(), rtol=1e-5, atol=1e-6)
@@ -190,13 +190,13 @@ def test_fast_path_equals_portable_path(backend, name):
     fast, shape = _conv(backend, name, fast=True)
     portable, _ = _conv(backend, name, fast=False)
     x = backend.from_host(_host(shape))
-    y_fast, y_portable = fast(x), portable(x)
+    (y_fast, fast_backprop), (y_portable, portable_backprop) = fast.begin_update(x), portable.begin_update(x)
     np.testing.assert_allclose(backend.to_host(y_fast), backend.to_host(y_portable), rtol=1e-5, atol=1e-5)
     g = backend.from_host(_host(tuple(y_fast.shape), seed=4))
-    np.testing.assert_allclose(backend.to_host(fast.backward(g)), backend.to_host(portable.backward(g)),
+    np.testing.assert_allclose(backend.to_host(fast_backprop(g)), backend.to_host(portable_backprop(g)),
                                rtol=1e-5, atol=1e-5)
     for key in fast.params:
-        np.testing.assert_allclose(backend.to_host(fast.grads[key]), backend.to_host(portable.grads[key]),
+        np.testing.assert_allclose(backend.to_host(fast.params[key].grad), backend.to_host(portable.params[key].grad),
                                    rtol=1e-5, atol=1e-5)
 
 
@@ -205,9 +205,9 @@ def test_max_pool_ties_go_to_one_pixel_consistently(backend):
     host_x = np.array([[[[5, 5, 1, 7, 4, 4],
                          [5, 5, 2, 7, 0, 1]]]], dtype=np.float32)
     layer = MaxPool2D(2, backend=backend)
-    y = layer(backend.from_host(host_x))
+    y, backprop = layer.begin_update(backend.from_host(host_x))
     np.testing.assert_array_equal(backend.to_host(y), [[[[5, 7, 4]]]])
-    dx = backend.to_host(layer.backward(backend.from_host(np.array([[[[1, 2, 3]]]], dtype=np.float32))))
+    dx = backend.to_host(backprop(backend.from_host(np.array([[[[1, 2, 3]]]], dtype=np.float32))))
     # the leftmost column of the window that holds the maximum, then its topmost pixel
     np.testing.assert_array_equal(dx, [[[[1, 0, 0, 2, 3, 0],
                                          [0, 0, 0, 0, 0, 0]]]])
@@ -237,11 +237,11 @@ def test_max_pool_ties_in_large_windows_route_each_window_to_one_pixel(backend, 
     rng = np.random.default_rng(5)
     host_x = rng.integers(0, 3, size=(2, 2, 9, 10)).astype(np.float32)
     layer = MaxPool2D(kernel, stride=stride, padding=padding, backend=backend)
-    y = layer(backend.from_host(host_x))
+    y, backprop = layer.begin_update(backend.from_host(host_x))
     expected_y = F.max_pool2d(torch.from_numpy(host_x), kernel, stride=stride, padding=padding).numpy()
     np.testing.assert_array_equal(backend.to_host(y), expected_y)
     host_g = (1 + np.arange(expected_y.size, dtype=np.float32).reshape(expected_y.shape)) / 8  # exact in float32
-    dx = layer.backward(backend.from_host(host_g))
+    dx = backprop(backend.from_host(host_g))
     assert_on_backend(dx, backend, shape=host_x.shape)
     reference = _max_pool_backward_reference(host_x, host_g, kernel, stride, padding)
     np.testing.assert_array_equal(backend.to_host(dx), reference)
@@ -261,17 +261,18 @@ def test_outputs_and_gradients_live_on_the_backend(backend, fast):
               Flatten(backend=backend)]
     shapes = [(2, 3, 4, 3), (2, 3, 2, 1), (2, 3, 2, 1), (2, 6)]
     x = backend.from_host(_host((2, 2, 7, 6)))
-    inputs = []
+    inputs, backprops = [], []
     for layer, shape in zip(layers, shapes):
         inputs.append(x)
-        x = layer(x)
+        x, backprop = layer.begin_update(x)
+        backprops.append(backprop)
         assert_on_backend(x, backend, shape=shape)
     grad = ones_like(backend, x)
-    for layer, layer_input in zip(reversed(layers), reversed(inputs)):
-        grad = layer.backward(grad)
+    for backprop, layer_input in zip(reversed(backprops), reversed(inputs)):
+        grad = backprop(grad)
         assert_on_backend(grad, backend, shape=layer_input.shape)
-    for key, value in conv.grads.items():
-        assert_on_backend(value, backend, shape=conv.params[key].shape)
+    for key, value in conv.named_gradients().items():
+        assert_on_backend(value, backend, shape=conv.params[key].value.shape)
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast_path", "portable"])
@@ -283,10 +284,10 @@ def test_float64_layers(backend, fast):
     conv.use_fast_path = fast
     model = bp.Sequential([conv, MaxPool2D(2, backend=backend, dtype="float64"),
                            Flatten(backend=backend, dtype="float64")])
-    y = model(backend.from_host(_host((2, 1, 4, 4)), dtype=f64))
+    y, backprop = model.begin_update(backend.from_host(_host((2, 1, 4, 4)), dtype=f64))
     assert_on_backend(y, backend, dtype_name="float64", shape=(2, 8))
-    assert_on_backend(model.backward(ones_like(backend, y)), backend, dtype_name="float64", shape=(2, 1, 4, 4))
-    assert_on_backend(conv.grads["weight"], backend, dtype_name="float64", shape=(2, 1, 3, 3))
+    assert_on_backend(backprop(ones_like(backend, y)), backend, dtype_name="float64", shape=(2, 1, 4, 4))
+    assert_on_backend(conv.params["weight"].grad, backend, dtype_name="float64", shape=(2, 1, 3, 3))
 
 
 def _one_line_error(excinfo, *fragments):
@@ -354,13 +355,6 @@ def test_bad_hyperparameters(build, fragment):
     _one_line_error(excinfo, fragment)
 
 
-def test_backward_before_forward():
-    for layer in (Conv2D(1, 1, 1, backend="numpy"), MaxPool2D(2, backend="numpy"), AvgPool2D(2, backend="numpy"),
-                  Flatten(backend="numpy"), Reshape((1,), backend="numpy")):
-        with pytest.raises(RuntimeError, match="backward called before forward"):
-            layer.backward(np.zeros((1, 1, 1, 1), np.float32))
-
-
 # ---------------------------------------------------------------------------------- models, saving, training
 
 
@@ -389,7 +383,7 @@ def test_tiny_cnn_trains_with_fit(backend):
     model = _tiny_cnn(backend)
     history = bp.fit(model, x, y, epochs=6, batch_size=8, optimizer="adam", lr=0.05, progress=False, log=None)
     assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
-    for param in model.named_parameters().values():
+    for param in weights(model).values():
         assert_on_backend(param, backend)
 
 
@@ -490,16 +484,16 @@ def test_first_convolution_can_skip_its_input_gradient(backend):
                            bp.Dense(3 * 3 * 3, 2, rng=1, backend=backend)])
     x = backend.from_host(np.random.default_rng(0).normal(size=(2, 2, 5, 5)).astype(np.float32))
     grad = backend.from_host(np.ones((2, 2), np.float32))
-    model(x)
-    full_input_grad = model.backward(grad)
+    _, backprop = model.begin_update(x)
+    full_input_grad = backprop(grad)
     assert full_input_grad.shape == (2, 2, 5, 5)
     full = {k: backend.to_host(v) for k, v in model.named_gradients().items()}
-    model(x)
-    assert model.backward(grad, input_grad=False) is None
+    model.zero_grad()
+    _, backprop = model.begin_update(x)
+    assert backprop(grad, input_grad=False) is None
     for name, value in model.named_gradients().items():
         np.testing.assert_allclose(backend.to_host(value), full[name], rtol=1e-6)
     layer = Conv2D(2, 3, 3, rng=0, backend=backend)
     layer.use_fast_path = False
-    layer(x)
-    assert layer.backward(backend.from_host(np.ones((2, 3, 3, 3), np.float32)),
-                          input_grad=False) is None
+    _, backprop = layer.begin_update(x)
+    assert backprop(backend.from_host(np.ones((2, 3, 3, 3), np.float32)), input_grad=False) is None

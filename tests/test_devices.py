@@ -22,7 +22,7 @@ import backprop as bp
 from backends import registry, simulated_cupy
 from backprop.layers import RNN, AvgPool2D, BatchNorm1D, Conv2D, Embedding, LayerNorm, MaxPool2D
 
-from conftest import assert_on_backend, ones_like
+from conftest import assert_on_backend, ones_like, weights
 
 SIMULATED = "simulated_cupy:1"
 
@@ -112,30 +112,33 @@ def test_your_own_layer_and_loss_run_on_the_device_of_their_backend(simulated):
     seen = []
 
     class Double(bp.Layer):
-        def forward(self, x, *, training=False):
+        def begin_update(self, x, *, training=True):
             seen.append(("forward", simulated_cupy.current_device()))
-            return x * 2.0
 
-        def backward(self, grad_output):
-            seen.append(("backward", simulated_cupy.current_device()))
-            return grad_output * 2.0
+            def backprop(grad_output):
+                seen.append(("backward", simulated_cupy.current_device()))
+                return grad_output * 2.0
+
+            return x * 2.0, backprop
 
     class Total(bp.Loss):
-        def forward(self, prediction, target):
+        def begin_update(self, prediction, target):
             seen.append(("loss", simulated_cupy.current_device()))
-            self._cache = prediction
-            return simulated.xp.sum(prediction - target)
 
-        def backward(self):
-            seen.append(("loss backward", simulated_cupy.current_device()))
-            return ones_like(simulated, self._cache)
+            def backprop():
+                seen.append(("loss backward", simulated_cupy.current_device()))
+                return ones_like(simulated, prediction)
+
+            return simulated.xp.sum(prediction - target), backprop
 
     layer, loss = Double(backend=simulated), Total()
     x = simulated.from_host(np.ones((2, 3), np.float32))
-    value = loss(layer(x), x)
-    assert_on_backend(layer.backward(loss.backward()), simulated, shape=(2, 3))
+    y, backprop = layer.begin_update(x)
+    value, grad = loss.value_and_grad(y, x)  # the closures run later, outside any activation: still on device 1
+    assert_on_backend(backprop(grad), simulated, shape=(2, 3))
     assert float(simulated.to_host(value)) == 6.0
-    assert seen == [("forward", 1), ("loss", 1), ("loss backward", 1), ("backward", 1)]
+    assert float(simulated.to_host(loss(layer(x), x))) == 6.0  # the plain calls: the value only
+    assert seen == [("forward", 1), ("loss", 1), ("loss backward", 1), ("backward", 1), ("forward", 1), ("loss", 1)]
     assert simulated_cupy.current_device() == 0  # and the current device is given back
 
 
@@ -154,8 +157,8 @@ def test_fit_runs_its_callbacks_on_the_device_and_saves_and_loads_there(simulate
     assert devices == [1, 1] and all(np.isfinite(r["train_loss"]) for r in history)
     bp.save_model(tmp_path / "m.safetensors", model)
     loaded, _ = bp.load_model(tmp_path / "m.safetensors", backend=simulated)
-    for name, array in loaded.named_parameters().items():
-        assert_on_backend(array, simulated, shape=model.named_parameters()[name].shape)
+    for name, array in weights(loaded).items():
+        assert_on_backend(array, simulated, shape=model.named_parameters()[name].value.shape)
     loss, accuracy = bp.evaluate(loaded, simulated.from_host(x), simulated.from_host(y), bp.CrossEntropy())
     assert np.isfinite(loss) and 0 <= accuracy <= 1
     assert simulated_cupy.current_device() == 0
@@ -166,19 +169,18 @@ def test_fit_runs_its_callbacks_on_the_device_and_saves_and_loads_there(simulate
 def test_cross_entropy_one_hot_of_integer_labels_is_made_on_the_device(backend):  # losses.py (every step)
     logits = backend.from_host(np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32))
     labels = backend.from_host(np.array([0, 2, 1, 2]))
-    loss = bp.CrossEntropy()
-    assert_on_backend(loss(logits, labels), backend, shape=())
-    assert_on_backend(loss.backward(), backend, shape=(4, 3))
+    value, grad = bp.CrossEntropy().value_and_grad(logits, labels)
+    assert_on_backend(value, backend, shape=())
+    assert_on_backend(grad, backend, shape=(4, 3))
 
 
 def test_clipping_makes_its_norm_and_factor_on_the_device(backend):  # optim/clip.py
     model = bp.mlp([3, 2], seed=0, backend=backend)
     assert_on_backend(bp.optim.clip.global_grad_norm(model), backend, shape=())  # no gradients yet: a zero
-    model(_ones(backend, (2, 3)))
-    model.backward(_ones(backend, (2, 2)))
+    _backward_pass(model, (2, 3), (2, 2))
     assert_on_backend(bp.clip_grad_norm(model, 1e-3), backend, shape=())
     for name, grad in model.named_gradients().items():
-        assert_on_backend(grad, backend, shape=model.named_parameters()[name].shape)
+        assert_on_backend(grad, backend, shape=model.named_parameters()[name].value.shape)
 
 
 def test_padding_and_col2im_are_made_on_the_device(backend):  # layers/im2col.py, pooling
@@ -187,36 +189,35 @@ def test_padding_and_col2im_are_made_on_the_device(backend):  # layers/im2col.py
                   AvgPool2D(2, padding=1, backend=backend)):
         if isinstance(layer, Conv2D):
             layer.use_fast_path = False  # the portable im2col path, which every backend without a kernel runs
-        y = layer(x)
+        y, backprop = layer.begin_update(x)
         assert_on_backend(y, backend)
-        assert_on_backend(layer.backward(ones_like(backend, y)), backend, shape=(2, 1, 4, 4))
+        assert_on_backend(backprop(ones_like(backend, y)), backend, shape=(2, 1, 4, 4))
         for name, grad in layer.named_gradients().items():
-            assert_on_backend(grad, backend, shape=layer.named_parameters()[name].shape)
+            assert_on_backend(grad, backend, shape=layer.named_parameters()[name].value.shape)
 
 
 def test_embedding_gradient_is_made_on_the_device(backend):  # layers/embedding.py
     layer = Embedding(5, 2, rng=0, backend=backend)
-    y = layer(backend.from_host(np.array([[0, 4, 4]])))
-    layer.backward(ones_like(backend, y))
-    assert_on_backend(layer.grads["weight"], backend, shape=(5, 2))
-    np.testing.assert_array_equal(backend.to_host(layer.grads["weight"])[:, 0], [1, 0, 0, 0, 2])
+    y, backprop = layer.begin_update(backend.from_host(np.array([[0, 4, 4]])))
+    backprop(ones_like(backend, y))
+    assert_on_backend(layer.params["weight"].grad, backend, shape=(5, 2))
+    np.testing.assert_array_equal(backend.to_host(layer.params["weight"].grad)[:, 0], [1, 0, 0, 0, 2])
 
 
 def test_optimizer_state_is_made_on_the_device(backend):  # optim/base.py (zeros_like)
     model = bp.mlp([3, 2], seed=0, backend=backend)
     optimizer = bp.Adam(model, lr=0.1)
-    model(_ones(backend, (2, 3)))
-    model.backward(_ones(backend, (2, 2)))
+    _backward_pass(model, (2, 3), (2, 2))
     optimizer.step()
     arrays, _ = optimizer.state_dict()
     assert set(arrays) == {f"{p}.{b}" for p in ("0.weight", "0.bias") for b in ("exp_avg", "exp_avg_sq")}
-    for array in [*arrays.values(), *model.named_parameters().values()]:
+    for array in [*arrays.values(), *weights(model).values()]:
         assert_on_backend(array, backend)
 
 
 def test_parameters_made_by_constructors_are_on_the_device(backend):  # layers/normalization.py, recurrent.py
     for layer in (BatchNorm1D(3, backend=backend), LayerNorm(3, backend=backend), RNN(2, 3, rng=0, backend=backend)):
-        for array in [*layer.params.values(), *layer.buffers.values()]:
+        for array in [*weights(layer).values(), *layer.buffers.values()]:
             assert_on_backend(array, backend)
 
 
@@ -238,20 +239,28 @@ def test_gradient_all_reduce_packs_on_the_device(backend):  # distributed/commun
 
     model = bp.mlp([3, 2], seed=0, backend=backend)
     communicator = world()  # one rank: the host all-reduce, but the packing is the same
-    communicator.allreduce_gradients(model, 0, 4)  # a rank without rows: zeros for every parameter
+    communicator.allreduce_gradients(model)  # a rank without rows (no gradients): zeros for every parameter
     for name, grad in model.named_gradients().items():
-        assert_on_backend(grad, backend, shape=model.named_parameters()[name].shape)
+        assert_on_backend(grad, backend, shape=model.named_parameters()[name].value.shape)
         assert not backend.to_host(grad).any()
     model.zero_grad()
-    model(_ones(backend, (2, 3)))
-    model.backward(_ones(backend, (2, 2)))
-    model.layers[0].grads.pop("bias")  # a parameter without a gradient counts as zeros
-    communicator.allreduce_gradients(model, 2, 4)
-    assert_on_backend(model.layers[0].grads["bias"], backend, shape=(2,))
+    _backward_pass(model, (2, 3), (2, 2))
+    expected = backend.to_host(model.layers[0].params["weight"].grad) * 0.5
+    model.layers[0].params["bias"].grad = None  # a parameter without a gradient counts as zeros
+    communicator.allreduce_gradients(model, 0.5)
+    assert_on_backend(model.layers[0].params["bias"].grad, backend, shape=(2,))
+    assert not backend.to_host(model.layers[0].params["bias"].grad).any()
+    np.testing.assert_allclose(backend.to_host(model.layers[0].params["weight"].grad), expected, rtol=1e-6)
 
 
 def _ones(backend, shape):
     return backend.from_host(np.ones(shape, np.float32))
+
+
+def _backward_pass(model, input_shape, output_shape):
+    """A forward and a backward pass of ones (the gradients land in the model's parameters)."""
+    _, backprop = model.begin_update(_ones(model.backend, input_shape))
+    return backprop(_ones(model.backend, output_shape))
 
 
 # -- each rank of a distributed job loads its own GPU, and no other ---------------------------------------------

@@ -23,17 +23,22 @@ HERE = Path(__file__).resolve()
 TIMEOUT = 90  # seconds for one launch; a hang fails the test instead of the CI run
 
 # Global batch, optimizer, epochs, ...: "adam33" has batches of 33 on 2 ranks (16 + 17 rows) and a last batch of
-# 1 row (rank 1 gets none); "full" is full-batch without shuffling on an odd number of examples.
+# 1 row (rank 1 gets none); "full" is full-batch without shuffling on an odd number of examples; "adam11x3"
+# accumulates 3 micro-batches of 11 (5 + 6 rows on 2 ranks) per update, the last update one micro-batch of 1 row:
+# it must give the weights of "adam33" (REFERENCE), the same updates taken as single batches in one process.
 SCENARIOS = {
     "momentum32": dict(n=256, optimizer="momentum", lr=0.05, batch_size=32, epochs=2, validation_split=0.1),
     "adam33": dict(n=199, optimizer="adam", lr=0.01, batch_size=33, epochs=2, clip_norm=1.0),
     "full": dict(n=101, optimizer="sgd", lr=0.5, batch_size="full", epochs=3, shuffle=False),
+    "adam11x3": dict(n=199, optimizer="adam", lr=0.01, batch_size=11, accumulate_steps=3, epochs=2, clip_norm=1.0),
 }
+REFERENCE = {"adam11x3": "adam33"}  # scenario -> the single-process run whose weights it must end with
 # (scenario, backend, dtype) runs the 2 ranks train. float64 runs check the data-parallel arithmetic itself
 # (RTOL64 below); float32 runs, of the scenarios whose rounding no step amplifies (SGD, momentum), check the
 # float32 path against float32 rounding (see the test). torch:cpu and array_api_strict show the host path is
 # backend-agnostic.
 RUNS = [("momentum32", "numpy", "float64"), ("adam33", "numpy", "float64"), ("full", "numpy", "float64"),
+        ("adam11x3", "numpy", "float64"),
         ("adam33", "array_api_strict", "float64"), ("adam33", "torch:cpu", "float64"),
         ("momentum32", "numpy", "float32"), ("full", "numpy", "float32")]
 
@@ -120,8 +125,8 @@ def _worker_size1(output: Path):
     for model, distributed in zip(models, (False, True)):
         bp.fit(model, data.x_train[:100], data.y_train[:100], epochs=1, batch_size=16, progress=False, log=None,
                distributed=distributed)
-    report["fit"] = all(np.array_equal(a, b) for a, b in zip(models[0].named_parameters().values(),
-                                                             models[1].named_parameters().values()))
+    report["fit"] = all(np.array_equal(a.value, b.value) for a, b in zip(models[0].parameters(),
+                                                                         models[1].parameters()))
     (output / "size1.json").write_text(json.dumps(report))
 
 
@@ -234,7 +239,7 @@ def test_two_ranks_give_the_single_process_weights(tmp_path):
     exact = {}  # (scenario, spec) -> the single process's float64 weights
     for scenario, spec, dtype in sorted(runs, key=lambda run: run[2], reverse=True):  # float64 first
         run = f"{scenario}-{spec}-{dtype}"
-        reference, reference_history = train(scenario, spec, dtype)
+        reference, reference_history = train(REFERENCE.get(scenario, scenario), spec, dtype)
         assert float(weights[f"{run}/rank_spread"]) == 0.0  # every rank holds the same weights
         got = {name: weights[f"{run}/{name}"] for name in reference}
         assert all(array.dtype == np.dtype(dtype) for array in got.values()), run
@@ -335,8 +340,8 @@ def test_cli_distributed_train_matches_single_process(tmp_path, monkeypatch):
     assert main(["--backend", "numpy", *options]) == 0
     distributed_model, _ = load_model(rank0 / "out" / "model.safetensors")
     single_model, _ = load_model(single / "model.safetensors")
-    for name, array in single_model.named_parameters().items():
-        got = distributed_model.backend.to_host(distributed_model.named_parameters()[name])
+    for name, array in ((n, p.value) for n, p in single_model.named_parameters().items()):
+        got = distributed_model.backend.to_host(distributed_model.named_parameters()[name].value)
         assert got.dtype == np.float64, name
         np.testing.assert_allclose(got, single_model.backend.to_host(array), rtol=RTOL64, atol=ATOL64, err_msg=name)
 

@@ -82,9 +82,12 @@ def test_layers_on_different_backends_cannot_be_chained():
         bp.Sequential([bp.Dense(2, 2, backend="numpy"), bp.ReLU(backend="array_api_strict")])
 
 
-def test_backward_before_forward():
-    with pytest.raises(RuntimeError, match="backward called before forward"):
-        bp.Dense(2, 2, backend="numpy").backward(np.ones((1, 2), np.float32))
+def test_a_layer_without_begin_update_says_so():
+    class Unfinished(bp.Layer):
+        pass
+
+    with pytest.raises(NotImplementedError, match="^Unfinished does not implement begin_update$"):
+        Unfinished(backend="numpy")(np.ones((1, 2), np.float32))
 
 
 def test_error_messages_are_one_line(backend):

@@ -6,6 +6,7 @@ written in plain NumPy below (and itself checked against PyTorch autograd).
 
 from __future__ import annotations
 
+import inspect
 import re
 import tracemalloc
 import warnings
@@ -14,10 +15,11 @@ import numpy as np
 import pytest
 
 import backprop as bp
+from backends import dtype_name
 from backprop.errors import ConfigError, DeviceMismatchError, DTypeError, ShapeError
 from backprop.layers.fixed_point import FixedPointRecurrent
 
-from conftest import UPDATES_IN_PLACE, assert_on_backend, ones_like
+from conftest import UPDATES_IN_PLACE, assert_on_backend, ones_like, weights
 
 ACTIVATIONS = {
     "tanh": (np.tanh, lambda a: 1.0 - np.tanh(a) ** 2),
@@ -27,7 +29,7 @@ ACTIVATIONS = {
 
 
 def host_params(layer):
-    return {k: layer.backend.to_host(v).astype(np.float64) for k, v in layer.params.items()}
+    return {k: layer.backend.to_host(v).astype(np.float64) for k, v in weights(layer).items()}
 
 
 def unrolled_bptt(params, x, grad_h, *, steps, activation="tanh", damping=1.0):
@@ -60,7 +62,7 @@ def _oscillating(layer, gain=3.0):
     """W = −gain·I: near h = 0 the map h ↦ tanh(−gain·h + c) has slope ≈ −gain, so the fixed point repels and
     the undamped iteration ends in a period-2 oscillation that never converges."""
     n = layer.hidden_size
-    layer.params["weight_hh"] = layer.backend.from_host(-gain * np.eye(n), dtype=layer.dtype)
+    layer.params["weight_hh"].value = layer.backend.from_host(-gain * np.eye(n), dtype=layer.dtype)
     return layer
 
 
@@ -96,8 +98,8 @@ def test_gradients_match_bptt_through_the_unrolled_iterations(backend, case):
                                 dtype=dtype, **options)
     host_x, x = _data(backend, (3, 4), dtype)
     host_g, g = _data(backend, (3, 5), dtype, seed=1)
-    h = layer(x)
-    dx = layer.backward(g)
+    h, backprop = layer.begin_update(x)
+    dx = backprop(g)
     assert layer.last_forward_converged and layer.last_backward_converged
     assert layer.last_backward_iterations > 10  # the adjoint really iterated
     h_ref, grads_ref, dx_ref = unrolled_bptt(host_params(layer), backend.to_host(x).astype(np.float64), host_g,
@@ -106,7 +108,8 @@ def test_gradients_match_bptt_through_the_unrolled_iterations(backend, case):
     rtol, atol = (1e-8, 1e-10) if dtype == "float64" else (2e-4, 2e-5)
     np.testing.assert_allclose(backend.to_host(h), h_ref, rtol=rtol, atol=atol)
     for name, expected in grads_ref.items():
-        np.testing.assert_allclose(backend.to_host(layer.grads[name]), expected, rtol=rtol, atol=atol, err_msg=name)
+        np.testing.assert_allclose(backend.to_host(layer.params[name].grad), expected, rtol=rtol, atol=atol,
+                                   err_msg=name)
     np.testing.assert_allclose(backend.to_host(dx), dx_ref, rtol=rtol, atol=atol)
     # a truncated (one-step) gradient is far off: the comparison above has teeth
     _, one_step, _ = unrolled_bptt(host_params(layer), host_x, host_g, steps=1, activation=case["activation"])
@@ -117,13 +120,13 @@ def test_float32_gradients_at_the_default_tolerance(backend):
     layer = FixedPointRecurrent(6, 8, recurrent_norm=0.9, rng=2, backend=backend)  # tolerance 1e-5
     host_x, x = _data(backend, (5, 6))
     host_g, g = _data(backend, (5, 8), seed=3)
-    layer(x)
-    dx = layer.backward(g)
+    _, backprop = layer.begin_update(x)
+    dx = backprop(g)
     _, grads_ref, dx_ref = unrolled_bptt(host_params(layer), backend.to_host(x).astype(np.float64), host_g,
                                          steps=400)
     # errors of order tolerance / (1 − contraction) relative to the gradients' scale
     for name, expected in {**grads_ref, "input": dx_ref}.items():
-        actual = backend.to_host(dx if name == "input" else layer.grads[name])
+        actual = backend.to_host(dx if name == "input" else layer.params[name].grad)
         assert np.abs(actual - expected).max() < 2e-3 * np.abs(expected).max(), name
 
 
@@ -156,8 +159,17 @@ def test_gradcheck(backend):
         assert result.dtype == "float64" and max(result.max_abs_error.values()) < 1e-7
 
 
+def _kept_for_backward(backprop, layer, backend) -> list:
+    """(shape, dtype) of the arrays the backward closure of one call keeps, the layer's weights left out."""
+    weights_of_layer = {id(param.value) for param in layer.parameters()}
+    cells = [cell.cell_contents for cell in inspect.unwrap(backprop).__closure__]
+    return sorted((tuple(a.shape), dtype_name(a.dtype)) for a in cells
+                  if backend.owns(a) and id(a) not in weights_of_layer)
+
+
 def test_memory_does_not_grow_with_iterations(backend):
-    """The layer keeps x, h* and f'(a*) whether it ran 20 or 2000 iterations (a non-contracting W runs all)."""
+    """A call keeps x, h* and f'(a*) for its backward pass whether it ran 20 or 2000 iterations (a non-contracting
+    W runs all), and the layer itself keeps no array of it."""
     kept, peaks = {}, {}
     for limit in (20, 2000):
         layer = _oscillating(FixedPointRecurrent(5, 6, max_iterations=limit, check_every=10, rng=0, backend=backend))
@@ -169,12 +181,12 @@ def test_memory_does_not_grow_with_iterations(backend):
             layer(x)
             peaks[limit] = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
+            _, backprop = layer.begin_update(x)
         assert layer.last_forward_iterations == limit and not layer.last_forward_converged
-        kept[limit] = {name: (tuple(a.shape), a.dtype) for name, a in layer.cached_arrays().items()}
-        arrays = [v for v in vars(layer).values() if backend.owns(v)]
-        assert len(arrays) == 3  # nothing else array-valued hangs off the layer
+        kept[limit] = _kept_for_backward(backprop, layer, backend)
+        assert not [v for v in vars(layer).values() if backend.owns(v)]  # nothing array-valued hangs off the layer
     assert kept[20] == kept[2000]
-    assert set(kept[20]) == {"x", "h_star", "activation_slope"}
+    assert [shape for shape, _ in kept[20]] == [(4, 5), (4, 6), (4, 6)]  # x, h*, f'(a*)
     if backend.name == "numpy":  # NumPy reports its allocations to tracemalloc
         assert peaks[2000] < peaks[20] + 4096, peaks
 
@@ -194,14 +206,14 @@ def test_non_convergence_is_reported_once_and_does_not_crash(backend, limit, osc
     assert_on_backend(h, backend, shape=(2, 4))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once per layer: the second failure is silent
-        layer(x)
+        _, backprop = layer.begin_update(x)
     assert layer.stats["forward_failures"] == 2 and layer.stats["forward_calls"] == 2
     if limit == 2:  # the adjoint gets two iterations too
         with pytest.warns(RuntimeWarning, match="backward fixed-point iteration did not converge: after 2 "):
-            dx = layer.backward(ones_like(backend, h))
+            dx = backprop(ones_like(backend, h))
         assert layer.last_backward_converged is False
     else:  # on the saturated 2-cycle the adjoint map contracts: a gradient comes back, just not a meaningful one
-        dx = layer.backward(ones_like(backend, h))
+        dx = backprop(ones_like(backend, h))
     assert_on_backend(dx, backend, shape=(2, 3))
     assert np.isfinite(backend.to_host(dx)).all()
 
@@ -209,33 +221,33 @@ def test_non_convergence_is_reported_once_and_does_not_crash(backend, limit, osc
 def test_damping_makes_an_oscillating_iteration_converge(backend):
     layer = _oscillating(FixedPointRecurrent(3, 4, damping=0.3, rng=0, backend=backend))
     host_x, x = _data(backend, (2, 3), seed=5)
-    h = layer(x)
+    h, backprop = layer.begin_update(x)
     assert layer.last_forward_converged and layer.last_forward_rate < 0.5
     p, host_h = host_params(layer), backend.to_host(h).astype(np.float64)
     residual = np.tanh(host_h @ p["weight_hh"] + host_x @ p["weight_ih"] + p["bias"]) - host_h
     assert np.abs(residual).max() < 1e-4  # |Δh| = α·|residual| < tolerance
-    layer.backward(ones_like(backend, h))
+    backprop(ones_like(backend, h))
     assert layer.last_backward_converged
 
 
 def test_max_recurrent_norm_projects_w_in_training(backend):
     layer = FixedPointRecurrent(3, 6, max_recurrent_norm=0.8, rng=0, backend=backend)
     _, x = _data(backend, (2, 3))
-    small = backend.to_host(layer.params["weight_hh"])  # ||W|| = 0.5: left alone
+    small = backend.to_host(layer.params["weight_hh"].value)  # ||W|| = 0.5: left alone
     layer(x, training=True)
-    np.testing.assert_array_equal(backend.to_host(layer.params["weight_hh"]), small)
+    np.testing.assert_array_equal(backend.to_host(layer.params["weight_hh"].value), small)
     big = np.random.default_rng(0).normal(size=(6, 6)) * 2.0
-    layer.params["weight_hh"] = backend.from_host(big, dtype=layer.dtype)
+    layer.params["weight_hh"].value = backend.from_host(big, dtype=layer.dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # ||W|| = 2·(random 6x6): this W need not contract
         layer(x)  # evaluation: no projection
-    np.testing.assert_array_equal(backend.to_host(layer.params["weight_hh"]), big.astype(np.float32))
-    weight = layer.params["weight_hh"]
+    np.testing.assert_array_equal(backend.to_host(layer.params["weight_hh"].value), big.astype(np.float32))
+    weight = layer.params["weight_hh"].value
     layer(x, training=True)
     if backend.library in UPDATES_IN_PLACE:
-        assert layer.params["weight_hh"] is weight  # rescaled in place: the fast path
-    assert_on_backend(layer.params["weight_hh"], backend, shape=(6, 6))
-    projected = backend.to_host(layer.params["weight_hh"]).astype(np.float64)
+        assert layer.params["weight_hh"].value is weight  # rescaled in place: the fast path
+    assert_on_backend(layer.params["weight_hh"].value, backend, shape=(6, 6))
+    projected = backend.to_host(layer.params["weight_hh"].value).astype(np.float64)
     assert abs(np.linalg.norm(projected, 2) - 0.8) < 1e-3
     np.testing.assert_allclose(projected / np.linalg.norm(projected, 2), big / np.linalg.norm(big, 2), rtol=1e-4,
                                atol=1e-6)  # the direction is kept
@@ -245,26 +257,25 @@ def test_max_recurrent_norm_projects_w_in_training(backend):
 def test_outputs_gradients_and_float64_live_on_the_backend(backend):
     for dtype in ("float32", "float64") if backend.supports_float64 else ("float32",):
         layer = FixedPointRecurrent(5, 3, rng=0, backend=backend, dtype=dtype)
-        for name, param in layer.params.items():
+        for name, param in weights(layer).items():
             assert_on_backend(param, backend, dtype, shape={"weight_ih": (5, 3), "weight_hh": (3, 3),
                                                             "bias": (3,)}[name])
         _, x = _data(backend, (2, 5), dtype)
-        h = layer(x)
+        h, backprop = layer.begin_update(x)
         assert_on_backend(h, backend, dtype, shape=(2, 3))
-        dx = layer.backward(ones_like(backend, h))
+        dx = backprop(ones_like(backend, h))
         assert_on_backend(dx, backend, dtype, shape=(2, 5))
-        for name, grad in layer.grads.items():
-            assert_on_backend(grad, backend, dtype, shape=layer.params[name].shape)
-        for array in layer.cached_arrays().values():
-            assert_on_backend(array, backend, dtype)
+        for name, grad in layer.named_gradients().items():
+            assert_on_backend(grad, backend, dtype, shape=layer.params[name].value.shape)
+        assert [d for _, d in _kept_for_backward(backprop, layer, backend)] == [dtype] * 3
 
 
 def test_initial_weights_are_the_same_on_every_backend_and_contracting(backend):
     layer = FixedPointRecurrent(8, 16, rng=11, backend=backend)
     reference = FixedPointRecurrent(8, 16, rng=11, backend="numpy")
-    for name, weight in reference.params.items():
-        np.testing.assert_array_equal(backend.to_host(layer.params[name]), weight)
-    w = backend.to_host(layer.params["weight_hh"]).astype(np.float64)
+    for name, weight in weights(reference).items():
+        np.testing.assert_array_equal(backend.to_host(layer.params[name].value), weight)
+    w = backend.to_host(layer.params["weight_hh"].value).astype(np.float64)
     assert abs(np.linalg.norm(w, 2) - 0.5) < 1e-4
     assert abs(layer.spectral_norm() - 0.5) < 1e-3
     assert abs(layer.contraction_bound() - 0.5) < 1e-3
@@ -287,13 +298,10 @@ def test_bad_inputs_give_one_line_errors(backend):
     if backend.name != "numpy":
         with pytest.raises(DeviceMismatchError, match="FixedPointRecurrent"):
             layer(np.ones((2, 3), dtype=np.float32))
-    fresh = FixedPointRecurrent(3, 4, rng=0, backend=backend)
-    with pytest.raises(RuntimeError, match="FixedPointRecurrent.*backward called before forward"):
-        fresh.backward(backend.from_host(np.ones((2, 4), np.float32)))
     _, x = _data(backend, (2, 3))
-    layer(x)
+    _, backprop = layer.begin_update(x)
     with pytest.raises(ShapeError, match=r"FixedPointRecurrent.*expected grad_output of shape \(2, 4\), got \(2, 5\)"):
-        layer.backward(backend.from_host(np.ones((2, 5), np.float32)))
+        backprop(backend.from_host(np.ones((2, 5), np.float32)))
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -331,7 +339,6 @@ def test_config_rebuilds_the_layer_and_copies_are_independent(tmp_path):
     copy = layer.astype("float64")
     copy(x.astype(np.float64))
     assert copy.stats["forward_calls"] == 1 and layer.stats["forward_calls"] == 0
-    assert layer.cached_arrays() == {}
     # saved models rebuild once the class is registered (backprop.layers.LAYER_TYPES)
     from backprop.layers import LAYER_TYPES, register_layer
 

@@ -8,7 +8,7 @@ import pytest
 import backprop as bp
 
 import reference as ref
-from conftest import assert_on_backend, ones_like
+from conftest import assert_on_backend, ones_like, weights
 
 # name -> (build(backend), input shape, reference(host_input, host_params))
 LAYERS = {
@@ -43,7 +43,7 @@ def test_forward_matches_numpy(backend, name):
     layer = build(backend)
     host_x, x = _input(backend, shape)
     y = layer(x)
-    host_params = {k: backend.to_host(v) for k, v in layer.named_parameters().items()}
+    host_params = {k: backend.to_host(v) for k, v in weights(layer).items()}
     if reference is None:  # the MLP: compose the references
         h = np.tanh(host_x @ host_params["0.weight"] + host_params["0.bias"])
         h = np.tanh(h @ host_params["2.weight"] + host_params["2.bias"])
@@ -68,11 +68,11 @@ def test_backward_outputs_live_on_the_backend(backend, name):
     build, shape, _ = LAYERS[name]
     layer = build(backend)
     _, x = _input(backend, shape)
-    y = layer(x)
-    dx = layer.backward(ones_like(backend, y))
+    y, backprop = layer.begin_update(x)
+    dx = backprop(ones_like(backend, y))
     assert_on_backend(dx, backend, shape=shape)
     for param_name, grad in layer.named_gradients().items():
-        assert_on_backend(grad, backend, shape=layer.named_parameters()[param_name].shape)
+        assert_on_backend(grad, backend, shape=layer.named_parameters()[param_name].value.shape)
 
 
 def test_dense_one_example_gradient_is_the_outer_product_at_blas_sizes(backend):
@@ -81,20 +81,25 @@ def test_dense_one_example_gradient_is_the_outer_product_at_blas_sizes(backend):
     rng = np.random.default_rng(3)
     x_host = rng.standard_normal((1, 300)).astype(np.float32)
     g_host = rng.standard_normal((1, 200)).astype(np.float32)
-    layer(backend.from_host(x_host), training=True)
-    dx = layer.backward(backend.from_host(g_host))
-    grad = layer.grads["weight"]
+    _, backprop = layer.begin_update(backend.from_host(x_host), training=True)
+    dx = backprop(backend.from_host(g_host))
+    grad = layer.params["weight"].grad
     assert_on_backend(grad, backend, shape=(300, 200))
     assert_on_backend(dx, backend, shape=(1, 300))
     np.testing.assert_allclose(backend.to_host(grad), x_host.T @ g_host, rtol=1e-6)
-    np.testing.assert_allclose(backend.to_host(dx), g_host @ backend.to_host(layer.params["weight"]).T,
+    np.testing.assert_allclose(backend.to_host(dx), g_host @ backend.to_host(layer.params["weight"].value).T,
                                rtol=1e-4, atol=1e-5)
 
 
 def test_gradcheck_catches_a_wrong_backward(backend):
     class BrokenTanh(bp.Tanh):
-        def backward(self, grad_output):
-            return grad_output * (1.0 - self._y)  # forgot to square
+        def _begin(self, x):
+            y = self.xp.tanh(x)
+
+            def backprop(grad_output):
+                return grad_output * (1.0 - y)  # forgot to square
+
+            return y, backprop
 
     _, x = _input(backend, (3, 4))
     with pytest.raises(bp.GradcheckError, match="analytic .* numerical"):
@@ -104,15 +109,15 @@ def test_gradcheck_catches_a_wrong_backward(backend):
 def test_same_seed_gives_same_initial_weights_on_every_backend(backend):
     numpy_model = bp.mlp([8, 16, 4], seed=11, backend="numpy")
     model = bp.mlp([8, 16, 4], seed=11, backend=backend)
-    for name, weight in numpy_model.named_parameters().items():
-        np.testing.assert_array_equal(backend.to_host(model.named_parameters()[name]), weight)
-    assert not np.array_equal(bp.mlp([8, 16, 4], seed=12, backend="numpy").named_parameters()["0.weight"],
-                              numpy_model.named_parameters()["0.weight"])
+    for name, weight in weights(numpy_model).items():
+        np.testing.assert_array_equal(backend.to_host(model.named_parameters()[name].value), weight)
+    assert not np.array_equal(bp.mlp([8, 16, 4], seed=12, backend="numpy").named_parameters()["0.weight"].value,
+                              numpy_model.named_parameters()["0.weight"].value)
 
 
 @pytest.mark.parametrize("init", ["glorot_uniform", "glorot_normal", "he_uniform", "he_normal"])
 def test_initializer_scale(init):
-    weight = bp.Dense(400, 300, init=init, rng=0, backend="numpy").params["weight"]
+    weight = bp.Dense(400, 300, init=init, rng=0, backend="numpy").params["weight"].value
     fan_in, fan_out = 400, 300
     expected_std = {"glorot": np.sqrt(2 / (fan_in + fan_out)), "he": np.sqrt(2 / fan_in)}[init.split("_")[0]]
     assert abs(weight.std() / expected_std - 1) < 0.03
@@ -124,7 +129,8 @@ def test_parameters_and_gradients_are_named(backend):
     assert list(model.named_parameters()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
     assert model.num_parameters() == 3 * 4 + 4 + 4 * 2 + 2
     _, x = _input(backend, (5, 3))
-    model.backward(ones_like(backend, model(x)))
+    y, backprop = model.begin_update(x)
+    backprop(ones_like(backend, y))
     assert list(model.named_gradients()) == list(model.named_parameters())
     model.zero_grad()
     assert model.named_gradients() == {}
@@ -134,18 +140,18 @@ def test_replace_arrays_stores_new_parameters_and_buffers(backend):
     """The parameter store's one write for whole arrays (loading, restoring weights): keyed as in model files,
     the arrays themselves stored, every other array kept; a wrong shape or dtype changes nothing of that array."""
     model = bp.Sequential([bp.Dense(3, 4, rng=0, backend=backend), bp.layers.BatchNorm1D(4, backend=backend)])
-    before = {name: backend.to_host(array) for name, array in model.named_parameters().items()}
+    before = {name: backend.to_host(array) for name, array in weights(model).items()}
     weight = backend.from_host(np.full((3, 4), 2.0, np.float32))
     mean = backend.from_host(np.full((4,), 0.5, np.float32))
     model.replace_arrays({"param/0.weight": weight, "buffer/1.running_mean": mean})
-    assert model.named_parameters()["0.weight"] is weight and model.layers[0].params["weight"] is weight
+    assert model.named_parameters()["0.weight"].value is weight and model.layers[0].params["weight"].value is weight
     assert model.named_buffers()["1.running_mean"] is mean
     for name in ("0.bias", "1.weight", "1.bias"):
-        np.testing.assert_array_equal(backend.to_host(model.named_parameters()[name]), before[name])
+        np.testing.assert_array_equal(backend.to_host(model.named_parameters()[name].value), before[name])
     with pytest.raises(bp.ShapeError, match=r"param '0.bias' is float32 of shape \(4,\); got float32 of shape "
                                             r"\(3,\)"):
         model.replace_arrays({"param/0.bias": backend.from_host(np.zeros(3, np.float32))})
-    np.testing.assert_array_equal(backend.to_host(model.named_parameters()["0.bias"]), before["0.bias"])
+    np.testing.assert_array_equal(backend.to_host(model.named_parameters()["0.bias"].value), before["0.bias"])
 
 
 def test_float64_models_work(backend):
@@ -172,22 +178,118 @@ def test_sgd_step_reduces_the_loss(backend):
     loss_fn, optimizer = bp.CrossEntropy(), bp.SGD(model, lr=0.5)
     losses = []
     for _ in range(20):
-        loss = loss_fn(model(x, training=True), labels)
+        optimizer.zero_grad()
+        logits, backprop = model.begin_update(x, training=True)
+        loss, grad = loss_fn.value_and_grad(logits, labels)
         losses.append(float(backend.to_host(loss)))
-        model.backward(loss_fn.backward())
+        backprop(grad)
         optimizer.step()
     assert losses[-1] < 0.5 * losses[0]
-    for param in model.named_parameters().values():
+    for param in weights(model).values():
         assert_on_backend(param, backend)
 
 
 def test_skipping_the_input_gradient_keeps_parameter_gradients(backend):
     model = bp.mlp([5, 7, 3], seed=1, backend=backend)
     _, x = _input(backend, (4, 5))
-    grad = ones_like(backend, model(x))
-    assert_on_backend(model.backward(grad), backend, shape=(4, 5))
+    y, backprop = model.begin_update(x)
+    grad = ones_like(backend, y)
+    assert_on_backend(backprop(grad), backend, shape=(4, 5))
     full = {k: backend.to_host(v) for k, v in model.named_gradients().items()}
-    model(x)
-    assert model.backward(grad, input_grad=False) is None
+    model.zero_grad()
+    assert model.named_gradients() == {}
+    _, backprop = model.begin_update(x)
+    assert backprop(grad, input_grad=False) is None
+    assert list(model.named_gradients()) == list(full)
     for name, value in model.named_gradients().items():
         np.testing.assert_array_equal(backend.to_host(value), full[name])
+
+
+# -- a layer is not its own tape: calls are independent, and gradients add up --------------------------------
+
+def _floats(shape, seed):
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+def _conv(fast):
+    def build(b):
+        layer = bp.layers.Conv2D(2, 3, 3, padding=1, rng=0, backend=b)
+        layer.use_fast_path = fast
+        return layer
+    return build
+
+
+# name -> (build(backend), input(seed) on the host, training)
+EVERY_KIND = {
+    "dense": (lambda b: bp.Dense(5, 3, rng=0, backend=b), lambda s: _floats((4, 5), s), True),
+    "mlp": (lambda b: bp.mlp([5, 6, 3], activation_name="gelu", seed=0, backend=b), lambda s: _floats((4, 5), s),
+            True),
+    "softmax": (lambda b: bp.Softmax(backend=b), lambda s: _floats((4, 5), s), True),
+    "leaky_relu": (lambda b: bp.LeakyReLU(0.1, backend=b), lambda s: _floats((4, 5), s), True),
+    "conv": (_conv(True), lambda s: _floats((2, 2, 5, 5), s), True),
+    "conv_portable": (_conv(False), lambda s: _floats((2, 2, 5, 5), s), True),
+    "max_pool": (lambda b: bp.layers.MaxPool2D(2, stride=1, backend=b), lambda s: _floats((2, 2, 4, 4), s), True),
+    "avg_pool": (lambda b: bp.layers.AvgPool2D(3, stride=2, padding=1, backend=b), lambda s: _floats((2, 2, 5, 5), s),
+                 True),
+    "batch_norm": (lambda b: bp.layers.BatchNorm1D(4, backend=b), lambda s: _floats((3, 4), s), True),
+    "batch_norm_eval": (lambda b: bp.layers.BatchNorm2D(2, backend=b), lambda s: _floats((2, 2, 3, 3), s), False),
+    "layer_norm": (lambda b: bp.layers.LayerNorm(4, backend=b), lambda s: _floats((3, 2, 4), s), True),
+    "embedding": (lambda b: bp.layers.Embedding(6, 3, rng=0, backend=b),
+                  lambda s: np.random.default_rng(s).integers(0, 6, size=(3, 4)), True),
+    "lstm": (lambda b: bp.layers.LSTM(3, 4, rng=0, backend=b), lambda s: _floats((2, 5, 3), s), True),
+    "gru_bidirectional": (lambda b: bp.layers.GRU(3, 4, bidirectional=True, return_sequences=False, rng=0, backend=b),
+                          lambda s: _floats((2, 5, 3), s), True),
+    "rnn_truncated": (lambda b: bp.layers.RNN(3, 4, bptt_steps=2, rng=0, backend=b), lambda s: _floats((2, 5, 3), s),
+                      True),
+    "fixed_point": (lambda b: bp.layers.FixedPointRecurrent(3, 4, rng=0, backend=b), lambda s: _floats((2, 3), s),
+                    True),
+    "flatten": (lambda b: bp.layers.Flatten(backend=b), lambda s: _floats((2, 3, 2), s), True),
+    "reshape": (lambda b: bp.layers.Reshape((2, 3), backend=b), lambda s: _floats((2, 6), s), True),
+    "dropout_eval": (lambda b: bp.Dropout(0.5, backend=b), lambda s: _floats((3, 4), s), False),
+}
+
+
+@pytest.mark.parametrize("name", EVERY_KIND)
+def test_two_calls_before_their_backward_passes_are_independent_and_add_their_gradients(backend, name):
+    """A layer applied to x1 and x2 before either backward pass (tied weights, a Siamese pair) gives each call
+    its own output and input gradient, and the sum of both calls' parameter gradients, as two separate
+    layers with the same weights would."""
+    build, make_input, training = EVERY_KIND[name]
+    x1, x2 = (backend.from_host(make_input(seed)) for seed in (1, 2))
+    alone = {}
+    reference = build(backend)
+    for key, x in (("1", x1), ("2", x2)):
+        reference.zero_grad()
+        y, backprop = reference.begin_update(x, training=training)
+        g = backend.from_host(_floats(tuple(y.shape), 10 + int(key)))
+        alone[key] = (backend.to_host(y), backprop(g), g, {k: backend.to_host(v)
+                                                           for k, v in reference.named_gradients().items()})
+    layer = build(backend)
+    y1, backprop1 = layer.begin_update(x1, training=training)
+    y2, backprop2 = layer.begin_update(x2, training=training)
+    dx2 = backprop2(alone["2"][2])  # the later call's backward first: each closure has its own call's arrays
+    dx1 = backprop1(alone["1"][2])
+    for key, y, dx in (("1", y1, dx1), ("2", y2, dx2)):
+        np.testing.assert_allclose(backend.to_host(y), alone[key][0], rtol=1e-6, atol=1e-6)
+        if alone[key][1] is None:  # Embedding: integer inputs have no gradient
+            assert dx is None
+        else:
+            assert_on_backend(dx, backend, shape=tuple(alone[key][1].shape))
+            np.testing.assert_allclose(backend.to_host(dx), backend.to_host(alone[key][1]), rtol=1e-5, atol=1e-6)
+    grads = layer.named_gradients()
+    assert list(grads) == list(alone["1"][3])
+    for param_name, grad in grads.items():
+        assert_on_backend(grad, backend, shape=layer.named_parameters()[param_name].shape)
+        np.testing.assert_allclose(backend.to_host(grad), alone["1"][3][param_name] + alone["2"][3][param_name],
+                                   rtol=1e-5, atol=1e-6, err_msg=param_name)
+    assert not [k for k, v in vars(layer).items() if backend.owns(v)]  # nothing of the calls on the layer
+
+
+def test_dropout_calls_keep_their_own_masks(backend):
+    layer = bp.Dropout(0.5, seed=3, backend=backend)
+    x = backend.from_host(np.ones((50, 8), np.float32))
+    (y1, backprop1), (y2, backprop2) = layer.begin_update(x), layer.begin_update(x)
+    masks = [backend.to_host(y) for y in (y1, y2)]
+    assert not np.array_equal(masks[0], masks[1])
+    for backprop, mask in ((backprop2, masks[1]), (backprop1, masks[0])):
+        np.testing.assert_array_equal(backend.to_host(backprop(x)), mask)  # dx = dy ⊙ m / (1 − p)

@@ -11,7 +11,7 @@ import pytest
 import backprop as bp
 from backprop.host_io import model_files
 
-from conftest import assert_on_backend
+from conftest import assert_on_backend, weights
 
 
 def _model(backend="numpy"):
@@ -38,8 +38,8 @@ def test_a_model_saved_on_any_backend_loads_on_numpy(backend, tmp_path):
     path = tmp_path / "model.safetensors"
     bp.save_model(path, model)
     loaded, _ = bp.load_model(path, backend="numpy")
-    for name, array in model.named_parameters().items():
-        np.testing.assert_array_equal(loaded.named_parameters()[name], backend.to_host(array))
+    for name, array in weights(model).items():
+        np.testing.assert_array_equal(loaded.named_parameters()[name].value, backend.to_host(array))
 
 
 def test_file_is_plain_safetensors_with_a_json_header(tmp_path):
@@ -208,7 +208,7 @@ def test_a_damaged_checkpoint_is_refused(tmp_path):
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
 def test_non_finite_weights_are_refused(tmp_path, value):
     model = _model()
-    model.layers[3].params["bias"][1] = value
+    model.layers[3].params["bias"].value[1] = value
     path = tmp_path / "model.safetensors"
     bp.save_model(path, model)  # the checksum matches: only the values are wrong
     with pytest.raises(bp.ModelFileError, match=r"holds non-finite values \(NaN or inf\) in array 'param/3.bias'"):
@@ -257,12 +257,12 @@ def test_version_1_files_still_load_with_a_warning(tmp_path):
     with pytest.warns(RuntimeWarning, match="format version 1.*without checksums.*saving it again adds them"):
         loaded, metadata = bp.load_model(path)
     assert metadata == {"note": "old"}
-    np.testing.assert_array_equal(loaded.named_parameters()["0.weight"], model.named_parameters()["0.weight"])
+    np.testing.assert_array_equal(weights(loaded)["0.weight"], weights(model)["0.weight"])
 
 
 def test_version_1_files_with_non_finite_weights_are_refused(tmp_path):
     model = _model()
-    model.layers[0].params["weight"][0, 0] = np.nan
+    model.layers[0].params["weight"].value[0, 0] = np.nan
     _version_1_file(tmp_path / "old.safetensors", model)
     with pytest.warns(RuntimeWarning), pytest.raises(bp.ModelFileError, match="non-finite"):
         bp.load_model(tmp_path / "old.safetensors")

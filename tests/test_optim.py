@@ -66,13 +66,13 @@ def _host_grads(model, steps, seed=7):
 
 def _set_grads(model, grads):
     backend = model.backend
-    for (layer, key), name in zip(model.parameter_slots(), model.named_parameters()):
+    for name, param in model.named_parameters().items():
         # a copy: from_host may share memory with the host array, and clipping scales gradients in place
-        layer.grads[key] = backend.from_host(np.array(grads[name], copy=True), dtype=layer.params[key].dtype)
+        param.grad = backend.from_host(np.array(grads[name], copy=True), dtype=param.dtype)
 
 
 def _host_weights(model):
-    return {name: np.array(model.backend.to_host(p), copy=True) for name, p in model.named_parameters().items()}
+    return {name: np.array(model.backend.to_host(p.value), copy=True) for name, p in model.named_parameters().items()}
 
 
 # A weight of 200 x 180 is past the size where the NumPy backend's update runs as SciPy's BLAS axpy.
@@ -84,7 +84,7 @@ def test_matches_torch_optim(backend, case, sizes):
     name, ours, torch_class, theirs = ORACLE_CASES[case]
     model = _model(backend, sizes=sizes)
     params = model.named_parameters()
-    identities = {k: id(v) for k, v in params.items()}
+    identities = {k: id(v.value) for k, v in params.items()}
     reference = {k: torch.tensor(w, dtype=torch.float64, requires_grad=True) for k, w in _host_weights(model).items()}
     optimizer = make_optimizer(name, model, **ours)
     oracle = getattr(torch.optim, torch_class)(list(reference.values()), **theirs)
@@ -95,7 +95,7 @@ def test_matches_torch_optim(backend, case, sizes):
         optimizer.step()
         oracle.step()
 
-    weights = model.named_parameters()
+    weights = {k: v.value for k, v in model.named_parameters().items()}
     arrays, info = optimizer.state_dict()
     for k, p in reference.items():
         if backend.library in UPDATES_IN_PLACE:  # the fast path: no new arrays, one pass per update
@@ -112,8 +112,8 @@ def test_matches_torch_optim(backend, case, sizes):
             np.testing.assert_allclose(backend.to_host(ours_buffer), expected.numpy(), rtol=1e-5, atol=1e-6,
                                        err_msg=f"{case}: {k}.{buffer}")
     assert sorted(arrays) == sorted(f"{k}.{b}" for k in reference for b in oracle.state[reference[k]] if b != "step")
-    for layer, key in model.parameter_slots():
-        assert_on_backend(layer.grads[key], backend, shape=layer.params[key].shape)
+    for param in model.parameters():
+        assert_on_backend(param.grad, backend, shape=param.shape)
 
 
 def test_float64_model_keeps_float64_state(backend):
@@ -123,7 +123,7 @@ def test_float64_model_keeps_float64_state(backend):
     optimizer = Adam(model, lr=0.01)
     _set_grads(model, _host_grads(model, 1)[0])
     optimizer.step()
-    for array in [*model.named_parameters().values(), *optimizer.state_dict()[0].values()]:
+    for array in [*(p.value for p in model.parameters()), *optimizer.state_dict()[0].values()]:
         assert_on_backend(array, backend, "float64")
 
 
@@ -150,14 +150,14 @@ def test_state_dict_round_trip_resumes_exactly(backend, name, hyperparameters):
 
     resumed = _model(backend)
     resumed.replace_arrays({f"param/{k}": backend.from_host(w) for k, w in saved_weights.items()})
-    fresh = make_optimizer(model=resumed, **config)
+    fresh = make_optimizer(params=resumed, **config)
     fresh.load_state_dict(arrays, info)
     assert fresh.step_count == 3 and fresh.config() == optimizer.config()
     for g in grads[3:]:
         _set_grads(resumed, g)
         fresh.step()
     for k, w in _host_weights(model).items():
-        np.testing.assert_array_equal(backend.to_host(resumed.named_parameters()[k]), w, err_msg=k)
+        np.testing.assert_array_equal(backend.to_host(resumed.named_parameters()[k].value), w, err_msg=k)
     # state_dict returned copies: the later steps did not change the saved arrays
     assert any(not np.array_equal(backend.to_host(a), backend.to_host(optimizer.state_dict()[0][k]))
                for k, a in arrays.items())
@@ -241,7 +241,7 @@ def test_parameters_without_gradients_are_skipped(backend):
     optimizer = Adam(model, lr=0.01)
     before = _host_weights(model)
     _set_grads(model, _host_grads(model, 1)[0])
-    model[0].grads.pop("bias")
+    model[0].params["bias"].grad = None
     optimizer.step()
     after = _host_weights(model)
     np.testing.assert_array_equal(after["0.bias"], before["0.bias"])
@@ -281,8 +281,10 @@ def test_training_with_adam_and_clipping_reduces_the_loss(backend):
     losses = []
     for epoch in range(20):
         optimizer.lr = schedule(epoch, 0.05)
-        loss = loss_fn(model(x, training=True), y)
-        model.backward(loss_fn.backward())
+        optimizer.zero_grad()
+        logits, backprop = model.begin_update(x, training=True)
+        loss, grad = loss_fn.value_and_grad(logits, y)
+        backprop(grad)
         assert_on_backend(clip_grad_norm(model, 1.0), backend, shape=())
         optimizer.step()
         losses.append(float(backend.to_host(loss)))
@@ -300,18 +302,18 @@ def test_clip_grad_norm_matches_numpy(backend):
     assert_on_backend(norm, backend, shape=())
     np.testing.assert_allclose(float(backend.to_host(norm)), expected_norm, rtol=1e-6)
 
-    identities = [id(layer.grads[key]) for layer, key in model.parameter_slots()]
+    identities = [id(param.grad) for param in model.parameters()]
     max_norm = expected_norm / 4
     norm = clip_grad_norm(model, max_norm)
     assert_on_backend(norm, backend, shape=())
     np.testing.assert_allclose(float(backend.to_host(norm)), expected_norm, rtol=1e-6)  # the norm before
     scale = max_norm / (expected_norm + 1e-6)
-    for (layer, key), name in zip(model.parameter_slots(), model.named_parameters()):
+    for name, param in model.named_parameters().items():
         if backend.library in UPDATES_IN_PLACE:
-            assert id(layer.grads[key]) == identities[0]  # scaled in place: the fast path
+            assert id(param.grad) == identities[0]  # scaled in place: the fast path
         identities.pop(0)
-        assert_on_backend(layer.grads[key], backend, shape=grads[name].shape)
-        np.testing.assert_allclose(backend.to_host(layer.grads[key]), grads[name] * scale, rtol=1e-5, atol=1e-7)
+        assert_on_backend(param.grad, backend, shape=grads[name].shape)
+        np.testing.assert_allclose(backend.to_host(param.grad), grads[name] * scale, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(float(backend.to_host(global_grad_norm(model))), max_norm, rtol=1e-5)
 
 
@@ -320,8 +322,8 @@ def test_clip_grad_norm_leaves_small_gradients_alone(backend):
     grads = _host_grads(model, 1)[0]
     _set_grads(model, grads)
     norm = clip_grad_norm(model, 1e6)
-    for (layer, key), name in zip(model.parameter_slots(), model.named_parameters()):
-        np.testing.assert_array_equal(backend.to_host(layer.grads[key]), grads[name])
+    for name, param in model.named_parameters().items():
+        np.testing.assert_array_equal(backend.to_host(param.grad), grads[name])
     assert float(backend.to_host(norm)) > 0
     empty = _model(backend)
     assert float(backend.to_host(clip_grad_norm(empty, 1.0))) == 0.0  # no gradients yet
@@ -338,8 +340,8 @@ def test_clip_grad_norm_agrees_with_torch():
     expected = torch.nn.utils.clip_grad_norm_(tensors, 0.5)
     norm = clip_grad_norm(model, 0.5)
     np.testing.assert_allclose(float(norm), float(expected), rtol=1e-6)
-    for (layer, key), t in zip(model.parameter_slots(), tensors):
-        np.testing.assert_allclose(layer.grads[key], t.grad.numpy(), rtol=1e-5, atol=1e-7)
+    for param, t in zip(model.parameters(), tensors):
+        np.testing.assert_allclose(param.grad, t.grad.numpy(), rtol=1e-5, atol=1e-7)
 
 
 # -- schedules -------------------------------------------------------------------
@@ -435,6 +437,144 @@ def test_every_named_optimizer_builds_and_rebuilds_from_config():
     model = _m()
     for name in OPTIMIZERS:
         optimizer = make_optimizer(name, model)
-        assert make_optimizer(model=model, **json.loads(json.dumps(optimizer.config()))).config() == optimizer.config()
+        assert make_optimizer(params=model, **json.loads(json.dumps(optimizer.config()))).config() == optimizer.config()
     assert make_optimizer("momentum", model).momentum == 0.9
     assert make_optimizer("nesterov", model, momentum=0.5).nesterov
+
+
+# -- the parameter store and parameter groups ------------------------------------------
+
+def _groups(model, **first):
+    """Two groups: the first layer's parameters (with ``first``'s hyperparameters) and the rest."""
+    named = model.named_parameters()
+    return [{"params": {k: v for k, v in named.items() if k.startswith("0.")}, **first},
+            {"params": {k: v for k, v in named.items() if not k.startswith("0.")}}]
+
+
+@pytest.mark.parametrize("name, defaults, first", [
+    ("adam", {"lr": 0.01}, {"lr": 0.05, "weight_decay": 0.1}),
+    ("sgd", {"lr": 0.1, "momentum": 0.9}, {"lr": 0.02, "momentum": 0.0}),
+    ("adagrad", {"lr": 0.1, "initial_accumulator_value": 0.5}, {"lr": 0.3, "weight_decay": 0.01}),
+])
+def test_parameter_groups_match_torch_param_groups(backend, name, defaults, first):
+    torch = pytest.importorskip("torch")
+    model = _model(backend)
+    reference = {k: torch.tensor(w, dtype=torch.float64, requires_grad=True) for k, w in _host_weights(model).items()}
+    optimizer = make_optimizer(name, _groups(model, **first), **defaults)
+    torch_class = {"adam": "Adam", "sgd": "SGD", "adagrad": "Adagrad"}[name]
+    oracle = getattr(torch.optim, torch_class)(
+        [{"params": [p for k, p in reference.items() if k.startswith("0.")], **first},
+         {"params": [p for k, p in reference.items() if not k.startswith("0.")]}], **defaults)
+    assert [g["names"] for g in optimizer.param_groups] == [["0.weight", "0.bias"], ["2.weight", "2.bias"]]
+    for grads in _host_grads(model, STEPS):
+        _set_grads(model, grads)
+        for k, p in reference.items():
+            p.grad = torch.tensor(grads[k], dtype=torch.float64)
+        optimizer.step()
+        oracle.step()
+    for k, w in _host_weights(model).items():
+        np.testing.assert_allclose(w, reference[k].detach().numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+        assert_on_backend(model.named_parameters()[k].value, backend)
+
+
+def test_setting_lr_keeps_each_groups_share_and_groups_survive_a_checkpoint(backend):
+    model = _model(backend)
+    optimizer = Adam(_groups(model, lr=0.05), lr=0.01)
+    optimizer.lr = 0.02  # what a schedule does: every group moves in proportion
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.1, 0.02])
+    grads = _host_grads(model, 4)
+    for g in grads[:2]:
+        _set_grads(model, g)
+        optimizer.step()
+    arrays, info = optimizer.state_dict()
+    info = json.loads(json.dumps(info))
+    assert [g["lr"] for g in info["param_groups"]] == pytest.approx([0.1, 0.02])
+    saved = _host_weights(model)
+    for g in grads[2:]:
+        _set_grads(model, g)
+        optimizer.step()
+
+    resumed = _model(backend)
+    resumed.replace_arrays({f"param/{k}": backend.from_host(w) for k, w in saved.items()})
+    fresh = Adam(_groups(resumed, lr=0.5), lr=0.3)  # other rates: the checkpoint's are restored
+    fresh.load_state_dict(arrays, info)
+    assert fresh.lr == pytest.approx(0.02) and [g["lr"] for g in fresh.param_groups] == pytest.approx([0.1, 0.02])
+    for g in grads[2:]:
+        _set_grads(resumed, g)
+        fresh.step()
+    for k, w in _host_weights(model).items():
+        np.testing.assert_array_equal(_host_weights(resumed)[k], w, err_msg=k)
+
+    one_group = Adam(_model(backend), lr=0.01)
+    with pytest.raises(bp.ConfigError, match=r"the saved state has 2 parameter groups, this optimizer 1"):
+        one_group.load_state_dict(arrays, info)
+    swapped = Adam(list(reversed(_groups(_model(backend), lr=0.05))), lr=0.01)
+    with pytest.raises(bp.ConfigError, match=r"parameter group 0 of the saved state does not hold the parameters "
+                                             r"of this optimizer's group 0 \(2\.weight, 2\.bias\)"):
+        swapped.load_state_dict(arrays, info)
+    assert swapped.lr == 0.01 and not swapped.state  # nothing changed
+
+
+def test_a_checkpoint_of_one_group_has_no_group_entry_and_loads_as_before(backend):
+    """A plain optimizer's saved state is what it was before groups existed, so older checkpoints load."""
+    model = _model(backend)
+    optimizer = SGD(model, lr=0.1, momentum=0.9)
+    _set_grads(model, _host_grads(model, 1)[0])
+    optimizer.step()
+    arrays, info = optimizer.state_dict()
+    assert set(info) == {"name", "hyperparameters", "step", "param_steps"}
+    other = SGD(_model(backend), lr=0.3)
+    other.load_state_dict(arrays, info)
+    assert other.param_groups[0]["lr"] == 0.1 and other.param_groups[0]["momentum"] == 0.9
+
+
+def test_optimizers_take_the_store_in_every_form(backend):
+    model = _model(backend)
+    boxes = model.parameters()
+    assert [b is p for b, p in zip(boxes, model.named_parameters().values())] == [True] * 4
+    by_position = SGD(boxes, lr=0.1)
+    assert by_position.names == ["0", "1", "2", "3"] and by_position.backend is backend
+    assert SGD(model.named_parameters(), lr=0.1).names == list(model.named_parameters())
+    grads = _host_grads(model, 1)[0]
+    before = _host_weights(model)
+    _set_grads(model, grads)
+    by_position.step()
+    np.testing.assert_allclose(_host_weights(model)["0.weight"], before["0.weight"] - 0.1 * grads["0.weight"],
+                               rtol=1e-6, atol=1e-7)
+    by_position.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda m: SGD([{"params": m}, {"params": m[0]}], lr=0.1),
+     r"^SGD: parameter 'weight' is already in a parameter group \(as '0\.weight'\); each parameter may be in one "
+     r"group only$"),
+    (lambda m: SGD([{"params": m, "momentun": 0.9}], lr=0.1),
+     r"^SGD: unknown hyperparameter\(s\) momentun in a parameter group; expected lr, momentum, nesterov, "
+     r"weight_decay$"),
+    (lambda m: SGD([{"params": m, "lr": -1}], lr=0.1), r"^SGD: learning rate must be a positive finite number"),
+    (lambda m: Adam([{"params": m[0], "betas": (0.9, 2)}, {"params": m[2]}], lr=0.1),
+     r"^Adam: betas\[1\] must be a finite number in \[0, 1\), got 2$"),
+    (lambda m: SGD([m[0].params["weight"].value], lr=0.1),
+     r"^SGD: '0' is a .*, not a Parameter \(optimizers take model\.parameters\(\) or model\.named_parameters\(\), "
+     r"not arrays\)$"),
+    (lambda m: SGD([{"params": m[0]}, {"params": m[2]}], lr=0.1),
+     r"^SGD: two parameters are named 'weight'; give each group's parameters distinct names$"),
+    (lambda m: SGD([{"weights": m}], lr=0.1), r"^SGD: a parameter group is a dict with a 'params' entry"),
+])
+def test_bad_parameter_groups(bad, message):
+    with pytest.raises(bp.ConfigError, match=message):
+        bad(bp.mlp([2, 3, 2], backend="numpy"))
+
+
+def test_an_optimizer_refuses_parameters_of_two_backends():
+    pytest.importorskip("array_api_strict")
+    numpy_model, strict_model = bp.mlp([2, 2], backend="numpy"), bp.mlp([2, 2], backend="array_api_strict")
+    with pytest.raises(bp.DeviceMismatchError, match=r"^SGD: a parameter group lives on backend array_api_strict, "
+                                                     r"the other parameters on numpy; one optimizer updates one "
+                                                     r"backend$"):
+        SGD([{"params": numpy_model[0]}, {"params": strict_model[0]}], lr=0.1)
+    with pytest.raises(bp.DeviceMismatchError, match=r"^SGD: parameter 'x\.weight' is a array_api_strict array .*, "
+                                                     r"not an array of backend numpy, where the other parameters "
+                                                     r"live$"):
+        SGD([{"params": numpy_model}, {"params": {"x.weight": strict_model[0].params["weight"]}}], lr=0.1)

@@ -6,6 +6,8 @@ import numpy as np
 
 import backprop as bp
 
+from conftest import weights
+
 
 def _train(backend, steps=5):
     rng = np.random.default_rng(0)
@@ -16,12 +18,13 @@ def _train(backend, steps=5):
     loss_fn, optimizer = bp.CrossEntropy(), bp.SGD(model, lr=0.2)
     losses = []
     for _ in range(steps):
-        loss = loss_fn(model(x, training=True), y)
-        model.backward(loss_fn.backward())
+        optimizer.zero_grad()
+        logits, backprop = model.begin_update(x, training=True)
+        loss, grad = loss_fn.value_and_grad(logits, y)
+        backprop(grad)
         optimizer.step()
         losses.append(float(backend.to_host(loss)))
-    weights = {k: backend.to_host(v) for k, v in model.named_parameters().items()}
-    return np.array(losses), weights
+    return np.array(losses), {k: backend.to_host(v) for k, v in weights(model).items()}
 
 
 def test_losses_and_weights_match_numpy(backend):

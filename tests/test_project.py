@@ -57,3 +57,22 @@ def test_ci_runs_exactly_the_readme_test_command():
     command = _readme_block("Run the tests")
     ci_script = (ROOT / ".ci" / "run").read_text()
     assert command in ci_script, "the README's test command and .ci/run have drifted apart"
+
+
+def test_the_readme_python_example_runs_and_updates_the_weights(monkeypatch):
+    """The "In Python" quickstart is run as written (on NumPy, wherever this runs): it must not rot as the API
+    moves, and its step must change the weights."""
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"## In Python\s*```python\n(.*?)```", readme, re.S)
+    assert match, "README has no Python block under '## In Python'"
+    code = match.group(1).replace('bp.get_backend("auto")', 'bp.get_backend("numpy")')
+    namespace: dict = {}
+    monkeypatch.setattr("builtins.print", lambda *args, **kwargs: None)
+    exec(compile(code, "README.md", "exec"), namespace)
+    model = namespace["model"]
+    assert namespace["loss"].shape == ()
+    weight = model.named_parameters()["0.weight"]
+    assert weight.grad is not None and weight.grad.shape == weight.value.shape
+    before = namespace["bp"].mlp([64, 256, 128, 10], activation_name="relu", seed=0,
+                                 backend=namespace["backend"]).named_parameters()["0.weight"].value
+    assert not (before == weight.value).all(), "the README's optimizer step left the first layer's weights unchanged"

@@ -10,8 +10,9 @@ import backprop as bp
 from backprop.errors import ConfigError, DTypeError, ShapeError
 from backprop.layers.recurrent import GRU, LSTM, RNN
 from backprop.on_device import on_device
+from backprop.parameters import Parameter
 
-from conftest import assert_on_backend, ones_like
+from conftest import assert_on_backend, ones_like, weights
 
 KINDS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 B, T, F, H = 2, 4, 3, 3  # batch, time, features, hidden: tiny, so array_api_strict stays quick
@@ -40,16 +41,16 @@ def _copy_from_torch(layer, module, suffix="", torch_suffix="_l0"):
     def get(name):
         return getattr(module, name + torch_suffix).detach().numpy().astype(np.float32)
 
-    layer.params["weight_ih" + suffix] = layer.backend.from_host(get("weight_ih").T.copy())
-    layer.params["weight_hh" + suffix] = layer.backend.from_host(get("weight_hh").T.copy())
+    layer.params["weight_ih" + suffix].value = layer.backend.from_host(get("weight_ih").T.copy())
+    layer.params["weight_hh" + suffix].value = layer.backend.from_host(get("weight_hh").T.copy())
     b_ih, b_hh = get("bias_ih"), get("bias_hh")
     if isinstance(layer, GRU):
         bias = b_ih.copy()
         bias[:2 * H] += b_hh[:2 * H]
-        layer.params["bias" + suffix] = layer.backend.from_host(bias)
-        layer.params["bias_hn" + suffix] = layer.backend.from_host(b_hh[2 * H:].copy())
+        layer.params["bias" + suffix].value = layer.backend.from_host(bias)
+        layer.params["bias_hn" + suffix].value = layer.backend.from_host(b_hh[2 * H:].copy())
     else:
-        layer.params["bias" + suffix] = layer.backend.from_host(b_ih + b_hh)
+        layer.params["bias" + suffix].value = layer.backend.from_host(b_ih + b_hh)
 
 
 def _torch_grads(layer, module, suffix="", torch_suffix="_l0"):
@@ -86,23 +87,23 @@ def test_forward_and_bptt_match_torch(backend, kind, bidirectional, return_seque
     for suffix in layer.suffixes:
         _copy_from_torch(layer, module, suffix, "_l0" + suffix)
     host_x, x = _x(backend)
-    y = layer(x)
+    y, backprop = layer.begin_update(x)
     tx, tout = _torch_forward(module, host_x, return_sequences)
     out_features = H * (2 if bidirectional else 1)
     assert_on_backend(y, backend, shape=(B, T, out_features) if return_sequences else (B, out_features))
     np.testing.assert_allclose(backend.to_host(y), tout.detach().numpy(), rtol=1e-5, atol=1e-6)
 
     v = np.random.default_rng(1).normal(size=tuple(y.shape)).astype(np.float32)
-    dx = layer.backward(backend.from_host(v))
+    dx = backprop(backend.from_host(v))
     (tout * torch.tensor(v)).sum().backward()
     assert_on_backend(dx, backend, shape=(B, T, F))
     np.testing.assert_allclose(backend.to_host(dx), tx.grad.numpy(), rtol=1e-4, atol=1e-6)
     expected = {}
     for suffix in layer.suffixes:
         expected.update(_torch_grads(layer, module, suffix, "_l0" + suffix))
-    assert set(layer.grads) == set(expected) == set(layer.params)
-    for name, grad in layer.grads.items():
-        assert_on_backend(grad, backend, shape=tuple(layer.params[name].shape))
+    assert set(layer.named_gradients()) == set(expected) == set(layer.params)
+    for name, grad in layer.named_gradients().items():
+        assert_on_backend(grad, backend, shape=tuple(layer.params[name].value.shape))
         np.testing.assert_allclose(backend.to_host(grad), expected[name], rtol=1e-4, atol=1e-6, err_msg=name)
 
 
@@ -122,7 +123,8 @@ def test_gradcheck(backend, kind, bidirectional, return_sequences, bptt):
 # -- BPTT against the explicitly unrolled network ---------------------------------------------------------------
 
 class UnrolledRNN:
-    """The Elman RNN unrolled in time from Dense and Tanh layers, one copy per step, sharing the weight arrays.
+    """The Elman RNN unrolled in time from Dense and Tanh layers, one copy per step, with tied weights: every
+    copy holds the same ``Parameter`` boxes (with the RNN's values), so their gradients add up in them.
 
     ``bptt_steps=k`` cuts the gradient passed from step t to step t−1 where t is a multiple of k (h_{t−1} is
     treated as a constant there; W_hh still gets the gradient of its use at step t).
@@ -131,39 +133,43 @@ class UnrolledRNN:
     def __init__(self, rnn: RNN, steps: int, bptt_steps=None):
         backend, n_in, n_h = rnn.backend, rnn.input_size, rnn.hidden_size
         self.rnn, self.bptt_steps, self.backend = rnn, bptt_steps, backend
+        self.shared = {name: Parameter(rnn.params[name].value) for name in ("weight_ih", "bias", "weight_hh")}
         self.ih = [bp.Dense(n_in, n_h, backend=backend) for _ in range(steps)]
         self.hh = [bp.Dense(n_h, n_h, bias=False, backend=backend) for _ in range(steps)]
         self.act = [bp.Tanh(backend=backend) for _ in range(steps)]
         for ih, hh in zip(self.ih, self.hh):
-            ih.params["weight"], ih.params["bias"] = rnn.params["weight_ih"], rnn.params["bias"]
-            hh.params["weight"] = rnn.params["weight_hh"]
+            ih.params["weight"], ih.params["bias"] = self.shared["weight_ih"], self.shared["bias"]
+            hh.params["weight"] = self.shared["weight_hh"]
 
     @on_device
     def forward(self, x):
-        h, hs = None, []
+        h, hs, self.backprops = None, [], []
         for t, (ih, hh, act) in enumerate(zip(self.ih, self.hh, self.act)):
-            a = ih(x[:, t, :])
-            h = act(a if h is None else a + hh(h))
+            a, ih_backprop = ih.begin_update(x[:, t, :])
+            hh_backprop = None
+            if h is not None:
+                recurrent, hh_backprop = hh.begin_update(h)
+                a = a + recurrent
+            h, act_backprop = act.begin_update(a)
             hs.append(h)
+            self.backprops.append((ih_backprop, hh_backprop, act_backprop))
         return self.rnn.xp.stack(hs, axis=1)
 
     @on_device
     def backward(self, grad_seq):
-        """Returns dL/dx, the parameter gradients summed over the copies, and dL/dh_t for every t."""
+        """Returns dL/dx, the parameter gradients (added up in the shared boxes), and dL/dh_t for every t."""
         xp, steps = self.rnn.xp, len(self.ih)
         carry, dxs, dhs = None, [None] * steps, [None] * steps
         for t in range(steps - 1, -1, -1):
+            ih_backprop, hh_backprop, act_backprop = self.backprops[t]
             dh = grad_seq[:, t, :] if carry is None else grad_seq[:, t, :] + carry
             dhs[t] = dh
-            da = self.act[t].backward(dh)
-            dxs[t] = self.ih[t].backward(da)
-            carry = self.hh[t].backward(da) if t > 0 else None  # W_hh's gradient counts at every step...
+            da = act_backprop(dh)
+            dxs[t] = ih_backprop(da)
+            carry = hh_backprop(da) if t > 0 else None  # W_hh's gradient counts at every step (step 0 reads h = 0)...
             if self.bptt_steps is not None and t % self.bptt_steps == 0:
                 carry = None  # ...but at a chunk start h_{t-1} is a constant: no gradient goes further back
-        grads = {"weight_ih": sum(layer.grads["weight"] for layer in self.ih),
-                 "bias": sum(layer.grads["bias"] for layer in self.ih),
-                 "weight_hh": sum(layer.grads["weight"] for layer in self.hh[1:])}  # step 0 reads h = 0
-        return xp.stack(dxs, axis=1), grads, dhs
+        return xp.stack(dxs, axis=1), {name: param.grad for name, param in self.shared.items()}, dhs
 
 
 @pytest.mark.parametrize("bptt", [None, 2, 3], ids=["full", "k2", "k3"])
@@ -172,14 +178,14 @@ def test_bptt_equals_the_unrolled_dense_tanh_network(backend, bptt):
     rnn = RNN(F, H, bptt_steps=bptt, rng=4, backend=backend)
     _, x = _x(backend, (B, steps, F))
     unrolled = UnrolledRNN(rnn, steps, bptt_steps=bptt)
-    y = rnn(x)
+    y, backprop = rnn.begin_update(x)
     np.testing.assert_allclose(backend.to_host(y), backend.to_host(unrolled.forward(x)), rtol=1e-6, atol=1e-7)
     v = backend.from_host(np.random.default_rng(2).normal(size=(B, steps, H)).astype(np.float32))
-    dx = rnn.backward(v)
+    dx = backprop(v)
     dx_ref, grads_ref, dhs = unrolled.backward(v)
     np.testing.assert_allclose(backend.to_host(dx), backend.to_host(dx_ref), rtol=1e-5, atol=1e-6)
     for name, grad in grads_ref.items():
-        np.testing.assert_allclose(backend.to_host(rnn.grads[name]), backend.to_host(grad), rtol=1e-5, atol=1e-6,
+        np.testing.assert_allclose(backend.to_host(rnn.params[name].grad), backend.to_host(grad), rtol=1e-5, atol=1e-6,
                                    err_msg=name)
     norms = [float(np.linalg.norm(backend.to_host(dh))) for dh in dhs]
     assert_on_backend(rnn.grad_norms_through_time, backend, shape=(steps,))
@@ -191,8 +197,10 @@ def test_full_bptt_is_not_the_truncated_one(backend):
     _, x = _x(backend, (B, 6, F))
     full, cut = RNN(F, H, rng=4, backend=backend), RNN(F, H, bptt_steps=2, rng=4, backend=backend)
     for layer in (full, cut):
-        layer.backward(ones_like(backend, layer(x)))
-    assert not np.allclose(backend.to_host(full.grads["weight_hh"]), backend.to_host(cut.grads["weight_hh"]))
+        y, backprop = layer.begin_update(x)
+        backprop(ones_like(backend, y))
+    assert not np.allclose(backend.to_host(full.params["weight_hh"].grad),
+                           backend.to_host(cut.params["weight_hh"].grad))
 
 
 # -- truncated BPTT against detached chunks in PyTorch -----------------------------------------------------------
@@ -224,14 +232,14 @@ def test_truncated_bptt_matches_detached_chunks(kind, k, return_sequences):
     tout = _torch_chunked(module, tx, k)
     if not return_sequences:
         tout = tout[:, -1]
-    y = layer(host_x)
+    y, backprop = layer.begin_update(host_x)
     np.testing.assert_allclose(y, tout.detach().numpy(), rtol=1e-5, atol=1e-6)  # the forward is unchanged
     v = np.random.default_rng(7).normal(size=y.shape).astype(np.float32)
-    dx = layer.backward(v)
+    dx = backprop(v)
     (tout * torch.tensor(v)).sum().backward()
     np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-4, atol=1e-6)
     for name, expected in _torch_grads(layer, module).items():
-        np.testing.assert_allclose(layer.grads[name], expected, rtol=1e-4, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(layer.params[name].grad, expected, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
 def test_truncated_bptt_of_a_bidirectional_layer_chunks_each_direction_in_its_reading_order():
@@ -246,15 +254,15 @@ def test_truncated_bptt_of_a_bidirectional_layer_chunks_each_direction_in_its_re
     # The reverse direction reads x backwards: chunks (t=4,3), (2,1), (0) in its reading order.
     tout = torch.cat([_torch_chunked(forward_module, tx, k),
                       _torch_chunked(reverse_module, tx.flip(1), k).flip(1)], dim=-1)
-    y = layer(host_x)
+    y, backprop = layer.begin_update(host_x)
     np.testing.assert_allclose(y, tout.detach().numpy(), rtol=1e-5, atol=1e-6)
     v = np.random.default_rng(11).normal(size=y.shape).astype(np.float32)
-    dx = layer.backward(v)
+    dx = backprop(v)
     (tout * torch.tensor(v)).sum().backward()
     np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-4, atol=1e-6)
     expected = {**_torch_grads(layer, forward_module), **_torch_grads(layer, reverse_module, "_reverse")}
     for name, grad in expected.items():
-        np.testing.assert_allclose(layer.grads[name], grad, rtol=1e-4, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(layer.params[name].grad, grad, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -262,9 +270,10 @@ def test_truncation_longer_than_the_sequence_is_full_bptt(kind):
     host_x = np.random.default_rng(0).normal(size=(B, T, F)).astype(np.float32)
     full, long = _layer(kind, "numpy"), _layer(kind, "numpy", bptt_steps=T)
     for layer in (full, long):
-        layer.backward(np.ones_like(layer(host_x)))
+        y, backprop = layer.begin_update(host_x)
+        backprop(np.ones_like(y))
     for name in full.params:
-        np.testing.assert_array_equal(full.grads[name], long.grads[name])
+        np.testing.assert_array_equal(full.params[name].grad, long.params[name].grad)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -272,11 +281,13 @@ def test_a_first_recurrent_layer_can_skip_its_input_gradient(backend, kind):
     model = bp.Sequential([_layer(kind, backend, bidirectional=True, return_sequences=False),
                            bp.Dense(2 * H, 2, rng=0, backend=backend)])
     _, x = _x(backend, (B, T, F))
-    grad = ones_like(backend, model(x, training=True))
-    assert_on_backend(model.backward(grad), backend, shape=(B, T, F))
+    y, backprop = model.begin_update(x, training=True)
+    grad = ones_like(backend, y)
+    assert_on_backend(backprop(grad), backend, shape=(B, T, F))
     full = {k: backend.to_host(v) for k, v in model.named_gradients().items()}
-    model(x, training=True)
-    assert model.backward(grad, input_grad=False) is None
+    model.zero_grad()
+    _, backprop = model.begin_update(x, training=True)
+    assert backprop(grad, input_grad=False) is None
     for name, value in model.named_gradients().items():
         np.testing.assert_array_equal(backend.to_host(value), full[name])
 
@@ -287,23 +298,30 @@ def test_grad_norms_through_time_show_a_vanishing_gradient(backend):
     steps = 12
     rnn = RNN(2, 8, return_sequences=False, rng=0, backend=backend)
     with backend.activate():  # array code of our own runs on the backend's device
-        rnn.params["weight_hh"] = rnn.params["weight_hh"] * 0.5  # a contracting recurrence
+        rnn.params["weight_hh"].value = rnn.params["weight_hh"].value * 0.5  # a contracting recurrence
     assert rnn.grad_norms_through_time is None  # nothing before a backward pass
     _, x = _x(backend, (4, steps, 2))
-    rnn.backward(ones_like(backend, rnn(x)))
+    y, backprop = rnn.begin_update(x)
+    assert rnn.grad_norms_through_time is None  # a forward pass alone: still nothing
+    backprop(ones_like(backend, y))
     norms = rnn.grad_norms_through_time
     assert_on_backend(norms, backend, shape=(steps,))
     host = backend.to_host(norms)
     assert np.all(np.diff(host) > 0)  # smaller and smaller going back in time
     assert host[0] < 1e-3 * host[-1]
-    rnn(x)  # a new forward pass forgets the old gradients
-    assert rnn.grad_norms_through_time is None
+    rnn(x)  # an inference call leaves the diagnostic of the last backward pass as it was
+    np.testing.assert_array_equal(backend.to_host(rnn.grad_norms_through_time), host)
+    _, backprop = rnn.begin_update(x)
+    backprop(backend.from_host(np.full(tuple(y.shape), 2.0, np.float32)))  # the next backward pass replaces it
+    np.testing.assert_allclose(backend.to_host(rnn.grad_norms_through_time), 2 * host, rtol=1e-6)
+    assert rnn.astype("float32").grad_norms_through_time is None  # a copy has had no backward pass
 
 
 def test_grad_norms_through_time_of_a_bidirectional_layer_combine_both_directions():
     layer = GRU(F, H, bidirectional=True, rng=1, backend="numpy")
     host_x = np.random.default_rng(0).normal(size=(B, T, F)).astype(np.float32)
-    layer.backward(np.ones_like(layer(host_x)))
+    y, backprop = layer.begin_update(host_x)
+    backprop(np.ones_like(y))
     forward_part, reverse_part = layer._dh
     expected = np.sqrt((forward_part ** 2).sum(axis=(0, 2)) + (reverse_part ** 2).sum(axis=(0, 2)))
     np.testing.assert_allclose(layer.grad_norms_through_time, expected, rtol=1e-6)
@@ -314,8 +332,8 @@ def test_grad_norms_through_time_of_a_bidirectional_layer_combine_both_direction
 def test_gradient_clipping_applies_to_recurrent_parameters(backend):
     model = bp.Sequential([LSTM(F, H, rng=0, backend=backend), bp.Dense(H, 2, rng=1, backend=backend)])
     _, x = _x(backend)
-    y = model(x, training=True)
-    model.backward(backend.from_host(np.full(tuple(y.shape), 10.0, np.float32)))
+    y, backprop = model.begin_update(x, training=True)
+    backprop(backend.from_host(np.full(tuple(y.shape), 10.0, np.float32)))
     before = {name: backend.to_host(g) for name, g in model.named_gradients().items()}
     assert {"0.weight_ih", "0.weight_hh", "0.bias"} <= set(before)
     total = float(backend.to_host(bp.clip_grad_norm(model, 1e-3)))
@@ -361,12 +379,12 @@ def test_step_by_step_generation_matches_the_sequence_forward(backend, kind):
 # -- parameters, configuration, copies ----------------------------------------------------------------------------
 
 def test_parameter_names_and_shapes():
-    assert {k: tuple(v.shape) for k, v in RNN(3, 4, backend="numpy").params.items()} == {
+    assert {k: tuple(v.shape) for k, v in weights(RNN(3, 4, backend="numpy")).items()} == {
         "weight_ih": (3, 4), "weight_hh": (4, 4), "bias": (4,)}
-    assert {k: tuple(v.shape) for k, v in LSTM(3, 4, bidirectional=True, backend="numpy").params.items()} == {
+    assert {k: tuple(v.shape) for k, v in weights(LSTM(3, 4, bidirectional=True, backend="numpy")).items()} == {
         "weight_ih": (3, 16), "weight_hh": (4, 16), "bias": (16,),
         "weight_ih_reverse": (3, 16), "weight_hh_reverse": (4, 16), "bias_reverse": (16,)}
-    assert {k: tuple(v.shape) for k, v in GRU(3, 4, backend="numpy").params.items()} == {
+    assert {k: tuple(v.shape) for k, v in weights(GRU(3, 4, backend="numpy")).items()} == {
         "weight_ih": (3, 12), "weight_hh": (4, 12), "bias": (12,), "bias_hn": (4,)}
     assert LSTM.gate_order == ("i", "f", "g", "o") and GRU.gate_order == ("r", "z", "n")
 
@@ -374,12 +392,13 @@ def test_parameter_names_and_shapes():
 def test_initializers():
     layer = LSTM(5, 20, rng=0, backend="numpy")
     bound = 1 / np.sqrt(20)
-    for array in layer.params.values():  # PyTorch's default: U(-1/sqrt(hidden), 1/sqrt(hidden)) everywhere
+    for array in weights(layer).values():  # PyTorch's default: U(-1/sqrt(hidden), 1/sqrt(hidden)) everywhere
         assert np.abs(array).max() <= bound and np.abs(array).max() > 0.8 * bound
     glorot = LSTM(5, 20, init="glorot_uniform", rng=0, backend="numpy")
-    assert not glorot.params["bias"].any()
-    assert np.abs(glorot.params["weight_ih"]).max() <= np.sqrt(6 / 25)  # the fans of one gate's block
-    np.testing.assert_array_equal(LSTM(5, 20, rng=0, backend="numpy").params["weight_hh"], layer.params["weight_hh"])
+    assert not glorot.params["bias"].value.any()
+    assert np.abs(glorot.params["weight_ih"].value).max() <= np.sqrt(6 / 25)  # the fans of one gate's block
+    np.testing.assert_array_equal(LSTM(5, 20, rng=0, backend="numpy").params["weight_hh"].value,
+                                  layer.params["weight_hh"].value)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -392,7 +411,7 @@ def test_config_rebuilds_the_layer(kind):
     rebuilt = KINDS[kind](**config, backend="numpy")
     assert repr(rebuilt) == repr(layer) == f"{KINDS[kind].__name__}(3, 5, return_sequences=False, " \
                                            f"bidirectional=True, bptt_steps=4)"
-    assert {k: v.shape for k, v in rebuilt.params.items()} == {k: v.shape for k, v in layer.params.items()}
+    assert {k: v.shape for k, v in weights(rebuilt).items()} == {k: v.shape for k, v in weights(layer).items()}
 
 
 def test_to_and_astype_copy_the_layer(backend):
@@ -407,9 +426,9 @@ def test_to_and_astype_copy_the_layer(backend):
         wide = moved.astype("float64")
         with backend.activate():  # array code of our own runs on the backend's device
             x64 = backend.xp.astype(x, backend.xp.float64)
-        y64 = wide(x64)
+        y64, backprop = wide.begin_update(x64)
         assert_on_backend(y64, backend, dtype_name="float64", shape=(B, T, 2 * H))
-        dx = wide.backward(ones_like(backend, y64))
+        dx = backprop(ones_like(backend, y64))
         assert_on_backend(dx, backend, dtype_name="float64", shape=(B, T, F))
 
 
@@ -427,12 +446,10 @@ def test_bad_input_shapes_give_one_line_errors(backend, shape, got):
 def test_other_bad_inputs(backend):
     layer = GRU(F, H, return_sequences=False, backend=backend)
     _, x = _x(backend)
-    with pytest.raises(RuntimeError, match="backward called before forward"):
-        layer.backward(backend.from_host(np.ones((B, H), np.float32)))
-    layer(x)
+    _, backprop = layer.begin_update(x)
     with pytest.raises(ShapeError, match=r"^GRU\(3, 3, return_sequences=False\): expected an output gradient of "
                                          r"shape \(2, 3\), got \(2, 4, 3\)$"):
-        layer.backward(backend.from_host(np.ones((B, T, H), np.float32)))
+        backprop(backend.from_host(np.ones((B, T, H), np.float32)))
     if backend.supports_float64:
         with pytest.raises(DTypeError, match=r"^GRU\(.*\): expected float32 input, got float64$"):
             with backend.activate():  # array code of our own runs on the backend's device

@@ -344,8 +344,8 @@ def _assert_same_as_reference(run_dir: Path, reference: Path):
         [".backprop.lock", "model.safetensors", "checkpoint.safetensors", "history.jsonl", "summary.json"])
     model, _ = bp.load_model(run_dir / "model.safetensors", backend="numpy")
     expected, _ = bp.load_model(reference / "model.safetensors", backend="numpy")
-    for name, weight in expected.named_parameters().items():
-        np.testing.assert_array_equal(model.named_parameters()[name], weight, err_msg=name)  # bit for bit
+    for name, weight in ((n, p.value) for n, p in expected.named_parameters().items()):
+        np.testing.assert_array_equal(model.named_parameters()[name].value, weight, err_msg=name)  # bit for bit
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     assert _without_timing(history) == _without_timing(
         json.loads(line) for line in (reference / "history.jsonl").read_text().splitlines())
@@ -472,7 +472,8 @@ def stress(kills: int = 40, seed: int = 1, workdir: str | None = None) -> dict:
         try:
             model, _ = bp.load_model(run_dir / "model.safetensors", backend="numpy")
             expected, _ = bp.load_model(reference / "model.safetensors", backend="numpy")
-            if any(not np.array_equal(model.named_parameters()[k], v) for k, v in expected.named_parameters().items()):
+            if any(not np.array_equal(model.named_parameters()[k].value, p.value)
+                   for k, p in expected.named_parameters().items()):
                 figures["weights different"] += 1
         except Exception as exc:  # noqa: BLE001
             figures["problems"].append(f"{run_dir.name}: {exc}")

@@ -15,7 +15,7 @@ from backprop.layers import BatchNorm1D
 from backprop.training import Callback, Checkpoint, EarlyStopping, GradientMonitor, Trainer, evaluate, fit
 from backprop.training.interrupts import ctrl_c_held
 
-from conftest import assert_on_backend, ones_like
+from conftest import assert_on_backend, ones_like, weights
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_each_batch_mode_learns_the_digits(backend, digits, mode):
     expected_steps = {1: len(digits.x_train), 32: math.ceil(len(digits.x_train) / 32), "full": 1}[batch_size]
     assert history[-1]["steps"] == expected_steps
     assert _test_accuracy(model, digits) >= 0.90
-    for param in model.named_parameters().values():
+    for param in weights(model).values():
         assert_on_backend(param, backend)
 
 
@@ -57,7 +57,7 @@ def test_same_seed_same_weights_on_numpy(digits):
         model = bp.mlp([64, 32, 10], seed=3, backend="numpy")
         fit(model, digits.x_train[:300], digits.y_train[:300], epochs=3, batch_size=16, seed=5, progress=False,
             log=None, validation_split=0.2)
-        return model.named_parameters()
+        return weights(model)
 
     first, second = run(), run()
     for name in first:
@@ -69,13 +69,13 @@ def test_backends_agree_for_the_first_epochs(backend, digits):
         model = bp.mlp([64, 32, 10], seed=3, backend=on)
         history = fit(model, digits.x_train[:256], digits.y_train[:256], epochs=2, batch_size=64, shuffle=False,
                       optimizer="sgd", lr=0.1, progress=False, log=None)
-        return [r["train_loss"] for r in history], {k: on.to_host(v) for k, v in model.named_parameters().items()}
+        return [r["train_loss"] for r in history], {k: on.to_host(v) for k, v in weights(model).items()}
 
     expected_losses, expected_weights = run(bp.get_backend("numpy"))
-    losses, weights = run(backend)
+    losses, got_weights = run(backend)
     np.testing.assert_allclose(losses, expected_losses, rtol=1e-4)
     for name, weight in expected_weights.items():
-        np.testing.assert_allclose(weights[name], weight, rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(got_weights[name], weight, rtol=1e-3, atol=1e-5)
 
 
 def _trainer(backend, tmp_path, **options):
@@ -113,8 +113,8 @@ def test_resume_after_interrupt_equals_an_uninterrupted_run(backend, digits, tmp
     assert resumed.epoch == 2 and len(resumed.history) == 2
     resumed.fit(x, y, validation_split=0.25)
     assert resumed.epoch == 4
-    for name, weight in reference.model.named_parameters().items():
-        np.testing.assert_array_equal(backend.to_host(resumed.model.named_parameters()[name]),
+    for name, weight in weights(reference.model).items():
+        np.testing.assert_array_equal(backend.to_host(resumed.model.named_parameters()[name].value),
                                       backend.to_host(weight))
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in reference.history]
 
@@ -161,8 +161,8 @@ def test_ctrl_c_at_an_epoch_boundary_checkpoints_a_state_that_resumes_exactly(di
     resumed.load_checkpoint(checkpoint)
     assert resumed.epoch == 2
     resumed.fit(x, y, validation_split=0.25)
-    for name, weight in reference.model.named_parameters().items():
-        np.testing.assert_array_equal(resumed.model.named_parameters()[name], weight)
+    for name, weight in weights(reference.model).items():
+        np.testing.assert_array_equal(resumed.model.named_parameters()[name].value, weight)
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in reference.history]
 
 
@@ -188,13 +188,13 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_weights(digits):
     model = bp.mlp([64, 32, 10], seed=0, backend="numpy")
     trainer = Trainer(model, optimizer="sgd", lr=0.05, epochs=5, batch_size=100, progress=False, log=None)
     trainer.fit(digits.x_train, digits.y_train)
-    good = {k: v.copy() for k, v in model.named_parameters().items()}
+    good = {k: v.copy() for k, v in weights(model).items()}
     trainer.epochs = 6
     trainer.optimizer.lr = trainer.base_lr = 1e30  # certain to blow up
     with pytest.raises(bp.errors.TrainingError, match=r"NaN or infinite at epoch 6, step \d+ of 15; likely causes: "
                                                        r"learning rate too high"):
         trainer.fit(digits.x_train, digits.y_train)
-    for name, weight in model.named_parameters().items():
+    for name, weight in weights(model).items():
         np.testing.assert_array_equal(weight, good[name])
 
 
@@ -207,7 +207,7 @@ class _WeightsEveryEpoch(Callback):
     def on_epoch_end(self, trainer, record):
         backend = trainer.model.backend
         self.weights[record["epoch"]] = {name: backend.to_host(array).copy()
-                                         for name, array in trainer.model.named_parameters().items()}
+                                         for name, array in weights(trainer.model).items()}
 
 
 def test_early_stopping_restores_the_best_weights(digits):
@@ -219,7 +219,7 @@ def test_early_stopping_restores_the_best_weights(digits):
     best = 1 + losses.index(min(losses))  # the epoch of the lowest validation loss (the first, on a tie)
     assert stopper.best_epoch == best and len(history) == best + 2 < 60  # it overfits 100 examples quickly
     assert sorted(recorder.weights) == list(range(1, len(history) + 1))
-    for name, weight in model.named_parameters().items():
+    for name, weight in weights(model).items():
         np.testing.assert_array_equal(weight, recorder.weights[best][name], err_msg=name)
     last = recorder.weights[len(history)]
     assert any(not np.array_equal(last[name], recorder.weights[best][name]) for name in last)  # a real restore
@@ -252,21 +252,21 @@ class _ForgetsToStore(bp.optim.SGD):
     """An optimizer with the bug immutable arrays exposed: it computes its update and then drops it (JAX's
     ``w -= lr * g`` inside a function rebinds a local name and leaves the model's array as it was)."""
 
-    def _update(self, params, grads, states, steps):
-        _ = [param - self.lr * grad for param, grad in zip(params, grads)]  # computed, never stored
+    def _update(self, group, params, grads, states, steps):
+        _ = [param - group["lr"] * grad for param, grad in zip(params, grads)]  # computed, never stored
         return params, states
 
 
 def test_a_step_that_changes_no_weight_stops_training(backend, digits):
     model = bp.mlp([64, 8, 10], seed=0, backend=backend)
-    before = {name: backend.to_host(array) for name, array in model.named_parameters().items()}
+    before = {name: backend.to_host(array) for name, array in weights(model).items()}
     trainer = Trainer(model, optimizer=_ForgetsToStore(model, lr=0.1), epochs=3, batch_size=50, progress=False,
                       log=None)
     with pytest.raises(bp.TrainingError, match=r"^the optimizer's first step of epoch 1 left every weight exactly "
                                                r"as it was although the gradients are non-zero \(lr=0.1\)"):
         trainer.fit(digits.x_train[:100], digits.y_train[:100])
     assert trainer.epoch == 0 and not trainer.history
-    for name, array in model.named_parameters().items():
+    for name, array in weights(model).items():
         np.testing.assert_array_equal(backend.to_host(array), before[name])
 
 
@@ -303,13 +303,62 @@ class _InputRecorder(bp.Layer):
         super().__init__(backend=backend)
         self.seen = []
 
-    def forward(self, x, *, training=False):
+    def begin_update(self, x, *, training=True):
         if training:
             self.seen.append(self.backend.to_host(x)[:, 0].astype(int).tolist())
-        return x
+        return x, lambda grad_output: grad_output
 
-    def backward(self, grad_output):
-        return grad_output
+
+# -- gradient accumulation ------------------------------------------------------------------------------------
+
+def test_update_bounds_lay_out_micro_batches():
+    from backprop.training.batches import batch_bounds, update_bounds
+
+    assert update_bounds(10, 4) == [[b] for b in batch_bounds(10, 4)]
+    assert update_bounds(23, 3, 4) == [[(0, 3), (3, 6), (6, 9), (9, 12)], [(12, 15), (15, 18), (18, 21), (21, 23)]]
+    assert update_bounds(23, 3, 4, drop_last=True) == [[(0, 3), (3, 6), (6, 9), (9, 12)]]  # a short *update* drops
+    assert update_bounds(7, 3, 4) == [[(0, 3), (3, 6), (6, 7)]]  # one update: the whole epoch
+    assert update_bounds(7, None, 3) == [[(0, 2), (2, 4), (4, 7)]]  # full batch in 3 parts
+    assert update_bounds(2, None, 5) == [[(0, 1), (1, 2)]]  # never an empty micro-batch
+
+
+# (batch_size, accumulate_steps, drop_last, n): micro-batches that do and do not divide the update, a short last
+# update of one short micro-batch (n = 90 = 2·32 + 26: micro-batches 8,8,8,2 last), drop_last, full batch.
+ACCUMULATION = {
+    "sgd-8x4": ("sgd", 8, 4, False, 90),
+    "adam-8x4": ("adam", 8, 4, False, 90),
+    "adam-5x3-drop_last": ("adam", 5, 3, True, 97),
+    "momentum-full-x3": ("momentum", "full", 3, False, 61),
+}
+
+
+@pytest.mark.parametrize("case", ACCUMULATION)
+def test_accumulated_micro_batches_give_the_update_of_one_batch_k_times_larger(backend, digits, case):
+    optimizer, batch_size, k, drop_last, n = ACCUMULATION[case]
+    big_batch = "full" if batch_size == "full" else batch_size * k
+
+    def run(batch, accumulate_steps):
+        model = bp.mlp([64, 16, 10], seed=2, backend=backend)
+        trainer = Trainer(model, optimizer=optimizer, lr=0.05 if optimizer != "adam" else 0.01, epochs=2,
+                          batch_size=batch, accumulate_steps=accumulate_steps, drop_last=drop_last, seed=4,
+                          progress=False, log=None)
+        history = trainer.fit(digits.x_train[:n], digits.y_train[:n])
+        for array in [*weights(model).values(), *model.named_gradients().values()]:
+            assert_on_backend(array, backend)
+        return history, {name: backend.to_host(array) for name, array in weights(model).items()}
+
+    expected_history, expected = run(big_batch, 1)
+    history, got = run(batch_size, k)
+    for name, weight in expected.items():
+        # float32: two roundings of one sum (the big batch sums its rows in one product, the micro-batches in k)
+        np.testing.assert_allclose(got[name], weight, rtol=1e-5, atol=1e-6, err_msg=name)
+    for have, want in zip(history, expected_history, strict=True):
+        assert have["steps"] == want["steps"]
+        assert have["train_loss"] == pytest.approx(want["train_loss"], rel=1e-5)
+        assert have["grad_norms"] == pytest.approx(want["grad_norms"], rel=1e-4)
+    moved = max(float(np.abs(got[name] - bp.mlp([64, 16, 10], seed=2, backend="numpy").named_parameters()[name]
+                             .value).max()) for name in got)
+    assert moved > 1e-3  # the weights did train
 
 
 def test_the_shuffle_follows_the_seed(backend):
@@ -355,10 +404,10 @@ def test_exploding_gradients_are_warned(digits):
 
 def test_gradient_clipping_bounds_the_update(digits):
     model = bp.mlp([64, 32, 10], seed=0, backend="numpy")
-    before = {k: v.copy() for k, v in model.named_parameters().items()}
+    before = {k: v.copy() for k, v in weights(model).items()}
     fit(model, digits.x_train[:64] * 1e3, digits.y_train[:64], optimizer="sgd", lr=1.0, epochs=1,
         batch_size="full", clip_norm=0.5, progress=False, log=None)
-    change = math.sqrt(sum(float(np.sum((model.named_parameters()[k] - before[k]) ** 2)) for k in before))
+    change = math.sqrt(sum(float(np.sum((model.named_parameters()[k].value - before[k]) ** 2)) for k in before))
     assert change <= 0.5 + 1e-5
 
 
@@ -395,6 +444,9 @@ def test_bad_training_data(digits, x_change, y_change, error, message):
     ({"loss": "hinge"}, "unknown loss 'hinge'"),
     ({"clip_norm": -1.0}, "clip_norm must be a positive number"),
     ({"seed": -1}, "seed must be a non-negative integer"),
+    ({"accumulate_steps": 0}, r"accumulate_steps \(micro-batches per update\) must be a positive integer, got 0"),
+    ({"accumulate_steps": 2.0}, "accumulate_steps .* must be a positive integer, got 2.0"),
+    ({"accumulate_steps": True}, "accumulate_steps .* must be a positive integer, got True"),
 ])
 def test_bad_hyperparameters(options, message):
     with pytest.raises(bp.ConfigError, match=message):
@@ -405,10 +457,11 @@ def test_dropout_is_inverted_and_off_in_evaluation(backend):
     layer = bp.layers.Dropout(0.25, seed=1, backend=backend)
     x = backend.from_host(np.ones((200, 50), np.float32))
     assert layer(x) is x
-    y = backend.to_host(layer(x, training=True))
+    y, backprop = layer.begin_update(x, training=True)
+    y = backend.to_host(y)
     assert set(np.unique(y)) <= {0.0, np.float32(1 / 0.75)}
     assert abs(y.mean() - 1.0) < 0.05 and abs((y == 0).mean() - 0.25) < 0.03
-    grad = backend.to_host(layer.backward(ones_like(backend, x)))
+    grad = backend.to_host(backprop(ones_like(backend, x)))
     np.testing.assert_array_equal(grad, y)  # the same mask scales the gradient
     layer.reseed(1)
     again = backend.to_host(layer(x, training=True))

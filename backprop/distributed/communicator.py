@@ -13,16 +13,20 @@ How one step of a global batch of B examples works on N ranks
   so every rank knows every global batch; rank r takes the contiguous slice
   ``shard(start, stop)`` of it: ``b_r`` rows, with ``b_0 + ... + b_{N-1} = B``
   (the sizes differ by at most one; a rank may get none when B < N);
-* each rank runs forward and backward on its rows: its gradient ``g_r`` is the
-  gradient of the mean loss over its ``b_r`` rows;
+* each rank runs forward and backward on its rows: the gradient ``g_r`` of the
+  mean loss over its ``b_r`` rows;
 * the gradient of the mean loss over the global batch is the weighted mean
 
       g = (1/B) Σ_i ∇ℓ_i = Σ_r (b_r / B) g_r
 
-  so every rank scales its packed gradients by ``b_r / B`` and ONE all-reduce
-  (sum) of one contiguous buffer holding every parameter's gradient gives
-  ``g`` on every rank — the single-process gradient of the global batch, up
-  to float rounding, whether or not N divides B;
+  so every rank weights its gradient by ``b_r / B`` (the trainer scales the
+  loss gradient that starts the backward pass) and ONE all-reduce (sum) of one
+  contiguous buffer holding every parameter's gradient gives ``g`` on every
+  rank — the single-process gradient of the global batch, up to float
+  rounding, whether or not N divides B. With gradient accumulation a step is
+  several global micro-batches, each sharded the same way: a rank's rows of
+  each are weighted by their share of the step's examples and added up, and
+  the one all-reduce comes at the end of the step;
 * every rank then clips and steps with the same ``g`` from the same weights,
   so the weights stay identical on every rank without further communication.
 """
@@ -147,8 +151,7 @@ class Communicator:
         """Give every parameter and buffer of ``model`` rank 0's values (once, at the start of training: ranks
         that built the model differently, or from another seed, start equal)."""
         backend = model.backend
-        arrays = {f"param/{k}": v for k, v in model.named_parameters().items()}
-        arrays.update({f"buffer/{k}": v for k, v in model.named_buffers().items()})
+        arrays = model.named_arrays()
         received = {}
         for key, array in arrays.items():
             host = backend.to_host(array)  # rank 0: the values; elsewhere: a receive buffer of the right kind
@@ -158,13 +161,13 @@ class Communicator:
         model.replace_arrays(received)
 
     @on_model_device
-    def allreduce_gradients(self, model, count: int, total: int) -> None:
-        """Replace every parameter's gradient by the gradient of the global batch, on every rank.
+    def allreduce_gradients(self, model, weight: float = 1.0) -> None:
+        """Replace every parameter's gradient by the sum over ranks of ``weight`` times it, on every rank.
 
-        ``count``: the examples this rank ran forward and backward on this step (its gradients are the mean
-        over them; with 0 it contributes zeros and its gradients are not read); ``total``: the examples of
-        the global batch (the sum of ``count`` over ranks). One all-reduce of one contiguous buffer per step,
-        whatever the number of parameters. Every parameter takes part (one without a gradient counts as 0).
+        The trainer weights each rank's gradient by its share of the step's examples as it computes it, so
+        the sum is the gradient of the whole step's mean loss (``weight`` stays 1). One all-reduce of one
+        contiguous buffer per step, whatever the number of parameters. Every parameter takes part (one without
+        a gradient, as on a rank that got no rows, counts as 0).
 
         The buffer also carries one more number: whether Ctrl-C reached this rank (see ``abort_on_error``):
         0 (no), 1 (Ctrl-C) or N + 1 (SIGTERM), so the sum over N ranks tells whether any rank got SIGTERM.
@@ -173,20 +176,21 @@ class Communicator:
         """
         backend = model.backend
         xp = backend.xp
-        slots = model.parameter_slots()
-        if not slots:
+        boxes = model.parameters()
+        if not boxes:
             return
-        params = [layer.params[key] for layer, key in slots]
+        params = [box.value for box in boxes]
         dtype = params[0].dtype
         if any(p.dtype != dtype for p in params):
             raise ConfigError("distributed training needs all parameters of one dtype (one all-reduce buffer)")
         sizes = [_size(p.shape) for p in params]
         reducer = self._reducer(backend)
         stop = 0.0 if not self._stop_requested else self.size + 1.0 if self._stop_terminated else 1.0
-        if count:  # pack, each gradient weighted by this rank's share of the global batch
-            weight = count / total
-            parts = [xp.zeros((size,), dtype=dtype, device=backend.device) if layer.grads.get(key) is None
-                     else xp.reshape(layer.grads[key], (size,)) * weight for (layer, key), size in zip(slots, sizes)]
+        if any(box.grad is not None for box in boxes):  # pack (concat copies: the buffer is sent and received)
+            parts = [xp.zeros((size,), dtype=dtype, device=backend.device) if box.grad is None
+                     else xp.reshape(box.grad, (size,)) for box, size in zip(boxes, sizes)]
+            if weight != 1.0:
+                parts = [part * weight for part in parts]
         else:
             parts = [xp.zeros((sum(sizes),), dtype=dtype, device=backend.device)]
         if reducer.carries_flag:
@@ -199,8 +203,8 @@ class Communicator:
                 raise Terminated(f"SIGTERM reached {terminated + interrupted} of {self.size} ranks")
             raise KeyboardInterrupt(f"Ctrl-C reached {interrupted} of {self.size} ranks")
         offset = 0
-        for (layer, key), param, size in zip(slots, params, sizes):
-            layer.grads[key] = xp.reshape(flat[offset:offset + size], tuple(param.shape))
+        for box, param, size in zip(boxes, params, sizes):
+            box.grad = xp.reshape(flat[offset:offset + size], tuple(param.shape))
             offset += size
 
     def _reducer(self, backend):

@@ -152,9 +152,7 @@ def load_arrays(path, *, kind: str = "model") -> tuple[dict[str, np.ndarray], di
 def model_arrays(model, prefix: str = "") -> dict[str, np.ndarray]:
     """The model's parameters and buffers as host arrays, keyed ``param/<name>`` and ``buffer/<name>``."""
     backend = model.backend
-    arrays = {f"{prefix}param/{n}": backend.to_host(a) for n, a in model.named_parameters().items()}
-    arrays.update({f"{prefix}buffer/{n}": backend.to_host(a) for n, a in model.named_buffers().items()})
-    return arrays
+    return {f"{prefix}{key}": backend.to_host(array) for key, array in model.named_arrays().items()}
 
 
 @on_device
@@ -163,16 +161,15 @@ def assign_model_arrays(model, arrays: dict[str, np.ndarray], source, prefix: st
     shapes first: on an error the model keeps all its arrays."""
     backend = model.backend
     device_arrays = {}
-    for kind, current in (("param", model.named_parameters()), ("buffer", model.named_buffers())):
-        for name, array in current.items():
-            key = f"{prefix}{kind}/{name}"
-            if key not in arrays:
-                raise ModelFileError(f"{source}: missing array {key!r} for this architecture")
-            saved = arrays[key]
-            if tuple(saved.shape) != tuple(array.shape):
-                raise ModelFileError(f"{source}: array {key!r} has shape {tuple(saved.shape)}, the architecture "
-                                     f"expects {tuple(array.shape)}")
-            device_arrays[f"{kind}/{name}"] = backend.from_host(saved, dtype=array.dtype)
+    for name, array in model.named_arrays().items():
+        key = f"{prefix}{name}"
+        if key not in arrays:
+            raise ModelFileError(f"{source}: missing array {key!r} for this architecture")
+        saved = arrays[key]
+        if tuple(saved.shape) != tuple(array.shape):
+            raise ModelFileError(f"{source}: array {key!r} has shape {tuple(saved.shape)}, the architecture "
+                                 f"expects {tuple(array.shape)}")
+        device_arrays[name] = backend.from_host(saved, dtype=array.dtype)
     model.replace_arrays(device_arrays)
 
 
@@ -355,8 +352,7 @@ def load_checkpoint(path, trainer) -> dict:
     buffers the checkpoint holds, with the same shapes; this is checked before anything is restored.
     """
     arrays, header = read_checkpoint(path)
-    current = {f"param/{n}": a for n, a in trainer.model.named_parameters().items()}
-    current.update({f"buffer/{n}": a for n, a in trainer.model.named_buffers().items()})
+    current = trainer.model.named_arrays()
     saved = {key for key in arrays if key.startswith(("param/", "buffer/"))}
     for key in sorted(set(current) | saved):
         expected = tuple(current[key].shape) if key in current else None

@@ -1,9 +1,33 @@
-"""The ``Layer`` base class: parameters, gradients, and input checks.
+"""The ``Layer`` base class: the forward/backward protocol, parameters, and input checks.
 
-A layer's ``forward(x)`` computes its output and keeps what its ``backward``
-needs; ``backward(grad_output)`` applies the chain rule: it stores the
-gradient of the loss with respect to each parameter in ``grads`` (replacing
-the previous one) and returns the gradient with respect to its input.
+A layer is not its own tape. Its one training call,
+
+    y, backprop = layer.begin_update(x, training=True)
+    dx = backprop(dy)            # dL/dx, given dL/dy
+
+returns the output together with ``backprop``, a closure over exactly what the backward pass of *this call*
+needs (the input, an activation, a mask; the weights as they were). Nothing from the call is kept on the
+layer, so a layer may be applied several times before any backward pass (tied weights, a Siamese pair, a
+layer reused at several depths), and each call's ``backprop`` is independent of the others. Calling
+``backprop`` adds the gradient of the loss with respect to each parameter to that parameter's ``grad``
+(``backprop.parameters.accumulate``): gradients accumulate, over uses of a layer and over calls, until
+``zero_grad()`` clears them — which is also what lets several micro-batches add up to one optimizer step.
+(In the spirit of Thinc's ``begin_update`` → ``(Y, backprop)``; ``Sequential`` chains the closures in reverse.)
+
+``backprop`` may be called once per ``begin_update`` (a second call would count that call's gradients twice).
+Layers whose class sets ``can_skip_input_grad`` accept ``backprop(dy, input_grad=False)``, which adds the
+parameter gradients and skips dL/dx, returning None: what the first layer of a network does in training (for
+``Dense`` a third of its backward work).
+
+``layer(x)`` / ``forward(x, training=False)`` is the plain inference call: the output only, nothing kept.
+
+Writing a layer: subclass ``Layer``, create parameters as ``self.params[name] = Parameter(array)``, and
+implement ``begin_update`` (``forward`` follows from it; override it only for a cheaper inference path).
+Inside ``backprop``, hand each parameter gradient to ``accumulate(self.backend, param, grad)`` as a fresh
+array of your own (it becomes the parameter's gradient, into which later calls may add in place). What a
+layer keeps on itself is state of the *model* (parameters, buffers such as BatchNorm's running statistics, a
+random stream) or diagnostics of its last call (iteration counts, ``grad_norms_through_time``), never what a
+backward pass needs. ``bp.gradcheck(layer, x)`` checks the result against finite differences.
 """
 
 from __future__ import annotations
@@ -13,40 +37,44 @@ import copy
 from backends import Backend, describe_array, dtype_name, get_backend
 
 from ..errors import DeviceMismatchError, DTypeError, ShapeError
-from ..on_device import on_device
+from ..on_device import on_device, on_device_update
+from ..parameters import Parameter, zero_grad
 
 
 class Layer:
-    """Base class of every layer. ``params``, ``grads`` and ``buffers`` map names to arrays."""
+    """Base class of every layer. ``params`` maps names to ``Parameter`` boxes, ``buffers`` names to arrays."""
 
     def __init__(self, *, backend: Backend | str | None = None, dtype=None):
         self.backend = get_backend(backend)
         self.dtype = self.backend.dtype(dtype) if dtype is not None else self.backend.float_dtype
-        self.params: dict[str, object] = {}
-        self.grads: dict[str, object] = {}
+        self.params: dict[str, Parameter] = {}  # this layer's own parameters (its inner layers' are theirs)
         self.buffers: dict[str, object] = {}  # state that is saved but not trained
-        self.training = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        # Every layer's forward and backward, your own layers' too, run with the layer's device current, so
-        # the arrays they create land on it whoever calls them (see backprop/on_device.py).
-        for name in ("forward", "backward"):
-            if name in cls.__dict__:
-                setattr(cls, name, on_device(cls.__dict__[name]))
+        # Every layer's forward pass and the backward closure it returns, your own layers' too, run with the
+        # layer's device current, so the arrays they create land on it whoever calls them (backprop/on_device.py).
+        if "forward" in cls.__dict__:
+            cls.forward = on_device(cls.__dict__["forward"])
+        if "begin_update" in cls.__dict__:
+            cls.begin_update = on_device_update(cls.__dict__["begin_update"])
 
     @property
     def xp(self):
         return self.backend.xp
 
+    def begin_update(self, x, *, training: bool = True):
+        """``(y, backprop)``: the output for ``x`` and the closure ``backprop(dy) -> dx`` of this call (see the
+        module docstring). ``training`` selects training behaviour (dropout masks, batch statistics)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement begin_update")
+
     def forward(self, x, *, training: bool = False):
-        raise NotImplementedError
+        """The output for ``x``; nothing is kept for a backward pass."""
+        return self.begin_update(x, training=training)[0]
 
-    def backward(self, grad_output):
-        raise NotImplementedError
-
-    #: True when ``backward(grad, input_grad=False)`` can skip computing dL/dinput (the first layer of a
-    #: network needs only its parameter gradients; for a Dense layer that saves a third of its backward work).
+    #: True when this layer's ``backprop`` accepts ``input_grad=False`` and then skips computing dL/dinput (the
+    #: first layer of a network needs only its parameter gradients; for a Dense layer that saves a third of its
+    #: backward work).
     can_skip_input_grad = False
 
     def __call__(self, x, *, training: bool = False):
@@ -59,56 +87,100 @@ class Layer:
         return ""
 
     # -- parameters ---------------------------------------------------------
-    def named_parameters(self) -> dict[str, object]:
-        """Every trainable array by its full name (``"0.weight"`` inside a ``Sequential``)."""
-        return dict(self.params)
+    def named_children(self) -> dict[str, Layer]:
+        """The layers inside this one by name (``Sequential``: ``"0"``, ``"1"``, ...); a composite layer of your own
+        overrides this so its inner layers' parameters are found (named ``"<child>.<name>"``)."""
+        return {}
+
+    def _named_layers(self, prefix: str = ""):
+        """(name prefix, layer) for this layer and every layer inside it, depth first."""
+        yield prefix, self
+        for name, child in self.named_children().items():
+            yield from child._named_layers(f"{prefix}{name}.")
+
+    def named_parameters(self) -> dict[str, Parameter]:
+        """Every trainable parameter (a ``Parameter`` box: ``.value``, ``.grad``) by its full name (``"0.weight"``
+        inside a ``Sequential``). A box that several layers hold (tied weights) is listed once, under its first
+        name."""
+        named, seen = {}, set()
+        for prefix, layer in self._named_layers():
+            for key, param in layer.params.items():
+                if id(param) not in seen:
+                    seen.add(id(param))
+                    named[prefix + key] = param
+        return named
+
+    def parameters(self) -> list[Parameter]:
+        """Every parameter box once, in the order of ``named_parameters``: what an optimizer is handed."""
+        return list(self.named_parameters().values())
 
     def named_gradients(self) -> dict[str, object]:
-        return dict(self.grads)
+        """The accumulated gradient of every parameter that has one, by name."""
+        return {name: p.grad for name, p in self.named_parameters().items() if p.grad is not None}
+
+    def _buffer_slots(self) -> dict[str, tuple[Layer, str]]:
+        """Every buffer's full name -> (layer, key): where it is stored (``layer.buffers[key]``); a layer used at
+        several places counts once."""
+        slots, seen = {}, set()
+        for prefix, layer in self._named_layers():
+            for key in layer.buffers:
+                if (id(layer), key) not in seen:
+                    seen.add((id(layer), key))
+                    slots[prefix + key] = (layer, key)
+        return slots
 
     def named_buffers(self) -> dict[str, object]:
-        return dict(self.buffers)
+        return {name: layer.buffers[key] for name, (layer, key) in self._buffer_slots().items()}
 
-    def parameter_slots(self) -> list[tuple[Layer, str]]:
-        """(layer, name) pairs for every parameter, in the order of ``named_parameters``: where an optimizer
-        stores a parameter's new array (``layer.params[name] = new``)."""
-        return [(self, name) for name in self.params]
-
-    def buffer_slots(self) -> list[tuple[Layer, str]]:
-        """(layer, name) pairs for every buffer, in the order of ``named_buffers``."""
-        return [(self, name) for name in self.buffers]
+    def named_arrays(self) -> dict[str, object]:
+        """Every parameter's value and every buffer, keyed ``"param/<name>"`` and ``"buffer/<name>"`` (the keys of
+        model files and of ``replace_arrays``)."""
+        arrays = {f"param/{name}": p.value for name, p in self.named_parameters().items()}
+        arrays.update({f"buffer/{name}": array for name, array in self.named_buffers().items()})
+        return arrays
 
     def replace_arrays(self, arrays: dict[str, object]) -> None:
-        """Store new arrays as parameters and buffers, keyed ``"param/<name>"`` and ``"buffer/<name>"`` (the keys
-        of model files; ``<name>`` as in ``named_parameters``); names not given keep their arrays.
+        """Store new arrays as parameter values and buffers, keyed as ``named_arrays``; names not given keep their
+        arrays. Each must have the shape and dtype of the array it replaces; all are checked before any is stored.
 
         The arrays are stored, not copied into the current ones (arrays may be immutable: JAX), so the caller
-        must not change them afterwards; each must have the shape and dtype of the array it replaces.
+        must not change them afterwards. The parameter boxes stay the same (an optimizer holding them sees the
+        new values).
         """
-        for kind, names, slots in (("param", self.named_parameters(), self.parameter_slots()),
-                                   ("buffer", self.named_buffers(), self.buffer_slots())):
-            for (name, current), (layer, key) in zip(names.items(), slots):
-                new = arrays.get(f"{kind}/{name}")
-                if new is None:
-                    continue
-                if tuple(new.shape) != tuple(current.shape) or new.dtype != current.dtype:
-                    raise ShapeError(f"{self!r}: {kind} {name!r} is {dtype_name(current.dtype)} of shape "
-                                     f"{tuple(current.shape)}; got {dtype_name(new.dtype)} of shape "
-                                     f"{tuple(new.shape)}")
-                (layer.params if kind == "param" else layer.buffers)[key] = new
+        writes = []
+        for name, param in self.named_parameters().items():
+            new = arrays.get(f"param/{name}")
+            if new is not None:
+                self._check_replacement("param", name, param.value, new)
+                writes.append((param, None, new))
+        for name, (layer, key) in self._buffer_slots().items():
+            new = arrays.get(f"buffer/{name}")
+            if new is not None:
+                self._check_replacement("buffer", name, layer.buffers[key], new)
+                writes.append((layer, key, new))
+        for owner, key, new in writes:
+            if key is None:
+                owner.value = new
+            else:
+                owner.buffers[key] = new
+
+    def _check_replacement(self, kind: str, name: str, current, new) -> None:
+        if tuple(new.shape) != tuple(current.shape) or new.dtype != current.dtype:
+            raise ShapeError(f"{self!r}: {kind} {name!r} is {dtype_name(current.dtype)} of shape "
+                             f"{tuple(current.shape)}; got {dtype_name(new.dtype)} of shape {tuple(new.shape)}")
 
     def num_parameters(self) -> int:
         total = 0
-        for array in self.named_parameters().values():
+        for param in self.named_parameters().values():
             count = 1
-            for n in array.shape:
+            for n in param.shape:
                 count *= n
             total += count
         return total
 
     def zero_grad(self) -> None:
-        for layer, name in self.parameter_slots():
-            layer.grads.pop(name, None)
+        """Forget every parameter's accumulated gradient (set it to None)."""
+        zero_grad(self.parameters())
 
     def reseed(self, seed) -> None:
         """Restart the layer's random stream (layers that draw random numbers override this)."""
@@ -126,19 +198,22 @@ class Layer:
         return None
 
     # -- moving and converting ------------------------------------------------
-    def _map_arrays(self, convert, *, backend: Backend | None = None, dtype=None) -> Layer:
-        """A copy whose parameters and buffers are ``convert(array)``; caches are dropped."""
-        clone = copy.copy(self)
+    def _map_arrays(self, convert, *, backend: Backend | None = None, dtype=None, memo: dict | None = None) -> Layer:
+        """A copy whose parameters and buffers are ``convert(array)``, without gradients. ``memo``
+        (id -> copy) makes a layer or parameter met twice (tied weights) one copy, held twice, as it was."""
+        memo = {} if memo is None else memo
+        if id(self) in memo:
+            return memo[id(self)]
+        clone = memo[id(self)] = copy.copy(self)
         clone.backend = backend or self.backend
         clone.dtype = dtype if dtype is not None else clone.backend.dtype(dtype_name(self.dtype))
-        clone.params = {k: convert(v) for k, v in self.params.items()}
+        clone.params = {}
+        for key, param in self.params.items():
+            if id(param) not in memo:
+                memo[id(param)] = Parameter(convert(param.value))
+            clone.params[key] = memo[id(param)]
         clone.buffers = {k: convert(v) for k, v in self.buffers.items()}
-        clone.grads = {}
-        clone._clear_cache()
         return clone
-
-    def _clear_cache(self) -> None:
-        """Forget arrays kept from the last forward pass."""
 
     def to(self, backend: Backend | str) -> Layer:
         """A copy of this layer with its arrays on another backend (through the host)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError, ShapeError
 from ..init import host_random, initialize
+from ..parameters import Parameter, accumulate
 from .base import Layer
 from .im2col import as_pair, col2im, im2col, output_shape, pad, unpad
 
@@ -20,7 +21,7 @@ class Conv2D(Layer):
     ``im2col.py``) and W the weight as an (out_channels, C·kh·kw) matrix:
 
     Forward:  Y = W X + b
-    Backward: dL/dW = Σ_batch dL/dY Xᵀ,   dL/db = Σ_batch,positions dL/dY,   dL/dX = col2im(Wᵀ dL/dY)
+    Backward: dL/dW += Σ_batch dL/dY Xᵀ,   dL/db += Σ_batch,positions dL/dY,   dL/dX = col2im(Wᵀ dL/dY)
 
     The backend may supply a faster implementation of the same computation (``backend.conv2d_forward``:
     NumPy lays the columns out channel-major and does one BLAS matrix product, PyTorch uses its own
@@ -49,12 +50,11 @@ class Conv2D(Layer):
         self.init = init
         self.use_bias = bias
         rng = host_random(rng)
-        self.params["weight"] = initialize(init, (out_channels, in_channels, *self.kernel_size), rng=rng,
-                                           backend=self.backend, dtype=self.dtype)
+        self.params["weight"] = Parameter(initialize(init, (out_channels, in_channels, *self.kernel_size), rng=rng,
+                                                     backend=self.backend, dtype=self.dtype))
         if bias:
-            self.params["bias"] = initialize("zeros", (out_channels,), rng=rng, backend=self.backend,
-                                             dtype=self.dtype)
-        self._cache = None
+            self.params["bias"] = Parameter(initialize("zeros", (out_channels,), rng=rng, backend=self.backend,
+                                                       dtype=self.dtype))
 
     def extra_repr(self) -> str:
         text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
@@ -77,64 +77,56 @@ class Conv2D(Layer):
             shapes["param/bias"] = (out_channels,)
         return shapes
 
-    def forward(self, x, *, training: bool = False):
+    can_skip_input_grad = True
+
+    def begin_update(self, x, *, training: bool = True):
         expected = f"(batch, {self.in_channels}, H, W)"
         self.check_input(x, ndim=4, expected=expected)
         if x.shape[1] != self.in_channels:
             raise ShapeError(f"{self!r}: expected input of shape {expected}, got {tuple(x.shape)}")
         out_hw = output_shape(self, x, self.kernel_size, self.stride, self.padding, self.dilation)
         weight, bias = self.params["weight"], self.params.get("bias")
+        w, b = weight.value, None if bias is None else bias.value
+        backend = self.backend
         fast = None
         if self.use_fast_path:
-            fast = self.backend.conv2d_forward(x, weight, bias, stride=self.stride, padding=self.padding,
-                                               dilation=self.dilation)
+            fast = backend.conv2d_forward(x, w, b, stride=self.stride, padding=self.padding, dilation=self.dilation)
         if fast is not None:
             y, saved = fast
-            self._cache = ("fast", saved)
-            return y
+
+            def fast_backprop(grad_output, input_grad: bool = True):
+                grad_input, grad_weight, grad_bias = backend.conv2d_backward(grad_output, saved, bias=bias is not None,
+                                                                             input_grad=input_grad)
+                accumulate(backend, weight, grad_weight)
+                if bias is not None:
+                    accumulate(backend, bias, grad_bias)
+                return grad_input
+
+            return y, fast_backprop
         xp = self.xp
-        n = x.shape[0]
-        padded = pad(self.backend, x, self.padding)
-        columns = im2col(xp, padded, self.kernel_size, self.stride, self.dilation, out_hw)  # (N, C, kh·kw, OH, OW)
-        rows = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        n, out_channels, in_channels = x.shape[0], self.out_channels, self.in_channels
+        kernel, stride, dilation, padding = self.kernel_size, self.stride, self.dilation, self.padding
+        padded = pad(backend, x, padding)
+        columns = im2col(xp, padded, kernel, stride, dilation, out_hw)  # (N, C, kh·kw, OH, OW)
+        rows = in_channels * kernel[0] * kernel[1]
         columns = xp.reshape(columns, (n, rows, out_hw[0] * out_hw[1]))
-        y = xp.reshape(weight, (self.out_channels, rows)) @ columns  # (N, out, OH·OW)
-        y = xp.reshape(y, (n, self.out_channels, *out_hw))
-        if bias is not None:
-            y = y + xp.reshape(bias, (1, self.out_channels, 1, 1))
-        self._cache = ("portable", (tuple(x.shape), tuple(padded.shape), columns, out_hw))
-        return y
+        y = xp.reshape(w, (out_channels, rows)) @ columns  # (N, out, OH·OW)
+        y = xp.reshape(y, (n, out_channels, *out_hw))
+        if b is not None:
+            y = y + xp.reshape(b, (1, out_channels, 1, 1))
+        padded_shape = tuple(padded.shape)
 
-    can_skip_input_grad = True
+        def backprop(grad_output, input_grad: bool = True):
+            grad = xp.reshape(grad_output, (n, out_channels, out_hw[0] * out_hw[1]))
+            accumulate(backend, weight, xp.reshape(xp.tensordot(grad, columns, axes=([0, 2], [0, 2])),
+                                                   tuple(w.shape)))
+            if bias is not None:
+                accumulate(backend, bias, xp.sum(grad, axis=(0, 2)))
+            if not input_grad:
+                return None
+            grad_columns = xp.reshape(xp.matrix_transpose(xp.reshape(w, (out_channels, rows))) @ grad,
+                                      (n, in_channels, rows // in_channels, *out_hw))
+            grad_padded = col2im(backend, grad_columns, padded_shape, kernel, stride, dilation, out_hw)
+            return unpad(grad_padded, padding)
 
-    def backward(self, grad_output, *, input_grad: bool = True):
-        if self._cache is None:
-            raise RuntimeError(f"{self!r}: backward called before forward")
-        kind, saved = self._cache
-        if kind == "fast":
-            grad_input, grad_weight, grad_bias = self.backend.conv2d_backward(grad_output, saved,
-                                                                              bias=self.use_bias,
-                                                                              input_grad=input_grad)
-            self.grads["weight"] = grad_weight
-            if self.use_bias:
-                self.grads["bias"] = grad_bias
-            return grad_input
-        xp = self.xp
-        x_shape, padded_shape, columns, out_hw = saved
-        n, rows = x_shape[0], columns.shape[1]
-        grad = xp.reshape(grad_output, (n, self.out_channels, out_hw[0] * out_hw[1]))
-        weight = xp.reshape(self.params["weight"], (self.out_channels, rows))
-        self.grads["weight"] = xp.reshape(xp.tensordot(grad, columns, axes=([0, 2], [0, 2])),
-                                          tuple(self.params["weight"].shape))
-        if self.use_bias:
-            self.grads["bias"] = xp.sum(grad, axis=(0, 2))
-        if not input_grad:
-            return None
-        grad_columns = xp.reshape(xp.matrix_transpose(weight) @ grad,
-                                  (n, self.in_channels, rows // self.in_channels, *out_hw))
-        grad_padded = col2im(self.backend, grad_columns, padded_shape, self.kernel_size, self.stride, self.dilation,
-                             out_hw)
-        return unpad(grad_padded, self.padding)
-
-    def _clear_cache(self) -> None:
-        self._cache = None
+        return y, backprop

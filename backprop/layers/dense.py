@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from ..init import host_random, initialize
+from ..parameters import Parameter, accumulate
 from .base import Layer
 
 
@@ -14,7 +15,7 @@ class Dense(Layer):
     at every position.
 
     Forward:  y = x W + b
-    Backward: dL/dW = xᵀ dL/dy,   dL/db = Σ_batch dL/dy,   dL/dx = dL/dy Wᵀ
+    Backward: dL/dW += xᵀ dL/dy,   dL/db += Σ_batch dL/dy,   dL/dx = dL/dy Wᵀ
     """
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
@@ -28,12 +29,11 @@ class Dense(Layer):
         self.init = init
         self.use_bias = bias
         rng = host_random(rng)
-        self.params["weight"] = initialize(init, (in_features, out_features),
-                                           rng=rng, backend=self.backend, dtype=self.dtype)
+        self.params["weight"] = Parameter(initialize(init, (in_features, out_features), rng=rng,
+                                                     backend=self.backend, dtype=self.dtype))
         if bias:
-            self.params["bias"] = initialize("zeros", (out_features,), rng=rng, backend=self.backend,
-                                             dtype=self.dtype)
-        self._x = None
+            self.params["bias"] = Parameter(initialize("zeros", (out_features,), rng=rng, backend=self.backend,
+                                                       dtype=self.dtype))
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}" + ("" if self.use_bias else ", bias=False")
@@ -50,32 +50,30 @@ class Dense(Layer):
             shapes["param/bias"] = (out_features,)
         return shapes
 
-    def forward(self, x, *, training: bool = False):
-        self.check_input(x, min_ndim=2, last_dim=self.in_features, expected=f"(batch, {self.in_features})")
-        self._x = x
-        y = x @ self.params["weight"]
-        if self.use_bias:
-            y = self.backend.add_scaled(y, self.params["bias"])  # in place where allowed: y is our own
-        return y
-
     can_skip_input_grad = True
 
-    def backward(self, grad_output, *, input_grad: bool = True):
-        if self._x is None:
-            raise RuntimeError(f"{self!r}: backward called before forward")
-        x, grad = self._x, grad_output
-        if x.ndim > 2:  # every position is one more example for the weight gradient
-            x = self.xp.reshape(x, (-1, self.in_features))
-            grad = self.xp.reshape(grad, (-1, self.out_features))
-        if x.shape[0] == 1:  # one example: an outer product; a matmul with an inner size of 1 is far slower
-            self.grads["weight"] = self.backend.outer(x[0, ...], grad[0, ...])
-        else:
-            self.grads["weight"] = x.T @ grad
-        if self.use_bias:
-            self.grads["bias"] = self.xp.sum(grad, axis=0)
-        if not input_grad:
-            return None
-        return grad_output @ self.xp.matrix_transpose(self.params["weight"])
+    def begin_update(self, x, *, training: bool = True):
+        self.check_input(x, min_ndim=2, last_dim=self.in_features, expected=f"(batch, {self.in_features})")
+        weight, bias = self.params["weight"], self.params.get("bias")
+        w = weight.value  # the weight this call used, also for its backward pass (arrays may be replaced later)
+        y = x @ w
+        if bias is not None:
+            y = self.backend.add_scaled(y, bias.value)  # in place where allowed: y is our own
+        backend = self.backend
 
-    def _clear_cache(self) -> None:
-        self._x = None
+        def backprop(grad_output, input_grad: bool = True):
+            inputs, grad = x, grad_output
+            if inputs.ndim > 2:  # every position is one more example for the weight gradient
+                inputs = backend.xp.reshape(inputs, (-1, w.shape[0]))
+                grad = backend.xp.reshape(grad, (-1, w.shape[1]))
+            if inputs.shape[0] == 1:  # one example: an outer product; a matmul with an inner size of 1 is far slower
+                accumulate(backend, weight, backend.outer(inputs[0, ...], grad[0, ...]))
+            else:
+                accumulate(backend, weight, inputs.T @ grad)
+            if bias is not None:
+                accumulate(backend, bias, backend.xp.sum(grad, axis=0))
+            if not input_grad:
+                return None
+            return grad_output @ backend.xp.matrix_transpose(w)
+
+        return y, backprop

@@ -25,7 +25,6 @@ class Dropout(Layer):
             raise ConfigError(f"Dropout: p must be a probability in [0, 1), got {p!r}")
         self.p = float(p)
         self.reseed(seed)
-        self._scaled_mask = None
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -40,24 +39,23 @@ class Dropout(Layer):
     def reseed(self, seed) -> None:
         self._random = self.backend.random(seed)
 
-    def forward(self, x, *, training: bool = False):
+    def begin_update(self, x, *, training: bool = True):
         self.check_input(x)
-        if not training or self.p == 0.0:
-            self._scaled_mask = None
-            return x
+        if not training or self.p == 0.0:  # evaluation: the identity
+            return x, _identity
         keep = 1.0 - self.p
-        self._scaled_mask = self._random.bernoulli(tuple(x.shape), keep, dtype=x.dtype) * (1.0 / keep)
-        return x * self._scaled_mask
+        scaled_mask = self._random.bernoulli(tuple(x.shape), keep, dtype=x.dtype) * (1.0 / keep)
 
-    def backward(self, grad_output):
-        if self._scaled_mask is None:  # evaluation mode: the identity
-            return grad_output
-        return grad_output * self._scaled_mask
+        def backprop(grad_output):
+            return grad_output * scaled_mask
 
-    def _clear_cache(self) -> None:
-        self._scaled_mask = None
+        return x * scaled_mask, backprop
 
-    def _map_arrays(self, convert, *, backend=None, dtype=None):
-        clone = super()._map_arrays(convert, backend=backend, dtype=dtype)
+    def _map_arrays(self, convert, **options):
+        clone = super()._map_arrays(convert, **options)
         clone.reseed(self._random.seed)
         return clone
+
+
+def _identity(grad_output):
+    return grad_output

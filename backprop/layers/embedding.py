@@ -6,6 +6,7 @@ from backends import describe_array, dtype_name
 
 from ..errors import ConfigError, DeviceMismatchError, DTypeError, ShapeError
 from ..init import INITIALIZERS, host_random, initialize
+from ..parameters import Parameter, accumulate
 from .base import Layer
 
 
@@ -17,9 +18,9 @@ class Embedding(Layer):
     ``backprop.init`` works too.
 
     Forward:  y[..., :] = W[idx[...], :]   (``take`` on the flattened indices)
-    Backward: dL/dW[i] = Σ_{positions p with idx[p] = i} dL/dy[p]   (scatter-add: an index that appears
+    Backward: dL/dW[i] += Σ_{positions p with idx[p] = i} dL/dy[p]   (scatter-add: an index that appears
               several times accumulates all its gradients; rows never looked up get zero)
-    The input is a set of integers, not a differentiable quantity, so ``backward`` returns ``None``:
+    The input is a set of integers, not a differentiable quantity, so the backward pass returns ``None``:
     an Embedding must be the first layer of a model.
 
     Index checks: indices must be an integer array of this layer's backend and device. With
@@ -49,10 +50,10 @@ class Embedding(Layer):
         rng = host_random(rng)
         shape = (num_embeddings, embedding_dim)
         if init == "normal":
-            self.params["weight"] = self.backend.from_host(rng.normal(shape, 0.0, 1.0), dtype=self.dtype)
+            weight = self.backend.from_host(rng.normal(shape, 0.0, 1.0), dtype=self.dtype)
         else:
-            self.params["weight"] = initialize(init, shape, rng=rng, backend=self.backend, dtype=self.dtype)
-        self._indices = None
+            weight = initialize(init, shape, rng=rng, backend=self.backend, dtype=self.dtype)
+        self.params["weight"] = Parameter(weight)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}"
@@ -88,24 +89,19 @@ class Embedding(Layer):
                                  f"0..{self.num_embeddings - 1} (found values from {low} to {high})")
         return flat
 
-    def forward(self, x, *, training: bool = False):
+    def begin_update(self, x, *, training: bool = True):
         flat = self._check_indices(x)
-        self._indices = flat
-        rows = self.xp.take(self.params["weight"], flat, axis=0)
-        return self.xp.reshape(rows, (*x.shape, self.embedding_dim))
+        weight, xp, backend, dim = self.params["weight"], self.xp, self.backend, self.embedding_dim
+        table = weight.value
+        rows = xp.take(table, flat, axis=0)
 
-    def backward(self, grad_output):
-        """Store dL/dW (scatter-added by index) and return ``None``: integer indices have no gradient."""
-        if self._indices is None:
-            raise RuntimeError(f"{self!r}: backward called before forward")
-        xp = self.xp
-        weight = self.params["weight"]
-        grad = xp.reshape(grad_output, (-1, self.embedding_dim))
-        if grad.dtype != weight.dtype:
-            grad = xp.astype(grad, weight.dtype)
-        weight_grad = xp.zeros(tuple(weight.shape), dtype=weight.dtype, device=self.backend.device)
-        self.grads["weight"] = self.backend.scatter_add(weight_grad, self._indices, grad)
-        return None
+        def backprop(grad_output):
+            """Add dL/dW (scatter-added by index) and return ``None``: integer indices have no gradient."""
+            grad = xp.reshape(grad_output, (-1, dim))
+            if grad.dtype != table.dtype:
+                grad = xp.astype(grad, table.dtype)
+            weight_grad = xp.zeros(tuple(table.shape), dtype=table.dtype, device=backend.device)
+            accumulate(backend, weight, backend.scatter_add(weight_grad, flat, grad))
+            return None
 
-    def _clear_cache(self) -> None:
-        self._indices = None
+        return xp.reshape(rows, (*x.shape, dim)), backprop

@@ -15,6 +15,7 @@ import warnings
 from ..errors import ConfigError, ShapeError
 from ..init import INITIALIZERS, host_random, initialize
 from ..on_device import on_device
+from ..parameters import Parameter, accumulate
 from .base import Layer
 
 #: activation -> its Lipschitz constant (the largest |f'|), for the contraction bound.
@@ -96,8 +97,9 @@ class FixedPointRecurrent(Layer):
         dL/dW = h*ᵀ δ,   dL/dU = xᵀ δ,   dL/db = Σ_batch δ,   dL/dx = δ Uᵀ.
 
     Only x, h* and f'(a*) (which carries everything the backward needs from a*) are kept from the forward
-    pass: memory is three arrays whatever the number of iterations (``cached_arrays()``), plus one (hidden, 1)
-    vector with ``max_recurrent_norm``.
+    pass, by the ``backprop`` closure ``begin_update`` returns (with the weights the call used): memory is
+    three arrays whatever the number of iterations, plus one (hidden, 1) vector on the layer with
+    ``max_recurrent_norm``.
 
     The adjoint iteration stops when max |vₖ − vₖ₋₁| < ``backward_tolerance`` × max |g| (relative to the
     incoming gradient, so the scale of the loss does not change the number of iterations; the forward
@@ -163,15 +165,15 @@ class FixedPointRecurrent(Layer):
         self.init = init
 
         rng = host_random(rng)
-        self.params["weight_ih"] = initialize(init, (input_size, hidden_size), rng=rng, backend=self.backend,
-                                              dtype=self.dtype)
+        self.params["weight_ih"] = Parameter(initialize(init, (input_size, hidden_size), rng=rng,
+                                                        backend=self.backend, dtype=self.dtype))
         recurrent = INITIALIZERS[init](rng, (hidden_size, hidden_size))  # a host array
         norm = _host_spectral_norm(recurrent, rng)
         recurrent = recurrent * (self.recurrent_norm / norm) if norm > 0 else recurrent * 0.0
-        self.params["weight_hh"] = self.backend.from_host(recurrent, dtype=self.dtype)
-        self.params["bias"] = initialize("zeros", (hidden_size,), rng=rng, backend=self.backend, dtype=self.dtype)
+        self.params["weight_hh"] = Parameter(self.backend.from_host(recurrent, dtype=self.dtype))
+        self.params["bias"] = Parameter(initialize("zeros", (hidden_size,), rng=rng, backend=self.backend,
+                                                   dtype=self.dtype))
 
-        self._x = self._h = self._fprime = None
         self._power_vector = None  # warm start of the power iteration behind max_recurrent_norm
         self._warned = {"forward": False, "backward": False}
         self.last_forward_iterations = self.last_backward_iterations = 0
@@ -213,7 +215,7 @@ class FixedPointRecurrent(Layer):
     @on_device
     def spectral_norm(self, iterations: int = 100) -> float:
         """||W||₂ of the current recurrent weight, by power iteration on the device (one host transfer)."""
-        xp, w = self.xp, self.params["weight_hh"]
+        xp, w = self.xp, self.params["weight_hh"].value
         v = xp.ones((self.hidden_size, 1), dtype=self.dtype, device=self.backend.device)
         v = v / math.sqrt(self.hidden_size)
         for _ in range(iterations):
@@ -225,11 +227,6 @@ class FixedPointRecurrent(Layer):
         """Lip(f) · ||W||₂: below 1, the forward map is a contraction for every input (Banach), so both the
         forward and the adjoint iteration converge, at least this fast per iteration (before damping)."""
         return _LIPSCHITZ[self.activation] * self.spectral_norm()
-
-    def cached_arrays(self) -> dict[str, object]:
-        """The arrays kept from the last forward pass for the backward pass (empty before any)."""
-        named = {"x": self._x, "h_star": self._h, "activation_slope": self._fprime}
-        return {k: v for k, v in named.items() if v is not None}
 
     # -- activation and its slope ----------------------------------------------
     def _value(self, a):
@@ -306,7 +303,7 @@ class FixedPointRecurrent(Layer):
         max_norm = self.max_recurrent_norm if max_norm is None else max_norm
         if max_norm is None:
             return
-        xp, w = self.xp, self.params["weight_hh"]
+        xp, w = self.xp, self.params["weight_hh"].value
         v, steps = self._power_vector, 5
         if v is None:
             v = xp.ones((self.hidden_size, 1), dtype=self.dtype, device=self.backend.device)
@@ -318,57 +315,53 @@ class FixedPointRecurrent(Layer):
             v = v / (xp.sqrt(xp.sum(v * v)) + tiny)
         self._power_vector = v
         sigma = xp.sqrt(xp.sum((w @ v) ** 2))
-        self.params["weight_hh"] = self.backend.scale(w, xp.where(sigma > max_norm, max_norm / (sigma + tiny), 1.0))
+        factor = xp.where(sigma > max_norm, max_norm / (sigma + tiny), 1.0)
+        self.params["weight_hh"].value = self.backend.scale(w, factor)
 
     # -- forward and backward ------------------------------------------------------
-    def forward(self, x, *, training: bool = False):
+    def begin_update(self, x, *, training: bool = True):
         self.check_input(x, ndim=2, last_dim=self.input_size, expected=f"(batch, {self.input_size})")
         if training and self.max_recurrent_norm is not None:
             self.project_recurrent_norm()
-        xp, alpha = self.xp, self.damping
-        w = self.params["weight_hh"]
-        drive = x @ self.params["weight_ih"] + self.params["bias"]  # x U + b, the same at every step
+        xp, alpha, backend = self.xp, self.damping, self.backend
+        weight_hh, weight_ih, bias = self.params["weight_hh"], self.params["weight_ih"], self.params["bias"]
+        w, u = weight_hh.value, weight_ih.value
+        drive = x @ u + bias.value  # x U + b, the same at every step
 
         def step(h):
             y = self._value(h @ w + drive)
             return y if alpha == 1.0 else (1.0 - alpha) * h + alpha * y
 
-        start = xp.zeros((x.shape[0], self.hidden_size), dtype=self.dtype, device=self.backend.device)
+        start = xp.zeros((x.shape[0], self.hidden_size), dtype=self.dtype, device=backend.device)
         h, iterations, converged, change, rate = self._iterate(step, start, 1.0, self.tolerance)
         self._report("forward", iterations, converged, change, rate, self.tolerance)
-        self._x, self._h = x, h
-        self._fprime = self._slope(h @ w + drive)  # f'(a*) at the fixed point a* = h* W + x U + b
-        return h
+        fprime = self._slope(h @ w + drive)  # f'(a*) at the fixed point a* = h* W + x U + b
 
-    def backward(self, grad_output):
-        if self._h is None:
-            raise RuntimeError(f"{self!r}: backward called before forward")
-        if tuple(grad_output.shape) != tuple(self._h.shape):
-            raise ShapeError(f"{self!r}: expected grad_output of shape {tuple(self._h.shape)}, "
-                             f"got {tuple(grad_output.shape)}")
-        xp, alpha, slope = self.xp, self.damping, self._fprime
-        w_t = xp.matrix_transpose(self.params["weight_hh"])
-        g = grad_output
+        def backprop(grad_output):
+            if tuple(grad_output.shape) != tuple(h.shape):
+                raise ShapeError(f"{self!r}: expected grad_output of shape {tuple(h.shape)}, "
+                                 f"got {tuple(grad_output.shape)}")
+            w_t = xp.matrix_transpose(w)
+            g = grad_output
 
-        def step(v):
-            new = (slope * v) @ w_t + g
-            return new if alpha == 1.0 else (1.0 - alpha) * v + alpha * new
+            def adjoint_step(v):
+                new = (fprime * v) @ w_t + g
+                return new if alpha == 1.0 else (1.0 - alpha) * v + alpha * new
 
-        tolerance = self.backward_tolerance if self.backward_tolerance is not None else self.tolerance
-        scale = xp.max(xp.abs(g)) + xp.finfo(self.dtype).smallest_normal  # a zero gradient converges at once
-        v, iterations, converged, change, rate = self._iterate(step, g, scale, tolerance)
-        self._report("backward", iterations, converged, change, rate, tolerance)
-        delta = slope * v  # dL/da*
-        self.grads["weight_hh"] = xp.matrix_transpose(self._h) @ delta
-        self.grads["weight_ih"] = xp.matrix_transpose(self._x) @ delta
-        self.grads["bias"] = xp.sum(delta, axis=0)
-        return delta @ xp.matrix_transpose(self.params["weight_ih"])
+            tolerance = self.backward_tolerance if self.backward_tolerance is not None else self.tolerance
+            scale = xp.max(xp.abs(g)) + xp.finfo(self.dtype).smallest_normal  # a zero gradient converges at once
+            v, iterations, converged, change, rate = self._iterate(adjoint_step, g, scale, tolerance)
+            self._report("backward", iterations, converged, change, rate, tolerance)
+            delta = fprime * v  # dL/da*
+            accumulate(backend, weight_hh, xp.matrix_transpose(h) @ delta)
+            accumulate(backend, weight_ih, xp.matrix_transpose(x) @ delta)
+            accumulate(backend, bias, xp.sum(delta, axis=0))
+            return delta @ xp.matrix_transpose(u)
 
-    def _clear_cache(self) -> None:
-        self._x = self._h = self._fprime = None
+        return h, backprop
 
-    def _map_arrays(self, convert, *, backend=None, dtype=None):
-        clone = super()._map_arrays(convert, backend=backend, dtype=dtype)
+    def _map_arrays(self, convert, **options):
+        clone = super()._map_arrays(convert, **options)
         clone._warned = {"forward": False, "backward": False}  # a copy has its own warnings and totals
         clone._power_vector = None
         clone.reset_stats()

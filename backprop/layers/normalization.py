@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from ..errors import ConfigError, ShapeError
+from ..parameters import Parameter, accumulate
 from .base import Layer
 
 
@@ -61,7 +62,8 @@ class _BatchNorm(Layer):
     Evaluation (``training=False``): μ and σ² are the running estimates, so each example is
     normalized on its own and the layer is a fixed per-channel affine map.
 
-    Backward, with g = dL/dy and sums over the batch (and spatial) axes of each channel:
+    Backward, with g = dL/dy and sums over the batch (and spatial) axes of each channel (the parameter
+    gradients are added to what the parameters hold, as for every layer):
         dL/dβ = Σ g,   dL/dγ = Σ g ⊙ x̂,   dL/dx̂ = γ g
       training (μ, σ² depend on x; see ``_normalize_backward``):
         dL/dx = s (dL/dx̂ − mean(dL/dx̂) − x̂ ⊙ mean(dL/dx̂ ⊙ x̂)),   s = 1/√(σ² + ε)
@@ -90,11 +92,10 @@ class _BatchNorm(Layer):
         xp, device, shape = self.xp, self.backend.device, (self.num_features,)
         with self.backend.activate():  # the parameters are created on the layer's device
             if affine:
-                self.params["weight"] = xp.ones(shape, dtype=self.dtype, device=device)
-                self.params["bias"] = xp.zeros(shape, dtype=self.dtype, device=device)
+                self.params["weight"] = Parameter(xp.ones(shape, dtype=self.dtype, device=device))
+                self.params["bias"] = Parameter(xp.zeros(shape, dtype=self.dtype, device=device))
             self.buffers["running_mean"] = xp.zeros(shape, dtype=self.dtype, device=device)
             self.buffers["running_var"] = xp.ones(shape, dtype=self.dtype, device=device)
-        self._cache = None
 
     def extra_repr(self) -> str:
         text = f"{self.num_features}"
@@ -118,11 +119,11 @@ class _BatchNorm(Layer):
         """(1, C, 1, ...): a per-channel vector shaped to broadcast against the input."""
         return (1, self.num_features) + (1,) * (ndim - 2)
 
-    def forward(self, x, *, training: bool = False):
+    def begin_update(self, x, *, training: bool = True):
         self.check_input(x)
         if x.ndim not in self._ndims or x.shape[1] != self.num_features:
             raise ShapeError(f"{self!r}: expected input of shape {self._expected}, got {tuple(x.shape)}")
-        xp = self.xp
+        xp, backend = self.xp, self.backend
         axes = (0,) + tuple(range(2, x.ndim))  # every axis but the channels
         count = math.prod(x.shape[a] for a in axes)  # values per channel
         shape = self._channel_shape(x.ndim)
@@ -141,32 +142,27 @@ class _BatchNorm(Layer):
             mean = xp.reshape(self.buffers["running_mean"], shape)
             inv_std = 1.0 / xp.sqrt(xp.reshape(self.buffers["running_var"], shape) + self.eps)
             x_hat = (x - mean) * inv_std
-        self._cache = (x_hat, inv_std, axes, training)
-        if not self.affine:
-            return x_hat
-        return x_hat * xp.reshape(self.params["weight"], shape) + xp.reshape(self.params["bias"], shape)
+        weight, bias = self.params.get("weight"), self.params.get("bias")
+        gamma = None if weight is None else xp.reshape(weight.value, shape)
+
+        def backprop(grad_output):
+            grad_x_hat = grad_output
+            if weight is not None:
+                accumulate(backend, weight, xp.sum(grad_output * x_hat, axis=axes))
+                accumulate(backend, bias, xp.sum(grad_output, axis=axes))
+                grad_x_hat = grad_output * gamma
+            if not training:
+                return grad_x_hat * inv_std
+            return _normalize_backward(xp, grad_x_hat, x_hat, inv_std, axes)
+
+        if weight is None:
+            return x_hat, backprop
+        return x_hat * gamma + xp.reshape(bias.value, shape), backprop
 
     def _update_running_stats(self, batch_mean, unbiased_var) -> None:
         m, update = self.momentum, self.backend.add_scaled  # in place where the backend allows
         self.buffers["running_mean"] = update(self.buffers["running_mean"], batch_mean, m, beta=1.0 - m)
         self.buffers["running_var"] = update(self.buffers["running_var"], unbiased_var, m, beta=1.0 - m)
-
-    def backward(self, grad_output):
-        if self._cache is None:
-            raise RuntimeError(f"{self!r}: backward called before forward")
-        xp = self.xp
-        x_hat, inv_std, axes, training = self._cache
-        grad_x_hat = grad_output
-        if self.affine:
-            self.grads["weight"] = xp.sum(grad_output * x_hat, axis=axes)
-            self.grads["bias"] = xp.sum(grad_output, axis=axes)
-            grad_x_hat = grad_output * xp.reshape(self.params["weight"], self._channel_shape(x_hat.ndim))
-        if not training:
-            return grad_x_hat * inv_std
-        return _normalize_backward(xp, grad_x_hat, x_hat, inv_std, axes)
-
-    def _clear_cache(self) -> None:
-        self._cache = None
 
 
 class BatchNorm1D(_BatchNorm):
@@ -238,9 +234,8 @@ class LayerNorm(Layer):
         if elementwise_affine:
             xp, device = self.xp, self.backend.device
             with self.backend.activate():  # the parameters are created on the layer's device
-                self.params["weight"] = xp.ones(self.normalized_shape, dtype=self.dtype, device=device)
-                self.params["bias"] = xp.zeros(self.normalized_shape, dtype=self.dtype, device=device)
-        self._cache = None
+                self.params["weight"] = Parameter(xp.ones(self.normalized_shape, dtype=self.dtype, device=device))
+                self.params["bias"] = Parameter(xp.zeros(self.normalized_shape, dtype=self.dtype, device=device))
 
     def extra_repr(self) -> str:
         shape = self.normalized_shape
@@ -259,36 +254,31 @@ class LayerNorm(Layer):
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         return {"param/weight": shape, "param/bias": shape} if config.get("elementwise_affine", True) else {}
 
-    def forward(self, x, *, training: bool = False):
+    def begin_update(self, x, *, training: bool = True):
         k = len(self.normalized_shape)
         self.check_input(x)
         if x.ndim <= k or tuple(x.shape[x.ndim - k:]) != self.normalized_shape:
             trailing = ", ".join(str(n) for n in self.normalized_shape)
             raise ShapeError(f"{self!r}: expected input of shape (batch, ..., {trailing}), got {tuple(x.shape)}")
-        xp = self.xp
+        xp, backend = self.xp, self.backend
         axes = tuple(range(x.ndim - k, x.ndim))
         mean = xp.mean(x, axis=axes, keepdims=True)
         centered = x - mean
         var = xp.mean(centered * centered, axis=axes, keepdims=True)
         inv_std = 1.0 / xp.sqrt(var + self.eps)
         x_hat = centered * inv_std
-        self._cache = (x_hat, inv_std, axes)
-        if not self.elementwise_affine:
-            return x_hat
-        return x_hat * self.params["weight"] + self.params["bias"]
+        weight, bias = self.params.get("weight"), self.params.get("bias")
+        gamma = None if weight is None else weight.value
 
-    def backward(self, grad_output):
-        if self._cache is None:
-            raise RuntimeError(f"{self!r}: backward called before forward")
-        xp = self.xp
-        x_hat, inv_std, axes = self._cache
-        grad_x_hat = grad_output
-        if self.elementwise_affine:
-            leading = tuple(range(x_hat.ndim - len(axes)))
-            self.grads["weight"] = xp.sum(grad_output * x_hat, axis=leading)
-            self.grads["bias"] = xp.sum(grad_output, axis=leading)
-            grad_x_hat = grad_output * self.params["weight"]
-        return _normalize_backward(xp, grad_x_hat, x_hat, inv_std, axes)
+        def backprop(grad_output):
+            grad_x_hat = grad_output
+            if weight is not None:
+                leading = tuple(range(x_hat.ndim - len(axes)))
+                accumulate(backend, weight, xp.sum(grad_output * x_hat, axis=leading))
+                accumulate(backend, bias, xp.sum(grad_output, axis=leading))
+                grad_x_hat = grad_output * gamma
+            return _normalize_backward(xp, grad_x_hat, x_hat, inv_std, axes)
 
-    def _clear_cache(self) -> None:
-        self._cache = None
+        if weight is None:
+            return x_hat, backprop
+        return x_hat * gamma + bias.value, backprop

@@ -22,7 +22,6 @@ class _Pool2D(Layer):
         if any(p > k // 2 for p, k in zip(self.padding, self.kernel_size)):
             raise ConfigError(f"{name}: padding must be at most half the kernel size {self.kernel_size}, "
                               f"got {self.padding}")
-        self._cache = None
 
     def extra_repr(self) -> str:
         text = f"kernel_size={self.kernel_size}"
@@ -49,14 +48,6 @@ class _Pool2D(Layer):
         rows = [slice(i, i + sh * (oh - 1) + 1, sh) for i in range(kh)]
         cols = [slice(j, j + sw * (ow - 1) + 1, sw) for j in range(kw)]
         return padded, rows, cols
-
-    def _need_cache(self):
-        if self._cache is None:
-            raise RuntimeError(f"{self!r}: backward called before forward")
-        return self._cache
-
-    def _clear_cache(self) -> None:
-        self._cache = None
 
 
 def _rows(index):
@@ -86,7 +77,7 @@ class MaxPool2D(_Pool2D):
     (PyTorch's CPU kernel takes the first in row-major order instead; the two differ only on ties).
     """
 
-    def forward(self, x, *, training: bool = False):
+    def begin_update(self, x, *, training: bool = True):
         padded, rows, cols = self._windows(x, float("-inf"))
         xp = self.xp
         row_max = padded[:, :, rows[0], :]  # (N, C, OH, Wp): the max over each window's rows, per column
@@ -95,19 +86,18 @@ class MaxPool2D(_Pool2D):
         y = row_max[:, :, :, cols[0]]
         for index in cols[1:]:
             y = xp.maximum(y, row_max[:, :, :, index])
-        self._cache = (padded, rows, cols, row_max, y)
-        return y
-
-    def backward(self, grad_output):
-        padded, rows, cols, row_max, y = self._need_cache()
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        # over the columns: to the leftmost column whose row-maximum is the window's maximum ...
-        grad_row_max = self._route(self.xp.zeros_like(row_max), [_columns(index) for index in cols], row_max, y,
-                                   grad_output, disjoint=sw >= kw)
-        # ... then over the rows: to the topmost pixel of that column that holds it
-        grad = self._route(self.xp.zeros_like(padded), [_rows(index) for index in rows], padded, row_max,
-                           grad_row_max, disjoint=sh >= kh)
-        return unpad(grad, self.padding)
+
+        def backprop(grad_output):
+            # over the columns: to the leftmost column whose row-maximum is the window's maximum ...
+            grad_row_max = self._route(xp.zeros_like(row_max), [_columns(index) for index in cols], row_max, y,
+                                       grad_output, disjoint=sw >= kw)
+            # ... then over the rows: to the topmost pixel of that column that holds it
+            grad = self._route(xp.zeros_like(padded), [_rows(index) for index in rows], padded, row_max,
+                               grad_row_max, disjoint=sh >= kh)
+            return unpad(grad, self.padding)
+
+        return y, backprop
 
     def _route(self, grad, slices, values, maxima, grad_maxima, *, disjoint: bool):
         """grad[s] += dL/d(maxima) where values[s] == maxima, for the first slice s (in order) that matches."""
@@ -137,27 +127,25 @@ class AvgPool2D(_Pool2D):
     Backward: dL/dx[k] = Σ_{windows p containing k} dL/dy[p] / (kh·kw)
     """
 
-    def forward(self, x, *, training: bool = False):
+    def begin_update(self, x, *, training: bool = True):
         padded, rows, cols = self._windows(x, 0.0)
+        xp, backend = self.xp, self.backend
         row_sum = padded[:, :, rows[0], :]
         for index in rows[1:]:
             row_sum = row_sum + padded[:, :, index, :]
         total = row_sum[:, :, :, cols[0]]
         for index in cols[1:]:
             total = total + row_sum[:, :, :, index]
-        self._cache = (padded, rows, cols, row_sum)
-        (kh, kw) = self.kernel_size
-        return total * (1.0 / (kh * kw))
-
-    def backward(self, grad_output):
-        padded, rows, cols, row_sum = self._need_cache()
-        xp = self.xp
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        share = grad_output * (1.0 / (kh * kw))
-        grad_row_sum = xp.zeros_like(row_sum)
-        for index in cols:
-            grad_row_sum = _accumulate(self.backend, grad_row_sum, _columns(index), share, sw >= kw)
-        grad = xp.zeros_like(padded)
-        for index in rows:
-            grad = _accumulate(self.backend, grad, _rows(index), grad_row_sum, sh >= kh)
-        return unpad(grad, self.padding)
+
+        def backprop(grad_output):
+            share = grad_output * (1.0 / (kh * kw))
+            grad_row_sum = xp.zeros_like(row_sum)  # (zeros_like keeps the layout: NumPy's conv is channel-major)
+            for index in cols:
+                grad_row_sum = _accumulate(backend, grad_row_sum, _columns(index), share, sw >= kw)
+            grad = xp.zeros_like(padded)
+            for index in rows:
+                grad = _accumulate(backend, grad, _rows(index), grad_row_sum, sh >= kh)
+            return unpad(grad, self.padding)
+
+        return total * (1.0 / (kh * kw)), backprop

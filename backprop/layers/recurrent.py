@@ -36,6 +36,7 @@ import math
 from ..errors import ConfigError, ShapeError
 from ..init import INITIALIZERS, host_random, initialize
 from ..on_device import on_device
+from ..parameters import Parameter, accumulate
 from .base import Layer
 
 
@@ -59,7 +60,7 @@ class Recurrent(Layer):
       ``backprop.init`` for the weights (drawn gate block by gate block), biases then zero;
     * ``rng``: a seed or ``HostRandom`` for the initial weights.
 
-    After ``backward``, ``grad_norms_through_time`` gives ‖dL/dh_t‖ per step (the vanishing-gradient view).
+    After a backward pass, ``grad_norms_through_time`` gives its ‖dL/dh_t‖ per step (the vanishing-gradient view).
     A subclass sets ``gate_order`` and implements one step of the cell forward (``_cell_forward``) and its
     chain rule (``_cell_backward``).
     """
@@ -92,8 +93,7 @@ class Recurrent(Layer):
         rng = host_random(rng)
         for suffix in self.suffixes:
             self._init_direction(suffix, rng)
-        self._cache = None
-        self._dh = None
+        self._dh = None  # dL/dh_t of the last backward pass, per direction (grad_norms_through_time)
 
     # -- parameters -----------------------------------------------------------
     @on_device
@@ -112,7 +112,7 @@ class Recurrent(Layer):
                 value = blocks[0] if gates == 1 else self.xp.concat(blocks, axis=1)
             else:
                 value = self.xp.zeros(shape, dtype=self.dtype, device=self.backend.device)
-            self.params[name + suffix] = value
+            self.params[name + suffix] = Parameter(value)
 
     @classmethod
     def _direction_shapes(cls, input_size: int, hidden: int) -> dict[str, tuple]:
@@ -131,7 +131,7 @@ class Recurrent(Layer):
 
     def _direction_params(self, suffix: str) -> dict:
         names = ("weight_ih", "weight_hh", "bias") + ((self.extra_bias,) if self.extra_bias else ())
-        return {name: self.params[name + suffix] for name in names}
+        return {name: self.params[name + suffix].value for name in names}
 
     def extra_repr(self) -> str:
         text = f"{self.input_size}, {self.hidden_size}"
@@ -153,8 +153,10 @@ class Recurrent(Layer):
         """Features of the output: ``hidden_size``, twice that when bidirectional."""
         return self.hidden_size * len(self.suffixes)
 
-    # -- forward ----------------------------------------------------------------
-    def forward(self, x, *, training: bool = False):
+    # -- forward and backward -----------------------------------------------------
+    can_skip_input_grad = True
+
+    def begin_update(self, x, *, training: bool = True):
         self.check_input(x, ndim=3, last_dim=self.input_size, expected=f"(batch, time, {self.input_size})")
         if x.shape[1] == 0:
             raise ShapeError(f"{self!r}: expected input of shape (batch, time, {self.input_size}) with at least "
@@ -176,14 +178,17 @@ class Recurrent(Layer):
             for t in order:
                 hs[t], state, cache = self._cell_forward(projected[:, t, :], state, params, constants)
                 caches.append(cache)
-            runs.append((order, caches))
+            runs.append((suffix, params, order, caches))
             if self.return_sequences:
                 outputs.append(xp.stack(hs, axis=1))
             else:
                 outputs.append(hs[order[-1]])
-        self._cache = (x, runs, constants)
-        self._dh = None
-        return outputs[0] if len(outputs) == 1 else xp.concat(outputs, axis=-1)
+        y = outputs[0] if len(outputs) == 1 else xp.concat(outputs, axis=-1)
+
+        def backprop(grad_output, input_grad: bool = True):
+            return self._backward(x, runs, constants, grad_output, input_grad)
+
+        return y, backprop
 
     @on_device
     def step(self, x_t, state=None):
@@ -201,24 +206,19 @@ class Recurrent(Layer):
                                          self._constants())
         return h, state
 
-    # -- backward -----------------------------------------------------------------
-    can_skip_input_grad = True
-
-    def backward(self, grad_output, *, input_grad: bool = True):
-        if self._cache is None:
-            raise RuntimeError(f"{self!r}: backward called before forward")
-        x, runs, constants = self._cache
-        xp = self.xp
+    def _backward(self, x, runs, constants, grad_output, input_grad: bool):
+        """Backpropagation through time for one call: ``runs`` holds each direction's parameters (as the call
+        used them), step order and per-step caches."""
+        xp, backend = self.xp, self.backend
         batch, steps = x.shape[0], x.shape[1]
         hidden = self.hidden_size
         expected = ((batch, steps, self.output_size) if self.return_sequences else (batch, self.output_size))
         if tuple(grad_output.shape) != expected:
             raise ShapeError(f"{self!r}: expected an output gradient of shape {expected}, "
                              f"got {tuple(grad_output.shape)}")
-        zeros = xp.zeros((batch, hidden), dtype=self.dtype, device=self.backend.device)
+        zeros = xp.zeros((batch, hidden), dtype=self.dtype, device=backend.device)
         grad_x, dh_steps = None, []
-        for d, (suffix, (order, caches)) in enumerate(zip(self.suffixes, runs)):
-            params = self._direction_params(suffix)
+        for d, (suffix, params, order, caches) in enumerate(runs):
             grad = grad_output[..., d * hidden:(d + 1) * hidden] if self.bidirectional else grad_output
             d_in: list = [None] * steps  # dL/d(pre-activation) at each step, in time order
             d_hh: list = [None] * steps  # the same as seen by weight_hh (differs only for the GRU's n gate)
@@ -238,7 +238,7 @@ class Recurrent(Layer):
                     h_prev[t] = cache[0]
                 if dh is None:  # no gradient reaches this step (cut off by truncation)
                     d_in[t] = d_hh[t] = xp.zeros((batch, len(self.gate_order) * hidden), dtype=self.dtype,
-                                                 device=self.backend.device)
+                                                 device=backend.device)
                     carry_h = carry_c = None
                     continue
                 dh_seen[t] = dh
@@ -251,22 +251,22 @@ class Recurrent(Layer):
             flat_hh = xp.reshape(d_hh_all, (-1, d_hh_all.shape[-1]))
             flat_x = xp.reshape(x, (-1, self.input_size))
             flat_h = xp.reshape(xp.stack(h_prev, axis=1), (-1, hidden))
-            self.grads["weight_ih" + suffix] = flat_x.T @ flat_in
-            self.grads["weight_hh" + suffix] = flat_h.T @ flat_hh
-            self.grads["bias" + suffix] = xp.sum(flat_in, axis=0)
+            accumulate(backend, self.params["weight_ih" + suffix], flat_x.T @ flat_in)
+            accumulate(backend, self.params["weight_hh" + suffix], flat_h.T @ flat_hh)
+            accumulate(backend, self.params["bias" + suffix], xp.sum(flat_in, axis=0))
             if self.extra_bias:
-                self.grads[self.extra_bias + suffix] = xp.sum(flat_hh[:, 2 * hidden:], axis=0)
+                accumulate(backend, self.params[self.extra_bias + suffix], xp.sum(flat_hh[:, 2 * hidden:], axis=0))
             if input_grad:
                 part = xp.reshape(flat_in @ xp.matrix_transpose(params["weight_ih"]),
                                   (batch, steps, self.input_size))
                 grad_x = part if grad_x is None else grad_x + part
             dh_steps.append(xp.stack(dh_seen, axis=1))
-        self._dh = dh_steps
+        self._dh = dh_steps  # a diagnostic of the last backward pass (grad_norms_through_time), not used by it
         return grad_x
 
     @property
     def grad_norms_through_time(self):
-        """‖dL/dh_t‖ for t = 0 .. T−1 after the last backward: a ``(time,)`` array on the device (None before).
+        """‖dL/dh_t‖ for t = 0 .. T−1 of the last backward pass: a ``(time,)`` array on the device (None before).
 
         dL/dh_t is the whole gradient reaching the state at step t (from the output at t and from the steps
         after it), its norm taken over the batch and the hidden units (both directions together when
@@ -283,9 +283,10 @@ class Recurrent(Layer):
                 total = part if total is None else total + part
             return xp.sqrt(total)
 
-    def _clear_cache(self) -> None:
-        self._cache = None
-        self._dh = None
+    def _map_arrays(self, convert, **options):
+        clone = super()._map_arrays(convert, **options)
+        clone._dh = None  # a copy has had no backward pass
+        return clone
 
     # -- one step of the cell (subclasses) -------------------------------------------
     def _constants(self):

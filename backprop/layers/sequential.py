@@ -1,4 +1,4 @@
-"""``Sequential``: layers applied one after another; backward runs them in reverse."""
+"""``Sequential``: layers applied one after another; the backward pass runs their closures in reverse."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ def architecture(layer: Layer) -> dict:
 class Sequential(Layer):
     """``Sequential([Dense(64, 32), ReLU(), Dense(32, 10)])``.
 
-    Parameters are named ``"<index>.<name>"`` (``"0.weight"``, ``"2.bias"``).
+    Parameters are named ``"<index>.<name>"`` (``"0.weight"``, ``"2.bias"``). The same layer object may appear
+    at several places (its weights are then shared, and its parameters listed once, under the first index).
     """
 
     def __init__(self, layers, *, backend=None):
@@ -48,15 +49,29 @@ class Sequential(Layer):
             x = layer.forward(x, training=training)
         return x
 
-    def backward(self, grad_output, *, input_grad: bool = True):
-        """Apply each layer's backward in reverse. ``input_grad=False`` (what training uses) lets the first
-        layer skip dL/dinput, which nothing needs; then None is returned."""
-        for layer in self.layers[:0:-1]:
-            grad_output = layer.backward(grad_output)
-        first = self.layers[0]
-        if not input_grad and first.can_skip_input_grad:
-            return first.backward(grad_output, input_grad=False)
-        return first.backward(grad_output)
+    #: The first layer decides whether ``backprop(dy, input_grad=False)`` really skips dL/dinput; the
+    #: keyword is always accepted.
+    can_skip_input_grad = True
+
+    def begin_update(self, x, *, training: bool = True):
+        """Each layer's ``begin_update`` in order; the returned ``backprop`` calls their closures in reverse.
+        ``backprop(dy, input_grad=False)`` (what training uses) lets the first layer skip dL/dinput, which
+        nothing needs; then None is returned (the layers after it still get theirs)."""
+        backprops = []
+        for layer in self.layers:
+            x, layer_backprop = layer.begin_update(x, training=training)
+            backprops.append(layer_backprop)
+        first, rest = backprops[0], backprops[:0:-1]
+        first_can_skip = self.layers[0].can_skip_input_grad
+
+        def backprop(grad_output, input_grad: bool = True):
+            for layer_backprop in rest:
+                grad_output = layer_backprop(grad_output)
+            if not input_grad and first_can_skip:
+                return first(grad_output, input_grad=False)
+            return first(grad_output)
+
+        return x, backprop
 
     def reseed(self, seed) -> None:
         base = tuple(seed) if isinstance(seed, (tuple, list)) else (seed,)
@@ -66,29 +81,11 @@ class Sequential(Layer):
     def config(self) -> dict:
         return {"layers": [architecture(layer) for layer in self.layers]}
 
-    def _named(self, attribute: str) -> dict[str, object]:
-        named = {}
-        for i, layer in enumerate(self.layers):
-            for name, array in getattr(layer, attribute)().items():
-                named[f"{i}.{name}"] = array
-        return named
+    def named_children(self) -> dict[str, Layer]:
+        return {str(i): layer for i, layer in enumerate(self.layers)}
 
-    def named_parameters(self):
-        return self._named("named_parameters")
-
-    def named_gradients(self):
-        return self._named("named_gradients")
-
-    def named_buffers(self):
-        return self._named("named_buffers")
-
-    def parameter_slots(self):
-        return [slot for layer in self.layers for slot in layer.parameter_slots()]
-
-    def buffer_slots(self):
-        return [slot for layer in self.layers for slot in layer.buffer_slots()]
-
-    def _map_arrays(self, convert, *, backend=None, dtype=None):
-        clone = super()._map_arrays(convert, backend=backend, dtype=dtype)
-        clone.layers = [layer._map_arrays(convert, backend=backend, dtype=dtype) for layer in self.layers]
+    def _map_arrays(self, convert, *, backend=None, dtype=None, memo=None):
+        memo = {} if memo is None else memo
+        clone = super()._map_arrays(convert, backend=backend, dtype=dtype, memo=memo)
+        clone.layers = [layer._map_arrays(convert, backend=backend, dtype=dtype, memo=memo) for layer in self.layers]
         return clone

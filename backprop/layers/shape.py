@@ -11,19 +11,17 @@ from .base import Layer
 class _Rearrange(Layer):
     """What Flatten and Reshape share: the backward pass puts the gradient back in the input's shape."""
 
-    _shape = None
-
     @classmethod
     def array_shapes(cls, config: dict) -> dict[str, tuple]:
         return {}  # no parameters or buffers
 
-    def backward(self, grad_output):
-        if self._shape is None:
-            raise RuntimeError(f"{self!r}: backward called before forward")
-        return self.xp.reshape(grad_output, self._shape)
+    def _rearrange(self, x, shape):
+        xp, input_shape = self.xp, tuple(x.shape)
 
-    def _clear_cache(self) -> None:
-        self._shape = None
+        def backprop(grad_output):
+            return xp.reshape(grad_output, input_shape)
+
+        return xp.reshape(x, shape), backprop
 
 
 class Flatten(_Rearrange):
@@ -32,10 +30,9 @@ class Flatten(_Rearrange):
     Forward: y = reshape(x, (batch, −1));   backward: dL/dx = reshape(dL/dy, shape of x).
     """
 
-    def forward(self, x, *, training: bool = False):
+    def begin_update(self, x, *, training: bool = True):
         self.check_input(x, min_ndim=2, expected="(batch, ...)")
-        self._shape = tuple(x.shape)
-        return self.xp.reshape(x, (x.shape[0], math.prod(x.shape[1:])))
+        return self._rearrange(x, (x.shape[0], math.prod(x.shape[1:])))
 
 
 class Reshape(_Rearrange):
@@ -59,10 +56,9 @@ class Reshape(_Rearrange):
     def config(self) -> dict:
         return {"shape": list(self.shape)}
 
-    def forward(self, x, *, training: bool = False):
+    def begin_update(self, x, *, training: bool = True):
         expected = f"(batch, {self.size}) or any (batch, ...) with {self.size} values per example"
         self.check_input(x, min_ndim=1, expected=expected)
         if x.ndim < 2 or math.prod(x.shape[1:]) != self.size:
             raise ShapeError(f"{self!r}: expected input of shape {expected}, got {tuple(x.shape)}")
-        self._shape = tuple(x.shape)
-        return self.xp.reshape(x, (x.shape[0], *self.shape))
+        return self._rearrange(x, (x.shape[0], *self.shape))

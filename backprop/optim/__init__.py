@@ -2,8 +2,9 @@
 
 Each optimizer is a functional core that returns the updated parameters and
 state for lists of arrays (``sgd``, ``adam``, ``adamw``, ``rmsprop``,
-``adagrad``; arrays may be immutable) and a class that gathers parameters,
-gradients and state from a model and stores what the core returns (``SGD``,
+``adagrad``; arrays may be immutable) and a class that is handed the parameter
+store (``Parameter`` boxes, in groups if you like), gathers parameters,
+gradients and state from it and stores what the core returns (``SGD``,
 ``Adam``, ...), as in ``torch.optim``.
 """
 
@@ -40,8 +41,9 @@ OPTIMIZERS: dict[str, tuple[type[Optimizer], dict]] = {
 }
 
 
-def make_optimizer(name: str, model, **hyperparameters) -> Optimizer:
-    """``make_optimizer("adam", model, lr=3e-4)``; also rebuilds one from ``make_optimizer(**optimizer.config())``.
+def make_optimizer(name: str, params, **hyperparameters) -> Optimizer:
+    """``make_optimizer("adam", model, lr=3e-4)`` (``params``: anything an ``Optimizer`` takes); also rebuilds one
+    from ``make_optimizer(params=..., **optimizer.config())``.
 
     ``"momentum"`` is SGD with momentum 0.9 and ``"nesterov"`` adds Nesterov momentum;
     the other names are the optimizers of the same name.
@@ -55,7 +57,7 @@ def make_optimizer(name: str, model, **hyperparameters) -> Optimizer:
     if unknown:
         raise ConfigError(f"optimizer {key!r}: unknown hyperparameter(s) {', '.join(unknown)}; "
                           f"expected {', '.join(known)}")
-    return cls(model, **{**defaults, **hyperparameters})
+    return cls(params, **{**defaults, **hyperparameters})
 
 
 __all__ = [

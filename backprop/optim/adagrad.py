@@ -30,14 +30,14 @@ def adagrad(params: list, grads: list, state_sums: list, *, lr: float, eps: floa
 
 
 class AdaGrad(Optimizer):
-    """``AdaGrad(model, lr=1e-2, eps=1e-10, weight_decay=0.0, initial_accumulator_value=0.0)``."""
+    """``AdaGrad(params, lr=1e-2, eps=1e-10, weight_decay=0.0, initial_accumulator_value=0.0)``."""
 
     name = "adagrad"
     hyperparameter_names = ("eps", "weight_decay", "initial_accumulator_value")
 
-    def __init__(self, model, lr: float = 1e-2, eps: float = 1e-10, weight_decay: float = 0.0,
+    def __init__(self, params, lr: float = 1e-2, eps: float = 1e-10, weight_decay: float = 0.0,
                  initial_accumulator_value: float = 0.0):
-        super().__init__(model, lr, eps=eps, weight_decay=weight_decay,
+        super().__init__(params, lr, eps=eps, weight_decay=weight_decay,
                          initial_accumulator_value=initial_accumulator_value)
 
     def _validate(self, hp: dict) -> dict:
@@ -49,16 +49,16 @@ class AdaGrad(Optimizer):
                                                       hp["initial_accumulator_value"], low=0),
         }
 
-    def buffer_names(self) -> tuple[str, ...]:
+    def buffer_names(self, group=None) -> tuple[str, ...]:
         return ("sum",)
 
-    def _init_buffer(self, buffer: str, param):
-        return self.backend.xp.full(param.shape, self.initial_accumulator_value, dtype=param.dtype,
+    def _init_buffer(self, buffer: str, param, group):
+        return self.backend.xp.full(param.shape, group["initial_accumulator_value"], dtype=param.dtype,
                                     device=self.backend.device)
 
-    def _update(self, params, grads, states, steps):
-        params, sums = adagrad(params, grads, [s["sum"] for s in states], lr=self.lr, eps=self.eps,
-                               weight_decay=self.weight_decay, backend=self.backend)
+    def _update(self, group, params, grads, states, steps):
+        params, sums = adagrad(params, grads, [s["sum"] for s in states], lr=group["lr"], eps=group["eps"],
+                               weight_decay=group["weight_decay"], backend=self.backend)
         return params, [{"sum": s} for s in sums]
 
 

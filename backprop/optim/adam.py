@@ -56,14 +56,14 @@ def adamw(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, steps: l
 
 
 class Adam(Optimizer):
-    """``Adam(model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)``; weight decay is L2."""
+    """``Adam(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)``; weight decay is L2."""
 
     name = "adam"
     hyperparameter_names = ("betas", "eps", "weight_decay")
     decoupled_weight_decay = False
 
-    def __init__(self, model, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
-        super().__init__(model, lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+        super().__init__(params, lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
     def _validate(self, hp: dict) -> dict:
         owner = type(self).__name__
@@ -76,22 +76,23 @@ class Adam(Optimizer):
         weight_decay = check_number(owner, "weight_decay", hp["weight_decay"], low=0)
         return {"betas": (beta1, beta2), "eps": eps, "weight_decay": weight_decay}
 
-    def buffer_names(self) -> tuple[str, ...]:
+    def buffer_names(self, group=None) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")
 
-    def _update(self, params, grads, states, steps):
+    def _update(self, group, params, grads, states, steps):
+        beta1, beta2 = group["betas"]
         params, exp_avgs, exp_avg_sqs = adam(
-            params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], steps, lr=self.lr,
-            beta1=self.betas[0], beta2=self.betas[1], eps=self.eps, weight_decay=self.weight_decay,
+            params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], steps, lr=group["lr"],
+            beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
             decoupled_weight_decay=self.decoupled_weight_decay, backend=self.backend)
         return params, [{"exp_avg": m, "exp_avg_sq": v} for m, v in zip(exp_avgs, exp_avg_sqs)]
 
 
 class AdamW(Adam):
-    """``AdamW(model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)``; decoupled weight decay."""
+    """``AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)``; decoupled weight decay."""
 
     name = "adamw"
     decoupled_weight_decay = True
 
-    def __init__(self, model, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2):
-        super().__init__(model, lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2):
+        super().__init__(params, lr, betas=betas, eps=eps, weight_decay=weight_decay)

@@ -1,18 +1,25 @@
 """The ``Optimizer`` base class: gathers parameters, gradients and state for a functional update.
 
 Following ``torch.optim``, each optimizer is a functional core (``sgd(...)``,
-``adam(...)``: the math once, on lists of arrays) and a thin class that finds
-the parameters that have a gradient, creates their state buffers on first use,
-calls the core and stores what it returns. The cores return the updated
+``adam(...)``: the math once, on lists of arrays) and a thin class that is handed
+the parameter store (``Parameter`` boxes: a model, ``model.named_parameters()``,
+a list of boxes, or parameter groups), finds the parameters that have a
+gradient, creates their state buffers on first use, calls the core and stores
+what it returns (``param.value = new``). The cores return the updated
 parameters and state instead of changing them: arrays may be immutable (JAX),
 and where they are not, the backend's update methods (``add_scaled``) still
 write in place for speed and return the same arrays. All arrays stay on the
 model's device: a step makes no host round trips (hyperparameters and step
 counts are Python numbers).
 
-State is kept per parameter under its full name (``"0.weight"``), and
-``state_dict()`` returns it as arrays keyed ``"0.weight.exp_avg"`` plus a
-JSON-able dict, so a checkpoint can resume training exactly.
+Parameter groups, as ``torch.optim``: ``Adam([{"params": encoder, "lr": 1e-4}, {"params": head}], lr=1e-3)``
+gives each group its own hyperparameters (those a group does not set are the optimizer's). ``optimizer.lr``
+is the base learning rate: setting it (a schedule does) moves every group's rate in proportion, so a group
+created at half the base rate stays at half of it.
+
+State is kept per parameter under its full name (``"0.weight"``; parameters handed over without names are
+named by position, ``"0"``, ``"1"``, ...), and ``state_dict()`` returns it as arrays keyed
+``"0.weight.exp_avg"`` plus a JSON-able dict, so a checkpoint can resume training exactly.
 """
 
 from __future__ import annotations
@@ -21,10 +28,12 @@ import math
 
 import array_api_compat
 
-from backends import describe_array, dtype_name
+from backends import backend_of, describe_array, dtype_name
 
 from ..errors import ConfigError, DeviceMismatchError
 from ..on_device import on_device
+from ..parameters import Parameter
+from ..parameters import zero_grad as _zero_grad
 
 
 def check_lr(owner: str, value, *, allow_zero: bool = False) -> float:
@@ -63,58 +72,148 @@ def namespace(arrays: list):
 
 
 class Optimizer:
-    """Base class: ``Optimizer(model, lr, **hyperparameters)``; call ``step()`` after ``model.backward(...)``.
+    """Base class: ``Optimizer(params, lr, **hyperparameters)``; call ``step()`` once gradients have been
+    accumulated (a backward pass, or several), ``zero_grad()`` before the next ones.
+
+    ``params`` is the parameter store to update: a model (every parameter of it, named as
+    ``model.named_parameters()``), a dict name -> ``Parameter`` (``named_parameters()`` or part of it), an
+    iterable of ``Parameter`` boxes (named by position), or a list of groups: dicts with ``"params"`` (any of
+    the above) and hyperparameters of their own (``"lr"``, ``"weight_decay"``, ...).
 
     Subclasses set ``name`` and ``hyperparameter_names`` (besides ``lr``), check
     them in ``_validate(dict) -> dict``, name the state buffers each parameter
-    needs in ``buffer_names()``, and implement ``_update`` with their functional core: it returns the new
-    parameters and state, which ``step`` stores (``_store``).
+    needs in ``buffer_names(group)``, and implement ``_update(group, ...)`` with their functional core (reading
+    the group's hyperparameters, ``group["lr"]`` ...): it returns the new parameters and state, which ``step``
+    stores (``_store``).
     """
 
     #: The name ``make_optimizer`` knows this optimizer by.
     name: str = ""
-    #: Hyperparameters besides ``lr``, in constructor order; each is an attribute of the optimizer.
+    #: Hyperparameters besides ``lr``, in constructor order; each is an attribute of the optimizer (its default
+    #: for the groups) and a key of every group.
     hyperparameter_names: tuple[str, ...] = ()
 
-    def __init__(self, model, lr: float, **hyperparameters):
+    def __init__(self, params, lr: float, **hyperparameters):
         owner = type(self).__name__
         self._lr = check_lr(owner, lr)
         for key, value in self._validate(hyperparameters).items():
             setattr(self, key, value)
-        self.slots = model.parameter_slots()
-        self.names = list(model.named_parameters())
-        if len(self.names) != len(self.slots):  # pragma: no cover - a broken Layer subclass
-            raise ConfigError(f"{owner}: the model lists {len(self.names)} named parameters but "
-                              f"{len(self.slots)} parameter slots")
-        self.backend = model.backend
+        self.param_groups: list[dict] = []
+        self._lr_ratios: list[float] = []  # each group's lr / the base lr, kept when a schedule moves the base
+        self.backend = None
+        for group in self._groups(params):
+            self.add_param_group(group)
+        if self.backend is None:  # no parameters at all: a step does nothing
+            from backends import current_backend
+
+            self.backend = getattr(params, "backend", None) or current_backend()
         self.state: dict[str, dict[str, object]] = {}  # parameter name -> buffer name -> array
         self.param_steps: dict[str, int] = {}  # parameter name -> updates applied to it
         self.step_count = 0  # calls of step()
 
+    # -- the parameter store ----------------------------------------------------
+    @staticmethod
+    def _groups(params) -> list[dict]:
+        if isinstance(params, (list, tuple)) and params and all(isinstance(g, dict) for g in params):
+            return list(params)
+        return [{"params": params}]
+
+    def add_param_group(self, group: dict) -> None:
+        """Add a group of parameters (a dict with ``"params"`` and optional hyperparameters) to update."""
+        owner = type(self).__name__
+        if not isinstance(group, dict) or "params" not in group:
+            raise ConfigError(f"{owner}: a parameter group is a dict with a 'params' entry, got {group!r}")
+        known = ("lr", *self.hyperparameter_names)
+        unknown = sorted(set(group) - {"params", *known})
+        if unknown:
+            raise ConfigError(f"{owner}: unknown hyperparameter(s) {', '.join(unknown)} in a parameter group; "
+                              f"expected {', '.join(known)}")
+        names, boxes = self._named_boxes(group["params"])
+        taken = {id(p): n for g in self.param_groups for n, p in zip(g["names"], g["params"])}
+        known_names = set(self.names)
+        # A model says which backend it lives on; bare parameters are asked (several backends may share a
+        # library, so a model's word comes first).
+        backend = getattr(group["params"], "backend", None)
+        if backend is not None and self.backend is not None and backend is not self.backend:
+            raise DeviceMismatchError(f"{owner}: a parameter group lives on backend {backend.name}, the other "
+                                      f"parameters on {self.backend.name}; one optimizer updates one backend")
+        for name, box in zip(names, boxes):
+            if id(box) in taken:
+                raise ConfigError(f"{owner}: parameter {name!r} is already in a parameter group (as "
+                                  f"{taken[id(box)]!r}); each parameter may be in one group only")
+            if name in known_names:
+                raise ConfigError(f"{owner}: two parameters are named {name!r}; give each group's parameters "
+                                  f"distinct names")
+            backend = backend or self.backend or backend_of(box.value)
+            if backend is None or not backend.owns(box.value):
+                raise DeviceMismatchError(f"{owner}: parameter {name!r} is {describe_array(box.value)}, not an "
+                                          f"array of " + (f"backend {backend.name}, where the other parameters live"
+                                                           if backend is not None else "a loaded backend"))
+        if backend is not None:
+            self.backend = backend
+        lr = check_lr(owner, group.get("lr", self._lr))
+        values = self._validate({k: group.get(k, getattr(self, k)) for k in self.hyperparameter_names})
+        self.param_groups.append({"params": boxes, "names": names, "lr": lr, **values})
+        self._lr_ratios.append(lr / self._lr)
+
+    def _named_boxes(self, params) -> tuple[list[str], list[Parameter]]:
+        owner = type(self).__name__
+        if hasattr(params, "named_parameters"):  # a model or layer
+            params = params.named_parameters()
+        if isinstance(params, dict):
+            names, boxes = [str(n) for n in params], list(params.values())
+        else:
+            try:
+                boxes = list(params)
+            except TypeError:
+                raise ConfigError(f"{owner}: expected a model, a dict of parameters, an iterable of Parameter or a "
+                                  f"list of parameter groups, got {type(params).__name__}") from None
+            start = sum(len(g["names"]) for g in self.param_groups)
+            names = [str(start + i) for i in range(len(boxes))]
+        for name, box in zip(names, boxes):
+            if not isinstance(box, Parameter):
+                raise ConfigError(f"{owner}: {name!r} is a {type(box).__name__}, not a Parameter (optimizers take "
+                                  f"model.parameters() or model.named_parameters(), not arrays)")
+        return names, boxes
+
+    @property
+    def names(self) -> list[str]:
+        """Every parameter's name, group after group."""
+        return [name for group in self.param_groups for name in group["names"]]
+
+    def parameters(self) -> list[Parameter]:
+        """Every parameter box this optimizer updates, group after group."""
+        return [box for group in self.param_groups for box in group["params"]]
+
     # -- hyperparameters ------------------------------------------------------
     @property
     def lr(self) -> float:
+        """The base learning rate (every group's, unless a group set its own)."""
         return self._lr
 
     @lr.setter
     def lr(self, value: float) -> None:
         # Schedules may reach 0 (cosine to min_lr=0); a step with lr 0 leaves the weights as they are.
         self._lr = check_lr(type(self).__name__, value, allow_zero=True)
+        for group, ratio in zip(self.param_groups, self._lr_ratios):
+            group["lr"] = self._lr if ratio == 1.0 else self._lr * ratio
 
     def _validate(self, hyperparameters: dict) -> dict:
         """Checked values of all ``hyperparameter_names`` (a ``ConfigError`` for a bad one)."""
         return {}
 
     def hyperparameters(self) -> dict:
-        """Every hyperparameter, ``lr`` first, as JSON values."""
+        """Every hyperparameter, ``lr`` first, as JSON values: the defaults of the groups."""
         values = {"lr": self.lr}
         for key in self.hyperparameter_names:
-            value = getattr(self, key)
-            values[key] = list(value) if isinstance(value, tuple) else value
+            values[key] = _json(getattr(self, key))
         return values
 
-    def _configure(self, **hyperparameters) -> None:
-        """Change some hyperparameters; all are checked before any is set."""
+    def _group_hyperparameters(self, group: dict) -> dict:
+        return {key: _json(group[key]) for key in ("lr", *self.hyperparameter_names)}
+
+    def _checked(self, hyperparameters: dict) -> dict:
+        """``hyperparameters`` (all of them, ``lr`` included) checked: a ``ConfigError`` for an unknown or bad one."""
         owner = type(self).__name__
         known = ("lr", *self.hyperparameter_names)
         unknown = sorted(set(hyperparameters) - set(known))
@@ -123,10 +222,16 @@ class Optimizer:
                               f"expected {', '.join(known)}")
         merged = {**self.hyperparameters(), **hyperparameters}
         lr = check_lr(owner, merged.pop("lr"), allow_zero=True)
-        clean = self._validate(merged)
-        self._lr = lr
+        return {"lr": lr, **self._validate(merged)}
+
+    def _configure(self, **hyperparameters) -> None:
+        """Change some default hyperparameters, and those of every group; all are checked before any is set."""
+        clean = self._checked(hyperparameters)
+        self._lr = clean.pop("lr")
         for key, value in clean.items():
             setattr(self, key, value)
+        for group, ratio in zip(self.param_groups, self._lr_ratios):
+            group.update(clean, lr=self._lr if ratio == 1.0 else self._lr * ratio)
 
     def config(self) -> dict:
         """The optimizer's name and hyperparameters (JSON values): ``make_optimizer(**config)`` rebuilds it."""
@@ -137,18 +242,19 @@ class Optimizer:
         return f"{type(self).__name__}({args})"
 
     # -- state ----------------------------------------------------------------
-    def buffer_names(self) -> tuple[str, ...]:
-        """Names of the state arrays kept for each parameter (``("exp_avg", "exp_avg_sq")``)."""
+    def buffer_names(self, group: dict | None = None) -> tuple[str, ...]:
+        """Names of the state arrays kept for each parameter of ``group`` (default: the optimizer's own
+        hyperparameters), such as ``("exp_avg", "exp_avg_sq")``."""
         return ()
 
-    def _init_buffer(self, buffer: str, param):
-        """A new state array for ``param``; zeros unless a subclass says otherwise."""
+    def _init_buffer(self, buffer: str, param, group: dict):
+        """A new state array for ``param`` (of ``group``); zeros unless a subclass says otherwise."""
         return self.backend.xp.zeros(param.shape, dtype=param.dtype, device=self.backend.device)
 
-    def _buffers(self, name: str, param) -> dict[str, object]:
+    def _buffers(self, name: str, param, group: dict) -> dict[str, object]:
         state = self.state.get(name)
         if state is None:
-            state = self.state[name] = {b: self._init_buffer(b, param) for b in self.buffer_names()}
+            state = self.state[name] = {b: self._init_buffer(b, param, group) for b in self.buffer_names(group)}
         return state
 
     # -- the update -----------------------------------------------------------
@@ -156,48 +262,51 @@ class Optimizer:
     def step(self) -> None:
         """Update every parameter that has a gradient; the others are skipped."""
         self.step_count += 1
-        names, slots, params, grads, states, steps = [], [], [], [], [], []
-        for name, (layer, key) in zip(self.names, self.slots):
-            grad = layer.grads.get(key)
-            if grad is None:
-                continue
-            param = layer.params[key]
-            self.param_steps[name] = self.param_steps.get(name, 0) + 1
-            names.append(name)
-            slots.append((layer, key))
-            params.append(param)
-            grads.append(grad)
-            states.append(self._buffers(name, param))
-            steps.append(self.param_steps[name])
-        if params:
-            new_params, new_states = self._update(params, grads, states, steps)
-            self._store(names, slots, new_params, new_states)
+        for group in self.param_groups:
+            names, boxes, params, grads, states, steps = [], [], [], [], [], []
+            for name, box in zip(group["names"], group["params"]):
+                grad = box.grad
+                if grad is None:
+                    continue
+                param = box.value
+                count = self.param_steps[name] = self.param_steps.get(name, 0) + 1
+                names.append(name)
+                boxes.append(box)
+                params.append(param)
+                grads.append(grad)
+                states.append(self._buffers(name, param, group))
+                steps.append(count)
+            if params:
+                new_params, new_states = self._update(group, params, grads, states, steps)
+                self._store(names, boxes, new_params, new_states)
 
-    def _update(self, params: list, grads: list, states: list[dict], steps: list[int]) -> tuple[list, list[dict]]:
-        """The updated ``(params, states)``, as new lists in the same order (``states[i]``: buffer name -> array)."""
+    def _update(self, group: dict, params: list, grads: list, states: list[dict],
+                steps: list[int]) -> tuple[list, list[dict]]:
+        """The updated ``(params, states)``, as new lists in the same order (``states[i]``: buffer name -> array),
+        with ``group``'s hyperparameters."""
         raise NotImplementedError
 
-    def _store(self, names: list[str], slots: list, params: list, states: list[dict]) -> None:
-        """The one place where a step's results enter the parameter store (each layer's ``params``) and the
-        optimizer's state. Always assigned, even when the arrays are the ones a step updated in place: with
-        immutable arrays (JAX) the returned arrays are the only updated ones."""
-        if len(params) != len(slots) or len(states) != len(slots):  # a subclass that lost some on the way
+    def _store(self, names: list[str], boxes: list[Parameter], params: list, states: list[dict]) -> None:
+        """The one place where a step's results enter the parameter store (``box.value``) and the optimizer's
+        state. Always assigned, even when the arrays are the ones a step updated in place: with immutable
+        arrays (JAX) the returned arrays are the only updated ones."""
+        if len(params) != len(boxes) or len(states) != len(boxes):  # a subclass that lost some on the way
             raise RuntimeError(f"{type(self).__name__}._update returned {len(params)} parameters and "
-                               f"{len(states)} states for {len(slots)} parameters")
-        for name, (layer, key), param, state in zip(names, slots, params, states):
-            layer.params[key] = param
+                               f"{len(states)} states for {len(boxes)} parameters")
+        for name, box, param, state in zip(names, boxes, params, states):
+            box.value = param
             self.state[name] = state
 
     def zero_grad(self) -> None:
-        """Forget every gradient (a backward pass replaces them anyway)."""
-        for layer, key in self.slots:
-            layer.grads.pop(key, None)
+        """Forget the accumulated gradient of every parameter this optimizer updates."""
+        _zero_grad(self.parameters())
 
     # -- checkpoints ------------------------------------------------------------
     @on_device
     def state_dict(self) -> tuple[dict[str, object], dict]:
         """``(arrays, info)``: copies of the state arrays on the device, keyed ``"0.weight.exp_avg"``,
-        and a JSON-able dict with the optimizer's name, hyperparameters and step counts."""
+        and a JSON-able dict with the optimizer's name, hyperparameters (the defaults, and each group's when
+        there are several groups or a group has its own) and step counts."""
         arrays = {}
         for name, buffers in self.state.items():
             for buffer, array in buffers.items():
@@ -210,6 +319,10 @@ class Optimizer:
             "step": self.step_count,
             "param_steps": dict(self.param_steps),
         }
+        defaults = self.hyperparameters()
+        if len(self.param_groups) > 1 or any(self._group_hyperparameters(g) != defaults for g in self.param_groups):
+            info["param_groups"] = [{"names": list(g["names"]), **self._group_hyperparameters(g)}
+                                    for g in self.param_groups]
         return arrays, info
 
     @on_device
@@ -230,7 +343,7 @@ class Optimizer:
             raise ConfigError(f"{owner}: saved step must be a non-negative integer, got {step!r}")
         if not isinstance(param_steps, dict):
             raise ConfigError(f"{owner}: saved param_steps must be a dict, got {type(param_steps).__name__}")
-        params = dict(zip(self.names, (layer.params[key] for layer, key in self.slots)))
+        params = {name: box.value for group in self.param_groups for name, box in zip(group["names"], group["params"])}
         unknown = sorted(set(param_steps) - set(params))
         if unknown:
             raise ConfigError(f"{owner}: the saved state names parameter(s) the model lacks: {', '.join(unknown)}")
@@ -241,36 +354,56 @@ class Optimizer:
         if not isinstance(info["hyperparameters"], dict):
             raise ConfigError(f"{owner}: saved hyperparameters must be a dict, "
                               f"got {type(info['hyperparameters']).__name__}")
-        # Hyperparameters first (the buffers needed depend on them); put them back if the arrays do not fit.
-        saved_hyperparameters = self.hyperparameters()
-        self._configure(**info["hyperparameters"])
-        try:
-            buffers = self.buffer_names()
-            expected = {f"{name}.{b}": (name, b) for name in param_steps for b in buffers}
-            missing = [k for k in expected if k not in arrays]
-            if missing:
-                raise ConfigError(f"{owner}: the saved state is missing array(s) {', '.join(missing)}")
-            extra = sorted(set(arrays) - set(expected))
-            if extra:
-                raise ConfigError(f"{owner}: unexpected array(s) in the saved state: {', '.join(extra)}")
-            state: dict[str, dict[str, object]] = {}
-            for key, (name, buffer) in expected.items():
-                array, param = arrays[key], params[name]
-                if not self.backend.owns(array):
-                    raise DeviceMismatchError(f"{owner}: saved array {key} is {describe_array(array)}, but the "
-                                              f"model lives on backend {self.backend.name}")
-                if tuple(array.shape) != tuple(param.shape):
-                    raise ConfigError(f"{owner}: saved array {key} has shape {tuple(array.shape)}, "
-                                      f"but the parameter has shape {tuple(param.shape)}")
-                if array.dtype != param.dtype:
-                    raise ConfigError(f"{owner}: saved array {key} is {dtype_name(array.dtype)}, "
-                                      f"but the parameter is {dtype_name(param.dtype)}")
-                xp = array_api_compat.array_namespace(param)
-                state.setdefault(name, {})[buffer] = xp.asarray(
-                    array, dtype=param.dtype, device=array_api_compat.device(param), copy=True)
-        except Exception:
-            self._configure(**saved_hyperparameters)
-            raise
+        # Hyperparameters first (the buffers needed depend on them), all checked before any is set.
+        defaults = self._checked(info["hyperparameters"])
+        saved_groups = info.get("param_groups")
+        if saved_groups is None:  # one group following the defaults (and every checkpoint before groups existed)
+            groups = [{**defaults, "lr": defaults["lr"] * ratio} for ratio in self._lr_ratios]
+        else:
+            if not isinstance(saved_groups, list) or len(saved_groups) != len(self.param_groups):
+                count = len(saved_groups) if isinstance(saved_groups, list) else type(saved_groups).__name__
+                raise ConfigError(f"{owner}: the saved state has {count} parameter groups, this optimizer "
+                                  f"{len(self.param_groups)}")
+            groups = []
+            for i, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+                if not isinstance(saved, dict) or saved.get("names") != group["names"]:
+                    raise ConfigError(f"{owner}: parameter group {i} of the saved state does not hold the parameters "
+                                      f"of this optimizer's group {i} ({', '.join(group['names'])})")
+                groups.append(self._checked({k: v for k, v in saved.items() if k != "names"}))
+        buffers = {name: self.buffer_names(values) for values, group in zip(groups, self.param_groups)
+                   for name in group["names"]}
+        expected = {f"{name}.{b}": (name, b) for name in param_steps for b in buffers[name]}
+        missing = [k for k in expected if k not in arrays]
+        if missing:
+            raise ConfigError(f"{owner}: the saved state is missing array(s) {', '.join(missing)}")
+        extra = sorted(set(arrays) - set(expected))
+        if extra:
+            raise ConfigError(f"{owner}: unexpected array(s) in the saved state: {', '.join(extra)}")
+        state: dict[str, dict[str, object]] = {}
+        for key, (name, buffer) in expected.items():
+            array, param = arrays[key], params[name]
+            if not self.backend.owns(array):
+                raise DeviceMismatchError(f"{owner}: saved array {key} is {describe_array(array)}, but the "
+                                          f"model lives on backend {self.backend.name}")
+            if tuple(array.shape) != tuple(param.shape):
+                raise ConfigError(f"{owner}: saved array {key} has shape {tuple(array.shape)}, "
+                                  f"but the parameter has shape {tuple(param.shape)}")
+            if array.dtype != param.dtype:
+                raise ConfigError(f"{owner}: saved array {key} is {dtype_name(array.dtype)}, "
+                                  f"but the parameter is {dtype_name(param.dtype)}")
+            xp = array_api_compat.array_namespace(param)
+            state.setdefault(name, {})[buffer] = xp.asarray(
+                array, dtype=param.dtype, device=array_api_compat.device(param), copy=True)
+        # every check passed: store
+        self._lr = defaults.pop("lr")
+        for key, value in defaults.items():
+            setattr(self, key, value)
+        for group, values in zip(self.param_groups, groups):
+            group.update(values)
         self.state = state
         self.param_steps = dict(param_steps)
         self.step_count = step
+
+
+def _json(value):
+    return list(value) if isinstance(value, tuple) else value

@@ -39,14 +39,14 @@ def rmsprop(params: list, grads: list, square_avgs: list, momentum_buffers: list
 
 
 class RMSprop(Optimizer):
-    """``RMSprop(model, lr=1e-2, alpha=0.99, eps=1e-8, momentum=0.0, weight_decay=0.0)``."""
+    """``RMSprop(params, lr=1e-2, alpha=0.99, eps=1e-8, momentum=0.0, weight_decay=0.0)``."""
 
     name = "rmsprop"
     hyperparameter_names = ("alpha", "eps", "momentum", "weight_decay")
 
-    def __init__(self, model, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, momentum: float = 0.0,
+    def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, momentum: float = 0.0,
                  weight_decay: float = 0.0):
-        super().__init__(model, lr, alpha=alpha, eps=eps, momentum=momentum, weight_decay=weight_decay)
+        super().__init__(params, lr, alpha=alpha, eps=eps, momentum=momentum, weight_decay=weight_decay)
 
     def _validate(self, hp: dict) -> dict:
         owner = type(self).__name__
@@ -57,14 +57,16 @@ class RMSprop(Optimizer):
             "weight_decay": check_number(owner, "weight_decay", hp["weight_decay"], low=0),
         }
 
-    def buffer_names(self) -> tuple[str, ...]:
-        return ("square_avg", "momentum_buffer") if self.momentum > 0 else ("square_avg",)
+    def buffer_names(self, group=None) -> tuple[str, ...]:
+        momentum = self.momentum if group is None else group["momentum"]
+        return ("square_avg", "momentum_buffer") if momentum > 0 else ("square_avg",)
 
-    def _update(self, params, grads, states, steps):
-        buffers = [s["momentum_buffer"] for s in states] if self.momentum > 0 else None
+    def _update(self, group, params, grads, states, steps):
+        momentum = group["momentum"]
+        buffers = [s["momentum_buffer"] for s in states] if momentum > 0 else None
         params, square_avgs, buffers = rmsprop(
-            params, grads, [s["square_avg"] for s in states], buffers, lr=self.lr, alpha=self.alpha, eps=self.eps,
-            momentum=self.momentum, weight_decay=self.weight_decay, backend=self.backend)
+            params, grads, [s["square_avg"] for s in states], buffers, lr=group["lr"], alpha=group["alpha"],
+            eps=group["eps"], momentum=momentum, weight_decay=group["weight_decay"], backend=self.backend)
         if buffers is None:
             return params, [{"square_avg": s} for s in square_avgs]
         return params, [{"square_avg": s, "momentum_buffer": b} for s, b in zip(square_avgs, buffers)]

@@ -40,14 +40,14 @@ def sgd(params: list, grads: list, momentum_buffers: list | None = None, *, lr: 
 
 
 class SGD(Optimizer):
-    """``SGD(model, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0)``."""
+    """``SGD(params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0)``."""
 
     name = "sgd"
     hyperparameter_names = ("momentum", "nesterov", "weight_decay")
 
-    def __init__(self, model, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
+    def __init__(self, params, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
-        super().__init__(model, lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+        super().__init__(params, lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
 
     def _validate(self, hp: dict) -> dict:
         owner = type(self).__name__
@@ -60,13 +60,15 @@ class SGD(Optimizer):
         weight_decay = check_number(owner, "weight_decay", hp["weight_decay"], low=0)
         return {"momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay}
 
-    def buffer_names(self) -> tuple[str, ...]:
-        return ("momentum_buffer",) if self.momentum != 0 else ()
+    def buffer_names(self, group=None) -> tuple[str, ...]:
+        momentum = self.momentum if group is None else group["momentum"]
+        return ("momentum_buffer",) if momentum != 0 else ()
 
-    def _update(self, params, grads, states, steps):
-        buffers = [s["momentum_buffer"] for s in states] if self.momentum != 0 else None
-        params, buffers = sgd(params, grads, buffers, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov,
-                              weight_decay=self.weight_decay, backend=self.backend)
+    def _update(self, group, params, grads, states, steps):
+        momentum = group["momentum"]
+        buffers = [s["momentum_buffer"] for s in states] if momentum != 0 else None
+        params, buffers = sgd(params, grads, buffers, lr=group["lr"], momentum=momentum, nesterov=group["nesterov"],
+                              weight_decay=group["weight_decay"], backend=self.backend)
         if buffers is None:
             return params, states  # no state: the (empty) dicts stay as they are
         return params, [{"momentum_buffer": b} for b in buffers]

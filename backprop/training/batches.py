@@ -33,3 +33,28 @@ def batch_bounds(n: int, batch_size: int | None, drop_last: bool = False) -> lis
     if drop_last and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < size:
         bounds.pop()
     return bounds
+
+
+def parse_accumulate_steps(value) -> int:
+    """Micro-batches per optimizer step (gradient accumulation): a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"accumulate_steps (micro-batches per update) must be a positive integer, got {value!r}")
+    return value
+
+
+def update_bounds(n: int, batch_size: int | None, accumulate_steps: int = 1,
+                  drop_last: bool = False) -> list[list[tuple[int, int]]]:
+    """The micro-batches (start, stop) of every optimizer step in an epoch of ``n`` examples.
+
+    With ``accumulate_steps`` = k, each step covers the examples one batch of ``k · batch_size`` would (laid
+    out by ``batch_bounds``, so ``drop_last`` drops a short last *step*, as for that batch size), in
+    micro-batches of ``batch_size`` (the last one of a step may be shorter). Full batch (``None``): one step over
+    all examples, in k micro-batches of nearly equal size (at most n). k = 1 gives ``batch_bounds``' batches.
+    """
+    if batch_size is None:
+        parts = min(accumulate_steps, n)
+        return [[(n * i // parts, n * (i + 1) // parts) for i in range(parts)]]
+    updates = []
+    for start, stop in batch_bounds(n, batch_size * accumulate_steps, drop_last):
+        updates.append([(lo, min(lo + batch_size, stop)) for lo in range(start, stop, batch_size)])
+    return updates

@@ -14,10 +14,10 @@ import time
 from backends import HostRandom
 
 from ..errors import ConfigError, DataError, ShapeError, TrainingError
-from ..layers import Sequential
 from ..losses import LOSSES, Loss
 from ..on_device import on_device
-from .batches import batch_bounds, parse_batch_size
+from ..parameters import zero_grad
+from .batches import parse_accumulate_steps, parse_batch_size, update_bounds
 from .callbacks import Callback
 from .interrupts import Terminated, ctrl_c_held
 from .metrics import count_correct, evaluate, labels_per_example
@@ -27,21 +27,30 @@ class Trainer:
     """Trains ``model`` by backpropagation.
 
     ``batch_size``: 1 (stochastic: one update per example), n (mini-batch),
-    or None/"full" (full batch: one update per epoch). Shuffling and dropout
-    masks come from device generators seeded with (seed, epoch), so the same
-    seed, data and backend give the same weights, and a run resumed from a
-    checkpoint continues exactly as if it had never stopped.
+    or None/"full" (full batch: one update per epoch).
+
+    ``accumulate_steps``: k micro-batches per optimizer step (gradient accumulation, for batches that do not
+    fit in memory at once): each step takes the gradient of the mean loss over ``k · batch_size`` examples,
+    computed ``batch_size`` at a time and summed, each micro-batch weighted by its share of the step's examples
+    — the same update as ``batch_size=k · batch_size`` (to float rounding; also for the short last step, and
+    ``drop_last`` drops a short last step). Layers whose result depends on the batch (batch statistics,
+    dropout masks) see micro-batches. With full batch, the epoch's one step is computed in k parts.
+
+    Shuffling and dropout masks come from device generators seeded with (seed, epoch), so the same seed, data
+    and backend give the same weights, and a run resumed from a checkpoint continues exactly as if it had
+    never stopped.
 
     ``communicator``: a ``backprop.distributed.Communicator`` for data-parallel training on several processes
-    (``mpirun -n N``): each rank runs forward and backward on its shard of every global batch, one all-reduce
-    per step averages the gradients, metrics are summed over the ranks, and only rank 0 prints and runs the
-    callbacks that write files (``Callback.root_only``). None (the default): one process, nothing changes.
+    (``mpirun -n N``): each rank runs forward and backward on its shard of every global batch (of every
+    micro-batch), weighted by its share of the step's examples, one all-reduce per step sums the gradients,
+    metrics are summed over the ranks, and only rank 0 prints and runs the callbacks that write files
+    (``Callback.root_only``). None (the default): one process, nothing changes.
     """
 
     def __init__(self, model, *, loss: str | Loss = "cross_entropy", optimizer="adam", lr: float | None = None,
-                 weight_decay: float = 0.0, epochs: int = 10, batch_size=32, drop_last: bool = False,
-                 shuffle: bool = True, seed: int = 0, schedule: str = "constant", warmup_epochs: int = 0,
-                 clip_norm: float | None = None, callbacks=(), progress: bool = True, log=print,
+                 weight_decay: float = 0.0, epochs: int = 10, batch_size=32, accumulate_steps: int = 1,
+                 drop_last: bool = False, shuffle: bool = True, seed: int = 0, schedule: str = "constant",
+                 warmup_epochs: int = 0, clip_norm: float | None = None, callbacks=(), progress: bool = True, log=print,
                  grad_norm_samples: int = 10, log_points: int = 20, communicator=None):
         from ..optim import Optimizer, make_optimizer, make_schedule
 
@@ -56,6 +65,7 @@ class Trainer:
             raise ConfigError(f"clip_norm must be a positive number, got {clip_norm!r}")
         self.epochs, self.seed, self.clip_norm = epochs, seed, clip_norm
         self.batch_size = parse_batch_size(batch_size)
+        self.accumulate_steps = parse_accumulate_steps(accumulate_steps)
         self.drop_last, self.shuffle = drop_last, shuffle
         self.loss_fn = _make_loss(loss)
         if isinstance(optimizer, Optimizer):
@@ -177,9 +187,7 @@ class Trainer:
         self.model.replace_arrays({key: self._copy(weights[key]) for key in self._weights()})
 
     def _weights(self) -> dict:
-        weights = {f"param/{k}": v for k, v in self.model.named_parameters().items()}
-        weights.update({f"buffer/{k}": v for k, v in self.model.named_buffers().items()})
-        return weights
+        return self.model.named_arrays()
 
     def _copy(self, array):
         return self.backend.xp.asarray(array, copy=True, device=self.backend.device)
@@ -194,39 +202,54 @@ class Trainer:
         rank = 0 if comm is None else comm.rank
         model.reseed((self.seed, self.epoch, 1) if rank == 0 else (self.seed, self.epoch, 1, rank))  # own masks
         n = x.shape[0]
-        bounds = batch_bounds(n, self.batch_size, self.drop_last)
-        full_batch = len(bounds) == 1 and bounds[0] == (0, n)
+        updates = update_bounds(n, self.batch_size, self.accumulate_steps, self.drop_last)
+        full_batch = len(updates) == 1 and (updates[0][0][0], updates[0][-1][1]) == (0, n)
         order = backend.random((self.seed, self.epoch, 0)).permutation(n) if self.shuffle and not full_batch else None
-        steps = len(bounds)
+        steps = len(updates)  # optimizer steps
         norm_steps = {round(i * (steps - 1) / max(1, self.grad_norm_samples - 1))
                       for i in range(min(steps, self.grad_norm_samples))}
         log_steps = {round((i + 1) * steps / self.log_points) - 1 for i in range(min(steps, self.log_points))}
         zero = xp.zeros((), dtype=model.dtype, device=backend.device)
         loss_sum, correct, good_steps = zero, zero, zero
         all_finite = xp.ones((), dtype=xp.bool, device=backend.device)
+        params = model.parameters()
         norm_sums = {name: zero for name in model.named_parameters()}
         seen = 0
-        skip_input_grad = isinstance(model, Sequential)
+        skip_input_grad = model.can_skip_input_grad  # the first layer needs no dL/dinput: nothing uses it
         per_example = labels_per_example(y)
         bar = self._progress_bar(n)
         try:
-            for step, (start, stop) in enumerate(bounds):
-                lo, hi = (start, stop) if comm is None else comm.shard(start, stop)  # this rank's rows
-                count = hi - lo
-                if order is None:
-                    xb, yb = (x, y) if (lo, hi) == (0, n) else (x[lo:hi, ...], y[lo:hi, ...])
-                else:
-                    index = order[lo:hi]
-                    xb, yb = xp.take(x, index, axis=0), xp.take(y, index, axis=0)
-                if count:  # a rank can get no rows of a global batch smaller than the number of ranks
-                    logits = model.forward(xb, training=True)
-                    loss = loss_fn(logits, yb)
-                    if skip_input_grad:
-                        model.backward(loss_fn.backward(), input_grad=False)
-                    else:
-                        model.backward(loss_fn.backward())
-                if comm is not None:  # every rank now holds the gradient of the global batch
-                    comm.allreduce_gradients(model, count, stop - start)
+            for step, micro_batches in enumerate(updates):
+                zero_grad(params)
+                examples = micro_batches[-1][1] - micro_batches[0][0]  # of this update, over all ranks
+                for start, stop in micro_batches:
+                    lo, hi = (start, stop) if comm is None else comm.shard(start, stop)  # this rank's rows
+                    count = hi - lo
+                    if count:  # a rank can get no rows of a global batch smaller than the number of ranks
+                        if order is None:
+                            xb, yb = (x, y) if (lo, hi) == (0, n) else (x[lo:hi, ...], y[lo:hi, ...])
+                        else:
+                            index = order[lo:hi]
+                            xb, yb = xp.take(x, index, axis=0), xp.take(y, index, axis=0)
+                        logits, backprop = model.begin_update(xb, training=True)
+                        loss, grad_logits = loss_fn.value_and_grad(logits, yb)
+                        # The loss is the mean over these rows: weighted by their share of the update's examples,
+                        # the gradients added up over micro-batches (and summed over ranks) are those of the
+                        # mean loss over all of them, as one batch of them all would give.
+                        if count != examples:
+                            grad_logits = grad_logits * (count / examples)
+                        if skip_input_grad:
+                            backprop(grad_logits, input_grad=False)
+                        else:
+                            backprop(grad_logits)
+                        loss_sum = loss_sum + loss * count
+                        correct = correct + count_correct(xp, logits, yb)
+                        all_finite = xp.logical_and(all_finite, xp.isfinite(loss))
+                    seen += stop - start
+                    if bar is not None:
+                        bar.update(stop - start)
+                if comm is not None:  # every rank now holds the gradient of the whole update
+                    comm.allreduce_gradients(model)
                 if step in norm_steps:
                     for name, grad in model.named_gradients().items():
                         norm_sums[name] = norm_sums[name] + xp.sqrt(xp.sum(grad * grad))
@@ -237,14 +260,7 @@ class Trainer:
                 self.optimizer.step()
                 if step == 0:
                     self._check_the_step_changed_weights(before)
-                seen += stop - start
-                if count:
-                    loss_sum = loss_sum + loss * count
-                    correct = correct + count_correct(xp, logits, yb)
-                    all_finite = xp.logical_and(all_finite, xp.isfinite(loss))
                 good_steps = good_steps + xp.astype(all_finite, model.dtype)
-                if bar is not None:
-                    bar.update(stop - start)
                 if step in log_steps:  # the only host synchronizations inside an epoch (besides the all-reduce)
                     finite, good, mean_loss, mean_acc = (float(v) for v in backend.to_host(
                         xp.stack([xp.astype(all_finite, model.dtype), good_steps, loss_sum, correct])))
@@ -287,7 +303,7 @@ class Trainer:
         if self._snapshot is not None and self._snapshot[0] == self.epoch:
             weights = self._snapshot[1]
             return {name: weights[f"param/{name}"] for name in self.model.named_parameters()}
-        return {name: self._copy(array) for name, array in self.model.named_parameters().items()}
+        return {name: self._copy(param.value) for name, param in self.model.named_parameters().items()}
 
     def _check_the_step_changed_weights(self, before: dict) -> None:
         """Raise ``TrainingError`` when the step just taken left every weight bit for bit as it was, although
@@ -299,7 +315,7 @@ class Trainer:
         changed, nonzero = [], []
         for name, grad in self.model.named_gradients().items():
             if name in before:
-                changed.append(xp.any(params[name] != before[name]))
+                changed.append(xp.any(params[name].value != before[name]))
                 nonzero.append(xp.any(grad != 0))
         if not changed:
             return

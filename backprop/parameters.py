@@ -1,0 +1,63 @@
+"""``Parameter``: one trainable array and the gradient accumulated for it — the unit of the parameter store.
+
+Arrays may be immutable (JAX), so a parameter cannot be "updated" by writing into its array: it is a small
+mutable box, and every update assigns a new array to it (``param.value = new``). Layers own their boxes
+(``layer.params["weight"]``); ``model.parameters()`` / ``model.named_parameters()`` list every box of a
+model once (a box held by two layers — tied weights — appears once, under its first name); optimizers,
+gradient clipping, the distributed all-reduce and model files all read and write the boxes.
+
+Gradients accumulate: each backward pass *adds* its contribution to ``param.grad`` (``accumulate``), and
+``zero_grad()`` (of a model or an optimizer) sets them back to None. So a layer applied twice in one step
+(tied weights, a Siamese pair) gets the sum of both uses, and several micro-batches can be summed before
+one optimizer step.
+"""
+
+from __future__ import annotations
+
+
+class Parameter:
+    """A trainable array (``value``) and the gradient of the loss with respect to it (``grad``, None until a
+    backward pass reaches it, and again after ``zero_grad``)."""
+
+    __slots__ = ("value", "grad")
+
+    def __init__(self, value):
+        self.value = value
+        self.grad = None
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.value.shape)
+
+    @property
+    def dtype(self):
+        return self.value.dtype
+
+    def __repr__(self) -> str:
+        from backends import dtype_name
+
+        grad = "no grad" if self.grad is None else "grad"
+        return f"Parameter({dtype_name(self.dtype)}{list(self.shape)}, {grad})"
+
+
+def accumulate(backend, param: Parameter, grad) -> None:
+    """``param.grad += grad``: the first gradient is stored as it is, later ones are added (in place where the
+    backend allows, ``Backend.add_scaled``; the result is stored either way).
+
+    The array handed over becomes the parameter's: it must be one the caller made for it (a fresh product or
+    sum), never an array someone else still holds (an incoming gradient, say), since a later call may add into
+    it in place.
+    """
+    if param.grad is None:
+        param.grad = grad
+    else:
+        param.grad = backend.add_scaled(param.grad, grad)
+
+
+def zero_grad(params) -> None:
+    """Forget the gradients of ``params`` (an iterable of ``Parameter``)."""
+    for param in params:
+        param.grad = None
+
+
+__all__ = ["Parameter", "accumulate", "zero_grad"]
