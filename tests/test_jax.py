@@ -46,8 +46,8 @@ def test_a_float64_model_computes_in_float64_and_the_users_jax_code_stays_float3
 
     def forward_and_backward(backend):
         model = bp.mlp([3, 5, 2], activation_name="tanh", seed=0, backend=backend, dtype="float64")
-        y = model.forward(backend.from_host(x_host, dtype=backend.xp.float64))
-        grad_x = model.backward(backend.from_host(g_host, dtype=backend.xp.float64))
+        y, backprop = model.begin_update(backend.from_host(x_host, dtype=backend.xp.float64))
+        grad_x = backprop(backend.from_host(g_host, dtype=backend.xp.float64))
         assert y.dtype == backend.xp.float64 and grad_x.dtype == backend.xp.float64
         return [backend.to_host(a) for a in (y, grad_x, *model.named_gradients().values())]
 
