@@ -172,8 +172,8 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("backend", specs, ids=specs, indirect=True)
 
 
-# spec -> the reason its tests were skipped, for the backends that cannot run here
-ABSENT_BACKENDS: dict[str, str] = {}
+# The start of the skip message of a test whose backend cannot run here (the summary below folds them).
+ABSENT = "absent backend "
 
 
 @pytest.fixture
@@ -181,8 +181,7 @@ def backend(request):
     try:
         backend = backends.get_backend(request.param)
     except backends.BackendUnavailable as exc:
-        reason = ABSENT_BACKENDS.setdefault(request.param, exc.reason.split(". Available backends")[0])
-        pytest.skip(f"{request.param}: {reason}")
+        pytest.skip(f"{ABSENT}{request.param}: {exc.reason.split('. Available backends')[0]}")
     if backend.library == "jax":
         share_one_mlir_context()
     return backend
@@ -194,14 +193,14 @@ def pytest_terminal_summary(terminalreporter):
     skipped, instead of a line per test. The tests still count as skipped; other skips show as usual.
 
     Around pytest's own summary (this wrapper runs outside it), the skips for an absent backend are given one
-    location, this file, which pytest's folding of equal skips then counts as one line."""
-    messages = {f"Skipped: {spec}: {reason}" for spec, reason in ABSENT_BACKENDS.items()}
+    location, this file, which pytest's folding of equal skips then counts as one line. The skips are told by
+    their message alone, so this works on reports that pytest-xdist's workers send back too."""
     moved = []
     for report in terminalreporter.stats.get("skipped", []):
         longrepr = report.longrepr
-        if isinstance(longrepr, tuple) and len(longrepr) == 3 and longrepr[2] in messages:
+        if isinstance(longrepr, tuple) and len(longrepr) == 3 and str(longrepr[2]).startswith(f"Skipped: {ABSENT}"):
             moved.append((report, longrepr))
-            report.longrepr = (__file__, None, f"absent backend {longrepr[2].removeprefix('Skipped: ')}")
+            report.longrepr = (__file__, None, longrepr[2].removeprefix("Skipped: "))
     try:
         return (yield)
     finally:
