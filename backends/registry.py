@@ -1,7 +1,7 @@
 """The backend registry: names to backends, selection, and the current backend.
 
 A spec names a family and optionally a device: ``numpy``, ``cupy``,
-``cupy:1`` (also ``cuda:1``), ``torch:cpu``, ``torch:cuda:0``, ``torch:mps``,
+``cupy:1`` (also ``cuda:1``), ``torch:cpu``, ``torch:cuda:0``, ``torch:mps``, ``jax:cpu``, ``jax:cuda:0``,
 ``array_api_strict:device1``, or ``auto`` (a working CUDA GPU through CuPy,
 else NumPy). Third-party packages add families through the entry-point group
 ``backprop.backends``: each entry point names a zero-argument callable that
@@ -66,6 +66,8 @@ _BUILTIN = [
                   aliases=("cuda",), description="CuPy on an NVIDIA GPU"),
     BackendFamily("torch", _lazy("torch_backend", "load"), _lazy("torch_backend", "listed_devices"),
                   description="PyTorch tensors on CPU, CUDA or Apple MPS"),
+    BackendFamily("jax", _lazy("jax_backend", "load"), _lazy("jax_backend", "listed_devices"),
+                  description="JAX arrays on CPU or CUDA (immutable; float64 inside the backend's x64 scope)"),
     BackendFamily("array_api_strict", _lazy("strict_backend", "load"), lambda: [None, "device1"],
                   description="the array API reference implementation (proves standard-only code)"),
     BackendFamily("simulated_cupy", _lazy("simulated_cupy", "load"), lambda: ["1"],

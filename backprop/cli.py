@@ -17,9 +17,9 @@ def _format_warning(message, category, filename, lineno, line=None):
     return f"warning: {message}\n"
 
 
-BACKEND_HELP = (f"array library and device: numpy, cupy[:N], torch:cpu, torch:cuda:N, torch:mps, array_api_strict, "
-                f"or auto (default: ${ENV_VAR}, else auto). Accepted before or after the command; given in both "
-                f"places, the one after the command is used")
+BACKEND_HELP = (f"array library and device: numpy, cupy[:N], torch:cpu, torch:cuda:N, torch:mps, jax:cpu, "
+                f"jax:cuda:N, array_api_strict, or auto (default: ${ENV_VAR}, else auto). Accepted before or after "
+                f"the command; given in both places, the one after the command is used")
 
 
 def _add_global_options(parser: argparse.ArgumentParser, *, after_command: bool) -> None:

@@ -35,7 +35,7 @@ def fresh_registry(monkeypatch):
 def test_every_builtin_family_is_listed_with_a_reason_when_unavailable():
     rows = backends.backend_statuses()
     names = {row.name.split(":")[0] for row in rows}
-    assert {"numpy", "cupy", "torch", "array_api_strict"} <= names
+    assert {"numpy", "cupy", "torch", "jax", "array_api_strict"} <= names
     for row in rows:
         if row.available:
             assert row.device_name and row.version
@@ -146,7 +146,7 @@ def test_entry_point_plugins_register(tmp_path, monkeypatch, fresh_registry):
 
 def test_importing_backprop_does_not_import_gpu_libraries():
     code = ("import sys, backprop; backprop.get_backend('numpy'); backprop.mlp([2, 3, 1], backend='numpy');"
-            "print(sorted(m for m in ('torch', 'cupy') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'cupy', 'jax') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

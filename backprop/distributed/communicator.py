@@ -247,17 +247,22 @@ class Communicator:
     def abort(self, error, code: int = 1):
         """Print ``error`` as one line naming this rank, then end every rank of the job (``MPI_Abort``):
         ranks blocked in a collective waiting for this one are killed by the launcher instead of hanging."""
+        details = ""
         if isinstance(error, BaseException):
             if not isinstance(error, (BackpropError, BackendError)):
-                traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+                details = "".join(traceback.format_exception(type(error), error, error.__traceback__))
                 text = f"{type(error).__name__}: {error}"
             else:
                 text = str(error)
         else:
             text = str(error)
         text = " ".join(text.split("\n"))
-        print(f"error: rank {self.rank} of {self.size}: {text}", file=sys.stderr, flush=True)
+        # One write, then a moment before MPI_Abort: the launcher kills the job as soon as it hears of the abort,
+        # and output still on its way from this rank could be lost (under load the one-line error was).
         sys.stdout.flush()
+        sys.stderr.write(f"{details}error: rank {self.rank} of {self.size}: {text}\n")
+        sys.stderr.flush()
+        time.sleep(0.2)
         self.comm.Abort(code)
         os._exit(code)  # MPI_Abort may return before the launcher kills this process (MPICH does): never go on
 

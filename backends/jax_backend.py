@@ -1,0 +1,339 @@
+"""JAX arrays on CPU or an NVIDIA GPU (``jax:cpu``, ``jax:cuda:N``; ``jax`` alone: a GPU if one works, else the
+CPU).
+
+``jax.numpy`` implements the array API standard itself: ``array_api_compat`` hands it back unwrapped, and it
+is this backend's namespace. JAX is imported only when this backend is asked for.
+
+JAX arrays are immutable: the operations here return new arrays (``scatter_add`` included) and never change
+their arguments.
+
+64-bit types. JAX has float64 and int64 only in its "x64" mode, a switch (``jax_enable_x64``) that is off by
+default and that changes what the user's own JAX code computes (``jnp.zeros(3)`` becomes float64). So this
+backend never turns it on globally: ``backend.activate()`` turns it on for the current thread, inside a
+``with`` block, together with the backend's device as JAX's default device (and full float32 precision for
+matrix products), and puts them back as they were on exit. backprop enters ``activate()`` in every public
+call and the backend's methods enter it themselves, so float64 models compute in float64 while the user's
+code outside keeps its own setting. A float64 array handed back to the user is float64; computing on it in
+one's own code needs x64 mode there too (inside ``backend.activate()``, or with x64 on), else JAX computes
+some operations on it in float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import math
+from collections.abc import Iterator
+
+import numpy as np
+
+from .base import Backend, host_available_memory
+from .errors import BackendUnavailable
+from .random import DeviceRandom, Seed, _entropy
+
+INSTALL_HINT = "pip install 'backprop[jax]'"
+CUDA_INSTALL_HINT = "pip install 'backprop[jax-cuda12]' or 'backprop[jax-cuda13]'"
+
+
+# Each new shape given to a jax.random function compiles a new program (~0.3 s of CPU each). Draws are made
+# in a few sizes instead and cut to the shape asked for, which compiles a small slice (~0.04 s): powers of two
+# up to 2^20 numbers, whole multiples of 2^20 above (at most 4 MB of float32 drawn for nothing).
+MIN_DRAW_SIZE = 1 << 10
+DRAW_SIZE_STEP = 1 << 20
+
+
+def _draw_size(n: int) -> int:
+    if n <= DRAW_SIZE_STEP:
+        return max(MIN_DRAW_SIZE, 1 << max(0, n - 1).bit_length())
+    return -(-n // DRAW_SIZE_STEP) * DRAW_SIZE_STEP
+
+
+class JaxRandom(DeviceRandom):
+    """Random numbers from ``jax.random``: a threefry key made from the seed, split once per draw.
+
+    The key is built from two 32-bit words that NumPy's ``SeedSequence`` derives from the seed (an int or a
+    tuple of ints), so one seed gives the same stream every time, in or out of x64 mode. The numbers are not
+    NumPy's (each backend's stream is its own; initial weights come from the host, so they are equal anyway).
+    An array of n elements is the first n numbers of a draw of ``_draw_size(n)`` (see above).
+    """
+
+    def __init__(self, backend, seed: Seed):
+        super().__init__(backend, seed)
+        import jax
+
+        self._jax = jax
+        words = np.random.SeedSequence(_entropy(seed)).generate_state(2, dtype=np.uint32)
+        with backend.activate():
+            self._key = jax.random.wrap_key_data(jax.device_put(words, backend.device), impl="threefry2x32")
+
+    def _next_key(self):
+        self._key, key = self._jax.random.split(self._key)
+        return key
+
+    def _draw(self, sample, shape, dtype):
+        n = math.prod(shape)
+        with self.backend.activate():
+            flat = sample(self._next_key(), (_draw_size(n),), dtype=dtype)
+            return _first_elements(flat, tuple(shape))
+
+    def _uniform01(self, shape, dtype):
+        return self._draw(self._jax.random.uniform, shape, dtype)
+
+    def _normal01(self, shape, dtype):
+        return self._draw(self._jax.random.normal, shape, dtype)
+
+    def permutation(self, n):
+        """Indices sorted by random 64-bit keys: two keys are equal (which would bias the order a little) with
+        probability under n² / 2⁶⁵. (``jax.random.permutation`` compiles anew for every n.)"""
+        jax = self._jax
+        with self.backend.activate():
+            keys = jax.random.bits(self._next_key(), (_draw_size(n),), dtype=self.backend.xp.uint64)
+            return self.backend.xp.argsort(_first_elements(keys, (n,)), stable=True)
+
+
+@functools.cache
+def _slicer():
+    import jax
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def first_elements(flat, shape):
+        return flat[:math.prod(shape)].reshape(shape)
+
+    return first_elements
+
+
+def _first_elements(flat, shape):
+    return _slicer()(flat, shape)
+
+
+class JaxBackend(Backend):
+    library = "jax"
+
+    def __init__(self, device):
+        import jax
+        import jax.numpy as xp
+
+        self._jax = jax
+        device_name = "CPU" if device.platform == "cpu" else f"{device.device_kind} (CUDA)"
+        super().__init__(f"jax:{_spec_device(device)}", xp, device, device_name=device_name,
+                         version=jax.__version__)
+
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[JaxBackend]:
+        """``with backend.activate():`` for this thread until the block ends, JAX's x64 mode on, this backend's
+        device JAX's default, and float32 matrix products in full float32 (NumPy's and PyTorch's precision; a
+        GPU would otherwise use TF32, about 3 decimal digits); then all three are as they were (the user's own
+        JAX code never sees them change). Re-entrant."""
+        jax = self._jax
+        with jax.enable_x64(True), jax.default_device(self.device), jax.default_matmul_precision("highest"):
+            yield self
+
+    def owns(self, x) -> bool:
+        if not isinstance(x, self._jax.Array):
+            return False
+        try:
+            return x.device == self.device
+        except Exception:  # an abstract value being traced (inside jax.jit) has no device
+            return False
+
+    def asarray(self, obj, dtype=None):
+        with self.activate():
+            return self.xp.asarray(obj, dtype=dtype, device=self.device)
+
+    def from_host(self, host_array, dtype=None):
+        host_array = np.asarray(host_array)
+        if dtype is None and host_array.dtype == np.float64:
+            dtype = self.float_dtype
+        # On the CPU, JAX may wrap a NumPy buffer without copying it: hand it a copy that nobody else holds.
+        host_copy = np.array(host_array, dtype=None if dtype is None else np.dtype(dtype), order="C", copy=True)
+        with self.activate():
+            return self._jax.device_put(host_copy, self.device)
+
+    def to_host(self, x):
+        # np.asarray of a CPU array can be a read-only view of JAX's buffer; np.array copies.
+        with self.activate():  # a 64-bit array must not pass through 32-bit conversion
+            return np.array(x, copy=True)
+
+    def random(self, seed):
+        return JaxRandom(self, seed)
+
+    def scatter_add(self, target, indices, values):
+        """A new array: ``target`` with ``values[i]`` added at row ``indices[i]``, duplicates accumulating
+        (JAX arrays cannot be changed in place; ``target`` is left as it was)."""
+        with self.activate():
+            return target.at[indices].add(values)
+
+    def conv2d_forward(self, x, weight, bias, *, stride, padding, dilation):
+        """XLA's convolution, compiled once per shape and setting (the portable im2col path compiles every slice
+        of it separately)."""
+        settings = (tuple(stride), tuple(padding), tuple(dilation))
+        with self.activate():
+            y = _convolution().forward(x, weight, bias, *settings)
+        return y, (x, weight, settings)
+
+    def conv2d_backward(self, grad_output, saved, *, bias, input_grad=True):
+        x, weight, settings = saved
+        with self.activate():
+            return _convolution().backward(grad_output, x, weight, *settings, bool(bias), bool(input_grad))
+
+    def limit_threads(self, threads):
+        """False: XLA sizes its CPU thread pool when JAX starts, from ``XLA_FLAGS`` (for one thread:
+        ``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``), and it cannot change later."""
+        return False
+
+    def synchronize(self):
+        # JAX has no device-wide barrier: a computation queued after all others on the device finishes last.
+        with self.activate():
+            self.xp.zeros((), device=self.device).block_until_ready()
+        self._jax.effects_barrier()
+
+    def memory_stats(self):
+        stats = self.device.memory_stats() or {}  # None on the CPU
+        wanted = {"bytes_in_use": "allocated_bytes", "peak_bytes_in_use": "peak_allocated_bytes",
+                  "bytes_limit": "limit_bytes", "bytes_reserved": "reserved_bytes"}
+        return {ours: int(stats[theirs]) for theirs, ours in wanted.items() if theirs in stats}
+
+    def available_memory(self):
+        if self.device.platform == "cpu":
+            return host_available_memory()
+        # JAX's allocator takes a share of the GPU up front (75% unless XLA_PYTHON_CLIENT_MEM_FRACTION or
+        # XLA_PYTHON_CLIENT_PREALLOCATE say otherwise): what our arrays can still get is what is left of it.
+        stats = self.device.memory_stats() or {}
+        if "bytes_limit" not in stats:
+            return None
+        return max(0, int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)))
+
+
+@functools.cache
+def _convolution():
+    """The convolution fast path: jitted forward and backward (through ``jax.vjp``) functions, NCHW/OIHW."""
+    import types
+
+    import jax
+    from jax import lax
+
+    def convolve(x, weight, stride, padding, dilation):
+        # Precision.HIGHEST: full float32 products, as NumPy and PyTorch give (a GPU may otherwise use TF32).
+        return lax.conv_general_dilated(x, weight, window_strides=stride, padding=[(p, p) for p in padding],
+                                        rhs_dilation=dilation, dimension_numbers=("NCHW", "OIHW", "NCHW"),
+                                        precision=lax.Precision.HIGHEST)
+
+    @functools.partial(jax.jit, static_argnums=(3, 4, 5))
+    def forward(x, weight, bias, stride, padding, dilation):
+        y = convolve(x, weight, stride, padding, dilation)
+        return y if bias is None else y + bias[None, :, None, None]
+
+    @functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
+    def backward(grad_output, x, weight, stride, padding, dilation, bias, input_grad):
+        if input_grad:
+            _, pullback = jax.vjp(lambda x, w: convolve(x, w, stride, padding, dilation), x, weight)
+            grad_input, grad_weight = pullback(grad_output)
+        else:
+            _, pullback = jax.vjp(lambda w: convolve(x, w, stride, padding, dilation), weight)
+            (grad_weight,), grad_input = pullback(grad_output), None
+        grad_bias = grad_output.sum(axis=(0, 2, 3)) if bias else None
+        return grad_input, grad_weight, grad_bias
+
+    return types.SimpleNamespace(forward=forward, backward=backward)
+
+
+def _spec_device(device) -> str:
+    return "cpu" if device.platform == "cpu" else f"cuda:{device.id}"
+
+
+def _import_jax(name: str):
+    if importlib.util.find_spec("jax") is None:
+        raise BackendUnavailable(name, f"JAX is not installed ({INSTALL_HINT})")
+    try:
+        import jax
+        import jax.numpy  # noqa: F401
+    except Exception as exc:  # installed but broken (a jaxlib that does not match jax, say)
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BackendUnavailable(name, f"JAX failed to import: {detail}") from None
+    return jax
+
+
+def _cuda_plugin_installed() -> bool:
+    return any(importlib.util.find_spec(plugin) is not None
+               for plugin in ("jax_cuda12_plugin", "jax_cuda13_plugin"))
+
+
+def _cuda_devices(jax, name: str) -> list:
+    try:
+        return jax.devices("cuda")
+    except RuntimeError as exc:
+        if not _cuda_plugin_installed():
+            raise BackendUnavailable(name, f"this JAX has no CUDA support ({CUDA_INSTALL_HINT})") from None
+        detail = _cuda_init_error(jax) or str(exc).splitlines()[0]
+        raise BackendUnavailable(name, f"JAX's CUDA plugin is installed but no CUDA GPU works: {detail}") from None
+
+
+def _cuda_init_error(jax) -> str:
+    """Why JAX's CUDA backend failed to start, as JAX recorded it (a private table; empty if it moves)."""
+    try:
+        from jax._src import xla_bridge
+
+        return str(getattr(xla_bridge, "_backend_errors", {}).get("cuda", "")).splitlines()[0]
+    except Exception:
+        return ""
+
+
+def load(device: str | None) -> Backend:
+    """``jax`` alone picks the best device: the first CUDA GPU, else the CPU."""
+    name = f"jax:{device}" if device else "jax"
+    jax = _import_jax(name)
+    if device is None:
+        try:
+            return load("cuda:0")
+        except BackendUnavailable:
+            return load("cpu")
+    kind, _, index_text = device.partition(":")
+    if kind == "cpu" and not index_text:
+        chosen = jax.devices("cpu")[0]
+    elif kind in ("cuda", "gpu"):
+        try:
+            index = int(index_text or 0)
+            if index < 0:
+                raise ValueError
+        except ValueError:
+            raise BackendUnavailable(name, f"expected a GPU number such as jax:cuda:0, got {device!r}") from None
+        gpus = _cuda_devices(jax, name)
+        if index >= len(gpus):
+            raise BackendUnavailable(name, f"CUDA device {index} does not exist ({len(gpus)} visible)")
+        chosen = gpus[index]
+    else:
+        raise BackendUnavailable(name, f"{device!r} is not a JAX device; expected cpu or cuda:N")
+    try:  # a real allocation and computation, not just an import
+        with jax.default_device(chosen):
+            probe = jax.device_put(np.arange(4, dtype=np.float32), chosen)
+            float((probe * 2).sum())
+    except Exception as exc:
+        raise BackendUnavailable(name, f"a test computation failed: {exc}".splitlines()[0]) from None
+    return _instance(chosen)
+
+
+_backends: dict = {}
+
+
+def _instance(device) -> JaxBackend:
+    if device not in _backends:
+        _backends[device] = JaxBackend(device)
+    return _backends[device]
+
+
+def listed_devices() -> list[str]:
+    """The devices shown in ``backprop backends`` and tested: the CPU, and each CUDA GPU (``cuda:0`` when none
+    is visible, so that it is listed with the reason). Asking JAX how many GPUs it sees starts its CUDA
+    backend, so that is done only when JAX's CUDA plugin is installed."""
+    devices = ["cpu", "cuda:0"]
+    try:
+        if importlib.util.find_spec("jax") is None or not _cuda_plugin_installed():
+            return devices
+        import jax
+
+        count = len(jax.devices("cuda"))
+        devices[1:] = [f"cuda:{i}" for i in range(max(count, 1))]
+    except Exception:
+        pass
+    return devices
