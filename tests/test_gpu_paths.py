@@ -307,7 +307,8 @@ def test_one_rank_all_reduce_stays_on_the_device(backend, monkeypatch):
 
     monkeypatch.setattr(backend, "to_host", no_host_copy)
     monkeypatch.setattr(backend, "from_host", no_host_copy)
-    communicator.allreduce_gradients(model, 0.5)
+    communicator.broadcast_parameters(model)  # once per run: rank 0's weights to every rank
+    communicator.allreduce_gradients(model, 0.5)  # every step
     monkeypatch.undo()
     grad = model.layers[0].params["weight"].grad
     assert_on_backend(grad, backend, shape=(3, 2))

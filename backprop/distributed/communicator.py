@@ -149,7 +149,9 @@ class Communicator:
     @on_model_device
     def broadcast_parameters(self, model) -> None:
         """Give every parameter and buffer of ``model`` rank 0's values (once, at the start of training: ranks
-        that built the model differently, or from another seed, start equal)."""
+        that built the model differently, or from another seed, start equal). Nothing to do for one rank."""
+        if self.size == 1:
+            return
         backend = model.backend
         arrays = model.named_arrays()
         received = {}
