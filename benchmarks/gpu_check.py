@@ -422,7 +422,9 @@ def main(argv=None, log=print) -> int:
     parser.add_argument("wheelhouse", nargs="?", default=os.environ.get("BACKPROP_WHEELHOUSE") or None,
                         help="directory of the pure-Python dependencies' wheels (default: $BACKPROP_WHEELHOUSE; "
                              "none: use the backprop installed already)")
-    parser.add_argument("--python", default=sys.executable, help="the interpreter to install into and test with")
+    parser.add_argument("--python", default=sys.executable,
+                        help="the interpreter to install into and test with (default: this one; outside a venv, "
+                             "the install stage makes .gpu-check/venv, which sees this Python's packages)")
     parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds for the whole check")
     parser.add_argument("--stages", default=",".join(STAGE_NAMES), help="which stages, in order (default: all)")
     parser.add_argument("--specs", default=",".join(SPECS), help="the GPU backends to check")
