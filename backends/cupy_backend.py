@@ -160,13 +160,40 @@ def load(device: str | None) -> Backend:
         raise BackendUnavailable(name, "CuPy is installed but no CUDA GPU is visible")
     if index >= count:
         raise BackendUnavailable(name, f"CUDA device {index} does not exist ({count} visible)")
-    try:  # a real allocation and kernel launch, not just an import
-        with cupy.cuda.Device(index):
-            probe = cupy.arange(4, dtype=cupy.float32)
-            float((probe * 2).sum())
-    except Exception as exc:
-        raise BackendUnavailable(name, _cuda_reason(exc)) from None
+    _probe(cupy, index, name)
     return CupyBackend(index)
+
+
+def _probe(cupy, index: int, name: str) -> None:
+    """Use GPU ``index`` as training will, not just import: an allocation, a kernel and a reduction, a cuBLAS
+    matrix product and a cuRAND draw (the libraries load separately, and a broken or missing one fails only
+    there). ``BackendUnavailable`` naming the first step that fails, and why."""
+    def kernel():
+        return float((cupy.arange(4, dtype=cupy.float32) * 2).sum()) == 12.0
+
+    def matmul():
+        ones = cupy.ones((2, 2), dtype=cupy.float32)
+        return float(cupy.matmul(ones, ones).sum()) == 8.0
+
+    def draw():
+        sample = cupy.random.RandomState(0).random_sample((4,), dtype=cupy.float32)  # CupyRandom's generator
+        return 0.0 <= float(sample.min()) and float(sample.max()) < 1.0
+
+    for what, step in (("an allocation and a kernel", kernel), ("a cuBLAS matrix product", matmul),
+                       ("a cuRAND random draw", draw)):
+        try:
+            with cupy.cuda.Device(index):
+                right = step()
+        except Exception as exc:
+            raise BackendUnavailable(name, f"{what} failed: {_cuda_reason(exc)}") from None
+        if not right:
+            raise BackendUnavailable(name, f"{what} gave a wrong result")
+
+
+def nvidia_driver_loads() -> bool:
+    """Whether the NVIDIA driver's library (libcuda) loads in this process: without it no CUDA GPU works, for
+    any library. Cheap (no CUDA call)."""
+    return _driver_library_loads()
 
 
 def _driver_library_loads() -> bool:

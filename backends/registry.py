@@ -3,9 +3,9 @@
 A spec names a family and optionally a device: ``numpy``, ``cupy``,
 ``cupy:1`` (also ``cuda:1``), ``torch:cpu``, ``torch:cuda:0``, ``torch:mps``, ``jax:cpu``, ``jax:cuda:0``,
 ``array_api_strict:device1``, or ``auto`` (a working CUDA GPU through CuPy,
-else NumPy). Third-party packages add families through the entry-point group
-``backprop.backends``: each entry point names a zero-argument callable that
-returns a ``BackendFamily``.
+else through PyTorch, else NumPy). Third-party packages add families through
+the entry-point group ``backprop.backends``: each entry point names a
+zero-argument callable that returns a ``BackendFamily``.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def _load(family: BackendFamily, device: str | None, key: str) -> Backend | Back
 
 
 def _auto() -> Backend:
-    """A working CUDA GPU through CuPy, else NumPy, with one warning that says why."""
+    """A working CUDA GPU through CuPy, else through PyTorch, else NumPy, with one warning that says why."""
     global _auto_choice
     if _auto_choice is None:
         _auto_choice = auto_backend(0)
@@ -187,15 +187,29 @@ def _auto() -> Backend:
 
 
 def auto_backend(gpu: int) -> Backend:
-    """What ``auto`` means on CUDA GPU ``gpu``: CuPy there when it works, else NumPy with one warning that says
-    why. Only that GPU is probed: a rank of a distributed job asks for its own GPU, and must not open a CUDA
-    context on GPU 0 first."""
-    try:
-        return get_backend(f"cupy:{gpu}")
-    except BackendUnavailable as exc:
-        reason = exc.reason.split(". Available backends")[0]
-        warnings.warn(f"no GPU backend: {reason}; using numpy on the CPU", RuntimeWarning, stacklevel=4)
-        return get_backend("numpy")
+    """What ``auto`` means on CUDA GPU ``gpu``: CuPy there when it works, else PyTorch on that GPU when it works,
+    else NumPy with one warning that says why. Only that GPU is probed: a rank of a distributed job asks for its
+    own GPU, and must not open a CUDA context on GPU 0 first. PyTorch is imported for this only where an NVIDIA
+    driver is installed (importing it takes seconds; without a driver it has no CUDA GPU to offer)."""
+    reasons = []
+    for spec in (f"cupy:{gpu}", f"torch:cuda:{gpu}"):
+        if spec.startswith("torch") and not _nvidia_driver_present():
+            break
+        if spec not in _cache:  # not get_backend: its error lists every available backend, loading them all
+            family, device = _split(spec)
+            _cache[spec] = _load(family, device, spec)
+        found = _cache[spec]
+        if not isinstance(found, BackendUnavailable):
+            return found
+        reasons.append(f"{spec}: {found.reason}")
+    warnings.warn(f"no GPU backend: {'; '.join(reasons)}; using numpy on the CPU", RuntimeWarning, stacklevel=4)
+    return get_backend("numpy")
+
+
+def _nvidia_driver_present() -> bool:
+    from .cupy_backend import nvidia_driver_loads
+
+    return nvidia_driver_loads()
 
 
 def backend_statuses() -> list[BackendStatus]:

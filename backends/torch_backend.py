@@ -1,9 +1,17 @@
 """PyTorch tensors through ``array_api_compat.torch``: CPU, CUDA (and ROCm) and Apple MPS.
 
 PyTorch is imported only when this backend is asked for.
+
+On CUDA, PyTorch runs float32 convolutions (and, where a user asked for it, matrix products) in TF32 by
+default: 10 bits of mantissa on Ampere and newer GPUs, which the other backends do not do and which fails
+the 1e-5 parity tests. Inside this backend's ``activate()`` (every public call of backprop), float32 is
+computed in full precision ("ieee"); the previous settings come back on the way out. Set
+``backend.allow_tf32 = True`` to leave PyTorch's own settings alone (faster, less exact).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 
@@ -31,8 +39,45 @@ class TorchRandom(DeviceRandom):
         return self._torch.randperm(n, generator=self._generator, device=self.backend.device)
 
 
+def tf32_switches(torch) -> list[tuple[object, str, object]]:
+    """``(owner, attribute, exact value)`` for each switch that lets PyTorch compute float32 in TF32 on CUDA:
+    convolutions, RNNs and matrix products (``fp32_precision`` from PyTorch 2.9; ``allow_tf32`` before)."""
+    backends = torch.backends
+    owners = [_resolve(backends, path) for path in ("cudnn.conv", "cudnn.rnn", "cuda.matmul")]
+    if all(hasattr(owner, "fp32_precision") for owner in owners):
+        return [(owner, "fp32_precision", "ieee") for owner in owners]
+    return [(backends.cudnn, "allow_tf32", False), (backends.cuda.matmul, "allow_tf32", False)]
+
+
+@contextlib.contextmanager
+def exact_float32(switches):
+    """Inside the block, float32 in full precision (each switch at its exact value); on the way out, the
+    switches as they were. Nested uses find them exact already and change nothing."""
+    changed = []
+    for owner, name, exact in switches:
+        value = getattr(owner, name)
+        if value != exact:
+            setattr(owner, name, exact)
+            changed.append((owner, name, value))
+    try:
+        yield
+    finally:
+        for owner, name, value in reversed(changed):
+            setattr(owner, name, value)
+
+
+def _resolve(root, dotted: str):
+    for part in dotted.split("."):
+        root = getattr(root, part, None)
+    return root
+
+
 class TorchBackend(Backend):
     library = "torch"
+
+    #: On CUDA: let PyTorch use TF32 as it is set up to (True), or compute float32 exactly inside backprop's
+    #: calls (False, the default: parity with the other backends).
+    allow_tf32: bool = False
 
     def __init__(self, device):
         import array_api_compat.torch as xp
@@ -46,6 +91,7 @@ class TorchBackend(Backend):
         else:
             device_name = "CPU"
         super().__init__(f"torch:{device}", xp, device, device_name=device_name, version=torch.__version__)
+        self._tf32_switches = tf32_switches(torch) if device.type == "cuda" else []
 
     @property
     def supports_float64(self) -> bool:
@@ -55,8 +101,15 @@ class TorchBackend(Backend):
         # PyTorch ops follow their tensors' device; the current CUDA device matters for what does not name one
         # (a plain "cuda" device, CUDA libraries and kernels called from other libraries). UNTESTED on a GPU.
         if self.device.type == "cuda":
-            return self._torch.cuda.device(self.device)
+            if self.allow_tf32:
+                return self._torch.cuda.device(self.device)
+            return self._on_gpu_exactly()
         return super().activate()
+
+    @contextlib.contextmanager
+    def _on_gpu_exactly(self):
+        with self._torch.cuda.device(self.device), exact_float32(self._tf32_switches):
+            yield
 
     def owns(self, x) -> bool:
         return isinstance(x, self._torch.Tensor) and x.device == self.device
@@ -179,12 +232,53 @@ def load(device: str | None) -> Backend:
             raise BackendUnavailable(name, "Apple MPS is not available (needs macOS on Apple silicon)")
     elif dev.type != "cpu":
         raise BackendUnavailable(name, f"unsupported PyTorch device type {dev.type!r}")
-    try:  # a real allocation and kernel, not just an import
-        probe = torch.arange(4, device=dev, dtype=torch.float32)
-        float((probe * 2).sum().item())
-    except Exception as exc:
-        raise BackendUnavailable(name, f"a test computation failed: {exc}".splitlines()[0]) from None
+    _probe(torch, dev, name)
     return TorchBackend(dev)
+
+
+def _probe(torch, dev, name: str) -> None:
+    """Use ``dev`` as training will, not just import: an allocation, a kernel and a reduction, a matrix product
+    (cuBLAS on CUDA) and a random draw from a generator on the device (as ``TorchRandom``). ``BackendUnavailable``
+    naming the first step that fails, and why."""
+    def kernel():
+        return float((torch.arange(4, device=dev, dtype=torch.float32) * 2).sum().item()) == 12.0
+
+    def matmul():
+        ones = torch.ones((2, 2), device=dev, dtype=torch.float32)
+        return float(torch.matmul(ones, ones).sum().item()) == 8.0
+
+    def draw():
+        generator = torch.Generator(device=dev)
+        generator.manual_seed(0)
+        sample = torch.rand((4,), generator=generator, device=dev, dtype=torch.float32)
+        return 0.0 <= float(sample.min().item()) and float(sample.max().item()) < 1.0
+
+    matrix_product = "a cuBLAS matrix product" if dev.type == "cuda" else "a matrix product"
+    for what, step in (("an allocation and a kernel", kernel), (matrix_product, matmul), ("a random draw", draw)):
+        try:
+            right = step()
+        except Exception as exc:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BackendUnavailable(name, f"{what} failed: {text}") from None
+        if not right:
+            raise BackendUnavailable(name, f"{what} gave a wrong result")
+
+
+def cuda_gpu_count() -> int:
+    """The CUDA GPUs PyTorch sees, asked only where an NVIDIA driver is installed (importing PyTorch takes
+    seconds, and without the driver it has none); 0 when PyTorch or the driver is missing."""
+    import importlib.util
+
+    from .cupy_backend import nvidia_driver_loads
+
+    if not nvidia_driver_loads() or importlib.util.find_spec("torch") is None:
+        return 0
+    try:
+        import torch
+
+        return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    except Exception:
+        return 0
 
 
 def listed_devices() -> list[str]:

@@ -91,6 +91,7 @@ def test_auto_falls_back_to_numpy_with_one_warning(fresh_registry):
         raise backends.BackendUnavailable("cupy", "no CUDA GPU is visible")
 
     backends.register_backend(backends.BackendFamily("cupy", no_gpu, aliases=("cuda",)), replace=True)
+    backends.register_backend(backends.BackendFamily("torch", no_gpu), replace=True)  # auto tries it next
     with pytest.warns(RuntimeWarning, match="no CUDA GPU is visible; using numpy") as record:
         assert backends.get_backend("auto").name == "numpy"
         assert backends.get_backend("auto").name == "numpy"

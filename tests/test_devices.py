@@ -295,16 +295,18 @@ def fake_cupy(monkeypatch):
 def test_a_rank_loads_only_its_own_gpu(fake_cupy, spec):
     from backprop.distributed import device_backend
 
-    rank_3_of_4 = types.SimpleNamespace(size=4, local_rank=3)
+    rank_3_of_4 = types.SimpleNamespace(size=4, local_rank=1, local_size=2)  # 2 ranks on each of 2 machines
     backend = device_backend(spec, rank_3_of_4)
-    assert backend.name == "simulated_cupy:1" and fake_cupy == ["1"]  # GPU 3 mod 2, and never GPU 0
+    assert backend.name == "simulated_cupy:1" and fake_cupy == ["1"]  # its GPU on its machine, never GPU 0
 
 
 def test_a_rank_without_a_gpu_gets_numpy_under_auto(fake_cupy, monkeypatch):
     import backends.cupy_backend as cupy_backend
+    import backends.torch_backend as torch_backend
     from backprop.distributed import device_backend
 
     monkeypatch.setattr(cupy_backend, "cuda_gpu_count", lambda: 0)
+    monkeypatch.setattr(torch_backend, "cuda_gpu_count", lambda: 0)
     with pytest.warns(RuntimeWarning, match="no GPU backend"):
         assert device_backend("auto", types.SimpleNamespace(size=2, local_rank=1)).name == "numpy"
     assert fake_cupy == []

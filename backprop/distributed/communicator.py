@@ -149,7 +149,9 @@ class Communicator:
     @on_model_device
     def broadcast_parameters(self, model) -> None:
         """Give every parameter and buffer of ``model`` rank 0's values (once, at the start of training: ranks
-        that built the model differently, or from another seed, start equal)."""
+        that built the model differently, or from another seed, start equal). Nothing to do for one rank."""
+        if self.size == 1:
+            return
         backend = model.backend
         arrays = model.named_arrays()
         received = {}
@@ -210,7 +212,9 @@ class Communicator:
     def _reducer(self, backend):
         reducer = self._reducers.get(backend.name)
         if reducer is None:
-            if backend.library == "cupy" and self.size > 1:
+            if self.size == 1:
+                reducer = OneRankReducer()
+            elif backend.library == "cupy":
                 from .nccl import NcclReducer
 
                 reducer = NcclReducer(self, backend)
@@ -337,6 +341,16 @@ class Communicator:
         return previous
 
 
+class OneRankReducer:
+    """The all-reduce of a job of one rank: the sum over one rank is the buffer itself, left on its device (no
+    copy to the host and back, which on a GPU would wait for it every step)."""
+
+    carries_flag = False
+
+    def allreduce(self, flat, flag: float):
+        return flat, flag
+
+
 class HostReducer:
     """The all-reduce for CPU backends (and any backend): device → host copy, ``MPI_Allreduce`` in place on
     the NumPy buffer, host → device copy. The Ctrl-C flag rides in the buffer's last element."""
@@ -366,15 +380,17 @@ def world() -> Communicator:
 
 
 def device_backend(backend, communicator: Communicator):
-    """The backend this rank trains on. With CuPy (``cupy``, ``cupy:N``, ``cuda``..., or ``auto`` where CuPy
-    works) and several ranks: GPU (local rank mod the number of visible GPUs), so the ranks of one machine
-    spread over its GPUs; otherwise the backend ``backend`` names.
+    """The backend this rank trains on. With CuPy (``cupy``, ``cupy:N``, ``cuda``..., or ``auto`` where a CUDA GPU
+    works) and several ranks: GPU (the rank's number on its machine), so the ranks of one machine spread over its
+    GPUs, one each; otherwise the backend ``backend`` names. More ranks on a machine than it has GPUs is a
+    ``ConfigError`` (two ranks cannot share a GPU in one NCCL communicator, and would halve each other's speed).
 
     ``backend`` is a spec (None: the default one) or a ``Backend``. Give a spec: it is read without loading
     anything, so each rank touches its own GPU only. Loading ``cupy`` first would open a CUDA context on GPU 0
     in every rank (hundreds of MB of GPU 0's memory each) before the rank moved to its own GPU."""
     from backends import Backend, auto_backend, default_spec, get_backend, parse_spec
     from backends.cupy_backend import cuda_gpu_count
+    from backends.torch_backend import cuda_gpu_count as torch_cuda_gpu_count
 
     if isinstance(backend, Backend):
         family = backend.library
@@ -383,14 +399,20 @@ def device_backend(backend, communicator: Communicator):
         family, _ = parse_spec(backend)
     if communicator.size == 1 or family not in ("cupy", "auto"):
         return get_backend(backend)
-    if family == "auto" and not cuda_gpu_count():
-        return auto_backend(0)  # NumPy, with the reason (nothing on a GPU is touched)
+    if family == "auto":
+        gpus = cuda_gpu_count() or torch_cuda_gpu_count()
+        if not gpus:
+            return auto_backend(0)  # NumPy, with the reason (nothing on a GPU is touched)
+    else:
+        from .nccl import visible_gpus
 
-    from .nccl import visible_gpus
-
-    gpu = communicator.local_rank % visible_gpus()
+        gpus = visible_gpus()
+    if communicator.local_size > gpus:
+        raise ConfigError(f"{communicator.local_size} ranks on this machine but {gpus} GPU"
+                          f"{'s' if gpus != 1 else ''} visible: start at most one rank per GPU "
+                          f"(mpirun -n {gpus} per machine)")
+    gpu = communicator.local_rank
     return auto_backend(gpu) if family == "auto" else get_backend(f"cupy:{gpu}")
-
 
 
 def _size(shape) -> int:
@@ -400,4 +422,4 @@ def _size(shape) -> int:
     return n
 
 
-__all__ = ["Communicator", "HostReducer", "device_backend", "world"]
+__all__ = ["Communicator", "HostReducer", "OneRankReducer", "device_backend", "world"]

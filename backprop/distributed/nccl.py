@@ -35,12 +35,38 @@ def _nccl():
     try:
         nccl = _cupy("cupy.cuda.nccl")
     except ImportError as exc:
-        raise ConfigError(f"distributed training with --backend cupy needs NCCL for CuPy (pip install "
-                          f"nvidia-nccl-cu12, or the matching cupy-cudaXXx[all]): {exc}") from None
+        raise ConfigError(f"distributed training with --backend cupy needs NCCL for CuPy ({nccl_install_hint()}): "
+                          f"{exc}") from None
     if not getattr(nccl, "available", True):
-        raise ConfigError("distributed training with --backend cupy needs NCCL, which this CuPy cannot load "
-                          "(pip install nvidia-nccl-cu12, or the one for your CUDA)")
+        raise ConfigError(f"distributed training with --backend cupy needs NCCL, which this CuPy cannot load "
+                          f"({nccl_install_hint()})")
     return nccl
+
+
+def nccl_install_hint() -> str:
+    """How to install the NCCL library that this CuPy loads: the ``nvidia-nccl-cuNN`` wheel of its CUDA major."""
+    major = cupy_cuda_major()
+    if major is None:
+        return "pip install nvidia-nccl-cu12 for a CuPy on CUDA 12, nvidia-nccl-cu13 for CUDA 13"
+    return f"pip install nvidia-nccl-cu{major}"
+
+
+def cupy_cuda_major() -> int | None:
+    """The CUDA major version the installed CuPy was built for (from the CUDA runtime it carries, which needs no
+    driver, else from its wheel's name: cupy-cuda12x); None when it cannot be told."""
+    try:
+        return int(_cupy().cuda.runtime.runtimeGetVersion()) // 1000
+    except Exception:
+        pass
+    from importlib import metadata
+
+    for major in (11, 12, 13, 14):
+        try:
+            metadata.version(f"cupy-cuda{major}x")
+            return major
+        except metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def visible_gpus() -> int:
@@ -48,8 +74,13 @@ def visible_gpus() -> int:
     try:
         cupy = _cupy()
     except ImportError:
-        raise ConfigError("--backend cupy: CuPy is not installed (pip install 'backprop[cuda12]')") from None
-    count = cupy.cuda.runtime.getDeviceCount()
+        raise ConfigError("--backend cupy: CuPy is not installed (pip install 'backprop[cuda12]' or "
+                          "'backprop[cuda13]')") from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"--backend cupy: CUDA is not usable ({text})") from None
     if count < 1:
         raise ConfigError("--backend cupy: no CUDA GPU is visible")
     return count
@@ -84,4 +115,4 @@ class NcclReducer:
         return flat, self.communicator.comm.allreduce(flag)
 
 
-__all__ = ["NcclReducer", "visible_gpus"]
+__all__ = ["NcclReducer", "cupy_cuda_major", "nccl_install_hint", "visible_gpus"]
