@@ -562,12 +562,13 @@ def test_compose_services_share_volumes_and_the_gpu_service_reserves_nvidia_gpus
 def test_build_context_holds_what_pip_install_needs_and_nothing_else(cpu, cuda):
     rules = dockerignore_rules()
     for needed in ("pyproject.toml", "README.md", "backprop/__init__.py", "backprop/data/digits.npz",
-                   "backprop/layers/dense.py", "backends/__init__.py"):
+                   "backprop/layers/dense.py", "backends/__init__.py", "docker/requirements-cpu.txt"):
         assert in_build_context(needed, rules), f"{needed} must be in the build context"
     for left_out in ("tests/test_docker.py", ".git/HEAD", ".venv/bin/python", ".venv-3.12/bin/python",
                      "runs/digits-20250101-120000/model.safetensors", "benchmarks/mlp.py", "build/lib/x.py",
                      "backprop/__pycache__/cli.cpython-311.pyc", "backprop.egg-info/PKG-INFO", ".pytest_cache/x",
-                     ".ruff_cache/x", "docker/Dockerfile.cpu", "out/model.safetensors"):
+                     ".ruff_cache/x", "docker/Dockerfile.cpu", "docker/lock", "docker/requirements-build.in",
+                     "out/model.safetensors"):
         assert not in_build_context(left_out, rules), f"{left_out} must stay out of the build context"
     for dockerfile in (cpu, cuda):  # every COPY from the context finds its source
         for stage in dockerfile.stages:
