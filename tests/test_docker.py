@@ -4,16 +4,22 @@
   the style level.
 - The Dockerfiles, ``docker/compose.yaml`` and ``.dockerignore`` are parsed and their invariants checked:
   a non-root numeric USER, ENTRYPOINT ``backprop``, the health checks, the volumes (outputs, data, CuPy's
-  kernel cache), exactly one CuPy wheel per CUDA major version, digest-pinned base images, the compose GPU
-  reservation and shared volumes, and a build context that holds what ``pip install`` needs and nothing else.
-- The CPU image's own install line, read from its Dockerfile, runs in a fresh virtual environment on a copy of
+  kernel cache), exactly one CuPy wheel per CUDA major version, base images that are build arguments whose
+  defaults are pinned by digest, the compose GPU reservation and shared volumes, and a build context that holds
+  what ``pip install`` needs and nothing else.
+- The lock files the images install (``docker/requirements-*.txt``, written by ``docker/lock``) pin every
+  requirement of ``pyproject.toml`` (dependencies, the image's extras, the build system) at a version that
+  satisfies it, with hashes, on the images' Python versions. (``docker/lock --check``, run by ``.ci/docker``,
+  also resolves them again against the package index.)
+- The CPU image's build stage, read from its Dockerfile, is replayed in a fresh virtual environment on a copy of
   the build context filtered by ``.dockerignore``; then the image's default command (ENTRYPOINT + CMD, with
   ``--epochs 1`` appended) runs with the image's environment in a temporary directory standing in for the
-  container's file system, and must write a model on the volume. To keep it to seconds, the third-party
-  distributions the install line asks for (the project's dependencies and extras, followed recursively) are
-  not unpacked a second time: those this environment already holds in a version that satisfies the
-  requirement are linked into the fresh venv before pip runs, and pip takes them as installed. Only what the
-  project declares is linked, so a dependency missing from pyproject.toml still fails the run.
+  container's file system, and must write a model on the volume. The installation from the lock file needs the
+  package index, so here it is replaced by links: the distributions the lock file pins, as this environment
+  holds them (in whatever version), are linked into the fresh venv, and pip takes them as installed. Only the
+  lock file's own entries are linked, so a package missing from it still fails the run. Every other command
+  runs as written (the project's own install, the clean-up); uninstalling a linked distribution removes its
+  links. ``.ci/docker`` builds and runs the real images.
 - The CUDA image's health check command runs here and, without a GPU, exits 1 with a one-line reason.
 """
 
@@ -192,20 +198,84 @@ def shell_commands(run_args: str) -> list[list[str]]:
     return commands + [current]
 
 
-def install_run(dockerfile: Dockerfile, build_args: dict[str, str] | None = None):
-    """The one RUN that runs `pip install`: its stage and its commands, with the stage's variables expanded."""
-    found = [(stage, ins) for stage in dockerfile.stages for ins in run_instructions(stage, "pip install")]
-    assert len(found) == 1, "expected exactly one RUN with pip install"
-    stage, ins = found[0]
+def build_stage(dockerfile: Dockerfile) -> Stage:
+    """The one stage whose RUNs call `pip install`."""
+    stages = [stage for stage in dockerfile.stages if run_instructions(stage, "pip install")]
+    assert len(stages) == 1, "expected the pip install RUNs in exactly one stage"
+    return stages[0]
+
+
+def expanded_commands(dockerfile: Dockerfile, stage: Stage, ins: Instruction,
+                      build_args: dict[str, str] | None = None) -> list[list[str]]:
+    """A RUN's commands with the stage's variables (ENV and ARG, as at that point of the stage) expanded."""
     scope = {**dockerfile.config(stage, build_args)["env"], **dockerfile.stage_args(stage, build_args)}
-    return stage, [[expand(word, scope) for word in command] for command in shell_commands(ins.args)]
+    return [[expand(word, scope) for word in command] for command in shell_commands(ins.args)]
 
 
-def pip_install_command(dockerfile: Dockerfile, build_args: dict[str, str] | None = None) -> list[str]:
-    _, commands = install_run(dockerfile, build_args)
-    pip = [command for command in commands if command[:2] == ["pip", "install"]]
-    assert len(pip) == 1, commands
-    return pip[0]
+def pip_commands(dockerfile: Dockerfile, verb: str, build_args: dict[str, str] | None = None) -> list[list[str]]:
+    """Every `pip VERB ...` command of the build stage's RUNs, in order."""
+    stage = build_stage(dockerfile)
+    return [command for ins in stage.instructions if ins.keyword == "RUN"
+            for command in expanded_commands(dockerfile, stage, ins, build_args) if command[:2] == ["pip", verb]]
+
+
+def lock_file(dockerfile: Dockerfile, build_args: dict[str, str] | None = None) -> Path:
+    """The lock file the image installs (`pip install --require-hashes -r FILE`), found in the repository
+    through the COPY that put it into the build stage."""
+    stage = build_stage(dockerfile)
+    locked = [command for command in pip_commands(dockerfile, "install", build_args) if "-r" in command]
+    assert len(locked) == 1 and "--require-hashes" in locked[0], locked
+    name = locked[0][locked[0].index("-r") + 1]
+    scope = dockerfile.stage_args(stage, build_args)
+    sources = [source for ins in stage.instructions if ins.keyword == "COPY" and not ins.args.startswith("--from")
+               for source in shlex.split(expand(ins.args, scope))[:-1]]
+    matches = [source for source in sources if PurePosixPath(source).name == name]
+    assert len(matches) == 1, f"{name} is not copied into the build stage once: {sources}"
+    return ROOT / matches[0]
+
+
+# --- lock files -----------------------------------------------------------------------------------------------
+
+@dataclass
+class Pin:
+    name: str  # canonical
+    version: str
+    marker: str | None
+    hashes: list[str]
+
+    def applies(self, environment: dict[str, str]) -> bool:
+        from packaging.markers import Marker
+
+        return self.marker is None or Marker(self.marker).evaluate(environment)
+
+
+def read_lock(path: Path) -> list[Pin]:
+    """A hash-locked requirements file: one `name==version [; marker]` with its `--hash` options per entry."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = []
+    for line in path.read_text().replace("\\\n", " ").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        hashes = re.findall(r"--hash=sha256:([0-9a-f]{64})\b", line)
+        requirement = Requirement(re.sub(r"\s*--hash=\S+", "", line))
+        (spec,) = requirement.specifier
+        assert spec.operator == "==", f"{path.name}: {line[:80]} is not pinned with =="
+        pins.append(Pin(canonicalize_name(requirement.name), spec.version,
+                        str(requirement.marker) if requirement.marker else None, hashes))
+    return pins
+
+
+def image_environment_markers(python: str) -> dict[str, str]:
+    """Marker values of a Linux x86-64 CPython image with this Python version."""
+    from packaging.markers import default_environment
+
+    return {**default_environment(), "python_version": ".".join(python.split(".")[:2]),
+            "python_full_version": python, "sys_platform": "linux", "platform_system": "Linux",
+            "os_name": "posix", "platform_machine": "x86_64", "implementation_name": "cpython",
+            "platform_python_implementation": "CPython", "extra": ""}
 
 
 # --- pyproject: extras and the console script ---------------------------------------------------------------
@@ -218,29 +288,10 @@ def pyproject() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
-def requirement_name(requirement: str) -> str:
-    return re.split(r"[\s\[<>=!~;@(]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
-
-
-def distributions_named(pip_words: list[str]) -> set[str]:
-    """The distributions a `pip install` command asks for, with the project's own extras resolved one level."""
-    project = pyproject()["project"]
-    extras = project["optional-dependencies"]
-    names = set()
-    for word in pip_words[2:]:
-        if word.startswith("-"):
-            assert word == "--no-cache-dir", f"unexpected pip option {word}"
-            continue
-        match = re.fullmatch(r"\.(?:/)?(?:\[([\w,\s-]*)\])?", word)
-        if match:  # the project itself, with extras
-            names.add(project["name"])
-            names.update(requirement_name(r) for r in project["dependencies"])
-            for extra in filter(None, (match.group(1) or "").split(",")):
-                assert extra.strip() in extras, f"pyproject.toml has no extra {extra!r}"
-                names.update(requirement_name(r) for r in extras[extra.strip()])
-        else:
-            names.add(requirement_name(word))
-    return names
+def build_requirements_in() -> list[str]:
+    """docker/requirements-build.in: what building the project needs, locked with the images' dependencies."""
+    lines = (DOCKER / "requirements-build.in").read_text().splitlines()
+    return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
 
 
 # --- .dockerignore, matched as Docker matches it ---------------------------------------------------------------
@@ -393,13 +444,25 @@ def test_outputs_data_and_kernel_cache_are_volumes(which, request):
         assert config["env"]["BACKPROP_BACKEND"] == "numpy"
 
 
-def test_base_images_are_pinned_by_tag_and_digest(cpu, cuda):
-    images = [s.parent for d in (cpu, cuda) for s in d.stages if s.parent not in {t.name for t in d.stages}]
-    images = [i for i in images if "$" not in i]  # cuda${CUDA_MAJOR} names a stage, checked below
-    assert len(images) == 3
-    for image in images:
-        assert DIGEST_PINNED.match(image), f"{image}: pin by tag and @sha256 digest"
-    assert re.match(r"python:3\.1[12]\.\d+-slim", cpu.stages[0].parent), "Python 3.11 or 3.12 in the CPU image"
+def base_image_arguments(dockerfile: Dockerfile) -> dict[str, str]:
+    """The build arguments that name the base images (`FROM ${ARG}`), with their defaults."""
+    names = {stage.name for stage in dockerfile.stages}
+    arguments = {}
+    for stage in dockerfile.stages:
+        if stage.parent in names or stage.parent == "cuda${CUDA_MAJOR}":  # an earlier stage, checked below
+            continue
+        match = re.fullmatch(r"\$\{(\w+)\}", stage.parent)
+        assert match, f"FROM {stage.parent}: name the base by a build argument (offline builds pass a local base)"
+        arguments[match[1]] = dockerfile.global_args[match[1]]
+    return arguments
+
+
+def test_base_images_are_build_arguments_pinned_by_tag_and_digest(cpu, cuda):
+    assert list(base_image_arguments(cpu)) == ["BASE_IMAGE"]
+    assert list(base_image_arguments(cuda)) == [f"BASE_IMAGE_CUDA{major}" for major in CUDA_MAJORS]
+    for image in [*base_image_arguments(cpu).values(), *base_image_arguments(cuda).values()]:
+        assert DIGEST_PINNED.match(image), f"{image}: pin the default by tag and @sha256 digest"
+    assert re.match(r"python:3\.1[12]\.\d+-slim", cpu.global_args["BASE_IMAGE"]), "Python 3.11 or 3.12 in the CPU image"
 
 
 def test_each_cuda_major_selects_its_devel_base_and_exactly_one_cupy_wheel(cpu, cuda):
@@ -408,14 +471,61 @@ def test_each_cuda_major_selects_its_devel_base_and_exactly_one_cupy_wheel(cpu, 
     assert len(base) == 1 and base[0].parent == "cuda${CUDA_MAJOR}"
     for major in CUDA_MAJORS:
         stage = cuda.stage(expand(base[0].parent, {"CUDA_MAJOR": major}))
+        assert stage.parent == f"${{BASE_IMAGE_CUDA{major}}}", stage.parent
+        image = expand(stage.parent, cuda.global_args)
         # A devel image: CuPy compiles kernels at run time with NVRTC and the CUDA headers.
-        assert re.match(rf"nvidia/cuda:{major}\.\d+\.\d+-devel-ubuntu24\.04@", stage.parent), stage.parent
-        words = pip_install_command(cuda, {"CUDA_MAJOR": major})
-        wheels = {name for name in distributions_named(words) if CUPY_WHEEL.match(name)}
-        assert wheels == {f"cupy-cuda{major}x"}, (major, words, wheels)
-    words = pip_install_command(cpu)
-    assert not {name for name in distributions_named(words) if name.startswith("cupy")}, words
-    assert "matplotlib" in distributions_named(words), "the main job's plots need the plot extra"
+        assert re.match(rf"nvidia/cuda:{major}\.\d+\.\d+-devel-ubuntu24\.04@", image), image
+        lock = lock_file(cuda, {"CUDA_MAJOR": major})
+        wheels = {pin.name for pin in read_lock(lock) if CUPY_WHEEL.match(pin.name)}
+        assert wheels == {f"cupy-cuda{major}x"}, (major, lock.name, wheels)
+    locked = {pin.name for pin in read_lock(lock_file(cpu))}
+    assert not {name for name in locked if name.startswith("cupy")}, locked
+    assert "matplotlib" in locked, "the main job's plots need the plot extra"
+
+
+# The lock file of each image, with the extras it installs, and the images' Python versions: the local Debian
+# base's (offline builds, .ci/docker), python:3.12-slim's and Ubuntu 24.04's.
+IMAGE_EXTRAS = {"cpu": ["plot"], "cuda12": ["plot", "cuda12"], "cuda13": ["plot", "cuda13"]}
+IMAGE_PYTHONS = ("3.11.2", "3.12.3", "3.12.12")
+
+
+@pytest.mark.parametrize("image", IMAGE_EXTRAS)
+def test_lock_file_pins_what_pyproject_requires_with_hashes(image):
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = pyproject()["project"]
+    lock = DOCKER / f"requirements-{image}.txt"
+    assert lock.read_text().startswith("# This file was autogenerated by uv via the following command:\n"
+                                       "#    docker/lock\n"), f"{lock.name}: write it with docker/lock"
+    pins = read_lock(lock)
+    assert all(pin.hashes for pin in pins), f"{lock.name}: every entry needs its hashes"
+    extras = [r for extra in IMAGE_EXTRAS[image] for r in project["optional-dependencies"][extra]]
+    requirements = [Requirement(r) for r in [*project["dependencies"], *extras, *build_requirements_in()]]
+    for python in IMAGE_PYTHONS:
+        environment = image_environment_markers(python)
+        pinned = {}
+        for pin in pins:
+            if pin.applies(environment):
+                assert pin.name not in pinned, f"{lock.name}: {pin.name} pinned twice for Python {python}"
+                pinned[pin.name] = pin.version
+        for requirement in requirements:
+            if requirement.marker is not None and not requirement.marker.evaluate(environment):
+                continue
+            name = canonicalize_name(requirement.name)
+            assert name in pinned, f"{lock.name} has no {requirement} for Python {python}: run docker/lock"
+            assert requirement.specifier.contains(pinned[name], prereleases=True), \
+                f"{lock.name}: {name}=={pinned[name]} does not satisfy {requirement}: run docker/lock"
+
+
+def test_the_project_is_built_with_the_locked_build_system_which_then_leaves(cpu, cuda):
+    assert sorted(build_requirements_in()) == sorted(pyproject()["build-system"]["requires"]), \
+        "docker/requirements-build.in must list the [build-system] requires of pyproject.toml"
+    for dockerfile in (cpu, cuda):
+        (project,) = [command for command in pip_commands(dockerfile, "install") if "-r" not in command]
+        assert project[-1] == "./" and {"--no-deps", "--no-build-isolation", "--no-index"} <= set(project), project
+        (uninstall,) = pip_commands(dockerfile, "uninstall")
+        assert {word for word in uninstall[2:] if not word.startswith("-")} == {"pip", "setuptools"}, uninstall
 
 
 def test_cupy_compiles_kernels_with_the_cuda_toolkit_of_the_image(cuda):
@@ -452,12 +562,13 @@ def test_compose_services_share_volumes_and_the_gpu_service_reserves_nvidia_gpus
 def test_build_context_holds_what_pip_install_needs_and_nothing_else(cpu, cuda):
     rules = dockerignore_rules()
     for needed in ("pyproject.toml", "README.md", "backprop/__init__.py", "backprop/data/digits.npz",
-                   "backprop/layers/dense.py", "backends/__init__.py"):
+                   "backprop/layers/dense.py", "backends/__init__.py", "docker/requirements-cpu.txt"):
         assert in_build_context(needed, rules), f"{needed} must be in the build context"
     for left_out in ("tests/test_docker.py", ".git/HEAD", ".venv/bin/python", ".venv-3.12/bin/python",
                      "runs/digits-20250101-120000/model.safetensors", "benchmarks/mlp.py", "build/lib/x.py",
                      "backprop/__pycache__/cli.cpython-311.pyc", "backprop.egg-info/PKG-INFO", ".pytest_cache/x",
-                     ".ruff_cache/x", "docker/Dockerfile.cpu", "out/model.safetensors"):
+                     ".ruff_cache/x", "docker/Dockerfile.cpu", "docker/lock", "docker/requirements-build.in",
+                     "out/model.safetensors"):
         assert not in_build_context(left_out, rules), f"{left_out} must stay out of the build context"
     for dockerfile in (cpu, cuda):  # every COPY from the context finds its source
         for stage in dockerfile.stages:
@@ -484,62 +595,39 @@ def test_the_cuda_health_check_fails_with_one_line_without_a_gpu(cuda):
 
 # --- the CPU image's install line and default command, without Docker -------------------------------------------
 
-def installed_closure(requirements: list[str]) -> list:
-    """The distributions of this environment that ``pip install`` of ``requirements`` would install: each
-    requirement and, recursively, what it requires (its extras and environment markers applied), where the
-    version installed here satisfies the requirement. Anything else is left to pip."""
+def link_locked_distributions(venv: Path, lock: Path, links: Path) -> dict[str, list[Path]]:
+    """Stand-in for ``pip install --require-hashes -r LOCK`` without the package index: the distributions the
+    lock file pins for this Python, as this environment holds them, made visible to ``venv`` through a
+    directory of links to their files (the package folders and their ``.dist-info``), added to the venv's path
+    by a ``.pth`` file after its own site-packages. Only the lock's own entries are linked, not what they
+    require in turn. Returns each linked distribution's links, by canonical name."""
     from importlib import metadata
 
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
+    from packaging.markers import default_environment
 
-    found, seen = {}, set()
-    pending = [Requirement(r) for r in requirements]
-    while pending:
-        requirement = pending.pop()
-        key = (canonicalize_name(requirement.name), frozenset(requirement.extras))
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            dist = metadata.distribution(requirement.name)
-        except metadata.PackageNotFoundError:
-            continue
-        if not requirement.specifier.contains(dist.version, prereleases=True) or dist.files is None:
-            continue
-        found[key[0]] = dist
-        for line in dist.requires or []:
-            needed = Requirement(line)
-            if needed.marker is None or any(needed.marker.evaluate({"extra": e}) for e in {"", *requirement.extras}):
-                pending.append(needed)
-    return list(found.values())
-
-
-def link_installed_dependencies(venv: Path, pip_words: list[str], links: Path) -> list[str]:
-    """Make what the ``pip install`` command would install from this environment visible to ``venv``: a
-    directory of links to those distributions' files (the package folders and their ``.dist-info``), added to
-    the venv's path by a ``.pth`` file after its own site-packages. Returns the distributions' names."""
-    project = pyproject()["project"]
-    requirements = []
-    for word in pip_words[2:]:
-        match = re.fullmatch(r"\.(?:/)?(?:\[([\w,\s-]*)\])?", word)
-        if match:  # the project itself: its dependencies and the extras asked for
-            requirements += project["dependencies"]
-            for extra in filter(None, (match.group(1) or "").split(",")):
-                requirements += project["optional-dependencies"][extra.strip()]
-        elif not word.startswith("-"):
-            requirements.append(word)
+    environment = {**default_environment(), "extra": ""}
     links.mkdir()
-    names = []
-    for dist in installed_closure(requirements):
+    linked, missing = {}, []
+    for pin in read_lock(lock):
+        if not pin.applies(environment):
+            continue
+        try:
+            dist = metadata.distribution(pin.name)
+        except metadata.PackageNotFoundError:
+            missing.append(pin.name)
+            continue
+        assert dist.files is not None, f"{pin.name}: installed here without a RECORD"
+        linked[pin.name] = []
         for top in {file.parts[0] for file in dist.files if file.parts[0] != ".."}:  # not the scripts in bin/
             source = Path(dist.locate_file(top))
             if source.exists() and not (links / top).exists():
                 (links / top).symlink_to(source)
-        names.append(dist.metadata["Name"])
+                linked[pin.name].append(links / top)
+    if missing:
+        pytest.skip(f"this environment lacks {', '.join(missing)}, which {lock.name} pins (the replay links them)")
     site_packages = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
     (site_packages / "installed-here.pth").write_text(f"{links}\n")
-    return names
+    return linked
 
 
 def _image_environment(config: dict, root: Path, venv: Path) -> dict[str, str]:
@@ -558,22 +646,26 @@ def _image_environment(config: dict, root: Path, venv: Path) -> dict[str, str]:
     return env
 
 
-def test_cpu_image_install_line_and_default_command_in_a_fresh_venv(cpu, tmp_path):
-    """The CPU image's build and default run, step by step, without a Docker engine (the installed
-    dependencies linked rather than unpacked again, see the module's docstring)."""
+def test_cpu_image_build_stage_and_default_command_in_a_fresh_venv(cpu, tmp_path):
+    """The CPU image's build stage and default run, step by step, without a Docker engine (the locked
+    dependencies linked rather than downloaded, see the module's docstring)."""
+    from packaging.utils import canonicalize_name
+
     started = time.perf_counter()
     root = tmp_path / "root"  # stands in for the container's file system
     venv = root / "opt" / "venv"
-    stage, commands = install_run(cpu)
+    stage = build_stage(cpu)
     build_config = cpu.config(stage)
     assert build_config["env"]["VIRTUAL_ENV"] == "/opt/venv"
     env = _image_environment(build_config, root, venv)
 
-    # The build stage: COPY from the build context as .dockerignore filters it, then the RUN line's commands.
+    # The build stage, instruction by instruction: COPY from the build context as .dockerignore filters it,
+    # RUN command by command.
     context = tmp_path / "context"
     copy_build_context(context)
     workdir = root / build_config["workdir"].lstrip("/")
     workdir.mkdir(parents=True, exist_ok=True)
+    linked: dict[str, list[Path]] = {}
     for ins in stage.instructions:
         if ins.keyword == "COPY":
             *sources, destination = shlex.split(ins.args)
@@ -584,19 +676,40 @@ def test_cpu_image_install_line_and_default_command_in_a_fresh_venv(cpu, tmp_pat
                 else:
                     target.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(context / source, target / Path(source).name)
-    for command in commands:
-        command = [str(root / w.lstrip("/")) if w.startswith("/") else w for w in command]  # container paths
-        if command[0] in ("python", "python3"):  # the image's Python: here, the one running the tests
-            command[0] = sys.executable
-        if command[:2] == ["pip", "install"]:
-            linked = link_installed_dependencies(venv, command, tmp_path / "installed")
-            assert {"numpy", "matplotlib"} <= {name.lower() for name in linked}, linked
-        result = subprocess.run(["/bin/sh", "-c", shlex.join(command)], cwd=workdir, env=env, capture_output=True,
-                                text=True, timeout=600)
-        if result.returncode != 0 and command[1:3] == ["-m", "venv"]:
-            pytest.skip(f"cannot create a virtual environment here: {result.stderr.strip()[-300:]}")
-        assert result.returncode == 0, shlex.join(command) + "\n" + result.stdout[-3000:] + result.stderr[-3000:]
-    assert (venv / "bin" / "pip").exists(), "the RUN line must create the image's venv"
+        if ins.keyword != "RUN":
+            continue
+        for command in expanded_commands(cpu, stage, ins):
+            command = [str(root / w.lstrip("/")) if w.startswith("/") else w for w in command]  # container paths
+            if command[0] in ("python", "python3"):  # the image's Python: here, the one running the tests
+                command[0] = sys.executable
+            if command[:2] == ["pip", "install"] and "-r" in command:
+                linked = link_locked_distributions(venv, workdir / command[command.index("-r") + 1],
+                                                   tmp_path / "installed")
+                assert {"numpy", "matplotlib", "setuptools"} <= set(linked), sorted(linked)
+                # pip replaces what the new venv holds already (the setuptools of Python < 3.12) by the locked one.
+                site_packages = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
+                own = {canonicalize_name(p.name.split("-")[0]) for p in site_packages.glob("*.dist-info")}
+                for name in sorted(own & set(linked)):
+                    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "uninstall", "--yes", "--quiet", name],
+                                   cwd=workdir, env=env, capture_output=True, text=True, timeout=120, check=True)
+                continue
+            if command[:2] == ["pip", "uninstall"]:  # a linked distribution: its links go, not its files here
+                options = [w for w in command[2:] if w.startswith("-")]
+                names = [w for w in command[2:] if not w.startswith("-")]
+                for name in [n for n in names if canonicalize_name(n) in linked]:
+                    for link in linked.pop(canonicalize_name(name)):
+                        link.unlink()
+                    names.remove(name)
+                if not names:
+                    continue
+                command = [*command[:2], *options, *names]
+            result = subprocess.run(["/bin/sh", "-c", shlex.join(command)], cwd=workdir, env=env,
+                                    capture_output=True, text=True, timeout=600)
+            if result.returncode != 0 and command[1:3] == ["-m", "venv"]:
+                pytest.skip(f"cannot create a virtual environment here: {result.stderr.strip()[-300:]}")
+            assert result.returncode == 0, shlex.join(command) + "\n" + result.stdout[-3000:] + result.stderr[-3000:]
+    assert (venv / "bin" / "backprop").exists(), "the build stage must install the project into the image's venv"
+    assert not (venv / "bin" / "pip").exists() and "setuptools" not in linked, "pip and setuptools must leave"
 
     # The final stage: its ENV, WORKDIR and VOLUMEs; ENTRYPOINT + CMD with one epoch.
     config = cpu.config()
