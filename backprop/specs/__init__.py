@@ -189,7 +189,7 @@ def _parse_layer(entry, where: str) -> dict:
         if key in RUN_ARGUMENTS:
             raise ConfigError(f"{where}: {key} is set by the run, not the spec (seeds come from --seed)")
         if accepted is not None and key not in accepted:
-            close = difflib.get_close_matches(key, accepted, n=1)
+            close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.75)
             hint = f"; did you mean {close[0]}?" if close else ""
             raise ConfigError(f"{where}: unknown option {key!r}{hint} ({cls.__name__} takes "
                               f"{', '.join(accepted) or 'no options'})")
@@ -204,8 +204,8 @@ def _layer_class(kind: str, where: str):
     by_lower = {name.lower(): cls for name, cls in LAYER_TYPES.items()}
     if kind.lower() in by_lower:
         return by_lower[kind.lower()]
-    close = difflib.get_close_matches(kind, list(LAYER_TYPES), n=1)
-    hint = f"did you mean {close[0]}? " if close else ""
+    close = difflib.get_close_matches(kind.lower(), list(by_lower), n=1)
+    hint = f"did you mean {by_lower[close[0]].__name__}? " if close else ""
     raise ConfigError(f"{where}: unknown layer type {kind!r}; {hint}layer types: {', '.join(sorted(LAYER_TYPES))}")
 
 
