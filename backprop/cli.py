@@ -55,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 argument_default=argparse.SUPPRESS)
     d = DEFAULTS
     data = train.add_argument_group("data")
-    data.add_argument("--dataset", help=f"digits (shipped with the package), mnist, fashion-mnist, or a .npz/.csv "
-                                        f"file (default: {d['dataset']})")
+    data.add_argument("--dataset", help=f"digits (shipped with the package), mnist, fashion-mnist, adding-problem, "
+                                        f"sonnets (sequences, for recurrent specs), or a .npz/.csv file "
+                                        f"(default: {d['dataset']})")
     data.add_argument("--data-dir", metavar="DIR",
                       help="read the MNIST or Fashion-MNIST files from here instead of downloading")
     data.add_argument("--scaling", choices=["none", "standardize", "minmax"],

@@ -382,7 +382,8 @@ def _run_on(backend, options, *, output, progress, plots, resume, log, communica
     run_config = options if dataset_sha256 is None else {**options, "dataset_sha256": dataset_sha256}
     callbacks += [Checkpoint(output / CHECKPOINT_FILE, run_config=run_config), HistoryWriter(output / HISTORY_FILE)]
     trainer = Trainer(model, loss=options["loss"], optimizer=options["optimizer"], lr=options["lr"],
-                      weight_decay=options["weight_decay"], epochs=int(options["epochs"]), batch_size=options["batch_size"],
+                      weight_decay=options["weight_decay"], epochs=int(options["epochs"]),
+                      batch_size=options["batch_size"],
                       accumulate_steps=options["accumulate"], drop_last=options["drop_last"],
                       seed=options["seed"], schedule=options["schedule"], warmup_epochs=options["warmup_epochs"],
                       clip_norm=options["clip_norm"], callbacks=callbacks, progress=progress, log=log,
