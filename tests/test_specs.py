@@ -500,3 +500,41 @@ def test_the_docstring_says_the_weight_layout_once():
     doc = bp.__doc__
     assert "Dense weights are stored (in, out)" in doc and "torch.nn.Linear(64, 10).weight" in doc
     assert bp.Dense(64, 10, backend="numpy").params["weight"].shape == (64, 10)
+
+
+# ------------------------------------------------ a model that starts with a Reshape trains as fast as without
+
+def test_leading_layers_without_parameters_let_the_first_layer_with_some_skip_its_input_gradient(backend):
+    """A spec's model starts with a Reshape of the flat rows: in training (input_grad=False) the Conv2D or Dense
+    after it must not compute dL/dinput (for a convolution, the col2im that no one uses: 4x the CPU time of the
+    example's own model), and the parameter gradients must not change."""
+    calls = []
+
+    class Spy(bp.Dense):
+        def begin_update(self, x, *, training=True):
+            y, back = super().begin_update(x, training=training)
+
+            def spy(dy, input_grad=True):
+                calls.append(input_grad)
+                return back(dy, input_grad=input_grad)
+
+            return y, spy
+
+    model = bp.Sequential([bp.Flatten(backend=backend), bp.ReLU(backend=backend), Spy(12, 2, rng=0, backend=backend),
+                           bp.Tanh(backend=backend), bp.Dense(2, 3, rng=1, backend=backend)])
+    x = backend.from_host(np.random.default_rng(0).normal(size=(4, 3, 4)).astype(np.float32))
+    dy = backend.from_host(np.ones((4, 3), np.float32))
+    grads = []
+    for input_grad in (True, False):
+        model.zero_grad()
+        _, back = model.begin_update(x, training=True)
+        dx = back(dy, input_grad=input_grad)
+        if input_grad:
+            assert_on_backend(dx, backend, shape=(4, 3, 4))
+        else:
+            assert dx is None
+        grads.append({name: backend.to_host(g) for name, g in model.named_gradients().items()})
+    assert calls == [True, False]
+    assert grads[0].keys() == grads[1].keys() == {"2.weight", "2.bias", "4.weight", "4.bias"}
+    for name in grads[0]:
+        np.testing.assert_array_equal(grads[0][name], grads[1][name])
