@@ -264,7 +264,7 @@ def cmd_evaluate(args) -> int:
     from .data import load_dataset
     from .host_io.datasets import check_recorded_dataset
     from .host_io.model_files import load_model
-    from .runs import resolve_model_path
+    from .runs import predictions_of, resolve_model_path
     from .training import evaluate
 
     path = resolve_model_path(args.model)
@@ -283,8 +283,9 @@ def cmd_evaluate(args) -> int:
     backend = model.backend
     x_test, y_test = backend.from_host(dataset.x_test), backend.from_host(y_test)
     loss, accuracy = evaluate(model, x_test, y_test, loss_fn)
-    print(f"{path}: test accuracy {100 * accuracy:.2f}% ({round(accuracy * len(dataset.y_test))}/"
-          f"{len(dataset.y_test)}), test loss {loss:.4f} on {dataset.name} with {backend.name}")
+    predictions = predictions_of(dataset.y_test)
+    print(f"{path}: test accuracy {100 * accuracy:.2f}% ({round(accuracy * predictions)}/"
+          f"{predictions}), test loss {loss:.4f} on {dataset.name} with {backend.name}")
     return 0
 
 

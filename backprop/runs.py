@@ -428,12 +428,18 @@ def _run_on(backend, options, *, output, progress, plots, resume, log, communica
     write_text_atomic(output / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     if plots:
         _plots(output, trainer.history, model, x_test, dataset, log)
-    log(f"test accuracy {100 * test_accuracy:.2f}% ({round(test_accuracy * len(dataset.y_test))}/"
-        f"{len(dataset.y_test)}), test loss {test_loss:.4f}, {elapsed:.1f} s on {backend.name} "
+    predictions = predictions_of(dataset.y_test)
+    log(f"test accuracy {100 * test_accuracy:.2f}% ({round(test_accuracy * predictions)}/"
+        f"{predictions}), test loss {test_loss:.4f}, {elapsed:.1f} s on {backend.name} "
         f"({backend.device_name}); saved {output / MODEL_FILE}")
     if communicator is not None:
         communicator.broadcast_object(summary)
     return summary
+
+
+def predictions_of(labels) -> int:
+    """How many predictions accuracy counts over ``labels``: one per label, a label per step included."""
+    return int(labels.size) if labels.dtype.kind in "iu" else len(labels)
 
 
 def _silent(*_) -> None:

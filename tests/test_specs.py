@@ -362,6 +362,9 @@ def test_a_sequence_labelling_spec_trains_on_the_sonnets(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--model", str(spec), *QUICK, "--output", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
+    assert f"/{149 * 64}), test loss" in capsys.readouterr().out  # accuracy counts a prediction per character
+    assert main(["evaluate", str(out), "--backend", "numpy"]) == 0
+    assert f"({round(summary['test_accuracy'] * 149 * 64)}/{149 * 64})" in capsys.readouterr().out
     vocabulary = bp.data.load_dataset("sonnets").num_classes
     assert summary["test_loss"] < 1.05 * math.log(vocabulary)  # about uniform after one step, not worse
     model = bp.load_model(out / "model.safetensors", backend="numpy")[0]
