@@ -348,9 +348,9 @@ def cmd_summary(args) -> int:
 
 
 def _shipped_spec_names() -> list[str]:
-    from .specs import shipped_specs
+    from .specs import shipped_names
 
-    return list(shipped_specs())
+    return shipped_names()
 
 
 def cmd_backends(args) -> int:

@@ -82,6 +82,12 @@ class ModelSpec:
         return f"{self.source}: layers[{index}]{name} ({layer['type']})"
 
 
+def shipped_names() -> list[str]:
+    """The names of the specs shipped with backprop, sorted (without reading them)."""
+    return sorted(entry.name[: -len(".toml")] for entry in resources.files(__name__).iterdir()
+                  if entry.name.endswith(".toml"))
+
+
 def shipped_specs() -> dict[str, str]:
     """The specs shipped with backprop: name -> description."""
     found = {}
@@ -104,7 +110,7 @@ def spec_path(name_or_path) -> tuple[str, str]:
     if "/" not in text and "\\" not in text and not text.endswith((".toml", ".json")):
         if shipped.is_file():
             return text, shipped.read_text(encoding="utf-8")
-        names = ", ".join(shipped_specs())
+        names = ", ".join(shipped_names())
         raise ConfigError(f"--model {text}: no shipped spec of that name and not a .toml or .json file; shipped "
                           f"specs: {names}")
     path = Path(text)
@@ -348,4 +354,4 @@ def build(resolved: Resolved, *, seed: int = 0, backend=None, dtype=None):
 
 
 __all__ = ["INPUT_SHAPES", "OUTPUTS", "ModelSpec", "Resolved", "build", "check_targets", "input_shape_for",
-           "load_spec", "parse_spec", "resolve", "shipped_specs", "spec_path"]
+           "load_spec", "parse_spec", "resolve", "shipped_names", "shipped_specs", "spec_path"]
