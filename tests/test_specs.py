@@ -306,6 +306,10 @@ def test_the_spec_sets_defaults_and_the_command_line_overrides_them(tmp_path):
      r"\[train\] batch is not a backprop train option"),
     (("kernel_size = 3", "kernel_size = 11"), [], r"layers\[0\] \(Conv2D\): an input of 8x8 pixels is smaller than"),
     ((), ["--hidden", "16"], r"--hidden shapes the default MLP, and --model .* lists its own layers"),
+    (("padding = 1", "padding = -1"), [],
+     r"layers\[0\] \(Conv2D\): padding must be an integer >= 0 or a pair \(h, w\) of them, got -1$"),
+    (("out_features = \"outputs\"", "out_features = \"outputs\"\ninit = \"gaussian\""), [],
+     r"layers\[4\] \(Dense\): unknown initializer 'gaussian'"),
 ])
 def test_every_spec_error_is_one_line_naming_the_file_and_layer_and_nothing_is_written(
         tmp_path, capsys, edit, argv, expected):

@@ -301,7 +301,7 @@ def resolve(spec: ModelSpec, input_shape, *, outputs: int | None = None, flat_fe
         try:
             config, shape = infer(LAYER_TYPES[layer["type"]], options, shape)
         except (ConfigError, ShapeError) as exc:
-            raise type(exc)(f"{spec.where(index)}: {exc}") from None
+            raise type(exc)(f"{spec.where(index)}: {_without_owner(str(exc), layer['type'])}") from None
         except (TypeError, ValueError) as exc:  # a user layer's own probe
             raise ConfigError(f"{spec.where(index)}: {exc}") from None
         layers.append((layer["type"], config, shape))
@@ -324,6 +324,12 @@ def _shape(shape) -> str:
     return shape_text(tuple(shape))
 
 
+def _without_owner(message: str, kind: str) -> str:
+    """A layer's own message without its leading ``"Conv2D: "``: the spec's message names the layer already."""
+    prefix = f"{kind}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
 def build(resolved: Resolved, *, seed: int = 0, backend=None, dtype=None):
     """The model, built layer by layer through ``backprop.layers.build``. The k-th layer that draws initial
     weights gets the seed ``seed + k`` (as the worked examples seed theirs), so a spec and its example start
@@ -344,10 +350,7 @@ def build(resolved: Resolved, *, seed: int = 0, backend=None, dtype=None):
         try:
             layers.append(build_layer({"type": kind, "config": options}, backend=backend, dtype=dtype))
         except ConfigError as exc:
-            message = str(exc)
-            prefix = f"{kind}: "
-            raise ConfigError(f"{resolved.spec.where(index)}: "
-                              f"{message[len(prefix):] if message.startswith(prefix) else message}") from None
+            raise ConfigError(f"{resolved.spec.where(index)}: {_without_owner(str(exc), kind)}") from None
         except TypeError as exc:
             raise ConfigError(f"{resolved.spec.where(index)}: {exc}") from None
     return Sequential(layers, backend=backend)
