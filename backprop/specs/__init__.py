@@ -186,7 +186,7 @@ def _parse_layer(entry, where: str) -> dict:
     name = entry.get("name")
     if name is not None and not isinstance(name, str):
         raise ConfigError(f"{where} ({cls.__name__}): name must be a string, got {name!r}")
-    where = f"{where}{f' {chr(34)}{name}{chr(34)}' if name else ''} ({cls.__name__})"
+    where = f'{where} "{name}" ({cls.__name__})' if name else f"{where} ({cls.__name__})"
     options = {key: value for key, value in entry.items() if key not in ("type", "name")}
     if cls is LAYER_TYPES["Sequential"]:
         raise ConfigError(f"{where}: a spec is already a sequence of layers; list the layers themselves")
