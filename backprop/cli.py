@@ -55,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 argument_default=argparse.SUPPRESS)
     d = DEFAULTS
     data = train.add_argument_group("data")
-    data.add_argument("--dataset", help=f"digits (shipped with the package), mnist, fashion-mnist, or a .npz/.csv "
-                                        f"file (default: {d['dataset']})")
+    data.add_argument("--dataset", help=f"digits (shipped with the package), mnist, fashion-mnist, adding-problem, "
+                                        f"sonnets (sequences, for recurrent specs), or a .npz/.csv file "
+                                        f"(default: {d['dataset']})")
     data.add_argument("--data-dir", metavar="DIR",
                       help="read the MNIST or Fashion-MNIST files from here instead of downloading")
     data.add_argument("--scaling", choices=["none", "standardize", "minmax"],
@@ -66,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"fraction of the training set held out for validation, 0 for none "
                            f"(default: {d['validation_split']})")
     model = train.add_argument_group("model")
+    model.add_argument("--model", metavar="SPEC",
+                       help="train the architecture of a spec instead of the MLP: a .toml or .json file listing the "
+                            "layers, or a shipped spec (" + ", ".join(_shipped_spec_names()) + "); its [train] "
+                            "table sets defaults for the other options (see backprop summary SPEC)")
     model.add_argument("--hidden", metavar="SIZES",
                        help=f"hidden layer sizes, comma-separated, or none for a linear model "
                             f"(default: {d['hidden']})")
@@ -80,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                           f"batch N times larger, in the memory of one batch (default: {d['accumulate']})")
     opt.add_argument("--drop-last", action="store_true", help="drop the short last batch of each epoch (with "
                                                               "--accumulate, the short last update)")
+    opt.add_argument("--loss", help=f"cross_entropy, mse or binary_cross_entropy (default: {d['loss']})")
     opt.add_argument("--optimizer", help=f"sgd, momentum, nesterov, adam, adamw, rmsprop or adagrad "
                                          f"(default: {d['optimizer']})")
     opt.add_argument("--lr", type=float, help="learning rate (default: the optimizer's own: 0.001 for adam and "
@@ -130,6 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help="write the predictions to this CSV file (default: print them)")
     predict.set_defaults(handler=cmd_predict)
     _add_global_options(predict, after_command=True)
+
+    summary = commands.add_parser(
+        "summary", help="a model's layers, output shapes, parameter counts and memory (of a spec or a model file)")
+    summary.add_argument("model", metavar="MODEL_OR_SPEC",
+                         help="a model.safetensors file, a run directory, a spec file (.toml, .json) or a shipped spec")
+    summary.add_argument("--dataset", default=None,
+                         help="for a spec: the dataset whose shapes it is laid out for (default: the spec's own)")
+    summary.add_argument("--data-dir", default=None, metavar="DIR",
+                         help="read the MNIST or Fashion-MNIST files from here instead of downloading")
+    summary.set_defaults(handler=cmd_summary)
+    _add_global_options(summary, after_command=True)
 
     from .examples import EXAMPLES
 
@@ -207,7 +224,7 @@ def _train(args, communicator) -> int:
         refuse_if_locked(output)  # a running run is not one to resume, whatever else is wrong
         options = resume_options(output, given)
         check_writable_directory(output, "--resume")
-        check_options(options)  # --epochs may have changed
+        check_options(options, resume=True)  # --epochs may have changed
     else:
         options = check_options(given)  # every option, before the output directory is named or anything written
         output = output_directory(args.output, options["dataset"], args.overwrite) if root else None
@@ -247,7 +264,7 @@ def cmd_evaluate(args) -> int:
     from .data import load_dataset
     from .host_io.datasets import check_recorded_dataset
     from .host_io.model_files import load_model
-    from .runs import resolve_model_path
+    from .runs import predictions_of, resolve_model_path
     from .training import evaluate
 
     path = resolve_model_path(args.model)
@@ -266,8 +283,9 @@ def cmd_evaluate(args) -> int:
     backend = model.backend
     x_test, y_test = backend.from_host(dataset.x_test), backend.from_host(y_test)
     loss, accuracy = evaluate(model, x_test, y_test, loss_fn)
-    print(f"{path}: test accuracy {100 * accuracy:.2f}% ({round(accuracy * len(dataset.y_test))}/"
-          f"{len(dataset.y_test)}), test loss {loss:.4f} on {dataset.name} with {backend.name}")
+    predictions = predictions_of(dataset.y_test)
+    print(f"{path}: test accuracy {100 * accuracy:.2f}% ({round(accuracy * predictions)}/"
+          f"{predictions}), test loss {loss:.4f} on {dataset.name} with {backend.name}")
     return 0
 
 
@@ -283,7 +301,7 @@ def _recorded_loss(path, metadata: dict, dataset):
     if not isinstance(name, str) or name not in LOSSES:
         raise ModelFileError(f"{path}: the model records an unknown loss {name!r}; expected one of "
                              f"{', '.join(LOSSES)}")
-    if name == "cross_entropy":
+    if name == "cross_entropy" or dataset.y_test.dtype.kind == "f":  # labels, or regression targets as they are
         return LOSSES[name](), dataset.y_test
     # The other losses compare the scores with a target of the same shape: a class is its one-hot vector.
     return LOSSES[name](), one_hot(dataset.y_test, dataset.num_classes)
@@ -293,6 +311,8 @@ def cmd_predict(args) -> int:
     from .data import apply_scaler, load_features
     from .host_io.atomic import write_text_atomic
     from .host_io.model_files import load_model
+    from .layers import architecture
+    from .layers.shape_inference import input_shape_of, shape_text
     from .runs import check_output_file, resolve_model_path
     from .training import predict_classes
 
@@ -303,9 +323,12 @@ def cmd_predict(args) -> int:
     model, metadata = load_model(path)
     features = apply_scaler(load_features(args.input), metadata.get("scaler"))
     backend = model.backend
-    expected = model.layers[0].in_features if hasattr(model.layers[0], "in_features") else None
-    if expected is not None and features.shape[1] != expected:
-        raise ConfigError(f"{args.input}: rows have {features.shape[1]} features, the model expects {expected}")
+    expected = input_shape_of(architecture(model))
+    if expected is not None and len(expected) == 1 and expected[0] is not None and features.shape[1] != expected[0]:
+        raise ConfigError(f"{args.input}: rows have {features.shape[1]} features, the model expects {expected[0]}")
+    if expected is not None and len(expected) > 1:
+        raise ConfigError(f"{args.input}: the model takes inputs of shape {shape_text(expected)} per example, not "
+                          f"rows of features (a model trained by backprop train takes rows)")
     classes = backend.to_host(predict_classes(model, backend.from_host(features)))
     names = metadata.get("class_names") or [str(i) for i in range(int(classes.max()) + 1)]
     lines = ["index,class,name"] + [f"{i},{int(c)},{names[int(c)]}" for i, c in enumerate(classes)]
@@ -315,6 +338,19 @@ def cmd_predict(args) -> int:
     else:
         print("\n".join(lines))
     return 0
+
+
+def cmd_summary(args) -> int:
+    from .summary import summarize
+
+    print(summarize(args.model, dataset=args.dataset, data_dir=args.data_dir))
+    return 0
+
+
+def _shipped_spec_names() -> list[str]:
+    from .specs import shipped_names
+
+    return shipped_names()
 
 
 def cmd_backends(args) -> int:

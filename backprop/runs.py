@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 import warnings
@@ -16,7 +17,7 @@ from pathlib import Path
 from backends import get_backend
 
 from .errors import ConfigError, TrainingError
-from .layers import Dropout, Sequential
+from .layers import Activation, Dense, Dropout, Sequential
 from .models import mlp
 
 MODEL_FILE = "model.safetensors"
@@ -34,7 +35,10 @@ DEFAULTS = {
     "batch_size": "32", "accumulate": 1, "drop_last": False, "optimizer": "adam", "lr": None, "weight_decay": 0.0,
     "schedule": "constant", "warmup_epochs": 0, "clip_norm": None,
     "epochs": 30, "seed": 0, "validation_split": 0.1, "early_stopping": 0,
+    "model": None, "loss": "cross_entropy",  # model: a spec (name or file) instead of the MLP of --hidden
 }
+#: The options that shape the default MLP, which a spec (--model) replaces.
+MLP_OPTIONS = ("hidden", "activation", "dropout")
 
 
 def parse_hidden(text) -> list[int]:
@@ -59,13 +63,17 @@ def parse_hidden(text) -> list[int]:
     return sizes
 
 
-def check_options(options: dict) -> dict:
+def check_options(options: dict, *, resume: bool = False) -> dict:
     """The run's options with defaults filled in, every one checked before anything is loaded or written.
 
     The checks are the run's own code, not a copy of its rules: the dataset options go through the loader's
     check, and a stand-in of the model (one unit per hidden layer, on the host) is built by ``build_model``
     and handed to ``Trainer`` with the run's settings, so the optimizer, learning rate, schedule, batch size,
-    seed, activation, dropout, clipping, ... are refused by the same lines that would refuse them later."""
+    seed, activation, dropout, clipping, ... are refused by the same lines that would refuse them later.
+
+    With a spec (``model``), its ``[train]`` table gives the defaults of the options not set, and its form
+    (layer types, option names) is checked; its shapes are checked when the data is known. A resumed run
+    (``resume``) has every option recorded and its model in its checkpoint: the spec is not read again."""
     from .host_io.datasets import check_dataset_options
     from .training import EarlyStopping, Trainer
     from .training.trainer import validation_size
@@ -73,11 +81,14 @@ def check_options(options: dict) -> dict:
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
         raise ConfigError(f"unknown run option(s) {', '.join(unknown)}; expected {', '.join(DEFAULTS)}")
+    if options.get("model") is not None and not resume:
+        options = {**spec_defaults(options["model"], options), **options}
     options = {**DEFAULTS, **options}
     check_dataset_options(options["dataset"], options["data_dir"], options["scaling"])
     hidden = parse_hidden(options["hidden"])
     stand_in = build_model({**options, "hidden": [1] * len(hidden)}, 1, 2, get_backend("numpy"))
-    Trainer(stand_in, optimizer=options["optimizer"], lr=options["lr"], weight_decay=options["weight_decay"],
+    Trainer(stand_in, loss=options["loss"], optimizer=options["optimizer"], lr=options["lr"],
+            weight_decay=options["weight_decay"],
             epochs=options["epochs"], batch_size=options["batch_size"], accumulate_steps=options["accumulate"],
             drop_last=options["drop_last"], seed=options["seed"], schedule=options["schedule"],
             warmup_epochs=options["warmup_epochs"],
@@ -92,6 +103,56 @@ def check_options(options: dict) -> dict:
     return options
 
 
+def spec_defaults(model, given: dict) -> dict:
+    """The options a spec's ``[train]`` table sets (each one checked to be a run option), after checking that
+    ``given`` sets none of the MLP's options, which a spec replaces."""
+    from .specs import load_spec
+
+    spec = load_spec(model)
+    mlp_given = [key for key in MLP_OPTIONS if key in given and not _same_option(key, given[key], DEFAULTS[key])]
+    if mlp_given:
+        flags = ", ".join("--" + key for key in mlp_given)
+        raise ConfigError(f"{flags} shape{'s' if len(mlp_given) == 1 else ''} the default MLP, and --model "
+                          f"{model} lists its own layers; leave {'it' if len(mlp_given) == 1 else 'them'} out, or "
+                          f"change the layers in the spec")
+    for key, value in spec.train.items():
+        if key not in DEFAULTS or key in (*MLP_OPTIONS, "model"):
+            allowed = [k for k in DEFAULTS if k not in (*MLP_OPTIONS, "model")]
+            raise ConfigError(f"{spec.source}: [train] {key} is not a backprop train option; expected "
+                              f"{', '.join(allowed)}")
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            raise ConfigError(f"{spec.source}: [train] {key} must be a string, a number or true/false, got {value!r}")
+    return dict(spec.train)
+
+
+def make_model(options: dict, dataset, backend, *, log=None):
+    """The run's model for ``dataset``: the spec's (``options["model"]``), its shapes checked from the input
+    to the targets before anything is allocated, or the MLP of ``--hidden``. Returns ``(model, name)``."""
+    if options.get("model") is None:
+        check_memory(options, dataset.num_features, dataset.num_classes, backend)
+        return build_model(options, dataset.num_features, dataset.num_classes, backend), None
+    from . import specs
+    from .layers import declared_arrays
+
+    spec = specs.load_spec(options["model"])
+    input_shape = specs.input_shape_for(spec, dataset.num_features, dataset.image_shape)
+    resolved = specs.resolve(spec, input_shape, outputs=dataset.num_classes, flat_features=dataset.num_features)
+    specs.check_targets(resolved, target_shape(dataset), f"the {dataset.name} dataset's targets")
+    parameters = sum(math.prod(shape) for key, shape in declared_arrays(resolved.architecture()).items()
+                     if key.startswith("param/"))
+    check_parameter_memory(parameters, options, backend, f"--model {options['model']}")
+    return specs.build(resolved, seed=options["seed"], backend=backend), spec.source
+
+
+def target_shape(dataset) -> tuple:
+    """What the model must give for one example of ``dataset``: a score per class (at every step, for labels
+    per step), or the regression targets."""
+    y = dataset.y_train
+    if y.dtype.kind == "f":
+        return tuple(y.shape[1:])
+    return (*y.shape[1:], dataset.num_classes)
+
+
 def build_model(options: dict, num_features: int, num_classes: int, backend) -> Sequential:
     """The MLP the options describe: input, hidden layers (with dropout after each), output."""
     hidden = parse_hidden(options["hidden"])
@@ -104,7 +165,7 @@ def build_model(options: dict, num_features: int, num_classes: int, backend) -> 
         layers = []
         for layer in model.layers:
             layers.append(layer)
-            if layer is not model.layers[-1] and not hasattr(layer, "in_features"):  # after each activation
+            if isinstance(layer, Activation):  # after each hidden layer's activation
                 layers.append(Dropout(options["dropout"], backend=backend))
         model = Sequential(layers)
     return model
@@ -126,12 +187,17 @@ def check_memory(options: dict, num_features: int, num_classes: int, backend) ->
     the memory free on the backend's device, before any of it is allocated. A lower bound of what training
     needs (activations and the trainer's start-of-epoch copy come on top), so a model it lets through can
     still be too big, but one it stops could never have trained."""
+    sizes = [num_features, *parse_hidden(options["hidden"]), num_classes]
+    parameters = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))  # Dense weights and biases
+    check_parameter_memory(parameters, options, backend, f"--hidden {options['hidden']}")
+
+
+def check_parameter_memory(parameters: int, options: dict, backend, what: str) -> None:
+    """``check_memory`` for a model of ``parameters`` parameters (``what`` names it in the message)."""
     from backends import dtype_name
 
     from .optim import make_optimizer
 
-    sizes = [num_features, *parse_hidden(options["hidden"]), num_classes]
-    parameters = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))  # Dense weights and biases
     # the optimizer's own declaration of the state it keeps per parameter (Adam: 2 arrays, SGD: none)
     stand_in = build_model({**options, "hidden": [], "dropout": 0.0}, 1, 1, get_backend("numpy"))
     state = len(make_optimizer(options["optimizer"], stand_in).buffer_names())
@@ -141,7 +207,7 @@ def check_memory(options: dict, num_features: int, num_classes: int, backend) ->
     if available is not None and needed > available:
         kept = f"plus {state} {options['optimizer']} state array{'s' if state > 1 else ''}" if state else \
             f"{options['optimizer']} keeps no state"
-        raise ConfigError(f"--hidden {options['hidden']}: the model's {parameters:,} parameters need "
+        raise ConfigError(f"{what}: the model's {parameters:,} parameters need "
                           f"{_size_text(needed)} ({dtype} weights and gradients, {kept}), more than the "
                           f"{_size_text(available)} of memory available to {backend.name} ({backend.device_name})")
 
@@ -269,7 +335,7 @@ def _train_run(options, *, overwrite, **arguments) -> dict:
 
 
 def _run(options, *, output, backend, progress, plots, resume, log, communicator) -> dict:
-    options = check_options(options)
+    options = check_options(options, resume=resume)
     root = communicator is None or communicator.is_root
     if communicator is None:
         backend = get_backend(backend)
@@ -301,8 +367,10 @@ def _run_on(backend, options, *, output, progress, plots, resume, log, communica
         from .training.trainer import validation_size
 
         validation_size(len(dataset.x_train), options["validation_split"])
-    check_memory(options, num_features, dataset.num_classes, backend)
-    model = build_model(options, num_features, dataset.num_classes, backend)
+    if resume and options["model"] is not None:  # the model the checkpoint describes, whatever the spec is now
+        model, model_name = checkpoint_model(output / CHECKPOINT_FILE, backend), options["model"]
+    else:
+        model, model_name = make_model(options, dataset, backend)
     callbacks = [GradientMonitor()]
     if options["early_stopping"]:
         callbacks.append(EarlyStopping(int(options["early_stopping"])))
@@ -313,8 +381,9 @@ def _run_on(backend, options, *, output, progress, plots, resume, log, communica
     dataset_sha256 = file_sha256(source) if root and source is not None else None
     run_config = options if dataset_sha256 is None else {**options, "dataset_sha256": dataset_sha256}
     callbacks += [Checkpoint(output / CHECKPOINT_FILE, run_config=run_config), HistoryWriter(output / HISTORY_FILE)]
-    trainer = Trainer(model, optimizer=options["optimizer"], lr=options["lr"], weight_decay=options["weight_decay"],
-                      epochs=int(options["epochs"]), batch_size=options["batch_size"],
+    trainer = Trainer(model, loss=options["loss"], optimizer=options["optimizer"], lr=options["lr"],
+                      weight_decay=options["weight_decay"], epochs=int(options["epochs"]),
+                      batch_size=options["batch_size"],
                       accumulate_steps=options["accumulate"], drop_last=options["drop_last"],
                       seed=options["seed"], schedule=options["schedule"], warmup_epochs=options["warmup_epochs"],
                       clip_norm=options["clip_norm"], callbacks=callbacks, progress=progress, log=log,
@@ -325,11 +394,13 @@ def _run_on(backend, options, *, output, progress, plots, resume, log, communica
     mode = batch_mode(trainer.batch_size)
     if trainer.accumulate_steps > 1:
         mode += f" accumulated {trainer.accumulate_steps} times per update"
-    log(f"training {_describe(model)} on {dataset.name} ({len(dataset.x_train)} train / {len(dataset.x_test)} "
-        f"test) with {backend.name} ({backend.device_name}), {mode}, {options['optimizer']} lr {trainer.base_lr:g}"
+    log(f"training {describe_model(model, model_name)} on {dataset.name} ({len(dataset.x_train)} train / "
+        f"{len(dataset.x_test)} test) with {backend.name} ({backend.device_name}), {mode}, {options['optimizer']} "
+        f"lr {trainer.base_lr:g}"
         + (f", {communicator.size} ranks (data-parallel)" if communicator is not None else ""))
     metadata = {"dataset": dataset.name, "num_classes": dataset.num_classes, "class_names": dataset.class_names,
-                "image_shape": dataset.image_shape, "scaler": dataset.scaler, "options": options,
+                "image_shape": dataset.image_shape, "input_shape": [num_features], "scaler": dataset.scaler,
+                "options": options,
                 "loss": loss_name(trainer.loss_fn)}
     if dataset_sha256 is not None:
         metadata["dataset_sha256"] = dataset_sha256
@@ -357,12 +428,18 @@ def _run_on(backend, options, *, output, progress, plots, resume, log, communica
     write_text_atomic(output / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     if plots:
         _plots(output, trainer.history, model, x_test, dataset, log)
-    log(f"test accuracy {100 * test_accuracy:.2f}% ({round(test_accuracy * len(dataset.y_test))}/"
-        f"{len(dataset.y_test)}), test loss {test_loss:.4f}, {elapsed:.1f} s on {backend.name} "
+    predictions = predictions_of(dataset.y_test)
+    log(f"test accuracy {100 * test_accuracy:.2f}% ({round(test_accuracy * predictions)}/"
+        f"{predictions}), test loss {test_loss:.4f}, {elapsed:.1f} s on {backend.name} "
         f"({backend.device_name}); saved {output / MODEL_FILE}")
     if communicator is not None:
         communicator.broadcast_object(summary)
     return summary
+
+
+def predictions_of(labels) -> int:
+    """How many predictions accuracy counts over ``labels``: one per label, a label per step included."""
+    return int(labels.size) if labels.dtype.kind in "iu" else len(labels)
 
 
 def _silent(*_) -> None:
@@ -378,6 +455,8 @@ def _plots(output, history, model, x_test, dataset, log):
 
     try:
         plot_learning_curves(history, output / "learning_curves.png", title=f"{dataset.name}")
+        if dataset.y_test.ndim != 1 or dataset.y_test.dtype.kind not in "iu":
+            return  # a confusion matrix is for one class per example
         predicted = model.backend.to_host(predict_classes(model, x_test))
         matrix = confusion_matrix(dataset.y_test, predicted, dataset.num_classes)
         plot_confusion_matrix(matrix, output / "confusion_matrix.png", class_names=dataset.class_names,
@@ -388,10 +467,26 @@ def _plots(output, history, model, x_test, dataset, log):
         warnings.warn(f"could not draw the plots in {output}: {exc}", RuntimeWarning, stacklevel=2)
 
 
-def _describe(model) -> str:
-    sizes = [layer.in_features for layer in model.layers if hasattr(layer, "in_features")]
-    sizes.append(model.layers[-1].out_features)
-    return f"MLP {'-'.join(map(str, sizes))} ({model.num_parameters():,} parameters)"
+def describe_model(model, name: str | None = None) -> str:
+    """One line for logs: ``MLP 64-256-128-10 (...)`` for a stack of Dense layers and activations, otherwise
+    the spec's name and the layer types in order."""
+    layers = list(getattr(model, "layers", [model]))
+    count = f"({model.num_parameters():,} parameters)"
+    if name is None and all(isinstance(layer, (Dense, Activation, Dropout)) for layer in layers):
+        dense = [layer for layer in layers if isinstance(layer, Dense)]
+        if dense:
+            sizes = [layer.in_features for layer in dense] + [dense[-1].out_features]
+            return f"MLP {'-'.join(map(str, sizes))} {count}"
+    return f"{name or 'model'}: {'-'.join(type(layer).__name__ for layer in layers)} {count}"
+
+
+def checkpoint_model(path, backend):
+    """The model a checkpoint's architecture describes (its weights are loaded with the trainer's state)."""
+    from .host_io.model_files import _build_checked, read_checkpoint
+
+    arrays, header = read_checkpoint(path)
+    with backend.activate():
+        return _build_checked(path, header, arrays, backend)
 
 
 def resolve_model_path(path) -> Path:

@@ -624,6 +624,7 @@ def test_bad_scalers():
 
 def test_load_dataset_rejects_unknown_specs_and_options():
     with pytest.raises(ConfigError, match=r"unknown dataset 'cifar'; expected one of digits, mnist, fashion-mnist, "
+                                          r"adding-problem, sonnets, "
                                           r"or a path to a \.npz or \.csv file"):
         data.load_dataset("cifar")
     with pytest.raises(ConfigError, match="unknown scaling"):

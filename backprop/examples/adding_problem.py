@@ -23,34 +23,22 @@ import math
 import time
 
 from ..errors import ConfigError
+from .options import check_at_least, example_parser
 
 CELLS = ("rnn", "lstm", "gru")
 BASELINE_PREDICTION = 1.0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="backprop example adding", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = example_parser("adding", __doc__.split("\n\n")[0], epochs=10, batch_size=64, lr=0.01, hidden=32,
+                            clip_norm=1.0, bptt_steps=True, blas_threads=True, quiet=True)
     parser.add_argument("--length", type=int, default=50, help="sequence length T")
     parser.add_argument("--train", type=int, default=8000, help="training sequences")
     parser.add_argument("--val", type=int, default=2000, help="validation sequences")
     parser.add_argument("--cells", default=",".join(CELLS), help="cell types to compare, comma-separated")
-    parser.add_argument("--hidden", type=int, default=32, help="hidden units")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=0.01, help="Adam learning rate")
-    parser.add_argument("--clip-norm", type=float, default=1.0, help="clip gradients to this global norm")
-    parser.add_argument("--bptt-steps", type=int, default=None, help="truncate backpropagation through time")
     parser.add_argument("--probe", type=int, default=256, help="validation sequences used to measure |dL/dh_t|")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--backend", default=None, help="array backend (default: the current one)")
     parser.add_argument("--plot", default="adding_gradients.png", help="PNG of |dL/dh_t| against t")
     parser.add_argument("--no-plot", action="store_true", help="do not write the PNG")
-    parser.add_argument("--blas-threads", type=int, default=1,
-                        help="BLAS threads while training (small per-step products run fastest on one; "
-                             "0: the library's default)")
-    parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     return parser
 
 
@@ -63,13 +51,8 @@ def _parse_cells(text: str) -> list[str]:
 
 
 def _check_args(args) -> None:
-    for name in ("length", "train", "val", "hidden", "epochs", "batch_size", "probe"):
-        value = getattr(args, name)
-        if value < (2 if name == "length" else 1):
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least {2 if name == 'length' else 1}, "
-                              f"got {value}")
-    if args.blas_threads < 0:
-        raise ConfigError(f"--blas-threads must be 0 (library default) or more, got {args.blas_threads}")
+    check_at_least(args, {"length": 2, "train": 1, "val": 1, "hidden": 1, "epochs": 1, "batch_size": 1, "probe": 1,
+                          "blas_threads": 0})
 
 
 def make_model(cell: str, *, hidden: int, bptt_steps=None, seed: int = 0, backend=None):

@@ -32,53 +32,32 @@ from collections import Counter
 
 from ..errors import ConfigError
 from ..on_device import on_device
+from .options import check_at_least, example_parser
 
 DEFAULT_PROMPT = "From fairest"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="backprop example char-lm", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = example_parser("char-lm", __doc__.split("\n\n")[0], epochs=12, batch_size=32, lr=0.005, hidden=128,
+                            clip_norm=1.0, bptt_steps=True, blas_threads=True, quiet=True)
     parser.add_argument("--cell", choices=["lstm", "gru"], default="lstm", help="recurrent cell")
-    parser.add_argument("--epochs", type=int, default=12,
-                        help="at most this many epochs: training stops after 2 epochs without a better held-out "
-                             "loss, keeping the best weights")
     parser.add_argument("--seq-len", type=int, default=64, help="characters per training window")
-    parser.add_argument("--hidden", type=int, default=128, help="hidden units")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=0.005, help="Adam learning rate")
-    parser.add_argument("--clip-norm", type=float, default=1.0, help="clip gradients to this global norm")
-    parser.add_argument("--bptt-steps", type=int, default=None, help="truncate backpropagation through time")
     parser.add_argument("--max-chars", type=int, default=None,
                         help="use only the first N characters of the text (for quick runs)")
     parser.add_argument("--sample-length", type=int, default=400, help="characters to generate")
     parser.add_argument("--temperature", type=float, default=0.7,
                         help="sampling temperature: lower is more conservative, 0 always takes the likeliest")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="text the sample starts from")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--backend", default=None, help="array backend (default: the current one)")
-    parser.add_argument("--blas-threads", type=int, default=1,
-                        help="BLAS threads while training (small per-step products run fastest on one; "
-                             "0: the library's default)")
-    parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     return parser
 
 
 def _check_args(args) -> None:
-    for name in ("epochs", "hidden", "batch_size"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.seq_len < 2:
-        raise ConfigError(f"--seq-len must be at least 2, got {args.seq_len}")
-    if args.sample_length < 0:
-        raise ConfigError(f"--sample-length must be 0 or more, got {args.sample_length}")
+    check_at_least(args, {"epochs": 1, "hidden": 1, "batch_size": 1, "seq_len": 2, "sample_length": 0,
+                          "blas_threads": 0})
     if not math.isfinite(args.temperature) or args.temperature < 0:
         raise ConfigError(f"--temperature must be a finite number >= 0, got {args.temperature}")
     if args.max_chars is not None and args.max_chars < 4 * args.seq_len:
         raise ConfigError(f"--max-chars must be at least 4 x --seq-len = {4 * args.seq_len}, got {args.max_chars}")
-    if args.blas_threads < 0:
-        raise ConfigError(f"--blas-threads must be 0 (library default) or more, got {args.blas_threads}")
 
 
 def make_model(cell: str, vocab_size: int, hidden: int, *, bptt_steps=None, seed: int = 0, backend=None):

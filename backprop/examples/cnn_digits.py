@@ -17,24 +17,19 @@ import argparse
 import time
 from pathlib import Path
 
+from .options import check_at_least, check_positive_number, example_parser
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="backprop example cnn-digits",
-        description="Train a small CNN (Conv2D, ReLU, MaxPool2D, Flatten, Dense) on the packaged 8x8 digits "
-                    "or on MNIST, and report its test accuracy.")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=0.002, help="Adam learning rate")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the shuffling")
-    parser.add_argument("--backend", default=None, help="array backend, such as numpy or torch:cuda:0 "
-                                                        "(default: the current one)")
+    parser = example_parser(
+        "cnn-digits", "Train a small CNN (Conv2D, ReLU, MaxPool2D, Flatten, Dense) on the packaged 8x8 digits "
+                      "or on MNIST, and report its test accuracy.", epochs=30, batch_size=32, lr=0.002,
+        no_progress=True)
     parser.add_argument("--dataset", choices=["digits", "mnist"], default="digits")
     parser.add_argument("--data-dir", default=None,
                         help="folder with the four MNIST IDX files (.gz or not); without it MNIST comes from "
                              "the download cache")
     parser.add_argument("--output", default=None, metavar="DIR", help="save the trained model to DIR/model.safetensors")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -64,16 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     from backends import get_backend
 
     from ..data import load_dataset
-    from ..errors import ConfigError
     from ..losses import CrossEntropy
     from ..training import Trainer, evaluate
 
     args = build_parser().parse_args(argv)
-    for name in ("epochs", "batch_size"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
-    if not args.lr > 0:
-        raise ConfigError(f"--lr must be a positive number, got {args.lr}")
+    check_at_least(args, {"epochs": 1, "batch_size": 1})
+    check_positive_number(args, "lr")
     backend = get_backend(args.backend)
     data = load_dataset(args.dataset, data_dir=args.data_dir)
     height, width = data.image_shape

@@ -17,6 +17,7 @@ import argparse
 import time
 
 from ..training import Callback
+from .options import check_at_least, check_positive_number, example_parser
 
 
 class FixedPointMonitor(Callback):
@@ -44,41 +45,45 @@ class FixedPointMonitor(Callback):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="backprop example fixed-point",
-        description="Train [FixedPointRecurrent(64 -> hidden), Dense(hidden -> 10)] on the packaged 8x8 digits "
-                    "with recurrent (Almeida-Pineda) backpropagation.")
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--hidden", type=int, default=64, help="units of the recurrent layer")
-    parser.add_argument("--lr", type=float, default=0.005, help="Adam learning rate")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser = example_parser(
+        "fixed-point", "Train [FixedPointRecurrent(64 -> hidden), Dense(hidden -> 10)] on the packaged 8x8 digits "
+                       "with recurrent (Almeida-Pineda) backpropagation.", epochs=15, batch_size=32, lr=0.005,
+        hidden=64)
     parser.add_argument("--tolerance", type=float, default=1e-5, help="fixed-point tolerance (max |Δh|)")
     parser.add_argument("--max-iterations", type=int, default=200)
     parser.add_argument("--max-norm", type=float, default=0.9,
                         help="keep ||W||₂ of the recurrent weight at most this (a contraction for tanh when < 1); "
                              "0: no limit (the weights then grow and the iteration may slow down or fail)")
-    parser.add_argument("--backend", default=None, help="array backend (default: the current one)")
-    parser.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def build_model(num_features: int, num_classes: int, *, hidden: int = 64, tolerance: float = 1e-5,
+                max_iterations: int = 200, max_norm: float | None = 0.9, seed: int = 0, backend=None):
+    """``[FixedPointRecurrent(num_features -> hidden), Dense(hidden -> num_classes)]``."""
+    from ..layers.dense import Dense
+    from ..layers.fixed_point import FixedPointRecurrent
+    from ..layers.sequential import Sequential
+
+    recurrent = FixedPointRecurrent(num_features, hidden, tolerance=tolerance, max_iterations=max_iterations,
+                                    max_recurrent_norm=max_norm or None, rng=seed, backend=backend)
+    return Sequential([recurrent, Dense(hidden, num_classes, rng=seed + 1, backend=backend)])
 
 
 def main(argv: list[str] | None = None) -> int:
     from backends import get_backend
 
     from ..data import load_digits
-    from ..layers.dense import Dense
-    from ..layers.fixed_point import FixedPointRecurrent
-    from ..layers.sequential import Sequential
     from ..losses import CrossEntropy
     from ..training import Trainer, evaluate
 
     args = build_parser().parse_args(argv)
+    check_at_least(args, {"epochs": 1, "batch_size": 1, "hidden": 1, "max_iterations": 1})
+    check_positive_number(args, "lr")
     backend = get_backend(args.backend)
     data = load_digits()
-    recurrent = FixedPointRecurrent(data.x_train.shape[1], args.hidden, tolerance=args.tolerance,
-                                    max_iterations=args.max_iterations, max_recurrent_norm=args.max_norm or None,
-                                    rng=args.seed, backend=backend)
-    model = Sequential([recurrent, Dense(args.hidden, data.num_classes, rng=args.seed + 1, backend=backend)])
+    model = build_model(data.x_train.shape[1], data.num_classes, hidden=args.hidden, tolerance=args.tolerance,
+                        max_iterations=args.max_iterations, max_norm=args.max_norm, seed=args.seed, backend=backend)
+    recurrent = model.layers[0]
     print(f"model: {recurrent!r} -> Dense({args.hidden}, {data.num_classes}) on {backend.name}; "
           f"{model.num_parameters()} parameters; contraction bound at start {recurrent.contraction_bound():.3f}")
     monitor = FixedPointMonitor(recurrent)
@@ -105,4 +110,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["FixedPointMonitor", "main"]
+__all__ = ["FixedPointMonitor", "build_model", "build_parser", "main"]

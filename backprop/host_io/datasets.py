@@ -42,7 +42,10 @@ class Dataset:
     """A classification dataset with a fixed train/test split, as host NumPy arrays.
 
     ``scaler`` describes the feature scaling already applied to ``x_train`` and
-    ``x_test``, from raw source values (see :func:`apply_scaler`).
+    ``x_test``, from raw source values (see :func:`apply_scaler`). ``image_shape`` is the shape of one example
+    before it was flattened into a row: an image's (H, W) or (C, H, W), or a sequence's (steps, features).
+    Labels are class numbers ``(samples,)``, or one per step ``(samples, steps)``; float32 targets
+    ``(samples, num_classes)`` are regression targets (see ``_validate_targets``).
     """
 
     name: str
@@ -60,10 +63,10 @@ class Dataset:
         for part in ("train", "test"):
             x, y = getattr(self, f"x_{part}"), getattr(self, f"y_{part}")
             validate_features(x, f"{self.name} ({part})")
-            validate_labels(y, self.num_classes, f"{self.name} ({part})")
-            if x.dtype != np.float32 or y.dtype != np.int64:
-                raise DataError(f"{self.name} ({part}): expected float32 features and int64 labels, "
-                                f"got {x.dtype} and {y.dtype}")
+            _validate_targets(y, self.num_classes, f"{self.name} ({part})")
+            if x.dtype != np.float32 or y.dtype not in (np.int64, np.float32):
+                raise DataError(f"{self.name} ({part}): expected float32 features and int64 labels (or float32 "
+                                f"regression targets), got {x.dtype} and {y.dtype}")
             if len(x) != len(y):
                 raise DataError(f"{self.name} ({part}): {len(x)} samples but {len(y)} labels")
         if self.x_train.shape[1] != self.x_test.shape[1]:
@@ -89,9 +92,15 @@ class Dataset:
 
     def describe(self) -> str:
         """One line for logs: sizes, features, classes."""
-        images = f" ({'x'.join(map(str, self.image_shape))} images)" if self.image_shape else ""
+        images = ""
+        if self.image_shape and self.y_train.ndim == 1 and self.y_train.dtype == np.int64:
+            images = f" ({'x'.join(map(str, self.image_shape))} images)"
+        elif self.image_shape:
+            images = f" (sequences of {self.image_shape[0]} steps x {math.prod(self.image_shape[1:])} features)"
         return (f"{self.name}: {len(self.x_train)} train / {len(self.x_test)} test samples, "
-                f"{self.num_features} features{images}, {self.num_classes} classes")
+                f"{self.num_features} features{images}, " + (
+                    f"{self.num_classes} classes" if self.y_train.dtype != np.float32 else
+                    f"{self.num_classes} regression target{'s' if self.num_classes > 1 else ''}"))
 
     def __repr__(self) -> str:  # the dataclass default would print every array in full
         return f"Dataset({self.describe()})"
@@ -141,6 +150,22 @@ def validate_labels(y, num_classes: int | None, source: str) -> None:
     if num_classes is not None and high >= num_classes:
         raise DataError(f"{source}: labels must be < {num_classes} (the number of classes), "
                         f"found {high} at sample {int(np.argmax(y))}")
+
+
+def _validate_targets(y, num_classes: int, source: str) -> None:
+    """What a Dataset may hold as targets: class labels ``(samples,)``, a class at every position of a sequence
+    ``(samples, steps)`` (a language model's next characters), or float32 regression targets
+    ``(samples, num_classes)`` (``num_classes`` then counts the outputs)."""
+    y = np.asarray(y)
+    if y.dtype == np.float32:
+        if y.ndim != 2 or y.shape[1] != num_classes:
+            raise DataError(f"{source}: regression targets must have shape (samples, {num_classes}), got {y.shape}")
+        if y.size and not np.isfinite(y).all():
+            raise DataError(f"{source}: non-finite regression targets (NaN or inf)")
+    elif y.ndim == 2 and y.dtype.kind in "iu":
+        validate_labels(y.reshape(-1), num_classes, f"{source} (labels at each step)")
+    else:
+        validate_labels(y, num_classes, source)
 
 
 #: The most classes a dataset file may have. The output layer has a row of weights per class, so a label
@@ -722,7 +747,7 @@ def load_csv(path, label_column: int | str = -1, test_fraction: float = 0.2, see
 
 # ----------------------------------------------------------------------------------------------- by name
 
-BUILTIN_DATASETS = ("digits", "mnist", "fashion-mnist")
+BUILTIN_DATASETS = ("digits", "mnist", "fashion-mnist", "adding-problem", "sonnets")
 
 
 def dataset_file(spec) -> Path | None:
@@ -814,6 +839,10 @@ def load_dataset(spec, data_dir=None, scaling: str | None = None, seed: int = 0,
         dataset = load_mnist(data_dir, download)
     elif kind == "fashion-mnist":
         dataset = load_fashion_mnist(data_dir, download)
+    elif kind in ("adding-problem", "sonnets"):
+        from . import sequences  # here, not at the top: sequences builds its Datasets with this module
+
+        dataset = (sequences.load_adding_problem if kind == "adding-problem" else sequences.load_sonnets)(seed)
     elif kind == "npz":
         dataset = load_npz(text, test_fraction=test_fraction, seed=seed)
     else:

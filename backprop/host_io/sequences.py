@@ -14,7 +14,8 @@ import numpy as np
 
 from backprop.errors import ConfigError, DataError
 
-__all__ = ["TEXTS", "adding_problem", "blas_threads", "load_text"]
+__all__ = ["SEQUENCE_DATASETS", "TEXTS", "adding_problem", "blas_threads", "load_adding_problem", "load_sonnets",
+           "load_text", "text_windows"]
 
 
 def adding_problem(n: int, length: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -85,3 +86,51 @@ def blas_threads(limit: int | None):
     except ImportError:
         return contextlib.nullcontext()
     return threadpool_limits(limits=limit)
+
+
+# ---------------------------------------------------------------------- the same data as datasets, for the CLI
+
+#: The sequence datasets ``backprop train --dataset NAME`` knows (the data of the recurrent examples).
+SEQUENCE_DATASETS = ("adding-problem", "sonnets")
+ADDING_LENGTH, ADDING_TRAIN, ADDING_TEST = 50, 8000, 2000
+SONNETS_WINDOW = 64
+
+
+def load_adding_problem(seed: int = 0):
+    """The adding problem as a ``Dataset``: 8,000 training and 2,000 test sequences of 50 steps, drawn
+    exactly as ``backprop example adding`` draws its training and validation sequences with the same seed.
+    Rows are the flattened (50, 2) sequences (``image_shape``); targets are float32 ``(samples, 1)``."""
+    from .datasets import Dataset
+
+    x, y = adding_problem(ADDING_TRAIN + ADDING_TEST, ADDING_LENGTH, seed=seed)
+    x = x.reshape(len(x), -1)
+    return Dataset("adding-problem", x[:ADDING_TRAIN], y[:ADDING_TRAIN], x[ADDING_TRAIN:], y[ADDING_TRAIN:],
+                   num_classes=1, image_shape=(ADDING_LENGTH, 2), class_names=["sum"], scaler={"kind": "none"})
+
+
+def text_windows(ids: np.ndarray, length: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs ``ids[s:s+length]`` and next-character targets ``ids[s+1:s+length+1]`` for s = 0, stride, ..."""
+    starts = np.arange(0, len(ids) - length, stride)
+    offsets = np.arange(length)
+    return ids[starts[:, None] + offsets], ids[starts[:, None] + offsets + 1]
+
+
+def load_sonnets(seed: int = 0):
+    """Shakespeare's Sonnets as a next-character ``Dataset``, cut as ``backprop example char-lm`` cuts it:
+    windows of 64 characters from the first 90% of the text (a new one every 32), and from the last 10%
+    (every 64) as the test set. Each row is a window's one-hot characters, flattened from (64, vocabulary)
+    (``image_shape``); its labels are the 64 next characters ``(samples, 64)``, class names the characters.
+    (``seed`` is accepted for the common signature; the windows do not depend on it.)"""
+    from .datasets import Dataset
+
+    text = load_text("sonnets")
+    vocab = sorted(set(text))
+    index = {c: i for i, c in enumerate(vocab)}
+    ids = np.array([index[c] for c in text], dtype=np.int64)
+    split = int(0.9 * len(ids))
+    x_train, y_train = text_windows(ids[:split], SONNETS_WINDOW, SONNETS_WINDOW // 2)
+    x_test, y_test = text_windows(ids[split:], SONNETS_WINDOW, SONNETS_WINDOW)
+    eye = np.eye(len(vocab), dtype=np.float32)
+    return Dataset("sonnets", eye[x_train].reshape(len(x_train), -1), y_train, eye[x_test].reshape(len(x_test), -1),
+                   y_test, num_classes=len(vocab), image_shape=(SONNETS_WINDOW, len(vocab)), class_names=vocab,
+                   scaler={"kind": "none"})

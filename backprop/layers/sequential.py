@@ -11,6 +11,14 @@ def architecture(layer: Layer) -> dict:
     return {"type": type(layer).__name__, "config": layer.config()}
 
 
+def _leading_parameter_free(layers) -> int:
+    """How many layers without parameters (or buffers) come before the first one with some; 0 when none has."""
+    for i, layer in enumerate(layers):
+        if layer.params or layer.buffers or layer.named_children():
+            return i
+    return 0
+
+
 class Sequential(Layer):
     """``Sequential([Dense(64, 32), ReLU(), Dense(32, 10)])``.
 
@@ -61,15 +69,24 @@ class Sequential(Layer):
         for layer in self.layers:
             x, layer_backprop = layer.begin_update(x, training=training)
             backprops.append(layer_backprop)
-        first, rest = backprops[0], backprops[:0:-1]
-        first_can_skip = self.layers[0].can_skip_input_grad
+        # The parameter-free layers a model may start with (a Reshape of flat rows, say) need no gradient when
+        # the model's input gradient is not wanted: then their backward passes are skipped, and the first layer
+        # with parameters may skip its dL/dinput, as if it came first.
+        start = _leading_parameter_free(self.layers)
+        first, rest, leading = backprops[start], backprops[:start:-1], backprops[start - 1::-1] if start else []
+        first_can_skip = self.layers[start].can_skip_input_grad
 
         def backprop(grad_output, input_grad: bool = True):
             for layer_backprop in rest:
                 grad_output = layer_backprop(grad_output)
             if not input_grad and first_can_skip:
                 return first(grad_output, input_grad=False)
-            return first(grad_output)
+            grad_output = first(grad_output)
+            if not input_grad:
+                return None if leading else grad_output
+            for layer_backprop in leading:
+                grad_output = layer_backprop(grad_output)
+            return grad_output
 
         return x, backprop
 
