@@ -161,7 +161,8 @@ def test_a_checkpoint_from_before_accumulation_resumes_with_one_micro_batch_per_
     import numpy as np
 
     import backprop as bp
-    from backprop.host_io.model_files import read_checkpoint, save_arrays
+    from backprop.io.checkpoints import read_checkpoint
+    from backprop.io.model_files import save_arrays
 
     checkpoint = two_epoch_run / "checkpoint.safetensors"
     arrays, header = read_checkpoint(checkpoint)
@@ -377,7 +378,7 @@ def test_hidden_sizes_that_cannot_fit_in_memory_are_refused_before_allocating(tm
 def test_an_os_error_during_a_command_is_one_line(digits_run, features_csv, tmp_path, monkeypatch, capsys):
     # A write refused after the up-front checks passed (the disk filled, permissions changed meanwhile): raised
     # here from the atomic writer, as the OS would raise it.
-    import backprop.host_io.atomic as atomic
+    import backprop.io.atomic as atomic
 
     def refused(path, data):
         raise PermissionError(13, "Permission denied", str(path))

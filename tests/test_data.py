@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import backprop.data as data
+from backprop.data import downloads
 from backprop.errors import ConfigError, DataError
-from backprop.host_io import downloads
 
 IDX_FILES = downloads.IDX_FILES
 

@@ -321,7 +321,7 @@ def test_cli_distributed_train_matches_single_process(tmp_path, monkeypatch):
     (see RTOL64). That the float32 path of the ranks is as accurate as one process is tested above."""
     import backprop as bp
     from backprop.cli import main
-    from backprop.host_io.model_files import load_model
+    from backprop.io.model_files import load_model
 
     options = ["train", "--epochs", "2", "--hidden", "32", "--batch-size", "33", "--no-progress", "--no-plots",
                "--output", "out"]

@@ -398,14 +398,14 @@ class Trainer:
     @on_device
     def save_checkpoint(self, path, *, run_config: dict | None = None) -> None:
         """Write a resumable checkpoint file atomically (a failed write keeps the previous one)."""
-        from ..host_io.model_files import save_checkpoint
+        from ..io.checkpoints import save_checkpoint
 
         save_checkpoint(path, self, run_config=run_config or {})
 
     @on_device
     def load_checkpoint(self, path) -> dict:
         """Restore a checkpoint into this trainer; returns the run configuration saved with it."""
-        from ..host_io.model_files import load_checkpoint
+        from ..io.checkpoints import load_checkpoint
 
         return load_checkpoint(path, self)
 
