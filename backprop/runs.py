@@ -75,8 +75,8 @@ def check_options(options: dict, *, resume: bool = False) -> dict:
     (layer types, option names) is checked; its shapes are checked when the data is known. A resumed run
     (``resume``) has every option recorded and its model in its checkpoint: the spec is not read again."""
     from .data.loading import check_dataset_options
+    from .data.splitting import holdout_size
     from .training import EarlyStopping, Trainer
-    from .training.trainer import validation_size
 
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
@@ -99,7 +99,7 @@ def check_options(options: dict, *, resume: bool = False) -> dict:
             raise ConfigError(f"--early-stopping {options['early_stopping']} watches the validation loss, and "
                               f"--validation-split 0 holds out no validation data")
     if options["validation_split"]:
-        validation_size(None, options["validation_split"])
+        holdout_size(None, options["validation_split"], "--validation-split", "validation_split")
     return options
 
 
@@ -364,9 +364,9 @@ def _run_on(backend, options, *, output, progress, plots, resume, log, communica
                            seed=options["seed"])
     num_features = dataset.x_train.shape[1]
     if options["validation_split"]:  # the fraction is checked; whether it leaves training data needs the data
-        from .training.trainer import validation_size
+        from .data.splitting import holdout_size
 
-        validation_size(len(dataset.x_train), options["validation_split"])
+        holdout_size(len(dataset.x_train), options["validation_split"], "--validation-split", "validation_split")
     if resume and options["model"] is not None:  # the model the checkpoint describes, whatever the spec is now
         model, model_name = checkpoint_model(output / CHECKPOINT_FILE, backend), options["model"]
     else:
