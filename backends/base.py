@@ -21,6 +21,7 @@ import contextlib
 
 import numpy as np
 
+from .allreduce import HostReducer
 from .random import DeviceRandom, Seed
 
 
@@ -176,6 +177,13 @@ class Backend:
         """``(grad_input, grad_weight, grad_bias)`` for a convolution done by ``conv2d_forward``
         (``grad_bias`` is None when ``bias`` is False, ``grad_input`` None when ``input_grad`` is False)."""
         raise NotImplementedError(f"{self.name} has no conv2d fast path")
+
+    def allreducer(self, communicator):
+        """The object that sums a flat gradient buffer of this backend over the ranks of ``communicator``
+        (``allreduce(flat, flag) -> (summed flat, summed flag)``). The default goes through the host: device →
+        host copy, the communicator's in-place host sum (MPI), host → device; a backend with a collective
+        between devices overrides it (CuPy: NCCL, ``backends/nccl.py``)."""
+        return HostReducer(communicator, self)
 
     def limit_threads(self, threads: int) -> bool:
         """Use at most ``threads`` CPU threads for this library's kernels (BLAS, OpenMP); False when the

@@ -38,6 +38,11 @@ class CupyRandom(DeviceRandom):
 class CupyBackend(Backend):
     library = "cupy"
 
+    def allreducer(self, communicator):
+        from .nccl import NcclReducer  # imports CuPy's NCCL bindings, only for a run on several GPUs
+
+        return NcclReducer(communicator, self)
+
     def __init__(self, index: int):
         import array_api_compat.cupy as xp
         import cupy

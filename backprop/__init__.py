@@ -36,8 +36,8 @@ from .errors import (
     TrainingError,
 )
 from .gradcheck import GradcheckError, gradcheck
-from .host_io.model_files import load_model, save_model
 from .init import set_seed
+from .io.model_files import load_model, save_model
 from .layers import (
     GELU,
     GRU,

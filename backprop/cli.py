@@ -199,7 +199,7 @@ def cmd_train(args) -> int:
 def _train(args, communicator) -> int:
     from pathlib import Path
 
-    from .host_io.directory_lock import refuse_if_locked
+    from .io.directory_lock import refuse_if_locked
     from .runs import (
         check_options,
         check_writable_directory,
@@ -262,8 +262,8 @@ def _check_not_empty(flag: str, path) -> None:
 
 def cmd_evaluate(args) -> int:
     from .data import load_dataset
-    from .host_io.datasets import check_recorded_dataset
-    from .host_io.model_files import load_model
+    from .data.loading import check_recorded_dataset
+    from .io.model_files import load_model
     from .runs import predictions_of, resolve_model_path
     from .training import evaluate
 
@@ -309,8 +309,8 @@ def _recorded_loss(path, metadata: dict, dataset):
 
 def cmd_predict(args) -> int:
     from .data import apply_scaler, load_features
-    from .host_io.atomic import write_text_atomic
-    from .host_io.model_files import load_model
+    from .io.atomic import write_text_atomic
+    from .io.model_files import load_model
     from .layers import architecture
     from .layers.shape_inference import input_shape_of, shape_text
     from .runs import check_output_file, resolve_model_path

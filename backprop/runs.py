@@ -74,9 +74,9 @@ def check_options(options: dict, *, resume: bool = False) -> dict:
     With a spec (``model``), its ``[train]`` table gives the defaults of the options not set, and its form
     (layer types, option names) is checked; its shapes are checked when the data is known. A resumed run
     (``resume``) has every option recorded and its model in its checkpoint: the spec is not read again."""
-    from .host_io.datasets import check_dataset_options
+    from .data.loading import check_dataset_options
+    from .data.splitting import holdout_size
     from .training import EarlyStopping, Trainer
-    from .training.trainer import validation_size
 
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
@@ -99,7 +99,7 @@ def check_options(options: dict, *, resume: bool = False) -> dict:
             raise ConfigError(f"--early-stopping {options['early_stopping']} watches the validation loss, and "
                               f"--validation-split 0 holds out no validation data")
     if options["validation_split"]:
-        validation_size(None, options["validation_split"])
+        holdout_size(None, options["validation_split"], "--validation-split", "validation_split")
     return options
 
 
@@ -227,7 +227,7 @@ def output_directory(requested: str | None, dataset: str, overwrite: bool) -> Pa
 
     Checked again under the directory's lock when the run starts (``claim_run_directory``); checking here
     too stops a refused run before its data is loaded."""
-    from .host_io.directory_lock import refuse_if_locked
+    from .io.directory_lock import refuse_if_locked
 
     if requested is None:
         stem = Path(dataset).stem if dataset.endswith((".csv", ".npz")) else dataset
@@ -273,8 +273,8 @@ def claim_run_directory(output: Path, *, resume: bool = False, overwrite: bool =
     writer: no other run holds the lock); and, unless resuming, refuses a directory holding any run's
     files, or with ``overwrite`` removes them first, saying which. A directory this call created is
     removed again if the run ends before writing anything in it."""
-    from .host_io.atomic import remove_stale_temp_files
-    from .host_io.directory_lock import LOCK_FILE, lock_directory
+    from .io.atomic import remove_stale_temp_files
+    from .io.directory_lock import LOCK_FILE, lock_directory
 
     output, log = Path(output), log or _silent  # log=None: say nothing
     if output.exists() and not output.is_dir():
@@ -355,8 +355,8 @@ def _run(options, *, output, backend, progress, plots, resume, log, communicator
 
 def _run_on(backend, options, *, output, progress, plots, resume, log, communicator, root) -> dict:
     from .data import load_dataset
-    from .host_io.datasets import dataset_file, file_sha256
-    from .host_io.model_files import save_model
+    from .data.loading import dataset_file, file_sha256
+    from .io.model_files import save_model
     from .training import Checkpoint, EarlyStopping, GradientMonitor, HistoryWriter, Trainer, batch_mode, evaluate
 
     started = time.perf_counter()
@@ -364,9 +364,9 @@ def _run_on(backend, options, *, output, progress, plots, resume, log, communica
                            seed=options["seed"])
     num_features = dataset.x_train.shape[1]
     if options["validation_split"]:  # the fraction is checked; whether it leaves training data needs the data
-        from .training.trainer import validation_size
+        from .data.splitting import holdout_size
 
-        validation_size(len(dataset.x_train), options["validation_split"])
+        holdout_size(len(dataset.x_train), options["validation_split"], "--validation-split", "validation_split")
     if resume and options["model"] is not None:  # the model the checkpoint describes, whatever the spec is now
         model, model_name = checkpoint_model(output / CHECKPOINT_FILE, backend), options["model"]
     else:
@@ -423,7 +423,7 @@ def _run_on(backend, options, *, output, progress, plots, resume, log, communica
     if communicator is not None:
         summary["ranks"] = communicator.size
     save_model(output / MODEL_FILE, model, {**metadata, "summary": summary})
-    from .host_io.atomic import write_text_atomic
+    from .io.atomic import write_text_atomic
 
     write_text_atomic(output / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     if plots:
@@ -448,7 +448,7 @@ def _silent(*_) -> None:
 
 def _plots(output, history, model, x_test, dataset, log):
     try:
-        from .host_io.plots import PlotUnavailable, confusion_matrix, plot_confusion_matrix, plot_learning_curves
+        from .plots.training import PlotUnavailable, confusion_matrix, plot_confusion_matrix, plot_learning_curves
     except ImportError:  # pragma: no cover
         return
     from .training import predict_classes
@@ -482,7 +482,8 @@ def describe_model(model, name: str | None = None) -> str:
 
 def checkpoint_model(path, backend):
     """The model a checkpoint's architecture describes (its weights are loaded with the trainer's state)."""
-    from .host_io.model_files import _build_checked, read_checkpoint
+    from .io.checkpoints import read_checkpoint
+    from .io.model_files import _build_checked
 
     arrays, header = read_checkpoint(path)
     with backend.activate():
@@ -552,14 +553,14 @@ def resume_options(directory: Path, given: dict | None = None) -> dict:
     which may grow (to extend a finished run) as long as the learning-rate schedule does not depend on it:
     a step or cosine schedule is laid out over the run's epochs, and stretching it would change learning
     rates the run has already used."""
-    from .host_io.model_files import read_checkpoint
+    from .io.checkpoints import read_checkpoint
 
     checkpoint = Path(directory) / CHECKPOINT_FILE
     check_readable(checkpoint, "checkpoint")
     if not checkpoint.exists():
         raise ConfigError(f"--resume {directory}: no {CHECKPOINT_FILE} there (nothing to resume)")
     _, header = read_checkpoint(checkpoint)
-    from .host_io.datasets import check_recorded_dataset, file_sha256
+    from .data.loading import check_recorded_dataset, file_sha256
 
     recorded = dict(header.get("run", {}))  # read_checkpoint checked it is a dict
     dataset_sha256 = recorded.pop("dataset_sha256", None)  # not an option: what the dataset file was

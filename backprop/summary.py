@@ -57,7 +57,7 @@ def summarize_model_file(path_text: str) -> str:
     """The summary of a saved model (a model file, or a run directory's)."""
     from backends import dtype_name
 
-    from .host_io.model_files import load_model
+    from .io.model_files import load_model
     from .layers import architecture
     from .layers.shape_inference import input_shape_of
     from .runs import resolve_model_path

@@ -161,7 +161,8 @@ def test_a_checkpoint_from_before_accumulation_resumes_with_one_micro_batch_per_
     import numpy as np
 
     import backprop as bp
-    from backprop.host_io.model_files import read_checkpoint, save_arrays
+    from backprop.io.checkpoints import read_checkpoint
+    from backprop.io.model_files import save_arrays
 
     checkpoint = two_epoch_run / "checkpoint.safetensors"
     arrays, header = read_checkpoint(checkpoint)
@@ -243,8 +244,9 @@ def run_main(argv) -> int:
     (["--batch-size", "many"], "batch size must be a positive integer or 'full', got 'many'"),
     (["--clip-norm", "0"], "clip_norm must be a positive number, got 0.0"),
     (["--early-stopping", "-1"], "patience must be a positive integer, got -1"),
-    (["--validation-split", "1"], "validation_split must be a fraction in (0, 1), got 1.0"),
-    (["--validation-split", "0.9999"], "validation_split=0.9999 leaves no training data out of 1437 examples"),
+    (["--validation-split", "1"], "validation_split must be a number strictly between 0 and 1, got 1.0"),
+    (["--validation-split", "0.9999"],
+     "--validation-split: cannot hold out 0.9999 of 1437 samples: one part would be empty"),
     (["--dropout", "1"], "p must be a probability in [0, 1), got 1.0"),
     (["--activation", "swish"], "unknown activation 'swish'"),
     (["--weight-decay", "-1"], "weight_decay must be a finite number >= 0, got -1.0"),
@@ -377,7 +379,7 @@ def test_hidden_sizes_that_cannot_fit_in_memory_are_refused_before_allocating(tm
 def test_an_os_error_during_a_command_is_one_line(digits_run, features_csv, tmp_path, monkeypatch, capsys):
     # A write refused after the up-front checks passed (the disk filled, permissions changed meanwhile): raised
     # here from the atomic writer, as the OS would raise it.
-    import backprop.host_io.atomic as atomic
+    import backprop.io.atomic as atomic
 
     def refused(path, data):
         raise PermissionError(13, "Permission denied", str(path))

@@ -430,9 +430,8 @@ def test_cnn_digits_example_runs_one_epoch(capsys):
 
 
 def test_cnn_digits_example_on_mnist_files_saves_a_model(tmp_path, capsys, monkeypatch):
-    from backprop.data import write_idx
+    from backprop.data import downloads, write_idx
     from backprop.examples import cnn_digits
-    from backprop.host_io import downloads
     from backprop.layers import LAYER_TYPES
 
     def refuse(name):

@@ -10,7 +10,7 @@ import pytest
 
 import backprop as bp
 from backprop.cli import main
-from backprop.host_io import model_files
+from backprop.io import checkpoints, model_files
 from backprop.layers import LAYER_TYPES, MAX_NESTING, architecture, declared_arrays
 
 
@@ -395,7 +395,7 @@ def test_resume_reads_the_dataset_file_a_checkpoint_names_only_if_it_is_the_one_
     assert main([*train, "--dataset", "mine.npz", "--epochs", "1", "--hidden", "4", "--output", "run"]) == 0
     checkpoint = tmp_path / "run" / "checkpoint.safetensors"
     original = checkpoint.read_bytes()
-    arrays, header = model_files.read_checkpoint(checkpoint)
+    arrays, header = checkpoints.read_checkpoint(checkpoint)
     assert header["run"]["dataset_sha256"] == __import__("hashlib").sha256(
         (tmp_path / "mine.npz").read_bytes()).hexdigest()
 

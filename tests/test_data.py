@@ -16,9 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import backprop as bp
 import backprop.data as data
+from backprop.data import downloads
+from backprop.data.splitting import stratified_holdout
 from backprop.errors import ConfigError, DataError
-from backprop.host_io import downloads
+from backprop.training import Trainer
+
+from conftest import assert_on_backend
 
 IDX_FILES = downloads.IDX_FILES
 
@@ -658,6 +663,53 @@ def test_split_validation_is_stratified_and_seeded():
     for fraction in (0, 1, -0.1, "0.1", True):
         with pytest.raises(ConfigError, match="strictly between 0 and 1"):
             data.split_validation(ds.x_train, ds.y_train, fraction)
+
+
+def _tiny_classifier(backend, seed=0):
+    model = bp.mlp([4, 3], activation_name="relu", seed=0, backend=backend)
+    return Trainer(model, loss="cross_entropy", epochs=1, batch_size=8, seed=seed, progress=False, log=None)
+
+
+def test_the_trainer_splits_as_split_validation_does(backend):
+    """One validation split: ``Trainer.fit(validation_split=)`` (what ``backprop train`` calls) holds out the very
+    rows ``split_validation`` does with the trainer's seed, stratified, on the trainer's device."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), [30, 6, 4])  # unbalanced: a plain random draw would skew the small classes
+    x = np.concatenate([np.arange(40, dtype=np.float32)[:, None], rng.random((40, 3), dtype=np.float32)], axis=1)
+    trainer = _tiny_classifier(backend, seed=4)
+    with backend.activate():  # as inside fit
+        x_tr, y_tr, x_val, y_val = trainer._split(backend.from_host(x), backend.from_host(y), 0.25)
+    expected = data.split_validation(x, y, 0.25, seed=4)
+    for got, want in zip((x_tr, y_tr, x_val, y_val), expected):
+        assert_on_backend(got, backend, "float32" if got.ndim == 2 else "int64", shape=want.shape)
+        np.testing.assert_array_equal(backend.to_host(got), want)
+    np.testing.assert_array_equal(np.bincount(backend.to_host(y_val)), [8, 1, 1])  # 25% of each class, rounded
+
+
+def test_targets_without_one_class_per_sample_are_held_out_as_one_stratum():
+    rng = np.random.default_rng(1)
+    x = np.arange(20, dtype=np.float32)[:, None]
+    for y in (rng.random((20, 1), dtype=np.float32), rng.integers(0, 5, size=(20, 6))):  # regression, per step
+        x_tr, y_tr, x_val, y_val = data.split_validation(x, y, 0.25, seed=2)
+        assert len(x_val) == len(y_val) == 5 and len(x_tr) == len(y_tr) == 15
+        np.testing.assert_array_equal(y[x_val[:, 0].astype(int)], y_val)
+        assert set(x_val[:, 0]).isdisjoint(x_tr[:, 0])
+
+
+def test_the_cli_holds_out_its_validation_data_with_the_stratified_split(tmp_path, monkeypatch):
+    import backprop.training.trainer as trainer_module
+    from backprop.cli import main
+
+    calls = []
+
+    def recorded(y, fraction, seed, source, name):
+        calls.append((len(y), fraction, seed))
+        return stratified_holdout(y, fraction, seed, source, name)
+
+    monkeypatch.setattr(trainer_module, "stratified_holdout", recorded)
+    assert main(["train", "--backend", "numpy", "--dataset", "digits", "--hidden", "4", "--epochs", "1",
+                 "--validation-split", "0.2", "--seed", "3", "--no-plots", "--output", str(tmp_path / "run")]) == 0
+    assert calls == [(1437, 0.2, 3)]
 
 
 def test_validation_helpers_give_one_line_errors():

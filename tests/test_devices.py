@@ -276,7 +276,7 @@ def fake_cupy(monkeypatch):
     loaded = []
 
     import backends.cupy_backend as cupy_backend
-    import backprop.distributed.nccl as nccl
+    import backends.nccl as nccl
 
     def load(device):
         if int(device or 0) >= cupy_backend.cuda_gpu_count():

@@ -321,7 +321,7 @@ def test_cli_distributed_train_matches_single_process(tmp_path, monkeypatch):
     (see RTOL64). That the float32 path of the ranks is as accurate as one process is tested above."""
     import backprop as bp
     from backprop.cli import main
-    from backprop.host_io.model_files import load_model
+    from backprop.io.model_files import load_model
 
     options = ["train", "--epochs", "2", "--hidden", "32", "--batch-size", "33", "--no-progress", "--no-plots",
                "--output", "out"]
@@ -407,7 +407,7 @@ def test_trainer_rejects_a_non_communicator():
 
 
 def test_nccl_module_imports_without_cupy():
-    import backprop.distributed.nccl as nccl
+    import backends.nccl as nccl
 
     try:
         import cupy  # noqa: F401
@@ -445,3 +445,37 @@ def test_ranks_share_the_cores_for_blas_threads(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS")
     warning = communicator.share_cores(backend)
     assert calls == [len(os.sched_getaffinity(0))] and "could not limit numpy's threads" in warning
+
+
+def test_the_gradient_all_reduce_is_the_backends(backend, monkeypatch):
+    """The communicator asks the backend for its all-reduce (no branch on the library name): the host one by
+    default (MPI on a NumPy copy, back on the backend's device), NCCL for CuPy."""
+    import backends.nccl as nccl
+    from backends.allreduce import HostReducer
+    from backends.cupy_backend import CupyBackend
+    from backprop.distributed.communicator import Communicator
+
+    from conftest import assert_on_backend
+
+    class TwoRanks:  # MPI_Allreduce of two ranks holding the same buffer: twice it
+        IN_PLACE, SUM = object(), object()
+
+    class Comm:
+        def Allreduce(self, where, host, op):
+            assert where is TwoRanks.IN_PLACE and op is TwoRanks.SUM
+            host *= 2
+
+    communicator = Communicator.__new__(Communicator)
+    communicator.MPI, communicator.comm, communicator.size, communicator._reducers = TwoRanks, Comm(), 2, {}
+    reducer = communicator._reducer(backend)
+    assert isinstance(reducer, HostReducer) and reducer.backend is backend
+    with backend.activate():
+        flat = backend.from_host(np.array([1.0, 2.0, 1.0], np.float32))
+        summed, flag = reducer.allreduce(flat, 1.0)
+    assert_on_backend(summed, backend, shape=(3,))
+    np.testing.assert_array_equal(backend.to_host(summed), [2.0, 4.0, 2.0])
+    assert flag == 2.0
+    made = []
+    monkeypatch.setattr(nccl, "NcclReducer", lambda comm, owner: made.append((comm, owner)) or "nccl")
+    cupy = CupyBackend.__new__(CupyBackend)  # no GPU here: the method alone
+    assert cupy.allreducer(communicator) == "nccl" and made == [(communicator, cupy)]

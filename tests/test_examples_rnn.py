@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from backprop.cli import main as cli_main
+from backprop.data.sequences import adding_problem as make_adding_problem
+from backprop.data.sequences import load_text
 from backprop.examples import adding_problem, char_lm
-from backprop.host_io.sequences import adding_problem as make_adding_problem
-from backprop.host_io.sequences import load_text
 
 TINY_ADDING = ["--length", "8", "--train", "128", "--val", "64", "--epochs", "2", "--hidden", "6", "--batch-size",
                "32", "--probe", "16", "--backend", "numpy"]

@@ -215,8 +215,8 @@ def test_auto_gives_both_reasons_when_no_gpu_library_works(fresh_registry, monke
 @pytest.fixture
 def gpus(monkeypatch, fresh_registry):
     """A machine with ``set_count(n)`` GPUs through a CuPy family that records the GPUs it loads."""
+    import backends.nccl as nccl
     import backends.torch_backend as torch_backend
-    import backprop.distributed.nccl as nccl
 
     count = {"n": 2}
     loaded = []
@@ -320,7 +320,7 @@ def test_one_rank_all_reduce_stays_on_the_device(backend, monkeypatch):
 @pytest.mark.parametrize("major", [12, 13])
 def test_nccl_hint_names_the_wheel_of_the_cuda_major(monkeypatch, major):
     """Before: always ``nvidia-nccl-cu12``, and ``cupy-cudaXXx[all]`` (whose [all] extra has no NCCL)."""
-    import backprop.distributed.nccl as nccl
+    import backends.nccl as nccl
 
     def import_module(name="cupy"):
         if name == "cupy.cuda.nccl":
@@ -339,7 +339,7 @@ def test_nccl_hint_names_the_wheel_of_the_cuda_major(monkeypatch, major):
 def test_nccl_hint_without_a_cupy_names_both_wheels(monkeypatch):
     from importlib import metadata
 
-    import backprop.distributed.nccl as nccl
+    import backends.nccl as nccl
 
     def no_cupy(name="cupy"):
         raise ImportError(f"No module named {name!r}")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import backprop as bp
-from backprop.host_io import model_files
+from backprop.io import checkpoints, model_files
 
 from conftest import assert_on_backend, weights
 
@@ -128,7 +128,7 @@ def test_a_model_file_is_refused_where_a_checkpoint_is_needed(tmp_path):
     assert repr(model) == repr(trainer.model)
     bp.save_model(tmp_path / "m.safetensors", trainer.model)
     with pytest.raises(bp.ModelFileError, match="expected a checkpoint, found a 'model' file"):
-        model_files.read_checkpoint(tmp_path / "m.safetensors")
+        checkpoints.read_checkpoint(tmp_path / "m.safetensors")
 
 
 def test_a_save_writes_its_own_temporary_file_only_with_the_usual_mode(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from backprop.errors import BackpropError, ConfigError, DataError, DTypeError, ShapeError
-from backprop.host_io.plots import PlotUnavailable, confusion_matrix, plot_confusion_matrix, plot_learning_curves
+from backprop.plots.training import PlotUnavailable, confusion_matrix, plot_confusion_matrix, plot_learning_curves
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -18,7 +18,7 @@ import pytest
 import backprop as bp
 from backprop.cli import main
 from backprop.data import load_digits
-from backprop.host_io.model_files import read_checkpoint
+from backprop.io.checkpoints import read_checkpoint
 from backprop.training import Callback, Checkpoint, Trainer
 from backprop.training.interrupts import Terminated, ctrl_c_held, terminate_as_interrupt
 
@@ -244,9 +244,9 @@ class _Killed(BaseException):
 
 
 def test_a_kill_while_the_checkpoint_is_written_leaves_the_history_behind_it(tmp_path, monkeypatch):
-    import backprop.host_io.model_files as model_files
+    import backprop.io.checkpoints as checkpoints
 
-    save_checkpoint, saves = model_files.save_checkpoint, []
+    save_checkpoint, saves = checkpoints.save_checkpoint, []
 
     def killed_at_the_third_save(*args, **kwargs):
         saves.append(1)
@@ -254,7 +254,7 @@ def test_a_kill_while_the_checkpoint_is_written_leaves_the_history_behind_it(tmp
             raise _Killed
         save_checkpoint(*args, **kwargs)
 
-    monkeypatch.setattr(model_files, "save_checkpoint", killed_at_the_third_save)
+    monkeypatch.setattr(checkpoints, "save_checkpoint", killed_at_the_third_save)
     out = tmp_path / "run"
     with pytest.raises(_Killed):
         main([*SMALL_RUN, "--output", str(out)])

@@ -378,8 +378,8 @@ def test_a_sequence_labelling_spec_trains_on_the_sonnets(tmp_path, capsys):
 # --------------------------------------------------------------------------------------- the sequence data
 
 def test_the_sequence_datasets_are_the_examples_data():
+    from backprop.data.sequences import adding_problem, load_text
     from backprop.examples.char_lm import windows
-    from backprop.host_io.sequences import adding_problem, load_text
 
     adding = bp.data.load_dataset("adding-problem", seed=3)
     x, y = adding_problem(10_000, 50, seed=3)

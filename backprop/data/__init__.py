@@ -5,8 +5,11 @@
     >>> data.x_train.shape, data.y_train.shape
     ((1437, 64), (1437,))
 
-The loaders live in :mod:`backprop.host_io.datasets` (host-side NumPy); this
-package re-exports them and holds the packaged data file.
+Host-side NumPy, one module per concern: :mod:`.dataset` (the ``Dataset`` and the checks of its arrays),
+:mod:`.loading` (datasets by name, the packaged digits, feature rows for prediction), :mod:`.idx_files`
+(MNIST's format), :mod:`.csv_files`, :mod:`.npz_files`, :mod:`.scaling`, :mod:`.splitting` (the one
+stratified hold-out), :mod:`.downloads` and :mod:`.sequences` (the recurrent examples' data). This package
+also holds the packaged data files.
 
 ``digits.npz``: how it was made
 -------------------------------
@@ -28,25 +31,13 @@ of each permutation became test rows; every other row is a training row.
 scikit-learn was used only to read that CSV once; it is not a dependency.
 """
 
-from ..host_io.datasets import (
-    MAX_CLASSES,
-    Dataset,
-    apply_scaler,
-    fit_scaler,
-    load_csv,
-    load_dataset,
-    load_digits,
-    load_fashion_mnist,
-    load_features,
-    load_mnist,
-    load_npz,
-    one_hot,
-    read_idx,
-    split_validation,
-    validate_features,
-    validate_labels,
-    write_idx,
-)
+from .csv_files import load_csv
+from .dataset import MAX_CLASSES, Dataset, one_hot, validate_features, validate_labels
+from .idx_files import load_fashion_mnist, load_mnist, read_idx, write_idx
+from .loading import load_dataset, load_digits, load_features
+from .npz_files import load_npz
+from .scaling import apply_scaler, fit_scaler
+from .splitting import split_validation
 
 __all__ = [
     "MAX_CLASSES", "Dataset", "apply_scaler", "fit_scaler", "load_csv", "load_dataset", "load_digits",

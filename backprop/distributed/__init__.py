@@ -13,6 +13,8 @@ single-process trainer would take on the global batch. Only rank 0 prints and wr
 Importing this package needs neither mpi4py nor CuPy; ``world()`` needs mpi4py.
 """
 
-from .communicator import Communicator, HostReducer, device_backend, world
+from backends.allreduce import HostReducer
+
+from .communicator import Communicator, device_backend, world
 
 __all__ = ["Communicator", "HostReducer", "device_backend", "world"]

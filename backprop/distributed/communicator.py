@@ -214,12 +214,8 @@ class Communicator:
         if reducer is None:
             if self.size == 1:
                 reducer = OneRankReducer()
-            elif backend.library == "cupy":
-                from .nccl import NcclReducer
-
-                reducer = NcclReducer(self, backend)
             else:
-                reducer = HostReducer(self, backend)
+                reducer = backend.allreducer(self)
             self._reducers[backend.name] = reducer
         return reducer
 
@@ -351,23 +347,6 @@ class OneRankReducer:
         return flat, flag
 
 
-class HostReducer:
-    """The all-reduce for CPU backends (and any backend): device → host copy, ``MPI_Allreduce`` in place on
-    the NumPy buffer, host → device copy. The Ctrl-C flag rides in the buffer's last element."""
-
-    carries_flag = True
-
-    def __init__(self, communicator: Communicator, backend):
-        self.communicator, self.backend = communicator, backend
-
-    def allreduce(self, flat, flag: float):
-        """``(sum of flat over ranks on the device, sum of flag over ranks)``; ``flat`` ends with the flag."""
-        host = self.backend.to_host(flat)  # a fresh, writable host copy
-        MPI = self.communicator.MPI
-        self.communicator.comm.Allreduce(MPI.IN_PLACE, host, op=MPI.SUM)
-        return self.backend.from_host(host, dtype=flat.dtype), float(host[-1])
-
-
 _WORLD: Communicator | None = None
 
 
@@ -404,7 +383,7 @@ def device_backend(backend, communicator: Communicator):
         if not gpus:
             return auto_backend(0)  # NumPy, with the reason (nothing on a GPU is touched)
     else:
-        from .nccl import visible_gpus
+        from backends.nccl import visible_gpus
 
         gpus = visible_gpus()
     if communicator.local_size > gpus:
@@ -422,4 +401,4 @@ def _size(shape) -> int:
     return n
 
 
-__all__ = ["Communicator", "HostReducer", "OneRankReducer", "device_backend", "world"]
+__all__ = ["Communicator", "OneRankReducer", "device_backend", "world"]

@@ -72,7 +72,7 @@ def _format_norm(value: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     from backends import get_backend
 
-    from ..host_io.sequences import adding_problem, blas_threads
+    from ..data.sequences import adding_problem, blas_threads
     from ..losses import MSE
     from ..training import Callback, fit
 
@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{cell}: val MSE {history[-1]['val_loss']:.4f} = {share:.2f} x baseline: {verdict}")
 
     if not args.no_plot:
-        from ..host_io.plots import PlotUnavailable
-        from ..host_io.rnn_plots import plot_grad_norms_through_time
+        from ..plots.recurrent import plot_grad_norms_through_time
+        from ..plots.training import PlotUnavailable
 
         try:
             path = plot_grad_norms_through_time(

@@ -111,7 +111,7 @@ def sample(model, prompt_ids: list[int], length: int, *, temperature: float, rng
 def main(argv: list[str] | None = None) -> int:
     from backends import get_backend
 
-    from ..host_io.sequences import blas_threads, load_text
+    from ..data.sequences import blas_threads, load_text
     from ..training import Callback, EarlyStopping, Trainer
 
     args = build_parser().parse_args(argv)

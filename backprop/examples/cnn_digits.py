@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"trained {args.epochs} epochs in {seconds:.1f}s")
     print(f"test: loss {test_loss:.4f}  accuracy {100 * test_accuracy:.2f}%")
     if args.output:
-        from ..host_io.model_files import save_model
+        from ..io.model_files import save_model
 
         path = Path(args.output) / "model.safetensors"
         path.parent.mkdir(parents=True, exist_ok=True)

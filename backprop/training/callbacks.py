@@ -162,7 +162,7 @@ class HistoryWriter(Callback):
         self.path = Path(path)
 
     def _write(self, trainer):
-        from ..host_io.atomic import write_text_atomic
+        from ..io.atomic import write_text_atomic
 
         write_text_atomic(self.path, "".join(json.dumps(record) + "\n" for record in trainer.history))
 

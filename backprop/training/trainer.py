@@ -11,8 +11,7 @@ from __future__ import annotations
 import math
 import time
 
-from backends import HostRandom
-
+from ..data.splitting import stratified_holdout
 from ..errors import ConfigError, DataError, ShapeError, TrainingError
 from ..losses import LOSSES, Loss
 from ..on_device import on_device
@@ -398,14 +397,14 @@ class Trainer:
     @on_device
     def save_checkpoint(self, path, *, run_config: dict | None = None) -> None:
         """Write a resumable checkpoint file atomically (a failed write keeps the previous one)."""
-        from ..host_io.model_files import save_checkpoint
+        from ..io.checkpoints import save_checkpoint
 
         save_checkpoint(path, self, run_config=run_config or {})
 
     @on_device
     def load_checkpoint(self, path) -> dict:
         """Restore a checkpoint into this trainer; returns the run configuration saved with it."""
-        from ..host_io.model_files import load_checkpoint
+        from ..io.checkpoints import load_checkpoint
 
         return load_checkpoint(path, self)
 
@@ -424,11 +423,12 @@ class Trainer:
         return array
 
     def _split(self, x, y, fraction):
-        n = x.shape[0]
-        n_val = validation_size(n, fraction)
-        order = self.backend.from_host(HostRandom((self.seed, 7)).permutation(n))
+        """The one validation split (``backprop.data.split_validation``'s): stratified by class, seeded with the
+        trainer's seed. The labels go to the host to be counted; the features stay where they are."""
+        kept, held = stratified_holdout(self.backend.to_host(y), fraction, self.seed, "validation_split",
+                                        "validation_split")
         xp = self.backend.xp
-        val_idx, train_idx = order[:n_val], order[n_val:]
+        train_idx, val_idx = self.backend.from_host(kept), self.backend.from_host(held)
         return (xp.take(x, train_idx, axis=0), xp.take(y, train_idx, axis=0),
                 xp.take(x, val_idx, axis=0), xp.take(y, val_idx, axis=0))
 
@@ -453,19 +453,6 @@ class Trainer:
         if label_range and (label_range[0] < 0 or label_range[1] >= outputs):
             raise DataError(f"{what}: labels must be class numbers 0..{outputs - 1} for this model's {outputs} "
                             f"outputs, found values from {int(label_range[0])} to {int(label_range[1])}")
-
-
-def validation_size(n: int | None, fraction) -> int | None:
-    """How many of ``n`` examples ``validation_split=fraction`` holds out; a ConfigError when ``fraction`` is
-    not in (0, 1) or leaves no training data. ``n=None`` checks the fraction alone (before the data is known)."""
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-        raise ConfigError(f"validation_split must be a fraction in (0, 1), got {fraction!r}")
-    if n is None:
-        return None
-    n_val = max(1, int(round(n * fraction)))
-    if n_val >= n:
-        raise ConfigError(f"validation_split={fraction} leaves no training data out of {n} examples")
-    return n_val
 
 
 def fit(model, x, y, **options) -> list[dict]:

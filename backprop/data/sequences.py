@@ -12,7 +12,8 @@ from importlib import resources
 
 import numpy as np
 
-from backprop.errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
+from .dataset import Dataset
 
 __all__ = ["SEQUENCE_DATASETS", "TEXTS", "adding_problem", "blas_threads", "load_adding_problem", "load_sonnets",
            "load_text", "text_windows"]
@@ -100,8 +101,6 @@ def load_adding_problem(seed: int = 0):
     """The adding problem as a ``Dataset``: 8,000 training and 2,000 test sequences of 50 steps, drawn
     exactly as ``backprop example adding`` draws its training and validation sequences with the same seed.
     Rows are the flattened (50, 2) sequences (``image_shape``); targets are float32 ``(samples, 1)``."""
-    from .datasets import Dataset
-
     x, y = adding_problem(ADDING_TRAIN + ADDING_TEST, ADDING_LENGTH, seed=seed)
     x = x.reshape(len(x), -1)
     return Dataset("adding-problem", x[:ADDING_TRAIN], y[:ADDING_TRAIN], x[ADDING_TRAIN:], y[ADDING_TRAIN:],
@@ -121,8 +120,6 @@ def load_sonnets(seed: int = 0):
     (every 64) as the test set. Each row is a window's one-hot characters, flattened from (64, vocabulary)
     (``image_shape``); its labels are the 64 next characters ``(samples, 64)``, class names the characters.
     (``seed`` is accepted for the common signature; the windows do not depend on it.)"""
-    from .datasets import Dataset
-
     text = load_text("sonnets")
     vocab = sorted(set(text))
     index = {c: i for i, c in enumerate(vocab)}

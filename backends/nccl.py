@@ -4,12 +4,9 @@ UNTESTED: written against CuPy's documented NCCL bindings, but no GPU (let alone
 several) has been available to run it; the CI tests cover the MPI path on CPU
 only. Importing this module does not import CuPy: that happens when a
 ``NcclReducer`` is created (the first all-reduce of a run on several ranks with
-``--backend cupy``). This is the one place in ``backprop/`` that touches CuPy
-itself (through ``importlib``, only when training on CuPy, where the backend
-has imported it already), because a collective between devices is
-library-specific and the array API standard has none. Its natural home would
-be a backend capability in ``backends/``; it lives here to keep the
-distributed code in one package.
+``--backend cupy``). It is the CuPy backend's all-reduce capability
+(``CupyBackend.allreducer``): a collective between devices is library-specific
+and the array API standard has none.
 
 Setup: rank 0 makes an NCCL unique id, MPI broadcasts it (a few bytes, once),
 and every rank joins the NCCL communicator with it on its own GPU (chosen by
@@ -23,7 +20,9 @@ from __future__ import annotations
 
 import importlib
 
-from ..errors import ConfigError
+# The one import of backprop from backends/: NCCL set-up problems are the user's configuration, reported as
+# backprop reports those (one line, exit status 2); this module loads only for a CuPy run on several GPUs.
+from backprop.errors import ConfigError
 
 
 def _cupy(module: str = "cupy"):

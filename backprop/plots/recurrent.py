@@ -1,7 +1,7 @@
 """A plot of vanishing gradients: ‖dL/dh_t‖ against the time step t, one line per recurrent cell type.
 
-Drawn like the other plots (:mod:`backprop.host_io.plots`): a ``matplotlib.figure.Figure`` on the Agg
-canvas, written atomically as a PNG; :class:`~backprop.host_io.plots.PlotUnavailable` without matplotlib.
+Drawn like the other plots (:mod:`backprop.plots.training`): a ``matplotlib.figure.Figure`` on the Agg
+canvas, written atomically as a PNG; :class:`~backprop.plots.training.PlotUnavailable` without matplotlib.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from backprop.errors import DataError
-from backprop.host_io.plots import _new_figure, _note, _save
+from ..errors import DataError
+from .training import _new_figure, _note, _save
 
 __all__ = ["plot_grad_norms_through_time"]
 

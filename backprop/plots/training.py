@@ -5,7 +5,7 @@ inside the plotting functions, and :class:`PlotUnavailable` is raised when it is
 missing. Figures are drawn on ``matplotlib.figure.Figure`` objects with the Agg
 canvas directly, so plotting works headless and never touches pyplot's global
 state (no ``matplotlib.use``, no open-figure registry). Files are written
-through :func:`~backprop.host_io.atomic.atomic_path`: a reader never sees a
+through :func:`~backprop.io.atomic.atomic_path`: a reader never sees a
 half-written PNG, and a failed plot leaves the previous file in place.
 """
 
@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from backprop.errors import BackpropError, ConfigError, DataError, DTypeError, ShapeError
-from backprop.host_io.atomic import atomic_path
+from ..errors import BackpropError, ConfigError, DataError, DTypeError, ShapeError
+from ..io.atomic import atomic_path
 
 __all__ = ["PlotUnavailable", "confusion_matrix", "plot_confusion_matrix", "plot_learning_curves"]
 
