@@ -10,6 +10,7 @@ import sys
 import array_api_compat.numpy as xp
 import numpy as np
 
+from . import numpy_cells
 from .base import Backend
 from .random import DeviceRandom, _entropy
 
@@ -164,6 +165,21 @@ class NumpyBackend(Backend):
 
     def conv2d_backward(self, grad_output, saved, *, bias, input_grad=True):
         return _conv2d_backward(grad_output, saved, bias, input_grad)
+
+    # The LSTM and GRU steps in a few in-place NumPy calls (backends/numpy_cells.py).
+    cells_write_out = True
+
+    def lstm_cell_forward(self, a, h_prev, c_prev, weight_hh):
+        return numpy_cells.lstm_cell_forward(a, h_prev, c_prev, weight_hh)
+
+    def lstm_cell_backward(self, dh, dc, cache, weight_hh, *, pass_back, out=None):
+        return numpy_cells.lstm_cell_backward(dh, dc, cache, weight_hh, pass_back, out)
+
+    def gru_cell_forward(self, a, h_prev, weight_hh, bias_hn):
+        return numpy_cells.gru_cell_forward(a, h_prev, weight_hh, bias_hn)
+
+    def gru_cell_backward(self, dh, cache, weight_hh, *, pass_back, out=None):
+        return numpy_cells.gru_cell_backward(dh, cache, weight_hh, pass_back, out)
 
     def memory_stats(self):
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
