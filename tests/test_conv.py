@@ -202,8 +202,9 @@ def test_fast_path_equals_portable_path(backend, name):
 
 @pytest.mark.parametrize("name", ["plain", "stride_padding", "dilation"])
 def test_numpy_weight_gradient_in_cache_sized_blocks(monkeypatch, name):
-    """NumPy's dW product runs in blocks of GEMM_CHUNK columns when there are many (large batches and images):
-    blocks of 8 here, so these small layers take that path, and it must agree with the portable path."""
+    """NumPy's products with the im2col columns run in blocks of GEMM_CHUNK columns when there are many (large
+    batches and images): blocks of 8 here, so these small layers take that path, and it must agree with the
+    portable path."""
     from backends import numpy_backend
 
     monkeypatch.setattr(numpy_backend, "GEMM_CHUNK", 8)
