@@ -108,8 +108,8 @@ def _valid_idx() -> bytes:
     (b"\x00\x00\x08\x00", "0 dimensions"),
     (_valid_idx()[:-1], r"truncated: header says shape \(2, 3\)"),
     (_valid_idx() + b"\x00", "size mismatch"),
-    (gzip.compress(_valid_idx())[:-6], "damaged gzip data"),
-    (gzip.compress(_valid_idx())[:-8] + b"\xff\xff\xff\xff" + gzip.compress(_valid_idx())[-4:], "damaged gzip"),
+    (gzip.compress(_valid_idx(), mtime=0)[:-6], "damaged gzip data"),
+    (gzip.compress(_valid_idx(), mtime=0)[:-8] + b"\xff\xff\xff\xff" + gzip.compress(_valid_idx(), mtime=0)[-4:], "damaged gzip"),
     (b"\x1f\x8b" + b"garbage" * 3, "damaged gzip data"),
 ])
 def test_corrupt_idx_files(tmp_path, content, problem):
