@@ -185,6 +185,57 @@ class Backend:
         between devices overrides it (CuPy: NCCL, ``backends/nccl.py``)."""
         return HostReducer(communicator, self)
 
+    # -- fused recurrent cells ----------------------------------------------------------------------------
+    #: True when ``lstm_cell_backward`` and ``gru_cell_backward`` write their gate gradients into the ``out``
+    #: arrays they are given (and return them): a recurrent layer then lets every step write into one
+    #: (time, batch, gates) array instead of stacking the steps afterwards. The portable defaults ignore
+    #: ``out``.
+    cells_write_out: bool = False
+
+    def lstm_cell_forward(self, a, h_prev, c_prev, weight_hh):
+        """One LSTM step, PyTorch's formulation and gate order (i, f, g, o): the recurrent product, the four
+        gates and the new state.
+
+        ``a``: ``(batch, 4·hidden)``, the input's share of the pre-activations (x_t W_ih + b); the caller hands
+        over an array of its own, which the backend may overwrite (NumPy, PyTorch and CuPy write the gates
+        into it). ``h_prev``, ``c_prev``: the previous state ``(batch, hidden)``, or both None for the zero
+        state (then the recurrent product is skipped). ``weight_hh``: ``(hidden, 4·hidden)``.
+
+        Returns ``(h, c, cache)``: the new state and what ``lstm_cell_backward`` needs (opaque to the caller;
+        never changed afterwards by either side)."""
+        with self.activate():
+            return lstm_cell_forward(self.xp, a, h_prev, c_prev, weight_hh)
+
+    def lstm_cell_backward(self, dh, dc, cache, weight_hh, *, pass_back: bool, out=None):
+        """The chain rule through one LSTM step.
+
+        ``dh``: dL/dh_t ``(batch, hidden)`` (read only); ``dc``: dL/dc_t from the step after (None: none);
+        ``cache``: what ``lstm_cell_forward`` returned for this step. Returns ``(da, dh_prev, dc_prev)``:
+        dL/d(pre-activations) ``(batch, 4·hidden)``, and, only when ``pass_back``, the gradients for the
+        previous state (else None, None). ``out``: an array of ``da``'s shape that a backend with
+        ``cells_write_out`` writes ``da`` into (and returns); the default returns a new array."""
+        with self.activate():
+            return lstm_cell_backward(self.xp, dh, dc, cache, weight_hh, pass_back)
+
+    def gru_cell_forward(self, a, h_prev, weight_hh, bias_hn):
+        """One GRU step, PyTorch's formulation and gate order (r, z, n).
+
+        ``a``: ``(batch, 3·hidden)``, x_t W_ih + b (the caller's own: the backend may overwrite it);
+        ``h_prev``: ``(batch, hidden)`` or None (the zero state); ``weight_hh``: ``(hidden, 3·hidden)``;
+        ``bias_hn``: ``(hidden,)``, the bias inside the reset gate's product. Returns ``(h, cache)``."""
+        with self.activate():
+            return gru_cell_forward(self.xp, a, h_prev, weight_hh, bias_hn)
+
+    def gru_cell_backward(self, dh, cache, weight_hh, *, pass_back: bool, out=None):
+        """The chain rule through one GRU step, given dL/dh_t ``dh`` (read only).
+
+        Returns ``(d_in, d_hh, dh_prev)``: dL/d(pre-activations) as ``weight_ih`` and the bias see them, as
+        ``weight_hh`` sees them (they differ in the n block: r ⊙ da_n), both ``(batch, 3·hidden)``, and dL/dh_{t−1}
+        (None unless ``pass_back``). ``out``: None or a pair of arrays for ``d_in`` and ``d_hh`` (see
+        ``lstm_cell_backward``)."""
+        with self.activate():
+            return gru_cell_backward(self.xp, dh, cache, weight_hh, pass_back)
+
     def limit_threads(self, threads: int) -> bool:
         """Use at most ``threads`` CPU threads for this library's kernels (BLAS, OpenMP); False when the
         limit could not be applied. Several processes sharing a machine (MPI ranks) need this: oversubscribed
@@ -215,6 +266,80 @@ def add_scaled(target, source, alpha: float = 1.0, *, beta: float = 1.0):
 def scale(target, factor):
     """``target * factor`` as a new array: ``Backend.scale``'s portable default (see ``add_scaled``)."""
     return target * factor
+
+
+# -- the recurrent cells, portable (standard array operations only) ---------------------------------------------
+
+
+def sigmoid(xp, x):
+    """σ(x) = ½ + ½ tanh(x/2): the same function, finite for any x, one transcendental call."""
+    return 0.5 + 0.5 * xp.tanh(0.5 * x)
+
+
+def lstm_cell_forward(xp, a, h_prev, c_prev, weight_hh):
+    """``Backend.lstm_cell_forward`` with new arrays only; the cache is (gates, c_prev, tanh c)."""
+    hidden = weight_hh.shape[0]
+    if h_prev is not None:
+        a = a + h_prev @ weight_hh
+    gates = xp.concat([sigmoid(xp, a[:, :2 * hidden]), xp.tanh(a[:, 2 * hidden:3 * hidden]),
+                       sigmoid(xp, a[:, 3 * hidden:])], axis=1)
+    i, f, g, o = (gates[:, k * hidden:(k + 1) * hidden] for k in range(4))
+    c = i * g if c_prev is None else f * c_prev + i * g
+    tanh_c = xp.tanh(c)
+    return o * tanh_c, c, (gates, c_prev, tanh_c)
+
+
+def lstm_cell_backward(xp, dh, dc, cache, weight_hh, pass_back):
+    """``Backend.lstm_cell_backward`` with new arrays only:
+        dc_t = dc + dh ⊙ o ⊙ (1 − tanh² c_t)
+        da = [dc_t ⊙ g ⊙ i(1−i),  dc_t ⊙ c_{t−1} ⊙ f(1−f),  dc_t ⊙ i ⊙ (1−g²),  dh ⊙ tanh c_t ⊙ o(1−o)]
+        dh_{t−1} = da W_hhᵀ,   dc_{t−1} = dc_t ⊙ f"""
+    gates, c_prev, tanh_c = cache
+    hidden = weight_hh.shape[0]
+    i, f, g, o = (gates[:, k * hidden:(k + 1) * hidden] for k in range(4))
+    dc_t = dh * o * (1.0 - tanh_c * tanh_c)
+    if dc is not None:
+        dc_t = dc_t + dc
+    df = dc_t * c_prev * (f * (1.0 - f)) if c_prev is not None else xp.zeros_like(dh)
+    da = xp.concat([dc_t * g * (i * (1.0 - i)), df, dc_t * i * (1.0 - g * g), dh * tanh_c * (o * (1.0 - o))],
+                   axis=1)
+    if not pass_back:
+        return da, None, None
+    return da, da @ xp.matrix_transpose(weight_hh), dc_t * f
+
+
+def gru_cell_forward(xp, a, h_prev, weight_hh, bias_hn):
+    """``Backend.gru_cell_forward`` with new arrays only; the cache is (h_prev, [r z], n, h W_hn + b_hn)."""
+    hidden = weight_hh.shape[0]
+    two = 2 * hidden
+    if h_prev is None:
+        rz = sigmoid(xp, a[:, :two])
+        hn = bias_hn
+    else:
+        hh = h_prev @ weight_hh
+        rz = sigmoid(xp, a[:, :two] + hh[:, :two])
+        hn = hh[:, two:] + bias_hn
+    r, z = rz[:, :hidden], rz[:, hidden:]
+    n = xp.tanh(a[:, two:] + r * hn)
+    h = n - z * n if h_prev is None else n + z * (h_prev - n)
+    return h, (h_prev, rz, n, hn)
+
+
+def gru_cell_backward(xp, dh, cache, weight_hh, pass_back):
+    """``Backend.gru_cell_backward`` with new arrays only:
+        da_n = dh ⊙ (1 − z) ⊙ (1 − n²),   dz = dh ⊙ (h_{t−1} − n),   [da_r, da_z] = [da_n ⊙ hn, dz] ⊙ σ'
+        d_in = [da_r, da_z, da_n],   d_hh = [da_r, da_z, r ⊙ da_n],   dh_{t−1} = dh ⊙ z + d_hh W_hhᵀ"""
+    h_prev, rz, n, hn = cache
+    hidden = weight_hh.shape[0]
+    r, z = rz[:, :hidden], rz[:, hidden:]
+    da_n = dh * (1.0 - z) * (1.0 - n * n)
+    dz = dh * (h_prev - n) if h_prev is not None else -(dh * n)
+    da_rz = xp.concat([da_n * hn, dz], axis=1) * (rz * (1.0 - rz))
+    d_in = xp.concat([da_rz, da_n], axis=1)
+    d_hh = xp.concat([da_rz, r * da_n], axis=1)
+    if not pass_back:
+        return d_in, d_hh, None
+    return d_in, d_hh, dh * z + d_hh @ xp.matrix_transpose(weight_hh)
 
 
 #: What ``activate()`` returns on a library without a current device (reusable and re-entrant); callers on

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import cupy_cells
 from .base import Backend
 from .errors import BackendUnavailable
 from .random import DeviceRandom, seed_to_int
@@ -109,6 +110,25 @@ class CupyBackend(Backend):
         with self._cupy_device:
             x[index] += values
         return x
+
+    # The LSTM and GRU steps: a cuBLAS product and one kernel each (backends/cupy_cells.py).
+    cells_write_out = True
+
+    def lstm_cell_forward(self, a, h_prev, c_prev, weight_hh):
+        with self._cupy_device:
+            return cupy_cells.lstm_cell_forward(self._cupy, a, h_prev, c_prev, weight_hh)
+
+    def lstm_cell_backward(self, dh, dc, cache, weight_hh, *, pass_back, out=None):
+        with self._cupy_device:
+            return cupy_cells.lstm_cell_backward(self._cupy, dh, dc, cache, weight_hh, pass_back, out)
+
+    def gru_cell_forward(self, a, h_prev, weight_hh, bias_hn):
+        with self._cupy_device:
+            return cupy_cells.gru_cell_forward(self._cupy, a, h_prev, weight_hh, bias_hn)
+
+    def gru_cell_backward(self, dh, cache, weight_hh, *, pass_back, out=None):
+        with self._cupy_device:
+            return cupy_cells.gru_cell_backward(self._cupy, dh, cache, weight_hh, pass_back, out)
 
     def synchronize(self):
         self._cupy_device.synchronize()

@@ -177,6 +177,24 @@ class JaxBackend(Backend):
         with self.activate():
             return _convolution().backward(grad_output, x, weight, *settings, bool(bias), bool(input_grad))
 
+    # The LSTM and GRU steps: the portable cells, each compiled whole by XLA (one program per step shape
+    # instead of one per operation; inside a compiled training step they are traced into it).
+    def lstm_cell_forward(self, a, h_prev, c_prev, weight_hh):
+        with self.activate():
+            return _cells().lstm_forward(a, h_prev, c_prev, weight_hh)
+
+    def lstm_cell_backward(self, dh, dc, cache, weight_hh, *, pass_back, out=None):
+        with self.activate():
+            return _cells().lstm_backward(dh, dc, cache, weight_hh, bool(pass_back))
+
+    def gru_cell_forward(self, a, h_prev, weight_hh, bias_hn):
+        with self.activate():
+            return _cells().gru_forward(a, h_prev, weight_hh, bias_hn)
+
+    def gru_cell_backward(self, dh, cache, weight_hh, *, pass_back, out=None):
+        with self.activate():
+            return _cells().gru_backward(dh, cache, weight_hh, bool(pass_back))
+
     def limit_threads(self, threads):
         """False: XLA sizes its CPU thread pool when JAX starts, from ``XLA_FLAGS`` (for one thread:
         ``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``), and it cannot change later."""
@@ -203,6 +221,23 @@ class JaxBackend(Backend):
         if "bytes_limit" not in stats:
             return None
         return max(0, int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)))
+
+
+@functools.cache
+def _cells():
+    """The portable recurrent cells of ``backends/base.py`` on ``jax.numpy``, jitted (``pass_back`` static)."""
+    import types
+
+    import jax
+    import jax.numpy as jnp
+
+    from . import base
+
+    return types.SimpleNamespace(
+        lstm_forward=jax.jit(functools.partial(base.lstm_cell_forward, jnp)),
+        lstm_backward=jax.jit(functools.partial(base.lstm_cell_backward, jnp), static_argnums=4),
+        gru_forward=jax.jit(functools.partial(base.gru_cell_forward, jnp)),
+        gru_backward=jax.jit(functools.partial(base.gru_cell_backward, jnp), static_argnums=3))
 
 
 @functools.cache

@@ -15,6 +15,7 @@ import contextlib
 
 import numpy as np
 
+from . import torch_cells
 from .base import Backend
 from .errors import BackendUnavailable
 from .random import DeviceRandom, seed_to_int
@@ -163,6 +164,25 @@ class TorchBackend(Backend):
             grad_output, x, weight, bias_sizes, list(stride), list(padding), list(dilation), False, [0, 0], 1,
             [input_grad, True, bias])
         return grad_input, grad_weight, grad_bias
+
+    # The LSTM and GRU steps with PyTorch's in-place operations (backends/torch_cells.py).
+    cells_write_out = True
+
+    def lstm_cell_forward(self, a, h_prev, c_prev, weight_hh):
+        with self.activate():
+            return torch_cells.lstm_cell_forward(self._torch, a, h_prev, c_prev, weight_hh)
+
+    def lstm_cell_backward(self, dh, dc, cache, weight_hh, *, pass_back, out=None):
+        with self.activate():
+            return torch_cells.lstm_cell_backward(self._torch, dh, dc, cache, weight_hh, pass_back, out)
+
+    def gru_cell_forward(self, a, h_prev, weight_hh, bias_hn):
+        with self.activate():
+            return torch_cells.gru_cell_forward(self._torch, a, h_prev, weight_hh, bias_hn)
+
+    def gru_cell_backward(self, dh, cache, weight_hh, *, pass_back, out=None):
+        with self.activate():
+            return torch_cells.gru_cell_backward(self._torch, dh, cache, weight_hh, pass_back, out)
 
     def synchronize(self):
         if self.device.type == "cuda":

@@ -49,3 +49,16 @@ def test_benchmark_suite_gives_back_the_thread_settings(tmp_path):
                  "--memory-samples", "64", "--output", str(tmp_path), "--name", "threads"]) == 0
     assert json.loads((tmp_path / "threads.json").read_text())["machine"]["torch_threads"] == other
     assert settings() == before
+
+
+def test_lstm_benchmark_runs_on_its_own(tmp_path):
+    """``python -m benchmarks.lstm``: ours on NumPy and PyTorch's nn.LSTM in one run, ratio in the table (one
+    batch of sequences here)."""
+    from benchmarks.lstm import BATCH, main
+
+    assert main(["--backends", "numpy", "--sequences", str(BATCH), "--repeats", "1", "--threads", "1",
+                 "--output", str(tmp_path), "--name", "lstm"]) == 0
+    run = json.loads((tmp_path / "lstm.json").read_text())
+    assert {r["contender"] for r in run["results"]} == {"backprop[numpy]", "pytorch[cpu]"}
+    assert all(r["samples_timed"] == BATCH and r["gflops"] > 0 for r in run["results"])
+    assert "| 64 | backprop[numpy] |" in (tmp_path / "lstm.md").read_text()

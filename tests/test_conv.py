@@ -200,6 +200,17 @@ def test_fast_path_equals_portable_path(backend, name):
                                    rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["plain", "stride_padding", "dilation"])
+def test_numpy_weight_gradient_in_cache_sized_blocks(monkeypatch, name):
+    """NumPy's products with the im2col columns run in blocks of GEMM_CHUNK columns when there are many (large
+    batches and images): blocks of 8 here, so these small layers take that path, and it must agree with the
+    portable path."""
+    from backends import numpy_backend
+
+    monkeypatch.setattr(numpy_backend, "GEMM_CHUNK", 8)
+    test_fast_path_equals_portable_path(bp.get_backend("numpy"), name)
+
+
 def test_max_pool_ties_go_to_one_pixel_consistently(backend):
     # one 2x2 window holding 5 four times, one with two 7s in its right column, one with two 4s in its top row
     host_x = np.array([[[[5, 5, 1, 7, 4, 4],

@@ -21,7 +21,8 @@ from backends import BackendUnavailable, cupy_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 # The modules whose CuPy calls are checked, and the names under which they reach CuPy.
-CUPY_MODULES = ["backends/cupy_backend.py", "backends/cuda_kernels.py", "backends/nvrtc_check.py"]
+CUPY_MODULES = ["backends/cupy_backend.py", "backends/cupy_cells.py", "backends/cuda_kernels.py",
+                "backends/nvrtc_check.py"]
 NCCL_MODULE = "backends/nccl.py"
 
 

@@ -104,6 +104,11 @@ def _valid_idx() -> bytes:
     return b"\x00\x00\x08\x02" + (2).to_bytes(4, "big") + (3).to_bytes(4, "big") + bytes(range(6))
 
 
+def _gzipped(data: bytes) -> bytes:
+    """gzip with a fixed time stamp: these bytes name the tests, and pytest-xdist's workers must agree on them."""
+    return gzip.compress(data, mtime=0)
+
+
 @pytest.mark.parametrize("content, problem", [
     (b"", "empty file"),
     (b"\x00\x00", "truncated IDX header"),
@@ -113,10 +118,8 @@ def _valid_idx() -> bytes:
     (b"\x00\x00\x08\x00", "0 dimensions"),
     (_valid_idx()[:-1], r"truncated: header says shape \(2, 3\)"),
     (_valid_idx() + b"\x00", "size mismatch"),
-    # mtime=0: the same bytes, hence the same test ids, in every process (pytest-xdist requires that)
-    (gzip.compress(_valid_idx(), mtime=0)[:-6], "damaged gzip data"),
-    (gzip.compress(_valid_idx(), mtime=0)[:-8] + b"\xff\xff\xff\xff" + gzip.compress(_valid_idx(), mtime=0)[-4:],
-     "damaged gzip"),
+    (_gzipped(_valid_idx())[:-6], "damaged gzip data"),
+    (_gzipped(_valid_idx())[:-8] + b"\xff\xff\xff\xff" + _gzipped(_valid_idx())[-4:], "damaged gzip"),
     (b"\x1f\x8b" + b"garbage" * 3, "damaged gzip data"),
 ])
 def test_corrupt_idx_files(tmp_path, content, problem):

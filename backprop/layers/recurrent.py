@@ -40,11 +40,6 @@ from ..parameters import Parameter, accumulate
 from .base import Layer
 
 
-def _sigmoid(xp, x):
-    """σ(x) = ½(1 + tanh(x/2)): the same function, stable for any x, one transcendental call."""
-    return 0.5 + 0.5 * xp.tanh(0.5 * x)
-
-
 class Recurrent(Layer):
     """What ``RNN``, ``LSTM`` and ``GRU`` share: options, parameters, the loop over time and its reverse.
 
@@ -162,31 +157,29 @@ class Recurrent(Layer):
             raise ShapeError(f"{self!r}: expected input of shape (batch, time, {self.input_size}) with at least "
                              f"one time step, got {tuple(x.shape)}")
         xp = self.xp
-        steps = x.shape[1]
-        constants = self._constants()
+        batch, steps = x.shape[0], x.shape[1]
+        # Time-major rows (step t is rows t·batch .. (t+1)·batch − 1): every per-step array below is then one
+        # contiguous block, which the cells can update in place and the backward pass can write into.
+        x_rows = xp.reshape(xp.permute_dims(x, (1, 0, 2)), (steps * batch, self.input_size))
         runs, outputs = [], []
         for suffix in self.suffixes:
             params = self._direction_params(suffix)
-            order = list(range(steps - 1, -1, -1)) if suffix else list(range(steps))
-            # Every step's input projection x_t W_ih + b in one 2-D product: (batch, time, gates * hidden).
-            # (A 3-D matmul runs one small product per batch row: 1.5x slower on NumPy.)
-            projected = xp.reshape(xp.reshape(x, (-1, self.input_size)) @ params["weight_ih"],
-                                   (x.shape[0], steps, -1))
+            order = range(steps - 1, -1, -1) if suffix else range(steps)
+            # Every step's input projection x_t W_ih + b in one 2-D product: (time, batch, gates * hidden).
+            projected = xp.reshape(x_rows @ params["weight_ih"], (steps, batch, -1))
             projected = self.backend.add_scaled(projected, params["bias"])  # in place where allowed: our own
             hs: list = [None] * steps
-            caches, state = [], None  # state None: the zero initial state
+            caches: list = [None] * steps
+            state = None  # the zero initial state
             for t in order:
-                hs[t], state, cache = self._cell_forward(projected[:, t, :], state, params, constants)
-                caches.append(cache)
-            runs.append((suffix, params, order, caches))
-            if self.return_sequences:
-                outputs.append(xp.stack(hs, axis=1))
-            else:
-                outputs.append(hs[order[-1]])
+                # projected[t] is handed to the cell as its own: it may turn it into the gates, in place
+                hs[t], state, caches[t] = self._cell_forward(projected[t, ...], state, params)
+            runs.append((suffix, params, order, hs, caches))
+            outputs.append(xp.stack(hs, axis=1) if self.return_sequences else hs[order[-1]])
         y = outputs[0] if len(outputs) == 1 else xp.concat(outputs, axis=-1)
 
         def backprop(grad_output, input_grad: bool = True):
-            return self._backward(x, runs, constants, grad_output, input_grad)
+            return self._backward(x_rows, batch, steps, runs, grad_output, input_grad)
 
         return y, backprop
 
@@ -202,27 +195,33 @@ class Recurrent(Layer):
                               f"needs the whole sequence (call the layer on it)")
         self.check_input(x_t, ndim=2, last_dim=self.input_size, expected=f"(batch, {self.input_size})")
         params = self._direction_params("")
-        h, state, _ = self._cell_forward(x_t @ params["weight_ih"] + params["bias"], state, params,
-                                         self._constants())
+        h, state, _ = self._cell_forward(x_t @ params["weight_ih"] + params["bias"], state, params)
         return h, state
 
-    def _backward(self, x, runs, constants, grad_output, input_grad: bool):
+    def _backward(self, x_rows, batch, steps, runs, grad_output, input_grad: bool):
         """Backpropagation through time for one call: ``runs`` holds each direction's parameters (as the call
-        used them), step order and per-step caches."""
+        used them), step order, per-step outputs and caches."""
         xp, backend = self.xp, self.backend
-        batch, steps = x.shape[0], x.shape[1]
-        hidden = self.hidden_size
+        hidden, width = self.hidden_size, len(self.gate_order) * self.hidden_size
         expected = ((batch, steps, self.output_size) if self.return_sequences else (batch, self.output_size))
         if tuple(grad_output.shape) != expected:
             raise ShapeError(f"{self!r}: expected an output gradient of shape {expected}, "
                              f"got {tuple(grad_output.shape)}")
-        zeros = xp.zeros((batch, hidden), dtype=self.dtype, device=backend.device)
+        device, dtype = backend.device, self.dtype
+        zeros = xp.zeros((batch, hidden), dtype=dtype, device=device)
+        two_kinds = self.extra_bias is not None  # d_hh differs from d_in (the GRU's n gate)
         grad_x, dh_steps = None, []
-        for d, (suffix, params, order, caches) in enumerate(runs):
+        for d, (suffix, params, order, hs, caches) in enumerate(runs):
             grad = grad_output[..., d * hidden:(d + 1) * hidden] if self.bidirectional else grad_output
-            d_in: list = [None] * steps  # dL/d(pre-activation) at each step, in time order
-            d_hh: list = [None] * steps  # the same as seen by weight_hh (differs only for the GRU's n gate)
-            h_prev: list = [zeros] * steps  # the state each step read (zeros at the first one)
+            # dL/d(pre-activations) at each step, in time order, as weight_ih/bias and as weight_hh see them:
+            # written straight into (time, batch, gates) arrays where the backend's cells can (else stacked)
+            outs = None
+            if backend.cells_write_out:
+                outs = [xp.empty((steps, batch, width), dtype=dtype, device=device)
+                        for _ in range(2 if two_kinds else 1)]
+            d_in: list = [None] * steps
+            d_hh: list = [None] * steps
+            views: list = [None] * steps  # the parts of ``outs`` handed to each step
             dh_seen: list = [zeros] * steps  # dL/dh_t, for grad_norms_through_time
             carry_h = carry_c = None  # gradient reaching this step's state from the step after it
             for pos in range(steps - 1, -1, -1):
@@ -231,38 +230,58 @@ class Recurrent(Layer):
                     dh = grad[:, t, :]
                 else:
                     dh = grad if pos == steps - 1 else None
-                if carry_h is not None:
-                    dh = carry_h if dh is None else dh + carry_h
-                cache = caches[pos]
-                if cache[0] is not None:
-                    h_prev[t] = cache[0]
+                if carry_h is not None:  # the carried gradient is the cell's own new array: add in place
+                    dh = carry_h if dh is None else backend.add_scaled(carry_h, dh)
                 if dh is None:  # no gradient reaches this step (cut off by truncation)
-                    d_in[t] = d_hh[t] = xp.zeros((batch, len(self.gate_order) * hidden), dtype=self.dtype,
-                                                 device=backend.device)
+                    d_in[t] = d_hh[t] = xp.zeros((batch, width), dtype=dtype, device=device)
                     carry_h = carry_c = None
                     continue
                 dh_seen[t] = dh
                 pass_back = pos > 0 and not (self.bptt_steps is not None and pos % self.bptt_steps == 0)
-                d_in[t], d_hh[t], carry_h, carry_c = self._cell_backward(dh, carry_c, cache, params, constants,
-                                                                          pass_back)
-            d_in_all = xp.stack(d_in, axis=1)  # (batch, time, gates * hidden)
-            d_hh_all = xp.stack(d_hh, axis=1) if self.extra_bias else d_in_all
-            flat_in = xp.reshape(d_in_all, (-1, d_in_all.shape[-1]))
-            flat_hh = xp.reshape(d_hh_all, (-1, d_hh_all.shape[-1]))
-            flat_x = xp.reshape(x, (-1, self.input_size))
-            flat_h = xp.reshape(xp.stack(h_prev, axis=1), (-1, hidden))
-            accumulate(backend, self.params["weight_ih" + suffix], flat_x.T @ flat_in)
-            accumulate(backend, self.params["weight_hh" + suffix], flat_h.T @ flat_hh)
+                if outs is not None:
+                    views[t] = tuple(o[t, ...] for o in outs)
+                d_in[t], d_hh[t], carry_h, carry_c = self._cell_backward(dh, carry_c, caches[t], params,
+                                                                          pass_back, views[t])
+            d_in_all = self._gathered(outs, 0, d_in, views)  # (time, batch, gates * hidden)
+            d_hh_all = self._gathered(outs, -1, d_hh, views) if two_kinds else d_in_all
+            flat_in = xp.reshape(d_in_all, (steps * batch, width))
+            accumulate(backend, self.params["weight_ih" + suffix], xp.matrix_transpose(x_rows) @ flat_in)
+            # weight_hh meets h_{t−1} at step t: the step before in this direction's reading order (the zero
+            # state at its first step, which adds nothing)
+            if steps > 1:
+                h_steps = xp.stack(hs, axis=0)
+                if suffix:  # reading backwards: step t read h_{t+1}
+                    h_prev, d_rec = h_steps[1:, ...], d_hh_all[:-1, ...]
+                else:
+                    h_prev, d_rec = h_steps[:-1, ...], d_hh_all[1:, ...]
+                rows = (steps - 1) * batch
+                grad_hh = (xp.matrix_transpose(xp.reshape(h_prev, (rows, hidden)))
+                           @ xp.reshape(d_rec, (rows, width)))
+            else:
+                grad_hh = xp.zeros(tuple(params["weight_hh"].shape), dtype=dtype, device=device)
+            accumulate(backend, self.params["weight_hh" + suffix], grad_hh)
             accumulate(backend, self.params["bias" + suffix], xp.sum(flat_in, axis=0))
-            if self.extra_bias:
-                accumulate(backend, self.params[self.extra_bias + suffix], xp.sum(flat_hh[:, 2 * hidden:], axis=0))
+            if two_kinds:
+                accumulate(backend, self.params[self.extra_bias + suffix],
+                           xp.sum(xp.reshape(d_hh_all[..., 2 * hidden:], (steps * batch, hidden)), axis=0))
             if input_grad:
-                part = xp.reshape(flat_in @ xp.matrix_transpose(params["weight_ih"]),
-                                  (batch, steps, self.input_size))
+                part = xp.permute_dims(xp.reshape(flat_in @ xp.matrix_transpose(params["weight_ih"]),
+                                                  (steps, batch, self.input_size)), (1, 0, 2))
                 grad_x = part if grad_x is None else grad_x + part
             dh_steps.append(xp.stack(dh_seen, axis=1))
         self._dh = dh_steps  # a diagnostic of the last backward pass (grad_norms_through_time), not used by it
         return grad_x
+
+    def _gathered(self, outs, k, per_step, views):
+        """The per-step gradients as one (time, batch, width) array: ``outs[k]`` when the steps were written into
+        it (the backend's cells write their results there), else the steps stacked."""
+        if outs is None:
+            return self.xp.stack(per_step, axis=0)
+        out = outs[k]
+        for t, value in enumerate(per_step):
+            if views[t] is None or value is not views[t][k]:  # not written in place (a truncated step's zeros)
+                out = self.backend.at_set(out, (t, ...), value)
+        return out
 
     @property
     def grad_norms_through_time(self):
@@ -289,20 +308,18 @@ class Recurrent(Layer):
         return clone
 
     # -- one step of the cell (subclasses) -------------------------------------------
-    def _constants(self):
-        return None
-
-    def _cell_forward(self, a_x, state, params, constants):  # pragma: no cover - abstract
-        """One step from ``a_x = x_t W_ih + b`` and the previous state (None: zeros).
-
-        Returns ``(h, new_state, cache)``; ``cache[0]`` is the previous h (None at the first step)."""
+    def _cell_forward(self, a, state, params):  # pragma: no cover - abstract
+        """One step from ``a = x_t W_ih + b`` (an array of the caller's own, which the step may overwrite) and
+        the previous state (None: zeros). Returns ``(h, new_state, cache)``."""
         raise NotImplementedError
 
-    def _cell_backward(self, dh, dc, cache, params, constants, pass_back):  # pragma: no cover - abstract
-        """The chain rule through one step, given dL/dh_t (and dL/dc_t from later steps, LSTM).
+    def _cell_backward(self, dh, dc, cache, params, pass_back, out):  # pragma: no cover - abstract
+        """The chain rule through one step, given dL/dh_t (read only; and dL/dc_t from later steps, LSTM).
 
         Returns ``(d_in, d_hh, dh_prev, dc_prev)``: dL/d(pre-activations) as seen by ``weight_ih``/``bias``
-        and by ``weight_hh``, and (only when ``pass_back``) the gradient for the previous state."""
+        and by ``weight_hh``, and (only when ``pass_back``) the gradient for the previous state, a new array
+        of the step's own. ``out``: None, or arrays the step may write ``d_in`` (and ``d_hh``) into
+        (``Backend.cells_write_out``)."""
         raise NotImplementedError
 
 
@@ -322,13 +339,14 @@ class RNN(Recurrent):
 
     gate_order = ("h",)
 
-    def _cell_forward(self, a_x, state, params, constants):
-        a = a_x if state is None else a_x + state @ params["weight_hh"]
+    def _cell_forward(self, a, state, params):
+        if state is not None:
+            a = self.backend.add_scaled(a, state @ params["weight_hh"])  # in place where allowed: a is ours
         h = self.xp.tanh(a)
-        return h, h, (state, h)
+        return h, h, h
 
-    def _cell_backward(self, dh, dc, cache, params, constants, pass_back):
-        _, h = cache
+    def _cell_backward(self, dh, dc, cache, params, pass_back, out):
+        h = cache
         da = dh * (1.0 - h * h)
         dh_prev = da @ self.xp.matrix_transpose(params["weight_hh"]) if pass_back else None
         return da, da, dh_prev, None
@@ -354,53 +372,17 @@ class LSTM(Recurrent):
 
     gate_order = ("i", "f", "g", "o")
 
-    def _constants(self):
-        # One tanh gives all four gates: σ(a) = ½ tanh(½a) + ½ for i, f, o and tanh(a) for g, so
-        # gates = tanh(a ⊙ scale) ⊙ mult + shift, and d gates / da = mult ⊙ scale ⊙ (1 − tanh²(a ⊙ scale)).
-        xp, hidden = self.xp, self.hidden_size
+    # The step is the backend's fused cell (``Backend.lstm_cell_forward``/``lstm_cell_backward``): a few
+    # in-place array calls on NumPy and PyTorch, one kernel besides the matrix product on CuPy.
+    def _cell_forward(self, a, state, params):
+        h_prev, c_prev = (None, None) if state is None else state
+        h, c, cache = self.backend.lstm_cell_forward(a, h_prev, c_prev, params["weight_hh"])
+        return h, (h, c), cache
 
-        def blocks(sig, tan):
-            values = [sig] * (2 * hidden) + [tan] * hidden + [sig] * hidden
-            return xp.asarray(values, dtype=self.dtype, device=self.backend.device)
-
-        return blocks(0.5, 1.0), blocks(0.5, 1.0), blocks(0.5, 0.0), blocks(0.25, 1.0)
-
-    def _cell_forward(self, a_x, state, params, constants):
-        xp, hidden, add, scale_by = self.xp, self.hidden_size, self.backend.add_scaled, self.backend.scale
-        scale, mult, shift, _ = constants
-        # The backend's updates below (in place where it allows) act only on arrays created in this step, never
-        # on the caller's or cached ones.
-        if state is None:
-            h_prev = c_prev = None
-            a = a_x * scale
-        else:
-            h_prev, c_prev = state
-            a = scale_by(add(h_prev @ params["weight_hh"], a_x), scale)
-        t = xp.tanh(a)
-        gates = add(t * mult, shift)
-        i, f, g, o = (gates[:, k * hidden:(k + 1) * hidden] for k in range(4))
-        c = i * g
-        if c_prev is not None:
-            c = add(c, f * c_prev)
-        tanh_c = xp.tanh(c)
-        h = o * tanh_c
-        return h, (h, c), (h_prev, c_prev, t, gates, tanh_c)
-
-    def _cell_backward(self, dh, dc, cache, params, constants, pass_back):
-        xp, hidden, add, scale_by = self.xp, self.hidden_size, self.backend.add_scaled, self.backend.scale
-        _, c_prev, t, gates, tanh_c = cache
-        i, f, g, o = (gates[:, k * hidden:(k + 1) * hidden] for k in range(4))
-        dc_t = add(tanh_c * tanh_c, 1.0, -1.0)  # tanh² c − 1: a new array, then updated where it is
-        dc_t = scale_by(scale_by(dc_t, -o), dh)  # dh ⊙ o ⊙ (1 − tanh² c)
-        if dc is not None:
-            dc_t = add(dc_t, dc)
-        df = dc_t * c_prev if c_prev is not None else xp.zeros_like(dh)
-        da = xp.concat([dc_t * g, df, dc_t * i, dh * tanh_c], axis=1)
-        derivative = scale_by(add(t * t, 1.0, -1.0), -constants[3])  # mult ⊙ scale ⊙ (1 − t²)
-        da = scale_by(da, derivative)
-        if not pass_back:
-            return da, da, None, None
-        return da, da, da @ xp.matrix_transpose(params["weight_hh"]), dc_t * f
+    def _cell_backward(self, dh, dc, cache, params, pass_back, out):
+        da, dh_prev, dc_prev = self.backend.lstm_cell_backward(dh, dc, cache, params["weight_hh"],
+                                                               pass_back=pass_back, out=out and out[0])
+        return da, da, dh_prev, dc_prev
 
 
 class GRU(Recurrent):
@@ -424,33 +406,15 @@ class GRU(Recurrent):
     gate_order = ("r", "z", "n")
     extra_bias = "bias_hn"
 
-    def _cell_forward(self, a_x, state, params, constants):
-        xp, hidden = self.xp, self.hidden_size
-        two = 2 * hidden
-        if state is None:
-            rz = _sigmoid(xp, a_x[:, :two])
-            hn = params["bias_hn"]
-        else:
-            hh = state @ params["weight_hh"]
-            rz = _sigmoid(xp, a_x[:, :two] + hh[:, :two])
-            hn = hh[:, two:] + params["bias_hn"]
-        r, z = rz[:, :hidden], rz[:, hidden:]
-        n = xp.tanh(a_x[:, two:] + r * hn)
-        h = n - z * n if state is None else n + z * (state - n)
-        return h, h, (state, rz, n, hn)
+    # The step is the backend's fused cell (``Backend.gru_cell_forward``/``gru_cell_backward``).
+    def _cell_forward(self, a, state, params):
+        h, cache = self.backend.gru_cell_forward(a, state, params["weight_hh"], params["bias_hn"])
+        return h, h, cache
 
-    def _cell_backward(self, dh, dc, cache, params, constants, pass_back):
-        xp, hidden = self.xp, self.hidden_size
-        h_prev, rz, n, hn = cache
-        r, z = rz[:, :hidden], rz[:, hidden:]
-        da_n = dh * (1.0 - z) * (1.0 - n * n)
-        dz = dh * (h_prev - n) if h_prev is not None else -(dh * n)
-        da_rz = xp.concat([da_n * hn, dz], axis=1) * rz * (1.0 - rz)
-        d_in = xp.concat([da_rz, da_n], axis=1)
-        d_hh = xp.concat([da_rz, r * da_n], axis=1)
-        if not pass_back:
-            return d_in, d_hh, None, None
-        return d_in, d_hh, dh * z + d_hh @ xp.matrix_transpose(params["weight_hh"]), None
+    def _cell_backward(self, dh, dc, cache, params, pass_back, out):
+        d_in, d_hh, dh_prev = self.backend.gru_cell_backward(dh, cache, params["weight_hh"], pass_back=pass_back,
+                                                             out=out)
+        return d_in, d_hh, dh_prev, None
 
 
 __all__ = ["GRU", "LSTM", "RNN", "Recurrent"]
