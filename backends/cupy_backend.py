@@ -14,6 +14,58 @@ from .errors import BackendUnavailable
 from .random import DeviceRandom, seed_to_int
 
 
+def _flat(*lists) -> bool:
+    """Whether every list is ``FlatTensors`` over a flat array: one kernel covers them all."""
+    from .base import FlatTensors
+
+    return all(isinstance(lst, FlatTensors) and lst.flat is not None for lst in lists if lst is not None)
+
+
+def _dense_backward_launches(grad_output, saved, *, input_grad=True, **_):
+    _, _, _, activation, _, has_bias = saved
+    return int(activation is not None or has_bias) + 1 + int(bool(input_grad))
+
+
+def _per_tensor(kernels_each):
+    """Launches of a multi-tensor update: one over flat buffers, else ``kernels_each`` per array."""
+    def launches(params, grads, *states, **_):
+        return 1 if _flat(params, grads, *states) else kernels_each * len(params)
+
+    return launches
+
+
+#: The kernels this backend launches for one call of each capability (a function of the call's arguments): the
+#: count the counting test backend (``backends/counting_backend.py``) records for it, standing in for a GPU
+#: profiler on the CPU. Keep it in step with the implementations below.
+KERNEL_LAUNCHES = {
+    "add_scaled": lambda target, source, alpha=1.0, *, beta=1.0: 1,  # one axpby kernel
+    "scale": lambda target, factor: 1,
+    "at_set": lambda x, index, values: 1,
+    "at_add": lambda x, index, values: 1,
+    "scatter_add": lambda target, indices, values: 1,
+    "outer": lambda a, b: 1,
+    # a GEMM, then one kernel adding the bias and applying the activation
+    "dense_forward": lambda x, weight, bias=None, activation=None, **_: 1 + int(bias is not None
+                                                                                or activation is not None),
+    # the activation's derivative fused with the bias gradient's column sums, the weight gradient's GEMM, and
+    # the input gradient's GEMM
+    "dense_backward": _dense_backward_launches,
+    # the loss scalar zeroed, then one kernel per call: a block per row computes the row's softmax, loss,
+    # gradient and prediction and adds them into the loss and the metrics
+    "softmax_cross_entropy": lambda logits, labels, **_: 2,
+    "add_step_metrics": lambda metrics, loss, correct, examples: 1,
+    "close_step_metrics": lambda metrics: 1,
+    "tensor_norms": lambda arrays: 2,  # block partial sums of squares, then one reduction per array and sqrt
+    "clip_coefficient": lambda norms, max_norm: 1,
+    "multi_tensor_scale": lambda arrays, factor: 1 if _flat(arrays) else len(arrays),
+    "multi_tensor_sgd": _per_tensor(1),
+    "multi_tensor_adam": _per_tensor(1),
+    "multi_tensor_rmsprop": _per_tensor(1),
+    "multi_tensor_adagrad": _per_tensor(1),
+    "set_scalar": lambda scalar, value: 1,  # a host-to-device copy of one number (a fill kernel)
+}
+
+
 class CupyRandom(DeviceRandom):
     def __init__(self, backend, seed):
         super().__init__(backend, seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import resource
 import sys
@@ -10,7 +11,7 @@ import sys
 import array_api_compat.numpy as xp
 import numpy as np
 
-from .base import Backend
+from .base import Backend, flat_views
 from .random import DeviceRandom, _entropy
 
 
@@ -152,6 +153,11 @@ class NumpyBackend(Backend):
             return super().at_add(x, index, values)
         x[index] += values
         return x
+
+    def flat_buffer(self, shapes, dtype):
+        total = sum(math.prod(shape) for shape in shapes)
+        flat = np.zeros(total, dtype=dtype)
+        return flat, flat_views(np, flat, shapes)
 
     def scatter_add(self, target, indices, values):
         if not target.flags.writeable:
