@@ -370,6 +370,17 @@ class Optimizer:
                 box.grad_space = None
         self.__dict__["_layouts"] = {i: "none" for i in range(len(self.param_groups))}
 
+    def flat_gradients(self):
+        """``(boxes, gradients)`` when this optimizer has one group and every gradient is a view of its flat
+        gradient buffer (``FlatTensors``: clipping scales them in one pass); else None."""
+        layout = self.__dict__.get("_layouts", {}).get(0)
+        if len(self.param_groups) != 1 or not isinstance(layout, tuple):
+            return None
+        boxes, grads = self.param_groups[0]["params"], layout[1]
+        if any(box.grad is not view for box, view in zip(boxes, grads)):
+            return None
+        return boxes, grads
+
     @staticmethod
     def _buffer_list(states, buffer: str) -> list:
         """The arrays of state buffer ``buffer`` of every parameter of a step, as ``FlatTensors`` where they are
