@@ -196,6 +196,11 @@ class Backend:
                 grad_weight = xp.matrix_transpose(inputs) @ flat_grad
             grad_bias = xp.sum(flat_grad, axis=0) if has_bias else None
             grad_input = grad @ xp.matrix_transpose(weight) if input_grad else None
+            # Only backends that make flat buffers (and so can write into arrays) are handed places to write to.
+            if weight_grad_out is not None:
+                grad_weight = self.at_set(weight_grad_out, ..., grad_weight)
+            if bias_grad_out is not None and grad_bias is not None:
+                grad_bias = self.at_set(bias_grad_out, ..., grad_bias)
         return grad_input, grad_weight, grad_bias
 
     def softmax_cross_entropy(self, logits, labels, *, grad_scale=1.0, metrics=None, with_grad: bool = True):
@@ -247,12 +252,13 @@ class Backend:
             zero = xp.zeros((), dtype=metrics.dtype, device=self.device)
             return metrics + xp.stack([zero, zero, zero, good])
 
-    def tensor_norms(self, arrays):
+    def tensor_norms(self, arrays, *, add_to=None):
         """The L2 norm of each array, as one 1-d array on the device (gradient norms for clipping and for the
-        trainer's diagnostics)."""
+        trainer's diagnostics), plus ``add_to`` (a 1-d array of as many sums, or None)."""
         xp = self.xp
         with self.activate():
-            return xp.stack([xp.sqrt(xp.sum(a * a)) for a in arrays])
+            norms = xp.stack([xp.sqrt(xp.sum(a * a)) for a in arrays])
+            return norms if add_to is None else add_to + norms
 
     def clip_coefficient(self, norms, max_norm: float):
         """``min(1, max_norm / (total + 1e-6))`` with ``total`` the global norm of arrays whose norms are

@@ -50,12 +50,13 @@ KERNEL_LAUNCHES = {
     # the activation's derivative fused with the bias gradient's column sums, the weight gradient's GEMM, and
     # the input gradient's GEMM
     "dense_backward": _dense_backward_launches,
-    # the loss scalar zeroed, then one kernel per call: a block per row computes the row's softmax, loss,
-    # gradient and prediction and adds them into the loss and the metrics
-    "softmax_cross_entropy": lambda logits, labels, **_: 2,
+    # one kernel: one block whose threads take a row each (softmax, loss, gradient, prediction), then reduce
+    # the loss and the counts and write the loss and the metrics
+    "softmax_cross_entropy": lambda logits, labels, **_: 1,
     "add_step_metrics": lambda metrics, loss, correct, examples: 1,
     "close_step_metrics": lambda metrics: 1,
-    "tensor_norms": lambda arrays: 2,  # block partial sums of squares, then one reduction per array and sqrt
+    # block partial sums of squares, then one reduction per array with the square root (and the sum added)
+    "tensor_norms": lambda arrays, add_to=None: 2,
     "clip_coefficient": lambda norms, max_norm: 1,
     "multi_tensor_scale": lambda arrays, factor: 1 if _flat(arrays) else len(arrays),
     "multi_tensor_sgd": _per_tensor(1),

@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 from backends.base import METRICS
 
+from ..on_device import on_device
 from ..parameters import zero_grad
 from .metrics import count_correct
 
@@ -57,6 +58,7 @@ class TrainingStep:
         self.skip_input_grad = model.can_skip_input_grad  # the first layer needs no dL/dinput: nothing uses it
 
     # -- the function ----------------------------------------------------------------------------------------
+    @on_device
     def __call__(self, params: list, optimizer_state: dict, batch, metrics, norms=None):
         """``(params, optimizer_state, metrics, norms)`` after one update on ``batch`` (see ``run``), from
         ``params`` (the model's parameter values, in ``model.parameters()`` order) and ``optimizer_state``
@@ -68,12 +70,14 @@ class TrainingStep:
         metrics, norms = self.run(batch, metrics, norms)
         return [box.value for box in self.params], dict(self.optimizer.state), metrics, norms
 
+    @on_device
     def new_metrics(self):
         """Zeroed metrics for an epoch (``METRICS``), on the device, in the model's dtype."""
         xp = self.backend.xp
         return xp.zeros((len(METRICS),), dtype=self.model.dtype, device=self.backend.device)
 
     # -- the step on the parameter store -----------------------------------------------------------------------
+    @on_device
     def run(self, batch, metrics, norms=None):
         """One update of the model's parameters (in their ``Parameter`` boxes) and the optimizer's state on
         ``batch``; returns ``(metrics, norms)``. ``norms``: None, or a dict (names of parameters -> summed
@@ -90,14 +94,17 @@ class TrainingStep:
                 backprop(grad_logits)
         if self.allreduce is not None:  # every rank now holds the gradient of the whole update
             self.allreduce(model)
-        step_norms = None
         if norms is not None or self.clip_norm is not None:
             names, grads = self._gradients()
-            step_norms = backend.tensor_norms(grads) if grads else None
-            if norms is not None and step_norms is not None:
-                key = tuple(names)
-                norms[key] = step_norms if key not in norms else norms[key] + step_norms
-            if self.clip_norm is not None and step_norms is not None:
+            key = tuple(names)
+            if not grads:
+                pass
+            elif self.clip_norm is None:  # the diagnostics alone: the norms added to the sums in one call
+                norms[key] = backend.tensor_norms(grads, add_to=norms.get(key))
+            else:
+                step_norms = backend.tensor_norms(grads)
+                if norms is not None:
+                    norms[key] = step_norms if key not in norms else norms[key] + step_norms
                 coefficient = backend.clip_coefficient(step_norms, self.clip_norm)
                 self._store_gradients(names, backend.multi_tensor_scale(grads, coefficient))
         self.optimizer.step()
