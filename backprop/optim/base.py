@@ -306,75 +306,92 @@ class Optimizer:
         if self._traced is not None or len(boxes) != len(group["params"]):
             return params, grads, states  # a compiled step's arrays, or a group part of which has no gradient
         layouts = self.__dict__.setdefault("_layouts", {})
-        layout = layouts.get(index)
-        buffers = self.buffer_names(group)
-        if layout is None or layout == "none":
-            if layout == "none" or not self._flatten(index, group, names, boxes, states, buffers):
-                return params, grads, states
-            layout = layouts[index]
-            params = [box.value for box in boxes]
-            grads = [box.grad for box in boxes]
-            states = [self.state[name] for name in names]
+        if index not in layouts:
+            self._flatten_parameters(index, group)
+        layout = layouts[index]
+        if layout is None:
+            return params, grads, states
         params_flat, grads_flat, buffers_flat = layout
+        if buffers_flat is None:
+            buffers_flat = self._flatten_state(index, names, states, self.buffer_names(group))
+            states = [self.state[name] for name in names]
         if any(p is not v for p, v in zip(params, params_flat)) or any(
                 s[b] is not v for b, views in buffers_flat.items() for s, v in zip(states, views)):
             # values put in place from outside (weights or a checkpoint loaded): back into the flat arrays
             for box, view, param in zip(boxes, params_flat, params):
-                self.backend.at_set(view, ..., param)
-                box.value = view
+                if param is not view:
+                    self.backend.at_set(view, ..., param)
+                    box.value = view
             for b, views in buffers_flat.items():
                 for name, state, view in zip(names, states, views):
-                    self.backend.at_set(view, ..., state[b])
-                    self.state[name] = {**self.state[name], b: view}
+                    if state[b] is not view:
+                        self.backend.at_set(view, ..., state[b])
+                        self.state[name] = {**self.state[name], b: view}
             params = params_flat
             states = [self.state[name] for name in names]
         if any(g is not v for g, v in zip(grads, grads_flat)):
             return list(params), grads, states  # gradients made elsewhere: per array this time
-        states = _States(states, buffers_flat)
-        return params_flat, grads_flat, states
+        return params_flat, grads_flat, _States(states, buffers_flat)
 
-    def _flatten(self, index, group, names, boxes, states, buffers) -> bool:
-        layouts = self._layouts
+    def _flatten_parameters(self, index, group) -> None:
+        """The group's parameters as views of one flat buffer, and a flat gradient buffer whose views are their
+        ``grad_space``; the layout is None where the backend has no flat buffers (or one array gains nothing)."""
+        from backends.base import FlatTensors
+
+        boxes = group["params"]
         dtypes = {box.dtype for box in boxes}
         made = None
         if len(dtypes) == 1 and len(boxes) > 1:
-            shapes = [box.shape for box in boxes]
-            dtype = dtypes.pop()
-            made = [self.backend.flat_buffer(shapes, dtype) for _ in range(2 + len(buffers))]
+            shapes, dtype = [box.shape for box in boxes], dtypes.pop()
+            made = [self.backend.flat_buffer(shapes, dtype) for _ in range(2)]
         if made is None or made[0] is None:
-            layouts[index] = "none"
-            return False
-        from backends.base import FlatTensors
-
-        (params_flat, param_views), (grads_flat, grad_views), *state_parts = made
+            self._layouts[index] = None
+            return
+        (params_flat, param_views), (grads_flat, grad_views) = made
         for box, view, grad_view in zip(boxes, param_views, grad_views):
             self.backend.at_set(view, ..., box.value)
             box.value = view
-            box.grad_space = grad_view
-            if box.grad is not None:
-                self.backend.at_set(grad_view, ..., box.grad)
-                box.grad = grad_view
+            box.grad_space = grad_view  # gradients already made stay where they are: that step runs per array
+        self._layouts[index] = [FlatTensors(param_views, params_flat), FlatTensors(grad_views, grads_flat), None]
+
+    def _flatten_state(self, index, names, states, buffers) -> dict:
+        """The state buffers of a group's parameters (all of them present) as views of one flat array each."""
+        from backends.base import FlatTensors
+
+        shapes = [tuple(s[buffers[0]].shape) for s in states] if buffers else []
+        dtype = self._layouts[index][0].flat.dtype
         buffers_flat = {}
-        for b, (flat, views) in zip(buffers, state_parts):
+        for b in buffers:
+            flat, views = self.backend.flat_buffer(shapes, dtype)
             for name, state, view in zip(names, states, views):
                 self.backend.at_set(view, ..., state[b])
                 self.state[name] = {**self.state[name], b: view}
             buffers_flat[b] = FlatTensors(views, flat)
-        layouts[index] = (FlatTensors(param_views, params_flat), FlatTensors(grad_views, grads_flat), buffers_flat)
-        return True
+        self._layouts[index][2] = buffers_flat
+        return buffers_flat
+
+    @on_device
+    def prepare(self) -> None:
+        """Move the parameters into this optimizer's flat buffers now, before a backward pass, so that the first
+        step's gradients land in the flat gradient buffer (the trainer calls this; otherwise the first step does
+        it and runs per array). Every step of a training run then takes the same path, also after a resume."""
+        layouts = self.__dict__.setdefault("_layouts", {})
+        for index, group in enumerate(self.param_groups):
+            if index not in layouts and group["params"]:
+                self._flatten_parameters(index, group)
 
     def _forget_layouts(self) -> None:
         """Stop using flat buffers (a compiled step keeps its own arrays)."""
         for group in self.param_groups:
             for box in group["params"]:
                 box.grad_space = None
-        self.__dict__["_layouts"] = {i: "none" for i in range(len(self.param_groups))}
+        self.__dict__["_layouts"] = dict.fromkeys(range(len(self.param_groups)))
 
     def flat_gradients(self):
         """``(boxes, gradients)`` when this optimizer has one group and every gradient is a view of its flat
         gradient buffer (``FlatTensors``: clipping scales them in one pass); else None."""
         layout = self.__dict__.get("_layouts", {}).get(0)
-        if len(self.param_groups) != 1 or not isinstance(layout, tuple):
+        if len(self.param_groups) != 1 or layout is None:
             return None
         boxes, grads = self.param_groups[0]["params"], layout[1]
         if any(box.grad is not view for box, view in zip(boxes, grads)):

@@ -56,6 +56,7 @@ class TrainingStep:
         self.params = list(self.named_params.values())
         self._names = {id(box): name for name, box in self.named_params.items()}
         self.skip_input_grad = model.can_skip_input_grad  # the first layer needs no dL/dinput: nothing uses it
+        optimizer.prepare()  # flat buffers (NumPy, CuPy) before the first backward pass: its gradients land there
 
     # -- the function ----------------------------------------------------------------------------------------
     @on_device
