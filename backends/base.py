@@ -343,10 +343,15 @@ class Backend:
         return views
 
     def set_scalar(self, scalar, value):
-        """A 0-d array holding ``value``: ``scalar`` overwritten where the library allows (a captured program
-        keeps reading the same memory), else a new array. ``scalar`` None: a new one of the float type."""
+        """A 0-d array holding ``value`` (a device scalar: a learning rate, a step number): ``scalar``
+        overwritten where the library allows (a compiled or captured program keeps reading the same memory),
+        else a new array. ``scalar`` None: a new one, float64 where the backend has it (a Python number's
+        precision; the updates cast it to each parameter's dtype, as they would the number)."""
         with self.activate():
-            dtype = self.float_dtype if scalar is None else scalar.dtype
+            if scalar is not None:
+                dtype = scalar.dtype
+            else:
+                dtype = self.xp.float64 if self.supports_float64 else self.xp.float32
             return self.xp.asarray(value, dtype=dtype, device=self.device)
 
     # -- optional fast paths -------------------------------------------------
@@ -395,9 +400,9 @@ class Backend:
 def add_scaled(target, source, alpha: float = 1.0, *, beta: float = 1.0):
     """``beta * target + alpha * source`` as a new array: ``Backend.add_scaled``'s portable default, for code
     that has arrays but no backend (the functional optimizer cores)."""
-    if beta != 1.0:
+    if not _is_number(beta) or beta != 1.0:  # a 0-d array is never compared on the host
         target = beta * target
-    return target + source if alpha == 1.0 else target + alpha * source
+    return target + source if _is_number(alpha) and alpha == 1.0 else target + alpha * source
 
 
 def scale(target, factor):

@@ -219,7 +219,7 @@ class TorchBackend(Backend):
 
     def multi_tensor_sgd(self, params, grads, momentum_buffers=None, *, lr, momentum=0.0, nesterov=False,
                          weight_decay=0.0):
-        if not isinstance(lr, (int, float)):
+        if not isinstance(lr, (int, float)) or self._torch.compiler.is_compiling():  # compiled: Inductor fuses
             return super().multi_tensor_sgd(params, grads, momentum_buffers, lr=lr, momentum=momentum,
                                             nesterov=nesterov, weight_decay=weight_decay)
         params_, grads_, buffers_ = _lists(params, grads, momentum_buffers)
@@ -231,7 +231,7 @@ class TorchBackend(Backend):
 
     def multi_tensor_adam(self, params, grads, exp_avgs, exp_avg_sqs, *, lr, step, beta1, beta2, eps,
                           weight_decay=0.0, decoupled_weight_decay=False):
-        if not all(isinstance(v, (int, float)) for v in (lr, step)):
+        if not all(isinstance(v, (int, float)) for v in (lr, step)) or self._torch.compiler.is_compiling():
             return super().multi_tensor_adam(params, grads, exp_avgs, exp_avg_sqs, lr=lr, step=step, beta1=beta1,
                                              beta2=beta2, eps=eps, weight_decay=weight_decay,
                                              decoupled_weight_decay=decoupled_weight_decay)

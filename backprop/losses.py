@@ -6,6 +6,7 @@ loss object between calls."""
 from __future__ import annotations
 
 import functools
+from contextlib import nullcontext
 
 import array_api_compat
 
@@ -22,7 +23,7 @@ def _on_prediction_device(begin_update):
         # None: not an array of a loaded backend (begin_update's checks say what is wrong)
         backend = backend_of(prediction)
         context = NOTHING_TO_ACTIVATE if backend is None else backend.activate()
-        if context is NOTHING_TO_ACTIVATE:
+        if isinstance(context, nullcontext):  # nothing to enter (a type test: TorchDynamo traces it)
             return begin_update(self, prediction, target)
         with context:
             loss, backprop = begin_update(self, prediction, target)
@@ -204,7 +205,7 @@ def _namespace(a, b):
 
 def _kind(xp, dtype) -> str:
     """'integral', 'real floating' or 'other'."""
-    key = (xp, dtype)
+    key = (xp.__name__, dtype)  # a module's name: TorchDynamo compares strings, not modules
     kind = _KINDS.get(key)
     if kind is None:
         kind = next((k for k in ("integral", "real floating") if xp.isdtype(dtype, k)), "other")

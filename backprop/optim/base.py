@@ -261,8 +261,9 @@ class Optimizer:
     @on_device
     def step(self) -> None:
         """Update every parameter that has a gradient; the others are skipped."""
-        self.step_count += 1
-        traced = self._traced  # inside a compiled step: device scalars, and no host bookkeeping
+        traced = self._traced  # inside a compiled step: device scalars, and no host bookkeeping (the step's own)
+        if traced is None:
+            self.step_count += 1
         for index, group in enumerate(self.param_groups):
             names, boxes, params, grads, states, steps = [], [], [], [], [], []
             for name, box in zip(group["names"], group["params"]):

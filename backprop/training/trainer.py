@@ -52,7 +52,7 @@ class Trainer:
                  weight_decay: float = 0.0, epochs: int = 10, batch_size=32, accumulate_steps: int = 1,
                  drop_last: bool = False, shuffle: bool = True, seed: int = 0, schedule: str = "constant",
                  warmup_epochs: int = 0, clip_norm: float | None = None, callbacks=(), progress: bool = True, log=print,
-                 grad_norm_samples: int = 10, log_points: int = 20, communicator=None):
+                 grad_norm_samples: int = 10, log_points: int = 20, communicator=None, compile=False):
         from ..optim import Optimizer, make_optimizer, make_schedule
 
         self.model = model
@@ -90,6 +90,12 @@ class Trainer:
                                   f"{type(communicator).__name__}")
         self.communicator = communicator
         self.is_root = communicator is None or communicator.is_root
+        if compile is not False and compile is not None:
+            from .compiled import compiled_step
+
+            compiled_step(self._training_step(), compile)  # checked now: a ConfigError before any work
+        self.compile = compile if compile else False
+        self._compiled = None
         self.progress, self._log = progress, log
         self.grad_norm_samples, self.log_points = max(1, grad_norm_samples), max(1, log_points)
         self.epoch = 0  # completed epochs
@@ -282,9 +288,18 @@ class Trainer:
         return record
 
     def _training_step(self) -> TrainingStep:
-        """The step function the epoch loop feeds (see ``backprop/training/step.py``)."""
+        """The step function the epoch loop feeds (see ``backprop/training/step.py``), compiled with
+        ``compile`` (``backprop/training/compiled.py``; kept from epoch to epoch: its programs are reused)."""
         allreduce = None if self.communicator is None else self.communicator.allreduce_gradients
-        return TrainingStep(self.model, self.loss_fn, self.optimizer, clip_norm=self.clip_norm, allreduce=allreduce)
+        step = TrainingStep(self.model, self.loss_fn, self.optimizer, clip_norm=self.clip_norm, allreduce=allreduce)
+        if not getattr(self, "compile", False):
+            return step
+        key = (id(self.model), id(self.loss_fn), id(self.optimizer), self.clip_norm)
+        if self._compiled is None or self._compiled[0] != key:
+            from .compiled import compiled_step
+
+            self._compiled = (key, compiled_step(step, self.compile))
+        return self._compiled[1]
 
     # A step that changes no weight although the gradients are non-zero means the updates never reach the
     # model: an optimizer that does not store the arrays its update returns. With mutable arrays (NumPy) such a
