@@ -266,7 +266,8 @@ class Backend:
         xp = self.xp
         with self.activate():
             total = xp.sqrt(xp.sum(norms * norms))
-            return xp.minimum(max_norm / (total + 1e-6), xp.ones((), dtype=norms.dtype, device=self.device))
+            coefficient = xp.minimum(max_norm / (total + 1e-6), xp.ones((), dtype=norms.dtype, device=self.device))
+            return xp.asarray(coefficient, device=self.device)  # NumPy's 0-d results are scalars
 
     def multi_tensor_scale(self, arrays, factor) -> list:
         """Each array times ``factor`` (a number or a 0-d array): clipping's scaling of every gradient at once.

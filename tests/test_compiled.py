@@ -112,3 +112,26 @@ def test_the_cli_refuses_compile_on_numpy_before_training(tmp_path, capsys):
     assert status == 2
     assert capsys.readouterr().err.strip().startswith("error: compile: backend numpy has no step compiler")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_captured_cuda_graph_step_gives_the_eager_weights(digits):
+    """CuPy's CUDA Graph capture (backprop/training/captured.py), with dropout (the counter-based generator),
+    Adam (device scalars), clipping and a short last batch (its own graph). Needs a GPU: the GPU check
+    (benchmarks/gpu_check.sh) runs it; skipped here without one."""
+    backend = _backend_or_skip("cupy:0")
+
+    def run(compile):
+        model = bp.Sequential([bp.Dense(64, 16, rng=1, backend=backend), bp.ReLU(backend=backend),
+                               bp.layers.Dropout(0.2, backend=backend), bp.Dense(16, 10, rng=2, backend=backend)])
+        trainer = Trainer(model, optimizer="adam", lr=0.01, epochs=2, batch_size=32, clip_norm=1.0, seed=3,
+                          progress=False, log=None, compile=compile)
+        return trainer, trainer.fit(digits.x_train[:100], digits.y_train[:100])
+
+    (eager, eager_history), (captured, history) = run(False), run(True)
+    for name, weight in weights(eager.model).items():
+        np.testing.assert_allclose(backend.to_host(weights(captured.model)[name]), backend.to_host(weight),
+                                   rtol=RTOL, atol=ATOL, err_msg=name)
+    for have, want in zip(history, eager_history, strict=True):
+        assert have["train_loss"] == pytest.approx(want["train_loss"], rel=1e-5)
+        assert have["grad_norms"] == pytest.approx(want["grad_norms"], rel=1e-4)
+    assert captured.optimizer.state_dict()[1] == eager.optimizer.state_dict()[1]

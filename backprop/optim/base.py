@@ -291,7 +291,8 @@ class Optimizer:
 
     #: Set by a compiled step while it traces ``step()``: ``{"lr": [per group], "step": [per group],
     #: "stepped": set()}``, the learning rates and step numbers as device scalars (inputs of the program), and
-    #: the names of the parameters the step updates (their host step counts are kept by the compiled step).
+    #: the names of the parameters the step updates (their host step counts are kept by the compiled step);
+    #: ``"flat": True`` (a captured CUDA Graph) keeps the flat buffers, whose arrays the graph reuses.
     _traced = None
 
     # -- flat buffers (backends whose update is faster over one array: NumPy, CuPy) ----------------------------
@@ -304,7 +305,8 @@ class Optimizer:
     def _flat_lists(self, index, group, names, boxes, params, grads, states):
         """``(params, grads, states)``, as ``FlatTensors`` (and ``states.flat``: buffer name -> ``FlatTensors``)
         where they are the views of this group's flat buffers."""
-        if self._traced is not None or len(boxes) != len(group["params"]):
+        traced = self._traced
+        if (traced is not None and not traced.get("flat")) or len(boxes) != len(group["params"]):
             return params, grads, states  # a compiled step's arrays, or a group part of which has no gradient
         layouts = self.__dict__.setdefault("_layouts", {})
         if index not in layouts:
