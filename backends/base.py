@@ -18,6 +18,7 @@ which keeps their speed.
 from __future__ import annotations
 
 import contextlib
+import math
 
 import numpy as np
 
@@ -154,6 +155,207 @@ class Backend:
         with self.activate():
             return xpx.at(x, index).add(values, xp=self.xp)
 
+    # -- fused and multi-tensor capabilities (issue 13) ------------------------------
+    # What a training step is made of, each one call here and one kernel (or a GEMM and one kernel) on a GPU:
+    # a dense layer with its bias and activation, softmax cross-entropy with its gradient and the step's
+    # metrics, and each optimizer's update of every parameter at once. The defaults below are portable (array
+    # API operations that return new arrays: right for every library, immutable ones and JAX's traced arrays
+    # included); NumPy, PyTorch and CuPy override them with fewer, in-place passes. Learning rates and step
+    # counts may be Python numbers or 0-d arrays of this backend (device scalars: a compiled or captured step
+    # reads them from the device, so a schedule changes a value, not the program).
+
+    def dense_forward(self, x, weight, bias=None, activation: str | None = None, *, negative_slope: float = 0.01):
+        """``activation(x @ weight + bias)`` and what ``dense_backward`` needs: ``(y, saved)``.
+
+        ``activation``: one of ``FUSED_ACTIVATIONS`` (None: none); ``negative_slope`` is LeakyReLU's. The
+        formulas are those of the activation layers (``backprop/layers/activations.py``)."""
+        with self.activate():
+            z = x @ weight
+            if bias is not None:
+                z = z + bias
+            y = activation_forward(self.xp, z, activation, negative_slope)
+        kept = z if activation == "gelu" else y  # what the derivative is computed from
+        return y, (x, weight, kept, activation, negative_slope, bias is not None)
+
+    def dense_backward(self, grad_output, saved, *, input_grad: bool = True, weight_grad_out=None,
+                       bias_grad_out=None):
+        """``(grad_input, grad_weight, grad_bias)`` for a ``dense_forward`` call (``grad_input`` None without
+        ``input_grad``, ``grad_bias`` None without a bias). ``weight_grad_out`` / ``bias_grad_out``: arrays of
+        the gradients' shapes that a backend may write the gradients into and return (NumPy does: a flat
+        gradient buffer's views); the default returns new arrays."""
+        x, weight, kept, activation, slope, has_bias = saved
+        xp = self.xp
+        with self.activate():
+            grad = activation_backward(xp, grad_output, kept, activation, slope)
+            inputs, flat_grad = x, grad
+            if inputs.ndim > 2:  # every position is one more example for the weight gradient
+                inputs = xp.reshape(inputs, (-1, weight.shape[0]))
+                flat_grad = xp.reshape(grad, (-1, weight.shape[1]))
+            if inputs.shape[0] == 1:  # one example: an outer product (a matmul with an inner size of 1 is slow)
+                grad_weight = self.outer(inputs[0, ...], flat_grad[0, ...])
+            else:
+                grad_weight = xp.matrix_transpose(inputs) @ flat_grad
+            grad_bias = xp.sum(flat_grad, axis=0) if has_bias else None
+            grad_input = grad @ xp.matrix_transpose(weight) if input_grad else None
+            # Only backends that make flat buffers (and so can write into arrays) are handed places to write to.
+            if weight_grad_out is not None:
+                grad_weight = self.at_set(weight_grad_out, ..., grad_weight)
+            if bias_grad_out is not None and grad_bias is not None:
+                grad_bias = self.at_set(bias_grad_out, ..., grad_bias)
+        return grad_input, grad_weight, grad_bias
+
+    def softmax_cross_entropy(self, logits, labels, *, grad_scale=1.0, metrics=None, with_grad: bool = True):
+        """Softmax cross-entropy of ``logits`` (..., classes) against integer ``labels`` (...), fused with its
+        gradient and, when ``metrics`` is given, with the step's metrics: ``(loss, grad, metrics)``.
+
+        ``loss``: the mean over positions (0-d); ``grad``: dL/dlogits times ``grad_scale`` (None without
+        ``with_grad``); ``metrics``: ``metrics + [loss · examples, correct predictions, 1 if the loss is not
+        finite else 0, 0]`` (see ``METRICS``; ``examples`` is ``logits.shape[0]``), or None. No one-hot array
+        of the labels is made (the default compares labels with a class index, which XLA fuses away; NumPy,
+        PyTorch and CuPy index the labels' entries)."""
+        xp = self.xp
+        with self.activate():
+            classes = logits.shape[-1]
+            positions = _size(logits) // classes
+            shifted = logits - xp.max(logits, axis=-1, keepdims=True)
+            log_probs = shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
+            index = xp.astype(labels, xp.int64)[..., None] if labels.dtype != xp.int64 else labels[..., None]
+            loss = -xp.sum(xp.take_along_axis(log_probs, index, axis=-1)) / positions
+            loss = xp.asarray(loss)  # NumPy's sum gives a scalar; keep a 0-d array
+            grad = None
+            if with_grad:
+                hit = xp.astype(labels[..., None] == xp.arange(classes, dtype=labels.dtype, device=self.device),
+                                logits.dtype)
+                grad = (xp.exp(log_probs) - hit) * (grad_scale / positions)
+            if metrics is not None:
+                metrics = self.add_step_metrics(metrics, loss, _count_correct(xp, logits, labels), logits.shape[0])
+        return loss, grad, metrics
+
+    def add_step_metrics(self, metrics, loss, correct, examples: int):
+        """``metrics`` (see ``METRICS``) plus one batch's: ``loss · examples``, ``correct``, and 1 in the
+        non-finite count when ``loss`` is NaN or infinite. A new array (the default); used for losses without a
+        fused path."""
+        xp = self.xp
+        with self.activate():
+            dtype = metrics.dtype
+            loss = xp.astype(loss, dtype) if loss.dtype != dtype else loss
+            part = xp.stack([loss * examples, xp.astype(correct, dtype),
+                             xp.astype(xp.logical_not(xp.isfinite(loss)), dtype), xp.zeros((), dtype=dtype,
+                                                                                          device=self.device)])
+            return metrics + part
+
+    def close_step_metrics(self, metrics):
+        """``metrics`` at the end of an optimizer step: one more good step while no loss so far was non-finite
+        (the trainer's error names the first bad step from it)."""
+        xp = self.xp
+        with self.activate():
+            good = xp.astype(metrics[METRICS.index("nonfinite")] == 0, metrics.dtype)
+            zero = xp.zeros((), dtype=metrics.dtype, device=self.device)
+            return metrics + xp.stack([zero, zero, zero, good])
+
+    def tensor_norms(self, arrays, *, add_to=None):
+        """The L2 norm of each array, as one 1-d array on the device (gradient norms for clipping and for the
+        trainer's diagnostics), plus ``add_to`` (a 1-d array of as many sums, or None)."""
+        xp = self.xp
+        with self.activate():
+            norms = xp.stack([xp.sqrt(xp.sum(a * a)) for a in arrays])
+            return norms if add_to is None else add_to + norms
+
+    def clip_coefficient(self, norms, max_norm: float):
+        """``min(1, max_norm / (total + 1e-6))`` with ``total`` the global norm of arrays whose norms are
+        ``norms`` (a 0-d array; as ``torch.nn.utils.clip_grad_norm_``). No Python ``if`` reads a device value."""
+        xp = self.xp
+        with self.activate():
+            total = xp.sqrt(xp.sum(norms * norms))
+            coefficient = xp.minimum(max_norm / (total + 1e-6), xp.ones((), dtype=norms.dtype, device=self.device))
+            return xp.asarray(coefficient, device=self.device)  # NumPy's 0-d results are scalars
+
+    def multi_tensor_scale(self, arrays, factor) -> list:
+        """Each array times ``factor`` (a number or a 0-d array): clipping's scaling of every gradient at once.
+        Returns the results (the arrays themselves where the backend scales in place)."""
+        if _all_flat(arrays):
+            return self._into_flat(arrays, [self.scale(arrays.flat, factor)])
+        return [self.scale(a, factor) for a in arrays]
+
+    def multi_tensor_sgd(self, params, grads, momentum_buffers=None, *, lr, momentum: float = 0.0,
+                         nesterov: bool = False, weight_decay: float = 0.0):
+        """SGD (with momentum, Nesterov momentum and L2 weight decay, as ``torch.optim.SGD`` without
+        dampening) of every parameter at once: the updated ``(params, momentum_buffers)`` (buffers None without
+        momentum; zeros at first, which gives PyTorch's first step)."""
+        with self.activate():
+            if _all_flat(params, grads, momentum_buffers):
+                (param,), buffers = sgd_update(self.add_scaled, [params.flat], [grads.flat], _flats(momentum_buffers),
+                                               lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+                return self._into_flat(params, [param]), self._into_flat(momentum_buffers, buffers)
+            return sgd_update(self.add_scaled, params, grads, momentum_buffers, lr=lr, momentum=momentum,
+                              nesterov=nesterov, weight_decay=weight_decay)
+
+    def multi_tensor_adam(self, params, grads, exp_avgs, exp_avg_sqs, *, lr, step, beta1: float, beta2: float,
+                          eps: float, weight_decay: float = 0.0, decoupled_weight_decay: bool = False):
+        """Adam / AdamW (``decoupled_weight_decay``) of every parameter at once, ``step`` (this step's number,
+        from 1; the same for all of them) for the bias corrections: the updated
+        ``(params, exp_avgs, exp_avg_sqs)``."""
+        options = {"lr": lr, "step": step, "beta1": beta1, "beta2": beta2, "eps": eps, "weight_decay": weight_decay,
+                   "decoupled_weight_decay": decoupled_weight_decay}
+        with self.activate():
+            if _all_flat(params, grads, exp_avgs, exp_avg_sqs):
+                (param,), (m,), (v,) = adam_update(self.xp, self.add_scaled, self.scale, [params.flat], [grads.flat],
+                                                   [exp_avgs.flat], [exp_avg_sqs.flat], **options)
+                return self._into_flat(params, [param]), self._into_flat(exp_avgs, [m]), self._into_flat(exp_avg_sqs,
+                                                                                                       [v])
+            return adam_update(self.xp, self.add_scaled, self.scale, params, grads, exp_avgs, exp_avg_sqs, **options)
+
+    def multi_tensor_rmsprop(self, params, grads, square_avgs, momentum_buffers=None, *, lr, alpha: float,
+                             eps: float, momentum: float = 0.0, weight_decay: float = 0.0):
+        """RMSprop (not centered, as ``torch.optim.RMSprop``) of every parameter at once: the updated
+        ``(params, square_avgs, momentum_buffers)``."""
+        options = {"lr": lr, "alpha": alpha, "eps": eps, "momentum": momentum, "weight_decay": weight_decay}
+        with self.activate():
+            if _all_flat(params, grads, square_avgs, momentum_buffers):
+                (param,), (avg,), buffers = rmsprop_update(self.xp, self.add_scaled, [params.flat], [grads.flat],
+                                                           [square_avgs.flat], _flats(momentum_buffers), **options)
+                return (self._into_flat(params, [param]), self._into_flat(square_avgs, [avg]),
+                        self._into_flat(momentum_buffers, buffers))
+            return rmsprop_update(self.xp, self.add_scaled, params, grads, square_avgs, momentum_buffers, **options)
+
+    def multi_tensor_adagrad(self, params, grads, state_sums, *, lr, eps: float, weight_decay: float = 0.0):
+        """AdaGrad (as ``torch.optim.Adagrad`` without lr_decay) of every parameter at once: the updated
+        ``(params, state_sums)``."""
+        with self.activate():
+            if _all_flat(params, grads, state_sums):
+                (param,), (total,) = adagrad_update(self.xp, self.add_scaled, [params.flat], [grads.flat],
+                                                    [state_sums.flat], lr=lr, eps=eps, weight_decay=weight_decay)
+                return self._into_flat(params, [param]), self._into_flat(state_sums, [total])
+            return adagrad_update(self.xp, self.add_scaled, params, grads, state_sums, lr=lr, eps=eps,
+                                  weight_decay=weight_decay)
+
+    def flat_buffer(self, shapes, dtype):
+        """``(flat, views)``: one 1-d array and views of it shaped as ``shapes`` (in order, back to back), so an
+        update of every parameter is one pass over ``flat``; None where the library cannot make such views
+        (immutable arrays) or gains nothing from them. The default: None."""
+        return None
+
+    def _into_flat(self, views, results):
+        """``views`` (``FlatTensors``) after an update over their flat array gave ``results`` (a list of one
+        array): the same views, the result written into the flat array unless the update already did."""
+        if views is None:
+            return None
+        if results[0] is not views.flat:
+            self.at_set(views.flat, ..., results[0])
+        return views
+
+    def set_scalar(self, scalar, value):
+        """A 0-d array holding ``value`` (a device scalar: a learning rate, a step number): ``scalar``
+        overwritten where the library allows (a compiled or captured program keeps reading the same memory),
+        else a new array. ``scalar`` None: a new one, float64 where the backend has it (a Python number's
+        precision; the updates cast it to each parameter's dtype, as they would the number)."""
+        with self.activate():
+            if scalar is not None:
+                dtype = scalar.dtype
+            else:
+                dtype = self.xp.float64 if self.supports_float64 else self.xp.float32
+            return self.xp.asarray(value, dtype=dtype, device=self.device)
+
     # -- optional fast paths -------------------------------------------------
     def outer(self, a, b):
         """The outer product of two vectors, a new ``(len(a), len(b))`` array with ``[i, j] = a[i] * b[j]``:
@@ -258,9 +460,9 @@ class Backend:
 def add_scaled(target, source, alpha: float = 1.0, *, beta: float = 1.0):
     """``beta * target + alpha * source`` as a new array: ``Backend.add_scaled``'s portable default, for code
     that has arrays but no backend (the functional optimizer cores)."""
-    if beta != 1.0:
+    if not _is_number(beta) or beta != 1.0:  # a 0-d array is never compared on the host
         target = beta * target
-    return target + source if alpha == 1.0 else target + alpha * source
+    return target + source if _is_number(alpha) and alpha == 1.0 else target + alpha * source
 
 
 def scale(target, factor):
@@ -340,6 +542,183 @@ def gru_cell_backward(xp, dh, cache, weight_hh, pass_back):
     if not pass_back:
         return d_in, d_hh, None
     return d_in, d_hh, dh * z + d_hh @ xp.matrix_transpose(weight_hh)
+
+
+#: The order of the step metrics vector the trainer keeps on the device (``softmax_cross_entropy``,
+#: ``add_step_metrics``, ``close_step_metrics``): the sum of batch losses times their examples, correct
+#: predictions, batches whose loss was not finite, optimizer steps completed while every loss was finite.
+METRICS = ("loss_sum", "correct", "nonfinite", "good_steps")
+
+#: Activations ``dense_forward`` fuses (their formulas are the activation layers').
+FUSED_ACTIVATIONS = (None, "relu", "leaky_relu", "tanh", "sigmoid", "gelu")
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_GELU_C = 0.044715
+
+
+def activation_forward(xp, z, activation, negative_slope=0.01):
+    """``activation(z)`` as the activation layers compute it."""
+    if activation is None:
+        return z
+    if activation == "relu":
+        return xp.maximum(z, 0.0)
+    if activation == "leaky_relu":
+        return xp.maximum(z, negative_slope * z)  # for 0 <= slope <= 1
+    if activation == "tanh":
+        return xp.tanh(z)
+    if activation == "sigmoid":
+        return 0.5 + 0.5 * xp.tanh(0.5 * z)  # finite for any z, no branch per element
+    if activation == "gelu":
+        return 0.5 * z * (1.0 + xp.tanh(_SQRT_2_OVER_PI * (z + _GELU_C * z * z * z)))
+    raise ValueError(f"unknown fused activation {activation!r}; expected one of {FUSED_ACTIVATIONS}")
+
+
+def activation_backward(xp, grad, kept, activation, negative_slope=0.01):
+    """dL/dz from dL/dy, given ``kept``: the activation's output y (the pre-activation z for GELU)."""
+    if activation is None:
+        return grad
+    if activation == "relu":
+        return grad * xp.astype(kept > 0, grad.dtype)
+    if activation == "leaky_relu":  # y > 0 exactly where z > 0
+        return grad * (negative_slope + (1.0 - negative_slope) * xp.astype(kept > 0, grad.dtype))
+    if activation == "tanh":
+        return grad * (1.0 - kept * kept)
+    if activation == "sigmoid":
+        return grad * kept * (1.0 - kept)
+    if activation == "gelu":
+        z = kept
+        t = xp.tanh(_SQRT_2_OVER_PI * (z + _GELU_C * z * z * z))
+        du_dz = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_C * z * z)
+        return grad * (0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * du_dz)
+    raise ValueError(f"unknown fused activation {activation!r}; expected one of {FUSED_ACTIVATIONS}")
+
+
+def _count_correct(xp, logits, labels):
+    return xp.sum(xp.astype(xp.argmax(logits, axis=-1) == labels, logits.dtype))
+
+
+def _size(x) -> int:
+    n = 1
+    for d in x.shape:
+        n *= d
+    return n
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float))
+
+
+# -- the optimizers' updates, portable: one array at a time, each update through ``update`` (``add_scaled``:
+# in place where the backend writes in place, else a new array). ``lr`` and ``step`` may be Python numbers or
+# 0-d arrays; a 0-d array is cast to each parameter's dtype, as a Python number would be.
+
+def _scalar_for(value, array):
+    if _is_number(value) or value.dtype == array.dtype:
+        return value
+    import array_api_compat
+
+    return array_api_compat.array_namespace(value).astype(value, array.dtype)
+
+
+def sgd_update(update, params, grads, momentum_buffers=None, *, lr, momentum=0.0, nesterov=False,
+               weight_decay=0.0):
+    """The portable SGD update (see ``Backend.multi_tensor_sgd``); ``update``: an ``add_scaled``."""
+    new_params, new_buffers = [], [] if momentum != 0 else None
+    for i, (param, grad) in enumerate(zip(params, grads)):
+        if weight_decay != 0:
+            grad = grad + weight_decay * param
+        if momentum != 0:
+            buf = update(momentum_buffers[i], grad, 1.0, beta=momentum)
+            new_buffers.append(buf)
+            grad = grad + momentum * buf if nesterov else buf
+        new_params.append(update(param, grad, -lr if _is_number(lr) else -_scalar_for(lr, param)))
+    return new_params, new_buffers
+
+
+def adam_update(xp, update, scale, params, grads, exp_avgs, exp_avg_sqs, *, lr, step, beta1, beta2, eps,
+                weight_decay=0.0, decoupled_weight_decay=False):
+    """The portable Adam/AdamW update (see ``Backend.multi_tensor_adam``)."""
+    if _is_number(step):
+        bias_correction1 = 1 - beta1 ** step
+        bias_correction2_sqrt = math.sqrt(1 - beta2 ** step)
+    else:  # a device scalar: the corrections stay on the device
+        bias_correction1 = 1 - beta1 ** step
+        bias_correction2_sqrt = xp.sqrt(1 - beta2 ** step)
+    step_size = lr / bias_correction1
+    new_params, new_avgs, new_avg_sqs = [], [], []
+    for param, grad, exp_avg, exp_avg_sq in zip(params, grads, exp_avgs, exp_avg_sqs):
+        if weight_decay != 0:
+            if decoupled_weight_decay:
+                param = scale(param, 1 - _scalar_for(lr, param) * weight_decay)
+            else:
+                grad = grad + weight_decay * param
+        exp_avg = update(exp_avg, grad, 1 - beta1, beta=beta1)
+        exp_avg_sq = update(exp_avg_sq, grad * grad, 1 - beta2, beta=beta2)
+        denom = xp.sqrt(exp_avg_sq) / _scalar_for(bias_correction2_sqrt, param) + eps
+        new_params.append(update(param, exp_avg / denom, -_scalar_for(step_size, param)))
+        new_avgs.append(exp_avg)
+        new_avg_sqs.append(exp_avg_sq)
+    return new_params, new_avgs, new_avg_sqs
+
+
+def rmsprop_update(xp, update, params, grads, square_avgs, momentum_buffers=None, *, lr, alpha, eps, momentum=0.0,
+                   weight_decay=0.0):
+    """The portable RMSprop update (see ``Backend.multi_tensor_rmsprop``)."""
+    new_params, new_avgs, new_buffers = [], [], [] if momentum > 0 else None
+    for i, (param, grad, square_avg) in enumerate(zip(params, grads, square_avgs)):
+        if weight_decay != 0:
+            grad = grad + weight_decay * param
+        square_avg = update(square_avg, grad * grad, 1 - alpha, beta=alpha)
+        new_avgs.append(square_avg)
+        avg = xp.sqrt(square_avg) + eps
+        if momentum > 0:
+            buf = update(momentum_buffers[i], grad / avg, 1.0, beta=momentum)
+            new_buffers.append(buf)
+            new_params.append(update(param, buf, -_scalar_for(lr, param)))
+        else:
+            new_params.append(update(param, grad / avg, -_scalar_for(lr, param)))
+    return new_params, new_avgs, new_buffers
+
+
+def adagrad_update(xp, update, params, grads, state_sums, *, lr, eps, weight_decay=0.0):
+    """The portable AdaGrad update (see ``Backend.multi_tensor_adagrad``)."""
+    new_params, new_sums = [], []
+    for param, grad, state_sum in zip(params, grads, state_sums):
+        if weight_decay != 0:
+            grad = grad + weight_decay * param
+        state_sum = update(state_sum, grad * grad, 1.0)
+        new_sums.append(state_sum)
+        new_params.append(update(param, grad / (xp.sqrt(state_sum) + eps), -_scalar_for(lr, param)))
+    return new_params, new_sums
+
+
+def _all_flat(*lists) -> bool:
+    """Every list that is given is ``FlatTensors`` over a flat array."""
+    return all(isinstance(lst, FlatTensors) and lst.flat is not None for lst in lists if lst is not None)
+
+
+def _flats(views):
+    return None if views is None else [views.flat]
+
+
+def flat_views(xp, flat, shapes) -> list:
+    """Views of the 1-d array ``flat`` shaped as ``shapes``, back to back from its start."""
+    views, offset = [], 0
+    for shape in shapes:
+        n = math.prod(shape)
+        views.append(xp.reshape(flat[offset:offset + n], tuple(shape)))
+        offset += n
+    return views
+
+
+class FlatTensors(list):
+    """A list of arrays that are views, back to back and in order, of one 1-d array ``flat`` (see
+    ``Backend.flat_buffer``): a multi-tensor update may run once over ``flat`` instead of once per array."""
+
+    __slots__ = ("flat",)
+
+    def __init__(self, views, flat):
+        super().__init__(views)
+        self.flat = flat
 
 
 #: What ``activate()`` returns on a library without a current device (reusable and re-entrant); callers on

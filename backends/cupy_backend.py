@@ -10,22 +10,93 @@ from __future__ import annotations
 import numpy as np
 
 from . import cupy_cells
-from .base import Backend
+from .base import Backend, FlatTensors, flat_views
 from .errors import BackendUnavailable
 from .random import DeviceRandom, seed_to_int
 
 
+def _flat(*lists) -> bool:
+    """Whether every list is ``FlatTensors`` over a flat array: one kernel covers them all."""
+    from .base import FlatTensors
+
+    return all(isinstance(lst, FlatTensors) and lst.flat is not None for lst in lists if lst is not None)
+
+
+def _dense_backward_launches(grad_output, saved, *, input_grad=True, **_):
+    _, _, _, activation, _, has_bias = saved
+    return int(activation is not None or has_bias) + 1 + int(bool(input_grad))
+
+
+def _per_tensor(kernels_each):
+    """Launches of a multi-tensor update: one over flat buffers, else ``kernels_each`` per array."""
+    def launches(params, grads, *states, **_):
+        return 1 if _flat(params, grads, *states) else kernels_each * len(params)
+
+    return launches
+
+
+#: The kernels this backend launches for one call of each capability (a function of the call's arguments): the
+#: count the counting test backend (``backends/counting_backend.py``) records for it, standing in for a GPU
+#: profiler on the CPU. Keep it in step with the implementations below.
+KERNEL_LAUNCHES = {
+    "add_scaled": lambda target, source, alpha=1.0, *, beta=1.0: 1,  # one axpby kernel
+    "scale": lambda target, factor: 1,
+    "at_set": lambda x, index, values: 1,
+    "at_add": lambda x, index, values: 1,
+    "scatter_add": lambda target, indices, values: 1,
+    "outer": lambda a, b: 1,
+    # a GEMM, then one kernel adding the bias and applying the activation
+    "dense_forward": lambda x, weight, bias=None, activation=None, **_: 1 + int(bias is not None
+                                                                                or activation is not None),
+    # the activation's derivative fused with the bias gradient's column sums, the weight gradient's GEMM, and
+    # the input gradient's GEMM
+    "dense_backward": _dense_backward_launches,
+    # one kernel: one block whose threads take a row each (softmax, loss, gradient, prediction), then reduce
+    # the loss and the counts and write the loss and the metrics
+    "softmax_cross_entropy": lambda logits, labels, **_: 1,
+    "add_step_metrics": lambda metrics, loss, correct, examples: 1,
+    "close_step_metrics": lambda metrics: 1,
+    # block partial sums of squares, then one reduction per array with the square root (and the sum added)
+    "tensor_norms": lambda arrays, add_to=None: 2,
+    "clip_coefficient": lambda norms, max_norm: 1,
+    "multi_tensor_scale": lambda arrays, factor: 1 if _flat(arrays) else len(arrays),
+    "multi_tensor_sgd": _per_tensor(1),
+    "multi_tensor_adam": _per_tensor(1),
+    "multi_tensor_rmsprop": _per_tensor(1),
+    "multi_tensor_adagrad": _per_tensor(1),
+    "set_scalar": lambda scalar, value: 1,  # a host-to-device copy of one number (a fill kernel)
+}
+
+
 class CupyRandom(DeviceRandom):
+    """Uniform numbers (dropout masks) from a counter-based generator whose counter lives on the device
+    (``philox`` in ``backends/cuda_kernels.py``): a captured step's replays draw new numbers. Normal numbers
+    and permutations (not drawn inside a step) come from CuPy's own generator. UNTESTED on a GPU."""
+
     def __init__(self, backend, seed):
         super().__init__(backend, seed)
         import cupy
 
+        self._key = seed_to_int(seed) % (2**64)
         with backend._cupy_device:
             self._rng = cupy.random.RandomState(seed_to_int(seed) % (2**63))
+            self._counter = cupy.zeros((1,), dtype=cupy.uint64)
 
     def _uniform01(self, shape, dtype):
+        import numpy
+
+        cupy = self.backend._cupy
         with self.backend._cupy_device:
-            return self._rng.random_sample(shape, dtype=dtype)
+            out = cupy.empty(shape, dtype=dtype)
+            n = out.size
+            if n:
+                module = _kernel("philox")
+                name = "philox_uniform_f32" if out.dtype == cupy.float32 else "philox_uniform_f64"
+                threads = (n + 3) // 4
+                module.get_function(name)(((threads + 255) // 256,), (256,),
+                                          (numpy.uint64(self._key), self._counter, out, numpy.int64(n)))
+                module.get_function("philox_advance")((1,), (1,), (self._counter,))
+            return out
 
     def _normal01(self, shape, dtype):
         with self.backend._cupy_device:
@@ -88,12 +159,7 @@ class CupyBackend(Backend):
     # Updates in place (CuPy arrays are always writeable), on the array's own GPU.
     def add_scaled(self, target, source, alpha=1.0, *, beta=1.0):
         with self._cupy_device:
-            if beta != 1.0:
-                target *= beta
-            if alpha == 1.0:
-                target += source
-            else:
-                target += alpha * source
+            _kernel("axpby")(source, alpha, beta, target)  # one pass, in place (UNTESTED on a GPU)
         return target
 
     def scale(self, target, factor):
@@ -130,6 +196,182 @@ class CupyBackend(Backend):
         with self._cupy_device:
             return cupy_cells.gru_cell_backward(self._cupy, dh, cache, weight_hh, pass_back, out)
 
+    # -- fused and multi-tensor capabilities: the kernels of backends/cuda_kernels.py ----------------------------
+    # UNTESTED on a GPU (none was available): written against CuPy's documented API and compiled with NVRTC in
+    # CI; the launches each makes are KERNEL_LAUNCHES above.
+    def dense_forward(self, x, weight, bias=None, activation=None, *, negative_slope=0.01):
+        with self._cupy_device:
+            y = x @ weight  # cuBLAS
+            has_bias = bias is not None
+            if activation == "gelu":
+                out = self._cupy.empty_like(y)
+                _kernel("dense_bias_gelu")(bias if has_bias else y, y.shape[-1], int(has_bias), y, out)
+                return out, (x, weight, y, activation, negative_slope, has_bias)
+            if has_bias or activation is not None:
+                _kernel("dense_bias_activation")(bias if has_bias else y, y.shape[-1], int(has_bias),
+                                                 _ACTIVATION_NUMBERS[activation], negative_slope, y)
+            return y, (x, weight, y, activation, negative_slope, has_bias)
+
+    def dense_backward(self, grad_output, saved, *, input_grad=True, weight_grad_out=None, bias_grad_out=None):
+        import numpy
+
+        cupy = self._cupy
+        x, weight, kept, activation, slope, has_bias = saved
+        with self._cupy_device:
+            grad_output = cupy.ascontiguousarray(grad_output)
+            cols = weight.shape[1]
+            rows = grad_output.size // cols
+            grad, grad_bias = grad_output, None
+            if activation is not None or has_bias:
+                if activation is not None:
+                    grad = cupy.empty_like(grad_output)
+                if has_bias:
+                    grad_bias = (bias_grad_out if _fits(bias_grad_out, (cols,), grad.dtype)
+                                 else cupy.empty((cols,), dtype=grad.dtype))
+                scalar = numpy.float32 if grad.dtype == cupy.float32 else numpy.float64
+                name = "dense_grad_bias_f32" if grad.dtype == cupy.float32 else "dense_grad_bias_f64"
+                _kernel("dense_backward").get_function(name)(
+                    ((cols + 31) // 32,), (32, 8),
+                    (grad_output, grad_output if activation is None else kept, grad,
+                     grad if grad_bias is None else grad_bias, numpy.int64(rows), numpy.int64(cols),
+                     numpy.int32(_ACTIVATION_NUMBERS.get(activation, 0)), scalar(slope),
+                     numpy.int32(activation == "gelu"), numpy.int32(has_bias)))
+            inputs, flat_grad = x.reshape(-1, weight.shape[0]), grad.reshape(-1, cols)
+            out = weight_grad_out if _fits(weight_grad_out, weight.shape, flat_grad.dtype) else None
+            grad_weight = cupy.matmul(inputs.T, flat_grad, out=out)
+            grad_input = grad @ weight.T if input_grad else None
+        return grad_input, grad_weight, grad_bias
+
+    def softmax_cross_entropy(self, logits, labels, *, grad_scale=1.0, metrics=None, with_grad=True):
+        import numpy
+
+        cupy = self._cupy
+        with self._cupy_device:
+            classes = logits.shape[-1]
+            z = cupy.ascontiguousarray(logits.reshape(-1, classes))
+            index = cupy.ascontiguousarray(labels.reshape(-1))
+            if index.dtype not in (cupy.int64, cupy.int32):
+                index = index.astype(cupy.int64)
+            grad = cupy.empty_like(z) if with_grad else z
+            loss = cupy.empty((), dtype=z.dtype)
+            name = (f"softmax_xent_{'f32' if z.dtype == cupy.float32 else 'f64'}_"
+                    f"{'i64' if index.dtype == cupy.int64 else 'i32'}")
+            _kernel("softmax_cross_entropy").get_function(name)(
+                (1,), (256,),
+                (z, index, grad, loss, loss if metrics is None else metrics, numpy.int64(z.shape[0]),
+                 numpy.int64(classes), numpy.float64(grad_scale), numpy.float64(logits.shape[0]),
+                 numpy.int32(with_grad), numpy.int32(metrics is not None)))
+        return loss, grad.reshape(logits.shape) if with_grad else None, metrics
+
+    def add_step_metrics(self, metrics, loss, correct, examples):
+        with self._cupy_device:
+            correct = self._cupy.asarray(correct)
+            _kernel("add_step_metrics")(loss.astype(metrics.dtype, copy=False), correct, float(examples), metrics,
+                                        size=1)
+        return metrics
+
+    def close_step_metrics(self, metrics):
+        with self._cupy_device:
+            _kernel("close_step_metrics")(metrics, size=1)
+        return metrics
+
+    def tensor_norms(self, arrays, *, add_to=None):
+        import numpy
+
+        cupy = self._cupy
+        arrays = [cupy.ascontiguousarray(a) for a in arrays]
+        with self._cupy_device:
+            pointers, sizes = self._pointer_table(arrays)
+            n, chunks = len(arrays), 32
+            partial = cupy.empty((n * chunks,), dtype=cupy.float64)
+            dtype = arrays[0].dtype
+            norms = add_to if add_to is not None else cupy.empty((n,), dtype=dtype)
+            suffix = "f32" if dtype == cupy.float32 else "f64"
+            module = _kernel("tensor_norms")
+            module.get_function(f"norm_partials_{suffix}")((chunks, n), (256,),
+                                                           (pointers, sizes, partial, numpy.int32(chunks)))
+            module.get_function(f"norm_finish_{suffix}")((n,), (256,), (partial, numpy.int32(chunks), norms,
+                                                                        numpy.int32(add_to is not None)))
+        return norms
+
+    def _pointer_table(self, arrays):
+        """Device arrays of the arrays' addresses and sizes, kept while the same arrays come back (a step's flat
+        gradient views always do): one host-to-device copy when they change, none in a captured step."""
+        import numpy
+
+        key = tuple((a.data.ptr, a.size) for a in arrays)
+        tables = self.__dict__.setdefault("_pointer_tables", {})
+        table = tables.get(key)
+        if table is None:
+            if len(tables) > 16:
+                tables.clear()
+            table = tables[key] = (self._cupy.asarray(numpy.array([p for p, _ in key], dtype=numpy.uint64)),
+                                   self._cupy.asarray(numpy.array([n for _, n in key], dtype=numpy.int64)))
+        return table
+
+    def clip_coefficient(self, norms, max_norm):
+        with self._cupy_device:
+            coefficient = self._cupy.empty((), dtype=norms.dtype)
+            _kernel("clip_coefficient")(norms, norms.size, float(max_norm), coefficient, size=1)
+        return coefficient
+
+    def multi_tensor_scale(self, arrays, factor):
+        with self._cupy_device:
+            if isinstance(arrays, FlatTensors) and arrays.flat is not None:
+                arrays.flat *= factor
+                return arrays
+            return [self.scale(a, factor) for a in arrays]
+
+    def multi_tensor_sgd(self, params, grads, momentum_buffers=None, *, lr, momentum=0.0, nesterov=False,
+                         weight_decay=0.0):
+        with self._cupy_device:
+            for p, g, buf in _each(params, grads, momentum_buffers):
+                if momentum != 0:
+                    _kernel("sgd_momentum_update")(g, lr, float(momentum), float(weight_decay), int(nesterov), p, buf)
+                else:
+                    _kernel("sgd_update")(g, lr, float(weight_decay), p)
+        return params, momentum_buffers
+
+    def multi_tensor_adam(self, params, grads, exp_avgs, exp_avg_sqs, *, lr, step, beta1, beta2, eps,
+                          weight_decay=0.0, decoupled_weight_decay=False):
+        step = float(step) if isinstance(step, int) else step
+        with self._cupy_device:
+            for p, g, m, v in _each(params, grads, exp_avgs, exp_avg_sqs):
+                _kernel("adam_update")(g, lr, step, float(beta1), float(beta2), float(eps), float(weight_decay),
+                                       int(decoupled_weight_decay), p, m, v)
+        return params, exp_avgs, exp_avg_sqs
+
+    def multi_tensor_rmsprop(self, params, grads, square_avgs, momentum_buffers=None, *, lr, alpha, eps,
+                             momentum=0.0, weight_decay=0.0):
+        with self._cupy_device:
+            for p, g, avg, buf in _each(params, grads, square_avgs, momentum_buffers):
+                if momentum > 0:
+                    _kernel("rmsprop_momentum_update")(g, lr, float(alpha), float(eps), float(momentum),
+                                                       float(weight_decay), p, avg, buf)
+                else:
+                    _kernel("rmsprop_update")(g, lr, float(alpha), float(eps), float(weight_decay), p, avg)
+        return params, square_avgs, momentum_buffers
+
+    def multi_tensor_adagrad(self, params, grads, state_sums, *, lr, eps, weight_decay=0.0):
+        with self._cupy_device:
+            for p, g, total in _each(params, grads, state_sums):
+                _kernel("adagrad_update")(g, lr, float(eps), float(weight_decay), p, total)
+        return params, state_sums
+
+    def flat_buffer(self, shapes, dtype):
+        import math
+
+        with self._cupy_device:
+            flat = self._cupy.zeros(sum(math.prod(shape) for shape in shapes), dtype=dtype)
+            return flat, flat_views(self.xp, flat, shapes)
+
+    def set_scalar(self, scalar, value):
+        if scalar is None:
+            return super().set_scalar(scalar, value)
+        with self._cupy_device:
+            scalar.fill(value)
+        return scalar
+
     def synchronize(self):
         self._cupy_device.synchronize()
 
@@ -146,6 +388,30 @@ class CupyBackend(Backend):
             free, total = self._cupy.cuda.runtime.memGetInfo()
             return {"pool_used_bytes": pool.used_bytes(), "pool_total_bytes": pool.total_bytes(),
                     "device_free_bytes": free, "device_total_bytes": total}
+
+
+_ACTIVATION_NUMBERS = {None: 0, "relu": 1, "leaky_relu": 2, "tanh": 3, "sigmoid": 4}
+
+
+def _kernel(name):
+    from .cuda_kernels import kernel
+
+    return kernel(name)
+
+
+def _fits(out, shape, dtype) -> bool:
+    return (out is not None and tuple(out.shape) == tuple(shape) and out.dtype == dtype
+            and out.flags.c_contiguous)
+
+
+def _each(*lists):
+    """Rows of matching arrays to update: the flat arrays once when every list given is ``FlatTensors`` (one
+    kernel for all of them), else each parameter's arrays in turn (None stays None)."""
+    given = [lst for lst in lists if lst is not None]
+    if given and all(isinstance(lst, FlatTensors) and lst.flat is not None for lst in given):
+        return [tuple(None if lst is None else lst.flat for lst in lists)]
+    count = len(lists[0])
+    return [tuple(None if lst is None else lst[i] for lst in lists) for i in range(count)]
 
 
 def _parse_index(device: str | None, name: str) -> int:

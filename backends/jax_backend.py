@@ -132,9 +132,11 @@ class JaxBackend(Backend):
     def owns(self, x) -> bool:
         if not isinstance(x, self._jax.Array):
             return False
+        if isinstance(x, self._jax.core.Tracer):  # a value being traced (a compiled step): it has no device yet
+            return True
         try:
             return x.device == self.device
-        except Exception:  # an abstract value being traced (inside jax.jit) has no device
+        except Exception:
             return False
 
     def asarray(self, obj, dtype=None):

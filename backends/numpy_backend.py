@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import resource
 import sys
@@ -11,7 +12,7 @@ import array_api_compat.numpy as xp
 import numpy as np
 
 from . import numpy_cells
-from .base import Backend
+from .base import Backend, FlatTensors, activation_backward, activation_forward, flat_views
 from .random import DeviceRandom, _entropy
 
 
@@ -154,6 +155,119 @@ class NumpyBackend(Backend):
         x[index] += values
         return x
 
+    # -- fused and multi-tensor capabilities: in place, with as few passes and temporaries as NumPy allows ----
+    def dense_forward(self, x, weight, bias=None, activation=None, *, negative_slope=0.01):
+        y = x @ weight
+        if bias is not None:
+            y += bias
+        if activation == "relu":
+            np.maximum(y, 0.0, out=y)
+        elif activation is not None:
+            z = y
+            y = activation_forward(np, z, activation, negative_slope)
+            if activation == "gelu":
+                return y, (x, weight, z, activation, negative_slope, bias is not None)
+        return y, (x, weight, y, activation, negative_slope, bias is not None)
+
+    def dense_backward(self, grad_output, saved, *, input_grad=True, weight_grad_out=None, bias_grad_out=None):
+        x, weight, kept, activation, slope, has_bias = saved
+        if activation == "relu":  # the 0/1 mask as a bool operand: no float copy of it
+            grad = np.multiply(grad_output, kept > 0)
+        else:
+            grad = activation_backward(np, grad_output, kept, activation, slope)
+        inputs, flat_grad = x, grad
+        if inputs.ndim > 2:
+            inputs = inputs.reshape(-1, weight.shape[0])
+            flat_grad = grad.reshape(-1, weight.shape[1])
+        out = _writable_like(weight_grad_out, weight.shape, flat_grad.dtype)
+        if inputs.shape[0] == 1:
+            grad_weight = self._outer_into(inputs[0], flat_grad[0], out)
+        elif out is not None and inputs.dtype == flat_grad.dtype:
+            grad_weight = np.matmul(inputs.T, flat_grad, out=out)
+        else:
+            grad_weight = inputs.T @ flat_grad
+        grad_bias = None
+        if has_bias:
+            out = _writable_like(bias_grad_out, weight.shape[1:], flat_grad.dtype)
+            grad_bias = np.sum(flat_grad, axis=0, out=out)
+        grad_input = grad @ weight.T if input_grad else None
+        return grad_input, grad_weight, grad_bias
+
+    def _outer_into(self, a, b, out):
+        if out is None:
+            return self.outer(a, b)
+        gemm = _blas_routine("gemm", a, b) if a.size * b.size >= BLAS_MIN_SIZE and out.dtype == a.dtype else None
+        if gemm is None:
+            return np.multiply.outer(a, b, out=out)
+        gemm(1.0, b.reshape(-1, 1), a.reshape(1, -1), beta=0.0, c=out.T, overwrite_c=True)  # see outer()
+        return out
+
+    def softmax_cross_entropy(self, logits, labels, *, grad_scale=1.0, metrics=None, with_grad=True):
+        classes = logits.shape[-1]
+        z, index = logits.reshape(-1, classes), labels.reshape(-1)
+        positions = z.shape[0]
+        rows = np.arange(positions)
+        shifted = z - z.max(axis=1, keepdims=True)
+        exp = np.exp(shifted)
+        sums = exp.sum(axis=1, keepdims=True)
+        loss = np.asarray(-(shifted[rows, index] - np.log(sums[:, 0])).sum() / positions, dtype=logits.dtype)
+        grad = None
+        if with_grad:  # softmax, minus 1 at each label: no one-hot array
+            grad = np.divide(exp, sums, out=exp)
+            grad[rows, index] -= 1.0
+            grad *= grad_scale / positions
+            grad = grad.reshape(logits.shape)
+        if metrics is not None:
+            correct = np.count_nonzero(z.argmax(axis=1) == index)
+            metrics = self.add_step_metrics(metrics, loss, correct, logits.shape[0])
+        return loss, grad, metrics
+
+    def add_step_metrics(self, metrics, loss, correct, examples):
+        if not metrics.flags.writeable:
+            return super().add_step_metrics(metrics, loss, np.asarray(correct), examples)
+        loss = float(loss)  # a host value already: no synchronization
+        metrics[0] += loss * examples
+        metrics[1] += correct
+        metrics[2] += not math.isfinite(loss)
+        return metrics
+
+    def close_step_metrics(self, metrics):
+        if not metrics.flags.writeable:
+            return super().close_step_metrics(metrics)
+        if metrics[2] == 0:
+            metrics[3] += 1
+        return metrics
+
+    def multi_tensor_adam(self, params, grads, exp_avgs, exp_avg_sqs, *, lr, step, beta1, beta2, eps,
+                          weight_decay=0.0, decoupled_weight_decay=False):
+        flat = _flat_arrays(params, grads, exp_avgs, exp_avg_sqs)
+        if flat is None or not all(isinstance(v, (int, float)) for v in (lr, step)):
+            return super().multi_tensor_adam(params, grads, exp_avgs, exp_avg_sqs, lr=lr, step=step, beta1=beta1,
+                                             beta2=beta2, eps=eps, weight_decay=weight_decay,
+                                             decoupled_weight_decay=decoupled_weight_decay)
+        # The portable update's operations in its order over the flat buffers (the same roundings), with one
+        # scratch array for g², the denominator and the step instead of a new array for each.
+        param, grad, exp_avg, exp_avg_sq = flat
+        if weight_decay != 0:
+            if decoupled_weight_decay:
+                param *= 1 - lr * weight_decay
+            else:
+                grad = grad + weight_decay * param
+        self.add_scaled(exp_avg, grad, 1 - beta1, beta=beta1)
+        scratch = np.multiply(grad, grad)
+        self.add_scaled(exp_avg_sq, scratch, 1 - beta2, beta=beta2)
+        np.sqrt(exp_avg_sq, out=scratch)
+        scratch /= math.sqrt(1 - beta2 ** step)
+        scratch += eps
+        np.divide(exp_avg, scratch, out=scratch)
+        self.add_scaled(param, scratch, -(lr / (1 - beta1 ** step)))
+        return params, exp_avgs, exp_avg_sqs
+
+    def flat_buffer(self, shapes, dtype):
+        total = sum(math.prod(shape) for shape in shapes)
+        flat = np.zeros(total, dtype=dtype)
+        return flat, flat_views(np, flat, shapes)
+
     def scatter_add(self, target, indices, values):
         if not target.flags.writeable:
             target = target.copy()
@@ -185,6 +299,27 @@ class NumpyBackend(Backend):
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         # ru_maxrss is in KiB on Linux and in bytes on macOS.
         return {"host_peak_rss_bytes": peak if sys.platform == "darwin" else peak * 1024}
+
+
+def _writable_like(out, shape, dtype):
+    """``out`` when a result of ``shape`` and ``dtype`` can be written into it, else None."""
+    if (out is None or type(out) is not np.ndarray or out.shape != tuple(shape) or out.dtype != dtype
+            or not out.flags.writeable or not out.flags.c_contiguous):
+        return None
+    return out
+
+
+def _flat_arrays(*lists):
+    """The flat arrays of ``FlatTensors`` lists (of one dtype and size, writeable), or None."""
+    flats = []
+    for views in lists:
+        if not isinstance(views, FlatTensors) or views.flat is None:
+            return None
+        flats.append(views.flat)
+    first = flats[0]
+    if any(f.dtype != first.dtype or f.shape != first.shape or not f.flags.writeable for f in flats):
+        return None
+    return flats
 
 
 # -- convolution fast path ------------------------------------------------------------------------------------

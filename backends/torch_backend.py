@@ -12,11 +12,12 @@ computed in full precision ("ieee"); the previous settings come back on the way 
 from __future__ import annotations
 
 import contextlib
+import math
 
 import numpy as np
 
 from . import torch_cells
-from .base import Backend
+from .base import Backend, FlatTensors, activation_backward, activation_forward, flat_views
 from .errors import BackendUnavailable
 from .random import DeviceRandom, seed_to_int
 
@@ -152,6 +153,118 @@ class TorchBackend(Backend):
     def scatter_add(self, target, indices, values):
         return target.index_add_(0, indices, values)
 
+    # -- fused and multi-tensor capabilities: PyTorch's own kernels (those its autograd and torch.optim run) ------
+    def dense_forward(self, x, weight, bias=None, activation=None, *, negative_slope=0.01):
+        torch = self._torch
+        if bias is not None and x.ndim == 2:
+            y = torch.addmm(bias, x, weight)  # the bias added by the GEMM
+        else:
+            y = x @ weight
+            if bias is not None:
+                y.add_(bias)
+        kept = y
+        if activation == "relu":
+            y = torch.relu_(y)
+        elif activation is not None:
+            y = activation_forward(self.xp, y, activation, negative_slope)
+            kept = kept if activation == "gelu" else y
+        return y, (x, weight, kept, activation, negative_slope, bias is not None)
+
+    def dense_backward(self, grad_output, saved, *, input_grad=True, weight_grad_out=None, bias_grad_out=None):
+        torch = self._torch
+        x, weight, kept, activation, slope, has_bias = saved
+        if activation == "relu":
+            grad = torch.ops.aten.threshold_backward(grad_output, kept, 0)
+        else:
+            grad = activation_backward(self.xp, grad_output, kept, activation, slope)
+        inputs, flat_grad = x, grad
+        if inputs.ndim > 2:
+            inputs, flat_grad = inputs.reshape(-1, weight.shape[0]), grad.reshape(-1, weight.shape[1])
+        if _fits(weight_grad_out, weight):
+            grad_weight = torch.mm(inputs.T, flat_grad, out=weight_grad_out)
+        else:
+            grad_weight = inputs.T @ flat_grad
+        grad_bias = None
+        if has_bias:
+            grad_bias = (torch.sum(flat_grad, 0, out=bias_grad_out) if _fits(bias_grad_out, flat_grad[0])
+                         else flat_grad.sum(0))
+        grad_input = grad @ weight.T if input_grad else None
+        return grad_input, grad_weight, grad_bias
+
+    def softmax_cross_entropy(self, logits, labels, *, grad_scale=1.0, metrics=None, with_grad=True):
+        torch, aten = self._torch, self._torch.ops.aten
+        z, index = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+        if index.dtype != torch.int64:
+            index = index.long()
+        log_probs = torch.log_softmax(z, 1)
+        loss, total_weight = aten.nll_loss_forward(log_probs, index, None, 1, -100)  # 1: the mean
+        grad = None
+        if with_grad:  # the kernels of PyTorch's own backward pass: no one-hot array
+            scale = torch.full((), grad_scale, dtype=loss.dtype, device=loss.device)
+            grad = aten.nll_loss_backward(scale, log_probs, index, None, 1, -100, total_weight)
+            grad = aten._log_softmax_backward_data(grad, log_probs, 1, log_probs.dtype).reshape(logits.shape)
+        if metrics is not None:
+            correct = (z.argmax(1) == index).sum()
+            metrics = self.add_step_metrics(metrics, loss, correct, logits.shape[0])
+        return loss, grad, metrics
+
+    def add_step_metrics(self, metrics, loss, correct, examples):
+        torch = self._torch
+        part = torch.stack([loss.to(metrics.dtype) * examples, correct.to(metrics.dtype),
+                            (~torch.isfinite(loss)).to(metrics.dtype), torch.zeros_like(metrics[0])])
+        return metrics.add_(part)
+
+    def close_step_metrics(self, metrics):
+        metrics[3].add_(metrics[2] == 0)
+        return metrics
+
+    def multi_tensor_sgd(self, params, grads, momentum_buffers=None, *, lr, momentum=0.0, nesterov=False,
+                         weight_decay=0.0):
+        if not isinstance(lr, (int, float)) or self._torch.compiler.is_compiling():  # compiled: Inductor fuses
+            return super().multi_tensor_sgd(params, grads, momentum_buffers, lr=lr, momentum=momentum,
+                                            nesterov=nesterov, weight_decay=weight_decay)
+        params_, grads_, buffers_ = _lists(params, grads, momentum_buffers)
+        with self.activate():
+            # torch.optim.SGD(fused=True)'s kernel; our momentum buffers start at zero, which is its first step
+            self._torch._fused_sgd_(params_, grads_, buffers_ or [], weight_decay=weight_decay, momentum=momentum,
+                                    lr=lr, dampening=0.0, nesterov=nesterov, maximize=False, is_first_step=False)
+        return params, momentum_buffers
+
+    def multi_tensor_adam(self, params, grads, exp_avgs, exp_avg_sqs, *, lr, step, beta1, beta2, eps,
+                          weight_decay=0.0, decoupled_weight_decay=False):
+        if not all(isinstance(v, (int, float)) for v in (lr, step)) or self._torch.compiler.is_compiling():
+            return super().multi_tensor_adam(params, grads, exp_avgs, exp_avg_sqs, lr=lr, step=step, beta1=beta1,
+                                             beta2=beta2, eps=eps, weight_decay=weight_decay,
+                                             decoupled_weight_decay=decoupled_weight_decay)
+        torch = self._torch
+        params_, grads_, avgs, avg_sqs = _lists(params, grads, exp_avgs, exp_avg_sqs)
+        with self.activate():
+            steps = [torch.full((), float(step), dtype=torch.float32, device=self.device)] * len(params_)
+            fused = torch._fused_adamw_ if decoupled_weight_decay else torch._fused_adam_
+            fused(params_, grads_, avgs, avg_sqs, [], steps, lr=lr, beta1=beta1, beta2=beta2,
+                  weight_decay=weight_decay, eps=eps, amsgrad=False, maximize=False)
+        return params, exp_avgs, exp_avg_sqs
+
+    def multi_tensor_scale(self, arrays, factor):
+        if isinstance(arrays, FlatTensors) and arrays.flat is not None:
+            arrays.flat.mul_(factor)
+        else:
+            self._torch._foreach_mul_(list(arrays), factor)
+        return arrays
+
+    def tensor_norms(self, arrays, *, add_to=None):
+        norms = self._torch.stack(self._torch._foreach_norm(list(arrays)))
+        return norms if add_to is None else add_to.add_(norms)
+
+    def flat_buffer(self, shapes, dtype):
+        flat = self._torch.zeros(sum(math.prod(shape) for shape in shapes), dtype=dtype, device=self.device)
+        return flat, flat_views(self.xp, flat, shapes)
+
+    def set_scalar(self, scalar, value):
+        if scalar is None:
+            return super().set_scalar(scalar, value)
+        return scalar.fill_(value)
+
     def conv2d_forward(self, x, weight, bias, *, stride, padding, dilation):
         """PyTorch's own convolution kernels (oneDNN on CPU, cuDNN on CUDA)."""
         y = self._torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation)
@@ -208,6 +321,20 @@ class TorchBackend(Backend):
         if self.device.type == "mps":
             return {"allocated_bytes": torch.mps.current_allocated_memory()}
         return {}
+
+
+def _fits(out, like) -> bool:
+    """Whether ``out`` can take a result shaped and typed as ``like`` (a contiguous tensor on its device)."""
+    return (out is not None and out.shape == like.shape and out.dtype == like.dtype and out.device == like.device
+            and out.is_contiguous())
+
+
+def _lists(*lists):
+    """One-element lists of the flat tensors when every list is ``FlatTensors`` (one pass), else the lists."""
+    given = [lst for lst in lists if lst is not None]
+    if given and all(isinstance(lst, FlatTensors) and lst.flat is not None for lst in given):
+        return [None if lst is None else [lst.flat] for lst in lists]
+    return [None if lst is None else list(lst) for lst in lists]
 
 
 def _import_torch(name):

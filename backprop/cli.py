@@ -103,13 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
                           f"weights (default: {d['early_stopping']}, off)")
     opt.add_argument("--seed", type=int, help=f"seed of the initial weights, shuffling and dropout "
                                               f"(default: {d['seed']})")
+    opt.add_argument("--compile", action="store_true",
+                     help="run each training step as one compiled program: jax.jit on JAX, torch.compile on "
+                          "PyTorch (needs a C++ compiler on the CPU), CUDA Graph capture on CuPy")
     run = train.add_argument_group("output")
     run.add_argument("--output", metavar="DIR", help="directory for the model, history and plots "
                                                      "(default: a new runs/<dataset>-<date>-<time>)")
     run.add_argument("--overwrite", action="store_true", help="allow --output to replace an earlier run")
     run.add_argument("--resume", metavar="DIR",
                      help="continue the run in DIR from its checkpoint, with the options it was started with; "
-                          "only --epochs (to train longer), --no-progress, --no-plots, --distributed and "
+                          "only --epochs (to train longer), --no-progress, --no-plots, --distributed, --compile and "
                           "--backend may be given with it")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -169,7 +172,7 @@ def cmd_example(args) -> int:
 TRAIN_OPTIONS = tuple(DEFAULTS)
 #: The train command's options that are not part of a run's recorded options, and their defaults.
 RUN_FLAGS = {"output": None, "overwrite": False, "resume": None, "no_progress": False, "no_plots": False,
-             "distributed": False}
+             "distributed": False, "compile": False}
 
 
 def given_train_options(args) -> dict:
@@ -235,7 +238,7 @@ def _train(args, communicator) -> int:
     try:
         train_run(options, output=output, backend=args.backend, progress=not args.no_progress,
                   plots=not args.no_plots, resume=bool(args.resume), overwrite=args.overwrite,
-                  communicator=communicator)
+                  communicator=communicator, compile=args.compile)
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (Terminated)
         what = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
         if root and (output / CHECKPOINT_FILE).exists():

@@ -6,6 +6,7 @@ loss object between calls."""
 from __future__ import annotations
 
 import functools
+from contextlib import nullcontext
 
 import array_api_compat
 
@@ -13,7 +14,7 @@ from backends import backend_of, describe_array, dtype_name
 from backends.base import NOTHING_TO_ACTIVATE
 
 from .errors import DeviceMismatchError, DTypeError, ShapeError
-from .on_device import activating
+from .on_device import activating, on_device_of
 
 
 def _on_prediction_device(begin_update):
@@ -22,7 +23,7 @@ def _on_prediction_device(begin_update):
         # None: not an array of a loaded backend (begin_update's checks say what is wrong)
         backend = backend_of(prediction)
         context = NOTHING_TO_ACTIVATE if backend is None else backend.activate()
-        if context is NOTHING_TO_ACTIVATE:
+        if isinstance(context, nullcontext):  # nothing to enter (a type test: TorchDynamo traces it)
             return begin_update(self, prediction, target)
         with context:
             loss, backprop = begin_update(self, prediction, target)
@@ -102,28 +103,40 @@ class CrossEntropy(Loss):
         L = −(1/N) Σ t·log p;   dL/dz = (softmax(z) − t)/N
     """
 
-    def begin_update(self, logits, target):
-        xp = self._check(logits, target, same_shape=False)
+    def _target_kind(self, xp, logits, target) -> str:
+        """'integral' (class labels) or 'real floating' (probabilities), after checking shapes and dtypes."""
         if logits.ndim < 2:
             raise ShapeError(f"{self!r}: expected logits of shape (batch, classes), got {tuple(logits.shape)}")
-        classes = logits.shape[-1]
         positions = tuple(logits.shape[:-1])
         target_kind = _kind(xp, target.dtype)
         if target_kind == "integral":
             if tuple(target.shape) != positions:
                 raise ShapeError(f"{self!r}: expected integer labels of shape {_shape_text(positions)}, got "
                                  f"{tuple(target.shape)}")
-            classes_range = xp.arange(classes, dtype=target.dtype, device=_device(logits))
-            target = xp.astype(target[..., None] == classes_range, logits.dtype)
         elif target_kind == "real floating":
             if tuple(target.shape) != tuple(logits.shape):
                 raise ShapeError(f"{self!r}: expected integer labels of shape {_shape_text(positions)} or "
                                  f"probabilities of shape {tuple(logits.shape)}, got {tuple(target.shape)}")
-            target = xp.astype(target, logits.dtype)
         else:
             raise DTypeError(f"{self!r}: expected integer labels or float probabilities, got "
                              f"{dtype_name(target.dtype)}")
-        n = _size(logits) // classes
+        return target_kind
+
+    def forward(self, logits, target):
+        xp = self._check(logits, target, same_shape=False)
+        if self._target_kind(xp, logits, target) == "integral":  # the fused path, without the gradient
+            with on_device_of(logits):
+                return backend_of(logits).softmax_cross_entropy(logits, target, with_grad=False)[0]
+        return self.begin_update(logits, target)[0]
+
+    def begin_update(self, logits, target):
+        xp = self._check(logits, target, same_shape=False)
+        if self._target_kind(xp, logits, target) == "integral":
+            # Integer labels: the backend's fused softmax cross-entropy (loss and gradient in one pass, no one-hot)
+            loss, grad, _ = backend_of(logits).softmax_cross_entropy(logits, target)
+            return loss, lambda: grad
+        target = xp.astype(target, logits.dtype)
+        n = _size(logits) // logits.shape[-1]
         shifted = logits - xp.max(logits, axis=-1, keepdims=True)
         log_probs = shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
 
@@ -131,6 +144,17 @@ class CrossEntropy(Loss):
             return (xp.exp(log_probs) - target) / n
 
         return xp.asarray(-xp.sum(target * log_probs) / n), backprop
+
+    def fused_step(self, logits, target, *, grad_scale=1.0, metrics=None):
+        """``(dL/dlogits · grad_scale, metrics)`` through the backend's fused softmax cross-entropy (see
+        ``Backend.softmax_cross_entropy``) for integer labels; None for probability targets (the trainer then
+        takes ``value_and_grad``)."""
+        xp = self._check(logits, target, same_shape=False)
+        if self._target_kind(xp, logits, target) != "integral":
+            return None
+        _, grad, metrics = backend_of(logits).softmax_cross_entropy(logits, target, grad_scale=grad_scale,
+                                                                    metrics=metrics)
+        return grad, metrics
 
 
 class BinaryCrossEntropy(Loss):
@@ -181,7 +205,7 @@ def _namespace(a, b):
 
 def _kind(xp, dtype) -> str:
     """'integral', 'real floating' or 'other'."""
-    key = (xp, dtype)
+    key = (xp.__name__, dtype)  # a module's name: TorchDynamo compares strings, not modules
     kind = _KINDS.get(key)
     if kind is None:
         kind = next((k for k in ("integral", "real floating") if xp.isdtype(dtype, k)), "other")

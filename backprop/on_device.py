@@ -12,6 +12,7 @@ libraries whose arrays carry their device (NumPy, PyTorch on the CPU).
 from __future__ import annotations
 
 import functools
+from contextlib import nullcontext
 
 from backends import backend_of
 from backends.base import NOTHING_TO_ACTIVATE
@@ -26,7 +27,7 @@ def on_device(method):
     @functools.wraps(method)
     def run(self, *args, **kwargs):
         context = self.backend.activate()
-        if context is NOTHING_TO_ACTIVATE:  # NumPy, CPU libraries: not even a `with` per call
+        if isinstance(context, nullcontext):  # NumPy, CPU libraries: not even a `with` per call
             return method(self, *args, **kwargs)
         with context:
             return method(self, *args, **kwargs)
@@ -65,7 +66,7 @@ def on_device_update(begin_update):
     def run(self, *args, **kwargs):
         backend = self.backend
         context = backend.activate()
-        if context is NOTHING_TO_ACTIVATE:
+        if isinstance(context, nullcontext):  # nothing to enter (a type test: TorchDynamo traces it)
             return begin_update(self, *args, **kwargs)
         with context:
             output, backprop = begin_update(self, *args, **kwargs)

@@ -17,13 +17,19 @@ from __future__ import annotations
 
 class Parameter:
     """A trainable array (``value``) and the gradient of the loss with respect to it (``grad``, None until a
-    backward pass reaches it, and again after ``zero_grad``)."""
+    backward pass reaches it, and again after ``zero_grad``).
 
-    __slots__ = ("value", "grad")
+    ``grad_space``: an array of the value's shape that a backward pass may write the first gradient into
+    (``gradient_space``) instead of making a new one, or None. Optimizers on NumPy and CuPy set it to a view of
+    one flat gradient buffer, so that one update pass covers every gradient; the gradient left in it is
+    overwritten by the next step's (copy it to keep it)."""
+
+    __slots__ = ("value", "grad", "grad_space")
 
     def __init__(self, value):
         self.value = value
         self.grad = None
+        self.grad_space = None
 
     @property
     def shape(self) -> tuple:
@@ -54,10 +60,16 @@ def accumulate(backend, param: Parameter, grad) -> None:
         param.grad = backend.add_scaled(param.grad, grad)
 
 
+def gradient_space(param: Parameter):
+    """Where a backward pass may write ``param``'s gradient: its ``grad_space`` while it has no gradient yet
+    (the first contribution of a step), else None (the contribution is added to the gradient it has)."""
+    return param.grad_space if param.grad is None else None
+
+
 def zero_grad(params) -> None:
     """Forget the gradients of ``params`` (an iterable of ``Parameter``)."""
     for param in params:
         param.grad = None
 
 
-__all__ = ["Parameter", "accumulate", "zero_grad"]
+__all__ = ["Parameter", "accumulate", "gradient_space", "zero_grad"]

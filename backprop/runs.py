@@ -308,7 +308,8 @@ def claim_run_directory(output: Path, *, resume: bool = False, overwrite: bool =
 
 
 def train_run(options: dict, *, output: Path, backend=None, progress: bool = True, plots: bool = True,
-              resume: bool = False, overwrite: bool = False, log=print, communicator=None) -> dict:
+              resume: bool = False, overwrite: bool = False, log=print, communicator=None,
+              compile: bool = False) -> dict:
     """Run (or resume) a training job; returns the summary that is also written to summary.json.
 
     The run holds ``output`` (see ``claim_run_directory``) from start to end: a directory that another run
@@ -316,9 +317,10 @@ def train_run(options: dict, *, output: Path, backend=None, progress: bool = Tru
     ``communicator`` (a ``backprop.distributed.Communicator``): this process is one rank of a data-parallel
     job; every rank returns the same summary, and only rank 0 prints and writes files. Resuming reads the
     checkpoint on every rank: on several hosts ``output`` must be on a shared file system. An exception on
-    one rank of several ends the whole job (see ``Communicator.abort_on_error``)."""
+    one rank of several ends the whole job (see ``Communicator.abort_on_error``). ``compile``: each step as one
+    compiled program (``Trainer(compile=True)``)."""
     arguments = dict(output=Path(output), backend=backend, progress=progress, plots=plots, resume=resume,
-                     overwrite=overwrite, log=log or _silent, communicator=communicator)
+                     overwrite=overwrite, log=log or _silent, communicator=communicator, compile=compile)
     if communicator is None:
         return _train_run(options, **arguments)
     with communicator.abort_on_error():
@@ -334,7 +336,7 @@ def _train_run(options, *, overwrite, **arguments) -> dict:
         return _run(options, **arguments)
 
 
-def _run(options, *, output, backend, progress, plots, resume, log, communicator) -> dict:
+def _run(options, *, output, backend, progress, plots, resume, log, communicator, compile) -> dict:
     options = check_options(options, resume=resume)
     root = communicator is None or communicator.is_root
     if communicator is None:
@@ -350,10 +352,10 @@ def _run(options, *, output, backend, progress, plots, resume, log, communicator
                 warnings.warn(problem, RuntimeWarning, stacklevel=2)
     with backend.activate():  # the whole run on the backend's device
         return _run_on(backend, options, output=output, progress=progress, plots=plots, resume=resume, log=log,
-                       communicator=communicator, root=root)
+                       communicator=communicator, root=root, compile=compile)
 
 
-def _run_on(backend, options, *, output, progress, plots, resume, log, communicator, root) -> dict:
+def _run_on(backend, options, *, output, progress, plots, resume, log, communicator, root, compile) -> dict:
     from .data import load_dataset
     from .data.loading import dataset_file, file_sha256
     from .io.model_files import save_model
@@ -387,7 +389,7 @@ def _run_on(backend, options, *, output, progress, plots, resume, log, communica
                       accumulate_steps=options["accumulate"], drop_last=options["drop_last"],
                       seed=options["seed"], schedule=options["schedule"], warmup_epochs=options["warmup_epochs"],
                       clip_norm=options["clip_norm"], callbacks=callbacks, progress=progress, log=log,
-                      communicator=communicator)
+                      communicator=communicator, compile=compile)
     if resume:
         trainer.load_checkpoint(output / CHECKPOINT_FILE)
         log(f"resuming {output} after epoch {trainer.epoch} of {trainer.epochs}")

@@ -11,7 +11,7 @@ going on past a failed stage, all of it under 8 minutes (``--budget``, 470 s):
 4. ``tests``: the test suite on ``cupy:0``, then on ``torch:cuda:0`` (``--specs`` names others);
 5. ``train``: ``backprop train`` on each;
 6. ``steps``: microseconds and kernel launches per training step (``benchmarks/step_timing.py``): the eager
-   step; the fused and captured steps are reported as not built yet until the step engine exists;
+   step (the fused capabilities) and the compiled one (CUDA Graph capture on CuPy, torch.compile on PyTorch);
 7. ``benchmarks``: the MLP benchmarks at batch 128 and 1024 (``python -m benchmarks``).
 
 Then it appends a dated section with every figure to ``tests/GPU_RUNS.md`` and writes

@@ -86,6 +86,17 @@ def contenders(backends, batch_size, x_host, y_host, samples, include_torch=True
     return runs
 
 
+def _counted_calls(batch_size):
+    """The calls of one SGD step of this MLP on the counting test backend (what a GPU would launch), or None
+    without array_api_strict."""
+    from . import step_timing
+
+    try:
+        return step_timing.counted_calls("sgd", batch_size, SIZES)
+    except ImportError:
+        return None
+
+
 def run(backends, batch_sizes, *, repeats, max_steps, include_torch=True, log=print):
     x_host, y_host = synthetic_mnist(min(N_TRAIN, max(batch_sizes) * max_steps))  # as many as any timing uses
     results = []
@@ -95,11 +106,15 @@ def run(backends, batch_sizes, *, repeats, max_steps, include_torch=True, log=pr
         log(f"mlp batch {batch_size}: {samples} samples per timing, {len(runs)} contenders, {repeats} rounds")
         timed = interleaved(runs, repeats=repeats)
         scale = N_TRAIN / samples
+        calls = _counted_calls(batch_size)
         for name, t in timed.items():
             epoch = t["median"] * scale
-            results.append({"workload": "mlp 784-512-512-10", "batch_size": batch_size, "contender": name,
-                            "seconds_per_epoch": epoch, "extrapolated": samples < N_TRAIN,
-                            "samples_timed": samples, "runs": t["runs"],
-                            "gflops": flops_per_example() * N_TRAIN / epoch / 1e9})
+            row = {"workload": "mlp 784-512-512-10", "batch_size": batch_size, "contender": name,
+                   "seconds_per_epoch": epoch, "extrapolated": samples < N_TRAIN, "samples_timed": samples,
+                   "runs": t["runs"], "gflops": flops_per_example() * N_TRAIN / epoch / 1e9,
+                   "us_per_step": t["median"] / -(-samples // batch_size) * 1e6}
+            if name.startswith("backprop[") and calls is not None:
+                row["calls_per_step"] = calls
+            results.append(row)
             log(f"  {name:<28} {epoch:8.3f} s/epoch{' (extrapolated)' if samples < N_TRAIN else ''}")
     return results

@@ -54,24 +54,33 @@ def markdown(run: dict) -> str:
     ours = ratios(run["results"])
     for workload in workloads:
         lines += [f"## {workload}", "",
-                  "| batch | contender | s/epoch | ours / hand-written | ours / PyTorch | GFLOP/s | % of peak |",
-                  "| ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+                  "| batch | contender | s/epoch | µs/step | calls/step | ours / hand-written | ours / PyTorch | "
+                  "GFLOP/s | % of peak |",
+                  "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         ours_by = {(r["batch_size"], r["contender"]): r for r in ours if r["workload"] == workload}
         for r in [r for r in run["results"] if r["workload"] == workload]:
             mine = ours_by.get((r["batch_size"], r["contender"]), {})
             spec = r["contender"].split("[")[1].rstrip("]")
             peak = peaks.get(spec) or peaks.get("numpy" if "cuda" not in spec and "cupy" not in spec else spec)
             gflops = r.get("gflops")
+            step = r.get("us_per_step")
+            step = f"{step:.0f}" if step else "-"
+            calls = r.get("calls_per_step", "-")
             lines.append(
                 f"| {r['batch_size']} | {r['contender']} | {r['seconds_per_epoch']:.3f}"
-                f"{'*' if r.get('extrapolated') else ''} | {_ratio(mine.get('vs_handwritten'))} | "
+                f"{'*' if r.get('extrapolated') else ''} | {step} | {calls} | {_ratio(mine.get('vs_handwritten'))} | "
                 f"{_ratio(mine.get('vs_pytorch'))} | {gflops:.1f} | "
                 f"{100 * gflops / peak:.0f}% |" if gflops and peak else
-                f"| {r['batch_size']} | {r['contender']} | {r['seconds_per_epoch']:.3f} | "
+                f"| {r['batch_size']} | {r['contender']} | {r['seconds_per_epoch']:.3f} | {step} | {calls} | "
                 f"{_ratio(mine.get('vs_handwritten'))} | {_ratio(mine.get('vs_pytorch'))} | | |")
         lines.append("")
     if any(r.get("extrapolated") for r in run["results"]):
         lines += ["\\* timed on part of the epoch and scaled to 60,000 examples.", ""]
+    if any("calls_per_step" in r for r in run["results"]):
+        lines += ["calls/step: the array-library calls of one training step on the counting test backend "
+                  "(`backends/counting_backend.py`: the kernels a GPU would launch for it, the same for every "
+                  "backend of this library; the most over a few steps, which include the gradient-norm samples).",
+                  ""]
     for m in run.get("memory", []):
         minimum = m["analytic_minimum"]
         lines += [f"Memory ({m['backend']}, batch {m['batch_size']}, {m['samples']} examples): peak "

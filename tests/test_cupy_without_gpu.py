@@ -181,7 +181,7 @@ def test_every_cupy_attribute_the_backend_uses_exists(cupy, module):
     assert not uses.missing, f"{module} uses what CuPy {cupy.__version__} lacks: " + "; ".join(uses.missing)
     if module == "backends/cupy_backend.py":  # the check follows the backend's objects, not only module names
         for call in ("cupy.cuda.runtime.getDeviceProperties", "self._cupy.cuda.runtime.memGetInfo",
-                     "self._rng.random_sample", "self._cupy_device.synchronize", "pool.free_bytes",
+                     "self._rng.standard_normal", "self._cupy_device.synchronize", "pool.free_bytes",
                      "cupyx.scatter_add", "cupy.random.RandomState"):
             assert call in uses.checked, (call, sorted(uses.checked))
 

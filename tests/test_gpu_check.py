@@ -94,7 +94,8 @@ def test_a_gpu_run_appends_its_figures_to_gpu_runs(tmp_path):
     ctx = _context(tmp_path)
     ctx.steps = [{"backend": "cupy:0", "kind": "eager", "optimizer": "sgd", "batch_size": 128, "status": "ok",
                   "us_per_step": 812.5, "launches_per_step": 63.0},
-                 {"backend": "cupy:0", "kind": "captured", "optimizer": "-", "status": step_timing.NOT_BUILT}]
+                 {"backend": "numpy", "kind": "compiled", "optimizer": "-",
+                  "status": "n/a: compile: backend numpy has no step compiler"}]
     results = [Result("versions", "ok", 1.0, "GPU NVIDIA H200", {"nvidia-smi": "NVIDIA H200, 570.1, 143771 MiB",
                                                                  "cupy": "14.2.0", "torch": "2.13.0"}),
                Result("tests cupy:0", "failed", 80.0, "2 failed, 900 passed",
@@ -105,7 +106,7 @@ def test_a_gpu_run_appends_its_figures_to_gpu_runs(tmp_path):
     assert text.startswith("# GPU runs\n\nan earlier run\n\n## 2026-01-01-000000: NVIDIA H200, 570.1, 143771 MiB")
     assert "| tests cupy:0 | failed | 80.0 | 2 failed, 900 passed |" in text
     assert "- `FAILED tests/test_conv.py::test_x[cupy:0] - AssertionError`" in text
-    assert "| cupy:0 | eager | sgd | 812.5 | 63.0 |" in text and "| cupy:0 | captured | - | not built yet" in text
+    assert "| cupy:0 | eager | sgd | 812.5 | 63.0 |" in text and "| numpy | compiled | - | n/a: compile:" in text
     record = json.loads((tmp_path / "results" / "gpu-check-2026-01-01-000000.json").read_text())
     assert record["gpu"] is True and record["stages"][1]["status"] == "failed"
 
@@ -115,11 +116,16 @@ def test_step_timings_on_a_cpu_backend(tmp_path):
     path = tmp_path / "steps.json"
     rows = step_timing.measure(["numpy", "no_such_backend"], optimizers=("sgd",), batch_size=4, steps=2,
                                repeats=1, sizes=[3, 4, 2], log=lambda line: None, json_path=path)
-    assert [(r["backend"], r["kind"], r["status"]) for r in rows] == [
-        ("numpy", "eager", "ok"), ("numpy", "fused", step_timing.NOT_BUILT),
-        ("numpy", "captured", step_timing.NOT_BUILT), ("no_such_backend", "eager", rows[3]["status"])]
+    assert [(r["backend"], r["kind"], r["status"][:4]) for r in rows] == [
+        ("numpy", "eager", "ok"), ("numpy", "compiled", "n/a:"), ("no_such_backend", "eager", "unav")]
     assert rows[0]["us_per_step"] > 0 and rows[0]["launches_per_step"] == "n/a (not a GPU)"
-    assert rows[3]["status"].startswith("unavailable: unknown backend 'no_such_backend'")
+    # the counting backend's calls for this 3-4-2 MLP's SGD step: forward 2 + 2, cross-entropy 1, backward 3 + 2,
+    # the update 1, the step's metrics 1, and on this step (one that samples the gradient norms) the norms 2
+    assert rows[0]["counted_calls_per_step"] == 14
+    assert rows[1]["status"] == "n/a: compile: backend numpy has no step compiler (NumPy and the reference " \
+                                "backends run eagerly); compiled steps run on jax (jit), torch (torch.compile), " \
+                                "cupy (cuda-graph)"
+    assert rows[2]["status"].startswith("unavailable: unknown backend 'no_such_backend'")
     assert json.loads(path.read_text()) == rows
 
 

@@ -305,15 +305,15 @@ def _run_as_driven(argv: list[str]) -> int:  # the child's side of ``_drive``
         if args and isinstance(args[0], (str, PurePath)) and str(args[0]).startswith(run_dir):
             event("file")
 
-    import backprop.training.trainer as trainer_module
+    from backprop.training.step import TrainingStep
 
-    count_correct = trainer_module.count_correct
+    run_step = TrainingStep.run
 
     def counted_step(*a, **k):  # called once per training step
         event("step")
-        return count_correct(*a, **k)
+        return run_step(*a, **k)
 
-    trainer_module.count_correct = counted_step
+    TrainingStep.run = counted_step
     sys.addaudithook(on_audit)
     status = main(args)
     if counts_file:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from ..init import host_random, initialize
-from ..parameters import Parameter, accumulate
+from ..on_device import on_device_update
+from ..parameters import Parameter, accumulate, gradient_space
 from .base import Layer
 
 
@@ -53,27 +54,28 @@ class Dense(Layer):
     can_skip_input_grad = True
 
     def begin_update(self, x, *, training: bool = True):
+        return self.begin_fused_update(x, None)
+
+    @on_device_update
+    def begin_fused_update(self, x, activation: str | None, negative_slope: float = 0.01):
+        """``begin_update`` of this layer followed by ``activation`` (a name of ``FUSED_ACTIVATIONS``): one
+        fused forward and backward pass through the backend (``Backend.dense_forward`` / ``dense_backward``:
+        on a GPU a GEMM and one kernel each way). ``Sequential`` calls this for a Dense layer followed by an
+        activation layer."""
         self.check_input(x, min_ndim=2, last_dim=self.in_features, expected=f"(batch, {self.in_features})")
         weight, bias = self.params["weight"], self.params.get("bias")
-        w = weight.value  # the weight this call used, also for its backward pass (arrays may be replaced later)
-        y = x @ w
-        if bias is not None:
-            y = self.backend.add_scaled(y, bias.value)  # in place where allowed: y is our own
         backend = self.backend
+        # the weight this call used, also for its backward pass (arrays may be replaced later)
+        y, saved = backend.dense_forward(x, weight.value, None if bias is None else bias.value, activation,
+                                         negative_slope=negative_slope)
 
         def backprop(grad_output, input_grad: bool = True):
-            inputs, grad = x, grad_output
-            if inputs.ndim > 2:  # every position is one more example for the weight gradient
-                inputs = backend.xp.reshape(inputs, (-1, w.shape[0]))
-                grad = backend.xp.reshape(grad, (-1, w.shape[1]))
-            if inputs.shape[0] == 1:  # one example: an outer product; a matmul with an inner size of 1 is far slower
-                accumulate(backend, weight, backend.outer(inputs[0, ...], grad[0, ...]))
-            else:
-                accumulate(backend, weight, inputs.T @ grad)
+            grad_input, grad_weight, grad_bias = backend.dense_backward(
+                grad_output, saved, input_grad=input_grad, weight_grad_out=gradient_space(weight),
+                bias_grad_out=None if bias is None else gradient_space(bias))
+            accumulate(backend, weight, grad_weight)
             if bias is not None:
-                accumulate(backend, bias, backend.xp.sum(grad, axis=0))
-            if not input_grad:
-                return None
-            return grad_output @ backend.xp.matrix_transpose(w)
+                accumulate(backend, bias, grad_bias)
+            return grad_input
 
         return y, backprop

@@ -6,6 +6,21 @@ from ..errors import ConfigError
 from .base import Layer
 
 
+def _fusable_activation(layers, i):
+    """``(name, negative_slope)`` when ``layers[i]`` is a ``Dense`` layer whose next layer is an activation the
+    backends fuse with it (``backends.base.FUSED_ACTIVATIONS``), else None."""
+    from .activations import GELU, LeakyReLU, ReLU, Sigmoid, Tanh
+    from .dense import Dense
+
+    if i + 1 >= len(layers) or type(layers[i]) is not Dense:
+        return None
+    after = type(layers[i + 1])
+    if after is LeakyReLU:
+        return "leaky_relu", layers[i + 1].negative_slope
+    name = {ReLU: "relu", Tanh: "tanh", Sigmoid: "sigmoid", GELU: "gelu"}.get(after)
+    return None if name is None else (name, 0.01)
+
+
 def architecture(layer: Layer) -> dict:
     """A JSON description of a layer or model: its type and constructor arguments."""
     return {"type": type(layer).__name__, "config": layer.config()}
@@ -66,8 +81,15 @@ class Sequential(Layer):
         ``backprop(dy, input_grad=False)`` (what training uses) lets the first layer skip dL/dinput, which
         nothing needs; then None is returned (the layers after it still get theirs)."""
         backprops = []
-        for layer in self.layers:
-            x, layer_backprop = layer.begin_update(x, training=training)
+        layers, i = self.layers, 0
+        while i < len(layers):
+            fused = _fusable_activation(layers, i)
+            if fused is not None:  # a Dense layer and its activation: one fused pass each way
+                x, layer_backprop = layers[i].begin_fused_update(x, *fused)
+                i += 2
+            else:
+                x, layer_backprop = layers[i].begin_update(x, training=training)
+                i += 1
             backprops.append(layer_backprop)
         # The parameter-free layers a model may start with (a Reshape of flat rows, say) need no gradient when
         # the model's input gradient is not wanted: then their backward passes are skipped, and the first layer

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from backends.base import adagrad_update
 from backends.base import add_scaled as _add_scaled  # portable, for cores without a backend
 
 from .base import Optimizer, check_number, namespace
@@ -14,19 +15,14 @@ from .base import Optimizer, check_number, namespace
 
 def adagrad(params: list, grads: list, state_sums: list, *, lr: float, eps: float, weight_decay: float = 0.0,
             backend=None) -> tuple[list, list]:
-    """The update. Returns the updated ``(params, state_sums)``, which the caller must keep (see ``sgd``)."""
+    """The update. Returns the updated ``(params, state_sums)``, which the caller must keep (see ``sgd``; with a
+    ``backend``, its ``multi_tensor_adagrad``)."""
     if not params:
         return [], []
-    xp = namespace(params) if backend is None else backend.xp
-    update = _add_scaled if backend is None else backend.add_scaled
-    new_params, new_sums = [], []
-    for param, grad, state_sum in zip(params, grads, state_sums):
-        if weight_decay != 0:
-            grad = grad + weight_decay * param
-        state_sum = update(state_sum, grad * grad, 1.0)
-        new_sums.append(state_sum)
-        new_params.append(update(param, grad / (xp.sqrt(state_sum) + eps), -lr))
-    return new_params, new_sums
+    if backend is None:
+        return adagrad_update(namespace(params), _add_scaled, params, grads, state_sums, lr=lr, eps=eps,
+                              weight_decay=weight_decay)
+    return backend.multi_tensor_adagrad(params, grads, state_sums, lr=lr, eps=eps, weight_decay=weight_decay)
 
 
 class AdaGrad(Optimizer):
@@ -57,7 +53,7 @@ class AdaGrad(Optimizer):
                                     device=self.backend.device)
 
     def _update(self, group, params, grads, states, steps):
-        params, sums = adagrad(params, grads, [s["sum"] for s in states], lr=group["lr"], eps=group["eps"],
+        params, sums = adagrad(params, grads, self._buffer_list(states, "sum"), lr=group["lr"], eps=group["eps"],
                                weight_decay=group["weight_decay"], backend=self.backend)
         return params, [{"sum": s} for s in sums]
 

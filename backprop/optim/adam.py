@@ -11,8 +11,7 @@ For step t (counted per parameter from 1)::
 
 from __future__ import annotations
 
-import math
-
+from backends.base import adam_update
 from backends.base import add_scaled as _add_scaled  # portable, for cores without a backend
 from backends.base import scale as _scale
 
@@ -20,32 +19,37 @@ from ..errors import ConfigError
 from .base import Optimizer, check_number, namespace
 
 
-def adam(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, steps: list[int], *, lr: float,
+def adam(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, steps: list, *, lr: float,
          beta1: float, beta2: float, eps: float, weight_decay: float = 0.0,
          decoupled_weight_decay: bool = False, backend=None) -> tuple[list, list, list]:
-    """The update; ``steps[i]`` is parameter i's step number including this one. Returns the updated
-    ``(params, exp_avgs, exp_avg_sqs)``, which the caller must keep (see ``sgd``)."""
+    """The update; ``steps[i]`` is parameter i's step number including this one (an int, or a 0-d array: a
+    device scalar). Returns the updated ``(params, exp_avgs, exp_avg_sqs)``, which the caller must keep (see
+    ``sgd``). With a ``backend``, its multi-tensor update runs (``multi_tensor_adam``), once per distinct step
+    number (once, unless some parameters missed some steps)."""
     if not params:
         return [], [], []
-    xp = namespace(params) if backend is None else backend.xp
-    update = _add_scaled if backend is None else backend.add_scaled
-    scale = _scale if backend is None else backend.scale
-    new_params, new_avgs, new_avg_sqs = [], [], []
-    for param, grad, exp_avg, exp_avg_sq, step in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
-        if weight_decay != 0:
-            if decoupled_weight_decay:
-                param = scale(param, 1 - lr * weight_decay)
-            else:
-                grad = grad + weight_decay * param
-        exp_avg = update(exp_avg, grad, 1 - beta1, beta=beta1)
-        exp_avg_sq = update(exp_avg_sq, grad * grad, 1 - beta2, beta=beta2)
-        bias_correction1 = 1 - beta1 ** step
-        bias_correction2_sqrt = math.sqrt(1 - beta2 ** step)
-        denom = xp.sqrt(exp_avg_sq) / bias_correction2_sqrt + eps
-        new_params.append(update(param, exp_avg / denom, -(lr / bias_correction1)))
-        new_avgs.append(exp_avg)
-        new_avg_sqs.append(exp_avg_sq)
-    return new_params, new_avgs, new_avg_sqs
+    options = {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps, "weight_decay": weight_decay,
+               "decoupled_weight_decay": decoupled_weight_decay}
+    if backend is None:
+        xp = namespace(params)
+        return _by_step(lambda p, g, m, v, step: adam_update(xp, _add_scaled, _scale, p, g, m, v, step=step,
+                                                             **options), params, grads, exp_avgs, exp_avg_sqs, steps)
+    return _by_step(lambda p, g, m, v, step: backend.multi_tensor_adam(p, g, m, v, step=step, **options),
+                    params, grads, exp_avgs, exp_avg_sqs, steps)
+
+
+def _by_step(update, params, grads, exp_avgs, exp_avg_sqs, steps):
+    """``update`` over every parameter at once when they share a step number, else once per step number."""
+    if Optimizer._same_step(steps):
+        return update(params, grads, exp_avgs, exp_avg_sqs, steps[0])
+    new = [list(params), list(exp_avgs), list(exp_avg_sqs)]
+    for step in dict.fromkeys(steps):
+        chosen = [i for i, s in enumerate(steps) if s == step]
+        results = update(*([lst[i] for i in chosen] for lst in (params, grads, exp_avgs, exp_avg_sqs)), step)
+        for target, result in zip(new, results):
+            for i, array in zip(chosen, result):
+                target[i] = array
+    return tuple(new)
 
 
 def adamw(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, steps: list[int], *, lr: float,
@@ -82,7 +86,8 @@ class Adam(Optimizer):
     def _update(self, group, params, grads, states, steps):
         beta1, beta2 = group["betas"]
         params, exp_avgs, exp_avg_sqs = adam(
-            params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], steps, lr=group["lr"],
+            params, grads, self._buffer_list(states, "exp_avg"), self._buffer_list(states, "exp_avg_sq"), steps,
+            lr=group["lr"],
             beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
             decoupled_weight_decay=self.decoupled_weight_decay, backend=self.backend)
         return params, [{"exp_avg": m, "exp_avg_sq": v} for m, v in zip(exp_avgs, exp_avg_sqs)]

@@ -261,15 +261,21 @@ class Optimizer:
     @on_device
     def step(self) -> None:
         """Update every parameter that has a gradient; the others are skipped."""
-        self.step_count += 1
-        for group in self.param_groups:
+        traced = self._traced  # inside a compiled step: device scalars, and no host bookkeeping (the step's own)
+        if traced is None:
+            self.step_count += 1
+        for index, group in enumerate(self.param_groups):
             names, boxes, params, grads, states, steps = [], [], [], [], [], []
             for name, box in zip(group["names"], group["params"]):
                 grad = box.grad
                 if grad is None:
                     continue
                 param = box.value
-                count = self.param_steps[name] = self.param_steps.get(name, 0) + 1
+                if traced is None:
+                    count = self.param_steps[name] = self.param_steps.get(name, 0) + 1
+                else:
+                    count = traced["step"][index]
+                    traced["stepped"].add(name)
                 names.append(name)
                 boxes.append(box)
                 params.append(param)
@@ -277,8 +283,137 @@ class Optimizer:
                 states.append(self._buffers(name, param, group))
                 steps.append(count)
             if params:
+                if traced is not None:
+                    group = {**group, "lr": traced["lr"][index]}
+                params, grads, states = self._flat_lists(index, group, names, boxes, params, grads, states)
                 new_params, new_states = self._update(group, params, grads, states, steps)
                 self._store(names, boxes, new_params, new_states)
+
+    #: Set by a compiled step while it traces ``step()``: ``{"lr": [per group], "step": [per group],
+    #: "stepped": set()}``, the learning rates and step numbers as device scalars (inputs of the program), and
+    #: the names of the parameters the step updates (their host step counts are kept by the compiled step);
+    #: ``"flat": True`` (a captured CUDA Graph) keeps the flat buffers, whose arrays the graph reuses.
+    _traced = None
+
+    # -- flat buffers (backends whose update is faster over one array: NumPy, CuPy) ----------------------------
+    # The parameters of a group (one dtype) become views of one flat array, their gradients views of another
+    # (``Parameter.grad_space``, which a dense layer's backward pass writes into) and each state buffer views of
+    # a third: an update is then one pass over the flat arrays (``FlatTensors``). Anything that puts other
+    # arrays in place (loading weights or a checkpoint, another layer's gradient) is noticed by identity: the
+    # update then runs per array, and the values are copied into the flat arrays for the steps after.
+
+    def _flat_lists(self, index, group, names, boxes, params, grads, states):
+        """``(params, grads, states)``, as ``FlatTensors`` (and ``states.flat``: buffer name -> ``FlatTensors``)
+        where they are the views of this group's flat buffers."""
+        traced = self._traced
+        if (traced is not None and not traced.get("flat")) or len(boxes) != len(group["params"]):
+            return params, grads, states  # a compiled step's arrays, or a group part of which has no gradient
+        layouts = self.__dict__.setdefault("_layouts", {})
+        if index not in layouts:
+            self._flatten_parameters(index, group)
+        layout = layouts[index]
+        if layout is None:
+            return params, grads, states
+        params_flat, grads_flat, buffers_flat = layout
+        if buffers_flat is None:
+            buffers_flat = self._flatten_state(index, names, states, self.buffer_names(group))
+            states = [self.state[name] for name in names]
+        if any(p is not v for p, v in zip(params, params_flat)) or any(
+                s[b] is not v for b, views in buffers_flat.items() for s, v in zip(states, views)):
+            # values put in place from outside (weights or a checkpoint loaded): back into the flat arrays
+            for box, view, param in zip(boxes, params_flat, params):
+                if param is not view:
+                    self.backend.at_set(view, ..., param)
+                    box.value = view
+            for b, views in buffers_flat.items():
+                for name, state, view in zip(names, states, views):
+                    if state[b] is not view:
+                        self.backend.at_set(view, ..., state[b])
+                        self.state[name] = {**self.state[name], b: view}
+            params = params_flat
+            states = [self.state[name] for name in names]
+        if any(g is not v for g, v in zip(grads, grads_flat)):
+            return list(params), grads, states  # gradients made elsewhere: per array this time
+        return params_flat, grads_flat, _States(states, buffers_flat)
+
+    def _flatten_parameters(self, index, group) -> None:
+        """The group's parameters as views of one flat buffer, and a flat gradient buffer whose views are their
+        ``grad_space``; the layout is None where the backend has no flat buffers (or one array gains nothing)."""
+        from backends.base import FlatTensors
+
+        boxes = group["params"]
+        dtypes = {box.dtype for box in boxes}
+        made = None
+        if len(dtypes) == 1 and len(boxes) > 1:
+            shapes, dtype = [box.shape for box in boxes], dtypes.pop()
+            made = [self.backend.flat_buffer(shapes, dtype) for _ in range(2)]
+        if made is None or made[0] is None:
+            self._layouts[index] = None
+            return
+        (params_flat, param_views), (grads_flat, grad_views) = made
+        for box, view, grad_view in zip(boxes, param_views, grad_views):
+            self.backend.at_set(view, ..., box.value)
+            box.value = view
+            box.grad_space = grad_view  # gradients already made stay where they are: that step runs per array
+        self._layouts[index] = [FlatTensors(param_views, params_flat), FlatTensors(grad_views, grads_flat), None]
+
+    def _flatten_state(self, index, names, states, buffers) -> dict:
+        """The state buffers of a group's parameters (all of them present) as views of one flat array each."""
+        from backends.base import FlatTensors
+
+        shapes = [tuple(s[buffers[0]].shape) for s in states] if buffers else []
+        dtype = self._layouts[index][0].flat.dtype
+        buffers_flat = {}
+        for b in buffers:
+            flat, views = self.backend.flat_buffer(shapes, dtype)
+            for name, state, view in zip(names, states, views):
+                self.backend.at_set(view, ..., state[b])
+                self.state[name] = {**self.state[name], b: view}
+            buffers_flat[b] = FlatTensors(views, flat)
+        self._layouts[index][2] = buffers_flat
+        return buffers_flat
+
+    @on_device
+    def prepare(self) -> None:
+        """Move the parameters into this optimizer's flat buffers now, before a backward pass, so that the first
+        step's gradients land in the flat gradient buffer (the trainer calls this; otherwise the first step does
+        it and runs per array). Every step of a training run then takes the same path, also after a resume."""
+        layouts = self.__dict__.setdefault("_layouts", {})
+        for index, group in enumerate(self.param_groups):
+            if index not in layouts and group["params"]:
+                self._flatten_parameters(index, group)
+
+    def _forget_layouts(self) -> None:
+        """Stop using flat buffers (a compiled step keeps its own arrays)."""
+        for group in self.param_groups:
+            for box in group["params"]:
+                box.grad_space = None
+        self.__dict__["_layouts"] = dict.fromkeys(range(len(self.param_groups)))
+
+    def flat_gradients(self):
+        """``(boxes, gradients)`` when this optimizer has one group and every gradient is a view of its flat
+        gradient buffer (``FlatTensors``: clipping scales them in one pass); else None."""
+        layout = self.__dict__.get("_layouts", {}).get(0)
+        if len(self.param_groups) != 1 or layout is None:
+            return None
+        boxes, grads = self.param_groups[0]["params"], layout[1]
+        if any(box.grad is not view for box, view in zip(boxes, grads)):
+            return None
+        return boxes, grads
+
+    @staticmethod
+    def _buffer_list(states, buffer: str) -> list:
+        """The arrays of state buffer ``buffer`` of every parameter of a step, as ``FlatTensors`` where they are
+        the views of one flat array (what ``_update`` hands a multi-tensor update)."""
+        flat = getattr(states, "flat", None)
+        if flat is not None and buffer in flat:
+            return flat[buffer]
+        return [s[buffer] for s in states]
+
+    @staticmethod
+    def _same_step(steps) -> bool:
+        first = steps[0]
+        return all(s is first or (isinstance(s, int) and s == first) for s in steps)
 
     def _update(self, group: dict, params: list, grads: list, states: list[dict],
                 steps: list[int]) -> tuple[list, list[dict]]:
@@ -403,6 +538,16 @@ class Optimizer:
         self.state = state
         self.param_steps = dict(param_steps)
         self.step_count = step
+
+
+class _States(list):
+    """The per-parameter state dicts of a step, and ``flat``: buffer name -> ``FlatTensors`` of its views."""
+
+    __slots__ = ("flat",)
+
+    def __init__(self, states, flat):
+        super().__init__(states)
+        self.flat = flat
 
 
 def _json(value):

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from backends.base import add_scaled as _add_scaled  # portable, for cores without a backend
+from backends.base import rmsprop_update
 
 from .base import Optimizer, check_number, namespace
 
@@ -17,25 +18,15 @@ def rmsprop(params: list, grads: list, square_avgs: list, momentum_buffers: list
             alpha: float, eps: float, momentum: float = 0.0, weight_decay: float = 0.0,
             backend=None) -> tuple[list, list, list | None]:
     """The update; ``momentum_buffers`` are needed when ``momentum`` is not 0. Returns the updated
-    ``(params, square_avgs, momentum_buffers)``, which the caller must keep (see ``sgd``)."""
+    ``(params, square_avgs, momentum_buffers)``, which the caller must keep (see ``sgd``; with a ``backend``,
+    its ``multi_tensor_rmsprop``)."""
     if not params:
         return [], [], [] if momentum > 0 else None
-    xp = namespace(params) if backend is None else backend.xp
-    update = _add_scaled if backend is None else backend.add_scaled
-    new_params, new_avgs, new_buffers = [], [], [] if momentum > 0 else None
-    for i, (param, grad, square_avg) in enumerate(zip(params, grads, square_avgs)):
-        if weight_decay != 0:
-            grad = grad + weight_decay * param
-        square_avg = update(square_avg, grad * grad, 1 - alpha, beta=alpha)
-        new_avgs.append(square_avg)
-        avg = xp.sqrt(square_avg) + eps
-        if momentum > 0:
-            buf = update(momentum_buffers[i], grad / avg, 1.0, beta=momentum)
-            new_buffers.append(buf)
-            new_params.append(update(param, buf, -lr))
-        else:
-            new_params.append(update(param, grad / avg, -lr))
-    return new_params, new_avgs, new_buffers
+    options = {"lr": lr, "alpha": alpha, "eps": eps, "momentum": momentum, "weight_decay": weight_decay}
+    if backend is None:
+        return rmsprop_update(namespace(params), _add_scaled, params, grads, square_avgs, momentum_buffers,
+                              **options)
+    return backend.multi_tensor_rmsprop(params, grads, square_avgs, momentum_buffers, **options)
 
 
 class RMSprop(Optimizer):
@@ -63,9 +54,9 @@ class RMSprop(Optimizer):
 
     def _update(self, group, params, grads, states, steps):
         momentum = group["momentum"]
-        buffers = [s["momentum_buffer"] for s in states] if momentum > 0 else None
+        buffers = self._buffer_list(states, "momentum_buffer") if momentum > 0 else None
         params, square_avgs, buffers = rmsprop(
-            params, grads, [s["square_avg"] for s in states], buffers, lr=group["lr"], alpha=group["alpha"],
+            params, grads, self._buffer_list(states, "square_avg"), buffers, lr=group["lr"], alpha=group["alpha"],
             eps=group["eps"], momentum=momentum, weight_decay=group["weight_decay"], backend=self.backend)
         if buffers is None:
             return params, [{"square_avg": s} for s in square_avgs]

@@ -11,6 +11,7 @@ As ``torch.optim.SGD`` (without dampening)::
 from __future__ import annotations
 
 from backends.base import add_scaled as _add_scaled  # portable, for cores without a backend
+from backends.base import sgd_update
 
 from ..errors import ConfigError
 from .base import Optimizer, check_number
@@ -23,20 +24,15 @@ def sgd(params: list, grads: list, momentum_buffers: list | None = None, *, lr: 
     updated in place: see ``Backend.add_scaled``).
 
     ``momentum_buffers`` (needed when ``momentum`` is not 0) start as zeros, which gives PyTorch's first step
-    (the buffer becomes the gradient). With a ``backend``, the updates run as its ``add_scaled`` (in place, one
-    fused pass on NumPy, PyTorch and CuPy); without one, as new arrays.
+    (the buffer becomes the gradient). With a ``backend``, its multi-tensor update runs (``multi_tensor_sgd``:
+    in place, a few passes over every parameter at once on NumPy, PyTorch and CuPy); without one, the portable
+    update, as new arrays. ``lr`` may be a 0-d array (a device scalar).
     """
-    update = _add_scaled if backend is None else backend.add_scaled
-    new_params, new_buffers = [], [] if momentum != 0 else None
-    for i, (param, grad) in enumerate(zip(params, grads)):
-        if weight_decay != 0:
-            grad = grad + weight_decay * param
-        if momentum != 0:
-            buf = update(momentum_buffers[i], grad, 1.0, beta=momentum)
-            new_buffers.append(buf)
-            grad = grad + momentum * buf if nesterov else buf
-        new_params.append(update(param, grad, -lr))
-    return new_params, new_buffers
+    if backend is None:
+        return sgd_update(_add_scaled, params, grads, momentum_buffers, lr=lr, momentum=momentum,
+                          nesterov=nesterov, weight_decay=weight_decay)
+    return backend.multi_tensor_sgd(params, grads, momentum_buffers, lr=lr, momentum=momentum, nesterov=nesterov,
+                                    weight_decay=weight_decay)
 
 
 class SGD(Optimizer):
@@ -66,7 +62,7 @@ class SGD(Optimizer):
 
     def _update(self, group, params, grads, states, steps):
         momentum = group["momentum"]
-        buffers = [s["momentum_buffer"] for s in states] if momentum != 0 else None
+        buffers = self._buffer_list(states, "momentum_buffer") if momentum != 0 else None
         params, buffers = sgd(params, grads, buffers, lr=group["lr"], momentum=momentum, nesterov=group["nesterov"],
                               weight_decay=group["weight_decay"], backend=self.backend)
         if buffers is None:

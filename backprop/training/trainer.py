@@ -11,15 +11,17 @@ from __future__ import annotations
 import math
 import time
 
+from backends.base import METRICS
+
 from ..data.splitting import stratified_holdout
 from ..errors import ConfigError, DataError, ShapeError, TrainingError
 from ..losses import LOSSES, Loss
 from ..on_device import on_device
-from ..parameters import zero_grad
 from .batches import parse_accumulate_steps, parse_batch_size, update_bounds
 from .callbacks import Callback
 from .interrupts import Terminated, ctrl_c_held
-from .metrics import count_correct, evaluate, labels_per_example
+from .metrics import evaluate, labels_per_example
+from .step import MicroBatch, TrainingStep
 
 
 class Trainer:
@@ -50,7 +52,7 @@ class Trainer:
                  weight_decay: float = 0.0, epochs: int = 10, batch_size=32, accumulate_steps: int = 1,
                  drop_last: bool = False, shuffle: bool = True, seed: int = 0, schedule: str = "constant",
                  warmup_epochs: int = 0, clip_norm: float | None = None, callbacks=(), progress: bool = True, log=print,
-                 grad_norm_samples: int = 10, log_points: int = 20, communicator=None):
+                 grad_norm_samples: int = 10, log_points: int = 20, communicator=None, compile=False):
         from ..optim import Optimizer, make_optimizer, make_schedule
 
         self.model = model
@@ -88,6 +90,12 @@ class Trainer:
                                   f"{type(communicator).__name__}")
         self.communicator = communicator
         self.is_root = communicator is None or communicator.is_root
+        if compile is not False and compile is not None:
+            from .compiled import compiled_step
+
+            compiled_step(self._training_step(), compile)  # checked now: a ConfigError before any work
+        self.compile = compile if compile else False
+        self._compiled = None
         self.progress, self._log = progress, log
         self.grad_norm_samples, self.log_points = max(1, grad_norm_samples), max(1, log_points)
         self.epoch = 0  # completed epochs
@@ -193,9 +201,7 @@ class Trainer:
 
     # -- one epoch ----------------------------------------------------------
     def _run_epoch(self, x, y, x_val, y_val) -> dict:
-        from ..optim import clip_grad_norm
-
-        backend, xp, model, loss_fn, comm = self.backend, self.backend.xp, self.model, self.loss_fn, self.communicator
+        backend, xp, model, comm = self.backend, self.backend.xp, self.model, self.communicator
         started = time.perf_counter()
         self.optimizer.lr = self.schedule(self.epoch, self.base_lr)
         rank = 0 if comm is None else comm.rank
@@ -204,65 +210,47 @@ class Trainer:
         updates = update_bounds(n, self.batch_size, self.accumulate_steps, self.drop_last)
         full_batch = len(updates) == 1 and (updates[0][0][0], updates[0][-1][1]) == (0, n)
         order = backend.random((self.seed, self.epoch, 0)).permutation(n) if self.shuffle and not full_batch else None
+        rows = EpochRows(backend, x, y, order)
         steps = len(updates)  # optimizer steps
         norm_steps = {round(i * (steps - 1) / max(1, self.grad_norm_samples - 1))
                       for i in range(min(steps, self.grad_norm_samples))}
-        log_steps = {round((i + 1) * steps / self.log_points) - 1 for i in range(min(steps, self.log_points))}
-        zero = xp.zeros((), dtype=model.dtype, device=backend.device)
-        loss_sum, correct, good_steps = zero, zero, zero
-        all_finite = xp.ones((), dtype=xp.bool, device=backend.device)
-        params = model.parameters()
-        norm_sums = {name: zero for name in model.named_parameters()}
+        points = min(steps, self.log_points)  # evenly spaced, the last at the epoch's last step
+        log_steps = {round((i + 1) * steps / points) - 1 for i in range(points)}
+        step_function = self._training_step()
+        metrics = step_function.new_metrics()
+        norms: dict = {}
+        weight_check = None  # device flags of the first step's check, read at the first log point
         seen = 0
-        skip_input_grad = model.can_skip_input_grad  # the first layer needs no dL/dinput: nothing uses it
         per_example = labels_per_example(y)
         bar = self._progress_bar(n)
         try:
             for step, micro_batches in enumerate(updates):
-                zero_grad(params)
                 examples = micro_batches[-1][1] - micro_batches[0][0]  # of this update, over all ranks
+                batch = []
                 for start, stop in micro_batches:
                     lo, hi = (start, stop) if comm is None else comm.shard(start, stop)  # this rank's rows
-                    count = hi - lo
-                    if count:  # a rank can get no rows of a global batch smaller than the number of ranks
-                        if order is None:
-                            xb, yb = (x, y) if (lo, hi) == (0, n) else (x[lo:hi, ...], y[lo:hi, ...])
-                        else:
-                            index = order[lo:hi]
-                            xb, yb = xp.take(x, index, axis=0), xp.take(y, index, axis=0)
-                        logits, backprop = model.begin_update(xb, training=True)
-                        loss, grad_logits = loss_fn.value_and_grad(logits, yb)
+                    if hi > lo:  # a rank can get no rows of a global batch smaller than the number of ranks
                         # The loss is the mean over these rows: weighted by their share of the update's examples,
                         # the gradients added up over micro-batches (and summed over ranks) are those of the
                         # mean loss over all of them, as one batch of them all would give.
-                        if count != examples:
-                            grad_logits = grad_logits * (count / examples)
-                        if skip_input_grad:
-                            backprop(grad_logits, input_grad=False)
-                        else:
-                            backprop(grad_logits)
-                        loss_sum = loss_sum + loss * count
-                        correct = correct + count_correct(xp, logits, yb)
-                        all_finite = xp.logical_and(all_finite, xp.isfinite(loss))
+                        batch.append(MicroBatch(*rows.slice(lo, hi), (hi - lo) / examples))
                     seen += stop - start
                     if bar is not None:
                         bar.update(stop - start)
-                if comm is not None:  # every rank now holds the gradient of the whole update
-                    comm.allreduce_gradients(model)
-                if step in norm_steps:
-                    for name, grad in model.named_gradients().items():
-                        norm_sums[name] = norm_sums[name] + xp.sqrt(xp.sum(grad * grad))
-                if self.clip_norm is not None:
-                    clip_grad_norm(model, self.clip_norm)
                 if step == 0:
                     before = self._params_before_first_step()
-                self.optimizer.step()
+                metrics, _ = step_function.run(batch, metrics, norms if step in norm_steps else None)  # adds to norms
                 if step == 0:
-                    self._check_the_step_changed_weights(before)
-                good_steps = good_steps + xp.astype(all_finite, model.dtype)
+                    weight_check = self._check_the_step_changed_weights(before)
                 if step in log_steps:  # the only host synchronizations inside an epoch (besides the all-reduce)
-                    finite, good, mean_loss, mean_acc = (float(v) for v in backend.to_host(
-                        xp.stack([xp.astype(all_finite, model.dtype), good_steps, loss_sum, correct])))
+                    values = metrics if weight_check is None else xp.concat([metrics, weight_check])
+                    host = [float(v) for v in backend.to_host(values)]
+                    if weight_check is not None:
+                        weight_check = None
+                        self._fail_unchanged_weights(*host[len(METRICS):])
+                    figures = dict(zip(METRICS, host))
+                    finite, good = float(figures["nonfinite"] == 0), figures["good_steps"]
+                    mean_loss, mean_acc = figures["loss_sum"], figures["correct"]
                     if comm is not None:  # every rank decides on the same global figures
                         finite, good, mean_loss, mean_acc = comm.reduce_progress(finite, good, mean_loss, mean_acc)
                     if not finite:
@@ -273,22 +261,45 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-        host = [float(v) for v in backend.to_host(xp.stack([loss_sum, correct]))]
+            rows.release()
+        names = list(model.named_parameters())
+        sampled = list(norms.items())
+        host = [float(v) for v in backend.to_host(xp.concat([metrics[:2], *(vector for _, vector in sampled)]))]
+        norm_sums = dict.fromkeys(names, 0.0)
+        offset = 2
+        for key, _ in sampled:
+            for name, value in zip(key, host[offset:offset + len(key)]):
+                norm_sums[name] = norm_sums.get(name, 0.0) + value
+            offset += len(key)
+        host = host[:2]
         if comm is not None:
             host = comm.sum_values(host)
         record = {"epoch": self.epoch + 1, "train_loss": host[0] / seen,
                   "train_accuracy": host[1] / (seen * per_example), "val_loss": None, "val_accuracy": None}
         if x_val is not None:
-            record["val_loss"], record["val_accuracy"] = (evaluate(model, x_val, y_val, loss_fn) if comm is None
-                                                          else comm.evaluate(model, x_val, y_val, loss_fn))
+            record["val_loss"], record["val_accuracy"] = (evaluate(model, x_val, y_val, self.loss_fn) if comm is None
+                                                          else comm.evaluate(model, x_val, y_val, self.loss_fn))
         samples = len(norm_steps)
         record["lr"] = self.optimizer.lr
-        record["grad_norms"] = dict(zip(norm_sums, (float(v) / samples for v in backend.to_host(
-            xp.stack(list(norm_sums.values()))))) if norm_sums else {})
+        record["grad_norms"] = {name: value / samples for name, value in norm_sums.items()} if names else {}
         record["time"] = time.perf_counter() - started
         record["samples_per_second"] = seen / record["time"] if record["time"] > 0 else None
         record["steps"] = steps
         return record
+
+    def _training_step(self) -> TrainingStep:
+        """The step function the epoch loop feeds (see ``backprop/training/step.py``), compiled with
+        ``compile`` (``backprop/training/compiled.py``; kept from epoch to epoch: its programs are reused)."""
+        allreduce = None if self.communicator is None else self.communicator.allreduce_gradients
+        step = TrainingStep(self.model, self.loss_fn, self.optimizer, clip_norm=self.clip_norm, allreduce=allreduce)
+        if not getattr(self, "compile", False):
+            return step
+        key = (id(self.model), id(self.loss_fn), id(self.optimizer), self.clip_norm)
+        if self._compiled is None or self._compiled[0] != key:
+            from .compiled import compiled_step
+
+            self._compiled = (key, compiled_step(step, self.compile))
+        return self._compiled[1]
 
     # A step that changes no weight although the gradients are non-zero means the updates never reach the
     # model: an optimizer that does not store the arrays its update returns. With mutable arrays (NumPy) such a
@@ -304,11 +315,12 @@ class Trainer:
             return {name: weights[f"param/{name}"] for name in self.model.named_parameters()}
         return {name: self._copy(param.value) for name, param in self.model.named_parameters().items()}
 
-    def _check_the_step_changed_weights(self, before: dict) -> None:
-        """Raise ``TrainingError`` when the step just taken left every weight bit for bit as it was, although
-        some gradient is non-zero and the learning rate is not 0."""
+    def _check_the_step_changed_weights(self, before: dict):
+        """Device flags ``[any weight changed, any gradient non-zero]`` after the epoch's first step, to be read
+        at the next log point with the metrics (``_fail_unchanged_weights``); None when there is nothing to
+        check (lr 0, no gradients)."""
         if self.optimizer.lr == 0:
-            return
+            return None
         xp = self.backend.xp
         params = self.model.named_parameters()
         changed, nonzero = [], []
@@ -317,9 +329,13 @@ class Trainer:
                 changed.append(xp.any(params[name].value != before[name]))
                 nonzero.append(xp.any(grad != 0))
         if not changed:
-            return
-        any_changed, any_nonzero = (bool(v) for v in self.backend.to_host(  # the one host synchronization
-            xp.stack([xp.any(xp.stack(changed)), xp.any(xp.stack(nonzero))])))
+            return None
+        dtype = self.model.dtype
+        return xp.astype(xp.stack([xp.any(xp.stack(changed)), xp.any(xp.stack(nonzero))]), dtype)
+
+    def _fail_unchanged_weights(self, any_changed: float, any_nonzero: float) -> None:
+        """Raise ``TrainingError`` when the epoch's first step left every weight bit for bit as it was, although
+        some gradient was non-zero and the learning rate was not 0."""
         if any_nonzero and not any_changed:
             raise TrainingError(
                 f"the optimizer's first step of epoch {self.epoch + 1} left every weight exactly as it was although "
@@ -453,6 +469,56 @@ class Trainer:
         if label_range and (label_range[0] < 0 or label_range[1] >= outputs):
             raise DataError(f"{what}: labels must be class numbers 0..{outputs - 1} for this model's {outputs} "
                             f"outputs, found values from {int(label_range[0])} to {int(label_range[1])}")
+
+
+class EpochRows:
+    """The rows of an epoch in their shuffled order, handed out as slices: the data permuted once per epoch
+    (two gathers an epoch instead of two a step; a slice is a view, no copy and on a GPU no kernel) when the
+    permuted copy fits in a quarter of the memory the device has free, else gathered batch by batch. The same
+    rows in the same order either way."""
+
+    def __init__(self, backend, x, y, order):
+        self.backend, self.x, self.y, self.order = backend, x, y, order
+        self.n = x.shape[0]
+        self.xs = self.ys = None
+        if order is not None and self._fits(backend, x, y):
+            xp = backend.xp
+            self.xs, self.ys = xp.take(x, order, axis=0), xp.take(y, order, axis=0)
+
+    @staticmethod
+    def _fits(backend, x, y) -> bool:
+        free = backend.available_memory()
+        needed = sum(_size(a.shape) * _itemsize(backend.xp, a.dtype) for a in (x, y))
+        return free is not None and needed * 4 <= free
+
+    def slice(self, lo: int, hi: int) -> tuple:
+        """``(x, y)`` of rows ``lo:hi`` of the epoch's order."""
+        if self.order is None:
+            if (lo, hi) == (0, self.n):
+                return self.x, self.y
+            return self.x[lo:hi, ...], self.y[lo:hi, ...]
+        if self.xs is not None:
+            return self.xs[lo:hi, ...], self.ys[lo:hi, ...]
+        xp, index = self.backend.xp, self.order[lo:hi]
+        return xp.take(self.x, index, axis=0), xp.take(self.y, index, axis=0)
+
+    def release(self) -> None:
+        """Drop the permuted copy (between epochs only the data itself is held)."""
+        self.xs = self.ys = None
+
+
+def _itemsize(xp, dtype) -> int:
+    if xp.isdtype(dtype, "bool"):
+        return 1
+    info = xp.finfo(dtype) if xp.isdtype(dtype, ("real floating", "complex floating")) else xp.iinfo(dtype)
+    return info.bits // 8
+
+
+def _size(shape) -> int:
+    count = 1
+    for d in shape:
+        count *= d
+    return count
 
 
 def fit(model, x, y, **options) -> list[dict]:

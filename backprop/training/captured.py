@@ -1,0 +1,162 @@
+"""CUDA Graph capture of the whole training step on CuPy (``Trainer(compile=True)`` on a ``cupy`` backend).
+
+NOT YET RUN ON A GPU: no GPU was available where this was written. It follows CuPy's documented graph API
+(``Stream.begin_capture``/``end_capture``, ``Graph.launch``), the kernels it replays are compiled with NVRTC in
+CI (``tests/test_cuda_kernels.py``), and the GPU check (``benchmarks/gpu_check.sh``: the suite on ``cupy:0``,
+``tests/test_compiled.py``'s captured-step test) is where it meets a GPU first.
+
+A replay runs every kernel of a step with one launch from the host. What that needs, in this order:
+
+1. **static batch buffers**: the graph reads its batch from arrays of its own; each step copies its rows into
+   them (two device-to-device copies, outside the graph);
+2. **a stream of its own**, non-blocking, ordered after the work queued before it and before the work queued
+   after it by events (no host synchronization), and **relaxed capture** with CuPy's memory pool: what the
+   step allocates while it is captured (activations, gradients of inputs) becomes the graph's own memory;
+3. **device scalars**: each group's learning rate (written when a schedule changes it, outside the graph) and
+   step number (incremented inside the graph), read by the optimizer's kernel;
+4. **dropout masks from a counter-based generator** (``CupyRandom``: Philox, its counter on the device and
+   advanced by a kernel), so each replay draws new masks; the layers' generators are made anew every epoch
+   (the trainer reseeds them), so a graph is captured again when they change;
+5. **one graph per batch shape** (the short last batch of an epoch gets its own; ``drop_last`` avoids it) and
+   per kind of step (the steps that sample gradient norms);
+6. **one eager step first**: it makes the optimizer's state and moves it into flat buffers, compiles the
+   kernels and warms cuBLAS up; the pointer tables of the multi-tensor kernels are built before capture.
+
+The host keeps the optimizer's step counts as the eager step does.
+"""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+from ..on_device import on_device
+from .step import MicroBatch, TrainingStep
+
+
+class CapturedStep:
+    """A ``TrainingStep`` replayed from CUDA Graphs (see the module docstring); ``run`` as ``TrainingStep.run``."""
+
+    def __init__(self, step: TrainingStep):
+        backend = step.backend
+        cupy = getattr(backend, "_cupy", None)
+        if cupy is None or not hasattr(cupy.cuda, "Graph") or not hasattr(cupy.cuda.Stream, "begin_capture"):
+            raise ConfigError(f"compile: CUDA Graph capture needs CuPy >= 13 with cupy.cuda.Graph (backend "
+                              f"{backend.name})")
+        self.step, self.backend, self.optimizer = step, backend, step.optimizer
+        self._cupy = cupy
+        with backend.activate():
+            self._stream = cupy.cuda.Stream(non_blocking=True)
+            self._pool = cupy.cuda.MemoryPool()  # what captured steps allocate: memory no other array may get
+        self._graphs: dict = {}  # key -> (graph, static batch)
+        self._metrics = None  # the metrics array the graphs add to (the trainer's, made by new_metrics)
+        self._norms: dict = {}  # names -> the norm sums the sampling graphs add to
+        self._scalars = None  # per group: (host lr, lr device scalar, step device scalar)
+        self._stepped = None  # the parameters the warm-up step updated
+
+    @on_device
+    def new_metrics(self):
+        """Zeroed metrics for an epoch (the same array every epoch: the graphs add to it), and the norm sums
+        zeroed with them."""
+        if self._metrics is None:
+            self._metrics = self.step.new_metrics()
+        else:
+            self._metrics.fill(0)
+        for vector in self._norms.values():
+            vector.fill(0)
+        return self._metrics
+
+    @on_device
+    def run(self, batch, metrics, norms=None):
+        cupy, optimizer = self._cupy, self.optimizer
+        if metrics is not self._metrics:  # the graphs add to one array: ours
+            if self._metrics is None:
+                self._metrics = self.step.new_metrics()
+            self._metrics[...] = metrics
+            metrics = self._metrics
+        if self._stepped is None:  # the warm-up step: eager
+            before = dict(optimizer.param_steps)
+            metrics, norms = self.step.run(batch, metrics, norms)
+            self._stepped = {name for name, count in optimizer.param_steps.items() if count != before.get(name)}
+            for names, vector in (norms or {}).items():  # the sums the sampling graphs will add to
+                self._norms[names] = vector.copy()
+                norms[names] = self._norms[names]
+            return metrics, norms
+        streams = tuple(id(stream) for stream in _random_streams(self.step.model))
+        key = (tuple((x.shape, x.dtype.str, y.shape, y.dtype.str, float(w)) for x, y, w in batch), norms is not None,
+               streams)
+        caller = cupy.cuda.get_current_stream()
+        self._stream.wait_event(caller.record())  # after the work queued before (the epoch's permuted data)
+        lrs, steps = self._device_scalars()
+        entry = self._graphs.get(key)
+        if entry is None:
+            if len(self._graphs) > 8:
+                self._graphs.clear()  # an epoch's generators are new: the graphs of the old ones go
+            entry = self._graphs[key] = self._capture(batch, norms, lrs, steps)
+        graph, static = entry
+        with self._stream:
+            for (x_static, y_static), (x, y, _) in zip(static, batch):
+                x_static[...] = x
+                y_static[...] = y
+            graph.launch(self._stream)
+        caller.wait_event(self._stream.record())  # the work queued after (log points) waits for the step
+        optimizer.step_count += 1  # the host's step counts, as the eager step keeps them
+        for name in self._stepped:
+            optimizer.param_steps[name] += 1
+        if norms is not None:
+            norms.update(self._norms)
+        return metrics, norms
+
+    def _capture(self, batch, norms, lrs, steps):
+        cupy, optimizer, step = self._cupy, self.optimizer, self.step
+        with self._stream:  # what outlives the capture comes from CuPy's usual pool, before it
+            static = [(cupy.empty_like(x), cupy.empty_like(y)) for x, y, _ in batch]
+            names, grads = step._gradients()
+            if grads:
+                self.backend._pointer_table([cupy.ascontiguousarray(g) for g in grads])  # built now, not captured
+            sums = None
+            if norms is not None and grads:
+                key = tuple(names)
+                if key not in self._norms:
+                    self._norms[key] = cupy.zeros((len(names),), dtype=self._metrics.dtype)
+                sums = {key: self._norms[key]}  # added to in place by every replay
+            micro_batches = [MicroBatch(x, y, w) for (x, y), (_, _, w) in zip(static, batch)]
+            with cupy.cuda.using_allocator(self._pool.malloc):  # the graph's own memory: a private pool
+                self._stream.begin_capture()
+                try:
+                    for scalar in steps:
+                        scalar += 1  # this step's number, counted on the device
+                    optimizer._traced = {"lr": lrs, "step": steps, "stepped": set(), "flat": True}
+                    step.run.__wrapped__(step, micro_batches, self._metrics, sums)
+                finally:
+                    optimizer._traced = None
+                    graph = self._stream.end_capture()
+        return graph, static
+
+    def _device_scalars(self):
+        backend, optimizer = self.backend, self.optimizer
+        if self._scalars is None:  # the step numbers the warm-up left, then counted on the device
+            self._scalars = []
+            for group in optimizer.param_groups:
+                counts = {optimizer.param_steps[name] for name in group["names"] if name in self._stepped}
+                if len(counts) > 1:
+                    raise ConfigError("compile: the parameters of one group have taken different numbers of steps; "
+                                      "a captured step needs one count per group")
+                self._scalars.append((None, backend.set_scalar(None, 0.0),
+                                      backend.set_scalar(None, float(counts.pop() if counts else 0))))
+        lrs, steps = [], []
+        for index, (group, (host_lr, lr, number)) in enumerate(zip(optimizer.param_groups, self._scalars)):
+            if host_lr != group["lr"]:
+                lr = backend.set_scalar(lr, group["lr"])
+                self._scalars[index] = (group["lr"], lr, number)
+            lrs.append(lr)
+            steps.append(number)
+        return lrs, steps
+
+
+def _random_streams(model) -> list:
+    from backends import DeviceRandom
+
+    return [value for _, layer in model._named_layers() for value in vars(layer).values()
+            if isinstance(value, DeviceRandom)]
+
+
+__all__ = ["CapturedStep"]
