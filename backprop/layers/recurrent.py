@@ -18,8 +18,12 @@ so is kept apart as ``bias_hn``. From a ``torch.nn.LSTM`` ``m``::
 Backward is backpropagation through time: the per-step caches of the forward pass are walked from the last
 step to the first, the chain rule applied at each step, and the gradient of the state carried to the step
 before. The input-to-hidden products of all steps are computed in one matrix product before the loop, and
-their gradients (``weight_ih``, ``bias``, the input) in one product after it; only the hidden-to-hidden
-product and the gate arithmetic are done step by step.
+their gradients (``weight_ih``, ``weight_hh``, ``bias``, the input) in one product each after it; only the
+hidden-to-hidden product and the gate arithmetic are done step by step. For LSTM and GRU that step is the
+backend's fused cell (``Backend.lstm_cell_forward``/``lstm_cell_backward``, ``gru_cell_*``; portable defaults
+in ``backends/base.py``). Inside the layer everything per step is laid out time-major, (time, batch, ·), so
+a step's pre-activations and gate gradients are contiguous blocks that the cells update in place (NumPy,
+PyTorch, CuPy) and the products after the loop read without copies.
 
 Truncated BPTT, ``bptt_steps=k``: the forward pass is unchanged (the state carries across the whole
 sequence), but the steps are cut, in the order the direction reads them, into chunks of k steps (the last
