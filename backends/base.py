@@ -329,6 +329,17 @@ class Backend:
             return adagrad_update(self.xp, self.add_scaled, params, grads, state_sums, lr=lr, eps=eps,
                                   weight_decay=weight_decay)
 
+    def compile_function(self, function, *, static_argnums=(), donate_argnums=()):
+        """``function`` compiled by this library's compiler (JAX: ``jax.jit``; PyTorch: ``torch.compile``), or
+        None where it has none (the default). ``static_argnums`` / ``donate_argnums`` as ``jax.jit``'s (a
+        compiler without them ignores them)."""
+        return None
+
+    def trace_shapes(self, function, *args):
+        """Run ``function`` on abstract values of ``args`` (JAX: ``jax.eval_shape``: Python only, nothing is
+        computed or compiled) and return the shapes of its results; NotImplementedError elsewhere."""
+        raise NotImplementedError(f"{self.name} cannot trace a function abstractly")
+
     def flat_buffer(self, shapes, dtype):
         """``(flat, views)``: one 1-d array and views of it shaped as ``shapes`` (in order, back to back), so an
         update of every parameter is one pass over ``flat``; None where the library cannot make such views

@@ -197,6 +197,12 @@ class JaxBackend(Backend):
         with self.activate():
             return _cells().gru_backward(dh, cache, weight_hh, bool(pass_back))
 
+    def compile_function(self, function, *, static_argnums=(), donate_argnums=()):
+        return self._jax.jit(function, static_argnums=static_argnums, donate_argnums=donate_argnums)
+
+    def trace_shapes(self, function, *args):
+        return self._jax.eval_shape(function, *args)
+
     def limit_threads(self, threads):
         """False: XLA sizes its CPU thread pool when JAX starts, from ``XLA_FLAGS`` (for one thread:
         ``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``), and it cannot change later."""

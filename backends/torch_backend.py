@@ -256,6 +256,11 @@ class TorchBackend(Backend):
         norms = self._torch.stack(self._torch._foreach_norm(list(arrays)))
         return norms if add_to is None else add_to.add_(norms)
 
+    def compile_function(self, function, *, static_argnums=(), donate_argnums=()):
+        """``torch.compile`` (Inductor; TorchDynamo specializes on Python values by itself, and PyTorch's tensors
+        are updated in place, so the two jit options do not apply)."""
+        return self._torch.compile(function, dynamic=False)
+
     def flat_buffer(self, shapes, dtype):
         flat = self._torch.zeros(sum(math.prod(shape) for shape in shapes), dtype=dtype, device=self.device)
         return flat, flat_views(self.xp, flat, shapes)

@@ -1,9 +1,9 @@
 """The MLP workload: 784-512-512-10, ReLU, softmax cross-entropy, plain SGD, on MNIST-shaped data.
 
-Contenders, timed interleaved in one process: this library on each available backend, the hand-written
-NumPy (and CuPy) loop, and PyTorch eager on the same device. Each timing covers ``samples`` examples; when
-that is less than the full 60,000 (small batches take long), the per-epoch figure is scaled up and marked
-as extrapolated.
+Contenders, timed interleaved in one process: this library on each available backend (eager, and compiled
+where the backend has a compiler), the hand-written NumPy (and CuPy) loop, and PyTorch eager on the same
+device. Each timing covers ``samples`` examples; when that is less than the full 60,000 (small batches take
+long), the per-epoch figure is scaled up and marked as extrapolated.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from . import handwritten, torch_peer
 from .timing import interleaved
 
 SIZES = [784, 512, 512, 10]
+COMPILED = ("jax", "torch", "cupy")  # the libraries whose step compiles (Trainer(compile=True))
 N_TRAIN = 60_000
 LR = 0.01
 
@@ -37,16 +38,19 @@ def contenders(backends, batch_size, x_host, y_host, samples, include_torch=True
     runs = {}
     x_part, y_part = x_host[:samples], y_host[:samples]
     for backend in backends:
-        model = bp.mlp(SIZES, seed=0, backend=backend)
-        trainer = bp.Trainer(model, optimizer="sgd", lr=LR, epochs=10**9, batch_size=batch_size, progress=False,
-                             log=None)
         x, y = backend.from_host(x_part), backend.from_host(y_part)
+        # the eager step, and the compiled one where the backend has a compiler (jax.jit, torch.compile, CUDA
+        # Graph capture on CuPy)
+        for compile in (False, True) if backend.library in COMPILED else (False,):
+            model = bp.mlp(SIZES, seed=0, backend=backend)
+            trainer = bp.Trainer(model, optimizer="sgd", lr=LR, epochs=10**9, batch_size=batch_size,
+                                 progress=False, log=None, compile=compile)
 
-        def ours(trainer=trainer, x=x, y=y, backend=backend):
-            trainer.train_epoch(x, y)
-            backend.synchronize()
+            def ours(trainer=trainer, x=x, y=y, backend=backend):
+                trainer.train_epoch(x, y)
+                backend.synchronize()
 
-        runs[f"backprop[{backend.name}]"] = ours
+            runs[f"backprop[{backend.name}{' compiled' if compile else ''}]"] = ours
         if backend.name == "numpy":
             params, rng = handwritten.init_params(np, SIZES), np.random.default_rng(0)
 

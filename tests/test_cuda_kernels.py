@@ -3,8 +3,9 @@
 ``backends/cuda_kernels.py`` is the one place kernel sources live, and ``backends/nvrtc_check.py`` compiles them
 to PTX for compute_80 and compute_90 without a GPU. These tests need CuPy and the NVRTC wheel (the ``gpu-ci``
 extra); without them they are skipped with that reason, except the one that keeps every kernel in the registry.
-No kernel is registered yet, so the harness itself is tested here on kernels made for the test: good ones
-compile and are found in the PTX, broken ones fail with NVRTC's message.
+The first test compiles the project's own kernels (the fused and multi-tensor capabilities of the CuPy
+backend); the harness itself is tested on kernels made for the test: good ones compile and are found in the
+PTX, broken ones fail with NVRTC's message.
 """
 
 from __future__ import annotations
@@ -57,8 +58,7 @@ def registry(monkeypatch):
 
 
 def test_every_registered_kernel_compiles_for_each_architecture():
-    if not cuda_kernels.KERNELS:
-        pytest.skip("no CUDA kernel is registered in backends/cuda_kernels.py yet (the harness is tested below)")
+    assert cuda_kernels.KERNELS, "the CuPy backend's kernels are registered in backends/cuda_kernels.py"
     nvrtc_check = _nvrtc_check()
     compiled, errors = nvrtc_check.check_all()
     assert not errors, "\n\n".join(str(e) for e in errors)

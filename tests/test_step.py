@@ -60,15 +60,15 @@ def _counted_epochs(monkeypatch, optimizer: str, *, epochs: int = 2, **options):
 
 
 # The targets of issue 13 for this MLP: at most 20 kernels per SGD step and 25 per Adam step (PyTorch eager:
-# about 20-25; this library before the capabilities: 59 and 101, measured with this backend). The first step of
-# a run also moves the parameters, gradients and optimizer state into flat buffers (a copy each, once).
+# about 20-25; this library before the capabilities: 59 and 101, measured with this backend). Every step counts,
+# the first too (the trainer moves the parameters into flat buffers before it).
 @pytest.mark.parametrize("optimizer, most", [("sgd", 20), ("adam", 25)])
 def test_an_mlp_step_makes_at_most_the_target_calls(monkeypatch, optimizer, most):
     calls, _ = _counted_epochs(monkeypatch, optimizer)
     assert len(calls) == 2 * STEPS_PER_EPOCH
-    assert max(calls[1:]) <= most, calls
+    assert max(calls) <= most, calls
     # a step at which the trainer samples the gradient norms (its first few of each epoch) costs 2 more
-    assert min(calls[1:]) <= most - 2, calls
+    assert min(calls) <= max(calls) - 2, calls
 
 
 def test_no_step_reads_the_device_and_the_loop_only_at_its_log_points(monkeypatch):

@@ -265,6 +265,8 @@ class Optimizer:
         if traced is None:
             self.step_count += 1
         for index, group in enumerate(self.param_groups):
+            if traced is None or traced.get("flat"):
+                self._new_flat_state(index, group)
             names, boxes, params, grads, states, steps = [], [], [], [], [], []
             for name, box in zip(group["names"], group["params"]):
                 grad = box.grad
@@ -356,6 +358,26 @@ class Optimizer:
             box.value = view
             box.grad_space = grad_view  # gradients already made stay where they are: that step runs per array
         self._layouts[index] = [FlatTensors(param_views, params_flat), FlatTensors(grad_views, grads_flat), None]
+
+    def _new_flat_state(self, index, group) -> None:
+        """At a group's first step, when every parameter of it has a gradient and a flat layout: its state made
+        directly as views of one new flat array per buffer (``_init_buffer`` of the whole flat array), not made
+        per parameter and then copied in."""
+        layout = self.__dict__.get("_layouts", {}).get(index)
+        boxes, names = group["params"], group["names"]
+        if (layout is None or layout[2] is not None or any(name in self.state for name in names)
+                or any(box.grad is None for box in boxes)):
+            return
+        from backends.base import FlatTensors, flat_views
+
+        shapes = [box.shape for box in boxes]
+        buffers_flat = {}
+        for buffer in self.buffer_names(group):
+            flat = self._init_buffer(buffer, layout[0].flat, group)
+            buffers_flat[buffer] = FlatTensors(flat_views(self.backend.xp, flat, shapes), flat)
+        for i, name in enumerate(names):
+            self.state[name] = {buffer: views[i] for buffer, views in buffers_flat.items()}
+        layout[2] = buffers_flat
 
     def _flatten_state(self, index, names, states, buffers) -> dict:
         """The state buffers of a group's parameters (all of them present) as views of one flat array each."""

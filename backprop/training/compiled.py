@@ -121,14 +121,11 @@ class JaxCompiledStep:
     """``jax.jit`` of the training step (see the module docstring); ``run`` as ``TrainingStep.run``."""
 
     def __init__(self, step: TrainingStep):
-        import jax
-
         self.step = step
         self.backend = step.backend
         self.optimizer = step.optimizer
         self.swap = _StoreSwap(step)
-        self._jax = jax
-        self._program = jax.jit(self._trace, static_argnums=(0, 1), donate_argnums=(2, 4))
+        self._program = self.backend.compile_function(self._trace, static_argnums=(0, 1), donate_argnums=(2, 4))
         self._layout = None  # learnt from a first trace: the parameters the step updates, the norms' names
         self._steps_done = None  # per group: a device scalar, the steps its parameters have taken
         self._lr = None  # per group: (the host value, its device scalar)
@@ -202,15 +199,15 @@ class JaxCompiledStep:
         """One abstract trace (``jax.eval_shape``: Python only, nothing compiled) tells which parameters the step
         updates and the names of its gradient norms; the optimizer's state for those is then made (zeros, as
         its first eager step would) and each group's step count put on the device."""
-        jax, backend, optimizer = self._jax, self.backend, self.optimizer
+        backend, optimizer = self.backend, self.optimizer
         params, buffers, state, keys = self.swap.take()
         self._steps_done = [backend.xp.zeros((), dtype=backend.xp.float64, device=backend.device)
                             for _ in optimizer.param_groups]
         weights = tuple(float(w) for _, _, w in batch)
         arrays = tuple((x, y) for x, y, _ in batch)
         with backend.activate():
-            jax.eval_shape(lambda *a: self._trace(weights, True, *a), params, buffers, state,
-                           tuple(self._steps_done), tuple(self._lrs()), keys, metrics, None, arrays)
+            backend.trace_shapes(lambda *a: self._trace(weights, True, *a), params, buffers, state,
+                                 tuple(self._steps_done), tuple(self._lrs()), keys, metrics, None, arrays)
         seen = self._seen
         names = {}
         for group in optimizer.param_groups:
@@ -245,8 +242,6 @@ class TorchCompiledStep:
     program of its own, used once)."""
 
     def __init__(self, step: TrainingStep):
-        import torch
-
         self.step = step
         self.backend = step.backend
         self.optimizer = step.optimizer
@@ -254,9 +249,17 @@ class TorchCompiledStep:
         # gradients written as views, scaled through their base by clipping) the compiled step's weights
         # differed from the eager step's (seen with PyTorch 2.13 on the CPU; the cause was not pinned down).
         step.optimizer._forget_layouts()
-        self._compiled = torch.compile(step.run.__wrapped__, dynamic=False)
+        self._compiled = self.backend.compile_function(self._body)
         self._scalars = None  # per group: (the host learning rate, its tensor, the step number's tensor)
         self._stepped = None  # the names of the parameters the first step updated
+        self._norm_names = None  # the names of the gradient norms the first step sampled
+
+    def _body(self, batch, metrics, norm_sums):
+        """The compiled function: the step, the norm sums handed in as one tensor (or None) rather than the
+        trainer's dict, which changes from step to step and would compile the step anew each time."""
+        sums = None if norm_sums is None else {self._norm_names: norm_sums}
+        metrics, sums = self.step.run.__wrapped__(self.step, batch, metrics, sums)
+        return metrics, None if sums is None else sums[self._norm_names]
 
     def new_metrics(self):
         return self.step.new_metrics()
@@ -268,17 +271,27 @@ class TorchCompiledStep:
             before = dict(optimizer.param_steps)
             result = self.step.run(batch, metrics, norms)
             self._stepped = {name for name, count in optimizer.param_steps.items() if count != before.get(name)}
+            self._norm_names = tuple(self.step._gradients()[0])
             return result
         lrs, steps = self._device_scalars()
+        sums = None
+        if norms is not None:
+            sums = norms.get(self._norm_names)
+            if sums is None:
+                with self.backend.activate():
+                    sums = self.backend.xp.zeros((len(self._norm_names),), dtype=metrics.dtype,
+                                                 device=self.backend.device)
         optimizer._traced = {"lr": lrs, "step": steps, "stepped": set()}
         try:
-            result = self._compiled(self.step, list(batch), metrics, norms)
+            metrics, sums = self._compiled(list(batch), metrics, sums)
         finally:
             optimizer._traced = None
         optimizer.step_count += 1  # the host's step counts, as the eager step keeps them
         for name in self._stepped:
             optimizer.param_steps[name] += 1
-        return result
+        if norms is not None:
+            norms[self._norm_names] = sums
+        return metrics, norms
 
     def _device_scalars(self):
         """Each group's learning rate and this step's number as 0-d tensors, written in place (the compiled

@@ -46,6 +46,12 @@ class Trainer:
     micro-batch), weighted by its share of the step's examples, one all-reduce per step sums the gradients,
     metrics are summed over the ranks, and only rank 0 prints and runs the callbacks that write files
     (``Callback.root_only``). None (the default): one process, nothing changes.
+
+    The work of one update is a ``TrainingStep`` (``backprop/training/step.py``), which the loop feeds and
+    whose metrics it reads at ``log_points`` evenly spaced steps of each epoch (the only host reads of an
+    epoch). ``compile=True`` runs it as one compiled program (``backprop/training/compiled.py``: ``jax.jit`` on
+    JAX, ``torch.compile`` on PyTorch, CUDA Graph capture on CuPy; a ``ConfigError`` elsewhere); the weights are
+    the eager step's to float rounding.
     """
 
     def __init__(self, model, *, loss: str | Loss = "cross_entropy", optimizer="adam", lr: float | None = None,
