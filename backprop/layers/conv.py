@@ -26,8 +26,8 @@ class Conv2D(Layer):
     The backend may supply a faster implementation of the same computation (``backend.conv2d_forward``:
     NumPy lays the columns out channel-major, as row strips when the stride is 1, and multiplies in
     cache-sized blocks; PyTorch and JAX use their own convolution kernels); every other backend runs the
-    portable im2col path written with standard array operations. Set ``use_fast_path = False`` on a layer to force the portable path (the tests compare the
-    two).
+    portable im2col path written with standard array operations. Set ``use_fast_path = False`` on a layer to
+    force the portable path (the tests compare the two).
     """
 
     #: Use the backend's convolution when it has one (False: always the portable im2col path).
