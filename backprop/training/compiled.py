@@ -18,6 +18,8 @@ checkpoints are the same.
 
 from __future__ import annotations
 
+import types
+
 from ..errors import ConfigError
 from ..on_device import on_device
 from .step import MicroBatch, TrainingStep
@@ -263,7 +265,12 @@ class TorchCompiledStep:
         # gradients written as views, scaled through their base by clipping) the compiled step's weights
         # differed from the eager step's (seen with PyTorch 2.13 on the CPU; the cause was not pinned down).
         step.optimizer._forget_layouts()
-        self._compiled = self.backend.compile_function(self._body)
+        # A code object of its own: TorchDynamo keeps its compiled graphs (at most 8, then it runs eagerly) per
+        # code object, and every step compiled in this process (one per trainer) would share _body's.
+        body = TorchCompiledStep._body
+        own = types.FunctionType(body.__code__.replace(), body.__globals__, body.__name__, body.__defaults__,
+                                 body.__closure__)
+        self._compiled = self.backend.compile_function(types.MethodType(own, self))
         self._scalars = None  # per group: (the host learning rate, its tensor, the step number's tensor)
         self._stepped = None  # the names of the parameters the first step updated
         self._norm_names = None  # the names of the gradient norms the first step sampled
