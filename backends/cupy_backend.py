@@ -108,6 +108,7 @@ class CupyRandom(DeviceRandom):
 
 class CupyBackend(Backend):
     library = "cupy"
+    permutes_epochs = True  # a gather per batch would be two more launches a step
 
     def __init__(self, index: int):
         import array_api_compat.cupy as xp
