@@ -71,6 +71,12 @@ class Backend:
     def supports_float64(self) -> bool:
         return True
 
+    #: How the trainer shuffles an epoch: True, permute the whole dataset once and hand out slices (two
+    #: gathers an epoch, not two a step: fewer kernel launches, what a GPU wants); False (the default), gather
+    #: each batch's rows (on a CPU the rows then go to the matrix products from the cache, and no second copy
+    #: of the data is written every epoch).
+    permutes_epochs: bool = False
+
     def owns(self, x) -> bool:
         """True when ``x`` is an array of this library on this device (a cheap check)."""
         raise NotImplementedError

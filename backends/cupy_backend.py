@@ -109,6 +109,7 @@ class CupyRandom(DeviceRandom):
 
 class CupyBackend(Backend):
     library = "cupy"
+    permutes_epochs = True  # a gather per batch would be two more launches a step
 
     def allreducer(self, communicator):
         from .nccl import NcclReducer  # imports CuPy's NCCL bindings, only for a run on several GPUs

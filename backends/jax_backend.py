@@ -129,6 +129,10 @@ class JaxBackend(Backend):
         with jax.enable_x64(True), jax.default_device(self.device), jax.default_matmul_precision("highest"):
             yield self
 
+    @property
+    def permutes_epochs(self) -> bool:
+        return self.device.platform != "cpu"
+
     def owns(self, x) -> bool:
         if not isinstance(x, self._jax.Array):
             return False

@@ -99,6 +99,10 @@ class TorchBackend(Backend):
     def supports_float64(self) -> bool:
         return self.device.type != "mps"
 
+    @property
+    def permutes_epochs(self) -> bool:
+        return self.device.type != "cpu"  # on a GPU, fewer launches; on the CPU, batches gathered from the cache
+
     def activate(self):
         # PyTorch ops follow their tensors' device; the current CUDA device matters for what does not name one
         # (a plain "cuda" device, CUDA libraries and kernels called from other libraries). UNTESTED on a GPU.

@@ -5,12 +5,14 @@ Following ``torch.optim``, each optimizer is a functional core (``sgd(...)``,
 the parameter store (``Parameter`` boxes: a model, ``model.named_parameters()``,
 a list of boxes, or parameter groups), finds the parameters that have a
 gradient, creates their state buffers on first use, calls the core and stores
-what it returns (``param.value = new``). The cores return the updated
+what it returns (``param.value = new``). The cores run the backend's
+multi-tensor updates (``Backend.multi_tensor_adam``...: every parameter at once,
+over one flat buffer where the backend keeps them there) and return the updated
 parameters and state instead of changing them: arrays may be immutable (JAX),
-and where they are not, the backend's update methods (``add_scaled``) still
-write in place for speed and return the same arrays. All arrays stay on the
-model's device: a step makes no host round trips (hyperparameters and step
-counts are Python numbers).
+and where they are not, the updates write in place for speed and return the same
+arrays. All arrays stay on the model's device: a step makes no host round trips
+(hyperparameters and step counts are Python numbers, or device scalars inside a
+compiled step).
 
 Parameter groups, as ``torch.optim``: ``Adam([{"params": encoder, "lr": 1e-4}, {"params": head}], lr=1e-3)``
 gives each group its own hyperparameters (those a group does not set are the optimizer's). ``optimizer.lr``

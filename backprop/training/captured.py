@@ -134,19 +134,27 @@ class CapturedStep:
     def _device_scalars(self):
         backend, optimizer = self.backend, self.optimizer
         if self._scalars is None:  # the step numbers the warm-up left, then counted on the device
-            self._scalars = []
+            self._scalars, self._host_steps = [], []
             for group in optimizer.param_groups:
                 counts = {optimizer.param_steps[name] for name in group["names"] if name in self._stepped}
                 if len(counts) > 1:
                     raise ConfigError("compile: the parameters of one group have taken different numbers of steps; "
                                       "a captured step needs one count per group")
-                self._scalars.append((None, backend.set_scalar(None, 0.0),
-                                      backend.set_scalar(None, float(counts.pop() if counts else 0))))
+                count = counts.pop() if counts else 0
+                self._scalars.append((None, backend.set_scalar(None, 0.0), backend.set_scalar(None, float(count))))
+                self._host_steps.append(count)
         lrs, steps = [], []
         for index, (group, (host_lr, lr, number)) in enumerate(zip(optimizer.param_groups, self._scalars)):
             if host_lr != group["lr"]:
                 lr = backend.set_scalar(lr, group["lr"])
                 self._scalars[index] = (group["lr"], lr, number)
+            # the device counts the steps; the host's count differs from it only when the optimizer's state
+            # was loaded (a checkpoint, a rollback): then the host's is written into the same scalar
+            counted = [optimizer.param_steps[name] for name in group["names"] if name in self._stepped]
+            host = counted[0] if counted else 0
+            if host != self._host_steps[index]:
+                backend.set_scalar(number, float(host))
+            self._host_steps[index] = host + 1  # after this step
             lrs.append(lr)
             steps.append(number)
         return lrs, steps

@@ -18,6 +18,8 @@ checkpoints are the same.
 
 from __future__ import annotations
 
+import types
+
 from ..errors import ConfigError
 from ..on_device import on_device
 from .step import MicroBatch, TrainingStep
@@ -175,7 +177,7 @@ class JaxCompiledStep:
             if vector is None:
                 vector = self.backend.xp.zeros((len(names),), dtype=self.step.model.dtype, device=self.backend.device)
         new_params, new_buffers, new_state, steps, new_keys, metrics, vector = self._program(
-            weights, norms is not None, params, buffers, state, tuple(self._steps_done), tuple(self._lrs()), keys,
+            weights, norms is not None, params, buffers, state, tuple(self._step_numbers()), tuple(self._lrs()), keys,
             metrics, vector, arrays)
         swap.put(new_params, new_buffers, new_state, new_keys)
         self._steps_done = list(steps)
@@ -185,6 +187,19 @@ class JaxCompiledStep:
         if norms is not None and names is not None:
             norms[names] = vector
         return metrics, norms
+
+    def _step_numbers(self) -> list:
+        """Each group's step count on the device; put there anew from the host's count when the two parted (the
+        optimizer's state was loaded: a checkpoint, a rollback)."""
+        optimizer, backend = self.optimizer, self.backend
+        for index, group in enumerate(optimizer.param_groups):
+            counted = [optimizer.param_steps.get(name, 0) for name in group["names"] if name in self._layout["stepped"]]
+            host = counted[0] if counted else 0
+            if host != self._host_steps[index]:
+                self._steps_done[index] = backend.set_scalar(None, float(host))
+                self._host_steps[index] = host
+            self._host_steps[index] += 1  # after this step
+        return self._steps_done
 
     def _lrs(self) -> list:
         """Each group's learning rate as a device scalar, made anew only when the host value changed."""
@@ -227,6 +242,7 @@ class JaxCompiledStep:
         with backend.activate():
             self._steps_done = [backend.xp.asarray(float(counts[i]), dtype=backend.xp.float64)
                                 for i in range(len(optimizer.param_groups))]
+        self._host_steps = [counts[i] for i in range(len(optimizer.param_groups))]
         self._layout = {"stepped": frozenset(seen["stepped"]), "norm_names": seen["norm_names"]}
         if sample_norms and seen["norm_names"] is None:
             self._layout["norm_names"] = None
@@ -249,7 +265,12 @@ class TorchCompiledStep:
         # gradients written as views, scaled through their base by clipping) the compiled step's weights
         # differed from the eager step's (seen with PyTorch 2.13 on the CPU; the cause was not pinned down).
         step.optimizer._forget_layouts()
-        self._compiled = self.backend.compile_function(self._body)
+        # A code object of its own: TorchDynamo keeps its compiled graphs (at most 8, then it runs eagerly) per
+        # code object, and every step compiled in this process (one per trainer) would share _body's.
+        body = TorchCompiledStep._body
+        own = types.FunctionType(body.__code__.replace(), body.__globals__, body.__name__, body.__defaults__,
+                                 body.__closure__)
+        self._compiled = self.backend.compile_function(types.MethodType(own, self))
         self._scalars = None  # per group: (the host learning rate, its tensor, the step number's tensor)
         self._stepped = None  # the names of the parameters the first step updated
         self._norm_names = None  # the names of the gradient norms the first step sampled

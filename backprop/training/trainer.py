@@ -478,16 +478,16 @@ class Trainer:
 
 
 class EpochRows:
-    """The rows of an epoch in their shuffled order, handed out as slices: the data permuted once per epoch
-    (two gathers an epoch instead of two a step; a slice is a view, no copy and on a GPU no kernel) when the
-    permuted copy fits in a quarter of the memory the device has free, else gathered batch by batch. The same
-    rows in the same order either way."""
+    """The rows of an epoch in their shuffled order: on backends that ask for it (``Backend.permutes_epochs``:
+    GPUs) the data permuted once per epoch and handed out as slices (two gathers an epoch instead of two a step;
+    a slice is a view, no copy and no kernel) when the permuted copy fits in a quarter of the memory the device
+    has free; else gathered batch by batch. The same rows in the same order either way."""
 
     def __init__(self, backend, x, y, order):
         self.backend, self.x, self.y, self.order = backend, x, y, order
         self.n = x.shape[0]
         self.xs = self.ys = None
-        if order is not None and self._fits(backend, x, y):
+        if order is not None and backend.permutes_epochs and self._fits(backend, x, y):
             xp = backend.xp
             self.xs, self.ys = xp.take(x, order, axis=0), xp.take(y, order, axis=0)
 
