@@ -107,6 +107,56 @@ def _first_elements(flat, shape):
     return _slicer()(flat, shape)
 
 
+def _jitted_method(name: str, static=()):
+    """``Backend.<name>`` (the portable capability) as one jitted program per call signature: the backend and
+    the keyword arguments named in ``static`` are compile-time constants (they steer Python branches);
+    arrays, learning rates and step numbers are inputs, so a new value compiles nothing."""
+    compiled = {}
+
+    def method(self, *args, **kwargs):
+        program = compiled.get(name)
+        if program is None:
+            import jax
+
+            program = compiled[name] = jax.jit(getattr(Backend, name), static_argnums=(0,),
+                                               static_argnames=tuple(static))
+        with self.activate():
+            return program(self, *args, **kwargs)
+
+    method.__name__ = name
+    method.__doc__ = getattr(Backend, name).__doc__
+    return method
+
+
+@functools.cache
+def _jitted_dense():
+    """The dense layer's forward and backward passes (the portable formulas) as jitted programs."""
+    import jax
+    import jax.numpy as jnp
+
+    from .base import activation_backward, activation_forward
+
+    @functools.partial(jax.jit, static_argnums=(3, 4))
+    def forward(x, weight, bias, activation, slope):
+        z = x @ weight
+        if bias is not None:
+            z = z + bias
+        y = activation_forward(jnp, z, activation, slope)
+        return y, (z if activation == "gelu" else y)
+
+    @functools.partial(jax.jit, static_argnums=(4, 5, 6, 7))
+    def backward(grad_output, x, weight, kept, activation, slope, has_bias, input_grad):
+        grad = activation_backward(jnp, grad_output, kept, activation, slope)
+        inputs = jnp.reshape(x, (-1, weight.shape[0]))
+        flat_grad = jnp.reshape(grad, (-1, weight.shape[1]))
+        grad_weight = jnp.matrix_transpose(inputs) @ flat_grad
+        grad_bias = jnp.sum(flat_grad, axis=0) if has_bias else None
+        grad_input = grad @ jnp.matrix_transpose(weight) if input_grad else None
+        return grad_input, grad_weight, grad_bias
+
+    return forward, backward
+
+
 class JaxBackend(Backend):
     library = "jax"
 
@@ -200,6 +250,32 @@ class JaxBackend(Backend):
     def gru_cell_backward(self, dh, cache, weight_hh, *, pass_back, out=None):
         with self.activate():
             return _cells().gru_backward(dh, cache, weight_hh, bool(pass_back))
+
+    # -- the capabilities, each one compiled program (an eager step's dispatches: a few, not dozens; inside a
+    # compiled step XLA fuses them with the rest). The portable code of backends/base.py, jitted with this
+    # backend and the hyperparameters that steer Python branches static.
+    def dense_forward(self, x, weight, bias=None, activation=None, *, negative_slope=0.01):
+        with self.activate():
+            y, kept = _jitted_dense()[0](x, weight, bias, activation, float(negative_slope))
+        return y, (x, weight, kept, activation, negative_slope, bias is not None)
+
+    def dense_backward(self, grad_output, saved, *, input_grad=True, weight_grad_out=None, bias_grad_out=None):
+        x, weight, kept, activation, slope, has_bias = saved
+        with self.activate():
+            return _jitted_dense()[1](grad_output, x, weight, kept, activation, float(slope), bool(has_bias),
+                                      bool(input_grad))
+
+    softmax_cross_entropy = _jitted_method("softmax_cross_entropy", static=("with_grad",))
+    add_step_metrics = _jitted_method("add_step_metrics")
+    close_step_metrics = _jitted_method("close_step_metrics")
+    tensor_norms = _jitted_method("tensor_norms")
+    clip_coefficient = _jitted_method("clip_coefficient")
+    multi_tensor_scale = _jitted_method("multi_tensor_scale")
+    multi_tensor_sgd = _jitted_method("multi_tensor_sgd", static=("momentum", "nesterov", "weight_decay"))
+    multi_tensor_adam = _jitted_method("multi_tensor_adam", static=("beta1", "beta2", "weight_decay",
+                                                                    "decoupled_weight_decay"))
+    multi_tensor_rmsprop = _jitted_method("multi_tensor_rmsprop", static=("momentum", "weight_decay"))
+    multi_tensor_adagrad = _jitted_method("multi_tensor_adagrad", static=("weight_decay",))
 
     def compile_function(self, function, *, static_argnums=(), donate_argnums=()):
         return self._jax.jit(function, static_argnums=static_argnums, donate_argnums=donate_argnums)
