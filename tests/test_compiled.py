@@ -80,8 +80,7 @@ def test_a_jit_compiled_step_gives_the_eager_weights_and_resumes_exactly(digits,
         np.testing.assert_allclose(backend.to_host(arrays[key]), backend.to_host(array), rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning",
-                            "ignore:Dynamo detected a call to a `functools.lru_cache`-wrapped function:UserWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # Inductor's own
 def test_a_torch_compiled_step_gives_the_eager_weights():
     """torch.compile with Inductor, which writes and builds C++ kernels on the CPU (a C++ compiler is needed): one
     tiny model, three steps (compiling takes seconds; Inductor's cache makes later runs cheaper)."""

@@ -19,6 +19,7 @@ checkpoints are the same.
 from __future__ import annotations
 
 import types
+import warnings
 
 from ..errors import ConfigError
 from ..on_device import on_device
@@ -304,7 +305,11 @@ class TorchCompiledStep:
                                                  device=self.backend.device)
         optimizer._traced = {"lr": lrs, "step": steps, "stepped": set()}
         try:
-            metrics, sums = self._compiled(list(batch), metrics, sums)
+            with warnings.catch_warnings():
+                # array_api_compat caches its type checks with functools.lru_cache; Dynamo traces through the
+                # cache (right here: the checks depend on types alone) and says so at every compile
+                warnings.filterwarnings("ignore", "Dynamo detected a call to a `functools.lru_cache`", UserWarning)
+                metrics, sums = self._compiled(list(batch), metrics, sums)
         finally:
             optimizer._traced = None
         optimizer.step_count += 1  # the host's step counts, as the eager step keeps them
