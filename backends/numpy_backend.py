@@ -328,15 +328,8 @@ def _flat_arrays(*lists):
 # is stored, (O, C·kh·kw):  Y = W cols (O, N·OH·OW),  dW = dY colsᵀ,  dcols = Wᵀ dY.  Y comes back as an NCHW
 # view of channel-major (C, N, H, W) memory: elementwise NumPy operations keep that layout, so the pooling
 # and activation layers between convolutions and the gradients flowing back stay in it without copies.
-#
-# With stride 1 (the common case) the columns are "row strips" instead: for a kernel offset (i, j), the pixels
-# it meets at all output positions of one image are one contiguous run of the padded image, from row i·dh,
-# column j·dw, (OH − 1)·Wp + OW long (Wp: the padded width), read across the row ends. So each offset's copy is
-# one (C, N, run) block of long contiguous rows, not C·N·OH short ones (2.5x faster), and col2im adds whole runs
-# back the same way. The price: each run also holds Wp − OW "wrap-around" pixels per output row, which the
-# matrix product computes outputs for (up to Wp/OW more work: 8% for 28-pixel images and a 3x3 kernel); Y is a
-# strided view that skips them, and dY is copied into the run layout with zeros there, so they add nothing to
-# dW and nothing to the input's gradient.
+# (Tried and measured slower in a training step: columns as "row strips" that read across row ends, which make
+# the copies 2.5x faster but leave Y a view with gaps, and the ReLU after it 1.6x slower.)
 
 #: Columns per block of the products with the columns matrix (few rows, N·OH·OW columns): OpenBLAS runs them
 #: faster in blocks that stay in the CPU's cache than in one call (measured, one thread, 8 and 9 rows by 93,184
@@ -366,40 +359,12 @@ def _product_nn(a, b):
     return out
 
 
-def _channel_major(x, padding, fill=0.0):
-    """``x`` (N, C, H, W) as C-contiguous (C, N, H + 2ph, W + 2pw) memory, surrounded by ``fill``: a view of
-    ``x`` when it is laid out so already and needs no padding, else a copy."""
-    n, c, h, w = x.shape
-    ph, pw = padding
-    x_cnhw = x.transpose(1, 0, 2, 3)
-    if not (ph or pw):
-        return x_cnhw if x_cnhw.flags.c_contiguous else np.ascontiguousarray(x_cnhw)
-    padded = np.full((c, n, h + 2 * ph, w + 2 * pw), fill, dtype=x.dtype)
-    padded[:, :, ph:ph + h, pw:pw + w] = x_cnhw
-    return padded
-
-
-def _runs(flat, offset, shape, strides, *, writeable=False):
-    """The (C, N, run) view of a flat (C, N, Hp, Wp) buffer whose runs start ``offset`` elements into each image."""
-    return np.lib.stride_tricks.as_strided(flat[offset:], shape=shape, strides=strides, writeable=writeable)
-
-
-def _grid(runs, shape, row_stride):
-    """The (O, N, rows, columns) view of (O, N, run) row strips whose rows start ``row_stride`` elements apart."""
-    o_stride, n_stride, item_stride = runs.strides
-    return np.lib.stride_tricks.as_strided(runs, shape=(*runs.shape[:2], *shape),
-                                           strides=(o_stride, n_stride, row_stride * item_stride, item_stride))
-
-
 def _conv2d_forward(x, weight, bias, stride, padding, dilation):
     n, c, h, w = x.shape
     o, _, kh, kw = weight.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    w2 = weight.reshape(o, c * kh * kw)
-    if (sh, sw) == (1, 1):
-        return _conv2d_forward_runs(x, w2, bias, (kh, kw), (oh, ow), padding, dilation)
     x_cnhw = x.transpose(1, 0, 2, 3)
     if ph or pw:
         padded = np.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
@@ -411,71 +376,30 @@ def _conv2d_forward(x, weight, bias, stride, padding, dilation):
         for j in range(kw):
             cols[:, i, j] = padded[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
     cols = cols.reshape(c * kh * kw, n * oh * ow)
+    w2 = weight.reshape(o, c * kh * kw)
     y = _product_nn(w2, cols)
     if bias is not None:
         y += bias[:, None]
-    saved = (x.shape, padded.shape, cols, w2, (kh, kw), (oh, ow), stride, padding, dilation, None)
+    saved = (x.shape, padded.shape, cols, w2, (kh, kw), (oh, ow), stride, padding, dilation)
     return y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3), saved
 
 
-def _conv2d_forward_runs(x, w2, bias, kernel, out_shape, padding, dilation):
-    """Stride 1, with row-strip columns (see above)."""
-    n, c, h, w = x.shape
-    (kh, kw), (oh, ow), (dh, dw) = kernel, out_shape, dilation
-    o = w2.shape[0]
-    padded = _channel_major(x, padding)
-    hp, wp = padded.shape[2:]
-    run = (oh - 1) * wp + ow
-    item = padded.itemsize
-    flat = padded.reshape(-1)
-    cols = np.empty((c, kh, kw, n, run), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, i, j] = _runs(flat, i * dh * wp + j * dw, (c, n, run), (n * hp * wp * item, hp * wp * item, item))
-    cols = cols.reshape(c * kh * kw, n * run)
-    y = _product_nn(w2, cols)  # (O, N·run)
-    if bias is not None:
-        y += bias[:, None]
-    y = _grid(y.reshape(o, n, run), (oh, ow), wp)
-    saved = (x.shape, padded.shape, cols, w2, (kh, kw), (oh, ow), (1, 1), padding, dilation, run)
-    return y.transpose(1, 0, 2, 3), saved
-
-
 def _conv2d_backward(grad_output, saved, bias, input_grad=True):
-    x_shape, padded_shape, cols, w2, (kh, kw), (oh, ow), stride, padding, dilation, run = saved
+    x_shape, padded_shape, cols, w2, (kh, kw), (oh, ow), stride, padding, dilation = saved
     n, c, h, w = x_shape
     o = grad_output.shape[1]
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    if run is None:
-        g2 = grad_output.transpose(1, 0, 2, 3).reshape(o, n * oh * ow)  # no copy when dY is channel-major
-    else:  # dY in the row-strip layout, zeros in the wrap-around columns
-        wp = padded_shape[3]
-        g2 = np.empty((o, n, run), dtype=grad_output.dtype)
-        if oh > 1 and wp > ow:
-            _grid(g2[:, :, ow:], (oh - 1, wp - ow), wp)[...] = 0.0
-        _grid(g2, (oh, ow), wp)[...] = grad_output.transpose(1, 0, 2, 3)
-        g2 = g2.reshape(o, n * run)
-    grad_weight = _product_nt(cols, g2).T.reshape(o, c, kh, kw)
+    g2 = grad_output.transpose(1, 0, 2, 3).reshape(o, n * oh * ow)  # no copy when dY is channel-major
+    grad_weight = _product_nt(cols, g2).T.reshape(o, c, kh, kw)  # (cols dYᵀ)ᵀ: OpenBLAS's faster orientation
     grad_bias = g2.sum(axis=1) if bias else None
     if not input_grad:
         return None, grad_weight, grad_bias
+    grad_cols = (w2.T @ g2).reshape(c, kh, kw, n, oh, ow)
     grad_padded = np.zeros(padded_shape, dtype=grad_output.dtype)  # (C, N, H + 2ph, W + 2pw)
-    if run is None:
-        grad_cols = (w2.T @ g2).reshape(c, kh, kw, n, oh, ow)
-        for i in range(kh):
-            for j in range(kw):
-                grad_padded[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw] += \
-                    grad_cols[:, i, j]
-    else:
-        grad_cols = (w2.T @ g2).reshape(c, kh, kw, n, run)
-        hp, wp = padded_shape[2:]
-        item = grad_padded.itemsize
-        flat = grad_padded.reshape(-1)
-        for i in range(kh):
-            for j in range(kw):
-                target = _runs(flat, i * dh * wp + j * dw, (c, n, run), (n * hp * wp * item, hp * wp * item, item),
-                               writeable=True)
-                target += grad_cols[:, i, j]  # the runs of one offset never overlap: a plain in-place add
+    for i in range(kh):
+        for j in range(kw):
+            grad_padded[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw] += \
+                grad_cols[:, i, j]
     grad_input = grad_padded[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3)
     return grad_input, grad_weight, grad_bias
 

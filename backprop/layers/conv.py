@@ -24,10 +24,10 @@ class Conv2D(Layer):
     Backward: dL/dW += Σ_batch dL/dY Xᵀ,   dL/db += Σ_batch,positions dL/dY,   dL/dX = col2im(Wᵀ dL/dY)
 
     The backend may supply a faster implementation of the same computation (``backend.conv2d_forward``:
-    NumPy lays the columns out channel-major, as row strips when the stride is 1, and multiplies in
-    cache-sized blocks; PyTorch and JAX use their own convolution kernels); every other backend runs the
-    portable im2col path written with standard array operations. Set ``use_fast_path = False`` on a layer to
-    force the portable path (the tests compare the two).
+    NumPy lays the columns out channel-major and multiplies in cache-sized blocks; PyTorch and JAX use their
+    own convolution kernels); every other backend runs the portable im2col path written with standard array
+    operations. Set ``use_fast_path = False`` on a layer to force the portable path (the tests compare the
+    two).
     """
 
     #: Use the backend's convolution when it has one (False: always the portable im2col path).
