@@ -425,16 +425,19 @@ class Backend:
         with self.activate():
             return lstm_cell_forward(self.xp, a, h_prev, c_prev, weight_hh)
 
-    def lstm_cell_backward(self, dh, dc, cache, weight_hh, *, pass_back: bool, out=None):
+    def lstm_cell_backward(self, dh, dc, cache, weight_hh, *, pass_back: bool, out=None, weight_hh_t=None):
         """The chain rule through one LSTM step.
 
         ``dh``: dL/dh_t ``(batch, hidden)`` (read only); ``dc``: dL/dc_t from the step after (None: none);
         ``cache``: what ``lstm_cell_forward`` returned for this step. Returns ``(da, dh_prev, dc_prev)``:
         dL/d(pre-activations) ``(batch, 4·hidden)``, and, only when ``pass_back``, the gradients for the
         previous state (else None, None). ``out``: an array of ``da``'s shape that a backend with
-        ``cells_write_out`` writes ``da`` into (and returns); the default returns a new array."""
+        ``cells_write_out`` writes ``da`` into (and returns); the default returns a new array.
+        ``weight_hh_t``: ``transposed_for_products(weight_hh)``, made once for all the steps of a pass (None:
+        the cell transposes ``weight_hh`` itself)."""
         with self.activate():
-            return lstm_cell_backward(self.xp, dh, dc, cache, weight_hh, pass_back)
+            return lstm_cell_backward(self.xp, dh, dc, cache, _transposed(self.xp, weight_hh, weight_hh_t),
+                                      pass_back)
 
     def gru_cell_forward(self, a, h_prev, weight_hh, bias_hn):
         """One GRU step, PyTorch's formulation and gate order (r, z, n).
@@ -445,15 +448,22 @@ class Backend:
         with self.activate():
             return gru_cell_forward(self.xp, a, h_prev, weight_hh, bias_hn)
 
-    def gru_cell_backward(self, dh, cache, weight_hh, *, pass_back: bool, out=None):
+    def gru_cell_backward(self, dh, cache, weight_hh, *, pass_back: bool, out=None, weight_hh_t=None):
         """The chain rule through one GRU step, given dL/dh_t ``dh`` (read only).
 
         Returns ``(d_in, d_hh, dh_prev)``: dL/d(pre-activations) as ``weight_ih`` and the bias see them, as
         ``weight_hh`` sees them (they differ in the n block: r ⊙ da_n), both ``(batch, 3·hidden)``, and dL/dh_{t−1}
-        (None unless ``pass_back``). ``out``: None or a pair of arrays for ``d_in`` and ``d_hh`` (see
-        ``lstm_cell_backward``)."""
+        (None unless ``pass_back``). ``out``: None or a pair of arrays for ``d_in`` and ``d_hh``;
+        ``weight_hh_t``: as for ``lstm_cell_backward``."""
         with self.activate():
-            return gru_cell_backward(self.xp, dh, cache, weight_hh, pass_back)
+            return gru_cell_backward(self.xp, dh, cache, _transposed(self.xp, weight_hh, weight_hh_t), pass_back)
+
+    def transposed_for_products(self, weight):
+        """``weight``ᵀ laid out for the matrix products of many steps in a row (a recurrent layer's backward
+        pass asks once and hands the result to every step's cell as ``weight_hh_t``), or None (the default)
+        when using the transposed view at each step is as fast. NumPy makes a C-contiguous copy: OpenBLAS
+        multiplies by a transposed view 20-25% slower (one thread, 64x512 by 512x128)."""
+        return None
 
     def limit_threads(self, threads: int) -> bool:
         """Use at most ``threads`` CPU threads for this library's kernels (BLAS, OpenMP); False when the
@@ -508,13 +518,17 @@ def lstm_cell_forward(xp, a, h_prev, c_prev, weight_hh):
     return o * tanh_c, c, (gates, c_prev, tanh_c)
 
 
-def lstm_cell_backward(xp, dh, dc, cache, weight_hh, pass_back):
-    """``Backend.lstm_cell_backward`` with new arrays only:
+def _transposed(xp, weight, weight_t):
+    return xp.matrix_transpose(weight) if weight_t is None else weight_t
+
+
+def lstm_cell_backward(xp, dh, dc, cache, weight_hh_t, pass_back):
+    """``Backend.lstm_cell_backward`` with new arrays only (``weight_hh_t``: W_hhᵀ, (4·hidden, hidden)):
         dc_t = dc + dh ⊙ o ⊙ (1 − tanh² c_t)
         da = [dc_t ⊙ g ⊙ i(1−i),  dc_t ⊙ c_{t−1} ⊙ f(1−f),  dc_t ⊙ i ⊙ (1−g²),  dh ⊙ tanh c_t ⊙ o(1−o)]
         dh_{t−1} = da W_hhᵀ,   dc_{t−1} = dc_t ⊙ f"""
     gates, c_prev, tanh_c = cache
-    hidden = weight_hh.shape[0]
+    hidden = weight_hh_t.shape[1]
     i, f, g, o = (gates[:, k * hidden:(k + 1) * hidden] for k in range(4))
     dc_t = dh * o * (1.0 - tanh_c * tanh_c)
     if dc is not None:
@@ -524,7 +538,7 @@ def lstm_cell_backward(xp, dh, dc, cache, weight_hh, pass_back):
                    axis=1)
     if not pass_back:
         return da, None, None
-    return da, da @ xp.matrix_transpose(weight_hh), dc_t * f
+    return da, da @ weight_hh_t, dc_t * f
 
 
 def gru_cell_forward(xp, a, h_prev, weight_hh, bias_hn):
@@ -544,12 +558,12 @@ def gru_cell_forward(xp, a, h_prev, weight_hh, bias_hn):
     return h, (h_prev, rz, n, hn)
 
 
-def gru_cell_backward(xp, dh, cache, weight_hh, pass_back):
-    """``Backend.gru_cell_backward`` with new arrays only:
+def gru_cell_backward(xp, dh, cache, weight_hh_t, pass_back):
+    """``Backend.gru_cell_backward`` with new arrays only (``weight_hh_t``: W_hhᵀ, (3·hidden, hidden)):
         da_n = dh ⊙ (1 − z) ⊙ (1 − n²),   dz = dh ⊙ (h_{t−1} − n),   [da_r, da_z] = [da_n ⊙ hn, dz] ⊙ σ'
         d_in = [da_r, da_z, da_n],   d_hh = [da_r, da_z, r ⊙ da_n],   dh_{t−1} = dh ⊙ z + d_hh W_hhᵀ"""
     h_prev, rz, n, hn = cache
-    hidden = weight_hh.shape[0]
+    hidden = weight_hh_t.shape[1]
     r, z = rz[:, :hidden], rz[:, hidden:]
     da_n = dh * (1.0 - z) * (1.0 - n * n)
     dz = dh * (h_prev - n) if h_prev is not None else -(dh * n)
@@ -558,7 +572,7 @@ def gru_cell_backward(xp, dh, cache, weight_hh, pass_back):
     d_hh = xp.concat([da_rz, r * da_n], axis=1)
     if not pass_back:
         return d_in, d_hh, None
-    return d_in, d_hh, dh * z + d_hh @ xp.matrix_transpose(weight_hh)
+    return d_in, d_hh, dh * z + d_hh @ weight_hh_t
 
 
 #: The order of the step metrics vector the trainer keeps on the device (``softmax_cross_entropy``,

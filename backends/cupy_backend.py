@@ -185,17 +185,17 @@ class CupyBackend(Backend):
         with self._cupy_device:
             return cupy_cells.lstm_cell_forward(self._cupy, a, h_prev, c_prev, weight_hh)
 
-    def lstm_cell_backward(self, dh, dc, cache, weight_hh, *, pass_back, out=None):
+    def lstm_cell_backward(self, dh, dc, cache, weight_hh, *, pass_back, out=None, weight_hh_t=None):
         with self._cupy_device:
-            return cupy_cells.lstm_cell_backward(self._cupy, dh, dc, cache, weight_hh, pass_back, out)
+            return cupy_cells.lstm_cell_backward(self._cupy, dh, dc, cache, weight_hh, pass_back, out, weight_hh_t)
 
     def gru_cell_forward(self, a, h_prev, weight_hh, bias_hn):
         with self._cupy_device:
             return cupy_cells.gru_cell_forward(self._cupy, a, h_prev, weight_hh, bias_hn)
 
-    def gru_cell_backward(self, dh, cache, weight_hh, *, pass_back, out=None):
+    def gru_cell_backward(self, dh, cache, weight_hh, *, pass_back, out=None, weight_hh_t=None):
         with self._cupy_device:
-            return cupy_cells.gru_cell_backward(self._cupy, dh, cache, weight_hh, pass_back, out)
+            return cupy_cells.gru_cell_backward(self._cupy, dh, cache, weight_hh, pass_back, out, weight_hh_t)
 
     # -- fused and multi-tensor capabilities: the kernels of backends/cuda_kernels.py ----------------------------
     # UNTESTED on a GPU (none was available): written against CuPy's documented API and compiled with NVRTC in

@@ -43,7 +43,7 @@ def lstm_cell_forward(cupy, a, h_prev, c_prev, weight_hh):
     return h, c, (gates, c_prev, tanh_c)
 
 
-def lstm_cell_backward(cupy, dh, dc, cache, weight_hh, pass_back, out=None):
+def lstm_cell_backward(cupy, dh, dc, cache, weight_hh, pass_back, out=None, weight_hh_t=None):
     gates, c_prev, tanh_c = cache
     hidden = weight_hh.shape[0]
     da = _block(cupy, out, gates)
@@ -53,7 +53,7 @@ def lstm_cell_backward(cupy, dh, dc, cache, weight_hh, pass_back, out=None):
                                         int(has_dc), int(has_prev), da, dc_prev)
     if not pass_back:
         return da, None, None
-    return da, da @ weight_hh.T, dc_prev
+    return da, da @ (weight_hh.T if weight_hh_t is None else weight_hh_t), dc_prev
 
 
 def gru_cell_forward(cupy, a, h_prev, weight_hh, bias_hn):
@@ -69,7 +69,7 @@ def gru_cell_forward(cupy, a, h_prev, weight_hh, bias_hn):
     return h, (h_prev, gates, hh)
 
 
-def gru_cell_backward(cupy, dh, cache, weight_hh, pass_back, out=None):
+def gru_cell_backward(cupy, dh, cache, weight_hh, pass_back, out=None, weight_hh_t=None):
     h_prev, gates, hn = cache
     hidden = weight_hh.shape[0]
     d_in, d_hh = out if out is not None else (None, None)
@@ -83,6 +83,6 @@ def gru_cell_backward(cupy, dh, cache, weight_hh, pass_back, out=None):
                                        int(h_prev is not None), d_in, d_hh, dh_direct)
     if not pass_back:
         return d_in, d_hh, None
-    dh_prev = d_hh @ weight_hh.T
+    dh_prev = d_hh @ (weight_hh.T if weight_hh_t is None else weight_hh_t)
     dh_prev += dh_direct
     return d_in, d_hh, dh_prev

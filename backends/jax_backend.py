@@ -239,15 +239,15 @@ class JaxBackend(Backend):
         with self.activate():
             return _cells().lstm_forward(a, h_prev, c_prev, weight_hh)
 
-    def lstm_cell_backward(self, dh, dc, cache, weight_hh, *, pass_back, out=None):
-        with self.activate():
+    def lstm_cell_backward(self, dh, dc, cache, weight_hh, *, pass_back, out=None, weight_hh_t=None):
+        with self.activate():  # (weight_hh_t: None from this backend; XLA transposes inside the program)
             return _cells().lstm_backward(dh, dc, cache, weight_hh, bool(pass_back))
 
     def gru_cell_forward(self, a, h_prev, weight_hh, bias_hn):
         with self.activate():
             return _cells().gru_forward(a, h_prev, weight_hh, bias_hn)
 
-    def gru_cell_backward(self, dh, cache, weight_hh, *, pass_back, out=None):
+    def gru_cell_backward(self, dh, cache, weight_hh, *, pass_back, out=None, weight_hh_t=None):
         with self.activate():
             return _cells().gru_backward(dh, cache, weight_hh, bool(pass_back))
 
@@ -321,11 +321,17 @@ def _cells():
 
     from . import base
 
+    def lstm_backward(dh, dc, cache, weight_hh, pass_back):
+        return base.lstm_cell_backward(jnp, dh, dc, cache, weight_hh.T, pass_back)
+
+    def gru_backward(dh, cache, weight_hh, pass_back):
+        return base.gru_cell_backward(jnp, dh, cache, weight_hh.T, pass_back)
+
     return types.SimpleNamespace(
         lstm_forward=jax.jit(functools.partial(base.lstm_cell_forward, jnp)),
-        lstm_backward=jax.jit(functools.partial(base.lstm_cell_backward, jnp), static_argnums=4),
+        lstm_backward=jax.jit(lstm_backward, static_argnums=4),
         gru_forward=jax.jit(functools.partial(base.gru_cell_forward, jnp)),
-        gru_backward=jax.jit(functools.partial(base.gru_cell_backward, jnp), static_argnums=3))
+        gru_backward=jax.jit(gru_backward, static_argnums=3))
 
 
 @functools.cache

@@ -286,14 +286,17 @@ class NumpyBackend(Backend):
     def lstm_cell_forward(self, a, h_prev, c_prev, weight_hh):
         return numpy_cells.lstm_cell_forward(a, h_prev, c_prev, weight_hh)
 
-    def lstm_cell_backward(self, dh, dc, cache, weight_hh, *, pass_back, out=None):
-        return numpy_cells.lstm_cell_backward(dh, dc, cache, weight_hh, pass_back, out)
+    def lstm_cell_backward(self, dh, dc, cache, weight_hh, *, pass_back, out=None, weight_hh_t=None):
+        return numpy_cells.lstm_cell_backward(dh, dc, cache, weight_hh, pass_back, out, weight_hh_t)
 
     def gru_cell_forward(self, a, h_prev, weight_hh, bias_hn):
         return numpy_cells.gru_cell_forward(a, h_prev, weight_hh, bias_hn)
 
-    def gru_cell_backward(self, dh, cache, weight_hh, *, pass_back, out=None):
-        return numpy_cells.gru_cell_backward(dh, cache, weight_hh, pass_back, out)
+    def gru_cell_backward(self, dh, cache, weight_hh, *, pass_back, out=None, weight_hh_t=None):
+        return numpy_cells.gru_cell_backward(dh, cache, weight_hh, pass_back, out, weight_hh_t)
+
+    def transposed_for_products(self, weight):
+        return np.ascontiguousarray(weight.T)
 
     def memory_stats(self):
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -68,7 +68,7 @@ def lstm_cell_forward(a, h_prev, c_prev, weight_hh):
     return h, c, (gates, c_prev, tanh_c)
 
 
-def lstm_cell_backward(dh, dc, cache, weight_hh, pass_back, out=None):
+def lstm_cell_backward(dh, dc, cache, weight_hh, pass_back, out=None, weight_hh_t=None):
     gates, c_prev, tanh_c = cache
     hidden = weight_hh.shape[0]
     if out is None or not writable_float(out) or out.shape != gates.shape or out.dtype != gates.dtype:
@@ -94,7 +94,7 @@ def lstm_cell_backward(dh, dc, cache, weight_hh, pass_back, out=None):
     da *= derivative
     if not pass_back:
         return da, None, None
-    return da, da @ weight_hh.T, np.multiply(dc_t, f)
+    return da, da @ (weight_hh.T if weight_hh_t is None else weight_hh_t), np.multiply(dc_t, f)
 
 
 def gru_cell_forward(a, h_prev, weight_hh, bias_hn):
@@ -127,7 +127,7 @@ def gru_cell_forward(a, h_prev, weight_hh, bias_hn):
     return h, (h_prev, a, hn)
 
 
-def gru_cell_backward(dh, cache, weight_hh, pass_back, out=None):
+def gru_cell_backward(dh, cache, weight_hh, pass_back, out=None, weight_hh_t=None):
     h_prev, gates, hn = cache
     hidden = weight_hh.shape[0]
     two = 2 * hidden
@@ -160,7 +160,7 @@ def gru_cell_backward(dh, cache, weight_hh, pass_back, out=None):
     np.multiply(r, da_n, out=d_hh[:, two:])
     if not pass_back:
         return d_in, d_hh, None
-    dh_prev = d_hh @ weight_hh.T
+    dh_prev = d_hh @ (weight_hh.T if weight_hh_t is None else weight_hh_t)
     dh_prev += dh * z
     return d_in, d_hh, dh_prev
 

@@ -294,17 +294,17 @@ class TorchBackend(Backend):
         with self.activate():
             return torch_cells.lstm_cell_forward(self._torch, a, h_prev, c_prev, weight_hh)
 
-    def lstm_cell_backward(self, dh, dc, cache, weight_hh, *, pass_back, out=None):
+    def lstm_cell_backward(self, dh, dc, cache, weight_hh, *, pass_back, out=None, weight_hh_t=None):
         with self.activate():
-            return torch_cells.lstm_cell_backward(self._torch, dh, dc, cache, weight_hh, pass_back, out)
+            return torch_cells.lstm_cell_backward(self._torch, dh, dc, cache, weight_hh, pass_back, out, weight_hh_t)
 
     def gru_cell_forward(self, a, h_prev, weight_hh, bias_hn):
         with self.activate():
             return torch_cells.gru_cell_forward(self._torch, a, h_prev, weight_hh, bias_hn)
 
-    def gru_cell_backward(self, dh, cache, weight_hh, *, pass_back, out=None):
+    def gru_cell_backward(self, dh, cache, weight_hh, *, pass_back, out=None, weight_hh_t=None):
         with self.activate():
-            return torch_cells.gru_cell_backward(self._torch, dh, cache, weight_hh, pass_back, out)
+            return torch_cells.gru_cell_backward(self._torch, dh, cache, weight_hh, pass_back, out, weight_hh_t)
 
     def synchronize(self):
         if self.device.type == "cuda":

@@ -40,7 +40,7 @@ def lstm_cell_forward(torch, a, h_prev, c_prev, weight_hh):
     return torch.mul(o, tanh_c), c, (gates, c_prev, tanh_c)
 
 
-def lstm_cell_backward(torch, dh, dc, cache, weight_hh, pass_back, out=None):
+def lstm_cell_backward(torch, dh, dc, cache, weight_hh, pass_back, out=None, weight_hh_t=None):
     gates, c_prev, tanh_c = cache
     hidden = weight_hh.shape[0]
     da = out if _usable(out, gates) else torch.empty_like(gates)
@@ -59,7 +59,7 @@ def lstm_cell_backward(torch, dh, dc, cache, weight_hh, pass_back, out=None):
     da.mul_(torch.rsub(gates, 1.0).mul_(gates + _g_one(torch, hidden, gates.dtype, gates.device)))
     if not pass_back:
         return da, None, None
-    return da, torch.mm(da, weight_hh.t()), torch.mul(dc_t, f)
+    return da, torch.mm(da, weight_hh.t() if weight_hh_t is None else weight_hh_t), torch.mul(dc_t, f)
 
 
 def gru_cell_forward(torch, a, h_prev, weight_hh, bias_hn):
@@ -82,7 +82,7 @@ def gru_cell_forward(torch, a, h_prev, weight_hh, bias_hn):
     return h, (h_prev, a, hn)
 
 
-def gru_cell_backward(torch, dh, cache, weight_hh, pass_back, out=None):
+def gru_cell_backward(torch, dh, cache, weight_hh, pass_back, out=None, weight_hh_t=None):
     h_prev, gates, hn = cache
     hidden = weight_hh.shape[0]
     two = 2 * hidden
@@ -102,4 +102,4 @@ def gru_cell_backward(torch, dh, cache, weight_hh, pass_back, out=None):
     torch.mul(r, da_n, out=d_hh[:, two:])
     if not pass_back:
         return d_in, d_hh, None
-    return d_in, d_hh, torch.mm(d_hh, weight_hh.t()).addcmul_(dh, z)
+    return d_in, d_hh, torch.mm(d_hh, weight_hh.t() if weight_hh_t is None else weight_hh_t).addcmul_(dh, z)

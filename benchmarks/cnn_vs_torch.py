@@ -35,7 +35,7 @@ from pathlib import Path
 
 from . import machine, report
 
-TARGET_RATIO = 1.5  # the issue: an epoch on NumPy at most 1.5x slower than PyTorch CPU
+TARGET_RATIO = 1.0  # issue 13: an epoch on NumPy no slower than PyTorch CPU (issue 5 had asked for 1.5x)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -161,7 +161,7 @@ def test_cupy_lstm_cell_equals_the_portable_cell(on_cpu, first, pass_back, with_
     state = (None, None) if first else (h_prev, c_prev)
     dc = dc if with_dc else None
     h, c, cache = base.lstm_cell_forward(host_xp, a.copy(), *state, weight_hh)
-    expected = base.lstm_cell_backward(host_xp, dh, dc, cache, weight_hh, pass_back)
+    expected = base.lstm_cell_backward(host_xp, dh, dc, cache, weight_hh.T, pass_back)
 
     block = np.zeros((2, B, 4 * H))[1]  # one step's block of a (time, batch, gates) array
     got_h, got_c, got_cache = cupy_cells.lstm_cell_forward(on_cpu, a.copy(), *state, weight_hh)
@@ -181,7 +181,7 @@ def test_cupy_gru_cell_equals_the_portable_cell(on_cpu, first, pass_back):
     a, h_prev, weight_hh, bias_hn, dh = _arrays(2, (B, 3 * H), (B, H), (H, 3 * H), (H,), (B, H))
     h_prev = None if first else h_prev
     h, cache = base.gru_cell_forward(host_xp, a.copy(), h_prev, weight_hh, bias_hn)
-    expected = base.gru_cell_backward(host_xp, dh, cache, weight_hh, pass_back)
+    expected = base.gru_cell_backward(host_xp, dh, cache, weight_hh.T, pass_back)
 
     blocks = (np.zeros((2, B, 3 * H)), np.zeros((2, B, 3 * H)))
     got_h, got_cache = cupy_cells.gru_cell_forward(on_cpu, a.copy(), h_prev, weight_hh, bias_hn)

@@ -26,9 +26,9 @@ def _reference(kind, a, state, weight_hh, bias_hn, dh, dc, pass_back):
     if kind == "lstm":
         h_prev, c_prev = state
         h, c, cache = base.lstm_cell_forward(host_xp, a.copy(), h_prev, c_prev, weight_hh)
-        return (h, c), base.lstm_cell_backward(host_xp, dh, dc, cache, weight_hh, pass_back)
+        return (h, c), base.lstm_cell_backward(host_xp, dh, dc, cache, weight_hh.T, pass_back)
     h, cache = base.gru_cell_forward(host_xp, a.copy(), state[0], weight_hh, bias_hn)
-    return (h,), base.gru_cell_backward(host_xp, dh, cache, weight_hh, pass_back)
+    return (h,), base.gru_cell_backward(host_xp, dh, cache, weight_hh.T, pass_back)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
@@ -52,15 +52,18 @@ def test_fused_cells_match_the_portable_cell(backend, kind, first, pass_back):
         buffers = [backend.xp.zeros((2, B, width), dtype=backend.xp.float32, device=backend.device)
                    for _ in range(2)]
         out = tuple(buffer[1, ...] for buffer in buffers)  # a step's block of (time, batch, gates) arrays
+    # a later step also takes W_hhᵀ as the layer hands it over (NumPy: a contiguous copy; else None)
+    weight_t = None if first else backend.transposed_for_products(weight)
     if kind == "lstm":
         h, c, cache = backend.lstm_cell_forward(put(a), h0, c0, weight)
         outputs = (h, c)
-        grads = backend.lstm_cell_backward(d_h, d_c, cache, weight, pass_back=pass_back, out=out[0])
+        grads = backend.lstm_cell_backward(d_h, d_c, cache, weight, pass_back=pass_back, out=out[0],
+                                           weight_hh_t=weight_t)
         written = grads[:1]
     else:
         h, cache = backend.gru_cell_forward(put(a), h0, weight, bias)
         outputs = (h,)
-        grads = backend.gru_cell_backward(d_h, cache, weight, pass_back=pass_back, out=out)
+        grads = backend.gru_cell_backward(d_h, cache, weight, pass_back=pass_back, out=out, weight_hh_t=weight_t)
         written = grads[:2]
     for got, want in zip(outputs, expected_out):
         assert_on_backend(got, backend, shape=(B, H))

@@ -226,6 +226,8 @@ class Recurrent(Layer):
             d_in: list = [None] * steps
             d_hh: list = [None] * steps
             views: list = [None] * steps  # the parts of ``outs`` handed to each step
+            # W_hhᵀ once for every step's product, where the backend has a faster layout for it than a view
+            params = {**params, "weight_hh_t": backend.transposed_for_products(params["weight_hh"])}
             dh_seen: list = [zeros] * steps  # dL/dh_t, for grad_norms_through_time
             carry_h = carry_c = None  # gradient reaching this step's state from the step after it
             for pos in range(steps - 1, -1, -1):
@@ -385,7 +387,8 @@ class LSTM(Recurrent):
 
     def _cell_backward(self, dh, dc, cache, params, pass_back, out):
         da, dh_prev, dc_prev = self.backend.lstm_cell_backward(dh, dc, cache, params["weight_hh"],
-                                                               pass_back=pass_back, out=out and out[0])
+                                                               pass_back=pass_back, out=out and out[0],
+                                                               weight_hh_t=params.get("weight_hh_t"))
         return da, da, dh_prev, dc_prev
 
 
@@ -417,7 +420,7 @@ class GRU(Recurrent):
 
     def _cell_backward(self, dh, dc, cache, params, pass_back, out):
         d_in, d_hh, dh_prev = self.backend.gru_cell_backward(dh, cache, params["weight_hh"], pass_back=pass_back,
-                                                             out=out)
+                                                             out=out, weight_hh_t=params.get("weight_hh_t"))
         return d_in, d_hh, dh_prev, None
 
 
