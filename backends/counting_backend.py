@@ -36,6 +36,7 @@ from .base import Backend, flat_views
 from .errors import BackendUnavailable
 from .registry import BackendFamily, register_backend
 from .strict_backend import StrictRandom
+from .wrapped_array import WrappedArray
 
 
 class CallCounter:
@@ -94,22 +95,10 @@ def _basic_index(key) -> bool:
     return all(k is None or k is Ellipsis or isinstance(k, (int, slice)) for k in keys)
 
 
-class CountingArray:
+class CountingArray(WrappedArray):
     """An array_api_strict array whose every operation is counted (see the module docstring)."""
 
-    __slots__ = ("_inner",)
-    __hash__ = None  # as the array API's arrays: == is elementwise
-
-    def __init__(self, inner):
-        self._inner = inner
-
-    shape = property(lambda self: self._inner.shape)
-    dtype = property(lambda self: self._inner.dtype)
-    device = property(lambda self: self._inner.device)
-    ndim = property(lambda self: self._inner.ndim)
-    size = property(lambda self: self._inner.size)
-    T = property(lambda self: CountingArray(self._inner.T))
-    mT = property(lambda self: CountingArray(self._inner.mT))
+    __slots__ = ()
 
     def __array_namespace__(self, /, *, api_version=None):
         return NAMESPACE

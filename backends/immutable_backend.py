@@ -29,6 +29,7 @@ from .base import Backend
 from .errors import BackendUnavailable
 from .registry import BackendFamily, register_backend
 from .strict_backend import StrictRandom
+from .wrapped_array import WrappedArray
 
 
 class ImmutableArrayError(TypeError):
@@ -47,22 +48,10 @@ _OPERATORS += ["__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__ne
                "__iter__", "__dlpack__", "__dlpack_device__", "to_device"]
 
 
-class ImmutableArray:
+class ImmutableArray(WrappedArray):
     """An array_api_strict array that cannot be changed: every in-place operation raises ``ImmutableArrayError``."""
 
-    __slots__ = ("_inner",)
-    __hash__ = None  # as the array API's arrays: == is elementwise
-
-    def __init__(self, inner):
-        self._inner = inner
-
-    shape = property(lambda self: self._inner.shape)
-    dtype = property(lambda self: self._inner.dtype)
-    device = property(lambda self: self._inner.device)
-    ndim = property(lambda self: self._inner.ndim)
-    size = property(lambda self: self._inner.size)
-    T = property(lambda self: ImmutableArray(self._inner.T))
-    mT = property(lambda self: ImmutableArray(self._inner.mT))
+    __slots__ = ()
 
     def __array_namespace__(self, /, *, api_version=None):
         return NAMESPACE
