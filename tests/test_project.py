@@ -112,7 +112,9 @@ def test_the_readme_python_example_runs_and_updates_the_weights(monkeypatch):
     """The "In Python" quickstart is run as written (on NumPy, wherever this runs): it must not rot as the API
     moves, and its step must change the weights."""
     readme = (ROOT / "README.md").read_text()
-    match = re.search(r"## In Python\s*```python\n(.*?)```", readme, re.S)
+    headings = re.findall(r"^## (.*)$", readme, re.M)
+    assert headings[:2] == ["Set up on a fresh machine", "In Python"], "the quickstart follows the set-up commands"
+    match = re.search(r"## In Python\n[^#]*?```python\n(.*?)```", readme, re.S)
     assert match, "README has no Python block under '## In Python'"
     code = match.group(1).replace('bp.get_backend("auto")', 'bp.get_backend("numpy")')
     namespace: dict = {}
