@@ -12,20 +12,27 @@ computed in full precision ("ieee"); the previous settings come back on the way 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
 from . import torch_cells
+from .array_types import Array, Device, DType, HostArrayLike
 from .base import Backend, FlatTensors, activation_backward, activation_forward, flat_views
+from .cupy_backend import nvidia_driver_loads
 from .errors import BackendUnavailable
-from .random import DeviceRandom, seed_to_int
+from .random import DeviceRandom, Seed, seed_to_int
 
 
 class TorchRandom(DeviceRandom):
-    def __init__(self, backend, seed):
+    def __init__(self, backend: TorchBackend, seed: Seed):
         super().__init__(backend, seed)
-        import torch
+        import torch  # lazy: optional library
 
         self._torch = torch
         self._generator = torch.Generator(device=backend.device)
@@ -37,11 +44,11 @@ class TorchRandom(DeviceRandom):
     def _normal01(self, shape, dtype):
         return self._torch.randn(shape, generator=self._generator, dtype=dtype, device=self.backend.device)
 
-    def permutation(self, n):
+    def permutation(self, n: int) -> Array:
         return self._torch.randperm(n, generator=self._generator, device=self.backend.device)
 
 
-def tf32_switches(torch) -> list[tuple[object, str, object]]:
+def tf32_switches(torch: ModuleType) -> list[tuple[object, str, object]]:
     """``(owner, attribute, exact value)`` for each switch that lets PyTorch compute float32 in TF32 on CUDA:
     convolutions, RNNs and matrix products (``fp32_precision`` from PyTorch 2.9; ``allow_tf32`` before)."""
     backends = torch.backends
@@ -52,7 +59,7 @@ def tf32_switches(torch) -> list[tuple[object, str, object]]:
 
 
 @contextlib.contextmanager
-def exact_float32(switches):
+def exact_float32(switches: Sequence[tuple[object, str, object]]) -> Iterator[None]:
     """Inside the block, float32 in full precision (each switch at its exact value); on the way out, the
     switches as they were. Nested uses find them exact already and change nothing."""
     changed = []
@@ -81,7 +88,8 @@ class TorchBackend(Backend):
     #: calls (False, the default: parity with the other backends).
     allow_tf32: bool = False
 
-    def __init__(self, device):
+    def __init__(self, device: Device):
+        # lazy: optional library
         import array_api_compat.torch as xp
         import torch
 
@@ -94,16 +102,14 @@ class TorchBackend(Backend):
             device_name = "CPU"
         super().__init__(f"torch:{device}", xp, device, device_name=device_name, version=torch.__version__)
         self._tf32_switches = tf32_switches(torch) if device.type == "cuda" else []
+        # on a GPU, fewer launches; on the CPU, batches gathered from the cache
+        self.permutes_epochs = device.type != "cpu"
 
     @property
     def supports_float64(self) -> bool:
         return self.device.type != "mps"
 
-    @property
-    def permutes_epochs(self) -> bool:
-        return self.device.type != "cpu"  # on a GPU, fewer launches; on the CPU, batches gathered from the cache
-
-    def activate(self):
+    def activate(self) -> AbstractContextManager[Any]:
         # PyTorch ops follow their tensors' device; the current CUDA device matters for what does not name one
         # (a plain "cuda" device, CUDA libraries and kernels called from other libraries). UNTESTED on a GPU.
         if self.device.type == "cuda":
@@ -113,52 +119,53 @@ class TorchBackend(Backend):
         return super().activate()
 
     @contextlib.contextmanager
-    def _on_gpu_exactly(self):
+    def _on_gpu_exactly(self) -> Iterator[None]:
         with self._torch.cuda.device(self.device), exact_float32(self._tf32_switches):
             yield
 
-    def owns(self, x) -> bool:
+    def owns(self, x: object) -> bool:
         return isinstance(x, self._torch.Tensor) and x.device == self.device
 
-    def from_host(self, host_array, dtype=None):
+    def from_host(self, host_array: HostArrayLike, dtype: DType | None = None) -> Array:
         host_array = np.asarray(host_array)
         if dtype is None and host_array.dtype == np.float64:
             dtype = self.float_dtype
         tensor = self._torch.from_numpy(np.asarray(host_array, order="C"))  # keeps 0-d arrays 0-d
         return tensor.to(device=self.device, dtype=dtype, copy=True)
 
-    def to_host(self, x):
+    def to_host(self, x: Array) -> np.ndarray:
         return x.detach().cpu().numpy().copy() if x.device.type == "cpu" else x.detach().cpu().numpy()
 
-    def random(self, seed):
+    def random(self, seed: Seed) -> TorchRandom:
         return TorchRandom(self, seed)
 
-    def limit_threads(self, threads):
+    def limit_threads(self, threads: int) -> bool:
         self._torch.set_num_threads(max(1, int(threads)))
         return True
 
     # Updates in place: tensors are always writeable.
-    def add_scaled(self, target, source, alpha=1.0, *, beta=1.0):
+    def add_scaled(self, target: Array, source: Array, alpha: float = 1.0, *, beta: float = 1.0) -> Array:
         if beta != 1.0:
             target.mul_(beta)
         return target.add_(source, alpha=alpha)
 
-    def scale(self, target, factor):
+    def scale(self, target: Array, factor: float | Array) -> Array:
         return target.mul_(factor)
 
-    def at_set(self, x, index, values):
+    def at_set(self, x: Array, index: Any, values: Array | float) -> Array:
         x[index] = values
         return x
 
-    def at_add(self, x, index, values):
+    def at_add(self, x: Array, index: Any, values: Array | float) -> Array:
         x[index] += values
         return x
 
-    def scatter_add(self, target, indices, values):
+    def scatter_add(self, target: Array, indices: Array, values: Array) -> Array:
         return target.index_add_(0, indices, values)
 
     # -- fused and multi-tensor capabilities: PyTorch's own kernels (those its autograd and torch.optim run) ------
-    def dense_forward(self, x, weight, bias=None, activation=None, *, negative_slope=0.01):
+    def dense_forward(self, x: Array, weight: Array, bias: Array | None = None, activation: str | None = None, *,
+                      negative_slope: float = 0.01) -> tuple[Array, tuple[Any, ...]]:
         torch = self._torch
         if bias is not None and x.ndim == 2:
             y = torch.addmm(bias, x, weight)  # the bias added by the GEMM
@@ -174,7 +181,9 @@ class TorchBackend(Backend):
             kept = kept if activation == "gelu" else y
         return y, (x, weight, kept, activation, negative_slope, bias is not None)
 
-    def dense_backward(self, grad_output, saved, *, input_grad=True, weight_grad_out=None, bias_grad_out=None):
+    def dense_backward(self, grad_output: Array, saved: tuple[Any, ...], *, input_grad: bool = True,
+                       weight_grad_out: Array | None = None, bias_grad_out: Array | None = None
+                       ) -> tuple[Array | None, Array, Array | None]:
         torch = self._torch
         x, weight, kept, activation, slope, has_bias = saved
         if activation == "relu":
@@ -195,7 +204,9 @@ class TorchBackend(Backend):
         grad_input = grad @ weight.T if input_grad else None
         return grad_input, grad_weight, grad_bias
 
-    def softmax_cross_entropy(self, logits, labels, *, grad_scale=1.0, metrics=None, with_grad=True):
+    def softmax_cross_entropy(self, logits: Array, labels: Array, *, grad_scale: float | Array = 1.0,
+                              metrics: Array | None = None, with_grad: bool = True
+                              ) -> tuple[Array, Array | None, Array | None]:
         torch, aten = self._torch, self._torch.ops.aten
         z, index = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
         if index.dtype != torch.int64:
@@ -212,18 +223,20 @@ class TorchBackend(Backend):
             metrics = self.add_step_metrics(metrics, loss, correct, logits.shape[0])
         return loss, grad, metrics
 
-    def add_step_metrics(self, metrics, loss, correct, examples):
+    def add_step_metrics(self, metrics: Array, loss: Array, correct: Array, examples: int) -> Array:
         torch = self._torch
         part = torch.stack([loss.to(metrics.dtype) * examples, correct.to(metrics.dtype),
                             (~torch.isfinite(loss)).to(metrics.dtype), torch.zeros_like(metrics[0])])
         return metrics.add_(part)
 
-    def close_step_metrics(self, metrics):
+    def close_step_metrics(self, metrics: Array) -> Array:
         metrics[3].add_(metrics[2] == 0)
         return metrics
 
-    def multi_tensor_sgd(self, params, grads, momentum_buffers=None, *, lr, momentum=0.0, nesterov=False,
-                         weight_decay=0.0):
+    def multi_tensor_sgd(self, params: Sequence[Array], grads: Sequence[Array],
+                         momentum_buffers: Sequence[Array] | None = None, *, lr: float | Array, momentum: float = 0.0,
+                         nesterov: bool = False, weight_decay: float = 0.0
+                         ) -> tuple[Sequence[Array], Sequence[Array] | None]:
         if not isinstance(lr, (int, float)) or self._torch.compiler.is_compiling():  # compiled: Inductor fuses
             return super().multi_tensor_sgd(params, grads, momentum_buffers, lr=lr, momentum=momentum,
                                             nesterov=nesterov, weight_decay=weight_decay)
@@ -234,8 +247,10 @@ class TorchBackend(Backend):
                                     lr=lr, dampening=0.0, nesterov=nesterov, maximize=False, is_first_step=False)
         return params, momentum_buffers
 
-    def multi_tensor_adam(self, params, grads, exp_avgs, exp_avg_sqs, *, lr, step, beta1, beta2, eps,
-                          weight_decay=0.0, decoupled_weight_decay=False):
+    def multi_tensor_adam(self, params: Sequence[Array], grads: Sequence[Array], exp_avgs: Sequence[Array],
+                          exp_avg_sqs: Sequence[Array], *, lr: float | Array, step: int | Array, beta1: float,
+                          beta2: float, eps: float, weight_decay: float = 0.0, decoupled_weight_decay: bool = False
+                          ) -> tuple[Sequence[Array], Sequence[Array], Sequence[Array]]:
         if not all(isinstance(v, (int, float)) for v in (lr, step)) or self._torch.compiler.is_compiling():
             return super().multi_tensor_adam(params, grads, exp_avgs, exp_avg_sqs, lr=lr, step=step, beta1=beta1,
                                              beta2=beta2, eps=eps, weight_decay=weight_decay,
@@ -249,37 +264,40 @@ class TorchBackend(Backend):
                   weight_decay=weight_decay, eps=eps, amsgrad=False, maximize=False)
         return params, exp_avgs, exp_avg_sqs
 
-    def multi_tensor_scale(self, arrays, factor):
+    def multi_tensor_scale(self, arrays: list[Array], factor: float | Array) -> list[Array]:
         if isinstance(arrays, FlatTensors) and arrays.flat is not None:
             arrays.flat.mul_(factor)
         else:
             self._torch._foreach_mul_(list(arrays), factor)
         return arrays
 
-    def tensor_norms(self, arrays, *, add_to=None):
+    def tensor_norms(self, arrays: Sequence[Array], *, add_to: Array | None = None) -> Array:
         norms = self._torch.stack(self._torch._foreach_norm(list(arrays)))
         return norms if add_to is None else add_to.add_(norms)
 
-    def compile_function(self, function, *, static_argnums=(), donate_argnums=()):
+    def compile_function(self, function: Callable[..., Any], *, static_argnums: Sequence[int] = (),
+                         donate_argnums: Sequence[int] = ()) -> Callable[..., Any]:
         """``torch.compile`` (Inductor; TorchDynamo specializes on Python values by itself, and PyTorch's tensors
         are updated in place, so the two jit options do not apply)."""
         return self._torch.compile(function, dynamic=False)
 
-    def flat_buffer(self, shapes, dtype):
+    def flat_buffer(self, shapes: Sequence[tuple[int, ...]], dtype: DType) -> tuple[Array, list[Array]]:
         flat = self._torch.zeros(sum(math.prod(shape) for shape in shapes), dtype=dtype, device=self.device)
         return flat, flat_views(self.xp, flat, shapes)
 
-    def set_scalar(self, scalar, value):
+    def set_scalar(self, scalar: Array | None, value: float) -> Array:
         if scalar is None:
             return super().set_scalar(scalar, value)
         return scalar.fill_(value)
 
-    def conv2d_forward(self, x, weight, bias, *, stride, padding, dilation):
+    def conv2d_forward(self, x: Array, weight: Array, bias: Array | None, *, stride: Sequence[int],
+                       padding: Sequence[int], dilation: Sequence[int]) -> tuple[Array, tuple[Any, ...]]:
         """PyTorch's own convolution kernels (oneDNN on CPU, cuDNN on CUDA)."""
         y = self._torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation)
         return y, (x, weight, tuple(stride), tuple(padding), tuple(dilation))
 
-    def conv2d_backward(self, grad_output, saved, *, bias, input_grad=True):
+    def conv2d_backward(self, grad_output: Array, saved: tuple[Any, ...], *, bias: bool, input_grad: bool = True
+                        ) -> tuple[Array | None, Array, Array | None]:
         x, weight, stride, padding, dilation = saved
         bias_sizes = [weight.shape[0]] if bias else None
         grad_input, grad_weight, grad_bias = self._torch.ops.aten.convolution_backward(
@@ -290,36 +308,42 @@ class TorchBackend(Backend):
     # The LSTM and GRU steps with PyTorch's in-place operations (backends/torch_cells.py).
     cells_write_out = True
 
-    def lstm_cell_forward(self, a, h_prev, c_prev, weight_hh):
+    def lstm_cell_forward(self, a: Array, h_prev: Array | None, c_prev: Array | None, weight_hh: Array
+                          ) -> tuple[Array, Array, torch_cells.LstmCache]:
         with self.activate():
             return torch_cells.lstm_cell_forward(self._torch, a, h_prev, c_prev, weight_hh)
 
-    def lstm_cell_backward(self, dh, dc, cache, weight_hh, *, pass_back, out=None, weight_hh_t=None):
+    def lstm_cell_backward(self, dh: Array, dc: Array | None, cache: torch_cells.LstmCache, weight_hh: Array, *,
+                           pass_back: bool, out: Array | None = None, weight_hh_t: Array | None = None
+                           ) -> tuple[Array, Array | None, Array | None]:
         with self.activate():
             return torch_cells.lstm_cell_backward(self._torch, dh, dc, cache, weight_hh, pass_back, out, weight_hh_t)
 
-    def gru_cell_forward(self, a, h_prev, weight_hh, bias_hn):
+    def gru_cell_forward(self, a: Array, h_prev: Array | None, weight_hh: Array, bias_hn: Array
+                         ) -> tuple[Array, torch_cells.GruCache]:
         with self.activate():
             return torch_cells.gru_cell_forward(self._torch, a, h_prev, weight_hh, bias_hn)
 
-    def gru_cell_backward(self, dh, cache, weight_hh, *, pass_back, out=None, weight_hh_t=None):
+    def gru_cell_backward(self, dh: Array, cache: torch_cells.GruCache, weight_hh: Array, *, pass_back: bool,
+                          out: tuple[Array | None, Array | None] | None = None, weight_hh_t: Array | None = None
+                          ) -> tuple[Array, Array, Array | None]:
         with self.activate():
             return torch_cells.gru_cell_backward(self._torch, dh, cache, weight_hh, pass_back, out, weight_hh_t)
 
-    def synchronize(self):
+    def synchronize(self) -> None:
         if self.device.type == "cuda":
             self._torch.cuda.synchronize(self.device)
         elif self.device.type == "mps":
             self._torch.mps.synchronize()
 
-    def available_memory(self):
+    def available_memory(self) -> int | None:
         torch = self._torch
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             return int(free) + int(torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device))
         return super().available_memory()  # the CPU, and Apple GPUs, which share the host's memory
 
-    def memory_stats(self):
+    def memory_stats(self) -> dict[str, int]:
         torch = self._torch
         if self.device.type == "cuda":
             return {
@@ -332,27 +356,28 @@ class TorchBackend(Backend):
         return {}
 
 
-def _fits(out, like) -> bool:
+def _fits(out: Array | None, like: Array) -> bool:
     """Whether ``out`` can take a result shaped and typed as ``like`` (a contiguous tensor on its device)."""
     return (out is not None and out.shape == like.shape and out.dtype == like.dtype and out.device == like.device
             and out.is_contiguous())
 
 
-def _lists(*lists):
-    """One-element lists of the flat tensors when every list is ``FlatTensors`` (one pass), else the lists."""
+def _lists(*lists: Sequence[Array] | None) -> list[Any]:
+    """One-element lists of the flat tensors when every list is ``FlatTensors`` (one pass), else the lists (as
+    lists; None stays None)."""
     given = [lst for lst in lists if lst is not None]
     if given and all(isinstance(lst, FlatTensors) and lst.flat is not None for lst in given):
-        return [None if lst is None else [lst.flat] for lst in lists]
+        return [[lst.flat] if isinstance(lst, FlatTensors) else None for lst in lists]
     return [None if lst is None else list(lst) for lst in lists]
 
 
-def _import_torch(name):
+def _import_torch(name: str) -> ModuleType:
     try:
-        import torch
+        import torch  # lazy: optional library
     except ImportError:
         raise BackendUnavailable(name, "PyTorch is not installed (pip install 'backprop[torch]')") from None
     try:
-        import array_api_compat.torch  # noqa: F401
+        import array_api_compat.torch  # noqa: F401  # lazy: imports PyTorch
     except ImportError as exc:  # pragma: no cover - depends on versions
         raise BackendUnavailable(name, f"array_api_compat cannot wrap this PyTorch: {exc}") from None
     return torch
@@ -392,7 +417,7 @@ def load(device: str | None) -> Backend:
     return TorchBackend(dev)
 
 
-def _probe(torch, dev, name: str) -> None:
+def _probe(torch: ModuleType, dev: Device, name: str) -> None:
     """Use ``dev`` as training will, not just import: an allocation, a kernel and a reduction, a matrix product
     (cuBLAS on CUDA) and a random draw from a generator on the device (as ``TorchRandom``). ``BackendUnavailable``
     naming the first step that fails, and why."""
@@ -423,14 +448,10 @@ def _probe(torch, dev, name: str) -> None:
 def cuda_gpu_count() -> int:
     """The CUDA GPUs PyTorch sees, asked only where an NVIDIA driver is installed (importing PyTorch takes
     seconds, and without the driver it has none); 0 when PyTorch or the driver is missing."""
-    import importlib.util
-
-    from .cupy_backend import nvidia_driver_loads
-
     if not nvidia_driver_loads() or importlib.util.find_spec("torch") is None:
         return 0
     try:
-        import torch
+        import torch  # lazy: optional library
 
         return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
     except Exception:
@@ -441,11 +462,9 @@ def listed_devices() -> list[str]:
     """The devices shown in ``backprop backends`` and tested; probing imports nothing extra when torch is absent."""
     devices = ["cpu", "cuda:0", "mps"]
     try:
-        import importlib.util
-
         if importlib.util.find_spec("torch") is None:
             return devices
-        import torch
+        import torch  # lazy: optional library
 
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         devices[1:2] = [f"cuda:{i}" for i in range(max(count, 1))]

@@ -10,21 +10,30 @@ layout with two biases; these work on every device.) Nothing the caller still re
 from __future__ import annotations
 
 import functools
+from types import ModuleType
+
+from .array_types import Array, Device, DType
+
+#: What the LSTM's forward step keeps for its backward step: the gates, the previous cell state, tanh(c).
+LstmCache = tuple[Array, Array | None, Array]
+#: What the GRU's forward step keeps: the previous state, the gates, and h W_hn + b_hn (or b_hn alone).
+GruCache = tuple[Array | None, Array, Array]
 
 
-def _usable(out, like) -> bool:
+def _usable(out: Array | None, like: Array) -> bool:
     return out is not None and out.shape == like.shape and out.dtype == like.dtype and out.device == like.device
 
 
 @functools.cache
-def _g_one(torch, hidden: int, dtype, device):
+def _g_one(torch: ModuleType, hidden: int, dtype: DType, device: Device) -> Array:
     """A (4·hidden,) row: 1 in the g gate's block, 0 elsewhere (made once per size, dtype and device)."""
     row = torch.zeros(4 * hidden, dtype=dtype, device=device)
     row[2 * hidden:3 * hidden] = 1.0
     return row
 
 
-def lstm_cell_forward(torch, a, h_prev, c_prev, weight_hh):
+def lstm_cell_forward(torch: ModuleType, a: Array, h_prev: Array | None, c_prev: Array | None,
+                      weight_hh: Array) -> tuple[Array, Array, LstmCache]:
     hidden = weight_hh.shape[0]
     if h_prev is not None:
         a.addmm_(h_prev, weight_hh)
@@ -40,10 +49,12 @@ def lstm_cell_forward(torch, a, h_prev, c_prev, weight_hh):
     return torch.mul(o, tanh_c), c, (gates, c_prev, tanh_c)
 
 
-def lstm_cell_backward(torch, dh, dc, cache, weight_hh, pass_back, out=None, weight_hh_t=None):
+def lstm_cell_backward(torch: ModuleType, dh: Array, dc: Array | None, cache: LstmCache, weight_hh: Array,
+                       pass_back: bool, out: Array | None = None, weight_hh_t: Array | None = None
+                       ) -> tuple[Array, Array | None, Array | None]:
     gates, c_prev, tanh_c = cache
     hidden = weight_hh.shape[0]
-    da = out if _usable(out, gates) else torch.empty_like(gates)
+    da: Array = out if _usable(out, gates) else torch.empty_like(gates)
     i, f, g, o = gates.split(hidden, dim=1)
     dc_t = torch.mul(tanh_c, tanh_c).neg_().add_(1.0).mul_(o).mul_(dh)  # dh ⊙ o ⊙ (1 − tanh² c)
     if dc is not None:
@@ -62,7 +73,8 @@ def lstm_cell_backward(torch, dh, dc, cache, weight_hh, pass_back, out=None, wei
     return da, torch.mm(da, weight_hh.t() if weight_hh_t is None else weight_hh_t), torch.mul(dc_t, f)
 
 
-def gru_cell_forward(torch, a, h_prev, weight_hh, bias_hn):
+def gru_cell_forward(torch: ModuleType, a: Array, h_prev: Array | None, weight_hh: Array, bias_hn: Array
+                     ) -> tuple[Array, GruCache]:
     hidden = weight_hh.shape[0]
     two = 2 * hidden
     rz, n = a[:, :two], a[:, two:]  # in place from here on: a becomes [r, z, n]
@@ -82,13 +94,15 @@ def gru_cell_forward(torch, a, h_prev, weight_hh, bias_hn):
     return h, (h_prev, a, hn)
 
 
-def gru_cell_backward(torch, dh, cache, weight_hh, pass_back, out=None, weight_hh_t=None):
+def gru_cell_backward(torch: ModuleType, dh: Array, cache: GruCache, weight_hh: Array, pass_back: bool,
+                      out: tuple[Array | None, Array | None] | None = None, weight_hh_t: Array | None = None
+                      ) -> tuple[Array, Array, Array | None]:
     h_prev, gates, hn = cache
     hidden = weight_hh.shape[0]
     two = 2 * hidden
-    d_in, d_hh = out if out is not None else (None, None)
-    d_in = d_in if _usable(d_in, gates) else torch.empty_like(gates)
-    d_hh = d_hh if _usable(d_hh, gates) else torch.empty_like(gates)
+    given_in, given_hh = out if out is not None else (None, None)
+    d_in: Array = given_in if _usable(given_in, gates) else torch.empty_like(gates)
+    d_hh: Array = given_hh if _usable(given_hh, gates) else torch.empty_like(gates)
     r, z, n = gates[:, :hidden], gates[:, hidden:two], gates[:, two:]
     one_minus_z = torch.rsub(z, 1.0)
     da_n = torch.mul(n, n, out=d_in[:, two:]).neg_().add_(1.0).mul_(dh).mul_(one_minus_z)  # dh (1 − z)(1 − n²)
