@@ -10,27 +10,38 @@ CUDA source compiles with NVRTC in CI (``tests/test_cuda_kernels.py``).
 
 from __future__ import annotations
 
+from types import ModuleType
+from typing import Any
+
 from . import cuda_kernels
+from .array_types import Array
+
+#: What the LSTM's forward step keeps for its backward step: the gates, the previous cell state, tanh(c).
+LstmCache = tuple[Array, Array | None, Array]
+#: What the GRU's forward step keeps: the previous state (None at the first step), the gates, and hn (the n block
+#: of h W_hh + b_hn, or b_hn alone at the first step).
+GruCache = tuple[Array | None, Array, Array]
 
 
-def _kernel(source):
+def _kernel(source: cuda_kernels.RawSource | cuda_kernels.ElementwiseSource) -> Any:
     return cuda_kernels.kernel(source.name)
 
 
-def _absent(cupy, like):
+def _absent(cupy: ModuleType, like: Array) -> Array:
     """A stand-in for an absent state the kernel is told not to read: a 0-d array (it broadcasts to any shape;
     not an output array, which CuPy would copy first)."""
     return cupy.zeros((), dtype=like.dtype)
 
 
-def _block(cupy, out, like):
+def _block(cupy: ModuleType, out: Array | None, like: Array) -> Array:
     """``out`` when it can take a result shaped like ``like``, else a new array."""
     if out is not None and out.shape == like.shape and out.dtype == like.dtype and out.flags.c_contiguous:
         return out
     return cupy.empty(like.shape, dtype=like.dtype)
 
 
-def lstm_cell_forward(cupy, a, h_prev, c_prev, weight_hh):
+def lstm_cell_forward(cupy: ModuleType, a: Array, h_prev: Array | None, c_prev: Array | None, weight_hh: Array
+                      ) -> tuple[Array, Array, LstmCache]:
     hidden = weight_hh.shape[0]
     gates = a if a.flags.c_contiguous else cupy.ascontiguousarray(a)
     batch = gates.shape[0]
@@ -43,7 +54,9 @@ def lstm_cell_forward(cupy, a, h_prev, c_prev, weight_hh):
     return h, c, (gates, c_prev, tanh_c)
 
 
-def lstm_cell_backward(cupy, dh, dc, cache, weight_hh, pass_back, out=None, weight_hh_t=None):
+def lstm_cell_backward(cupy: ModuleType, dh: Array, dc: Array | None, cache: LstmCache, weight_hh: Array,
+                       pass_back: bool, out: Array | None = None, weight_hh_t: Array | None = None
+                       ) -> tuple[Array, Array | None, Array | None]:
     gates, c_prev, tanh_c = cache
     hidden = weight_hh.shape[0]
     da = _block(cupy, out, gates)
@@ -56,7 +69,8 @@ def lstm_cell_backward(cupy, dh, dc, cache, weight_hh, pass_back, out=None, weig
     return da, da @ (weight_hh.T if weight_hh_t is None else weight_hh_t), dc_prev
 
 
-def gru_cell_forward(cupy, a, h_prev, weight_hh, bias_hn):
+def gru_cell_forward(cupy: ModuleType, a: Array, h_prev: Array | None, weight_hh: Array, bias_hn: Array
+                     ) -> tuple[Array, GruCache]:
     hidden = weight_hh.shape[0]
     gates = a if a.flags.c_contiguous else cupy.ascontiguousarray(a)
     h = cupy.empty((gates.shape[0], hidden), dtype=gates.dtype)
@@ -69,7 +83,9 @@ def gru_cell_forward(cupy, a, h_prev, weight_hh, bias_hn):
     return h, (h_prev, gates, hh)
 
 
-def gru_cell_backward(cupy, dh, cache, weight_hh, pass_back, out=None, weight_hh_t=None):
+def gru_cell_backward(cupy: ModuleType, dh: Array, cache: GruCache, weight_hh: Array, pass_back: bool,
+                      out: tuple[Array | None, Array | None] | None = None, weight_hh_t: Array | None = None
+                      ) -> tuple[Array, Array, Array | None]:
     h_prev, gates, hn = cache
     hidden = weight_hh.shape[0]
     d_in, d_hh = out if out is not None else (None, None)
