@@ -24,11 +24,15 @@ import contextlib
 import functools
 import importlib.util
 import math
-from collections.abc import Iterator
+import types
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
-from .base import Backend, host_available_memory
+from . import base
+from .array_types import Array, Device, DType, HostArrayLike
+from .base import Backend, activation_backward, activation_forward, host_available_memory
 from .errors import BackendUnavailable
 from .random import DeviceRandom, Seed, _entropy
 
@@ -58,9 +62,9 @@ class JaxRandom(DeviceRandom):
     An array of n elements is the first n numbers of a draw of ``_draw_size(n)`` (see above).
     """
 
-    def __init__(self, backend, seed: Seed):
+    def __init__(self, backend: JaxBackend, seed: Seed):
         super().__init__(backend, seed)
-        import jax
+        import jax  # lazy: optional library
 
         self._jax = jax
         words = np.random.SeedSequence(_entropy(seed)).generate_state(2, dtype=np.uint32)
@@ -83,7 +87,7 @@ class JaxRandom(DeviceRandom):
     def _normal01(self, shape, dtype):
         return self._draw(self._jax.random.normal, shape, dtype)
 
-    def permutation(self, n):
+    def permutation(self, n: int) -> Array:
         """Indices sorted by random 64-bit keys: two keys are equal (which would bias the order a little) with
         probability under n² / 2⁶⁵. (``jax.random.permutation`` compiles anew for every n.)"""
         jax = self._jax
@@ -93,8 +97,8 @@ class JaxRandom(DeviceRandom):
 
 
 @functools.cache
-def _slicer():
-    import jax
+def _slicer() -> Callable[..., Array]:
+    import jax  # lazy: optional library
 
     @functools.partial(jax.jit, static_argnums=1)
     def first_elements(flat, shape):
@@ -103,20 +107,20 @@ def _slicer():
     return first_elements
 
 
-def _first_elements(flat, shape):
+def _first_elements(flat: Array, shape: tuple[int, ...]) -> Array:
     return _slicer()(flat, shape)
 
 
-def _jitted_method(name: str, static=()):
+def _jitted_method(name: str, static: Sequence[str] = ()) -> Callable[..., Any]:
     """``Backend.<name>`` (the portable capability) as one jitted program per call signature: the backend and
     the keyword arguments named in ``static`` are compile-time constants (they steer Python branches);
     arrays, learning rates and step numbers are inputs, so a new value compiles nothing."""
-    compiled = {}
+    compiled: dict[str, Callable[..., Any]] = {}
 
-    def method(self, *args, **kwargs):
+    def method(self: JaxBackend, *args: Any, **kwargs: Any) -> Any:
         program = compiled.get(name)
         if program is None:
-            import jax
+            import jax  # lazy: optional library
 
             program = compiled[name] = jax.jit(getattr(Backend, name), static_argnums=(0,),
                                                static_argnames=tuple(static))
@@ -129,12 +133,11 @@ def _jitted_method(name: str, static=()):
 
 
 @functools.cache
-def _jitted_dense():
+def _jitted_dense() -> tuple[Callable[..., Any], Callable[..., Any]]:
     """The dense layer's forward and backward passes (the portable formulas) as jitted programs."""
+    # lazy: optional library
     import jax
     import jax.numpy as jnp
-
-    from .base import activation_backward, activation_forward
 
     @functools.partial(jax.jit, static_argnums=(3, 4))
     def forward(x, weight, bias, activation, slope):
@@ -160,7 +163,8 @@ def _jitted_dense():
 class JaxBackend(Backend):
     library = "jax"
 
-    def __init__(self, device):
+    def __init__(self, device: Device):
+        # lazy: optional library
         import jax
         import jax.numpy as xp
 
@@ -168,6 +172,7 @@ class JaxBackend(Backend):
         device_name = "CPU" if device.platform == "cpu" else f"{device.device_kind} (CUDA)"
         super().__init__(f"jax:{_spec_device(device)}", xp, device, device_name=device_name,
                          version=jax.__version__)
+        self.permutes_epochs = device.platform != "cpu"
 
     @contextlib.contextmanager
     def activate(self) -> Iterator[JaxBackend]:
@@ -179,11 +184,7 @@ class JaxBackend(Backend):
         with jax.enable_x64(True), jax.default_device(self.device), jax.default_matmul_precision("highest"):
             yield self
 
-    @property
-    def permutes_epochs(self) -> bool:
-        return self.device.platform != "cpu"
-
-    def owns(self, x) -> bool:
+    def owns(self, x: object) -> bool:
         if not isinstance(x, self._jax.Array):
             return False
         if isinstance(x, self._jax.core.Tracer):  # a value being traced (a compiled step): it has no device yet
@@ -193,11 +194,11 @@ class JaxBackend(Backend):
         except Exception:
             return False
 
-    def asarray(self, obj, dtype=None):
+    def asarray(self, obj: object, dtype: DType | None = None) -> Array:
         with self.activate():
             return self.xp.asarray(obj, dtype=dtype, device=self.device)
 
-    def from_host(self, host_array, dtype=None):
+    def from_host(self, host_array: HostArrayLike, dtype: DType | None = None) -> Array:
         host_array = np.asarray(host_array)
         if dtype is None and host_array.dtype == np.float64:
             dtype = self.float_dtype
@@ -206,21 +207,22 @@ class JaxBackend(Backend):
         with self.activate():
             return self._jax.device_put(host_copy, self.device)
 
-    def to_host(self, x):
+    def to_host(self, x: Array) -> np.ndarray:
         # np.asarray of a CPU array can be a read-only view of JAX's buffer; np.array copies.
         with self.activate():  # a 64-bit array must not pass through 32-bit conversion
             return np.array(x, copy=True)
 
-    def random(self, seed):
+    def random(self, seed: Seed) -> JaxRandom:
         return JaxRandom(self, seed)
 
-    def scatter_add(self, target, indices, values):
+    def scatter_add(self, target: Array, indices: Array, values: Array) -> Array:
         """A new array: ``target`` with ``values[i]`` added at row ``indices[i]``, duplicates accumulating
         (JAX arrays cannot be changed in place; ``target`` is left as it was)."""
         with self.activate():
             return target.at[indices].add(values)
 
-    def conv2d_forward(self, x, weight, bias, *, stride, padding, dilation):
+    def conv2d_forward(self, x: Array, weight: Array, bias: Array | None, *, stride: Sequence[int],
+                       padding: Sequence[int], dilation: Sequence[int]) -> tuple[Array, tuple[Any, ...]]:
         """XLA's convolution, compiled once per shape and setting (the portable im2col path compiles every slice
         of it separately)."""
         settings = (tuple(stride), tuple(padding), tuple(dilation))
@@ -228,38 +230,48 @@ class JaxBackend(Backend):
             y = _convolution().forward(x, weight, bias, *settings)
         return y, (x, weight, settings)
 
-    def conv2d_backward(self, grad_output, saved, *, bias, input_grad=True):
+    def conv2d_backward(self, grad_output: Array, saved: tuple[Any, ...], *, bias: bool, input_grad: bool = True
+                        ) -> tuple[Array | None, Array, Array | None]:
         x, weight, settings = saved
         with self.activate():
             return _convolution().backward(grad_output, x, weight, *settings, bool(bias), bool(input_grad))
 
     # The LSTM and GRU steps: the portable cells, each compiled whole by XLA (one program per step shape
     # instead of one per operation; inside a compiled training step they are traced into it).
-    def lstm_cell_forward(self, a, h_prev, c_prev, weight_hh):
+    def lstm_cell_forward(self, a: Array, h_prev: Array | None, c_prev: Array | None, weight_hh: Array
+                          ) -> tuple[Array, Array, tuple[Any, ...]]:
         with self.activate():
             return _cells().lstm_forward(a, h_prev, c_prev, weight_hh)
 
-    def lstm_cell_backward(self, dh, dc, cache, weight_hh, *, pass_back, out=None, weight_hh_t=None):
+    def lstm_cell_backward(self, dh: Array, dc: Array | None, cache: tuple[Any, ...], weight_hh: Array, *,
+                           pass_back: bool, out: Array | None = None, weight_hh_t: Array | None = None
+                           ) -> tuple[Array, Array | None, Array | None]:
         with self.activate():  # (weight_hh_t: None from this backend; XLA transposes inside the program)
             return _cells().lstm_backward(dh, dc, cache, weight_hh, bool(pass_back))
 
-    def gru_cell_forward(self, a, h_prev, weight_hh, bias_hn):
+    def gru_cell_forward(self, a: Array, h_prev: Array | None, weight_hh: Array, bias_hn: Array
+                         ) -> tuple[Array, tuple[Any, ...]]:
         with self.activate():
             return _cells().gru_forward(a, h_prev, weight_hh, bias_hn)
 
-    def gru_cell_backward(self, dh, cache, weight_hh, *, pass_back, out=None, weight_hh_t=None):
+    def gru_cell_backward(self, dh: Array, cache: tuple[Any, ...], weight_hh: Array, *, pass_back: bool,
+                          out: tuple[Array | None, Array | None] | None = None, weight_hh_t: Array | None = None
+                          ) -> tuple[Array, Array, Array | None]:
         with self.activate():
             return _cells().gru_backward(dh, cache, weight_hh, bool(pass_back))
 
     # -- the capabilities, each one compiled program (an eager step's dispatches: a few, not dozens; inside a
     # compiled step XLA fuses them with the rest). The portable code of backends/base.py, jitted with this
     # backend and the hyperparameters that steer Python branches static.
-    def dense_forward(self, x, weight, bias=None, activation=None, *, negative_slope=0.01):
+    def dense_forward(self, x: Array, weight: Array, bias: Array | None = None, activation: str | None = None, *,
+                      negative_slope: float = 0.01) -> tuple[Array, tuple[Any, ...]]:
         with self.activate():
             y, kept = _jitted_dense()[0](x, weight, bias, activation, float(negative_slope))
         return y, (x, weight, kept, activation, negative_slope, bias is not None)
 
-    def dense_backward(self, grad_output, saved, *, input_grad=True, weight_grad_out=None, bias_grad_out=None):
+    def dense_backward(self, grad_output: Array, saved: tuple[Any, ...], *, input_grad: bool = True,
+                       weight_grad_out: Array | None = None, bias_grad_out: Array | None = None
+                       ) -> tuple[Array | None, Array, Array | None]:
         x, weight, kept, activation, slope, has_bias = saved
         with self.activate():
             return _jitted_dense()[1](grad_output, x, weight, kept, activation, float(slope), bool(has_bias),
@@ -277,30 +289,31 @@ class JaxBackend(Backend):
     multi_tensor_rmsprop = _jitted_method("multi_tensor_rmsprop", static=("momentum", "weight_decay"))
     multi_tensor_adagrad = _jitted_method("multi_tensor_adagrad", static=("weight_decay",))
 
-    def compile_function(self, function, *, static_argnums=(), donate_argnums=()):
+    def compile_function(self, function: Callable[..., Any], *, static_argnums: Sequence[int] = (),
+                         donate_argnums: Sequence[int] = ()) -> Callable[..., Any]:
         return self._jax.jit(function, static_argnums=static_argnums, donate_argnums=donate_argnums)
 
-    def trace_shapes(self, function, *args):
+    def trace_shapes(self, function: Callable[..., Any], *args: Any) -> Any:
         return self._jax.eval_shape(function, *args)
 
-    def limit_threads(self, threads):
+    def limit_threads(self, threads: int) -> bool:
         """False: XLA sizes its CPU thread pool when JAX starts, from ``XLA_FLAGS`` (for one thread:
         ``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``), and it cannot change later."""
         return False
 
-    def synchronize(self):
+    def synchronize(self) -> None:
         # JAX has no device-wide barrier: a computation queued after all others on the device finishes last.
         with self.activate():
             self.xp.zeros((), device=self.device).block_until_ready()
         self._jax.effects_barrier()
 
-    def memory_stats(self):
+    def memory_stats(self) -> dict[str, int]:
         stats = self.device.memory_stats() or {}  # None on the CPU
         wanted = {"bytes_in_use": "allocated_bytes", "peak_bytes_in_use": "peak_allocated_bytes",
                   "bytes_limit": "limit_bytes", "bytes_reserved": "reserved_bytes"}
         return {ours: int(stats[theirs]) for theirs, ours in wanted.items() if theirs in stats}
 
-    def available_memory(self):
+    def available_memory(self) -> int | None:
         if self.device.platform == "cpu":
             return host_available_memory()
         # JAX's allocator takes a share of the GPU up front (75% unless XLA_PYTHON_CLIENT_MEM_FRACTION or
@@ -312,14 +325,11 @@ class JaxBackend(Backend):
 
 
 @functools.cache
-def _cells():
+def _cells() -> types.SimpleNamespace:
     """The portable recurrent cells of ``backends/base.py`` on ``jax.numpy``, jitted (``pass_back`` static)."""
-    import types
-
+    # lazy: optional library
     import jax
     import jax.numpy as jnp
-
-    from . import base
 
     def lstm_backward(dh, dc, cache, weight_hh, pass_back):
         return base.lstm_cell_backward(jnp, dh, dc, cache, weight_hh.T, pass_back)
@@ -335,10 +345,9 @@ def _cells():
 
 
 @functools.cache
-def _convolution():
+def _convolution() -> types.SimpleNamespace:
     """The convolution fast path: jitted forward and backward (through ``jax.vjp``) functions, NCHW/OIHW."""
-    import types
-
+    # lazy: optional library
     import jax
     from jax import lax
 
@@ -367,14 +376,15 @@ def _convolution():
     return types.SimpleNamespace(forward=forward, backward=backward)
 
 
-def _spec_device(device) -> str:
+def _spec_device(device: Device) -> str:
     return "cpu" if device.platform == "cpu" else f"cuda:{device.id}"
 
 
-def _import_jax(name: str):
+def _import_jax(name: str) -> types.ModuleType:
     if importlib.util.find_spec("jax") is None:
         raise BackendUnavailable(name, f"JAX is not installed ({INSTALL_HINT})")
     try:
+        # lazy: optional library
         import jax
         import jax.numpy  # noqa: F401
     except Exception as exc:  # installed but broken (a jaxlib that does not match jax, say)
@@ -388,7 +398,7 @@ def _cuda_plugin_installed() -> bool:
                for plugin in ("jax_cuda12_plugin", "jax_cuda13_plugin"))
 
 
-def _cuda_devices(jax, name: str) -> list:
+def _cuda_devices(jax: types.ModuleType, name: str) -> list[Device]:
     try:
         return jax.devices("cuda")
     except RuntimeError as exc:
@@ -398,10 +408,10 @@ def _cuda_devices(jax, name: str) -> list:
         raise BackendUnavailable(name, f"JAX's CUDA plugin is installed but no CUDA GPU works: {detail}") from None
 
 
-def _cuda_init_error(jax) -> str:
+def _cuda_init_error(jax: types.ModuleType) -> str:
     """Why JAX's CUDA backend failed to start, as JAX recorded it (a private table; empty if it moves)."""
     try:
-        from jax._src import xla_bridge
+        from jax._src import xla_bridge  # lazy: optional library
 
         return str(getattr(xla_bridge, "_backend_errors", {}).get("cuda", "")).splitlines()[0]
     except Exception:
@@ -442,10 +452,10 @@ def load(device: str | None) -> Backend:
     return _instance(chosen)
 
 
-_backends: dict = {}
+_backends: dict[Device, JaxBackend] = {}
 
 
-def _instance(device) -> JaxBackend:
+def _instance(device: Device) -> JaxBackend:
     if device not in _backends:
         _backends[device] = JaxBackend(device)
     return _backends[device]
@@ -459,7 +469,7 @@ def listed_devices() -> list[str]:
     try:
         if importlib.util.find_spec("jax") is None or not _cuda_plugin_installed():
             return devices
-        import jax
+        import jax  # lazy: optional library
 
         count = len(jax.devices("cuda"))
         devices[1:] = [f"cuda:{i}" for i in range(max(count, 1))]
