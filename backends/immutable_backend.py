@@ -22,11 +22,16 @@ from __future__ import annotations
 
 import functools
 import types
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
+from .array_types import Array, DType, HostArrayLike
 from .base import Backend
 from .errors import BackendUnavailable
+from .numpy_backend import NumpyBackend
+from .random import Seed
 from .registry import BackendFamily, register_backend
 from .strict_backend import StrictRandom
 from .wrapped_array import WrappedArray
@@ -53,10 +58,10 @@ class ImmutableArray(WrappedArray):
 
     __slots__ = ()
 
-    def __array_namespace__(self, /, *, api_version=None):
+    def __array_namespace__(self, /, *, api_version: str | None = None) -> types.ModuleType | None:
         return NAMESPACE
 
-    def __setitem__(self, key, value):
+    def __setitem__(self, key: Any, value: Any) -> None:
         raise ImmutableArrayError("x[...] = v (__setitem__) on an array of the immutable test backend: arrays "
                                   "may be immutable (JAX); use a backend update that returns the new array "
                                   "(Backend.at_set, at_add, scatter_add)")
@@ -65,16 +70,16 @@ class ImmutableArray(WrappedArray):
         return f"ImmutableArray({self._inner!r})"
 
 
-def _forwarded(name):
-    def method(self, *args, **kwargs):
+def _forwarded(name: str) -> Callable[..., Any]:
+    def method(self: ImmutableArray, *args: Any, **kwargs: Any) -> Any:
         return _wrap(getattr(self._inner, name)(*map(_unwrap, args), **kwargs))
 
     method.__name__ = name
     return method
 
 
-def _refused(name, symbol):
-    def method(self, other):
+def _refused(name: str, symbol: str) -> Callable[..., Any]:
+    def method(self: ImmutableArray, other: Any) -> Any:
         raise ImmutableArrayError(f"x {symbol} y ({name}) on an array of the immutable test backend: arrays may be "
                                   f"immutable (JAX), where it rebinds the name and the array stays as it was; "
                                   f"use x = x {symbol[:-1]} y, or a backend update that returns the new array "
@@ -90,7 +95,7 @@ for _name, _symbol in _IN_PLACE.items():
     setattr(ImmutableArray, _name, _refused(_name, _symbol))
 
 
-def _wrap(value):
+def _wrap(value: Any) -> Any:
     """Wrap every array_api_strict array in ``value`` (an array, or a tuple or list of them)."""
     if type(value) is _STRICT_ARRAY:
         return ImmutableArray(value)
@@ -102,7 +107,7 @@ def _wrap(value):
     return value
 
 
-def _unwrap(value):
+def _unwrap(value: Any) -> Any:
     """The array_api_strict arrays inside ``value`` (an argument: an array, or a tuple or list of them)."""
     if type(value) is ImmutableArray:
         return value._inner
@@ -111,9 +116,9 @@ def _unwrap(value):
     return value
 
 
-def _wrapped_function(function):
+def _wrapped_function(function: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(function)
-    def call(*args, **kwargs):
+    def call(*args: Any, **kwargs: Any) -> Any:
         return _wrap(function(*map(_unwrap, args), **{k: _unwrap(v) for k, v in kwargs.items()}))
 
     return call
@@ -122,11 +127,11 @@ def _wrapped_function(function):
 class _Namespace(types.ModuleType):
     """array_api_strict's namespace (or its ``linalg``/``fft``), with array arguments and results wrapped."""
 
-    def __init__(self, name: str, inner):
+    def __init__(self, name: str, inner: types.ModuleType):
         super().__init__(name, "array_api_strict, with arrays that refuse in-place operations")
         self._strict = inner
 
-    def __getattr__(self, name):  # only for names not yet looked up: the result is kept as an attribute
+    def __getattr__(self, name: str) -> Any:  # only for names not yet looked up: the result is kept as an attribute
         value = getattr(self._strict, name)
         if isinstance(value, types.ModuleType):
             value = _Namespace(f"{self.__name__}.{name}", value)
@@ -136,15 +141,15 @@ class _Namespace(types.ModuleType):
         return value
 
 
-_STRICT_ARRAY = None
-NAMESPACE = None
+_STRICT_ARRAY: type | None = None
+NAMESPACE: _Namespace | None = None
 
 
 class ImmutableBackend(Backend):
     library = "immutable"
 
     def __init__(self):
-        import array_api_strict
+        import array_api_strict  # lazy: optional library (a test dependency)
 
         self._strict = array_api_strict
         self._cpu = array_api_strict.Device("CPU_DEVICE")
@@ -152,39 +157,37 @@ class ImmutableBackend(Backend):
                          device_name="CPU (array_api_strict 'device1', arrays immutable)",
                          version=array_api_strict.__version__)
 
-    def owns(self, x) -> bool:
+    def owns(self, x: Any) -> bool:
         return type(x) is ImmutableArray and x.device == self.device
 
-    def to_host(self, x):
+    def to_host(self, x: Array) -> np.ndarray:
         return np.array(x._inner.to_device(self._cpu), copy=True)
 
-    def from_host(self, host_array, dtype=None):
+    def from_host(self, host_array: HostArrayLike, dtype: DType | None = None) -> Array:
         host_array = np.asarray(host_array)
         if dtype is None and host_array.dtype == np.float64:
             dtype = self.float_dtype
         on_cpu = self._strict.asarray(host_array, dtype=dtype, copy=True)  # else a view of host memory
         return ImmutableArray(on_cpu.to_device(self.device))
 
-    def random(self, seed):
+    def random(self, seed: Seed) -> StrictRandom:
         return StrictRandom(self, seed)  # draws on the host, copies with from_host
 
-    def limit_threads(self, threads):
-        from .numpy_backend import NumpyBackend
-
+    def limit_threads(self, threads: int) -> bool:
         return NumpyBackend().limit_threads(threads)  # it computes with NumPy underneath
 
-    def scatter_add(self, target, indices, values):
+    def scatter_add(self, target: Array, indices: Array, values: Array) -> Array:
         result = self.to_host(target)
         np.add.at(result, self.to_host(indices), self.to_host(values))
         return self.from_host(result, dtype=target.dtype)
 
-    def at_set(self, x, index, values):
+    def at_set(self, x: Array, index: Any, values: Array | float) -> Array:
         return self._updated_copy(x, index, values, add=False)
 
-    def at_add(self, x, index, values):
+    def at_add(self, x: Array, index: Any, values: Array | float) -> Array:
         return self._updated_copy(x, index, values, add=True)
 
-    def _updated_copy(self, x, index, values, *, add: bool):
+    def _updated_copy(self, x: Array, index: Any, values: Array | float, *, add: bool) -> ImmutableArray:
         """A copy of ``x``'s inner array with the update written into it, wrapped: ``x`` is left alone."""
         inner = self._strict.asarray(x._inner, copy=True)
         key, values = _unwrap(index), _unwrap(values)
@@ -198,7 +201,7 @@ def load(device: str | None) -> Backend:
         raise BackendUnavailable(f"immutable:{device}", "the immutable test backend has one device; name it "
                                  "'immutable'")
     try:
-        import array_api_strict
+        import array_api_strict  # lazy: optional library (a test dependency)
     except ImportError:
         raise BackendUnavailable("immutable", "array_api_strict is not installed (pip install array-api-strict)"
                                  ) from None

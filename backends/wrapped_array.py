@@ -3,12 +3,16 @@ array held inside, with its metadata read through. Each subclass adds what it ch
 
 from __future__ import annotations
 
+from .array_types import Array
+
 
 class WrappedArray:
     __slots__ = ("_inner",)
-    __hash__ = None  # as the array API's arrays: == is elementwise
+    # as the array API's arrays: == is elementwise (object's __hash__ is a method to mypy; None is how Python
+    # makes a class unhashable)
+    __hash__ = None  # type: ignore[assignment]
 
-    def __init__(self, inner):
+    def __init__(self, inner: Array):
         self._inner = inner
 
     shape = property(lambda self: self._inner.shape)
