@@ -29,11 +29,17 @@ import contextlib
 import functools
 import math
 import types
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
+from .array_types import Array, Device, DType, HostArrayLike
 from .base import Backend, flat_views
+from .cupy_backend import KERNEL_LAUNCHES
 from .errors import BackendUnavailable
+from .random import Seed
 from .registry import BackendFamily, register_backend
 from .strict_backend import StrictRandom
 from .wrapped_array import WrappedArray
@@ -68,7 +74,7 @@ class CallCounter:
             self.transfers.append((self.label, what))
 
     @contextlib.contextmanager
-    def paused(self):
+    def paused(self) -> Iterator[None]:
         self._paused += 1
         try:
             yield
@@ -90,7 +96,7 @@ _NO_KERNEL = {"reshape", "matrix_transpose", "permute_dims", "expand_dims", "squ
               "finfo", "iinfo", "can_cast", "broadcast_shapes", "broadcast_to"}
 
 
-def _basic_index(key) -> bool:
+def _basic_index(key: Any) -> bool:
     keys = key if isinstance(key, tuple) else (key,)
     return all(k is None or k is Ellipsis or isinstance(k, (int, slice)) for k in keys)
 
@@ -100,46 +106,46 @@ class CountingArray(WrappedArray):
 
     __slots__ = ()
 
-    def __array_namespace__(self, /, *, api_version=None):
+    def __array_namespace__(self, /, *, api_version: str | None = None) -> types.ModuleType | None:
         return NAMESPACE
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: Any) -> CountingArray:
         if not _basic_index(key):
             COUNTER.add()
         return _wrap(self._inner[_unwrap(key)])
 
-    def __setitem__(self, key, value):
+    def __setitem__(self, key: Any, value: Any) -> None:
         COUNTER.add()
         self._inner[_unwrap(key)] = _unwrap(value)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[CountingArray]:
         COUNTER.sync("iteration")
         return iter([_wrap(self._inner[i]) for i in range(self.shape[0])])
 
-    def __array__(self, dtype=None, copy=None):
+    def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
         COUNTER.sync("__array__")
         return np.asarray(self._inner.to_device(_CPU), dtype=dtype)
 
-    def item(self):
+    def item(self) -> Any:
         COUNTER.sync("item")
         return np.asarray(self._inner).item()
 
-    def tolist(self):
+    def tolist(self) -> Any:
         COUNTER.sync("tolist")
         return np.asarray(self._inner).tolist()
 
-    def to_device(self, device, /, *, stream=None):
+    def to_device(self, device: Device, /, *, stream: Any = None) -> CountingArray:
         return _wrap(self._inner.to_device(device))
 
-    def __dlpack_device__(self):
+    def __dlpack_device__(self) -> tuple[int, int]:
         return self._inner.__dlpack_device__()
 
     def __repr__(self) -> str:
         return f"CountingArray({self._inner!r})"
 
 
-def _counted(name):
-    def method(self, *args, **kwargs):
+def _counted(name: str) -> Callable[..., Any]:
+    def method(self: CountingArray, *args: Any, **kwargs: Any) -> Any:
         COUNTER.add()
         result = getattr(self._inner, name)(*map(_unwrap, args), **kwargs)
         if name.startswith("__i"):  # in place: the wrapper keeps its (changed) inner array
@@ -150,8 +156,8 @@ def _counted(name):
     return method
 
 
-def _synced(name):
-    def method(self, *args, **kwargs):
+def _synced(name: str) -> Callable[..., Any]:
+    def method(self: CountingArray, *args: Any, **kwargs: Any) -> Any:
         COUNTER.sync(name)
         return getattr(self._inner, name)(*args, **kwargs)
 
@@ -165,7 +171,7 @@ for _name in _SYNCS:
     setattr(CountingArray, _name, _synced(_name))
 
 
-def _wrap(value):
+def _wrap(value: Any) -> Any:
     if type(value) is _STRICT_ARRAY:
         return CountingArray(value)
     if isinstance(value, tuple):
@@ -176,7 +182,7 @@ def _wrap(value):
     return value
 
 
-def _unwrap(value):
+def _unwrap(value: Any) -> Any:
     if type(value) is CountingArray:
         return value._inner
     if isinstance(value, (tuple, list)):
@@ -184,11 +190,11 @@ def _unwrap(value):
     return value
 
 
-def _counted_function(name, function):
+def _counted_function(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
     free = name in _NO_KERNEL
 
     @functools.wraps(function)
-    def call(*args, **kwargs):
+    def call(*args: Any, **kwargs: Any) -> Any:
         if name == "asarray" and args and type(args[0]) is CountingArray:
             wanted = kwargs.get("dtype")
             free_copy = kwargs.get("copy") is not True and (wanted is None or wanted == args[0].dtype)
@@ -204,11 +210,11 @@ def _counted_function(name, function):
 class _Namespace(types.ModuleType):
     """array_api_strict's namespace (or its ``linalg``/``fft``), its calls counted."""
 
-    def __init__(self, name: str, inner):
+    def __init__(self, name: str, inner: types.ModuleType):
         super().__init__(name, "array_api_strict, every call counted")
         self._strict = inner
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         value = getattr(self._strict, name)
         if isinstance(value, types.ModuleType):
             value = _Namespace(f"{self.__name__}.{name}", value)
@@ -218,9 +224,9 @@ class _Namespace(types.ModuleType):
         return value
 
 
-_STRICT_ARRAY = None
-_CPU = None
-NAMESPACE = None
+_STRICT_ARRAY: type | None = None
+_CPU: Device = None
+NAMESPACE: _Namespace | None = None
 
 
 class CountingRandom(StrictRandom):
@@ -239,15 +245,15 @@ class CountingRandom(StrictRandom):
         COUNTER.add()
         return result
 
-    def permutation(self, n):
+    def permutation(self, n: int) -> Array:
         with COUNTER.paused():
             result = super().permutation(n)
         COUNTER.add()
         return result
 
 
-def _capability(name, launches):
-    def method(self, *args, **kwargs):
+def _capability(name: str, launches: Callable[..., int]) -> Callable[..., Any]:
+    def method(self: CountingBackend, *args: Any, **kwargs: Any) -> Any:
         with COUNTER.paused():
             result = getattr(Backend, name)(self, *args, **kwargs)
         COUNTER.add(launches(*args, **kwargs))
@@ -262,49 +268,47 @@ class CountingBackend(Backend):
     permutes_epochs = True  # as on a GPU (CuPy): the count stands in for one
 
     def __init__(self):
-        import array_api_strict
+        import array_api_strict  # lazy: optional library (a test dependency)
 
         self._strict = array_api_strict
         self.counter = COUNTER
         super().__init__("counting", NAMESPACE, _CPU, device_name="CPU (array_api_strict, every call counted)",
                          version=array_api_strict.__version__)
 
-    def owns(self, x) -> bool:
+    def owns(self, x: object) -> bool:
         return type(x) is CountingArray
 
-    def to_host(self, x):
+    def to_host(self, x: CountingArray) -> np.ndarray:
         COUNTER.sync("to_host")
         return np.array(x._inner, copy=True)
 
-    def from_host(self, host_array, dtype=None):
+    def from_host(self, host_array: HostArrayLike, dtype: DType | None = None) -> CountingArray:
         COUNTER.transfer("from_host")
         host_array = np.asarray(host_array)
         if dtype is None and host_array.dtype == np.float64:
             dtype = self.float_dtype
         return CountingArray(self._strict.asarray(host_array, dtype=dtype, copy=True))
 
-    def random(self, seed):
+    def random(self, seed: Seed) -> CountingRandom:
         return CountingRandom(self, seed)
 
-    def flat_buffer(self, shapes, dtype):
+    def flat_buffer(self, shapes: Sequence[tuple[int, ...]], dtype: DType) -> tuple[Array, list[Array]]:
         """Views of one flat array, as NumPy and CuPy make them (array_api_strict's slices and reshapes are
         NumPy views): the multi-tensor updates see ``FlatTensors`` and count as the one kernel they are."""
         with COUNTER.paused():
             flat = self.xp.zeros((sum(math.prod(shape) for shape in shapes),), dtype=dtype)
             return flat, flat_views(self.xp, flat, shapes)
 
-    def scatter_add(self, target, indices, values):
+    def scatter_add(self, target: CountingArray, indices: CountingArray, values: CountingArray) -> CountingArray:
         with COUNTER.paused():
-            result = self.to_host(target)
-            np.add.at(result, self.to_host(indices), self.to_host(values))
-            result = self.from_host(result, dtype=target.dtype)
+            host = self.to_host(target)
+            np.add.at(host, self.to_host(indices), self.to_host(values))
+            result = self.from_host(host, dtype=target.dtype)
         COUNTER.add()
         return result
 
 
 def _install_capabilities() -> None:
-    from .cupy_backend import KERNEL_LAUNCHES
-
     for name, launches in KERNEL_LAUNCHES.items():
         if name != "scatter_add":  # above: array_api_strict has none, it runs on the host
             setattr(CountingBackend, name, _capability(name, launches))
@@ -316,7 +320,7 @@ def load(device: str | None) -> Backend:
         raise BackendUnavailable(f"counting:{device}", "the counting test backend has one device; name it "
                                  "'counting'")
     try:
-        import array_api_strict
+        import array_api_strict  # lazy: optional library (a test dependency)
     except ImportError:
         raise BackendUnavailable("counting", "array_api_strict is not installed (pip install array-api-strict)"
                                  ) from None

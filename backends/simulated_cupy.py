@@ -37,13 +37,19 @@ import contextlib
 import contextvars
 import functools
 import types
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any
 
 import array_api_strict
 import numpy as np
 from array_api_strict._array_object import Array
 
+from .array_types import DType, HostArrayLike
 from .base import Backend
 from .errors import BackendUnavailable
+from .numpy_backend import NumpyBackend
+from .random import Seed
 from .strict_backend import StrictRandom
 
 #: Simulated GPU number -> the array_api_strict device that plays it.
@@ -59,7 +65,7 @@ def current_device() -> int:
 
 
 @contextlib.contextmanager
-def use_device(index: int):
+def use_device(index: int) -> Iterator[None]:
     """``with use_device(1):`` makes simulated GPU 1 current, as ``with cupy.cuda.Device(1):``."""
     token = _current.set(index)
     try:
@@ -68,7 +74,7 @@ def use_device(index: int):
         _current.reset(token)
 
 
-def _index(device) -> int:
+def _index(device: Any) -> int:
     return DEVICES.index(device)
 
 
@@ -77,24 +83,24 @@ class SimulatedCupyArray(Array):
 
     __slots__ = ()
 
-    def __array_namespace__(self, /, *, api_version=None):
+    def __array_namespace__(self, /, *, api_version: str | None = None) -> types.ModuleType:
         return namespace
 
-    def __getitem__(self, key, /):
+    def __getitem__(self, key: Any, /) -> SimulatedCupyArray:
         # A view (integers, slices) runs no kernel, on CuPy either; indexing with an array does.
         keys = key if isinstance(key, tuple) else (key,)
         if any(isinstance(k, Array) for k in keys):
             _require_current((self, *keys))
         return Array.__getitem__(self, key)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[SimulatedCupyArray]:
         if self.ndim != 1:
             raise TypeError("only 1-D arrays can be iterated over")
         _require_current((self,))
         return iter([self[i] for i in range(self.shape[0])])
 
 
-def _require_current(values) -> None:
+def _require_current(values: Any) -> None:
     """Raise as CuPy does when a kernel gets an array of a device that is not current (or a foreign array)."""
     current = _current.get()
     for value in values:
@@ -110,7 +116,7 @@ def _require_current(values) -> None:
                                  f"inside the backend's activate())")
 
 
-def _adopt(result):
+def _adopt(result: Any) -> Any:
     """Results of array_api_strict functions as simulated arrays (tuples and named tuples too)."""
     if isinstance(result, Array) and not isinstance(result, SimulatedCupyArray):
         return SimulatedCupyArray._new(result._array, device=result._device)
@@ -135,18 +141,18 @@ _ARRAY_METHODS_UNCHECKED = {"__new__", "__reduce__", "__repr__", "__buffer__", "
                             "__array_namespace__", "__getitem__"}
 
 
-def _on_current_device(function):
+def _on_current_device(function: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(function)
-    def create(*args, **kwargs):
+    def create(*args: Any, **kwargs: Any) -> Any:
         kwargs["device"] = DEVICES[_current.get()]  # whatever the caller asked for
         return _adopt(function(*args, **kwargs))
 
     return create
 
 
-def _like(function):
+def _like(function: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(function)
-    def create(x, /, *args, **kwargs):
+    def create(x: Any, /, *args: Any, **kwargs: Any) -> Any:
         if not isinstance(x, SimulatedCupyArray):
             raise TypeError(f"simulated_cupy.{function.__name__}: expected a simulated_cupy array, "
                             f"got {type(x).__name__}")
@@ -156,7 +162,8 @@ def _like(function):
     return create
 
 
-def asarray(obj, /, *, dtype=None, device=None, copy=None):
+def asarray(obj: object, /, *, dtype: DType | None = None, device: Any = None, copy: bool | None = None
+            ) -> SimulatedCupyArray:
     """``device=`` honoured (``array_api_compat.cupy.asarray`` enters that device); otherwise the current device,
     to which an array of another device is moved (copied), as ``cupy.asarray`` does."""
     target = DEVICES[_current.get()] if device is None else device
@@ -173,9 +180,9 @@ def asarray(obj, /, *, dtype=None, device=None, copy=None):
     return _adopt(array_api_strict.asarray(obj, dtype=dtype, device=target, copy=copy))
 
 
-def _checked(function):
+def _checked(function: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(function)
-    def run(*args, **kwargs):
+    def run(*args: Any, **kwargs: Any) -> Any:
         _require_current(args)
         _require_current(kwargs.values())
         return _adopt(function(*args, **kwargs))
@@ -183,7 +190,7 @@ def _checked(function):
     return run
 
 
-def _wrap_function(name, function):
+def _wrap_function(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
     if name in _ON_CURRENT_DEVICE:
         return _on_current_device(function)
     if name in _LIKE:
@@ -232,11 +239,11 @@ def _build_namespace() -> types.ModuleType:
     return module
 
 
-def _checked_method(name):
+def _checked_method(name: str) -> Callable[..., Any]:
     method = getattr(Array, name)
 
     @functools.wraps(method)
-    def run(self, *args):
+    def run(self: SimulatedCupyArray, *args: Any) -> Any:
         _require_current((self, *args))
         return _adopt(method(self, *args))
 
@@ -265,36 +272,35 @@ class SimulatedCupyBackend(Backend):
                                      f"GPU 0 is current unless activated)",
                          version=array_api_strict.__version__)
 
-    def activate(self):
+    def activate(self) -> AbstractContextManager[None]:
         return use_device(self.index)
 
-    def owns(self, x) -> bool:
+    def owns(self, x: object) -> bool:
         return isinstance(x, SimulatedCupyArray) and x.device == self.device
 
     # Like CupyBackend: each of these enters the device itself.
-    def asarray(self, obj, dtype=None):
+    def asarray(self, obj: object, dtype: DType | None = None) -> SimulatedCupyArray:
         with self.activate():
             return self.xp.asarray(obj, dtype=dtype)
 
-    def from_host(self, host_array, dtype=None):
+    def from_host(self, host_array: HostArrayLike, dtype: DType | None = None) -> SimulatedCupyArray:
         host_array = np.asarray(host_array)
         if dtype is None and host_array.dtype == np.float64:
             dtype = self.float_dtype
         with self.activate():
             return self.xp.asarray(host_array, dtype=dtype, copy=True)  # a copy, never a view of host memory
 
-    def to_host(self, x):
+    def to_host(self, x: SimulatedCupyArray) -> np.ndarray:
         return np.array(Array.to_device(x, self._cpu), copy=True)  # cupy.asnumpy works from any device
 
-    def random(self, seed):
+    def random(self, seed: Seed) -> StrictRandom:
         return StrictRandom(self, seed)
 
-    def limit_threads(self, threads):
-        from .numpy_backend import NumpyBackend
-
+    def limit_threads(self, threads: int) -> bool:
         return NumpyBackend().limit_threads(threads)  # it computes with NumPy underneath
 
-    def scatter_add(self, target, indices, values):
+    def scatter_add(self, target: SimulatedCupyArray, indices: SimulatedCupyArray,
+                    values: SimulatedCupyArray) -> SimulatedCupyArray:
         result = self.to_host(target).copy()
         np.add.at(result, self.to_host(indices), self.to_host(values))
         with self.activate():
