@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import cupy_cells
-from .base import Backend, FlatTensors, flat_views
+from .base import Backend, FlatTensors, ThreadLimit, flat_views
 from .errors import BackendUnavailable
 from .random import DeviceRandom, seed_to_int
 
@@ -146,6 +146,10 @@ class CupyBackend(Backend):
 
     def to_host(self, x):
         return self._cupy.asnumpy(x)
+
+    def limit_threads(self, threads: int | None) -> ThreadLimit:
+        """Applied as it is: CuPy's kernels run on the GPU, no pool of CPU threads to share out."""
+        return ThreadLimit(True)
 
     def random(self, seed):
         return CupyRandom(self, seed)

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .base import Backend, host_available_memory
+from .base import Backend, ThreadLimit, host_available_memory
 from .errors import BackendUnavailable
 from .random import DeviceRandom, Seed, _entropy
 
@@ -283,10 +283,10 @@ class JaxBackend(Backend):
     def trace_shapes(self, function, *args):
         return self._jax.eval_shape(function, *args)
 
-    def limit_threads(self, threads):
-        """False: XLA sizes its CPU thread pool when JAX starts, from ``XLA_FLAGS`` (for one thread:
+    def limit_threads(self, threads: int | None) -> ThreadLimit:
+        """Not applied: XLA sizes its CPU thread pool when JAX starts, from ``XLA_FLAGS`` (for one thread:
         ``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``), and it cannot change later."""
-        return False
+        return ThreadLimit(False)
 
     def synchronize(self):
         # JAX has no device-wide barrier: a computation queued after all others on the device finishes last.

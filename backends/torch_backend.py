@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from . import torch_cells
-from .base import Backend, FlatTensors, activation_backward, activation_forward, flat_views
+from .base import Backend, FlatTensors, ThreadLimit, activation_backward, activation_forward, flat_views
 from .errors import BackendUnavailable
 from .random import DeviceRandom, seed_to_int
 
@@ -133,9 +133,13 @@ class TorchBackend(Backend):
     def random(self, seed):
         return TorchRandom(self, seed)
 
-    def limit_threads(self, threads):
+    def limit_threads(self, threads: int | None) -> ThreadLimit:
+        """``torch.set_num_threads`` (PyTorch's CPU kernels, on any device: the host side of a GPU run too)."""
+        if threads is None:
+            return ThreadLimit(False)
+        previous = self._torch.get_num_threads()
         self._torch.set_num_threads(max(1, int(threads)))
-        return True
+        return ThreadLimit(True, lambda: self._torch.set_num_threads(previous))
 
     # Updates in place: tensors are always writeable.
     def add_scaled(self, target, source, alpha=1.0, *, beta=1.0):

@@ -16,7 +16,7 @@ import pytest
 import backprop as bp
 from backprop.errors import ConfigError, DTypeError, ShapeError
 from backprop.layers.conv import Conv2D
-from backprop.layers.im2col import output_size
+from backprop.layers.windows import output_size
 from backprop.layers.pooling import AvgPool2D, MaxPool2D
 from backprop.layers.shape import Flatten, Reshape
 
