@@ -16,9 +16,9 @@ import pytest
 import backprop as bp
 from backprop.errors import ConfigError, DTypeError, ShapeError
 from backprop.layers.conv import Conv2D
-from backprop.layers.windows import output_size
 from backprop.layers.pooling import AvgPool2D, MaxPool2D
 from backprop.layers.shape import Flatten, Reshape
+from backprop.layers.windows import output_size
 
 from conftest import assert_on_backend, ones_like, weights
 

@@ -412,9 +412,9 @@ def test_nccl_module_imports_without_cupy():
     try:
         import cupy  # noqa: F401
     except ImportError:
-        from backprop.errors import ConfigError
+        from backends import BackendSetupError
 
-        with pytest.raises(ConfigError, match="NCCL for CuPy"):
+        with pytest.raises(BackendSetupError, match="NCCL for CuPy"):
             nccl.NcclReducer(None, None)
 
 

@@ -25,7 +25,6 @@ ALLOWED = {
     "mpi4py": ("backprop/distributed/communicator.py",),
     # importlib.import_module of a name the rule cannot read: the example modules of the examples' own table.
     COMPUTED_IMPORT: ("backprop/examples/__init__.py",),
-    "threadpoolctl": ("backprop/data/sequences.py",),  # moving to backends
 }
 
 
