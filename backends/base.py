@@ -33,6 +33,9 @@ from .random import DeviceRandom, Seed
 Array = Any
 #: A Python number or a 0-d array of the backend (a device scalar).
 Scalar = Any
+#: A list of arrays, or ``FlatTensors`` (views of one flat array, which the multi-tensor methods read ``.flat`` of
+#: after checking): typed loosely for that reason.
+Arrays = Any
 
 
 class Backend:
@@ -134,7 +137,7 @@ class Backend:
         raise NotImplementedError
 
     # -- updates: portable defaults, in place where the library allows -----------
-    def add_scaled(self, target: Array, source: Array | float, alpha: Scalar = 1.0, *, beta: Scalar = 1.0) -> Array:
+    def add_scaled(self, target: Array, source: Array, alpha: Scalar = 1.0, *, beta: Scalar = 1.0) -> Array:
         """``beta * target + alpha * source`` (BLAS ``axpby``): every optimizer update, and the layers' additions
         to arrays of their own. ``source``: an array of ``target``'s shape, one that broadcasts to it, or a number.
 
@@ -289,15 +292,15 @@ class Backend:
             coefficient = xp.minimum(max_norm / (total + 1e-6), xp.ones((), dtype=norms.dtype, device=self.device))
             return xp.asarray(coefficient, device=self.device)  # NumPy's 0-d results are scalars
 
-    def multi_tensor_scale(self, arrays: Sequence[Array], factor: Scalar) -> list:
+    def multi_tensor_scale(self, arrays: Arrays, factor: Scalar) -> list:
         """Each array times ``factor`` (a number or a 0-d array): clipping's scaling of every gradient at once.
         Returns the results (the arrays themselves where the backend scales in place)."""
         if _all_flat(arrays):
             return self._into_flat(arrays, [self.scale(arrays.flat, factor)])
         return [self.scale(a, factor) for a in arrays]
 
-    def multi_tensor_sgd(self, params: Sequence[Array], grads: Sequence[Array],
-                         momentum_buffers: Sequence[Array] | None = None, *, lr: Scalar, momentum: float = 0.0,
+    def multi_tensor_sgd(self, params: Arrays, grads: Arrays,
+                         momentum_buffers: Arrays | None = None, *, lr: Scalar, momentum: float = 0.0,
                          nesterov: bool = False, weight_decay: float = 0.0) -> tuple[list, list | None]:
         """SGD (with momentum, Nesterov momentum and L2 weight decay, as ``torch.optim.SGD`` without
         dampening) of every parameter at once: the updated ``(params, momentum_buffers)`` (buffers None without
@@ -310,8 +313,8 @@ class Backend:
             return sgd_update(self.add_scaled, params, grads, momentum_buffers, lr=lr, momentum=momentum,
                               nesterov=nesterov, weight_decay=weight_decay)
 
-    def multi_tensor_adam(self, params: Sequence[Array], grads: Sequence[Array], exp_avgs: Sequence[Array],
-                          exp_avg_sqs: Sequence[Array], *, lr: Scalar, step: Scalar, beta1: float, beta2: float,
+    def multi_tensor_adam(self, params: Arrays, grads: Arrays, exp_avgs: Arrays,
+                          exp_avg_sqs: Arrays, *, lr: Scalar, step: Scalar, beta1: float, beta2: float,
                           eps: float, weight_decay: float = 0.0,
                           decoupled_weight_decay: bool = False) -> tuple[list, list, list]:
         """Adam / AdamW (``decoupled_weight_decay``) of every parameter at once, ``step`` (this step's number,
@@ -327,8 +330,8 @@ class Backend:
                                                                                                        [v])
             return adam_update(self.xp, self.add_scaled, self.scale, params, grads, exp_avgs, exp_avg_sqs, **options)
 
-    def multi_tensor_rmsprop(self, params: Sequence[Array], grads: Sequence[Array], square_avgs: Sequence[Array],
-                             momentum_buffers: Sequence[Array] | None = None, *, lr: Scalar, alpha: float,
+    def multi_tensor_rmsprop(self, params: Arrays, grads: Arrays, square_avgs: Arrays,
+                             momentum_buffers: Arrays | None = None, *, lr: Scalar, alpha: float,
                              eps: float, momentum: float = 0.0,
                              weight_decay: float = 0.0) -> tuple[list, list, list | None]:
         """RMSprop (not centered, as ``torch.optim.RMSprop``) of every parameter at once: the updated
@@ -342,7 +345,7 @@ class Backend:
                         self._into_flat(momentum_buffers, buffers))
             return rmsprop_update(self.xp, self.add_scaled, params, grads, square_avgs, momentum_buffers, **options)
 
-    def multi_tensor_adagrad(self, params: Sequence[Array], grads: Sequence[Array], state_sums: Sequence[Array], *,
+    def multi_tensor_adagrad(self, params: Arrays, grads: Arrays, state_sums: Arrays, *,
                              lr: Scalar, eps: float, weight_decay: float = 0.0) -> tuple[list, list]:
         """AdaGrad (as ``torch.optim.Adagrad`` without lr_decay) of every parameter at once: the updated
         ``(params, state_sums)``."""
@@ -520,7 +523,7 @@ class Backend:
         return host_available_memory()
 
 
-def add_scaled(target: Array, source: Array | float, alpha: Scalar = 1.0, *, beta: Scalar = 1.0) -> Array:
+def add_scaled(target: Array, source: Array, alpha: Scalar = 1.0, *, beta: Scalar = 1.0) -> Array:
     """``beta * target + alpha * source`` as a new array: ``Backend.add_scaled``'s portable default, for code
     that has arrays but no backend (the functional optimizer cores)."""
     if not _is_number(beta) or beta != 1.0:  # a 0-d array is never compared on the host
@@ -695,11 +698,13 @@ def sgd_update(update: Callable, params: Sequence[Array], grads: Sequence[Array]
                momentum_buffers: Sequence[Array] | None = None, *, lr: Scalar, momentum: float = 0.0,
                nesterov: bool = False, weight_decay: float = 0.0) -> tuple[list, list | None]:
     """The portable SGD update (see ``Backend.multi_tensor_sgd``); ``update``: an ``add_scaled``."""
-    new_params, new_buffers = [], [] if momentum != 0 else None
+    new_params: list = []
+    new_buffers: list | None = [] if momentum != 0 else None
     for i, (param, grad) in enumerate(zip(params, grads)):
         if weight_decay != 0:
             grad = grad + weight_decay * param
         if momentum != 0:
+            assert momentum_buffers is not None and new_buffers is not None  # momentum comes with its buffers
             buf = update(momentum_buffers[i], grad, 1.0, beta=momentum)
             new_buffers.append(buf)
             grad = grad + momentum * buf if nesterov else buf
@@ -740,7 +745,9 @@ def rmsprop_update(xp: Any, update: Callable, params: Sequence[Array], grads: Se
                    alpha: float, eps: float, momentum: float = 0.0,
                    weight_decay: float = 0.0) -> tuple[list, list, list | None]:
     """The portable RMSprop update (see ``Backend.multi_tensor_rmsprop``)."""
-    new_params, new_avgs, new_buffers = [], [], [] if momentum > 0 else None
+    new_params: list = []
+    new_avgs: list = []
+    new_buffers: list | None = [] if momentum > 0 else None
     for i, (param, grad, square_avg) in enumerate(zip(params, grads, square_avgs)):
         if weight_decay != 0:
             grad = grad + weight_decay * param
@@ -748,6 +755,7 @@ def rmsprop_update(xp: Any, update: Callable, params: Sequence[Array], grads: Se
         new_avgs.append(square_avg)
         avg = xp.sqrt(square_avg) + eps
         if momentum > 0:
+            assert momentum_buffers is not None and new_buffers is not None  # momentum comes with its buffers
             buf = update(momentum_buffers[i], grad / avg, 1.0, beta=momentum)
             new_buffers.append(buf)
             new_params.append(update(param, buf, -_scalar_for(lr, param)))

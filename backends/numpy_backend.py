@@ -122,7 +122,7 @@ class NumpyBackend(Backend):
 
     # Updates write into the target when NumPy lets us (a read-only array, such as one NumPy made from a
     # buffer it does not own, gets the portable new array instead).
-    def add_scaled(self, target: Array, source: Array | float, alpha: Scalar = 1.0, *, beta: Scalar = 1.0) -> Array:
+    def add_scaled(self, target: Array, source: Array, alpha: Scalar = 1.0, *, beta: Scalar = 1.0) -> Array:
         if target.size >= BLAS_MIN_SIZE and getattr(source, "shape", None) == target.shape:
             axpy = (_blas_routine("axpy", target, source) if target.flags.c_contiguous and target.flags.writeable
                     else None)

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 Seed = int | Sequence[int]
-#: An array shape: one size or a tuple of them.
-Shape = int | tuple[int, ...]
+#: An array shape: a tuple (or list) of sizes.
+Shape = Sequence[int]
 
 
 def seed_to_int(seed: Seed) -> int:

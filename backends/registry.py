@@ -265,7 +265,7 @@ def backend_statuses() -> list[BackendStatus]:
 
 
 def available_backends() -> list[Backend]:
-    return [row.backend for row in backend_statuses() if row.available]
+    return [row.backend for row in backend_statuses() if row.available and row.backend is not None]
 
 
 def backend_of(x: object) -> Backend | None:
@@ -307,9 +307,10 @@ def set_backend(spec: str | Backend | None) -> Backend | None:
 @contextlib.contextmanager
 def use_backend(spec: str | Backend) -> Iterator[Backend]:
     """``with use_backend("torch:cpu"): ...`` makes that backend current inside the block."""
-    token = _current.set(get_backend(spec))
+    backend = get_backend(spec)
+    token = _current.set(backend)
     try:
-        yield _current.get()
+        yield backend
     finally:
         _current.reset(token)
 

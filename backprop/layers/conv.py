@@ -77,7 +77,7 @@ class Conv2D(Layer):
     def array_shapes(cls, config: dict) -> dict[str, tuple]:
         out_channels = config.get("out_channels")
         kernel = as_pair(config.get("kernel_size"), "kernel_size", "Conv2D", minimum=1)
-        shapes = {"param/weight": (out_channels, config.get("in_channels"), *kernel)}
+        shapes: dict[str, tuple] = {"param/weight": (out_channels, config.get("in_channels"), *kernel)}
         if config.get("bias", True):
             shapes["param/bias"] = (out_channels,)
         return shapes
