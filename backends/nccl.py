@@ -9,8 +9,10 @@ only. Importing this module does not import CuPy: that happens when a
 and the array API standard has none.
 
 Setup: rank 0 makes an NCCL unique id, MPI broadcasts it (a few bytes, once),
-and every rank joins the NCCL communicator with it on its own GPU (chosen by
-``device_backend``: the rank's number on its machine, modulo the visible GPUs).
+and every rank joins the NCCL communicator with it on its own GPU (the rank's
+number on its machine: ``registry.backend_for_rank``; ``visible_gpus`` is the CuPy
+family's ``rank_devices``). Set-up problems are ``BackendSetupError``s, which the
+CLI reports in one line (exit status 2), as it does backprop's configuration errors.
 Each step then sums the packed, weighted gradient buffer in place on the GPUs,
 on the current CUDA stream: no host copy at all (NVLink or PCIe inside a
 machine, InfiniBand/RoCE or TCP between machines, as NCCL finds them).
