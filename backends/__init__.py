@@ -5,8 +5,8 @@ Everything library- or device-specific lives here; the network code in
 ``device``, and the few operations the standard lacks.
 """
 
-from .base import Backend, describe_array, dtype_name
-from .errors import BackendError, BackendUnavailable, UnknownBackend
+from .base import Backend, ThreadLimit, describe_array, dtype_name
+from .errors import BackendError, BackendSetupError, BackendUnavailable, UnknownBackend
 from .random import DeviceRandom, HostRandom, seed_to_int
 from .registry import (
     ENTRY_POINT_GROUP,
@@ -15,10 +15,12 @@ from .registry import (
     BackendStatus,
     auto_backend,
     available_backends,
+    backend_for_rank,
     backend_of,
     backend_statuses,
     current_backend,
     default_spec,
+    devices_for_ranks,
     families,
     get_backend,
     parse_spec,
@@ -28,9 +30,9 @@ from .registry import (
 )
 
 __all__ = [
-    "ENTRY_POINT_GROUP", "ENV_VAR", "Backend", "BackendError", "BackendFamily", "BackendStatus",
-    "BackendUnavailable", "DeviceRandom", "HostRandom", "UnknownBackend", "auto_backend",
-    "available_backends", "backend_of", "backend_statuses", "current_backend", "default_spec", "describe_array",
-    "dtype_name", "families", "get_backend", "parse_spec", "register_backend", "seed_to_int", "set_backend",
-    "use_backend",
+    "ENTRY_POINT_GROUP", "ENV_VAR", "Backend", "BackendError", "BackendFamily", "BackendSetupError",
+    "BackendStatus", "BackendUnavailable", "DeviceRandom", "HostRandom", "ThreadLimit", "UnknownBackend",
+    "auto_backend", "available_backends", "backend_for_rank", "backend_of", "backend_statuses", "current_backend",
+    "default_spec", "describe_array", "devices_for_ranks", "dtype_name", "families", "get_backend", "parse_spec",
+    "register_backend", "seed_to_int", "set_backend", "use_backend",
 ]

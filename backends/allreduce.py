@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class HostReducer:
     """The all-reduce for CPU backends (and any backend): device → host copy, ``MPI_Allreduce`` in place on
@@ -9,10 +11,10 @@ class HostReducer:
 
     carries_flag = True
 
-    def __init__(self, communicator, backend):
+    def __init__(self, communicator: Any, backend: Any):
         self.communicator, self.backend = communicator, backend
 
-    def allreduce(self, flat, flag: float):
+    def allreduce(self, flat: Any, flag: float) -> tuple[Any, float]:
         """``(sum of flat over ranks on the device, sum of flag over ranks)``; ``flat`` ends with the flag."""
         host = self.backend.to_host(flat)  # a fresh, writable host copy
         MPI = self.communicator.MPI

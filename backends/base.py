@@ -19,11 +19,24 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
+from . import convolution
 from .allreduce import HostReducer
+from .array_types import Array
 from .random import DeviceRandom, Seed
+
+#: The arrays a multi-tensor update returns, one per parameter (a list, or views of one flat buffer).
+Updated = Sequence[Array]
+#: A Python number or a 0-d array of the backend (a device scalar).
+Scalar = Any
+#: A list of arrays, or ``FlatTensors`` (views of one flat array, which the multi-tensor methods read ``.flat`` of
+#: after checking): typed loosely for that reason.
+Arrays = Any
 
 
 class Backend:
@@ -36,7 +49,7 @@ class Backend:
     #: Registered family name, such as ``"numpy"`` or ``"torch"``.
     library: str = ""
 
-    def __init__(self, name: str, xp, device, *, device_name: str, version: str):
+    def __init__(self, name: str, xp: Any, device: Any, *, device_name: str, version: str):
         self.name = name  # full spec, such as "torch:cuda:0"
         self.xp = xp
         self.device = device
@@ -48,14 +61,14 @@ class Backend:
         return f"<Backend {self.name} ({self.device_name})>"
 
     # Backends are shared singletons: copying a layer must not copy its backend.
-    def __copy__(self):
+    def __copy__(self) -> Backend:
         return self
 
-    def __deepcopy__(self, memo):
+    def __deepcopy__(self, memo: dict) -> Backend:
         return self
 
     # -- the device ----------------------------------------------------------
-    def activate(self):
+    def activate(self) -> contextlib.AbstractContextManager:
         """``with backend.activate(): ...`` makes this backend's device the current one inside the block.
 
         Libraries with a *current device* need it: CuPy creates every array and runs every kernel there,
@@ -77,12 +90,12 @@ class Backend:
     #: of the data is written every epoch).
     permutes_epochs: bool = False
 
-    def owns(self, x) -> bool:
+    def owns(self, x: Any) -> bool:
         """True when ``x`` is an array of this library on this device (a cheap check)."""
         raise NotImplementedError
 
     # -- creation and transfer ----------------------------------------------
-    def dtype(self, name_or_dtype):
+    def dtype(self, name_or_dtype: Any) -> Any:
         """Resolve ``"float32"`` (or a dtype of this library) to this library's dtype."""
         if isinstance(name_or_dtype, str):
             try:
@@ -91,11 +104,11 @@ class Backend:
                 raise TypeError(f"unknown dtype {name_or_dtype!r}; expected a name such as 'float32'") from None
         return name_or_dtype
 
-    def asarray(self, obj, dtype=None):
+    def asarray(self, obj: Any, dtype: Any = None) -> Array:
         """An array on this backend's device (``obj``: a Python scalar, list or array of this library)."""
         return self.xp.asarray(obj, dtype=dtype, device=self.device)
 
-    def from_host(self, host_array, dtype=None):
+    def from_host(self, host_array: Any, dtype: Any = None) -> Array:
         """Copy a NumPy array (or anything ``numpy.asarray`` accepts) onto the device.
 
         Always a copy, never a view: later changes to either side do not affect the other.
@@ -106,7 +119,7 @@ class Backend:
             dtype = self.float_dtype
         return self.xp.asarray(host_array, dtype=dtype, device=self.device, copy=True)
 
-    def to_host(self, x) -> np.ndarray:
+    def to_host(self, x: Array) -> np.ndarray:
         """Copy an array of this backend to a NumPy array on the host (a copy, never a view)."""
         raise NotImplementedError
 
@@ -115,7 +128,7 @@ class Backend:
         """A seeded generator that draws on the device."""
         raise NotImplementedError
 
-    def scatter_add(self, target, indices, values):
+    def scatter_add(self, target: Array, indices: Array, values: Array) -> Array:
         """``target`` with ``values[i]`` added to row ``indices[i]`` (axis 0), duplicates accumulating.
 
         Returns the result: ``target`` itself where the library updates in place, a new array where it cannot
@@ -125,7 +138,7 @@ class Backend:
         raise NotImplementedError
 
     # -- updates: portable defaults, in place where the library allows -----------
-    def add_scaled(self, target, source, alpha: float = 1.0, *, beta: float = 1.0):
+    def add_scaled(self, target: Array, source: Array, alpha: Scalar = 1.0, *, beta: Scalar = 1.0) -> Array:
         """``beta * target + alpha * source`` (BLAS ``axpby``): every optimizer update, and the layers' additions
         to arrays of their own. ``source``: an array of ``target``'s shape, one that broadcasts to it, or a number.
 
@@ -137,26 +150,26 @@ class Backend:
         with self.activate():
             return add_scaled(target, source, alpha, beta=beta)
 
-    def scale(self, target, factor):
+    def scale(self, target: Array, factor: Scalar) -> Array:
         """``target * factor`` (``factor``: a number or a 0-d array of this backend): gradient clipping,
         decoupled weight decay. Returns the result; NumPy, PyTorch and CuPy scale ``target`` in place."""
         with self.activate():
             return scale(target, factor)
 
-    def at_set(self, x, index, values):
+    def at_set(self, x: Array, index: Any, values: Array | float) -> Array:
         """``x`` with ``x[index] = values``: ``array_api_extra.at(x, index).set(values)``, which writes into ``x``
         where the library allows it (and returns ``x``) and otherwise returns an updated copy (JAX: ``.at[]``).
         Use the returned array either way."""
-        import array_api_extra as xpx
+        import array_api_extra as xpx  # lazy: ~20 ms that `import backends` (the CLI's start) does not pay
 
         with self.activate():
             return xpx.at(x, index).set(values, xp=self.xp)
 
-    def at_add(self, x, index, values):
+    def at_add(self, x: Array, index: Any, values: Array | float) -> Array:
         """``x`` with ``x[index] += values`` (``index``: integers and slices; within one call no element is
         named twice): ``array_api_extra.at(x, index).add(values)``, in place where the library allows it.
         Use the returned array either way."""
-        import array_api_extra as xpx
+        import array_api_extra as xpx  # lazy: ~20 ms that `import backends` (the CLI's start) does not pay
 
         with self.activate():
             return xpx.at(x, index).add(values, xp=self.xp)
@@ -170,7 +183,8 @@ class Backend:
     # counts may be Python numbers or 0-d arrays of this backend (device scalars: a compiled or captured step
     # reads them from the device, so a schedule changes a value, not the program).
 
-    def dense_forward(self, x, weight, bias=None, activation: str | None = None, *, negative_slope: float = 0.01):
+    def dense_forward(self, x: Array, weight: Array, bias: Array | None = None, activation: str | None = None, *,
+                      negative_slope: float = 0.01) -> tuple[Array, tuple]:
         """``activation(x @ weight + bias)`` and what ``dense_backward`` needs: ``(y, saved)``.
 
         ``activation``: one of ``FUSED_ACTIVATIONS`` (None: none); ``negative_slope`` is LeakyReLU's. The
@@ -183,8 +197,9 @@ class Backend:
         kept = z if activation == "gelu" else y  # what the derivative is computed from
         return y, (x, weight, kept, activation, negative_slope, bias is not None)
 
-    def dense_backward(self, grad_output, saved, *, input_grad: bool = True, weight_grad_out=None,
-                       bias_grad_out=None):
+    def dense_backward(self, grad_output: Array, saved: tuple, *, input_grad: bool = True,
+                       weight_grad_out: Array | None = None,
+                       bias_grad_out: Array | None = None) -> tuple[Array | None, Array, Array | None]:
         """``(grad_input, grad_weight, grad_bias)`` for a ``dense_forward`` call (``grad_input`` None without
         ``input_grad``, ``grad_bias`` None without a bias). ``weight_grad_out`` / ``bias_grad_out``: arrays of
         the gradients' shapes that a backend may write the gradients into and return (NumPy does: a flat
@@ -210,7 +225,9 @@ class Backend:
                 grad_bias = self.at_set(bias_grad_out, ..., grad_bias)
         return grad_input, grad_weight, grad_bias
 
-    def softmax_cross_entropy(self, logits, labels, *, grad_scale=1.0, metrics=None, with_grad: bool = True):
+    def softmax_cross_entropy(self, logits: Array, labels: Array, *, grad_scale: Scalar = 1.0,
+                              metrics: Array | None = None,
+                              with_grad: bool = True) -> tuple[Array, Array | None, Array | None]:
         """Softmax cross-entropy of ``logits`` (..., classes) against integer ``labels`` (...), fused with its
         gradient and, when ``metrics`` is given, with the step's metrics: ``(loss, grad, metrics)``.
 
@@ -237,7 +254,7 @@ class Backend:
                 metrics = self.add_step_metrics(metrics, loss, _count_correct(xp, logits, labels), logits.shape[0])
         return loss, grad, metrics
 
-    def add_step_metrics(self, metrics, loss, correct, examples: int):
+    def add_step_metrics(self, metrics: Array, loss: Array, correct: Array | int, examples: int) -> Array:
         """``metrics`` (see ``METRICS``) plus one batch's: ``loss · examples``, ``correct``, and 1 in the
         non-finite count when ``loss`` is NaN or infinite. A new array (the default); used for losses without a
         fused path."""
@@ -250,7 +267,7 @@ class Backend:
                                                                                           device=self.device)])
             return metrics + part
 
-    def close_step_metrics(self, metrics):
+    def close_step_metrics(self, metrics: Array) -> Array:
         """``metrics`` at the end of an optimizer step: one more good step while no loss so far was non-finite
         (the trainer's error names the first bad step from it)."""
         xp = self.xp
@@ -259,7 +276,7 @@ class Backend:
             zero = xp.zeros((), dtype=metrics.dtype, device=self.device)
             return metrics + xp.stack([zero, zero, zero, good])
 
-    def tensor_norms(self, arrays, *, add_to=None):
+    def tensor_norms(self, arrays: Sequence[Array], *, add_to: Array | None = None) -> Array:
         """The L2 norm of each array, as one 1-d array on the device (gradient norms for clipping and for the
         trainer's diagnostics), plus ``add_to`` (a 1-d array of as many sums, or None)."""
         xp = self.xp
@@ -267,7 +284,7 @@ class Backend:
             norms = xp.stack([xp.sqrt(xp.sum(a * a)) for a in arrays])
             return norms if add_to is None else add_to + norms
 
-    def clip_coefficient(self, norms, max_norm: float):
+    def clip_coefficient(self, norms: Array, max_norm: float) -> Array:
         """``min(1, max_norm / (total + 1e-6))`` with ``total`` the global norm of arrays whose norms are
         ``norms`` (a 0-d array; as ``torch.nn.utils.clip_grad_norm_``). No Python ``if`` reads a device value."""
         xp = self.xp
@@ -276,15 +293,16 @@ class Backend:
             coefficient = xp.minimum(max_norm / (total + 1e-6), xp.ones((), dtype=norms.dtype, device=self.device))
             return xp.asarray(coefficient, device=self.device)  # NumPy's 0-d results are scalars
 
-    def multi_tensor_scale(self, arrays, factor) -> list:
+    def multi_tensor_scale(self, arrays: Arrays, factor: Scalar) -> list:
         """Each array times ``factor`` (a number or a 0-d array): clipping's scaling of every gradient at once.
         Returns the results (the arrays themselves where the backend scales in place)."""
         if _all_flat(arrays):
             return self._into_flat(arrays, [self.scale(arrays.flat, factor)])
         return [self.scale(a, factor) for a in arrays]
 
-    def multi_tensor_sgd(self, params, grads, momentum_buffers=None, *, lr, momentum: float = 0.0,
-                         nesterov: bool = False, weight_decay: float = 0.0):
+    def multi_tensor_sgd(self, params: Arrays, grads: Arrays,
+                         momentum_buffers: Arrays | None = None, *, lr: Scalar, momentum: float = 0.0,
+                         nesterov: bool = False, weight_decay: float = 0.0) -> tuple[Updated, Updated | None]:
         """SGD (with momentum, Nesterov momentum and L2 weight decay, as ``torch.optim.SGD`` without
         dampening) of every parameter at once: the updated ``(params, momentum_buffers)`` (buffers None without
         momentum; zeros at first, which gives PyTorch's first step)."""
@@ -296,8 +314,10 @@ class Backend:
             return sgd_update(self.add_scaled, params, grads, momentum_buffers, lr=lr, momentum=momentum,
                               nesterov=nesterov, weight_decay=weight_decay)
 
-    def multi_tensor_adam(self, params, grads, exp_avgs, exp_avg_sqs, *, lr, step, beta1: float, beta2: float,
-                          eps: float, weight_decay: float = 0.0, decoupled_weight_decay: bool = False):
+    def multi_tensor_adam(self, params: Arrays, grads: Arrays, exp_avgs: Arrays,
+                          exp_avg_sqs: Arrays, *, lr: Scalar, step: Scalar, beta1: float, beta2: float,
+                          eps: float, weight_decay: float = 0.0,
+                          decoupled_weight_decay: bool = False) -> tuple[Updated, Updated, Updated]:
         """Adam / AdamW (``decoupled_weight_decay``) of every parameter at once, ``step`` (this step's number,
         from 1; the same for all of them) for the bias corrections: the updated
         ``(params, exp_avgs, exp_avg_sqs)``."""
@@ -311,8 +331,10 @@ class Backend:
                                                                                                        [v])
             return adam_update(self.xp, self.add_scaled, self.scale, params, grads, exp_avgs, exp_avg_sqs, **options)
 
-    def multi_tensor_rmsprop(self, params, grads, square_avgs, momentum_buffers=None, *, lr, alpha: float,
-                             eps: float, momentum: float = 0.0, weight_decay: float = 0.0):
+    def multi_tensor_rmsprop(self, params: Arrays, grads: Arrays, square_avgs: Arrays,
+                             momentum_buffers: Arrays | None = None, *, lr: Scalar, alpha: float,
+                             eps: float, momentum: float = 0.0,
+                             weight_decay: float = 0.0) -> tuple[Updated, Updated, Updated | None]:
         """RMSprop (not centered, as ``torch.optim.RMSprop``) of every parameter at once: the updated
         ``(params, square_avgs, momentum_buffers)``."""
         options = {"lr": lr, "alpha": alpha, "eps": eps, "momentum": momentum, "weight_decay": weight_decay}
@@ -324,7 +346,8 @@ class Backend:
                         self._into_flat(momentum_buffers, buffers))
             return rmsprop_update(self.xp, self.add_scaled, params, grads, square_avgs, momentum_buffers, **options)
 
-    def multi_tensor_adagrad(self, params, grads, state_sums, *, lr, eps: float, weight_decay: float = 0.0):
+    def multi_tensor_adagrad(self, params: Arrays, grads: Arrays, state_sums: Arrays, *,
+                             lr: Scalar, eps: float, weight_decay: float = 0.0) -> tuple[Updated, Updated]:
         """AdaGrad (as ``torch.optim.Adagrad`` without lr_decay) of every parameter at once: the updated
         ``(params, state_sums)``."""
         with self.activate():
@@ -335,18 +358,19 @@ class Backend:
             return adagrad_update(self.xp, self.add_scaled, params, grads, state_sums, lr=lr, eps=eps,
                                   weight_decay=weight_decay)
 
-    def compile_function(self, function, *, static_argnums=(), donate_argnums=()):
+    def compile_function(self, function: Callable, *, static_argnums: Sequence[int] = (),
+                         donate_argnums: Sequence[int] = ()) -> Callable | None:
         """``function`` compiled by this library's compiler (JAX: ``jax.jit``; PyTorch: ``torch.compile``), or
         None where it has none (the default). ``static_argnums`` / ``donate_argnums`` as ``jax.jit``'s (a
         compiler without them ignores them)."""
         return None
 
-    def trace_shapes(self, function, *args):
+    def trace_shapes(self, function: Callable, *args: Any) -> Any:
         """Run ``function`` on abstract values of ``args`` (JAX: ``jax.eval_shape``: Python only, nothing is
         computed or compiled) and return the shapes of its results; NotImplementedError elsewhere."""
         raise NotImplementedError(f"{self.name} cannot trace a function abstractly")
 
-    def flat_buffer(self, shapes, dtype):
+    def flat_buffer(self, shapes: Sequence[tuple[int, ...]], dtype: Any) -> tuple[Array, list] | None:
         """``(flat, views)``: one 1-d array and views of it shaped as ``shapes`` (in order, back to back), so an
         update of every parameter is one pass over ``flat``; None where the library cannot make such views
         (immutable arrays) or gains nothing from them. The default: None."""
@@ -361,7 +385,7 @@ class Backend:
             self.at_set(views.flat, ..., results[0])
         return views
 
-    def set_scalar(self, scalar, value):
+    def set_scalar(self, scalar: Array | None, value: float) -> Array:
         """A 0-d array holding ``value`` (a device scalar: a learning rate, a step number): ``scalar``
         overwritten where the library allows (a compiled or captured program keeps reading the same memory),
         else a new array. ``scalar`` None: a new one, float64 where the backend has it (a Python number's
@@ -374,30 +398,36 @@ class Backend:
             return self.xp.asarray(value, dtype=dtype, device=self.device)
 
     # -- optional fast paths -------------------------------------------------
-    def outer(self, a, b):
+    def outer(self, a: Array, b: Array) -> Array:
         """The outer product of two vectors, a new ``(len(a), len(b))`` array with ``[i, j] = a[i] * b[j]``:
         the weight gradient of a one-example batch. Backends override it with BLAS where that is faster."""
         xp = self.xp
         with self.activate():
             return xp.reshape(a, (-1, 1)) * xp.reshape(b, (1, -1))
 
-    def conv2d_forward(self, x, weight, bias, *, stride, padding, dilation):
-        """A faster 2-D convolution (NCHW), or None when this backend has none.
+    def conv2d_forward(self, x: Array, weight: Array, bias: Array | None, *, stride: tuple[int, int],
+                       padding: tuple[int, int], dilation: tuple[int, int]) -> tuple[Array, Any]:
+        """The 2-D convolution (cross-correlation, NCHW, as PyTorch's ``conv2d``) and what ``conv2d_backward``
+        needs: ``(y, saved)``.
 
         ``x``: (N, C, H, W); ``weight``: (O, C, kh, kw); ``bias``: (O,) or None; ``stride``, ``padding``
-        (zeros) and ``dilation``: (h, w) pairs. Returns ``(y, saved)``: y (N, O, OH, OW) as PyTorch's
-        ``conv2d``, and whatever ``conv2d_backward`` needs. The default returns None and ``Conv2D`` then runs
-        its portable im2col path (standard array operations only, in ``backprop/layers/im2col.py``), which is
-        what every backend without an override uses.
-        """
-        return None
+        (zeros) and ``dilation``: (h, w) pairs; the caller has checked that the output is not empty. ``y``:
+        (N, O, OH, OW). The default is the portable im2col convolution (``backends/convolution.py``: standard
+        array operations and this backend's ``at_set``/``at_add``, so it runs on every backend); NumPy,
+        PyTorch and JAX override both methods with faster ones. ``saved`` is opaque: only this backend's
+        ``conv2d_backward`` reads it."""
+        with self.activate():
+            return convolution.conv2d_forward(self, x, weight, bias, stride=stride, padding=padding,
+                                              dilation=dilation)
 
-    def conv2d_backward(self, grad_output, saved, *, bias: bool, input_grad: bool = True):
+    def conv2d_backward(self, grad_output: Array, saved: Any, *, bias: bool,
+                        input_grad: bool = True) -> tuple[Array | None, Array, Array | None]:
         """``(grad_input, grad_weight, grad_bias)`` for a convolution done by ``conv2d_forward``
         (``grad_bias`` is None when ``bias`` is False, ``grad_input`` None when ``input_grad`` is False)."""
-        raise NotImplementedError(f"{self.name} has no conv2d fast path")
+        with self.activate():
+            return convolution.conv2d_backward(self, grad_output, saved, bias=bias, input_grad=input_grad)
 
-    def allreducer(self, communicator):
+    def allreducer(self, communicator: Any) -> Any:
         """The object that sums a flat gradient buffer of this backend over the ranks of ``communicator``
         (``allreduce(flat, flag) -> (summed flat, summed flag)``). The default goes through the host: device →
         host copy, the communicator's in-place host sum (MPI), host → device; a backend with a collective
@@ -411,7 +441,8 @@ class Backend:
     #: ``out``.
     cells_write_out: bool = False
 
-    def lstm_cell_forward(self, a, h_prev, c_prev, weight_hh):
+    def lstm_cell_forward(self, a: Array, h_prev: Array | None, c_prev: Array | None,
+                          weight_hh: Array) -> tuple[Array, Array, tuple]:
         """One LSTM step, PyTorch's formulation and gate order (i, f, g, o): the recurrent product, the four
         gates and the new state.
 
@@ -425,7 +456,9 @@ class Backend:
         with self.activate():
             return lstm_cell_forward(self.xp, a, h_prev, c_prev, weight_hh)
 
-    def lstm_cell_backward(self, dh, dc, cache, weight_hh, *, pass_back: bool, out=None, weight_hh_t=None):
+    def lstm_cell_backward(self, dh: Array, dc: Array | None, cache: tuple, weight_hh: Array, *, pass_back: bool,
+                           out: Array | None = None,
+                           weight_hh_t: Array | None = None) -> tuple[Array, Array | None, Array | None]:
         """The chain rule through one LSTM step.
 
         ``dh``: dL/dh_t ``(batch, hidden)`` (read only); ``dc``: dL/dc_t from the step after (None: none);
@@ -439,7 +472,7 @@ class Backend:
             return lstm_cell_backward(self.xp, dh, dc, cache, _transposed(self.xp, weight_hh, weight_hh_t),
                                       pass_back)
 
-    def gru_cell_forward(self, a, h_prev, weight_hh, bias_hn):
+    def gru_cell_forward(self, a: Array, h_prev: Array | None, weight_hh: Array, bias_hn: Array) -> tuple[Array, tuple]:
         """One GRU step, PyTorch's formulation and gate order (r, z, n).
 
         ``a``: ``(batch, 3·hidden)``, x_t W_ih + b (the caller's own: the backend may overwrite it);
@@ -448,7 +481,8 @@ class Backend:
         with self.activate():
             return gru_cell_forward(self.xp, a, h_prev, weight_hh, bias_hn)
 
-    def gru_cell_backward(self, dh, cache, weight_hh, *, pass_back: bool, out=None, weight_hh_t=None):
+    def gru_cell_backward(self, dh: Array, cache: tuple, weight_hh: Array, *, pass_back: bool, out: Any = None,
+                          weight_hh_t: Array | None = None) -> tuple[Array, Array, Array | None]:
         """The chain rule through one GRU step, given dL/dh_t ``dh`` (read only).
 
         Returns ``(d_in, d_hh, dh_prev)``: dL/d(pre-activations) as ``weight_ih`` and the bias see them, as
@@ -458,18 +492,24 @@ class Backend:
         with self.activate():
             return gru_cell_backward(self.xp, dh, cache, _transposed(self.xp, weight_hh, weight_hh_t), pass_back)
 
-    def transposed_for_products(self, weight):
+    def transposed_for_products(self, weight: Array) -> Array | None:
         """``weight``ᵀ laid out for the matrix products of many steps in a row (a recurrent layer's backward
         pass asks once and hands the result to every step's cell as ``weight_hh_t``), or None (the default)
         when using the transposed view at each step is as fast. NumPy makes a C-contiguous copy: OpenBLAS
         multiplies by a transposed view 20-25% slower (one thread, 64x512 by 512x128)."""
         return None
 
-    def limit_threads(self, threads: int) -> bool:
-        """Use at most ``threads`` CPU threads for this library's kernels (BLAS, OpenMP); False when the
-        limit could not be applied. Several processes sharing a machine (MPI ranks) need this: oversubscribed
-        BLAS threads can make each step tens of times slower."""
-        return False
+    def limit_threads(self, threads: int | None) -> ThreadLimit:
+        """Use at most ``threads`` CPU threads for this library's kernels (BLAS, OpenMP).
+
+        Several processes sharing a machine (MPI ranks) need this: oversubscribed BLAS threads can make each
+        step tens of times slower; so do the small per-step products of a recurrent layer on a busy machine.
+        The returned ``ThreadLimit`` is true when the limit holds. The limit stays; used as a context manager
+        (``with backend.limit_threads(1): ...``) it gives the previous limits back at the end of the block.
+        ``threads`` None sets nothing. The default does nothing and says so (a false ``ThreadLimit``); NumPy
+        (threadpoolctl) and PyTorch (``torch.set_num_threads``) override it, and so does a backend whose kernels
+        use no CPU threads at all (CuPy: the limit holds as it is)."""
+        return ThreadLimit(False)
 
     def synchronize(self) -> None:
         """Wait for all queued work on the device (needed before timing GPU work)."""
@@ -484,7 +524,7 @@ class Backend:
         return host_available_memory()
 
 
-def add_scaled(target, source, alpha: float = 1.0, *, beta: float = 1.0):
+def add_scaled(target: Array, source: Array, alpha: Scalar = 1.0, *, beta: Scalar = 1.0) -> Array:
     """``beta * target + alpha * source`` as a new array: ``Backend.add_scaled``'s portable default, for code
     that has arrays but no backend (the functional optimizer cores)."""
     if not _is_number(beta) or beta != 1.0:  # a 0-d array is never compared on the host
@@ -492,7 +532,7 @@ def add_scaled(target, source, alpha: float = 1.0, *, beta: float = 1.0):
     return target + source if _is_number(alpha) and alpha == 1.0 else target + alpha * source
 
 
-def scale(target, factor):
+def scale(target: Array, factor: Scalar) -> Array:
     """``target * factor`` as a new array: ``Backend.scale``'s portable default (see ``add_scaled``)."""
     return target * factor
 
@@ -500,12 +540,13 @@ def scale(target, factor):
 # -- the recurrent cells, portable (standard array operations only) ---------------------------------------------
 
 
-def sigmoid(xp, x):
+def sigmoid(xp: Any, x: Array) -> Array:
     """σ(x) = ½ + ½ tanh(x/2): the same function, finite for any x, one transcendental call."""
     return 0.5 + 0.5 * xp.tanh(0.5 * x)
 
 
-def lstm_cell_forward(xp, a, h_prev, c_prev, weight_hh):
+def lstm_cell_forward(xp: Any, a: Array, h_prev: Array | None, c_prev: Array | None,
+                      weight_hh: Array) -> tuple[Array, Array, tuple]:
     """``Backend.lstm_cell_forward`` with new arrays only; the cache is (gates, c_prev, tanh c)."""
     hidden = weight_hh.shape[0]
     if h_prev is not None:
@@ -522,7 +563,8 @@ def _transposed(xp, weight, weight_t):
     return xp.matrix_transpose(weight) if weight_t is None else weight_t
 
 
-def lstm_cell_backward(xp, dh, dc, cache, weight_hh_t, pass_back):
+def lstm_cell_backward(xp: Any, dh: Array, dc: Array | None, cache: tuple, weight_hh_t: Array,
+                       pass_back: bool) -> tuple[Array, Array | None, Array | None]:
     """``Backend.lstm_cell_backward`` with new arrays only (``weight_hh_t``: W_hhᵀ, (4·hidden, hidden)):
         dc_t = dc + dh ⊙ o ⊙ (1 − tanh² c_t)
         da = [dc_t ⊙ g ⊙ i(1−i),  dc_t ⊙ c_{t−1} ⊙ f(1−f),  dc_t ⊙ i ⊙ (1−g²),  dh ⊙ tanh c_t ⊙ o(1−o)]
@@ -541,7 +583,8 @@ def lstm_cell_backward(xp, dh, dc, cache, weight_hh_t, pass_back):
     return da, da @ weight_hh_t, dc_t * f
 
 
-def gru_cell_forward(xp, a, h_prev, weight_hh, bias_hn):
+def gru_cell_forward(xp: Any, a: Array, h_prev: Array | None, weight_hh: Array,
+                     bias_hn: Array) -> tuple[Array, tuple]:
     """``Backend.gru_cell_forward`` with new arrays only; the cache is (h_prev, [r z], n, h W_hn + b_hn)."""
     hidden = weight_hh.shape[0]
     two = 2 * hidden
@@ -558,7 +601,8 @@ def gru_cell_forward(xp, a, h_prev, weight_hh, bias_hn):
     return h, (h_prev, rz, n, hn)
 
 
-def gru_cell_backward(xp, dh, cache, weight_hh_t, pass_back):
+def gru_cell_backward(xp: Any, dh: Array, cache: tuple, weight_hh_t: Array,
+                      pass_back: bool) -> tuple[Array, Array, Array | None]:
     """``Backend.gru_cell_backward`` with new arrays only (``weight_hh_t``: W_hhᵀ, (3·hidden, hidden)):
         da_n = dh ⊙ (1 − z) ⊙ (1 − n²),   dz = dh ⊙ (h_{t−1} − n),   [da_r, da_z] = [da_n ⊙ hn, dz] ⊙ σ'
         d_in = [da_r, da_z, da_n],   d_hh = [da_r, da_z, r ⊙ da_n],   dh_{t−1} = dh ⊙ z + d_hh W_hhᵀ"""
@@ -586,7 +630,7 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _GELU_C = 0.044715
 
 
-def activation_forward(xp, z, activation, negative_slope=0.01):
+def activation_forward(xp: Any, z: Array, activation: str | None, negative_slope: float = 0.01) -> Array:
     """``activation(z)`` as the activation layers compute it."""
     if activation is None:
         return z
@@ -603,7 +647,8 @@ def activation_forward(xp, z, activation, negative_slope=0.01):
     raise ValueError(f"unknown fused activation {activation!r}; expected one of {FUSED_ACTIVATIONS}")
 
 
-def activation_backward(xp, grad, kept, activation, negative_slope=0.01):
+def activation_backward(xp: Any, grad: Array, kept: Array, activation: str | None,
+                        negative_slope: float = 0.01) -> Array:
     """dL/dz from dL/dy, given ``kept``: the activation's output y (the pre-activation z for GELU)."""
     if activation is None:
         return grad
@@ -645,19 +690,22 @@ def _is_number(value) -> bool:
 def _scalar_for(value, array):
     if _is_number(value) or value.dtype == array.dtype:
         return value
-    import array_api_compat
+    import array_api_compat  # lazy: ~20 ms that `import backends` (the CLI's start) does not pay
 
     return array_api_compat.array_namespace(value).astype(value, array.dtype)
 
 
-def sgd_update(update, params, grads, momentum_buffers=None, *, lr, momentum=0.0, nesterov=False,
-               weight_decay=0.0):
+def sgd_update(update: Callable, params: Sequence[Array], grads: Sequence[Array],
+               momentum_buffers: Sequence[Array] | None = None, *, lr: Scalar, momentum: float = 0.0,
+               nesterov: bool = False, weight_decay: float = 0.0) -> tuple[Updated, Updated | None]:
     """The portable SGD update (see ``Backend.multi_tensor_sgd``); ``update``: an ``add_scaled``."""
-    new_params, new_buffers = [], [] if momentum != 0 else None
+    new_params: list = []
+    new_buffers: list | None = [] if momentum != 0 else None
     for i, (param, grad) in enumerate(zip(params, grads)):
         if weight_decay != 0:
             grad = grad + weight_decay * param
         if momentum != 0:
+            assert momentum_buffers is not None and new_buffers is not None  # momentum comes with its buffers
             buf = update(momentum_buffers[i], grad, 1.0, beta=momentum)
             new_buffers.append(buf)
             grad = grad + momentum * buf if nesterov else buf
@@ -665,8 +713,10 @@ def sgd_update(update, params, grads, momentum_buffers=None, *, lr, momentum=0.0
     return new_params, new_buffers
 
 
-def adam_update(xp, update, scale, params, grads, exp_avgs, exp_avg_sqs, *, lr, step, beta1, beta2, eps,
-                weight_decay=0.0, decoupled_weight_decay=False):
+def adam_update(xp: Any, update: Callable, scale: Callable, params: Sequence[Array], grads: Sequence[Array],
+                exp_avgs: Sequence[Array], exp_avg_sqs: Sequence[Array], *, lr: Scalar, step: Scalar,
+                beta1: float, beta2: float, eps: float, weight_decay: float = 0.0,
+                decoupled_weight_decay: bool = False) -> tuple[Updated, Updated, Updated]:
     """The portable Adam/AdamW update (see ``Backend.multi_tensor_adam``)."""
     if _is_number(step):
         bias_correction1 = 1 - beta1 ** step
@@ -691,10 +741,14 @@ def adam_update(xp, update, scale, params, grads, exp_avgs, exp_avg_sqs, *, lr, 
     return new_params, new_avgs, new_avg_sqs
 
 
-def rmsprop_update(xp, update, params, grads, square_avgs, momentum_buffers=None, *, lr, alpha, eps, momentum=0.0,
-                   weight_decay=0.0):
+def rmsprop_update(xp: Any, update: Callable, params: Sequence[Array], grads: Sequence[Array],
+                   square_avgs: Sequence[Array], momentum_buffers: Sequence[Array] | None = None, *, lr: Scalar,
+                   alpha: float, eps: float, momentum: float = 0.0,
+                   weight_decay: float = 0.0) -> tuple[Updated, Updated, Updated | None]:
     """The portable RMSprop update (see ``Backend.multi_tensor_rmsprop``)."""
-    new_params, new_avgs, new_buffers = [], [], [] if momentum > 0 else None
+    new_params: list = []
+    new_avgs: list = []
+    new_buffers: list | None = [] if momentum > 0 else None
     for i, (param, grad, square_avg) in enumerate(zip(params, grads, square_avgs)):
         if weight_decay != 0:
             grad = grad + weight_decay * param
@@ -702,6 +756,7 @@ def rmsprop_update(xp, update, params, grads, square_avgs, momentum_buffers=None
         new_avgs.append(square_avg)
         avg = xp.sqrt(square_avg) + eps
         if momentum > 0:
+            assert momentum_buffers is not None and new_buffers is not None  # momentum comes with its buffers
             buf = update(momentum_buffers[i], grad / avg, 1.0, beta=momentum)
             new_buffers.append(buf)
             new_params.append(update(param, buf, -_scalar_for(lr, param)))
@@ -710,7 +765,9 @@ def rmsprop_update(xp, update, params, grads, square_avgs, momentum_buffers=None
     return new_params, new_avgs, new_buffers
 
 
-def adagrad_update(xp, update, params, grads, state_sums, *, lr, eps, weight_decay=0.0):
+def adagrad_update(xp: Any, update: Callable, params: Sequence[Array], grads: Sequence[Array],
+                   state_sums: Sequence[Array], *, lr: Scalar, eps: float,
+                   weight_decay: float = 0.0) -> tuple[Updated, Updated]:
     """The portable AdaGrad update (see ``Backend.multi_tensor_adagrad``)."""
     new_params, new_sums = [], []
     for param, grad, state_sum in zip(params, grads, state_sums):
@@ -731,7 +788,7 @@ def _flats(views):
     return None if views is None else [views.flat]
 
 
-def flat_views(xp, flat, shapes) -> list:
+def flat_views(xp: Any, flat: Array, shapes: Sequence[tuple[int, ...]]) -> list:
     """Views of the 1-d array ``flat`` shaped as ``shapes``, back to back from its start."""
     views, offset = [], 0
     for shape in shapes:
@@ -747,9 +804,37 @@ class FlatTensors(list):
 
     __slots__ = ("flat",)
 
-    def __init__(self, views, flat):
+    def __init__(self, views: Iterable[Array], flat: Array | None):
         super().__init__(views)
         self.flat = flat
+
+
+class ThreadLimit:
+    """What ``Backend.limit_threads`` did: true when the limit holds (``applied``), false when the backend could
+    not set one. A context manager too: on exit it gives back the limits that were in place before (once; a
+    limit that was not applied has nothing to give back)."""
+
+    def __init__(self, applied: bool, restore: Callable[[], object] | None = None):
+        self.applied = applied
+        self._restore = restore
+
+    def __bool__(self) -> bool:
+        return self.applied
+
+    def __repr__(self) -> str:
+        return f"ThreadLimit(applied={self.applied})"
+
+    def restore(self) -> None:
+        """Give back the limits that were in place before this one (nothing after the first call)."""
+        restore, self._restore = self._restore, None
+        if restore is not None:
+            restore()
+
+    def __enter__(self) -> ThreadLimit:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.restore()
 
 
 #: What ``activate()`` returns on a library without a current device (reusable and re-entrant); callers on
@@ -760,8 +845,6 @@ NOTHING_TO_ACTIVATE = contextlib.nullcontext()
 def host_available_memory() -> int | None:
     """Bytes of host memory a process can still get (None when unknown): the kernel's MemAvailable estimate,
     capped by the cgroup's memory limit (a container's) when one is set."""
-    import os
-
     available = None
     try:
         with open("/proc/meminfo") as handle:
@@ -786,7 +869,7 @@ def host_available_memory() -> int | None:
     return available
 
 
-def dtype_name(dtype) -> str:
+def dtype_name(dtype: Any) -> str:
     """A dtype of any library as a plain name: 'float32'."""
     try:
         return np.dtype(dtype).name
@@ -795,9 +878,9 @@ def dtype_name(dtype) -> str:
         return text.rsplit(".", 1)[-1]
 
 
-def describe_array(x) -> str:
+def describe_array(x: Any) -> str:
     """Where an array lives, in words, for error messages: 'a numpy array (cpu)'."""
-    import array_api_compat
+    import array_api_compat  # lazy: ~20 ms that `import backends` (the CLI's start) does not pay
 
     try:
         xp = array_api_compat.array_namespace(x)

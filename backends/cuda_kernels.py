@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,10 @@ def register(source: RawSource | ElementwiseSource) -> RawSource | ElementwiseSo
 
 
 @functools.cache
-def kernel(name: str):
+def kernel(name: str) -> Any:
     """The CuPy object of registered kernel ``name``: ``cupy.RawModule`` (call ``.get_function(k)``) or
     ``cupy.ElementwiseKernel``. CuPy compiles it for the current GPU when it is first used."""
-    import cupy
+    import cupy  # lazy: optional library (this module loads without it, for the kernels' sources)
 
     source = KERNELS[name]
     if isinstance(source, RawSource):

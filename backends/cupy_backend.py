@@ -19,7 +19,7 @@ import numpy as np
 
 from . import cupy_cells
 from .array_types import Array, DType, HostArrayLike
-from .base import Backend, FlatTensors, flat_views
+from .base import Backend, FlatTensors, ThreadLimit, flat_views
 from .cuda_kernels import kernel
 from .errors import BackendUnavailable
 from .random import DeviceRandom, Seed, seed_to_int
@@ -156,6 +156,10 @@ class CupyBackend(Backend):
 
     def to_host(self, x: Array) -> np.ndarray:
         return self._cupy.asnumpy(x)
+
+    def limit_threads(self, threads: int | None) -> ThreadLimit:
+        """Applied as it is: CuPy's kernels run on the GPU, no pool of CPU threads to share out."""
+        return ThreadLimit(True)
 
     def random(self, seed: Seed) -> CupyRandom:
         return CupyRandom(self, seed)

@@ -16,3 +16,8 @@ class BackendUnavailable(BackendError, RuntimeError):
         self.name = name
         self.reason = reason
         super().__init__(f"backend {name!r} is unavailable: {reason}")
+
+
+class BackendSetupError(BackendError, ValueError):
+    """The backend is here, but this installation or this machine cannot do what was asked of it (NCCL
+    missing, no GPU visible for a distributed job); the message says what to install or change."""

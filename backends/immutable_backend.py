@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .array_types import Array, DType, HostArrayLike
-from .base import Backend
+from .base import Backend, ThreadLimit
 from .errors import BackendUnavailable
 from .numpy_backend import NumpyBackend
 from .random import Seed
@@ -173,7 +173,7 @@ class ImmutableBackend(Backend):
     def random(self, seed: Seed) -> StrictRandom:
         return StrictRandom(self, seed)  # draws on the host, copies with from_host
 
-    def limit_threads(self, threads: int) -> bool:
+    def limit_threads(self, threads: int | None) -> ThreadLimit:
         return NumpyBackend().limit_threads(threads)  # it computes with NumPy underneath
 
     def scatter_add(self, target: Array, indices: Array, values: Array) -> Array:

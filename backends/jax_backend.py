@@ -32,7 +32,7 @@ import numpy as np
 
 from . import base
 from .array_types import Array, Device, DType, HostArrayLike
-from .base import Backend, activation_backward, activation_forward, host_available_memory
+from .base import Backend, ThreadLimit, activation_backward, activation_forward, host_available_memory
 from .errors import BackendUnavailable
 from .random import DeviceRandom, Seed, _entropy
 
@@ -296,10 +296,10 @@ class JaxBackend(Backend):
     def trace_shapes(self, function: Callable[..., Any], *args: Any) -> Any:
         return self._jax.eval_shape(function, *args)
 
-    def limit_threads(self, threads: int) -> bool:
-        """False: XLA sizes its CPU thread pool when JAX starts, from ``XLA_FLAGS`` (for one thread:
+    def limit_threads(self, threads: int | None) -> ThreadLimit:
+        """Not applied: XLA sizes its CPU thread pool when JAX starts, from ``XLA_FLAGS`` (for one thread:
         ``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``), and it cannot change later."""
-        return False
+        return ThreadLimit(False)
 
     def synchronize(self) -> None:
         # JAX has no device-wide barrier: a computation queued after all others on the device finishes last.

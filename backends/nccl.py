@@ -9,8 +9,10 @@ only. Importing this module does not import CuPy: that happens when a
 and the array API standard has none.
 
 Setup: rank 0 makes an NCCL unique id, MPI broadcasts it (a few bytes, once),
-and every rank joins the NCCL communicator with it on its own GPU (chosen by
-``device_backend``: the rank's number on its machine, modulo the visible GPUs).
+and every rank joins the NCCL communicator with it on its own GPU (the rank's
+number on its machine: ``registry.backend_for_rank``; ``visible_gpus`` is the CuPy
+family's ``rank_devices``). Set-up problems are ``BackendSetupError``s, which the
+CLI reports in one line (exit status 2), as it does backprop's configuration errors.
 Each step then sums the packed, weighted gradient buffer in place on the GPUs,
 on the current CUDA stream: no host copy at all (NVLink or PCIe inside a
 machine, InfiniBand/RoCE or TCP between machines, as NCCL finds them).
@@ -18,27 +20,35 @@ machine, InfiniBand/RoCE or TCP between machines, as NCCL finds them).
 
 from __future__ import annotations
 
-import importlib
+from importlib import metadata
+from typing import Any
 
-# The one import of backprop from backends/: NCCL set-up problems are the user's configuration, reported as
-# backprop reports those (one line, exit status 2); this module loads only for a CuPy run on several GPUs.
-from backprop.errors import ConfigError
-
-
-def _cupy(module: str = "cupy"):
-    """``cupy`` or one of its modules, imported on first use (never at import time of this module)."""
-    return importlib.import_module(module)
+from .errors import BackendSetupError
 
 
-def _nccl():
+def _cupy() -> Any:
+    """``cupy``, imported on first use (never at import time of this module)."""
+    import cupy  # lazy: optional library (this module loads without it)
+
+    return cupy
+
+
+def _cupy_nccl() -> Any:
+    """``cupy.cuda.nccl``, imported on first use; ImportError without CuPy or without the NCCL library."""
+    from cupy.cuda import nccl  # lazy: optional library (this module loads without it)
+
+    return nccl
+
+
+def _nccl() -> Any:
     try:
-        nccl = _cupy("cupy.cuda.nccl")
+        nccl = _cupy_nccl()
     except ImportError as exc:
-        raise ConfigError(f"distributed training with --backend cupy needs NCCL for CuPy ({nccl_install_hint()}): "
-                          f"{exc}") from None
+        raise BackendSetupError(f"distributed training with --backend cupy needs NCCL for CuPy "
+                                f"({nccl_install_hint()}): {exc}") from None
     if not getattr(nccl, "available", True):
-        raise ConfigError(f"distributed training with --backend cupy needs NCCL, which this CuPy cannot load "
-                          f"({nccl_install_hint()})")
+        raise BackendSetupError(f"distributed training with --backend cupy needs NCCL, which this CuPy cannot "
+                                f"load ({nccl_install_hint()})")
     return nccl
 
 
@@ -57,8 +67,6 @@ def cupy_cuda_major() -> int | None:
         return int(_cupy().cuda.runtime.runtimeGetVersion()) // 1000
     except Exception:
         pass
-    from importlib import metadata
-
     for major in (11, 12, 13, 14):
         try:
             metadata.version(f"cupy-cuda{major}x")
@@ -73,15 +81,15 @@ def visible_gpus() -> int:
     try:
         cupy = _cupy()
     except ImportError:
-        raise ConfigError("--backend cupy: CuPy is not installed (pip install 'backprop[cuda12]' or "
-                          "'backprop[cuda13]')") from None
+        raise BackendSetupError("--backend cupy: CuPy is not installed (pip install 'backprop[cuda12]' or "
+                                "'backprop[cuda13]')") from None
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"--backend cupy: CUDA is not usable ({text})") from None
+        raise BackendSetupError(f"--backend cupy: CUDA is not usable ({text})") from None
     if count < 1:
-        raise ConfigError("--backend cupy: no CUDA GPU is visible")
+        raise BackendSetupError("--backend cupy: no CUDA GPU is visible")
     return count
 
 
@@ -93,7 +101,7 @@ class NcclReducer:
 
     carries_flag = False
 
-    def __init__(self, communicator, backend):
+    def __init__(self, communicator: Any, backend: Any):
         nccl = _nccl()
         self.communicator, self.nccl, self.backend = communicator, nccl, backend
         unique_id = nccl.get_unique_id() if communicator.is_root else None
@@ -102,12 +110,12 @@ class NcclReducer:
             self.comm = nccl.NcclCommunicator(communicator.size, unique_id, communicator.rank)
         self._types = {"float32": nccl.NCCL_FLOAT32, "float64": nccl.NCCL_FLOAT64, "float16": nccl.NCCL_FLOAT16}
 
-    def allreduce(self, flat, flag: float):
+    def allreduce(self, flat: Any, flag: float) -> tuple[Any, float]:
         """``(flat summed over ranks, in place on the GPU, sum of flag over ranks)``."""
         cupy = _cupy()
         code = self._types.get(str(flat.dtype))
         if code is None:
-            raise ConfigError(f"NCCL all-reduce: unsupported dtype {flat.dtype}")
+            raise BackendSetupError(f"NCCL all-reduce: unsupported dtype {flat.dtype}")
         with self.backend.device:
             stream = cupy.cuda.get_current_stream()
             self.comm.allReduce(flat.data.ptr, flat.data.ptr, flat.size, code, self.nccl.NCCL_SUM, stream.ptr)

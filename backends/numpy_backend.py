@@ -7,17 +7,29 @@ import math
 import os
 import resource
 import sys
+from typing import Any
 
 import array_api_compat.numpy as xp
 import numpy as np
 
 from . import numpy_cells
-from .base import Backend, FlatTensors, activation_backward, activation_forward, flat_views
-from .random import DeviceRandom, _entropy
+from .base import (
+    Array,
+    Backend,
+    FlatTensors,
+    Scalar,
+    ThreadLimit,
+    Updated,
+    activation_backward,
+    activation_forward,
+    flat_views,
+)
+from .errors import BackendUnavailable
+from .random import DeviceRandom, Seed, _entropy
 
 
 class NumpyRandom(DeviceRandom):
-    def __init__(self, backend, seed):
+    def __init__(self, backend: Backend, seed: Seed):
         super().__init__(backend, seed)
         self._rng = np.random.default_rng(_entropy(seed))
 
@@ -31,7 +43,7 @@ class NumpyRandom(DeviceRandom):
             return self._rng.standard_normal(shape, dtype=dtype)
         return self._rng.standard_normal(shape).astype(dtype)
 
-    def permutation(self, n):
+    def permutation(self, n: int) -> np.ndarray:
         return self._rng.permutation(n)
 
 
@@ -46,6 +58,7 @@ _BLAS_TYPES = {np.dtype(np.float32): "s", np.dtype(np.float64): "d"}
 def _scipy_blas():
     """SciPy's BLAS wrappers, or None without SciPy. Imported on first need: ``scipy.linalg`` takes ~0.3 s."""
     try:
+        # lazy: an optional library, and ~0.3 s
         import scipy
         from scipy.linalg import blas
     except ImportError:
@@ -60,7 +73,7 @@ def _single_thread_bundled_blas(scipy) -> None:
     followed by an update, 0.1 ms alone, took 9.8 ms), and the single passes we use SciPy for gain little from
     threads: its own copy runs on one thread. A BLAS the two libraries share (conda, system) is left alone."""
     try:
-        from threadpoolctl import ThreadpoolController
+        from threadpoolctl import ThreadpoolController  # lazy: only needed once SciPy is loaded
     except ImportError:
         return
     site = os.path.dirname(os.path.dirname(os.path.realpath(scipy.__file__)))
@@ -85,26 +98,30 @@ class NumpyBackend(Backend):
     def __init__(self):
         super().__init__("numpy", xp, "cpu", device_name="CPU", version=np.__version__)
 
-    def owns(self, x) -> bool:
+    def owns(self, x: Any) -> bool:
         return type(x) is np.ndarray
 
-    def to_host(self, x):
+    def to_host(self, x: Array) -> np.ndarray:
         return np.array(x, copy=True)
 
-    def random(self, seed):
+    def random(self, seed: Seed) -> NumpyRandom:
         return NumpyRandom(self, seed)
 
-    def limit_threads(self, threads):
+    def limit_threads(self, threads: int | None) -> ThreadLimit:
+        """threadpoolctl's limit on every BLAS and OpenMP pool loaded in the process; SciPy's own BLAS stays on
+        one thread. Not applied without threadpoolctl."""
+        if threads is None:
+            return ThreadLimit(False)
         try:
-            from threadpoolctl import threadpool_limits
+            from threadpoolctl import threadpool_limits  # lazy: ~10 ms, paid only by code that limits threads
         except ImportError:
-            return False
-        threadpool_limits(limits=max(1, int(threads)))
+            return ThreadLimit(False)
+        limits = threadpool_limits(limits=max(1, int(threads)))
         if _scipy_blas() is not None:  # loaded now or before: keep SciPy's own BLAS on one thread
             _single_thread_bundled_blas(sys.modules["scipy"])
-        return True
+        return ThreadLimit(True, limits.restore_original_limits)
 
-    def outer(self, a, b):
+    def outer(self, a: Array, b: Array) -> Array:
         gemm = _blas_routine("gemm", a, b) if a.size * b.size >= BLAS_MIN_SIZE else None
         if gemm is None:
             return np.multiply.outer(a, b)
@@ -115,7 +132,7 @@ class NumpyBackend(Backend):
 
     # Updates write into the target when NumPy lets us (a read-only array, such as one NumPy made from a
     # buffer it does not own, gets the portable new array instead).
-    def add_scaled(self, target, source, alpha=1.0, *, beta=1.0):
+    def add_scaled(self, target: Array, source: Array, alpha: Scalar = 1.0, *, beta: Scalar = 1.0) -> Array:
         if target.size >= BLAS_MIN_SIZE and getattr(source, "shape", None) == target.shape:
             axpy = (_blas_routine("axpy", target, source) if target.flags.c_contiguous and target.flags.writeable
                     else None)
@@ -137,26 +154,27 @@ class NumpyBackend(Backend):
             target += alpha * source
         return target
 
-    def scale(self, target, factor):
+    def scale(self, target: Array, factor: Scalar) -> Array:
         if not target.flags.writeable:
             return super().scale(target, factor)
         target *= factor
         return target
 
-    def at_set(self, x, index, values):
+    def at_set(self, x: Array, index: Any, values: Array | float) -> Array:
         if not x.flags.writeable:
             return super().at_set(x, index, values)
         x[index] = values
         return x
 
-    def at_add(self, x, index, values):
+    def at_add(self, x: Array, index: Any, values: Array | float) -> Array:
         if not x.flags.writeable:
             return super().at_add(x, index, values)
         x[index] += values
         return x
 
     # -- fused and multi-tensor capabilities: in place, with as few passes and temporaries as NumPy allows ----
-    def dense_forward(self, x, weight, bias=None, activation=None, *, negative_slope=0.01):
+    def dense_forward(self, x: Array, weight: Array, bias: Array | None = None, activation: str | None = None, *,
+                      negative_slope: float = 0.01) -> tuple[Array, tuple]:
         y = x @ weight
         if bias is not None:
             y += bias
@@ -169,7 +187,9 @@ class NumpyBackend(Backend):
                 return y, (x, weight, z, activation, negative_slope, bias is not None)
         return y, (x, weight, y, activation, negative_slope, bias is not None)
 
-    def dense_backward(self, grad_output, saved, *, input_grad=True, weight_grad_out=None, bias_grad_out=None):
+    def dense_backward(self, grad_output: Array, saved: tuple, *, input_grad: bool = True,
+                       weight_grad_out: Array | None = None,
+                       bias_grad_out: Array | None = None) -> tuple[Array | None, Array, Array | None]:
         x, weight, kept, activation, slope, has_bias = saved
         if activation == "relu":  # the 0/1 mask as a bool operand: no float copy of it
             grad = np.multiply(grad_output, kept > 0)
@@ -202,7 +222,9 @@ class NumpyBackend(Backend):
         gemm(1.0, b.reshape(-1, 1), a.reshape(1, -1), beta=0.0, c=out.T, overwrite_c=True)  # see outer()
         return out
 
-    def softmax_cross_entropy(self, logits, labels, *, grad_scale=1.0, metrics=None, with_grad=True):
+    def softmax_cross_entropy(self, logits: Array, labels: Array, *, grad_scale: Scalar = 1.0,
+                              metrics: Array | None = None,
+                              with_grad: bool = True) -> tuple[Array, Array | None, Array | None]:
         classes = logits.shape[-1]
         z, index = logits.reshape(-1, classes), labels.reshape(-1)
         positions = z.shape[0]
@@ -222,7 +244,7 @@ class NumpyBackend(Backend):
             metrics = self.add_step_metrics(metrics, loss, correct, logits.shape[0])
         return loss, grad, metrics
 
-    def add_step_metrics(self, metrics, loss, correct, examples):
+    def add_step_metrics(self, metrics: Array, loss: Array, correct: Array | int, examples: int) -> Array:
         if not metrics.flags.writeable:
             return super().add_step_metrics(metrics, loss, np.asarray(correct), examples)
         loss = float(loss)  # a host value already: no synchronization
@@ -231,15 +253,16 @@ class NumpyBackend(Backend):
         metrics[2] += not math.isfinite(loss)
         return metrics
 
-    def close_step_metrics(self, metrics):
+    def close_step_metrics(self, metrics: Array) -> Array:
         if not metrics.flags.writeable:
             return super().close_step_metrics(metrics)
         if metrics[2] == 0:
             metrics[3] += 1
         return metrics
 
-    def multi_tensor_adam(self, params, grads, exp_avgs, exp_avg_sqs, *, lr, step, beta1, beta2, eps,
-                          weight_decay=0.0, decoupled_weight_decay=False):
+    def multi_tensor_adam(self, params: Any, grads: Any, exp_avgs: Any, exp_avg_sqs: Any, *, lr: Scalar, step: Scalar,
+                          beta1: float, beta2: float, eps: float, weight_decay: float = 0.0,
+                          decoupled_weight_decay: bool = False) -> tuple[Updated, Updated, Updated]:
         flat = _flat_arrays(params, grads, exp_avgs, exp_avg_sqs)
         if flat is None or not all(isinstance(v, (int, float)) for v in (lr, step)):
             return super().multi_tensor_adam(params, grads, exp_avgs, exp_avg_sqs, lr=lr, step=step, beta1=beta1,
@@ -263,42 +286,48 @@ class NumpyBackend(Backend):
         self.add_scaled(param, scratch, -(lr / (1 - beta1 ** step)))
         return params, exp_avgs, exp_avg_sqs
 
-    def flat_buffer(self, shapes, dtype):
+    def flat_buffer(self, shapes: Any, dtype: Any) -> tuple[Array, list]:
         total = sum(math.prod(shape) for shape in shapes)
         flat = np.zeros(total, dtype=dtype)
         return flat, flat_views(np, flat, shapes)
 
-    def scatter_add(self, target, indices, values):
+    def scatter_add(self, target: Array, indices: Array, values: Array) -> Array:
         if not target.flags.writeable:
             target = target.copy()
         np.add.at(target, indices, values)
         return target
 
-    def conv2d_forward(self, x, weight, bias, *, stride, padding, dilation):
+    def conv2d_forward(self, x: Array, weight: Array, bias: Array | None, *, stride: tuple[int, int],
+                       padding: tuple[int, int], dilation: tuple[int, int]) -> tuple[Array, Any]:
         return _conv2d_forward(x, weight, bias, stride, padding, dilation)
 
-    def conv2d_backward(self, grad_output, saved, *, bias, input_grad=True):
+    def conv2d_backward(self, grad_output: Array, saved: Any, *, bias: bool,
+                        input_grad: bool = True) -> tuple[Array | None, Array, Array | None]:
         return _conv2d_backward(grad_output, saved, bias, input_grad)
 
     # The LSTM and GRU steps in a few in-place NumPy calls (backends/numpy_cells.py).
     cells_write_out = True
 
-    def lstm_cell_forward(self, a, h_prev, c_prev, weight_hh):
+    def lstm_cell_forward(self, a: Array, h_prev: Array | None, c_prev: Array | None,
+                          weight_hh: Array) -> tuple[Array, Array, tuple]:
         return numpy_cells.lstm_cell_forward(a, h_prev, c_prev, weight_hh)
 
-    def lstm_cell_backward(self, dh, dc, cache, weight_hh, *, pass_back, out=None, weight_hh_t=None):
+    def lstm_cell_backward(self, dh: Array, dc: Array | None, cache: tuple, weight_hh: Array, *, pass_back: bool,
+                           out: Array | None = None,
+                           weight_hh_t: Array | None = None) -> tuple[Array, Array | None, Array | None]:
         return numpy_cells.lstm_cell_backward(dh, dc, cache, weight_hh, pass_back, out, weight_hh_t)
 
-    def gru_cell_forward(self, a, h_prev, weight_hh, bias_hn):
+    def gru_cell_forward(self, a: Array, h_prev: Array | None, weight_hh: Array, bias_hn: Array) -> tuple[Array, tuple]:
         return numpy_cells.gru_cell_forward(a, h_prev, weight_hh, bias_hn)
 
-    def gru_cell_backward(self, dh, cache, weight_hh, *, pass_back, out=None, weight_hh_t=None):
+    def gru_cell_backward(self, dh: Array, cache: tuple, weight_hh: Array, *, pass_back: bool, out: Any = None,
+                          weight_hh_t: Array | None = None) -> tuple[Array, Array, Array | None]:
         return numpy_cells.gru_cell_backward(dh, cache, weight_hh, pass_back, out, weight_hh_t)
 
-    def transposed_for_products(self, weight):
+    def transposed_for_products(self, weight: Array) -> Array:
         return np.ascontiguousarray(weight.T)
 
-    def memory_stats(self):
+    def memory_stats(self) -> dict[str, int]:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         # ru_maxrss is in KiB on Linux and in bytes on macOS.
         return {"host_peak_rss_bytes": peak if sys.platform == "darwin" else peak * 1024}
@@ -408,8 +437,6 @@ def _conv2d_backward(grad_output, saved, bias, input_grad=True):
 
 
 def load(device: str | None) -> Backend:
-    from .errors import BackendUnavailable
-
     if device not in (None, "cpu"):
         raise BackendUnavailable(f"numpy:{device}", "numpy runs only on the host CPU (device 'cpu')")
     return NumpyBackend()

@@ -15,13 +15,15 @@ multiply-add turns the sigmoid blocks' results into σ. NumPy's float32 ``tanh``
 from __future__ import annotations
 
 import functools
+from typing import Any
 
+import array_api_compat.numpy as xp
 import numpy as np
 
 from . import base
 
 
-def writable_float(*arrays) -> bool:
+def writable_float(*arrays: Any) -> bool:
     """True when every array is a writeable float32/float64 NumPy array: what the in-place cells need (anything
     else takes the portable cell)."""
     return all(type(a) is np.ndarray and a.dtype in (np.float32, np.float64) and a.flags.writeable
@@ -47,9 +49,10 @@ def _add_product(a, h, weight):
     a += h @ weight
 
 
-def lstm_cell_forward(a, h_prev, c_prev, weight_hh):
+def lstm_cell_forward(a: np.ndarray, h_prev: np.ndarray | None, c_prev: np.ndarray | None,
+                      weight_hh: np.ndarray) -> tuple[Any, Any, tuple]:
     if not writable_float(a):  # a read-only or non-float block: the portable cell
-        return base.lstm_cell_forward(_xp(), a, h_prev, c_prev, weight_hh)
+        return base.lstm_cell_forward(xp, a, h_prev, c_prev, weight_hh)
     hidden = weight_hh.shape[0]
     scale, shift, _ = _lstm_constants(hidden, a.dtype)
     if h_prev is not None:
@@ -68,7 +71,9 @@ def lstm_cell_forward(a, h_prev, c_prev, weight_hh):
     return h, c, (gates, c_prev, tanh_c)
 
 
-def lstm_cell_backward(dh, dc, cache, weight_hh, pass_back, out=None, weight_hh_t=None):
+def lstm_cell_backward(dh: np.ndarray, dc: np.ndarray | None, cache: tuple, weight_hh: np.ndarray, pass_back: bool,
+                       out: np.ndarray | None = None,
+                       weight_hh_t: np.ndarray | None = None) -> tuple[Any, Any, Any]:
     gates, c_prev, tanh_c = cache
     hidden = weight_hh.shape[0]
     if out is None or not writable_float(out) or out.shape != gates.shape or out.dtype != gates.dtype:
@@ -97,9 +102,10 @@ def lstm_cell_backward(dh, dc, cache, weight_hh, pass_back, out=None, weight_hh_
     return da, da @ (weight_hh.T if weight_hh_t is None else weight_hh_t), np.multiply(dc_t, f)
 
 
-def gru_cell_forward(a, h_prev, weight_hh, bias_hn):
+def gru_cell_forward(a: np.ndarray, h_prev: np.ndarray | None, weight_hh: np.ndarray,
+                     bias_hn: np.ndarray) -> tuple[Any, tuple]:
     if not writable_float(a):
-        return base.gru_cell_forward(_xp(), a, h_prev, weight_hh, bias_hn)
+        return base.gru_cell_forward(xp, a, h_prev, weight_hh, bias_hn)
     hidden = weight_hh.shape[0]
     two = 2 * hidden
     rz, n = a[:, :two], a[:, two:]  # in place from here on: a becomes [r, z, n]
@@ -127,7 +133,8 @@ def gru_cell_forward(a, h_prev, weight_hh, bias_hn):
     return h, (h_prev, a, hn)
 
 
-def gru_cell_backward(dh, cache, weight_hh, pass_back, out=None, weight_hh_t=None):
+def gru_cell_backward(dh: np.ndarray, cache: tuple, weight_hh: np.ndarray, pass_back: bool, out: Any = None,
+                      weight_hh_t: np.ndarray | None = None) -> tuple[Any, Any, Any]:
     h_prev, gates, hn = cache
     hidden = weight_hh.shape[0]
     two = 2 * hidden
@@ -164,9 +171,3 @@ def gru_cell_backward(dh, cache, weight_hh, pass_back, out=None, weight_hh_t=Non
     dh_prev += dh * z
     return d_in, d_hh, dh_prev
 
-
-@functools.cache
-def _xp():
-    import array_api_compat.numpy as xp
-
-    return xp

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from . import cuda_kernels
 from .cuda_kernels import ElementwiseSource, RawSource
@@ -39,10 +41,10 @@ class Compiled:
     ptx: str
 
 
-def nvrtc():
+def nvrtc() -> Any:
     """CuPy's NVRTC bindings (``KernelCompileError`` when CuPy or the NVRTC library is missing)."""
     try:
-        from cupy_backends.cuda.libs import nvrtc as bindings
+        from cupy_backends.cuda.libs import nvrtc as bindings  # lazy: optional library (CuPy)
 
         bindings.getVersion()  # loads libnvrtc
     except Exception as exc:
@@ -54,7 +56,7 @@ def nvrtc():
 def cupy_options(options: tuple[str, ...] = ()) -> list[str]:
     """The compile options CuPy adds to a kernel's own: its include directories (CuPy's headers, the CCCL
     headers it bundles, a CUDA toolkit's where one is found), C++17, flush-to-zero, device code by default."""
-    from cupy._core import core
+    from cupy._core import core  # lazy: optional library (CuPy)
 
     return [*core.assemble_cupy_compiler_options(tuple(options)), "-ftz=true", "--device-as-default-execution-space"]
 
@@ -78,11 +80,12 @@ def compile_to_ptx(code: str, arch: str, options: list[str], filename: str) -> s
 def elementwise_code(source: ElementwiseSource, dtype: str) -> str:
     """The CUDA source CuPy generates for ``source`` when called on 1-d contiguous arrays of ``dtype`` (and
     Python numbers for its ``scalars``), with CuPy's header lines first, as ``ElementwiseKernel`` compiles it."""
+    # lazy: optional library (CuPy; NumPy beside it, as the dtypes' names)
     import cupy
     import numpy
 
     try:
-        from cupy._core import _carray, _kernel, _scalar, core
+        from cupy._core import _carray, _kernel, _scalar, core  # lazy: optional library (CuPy)
 
         kernel = cupy.ElementwiseKernel(source.in_params, source.out_params, source.operation, source.name,
                                         preamble=source.preamble, options=source.options)
@@ -111,7 +114,8 @@ def elementwise_code(source: ElementwiseSource, dtype: str) -> str:
     return headers + code
 
 
-def check(source: RawSource | ElementwiseSource, architectures=ARCHITECTURES) -> list[Compiled]:
+def check(source: RawSource | ElementwiseSource,
+          architectures: Sequence[str] = ARCHITECTURES) -> list[Compiled]:
     """Compile ``source`` for each architecture (and each dtype of an elementwise kernel)."""
     results = []
     for arch in architectures:
@@ -131,7 +135,7 @@ def check(source: RawSource | ElementwiseSource, architectures=ARCHITECTURES) ->
     return results
 
 
-def check_all(architectures=ARCHITECTURES) -> tuple[list[Compiled], list[KernelCompileError]]:
+def check_all(architectures: Sequence[str] = ARCHITECTURES) -> tuple[list[Compiled], list[KernelCompileError]]:
     """Every registered kernel: what compiled, and every error (the check goes on past a failure)."""
     compiled, errors = [], []
     for source in cuda_kernels.KERNELS.values():

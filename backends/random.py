@@ -17,10 +17,13 @@ saving generator state.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 Seed = int | Sequence[int]
+#: An array shape: a tuple (or list) of sizes.
+Shape = Sequence[int]
 
 
 def seed_to_int(seed: Seed) -> int:
@@ -47,13 +50,13 @@ class HostRandom:
         self.seed = seed
         self._rng = np.random.default_rng(_entropy(seed))
 
-    def uniform(self, shape, low: float = 0.0, high: float = 1.0) -> np.ndarray:
+    def uniform(self, shape: Shape, low: float = 0.0, high: float = 1.0) -> np.ndarray:
         return self._rng.uniform(low, high, size=tuple(shape))
 
-    def normal(self, shape, mean: float = 0.0, std: float = 1.0) -> np.ndarray:
+    def normal(self, shape: Shape, mean: float = 0.0, std: float = 1.0) -> np.ndarray:
         return self._rng.normal(mean, std, size=tuple(shape))
 
-    def integers(self, low: int, high: int, shape=()) -> np.ndarray:
+    def integers(self, low: int, high: int, shape: Shape = ()) -> np.ndarray:
         return self._rng.integers(low, high, size=tuple(shape))
 
     def permutation(self, n: int) -> np.ndarray:
@@ -68,25 +71,25 @@ class DeviceRandom:
     """Random numbers drawn on one backend's device. Subclasses implement ``_uniform01``,
     ``_normal01`` and ``permutation``; everything else is built from those."""
 
-    def __init__(self, backend, seed: Seed):
+    def __init__(self, backend: Any, seed: Seed):
         self.backend = backend
         self.seed = seed
 
-    def uniform(self, shape, low: float = 0.0, high: float = 1.0, dtype=None):
+    def uniform(self, shape: Shape, low: float = 0.0, high: float = 1.0, dtype: Any = None) -> Any:
         with self.backend.activate():
             u = self._uniform01(tuple(shape), dtype or self.backend.float_dtype)
             if low == 0.0 and high == 1.0:
                 return u
             return u * (high - low) + low
 
-    def normal(self, shape, mean: float = 0.0, std: float = 1.0, dtype=None):
+    def normal(self, shape: Shape, mean: float = 0.0, std: float = 1.0, dtype: Any = None) -> Any:
         with self.backend.activate():
             z = self._normal01(tuple(shape), dtype or self.backend.float_dtype)
             if mean == 0.0 and std == 1.0:
                 return z
             return z * std + mean
 
-    def bernoulli(self, shape, p: float, dtype=None):
+    def bernoulli(self, shape: Shape, p: float, dtype: Any = None) -> Any:
         """An array of 1s (with probability ``p``) and 0s, of a floating dtype."""
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"bernoulli probability must be in [0, 1], got {p}")
@@ -101,6 +104,6 @@ class DeviceRandom:
     def _normal01(self, shape, dtype):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def permutation(self, n: int):  # pragma: no cover - abstract
+    def permutation(self, n: int) -> Any:  # pragma: no cover - abstract
         """A random permutation of ``0..n-1`` as an int64 array on the device."""
         raise NotImplementedError

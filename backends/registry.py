@@ -17,6 +17,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from .base import Backend
 from .errors import BackendError, BackendUnavailable, UnknownBackend
@@ -31,6 +32,11 @@ class BackendFamily:
 
     ``load(device)`` gets the part after the first colon (or None) and returns a
     ``Backend`` or raises ``BackendUnavailable`` with a reason in words.
+
+    ``rank_devices``: for a data-parallel job of several processes, how many devices of this machine its
+    ranks spread over, one rank each (rank r on its machine loads device ``str(r)``), counted without
+    loading the backend or opening a context on any device; it raises ``BackendError`` when there is none to
+    use. None (the default): every rank takes the device its spec names (NumPy: the CPU).
     """
 
     name: str
@@ -38,6 +44,7 @@ class BackendFamily:
     listed_devices: Callable[[], list[str | None]] = lambda: [None]
     aliases: tuple[str, ...] = ()
     description: str = ""
+    rank_devices: Callable[[], int] | None = None
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,9 @@ class BackendStatus:
 
 
 def _lazy(module: str, attribute: str) -> Callable:
-    def call(*args):
+    """``backends.<module>.<attribute>``, imported when first called (and looked up at every call)."""
+
+    def call(*args: object) -> Any:
         return getattr(importlib.import_module(f"backends.{module}"), attribute)(*args)
 
     return call
@@ -63,7 +72,7 @@ _BUILTIN = [
     BackendFamily("numpy", _lazy("numpy_backend", "load"), lambda: [None],
                   description="NumPy on the host CPU"),
     BackendFamily("cupy", _lazy("cupy_backend", "load"), _lazy("cupy_backend", "listed_devices"),
-                  aliases=("cuda",), description="CuPy on an NVIDIA GPU"),
+                  aliases=("cuda",), description="CuPy on an NVIDIA GPU", rank_devices=_lazy("nccl", "visible_gpus")),
     BackendFamily("torch", _lazy("torch_backend", "load"), _lazy("torch_backend", "listed_devices"),
                   description="PyTorch tensors on CPU, CUDA or Apple MPS"),
     BackendFamily("jax", _lazy("jax_backend", "load"), _lazy("jax_backend", "listed_devices"),
@@ -105,7 +114,7 @@ def _load_entry_points() -> None:
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
-    from importlib.metadata import entry_points
+    from importlib.metadata import entry_points  # lazy: ~10 ms, paid once, when a backend is first looked up
 
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
         try:
@@ -206,8 +215,31 @@ def auto_backend(gpu: int) -> Backend:
     return get_backend("numpy")
 
 
+def devices_for_ranks(spec: str) -> int | None:
+    """How many devices of this machine the ranks of a data-parallel job spread over with backend ``spec``,
+    one rank each (``BackendFamily.rank_devices``), or None when every rank takes the device the spec names.
+    Counted without loading a backend or opening a context on a device, so each rank touches only its own.
+    ``auto``: the CUDA GPUs CuPy sees, else those PyTorch sees (0 when there are none)."""
+    name, _ = parse_spec(spec)
+    if name == "auto":
+        return _lazy("cupy_backend", "cuda_gpu_count")() or _lazy("torch_backend", "cuda_gpu_count")()
+    count = _families[name].rank_devices
+    return None if count is None else int(count())
+
+
+def backend_for_rank(spec: str, local_rank: int) -> Backend:
+    """The backend of rank ``local_rank`` (its number on its machine) of a data-parallel job, for a ``spec``
+    whose ``devices_for_ranks`` is not None: the family on device ``local_rank`` (``cupy`` gives
+    ``cupy:<local_rank>``, whatever device the spec names); ``auto``: ``auto_backend(local_rank)``, or NumPy
+    with the reason when no GPU is visible. Only that device is loaded."""
+    name, _ = parse_spec(spec)
+    if name == "auto":
+        return auto_backend(local_rank if devices_for_ranks(spec) else 0)
+    return get_backend(f"{name}:{local_rank}")
+
+
 def _nvidia_driver_present() -> bool:
-    from .cupy_backend import nvidia_driver_loads
+    from .cupy_backend import nvidia_driver_loads  # lazy: the CuPy backend's module loads only where it is asked
 
     return nvidia_driver_loads()
 
@@ -233,10 +265,10 @@ def backend_statuses() -> list[BackendStatus]:
 
 
 def available_backends() -> list[Backend]:
-    return [row.backend for row in backend_statuses() if row.available]
+    return [row.backend for row in backend_statuses() if row.available and row.backend is not None]
 
 
-def backend_of(x) -> Backend | None:
+def backend_of(x: object) -> Backend | None:
     """The backend, among those loaded, whose array ``x`` is (its library, on its device); None when none is."""
     for backend in list(_instances.values()):
         if backend.owns(x):
@@ -275,13 +307,14 @@ def set_backend(spec: str | Backend | None) -> Backend | None:
 @contextlib.contextmanager
 def use_backend(spec: str | Backend) -> Iterator[Backend]:
     """``with use_backend("torch:cpu"): ...`` makes that backend current inside the block."""
-    token = _current.set(get_backend(spec))
+    backend = get_backend(spec)
+    token = _current.set(backend)
     try:
-        yield _current.get()
+        yield backend
     finally:
         _current.reset(token)
 
 
-__all__ = ["BackendError", "BackendFamily", "BackendStatus", "auto_backend", "available_backends", "backend_of",
-           "backend_statuses", "current_backend", "default_spec", "families", "get_backend", "parse_spec",
-           "register_backend", "set_backend", "use_backend"]
+__all__ = ["BackendError", "BackendFamily", "BackendStatus", "auto_backend", "available_backends", "backend_for_rank",
+           "backend_of", "backend_statuses", "current_backend", "default_spec", "devices_for_ranks", "families",
+           "get_backend", "parse_spec", "register_backend", "set_backend", "use_backend"]

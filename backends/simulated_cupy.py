@@ -46,7 +46,7 @@ import numpy as np
 from array_api_strict._array_object import Array
 
 from .array_types import DType, HostArrayLike
-from .base import Backend
+from .base import Backend, ThreadLimit
 from .errors import BackendUnavailable
 from .numpy_backend import NumpyBackend
 from .random import Seed
@@ -296,7 +296,7 @@ class SimulatedCupyBackend(Backend):
     def random(self, seed: Seed) -> StrictRandom:
         return StrictRandom(self, seed)
 
-    def limit_threads(self, threads: int) -> bool:
+    def limit_threads(self, threads: int | None) -> ThreadLimit:
         return NumpyBackend().limit_threads(threads)  # it computes with NumPy underneath
 
     def scatter_add(self, target: SimulatedCupyArray, indices: SimulatedCupyArray,

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .array_types import Array, DType, HostArrayLike
-from .base import Backend
+from .base import Backend, ThreadLimit
 from .errors import BackendUnavailable
 from .numpy_backend import NumpyBackend
 from .random import DeviceRandom, Seed, _entropy
@@ -70,7 +70,7 @@ class StrictBackend(Backend):
     def random(self, seed: Seed) -> StrictRandom:
         return StrictRandom(self, seed)
 
-    def limit_threads(self, threads: int) -> bool:
+    def limit_threads(self, threads: int | None) -> ThreadLimit:
         return NumpyBackend().limit_threads(threads)  # it computes with NumPy underneath
 
     def scatter_add(self, target: Array, indices: Array, values: Array) -> Array:

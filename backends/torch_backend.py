@@ -23,7 +23,7 @@ import numpy as np
 
 from . import torch_cells
 from .array_types import Array, Device, DType, HostArrayLike
-from .base import Backend, FlatTensors, activation_backward, activation_forward, flat_views
+from .base import Backend, FlatTensors, ThreadLimit, activation_backward, activation_forward, flat_views
 from .cupy_backend import nvidia_driver_loads
 from .errors import BackendUnavailable
 from .random import DeviceRandom, Seed, seed_to_int
@@ -139,9 +139,13 @@ class TorchBackend(Backend):
     def random(self, seed: Seed) -> TorchRandom:
         return TorchRandom(self, seed)
 
-    def limit_threads(self, threads: int) -> bool:
+    def limit_threads(self, threads: int | None) -> ThreadLimit:
+        """``torch.set_num_threads`` (PyTorch's CPU kernels, on any device: the host side of a GPU run too)."""
+        if threads is None:
+            return ThreadLimit(False)
+        previous = self._torch.get_num_threads()
         self._torch.set_num_threads(max(1, int(threads)))
-        return True
+        return ThreadLimit(True, lambda: self._torch.set_num_threads(previous))
 
     # Updates in place: tensors are always writeable.
     def add_scaled(self, target: Array, source: Array, alpha: float = 1.0, *, beta: float = 1.0) -> Array:

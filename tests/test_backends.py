@@ -422,3 +422,50 @@ def test_cuda_errors_are_explained(monkeypatch):
     monkeypatch.setattr(cupy_backend, "_driver_library_loads", lambda: True)
     assert cupy_backend._cuda_reason(error).startswith("the NVIDIA driver is too old")
     assert "--gpus all" in cupy_backend._cuda_reason(RuntimeError("cudaErrorNoDevice: no CUDA-capable device"))
+
+
+# -- the thread-limit capability (issue 14: one capability instead of three places that set thread limits) ------
+
+def test_a_numpy_thread_limit_holds_in_its_block_and_the_previous_limits_come_back():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    backend = backends.get_backend("numpy")
+
+    def pools():
+        return {(p["filepath"], p["user_api"]): p["num_threads"] for p in threadpoolctl.threadpool_info()}
+
+    with threadpoolctl.threadpool_limits(limits=2):  # gives the tests after this one their thread counts back
+        before = pools()
+        if not any(threads > 1 for threads in before.values()):
+            pytest.skip("no thread pool here runs more than one thread: a limit of 1 would change nothing")
+        with backend.limit_threads(1) as limit:
+            assert isinstance(limit, backends.ThreadLimit) and limit.applied and limit
+            assert set(pools().values()) == {1}
+        after = pools()
+        assert {key: after[key] for key in before} == before
+        kept = backend.limit_threads(1)  # not used as a context manager: the limit stays
+        assert kept and set(pools().values()) == {1}
+        kept.restore()
+        assert {key: pools()[key] for key in before} == before
+
+
+def test_a_torch_thread_limit_holds_in_its_block_and_the_previous_count_comes_back():
+    torch = pytest.importorskip("torch")
+    backend = backends.get_backend("torch:cpu")
+    original = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with backend.limit_threads(1) as limit:
+            assert limit.applied and torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(original)
+
+
+def test_the_default_thread_limit_does_nothing_and_says_so(backend):
+    """A backend without a thread pool of its own to limit (the base class's default) reports a limit that
+    was not applied; ``None`` sets nothing on any backend."""
+    limit = backends.Backend.limit_threads(backend, 1)
+    assert not limit and not limit.applied
+    with limit:  # usable as a context manager all the same, with nothing to give back
+        pass
+    assert not backend.limit_threads(None)

@@ -16,9 +16,9 @@ import pytest
 import backprop as bp
 from backprop.errors import ConfigError, DTypeError, ShapeError
 from backprop.layers.conv import Conv2D
-from backprop.layers.im2col import output_size
 from backprop.layers.pooling import AvgPool2D, MaxPool2D
 from backprop.layers.shape import Flatten, Reshape
+from backprop.layers.windows import output_size
 
 from conftest import assert_on_backend, ones_like, weights
 
@@ -507,3 +507,45 @@ def test_first_convolution_can_skip_its_input_gradient(backend):
     layer.use_fast_path = False
     _, backprop = layer.begin_update(x)
     assert backprop(backend.from_host(np.ones((2, 3, 3, 3), np.float32)), input_grad=False) is None
+
+
+# -- the portable convolution is the backends' default (issue 14) ------------------------------------------------------
+
+def test_the_portable_convolution_is_the_base_class_default(backend):
+    """Before: ``Backend.conv2d_forward`` returned None and ``Conv2D`` ran im2col code of its own. Now the
+    portable convolution is the default itself, on every backend (called through the base class here, so the
+    backends that override it run it too)."""
+    from backends import Backend
+
+    layer, shape = _conv(backend, "stride_padding")
+    host_x = _host(shape)
+    weight, bias = layer.params["weight"].value, layer.params["bias"].value
+    with backend.activate():
+        y, saved = Backend.conv2d_forward(backend, backend.from_host(host_x), weight, bias, stride=layer.stride,
+                                          padding=layer.padding, dilation=layer.dilation)
+        host_grad = _host(tuple(y.shape), seed=3)
+        grad_input, grad_weight, grad_bias = Backend.conv2d_backward(backend, backend.from_host(host_grad), saved,
+                                                                     bias=True)
+    torch_x = torch.from_numpy(host_x).requires_grad_()
+    torch_w = torch.from_numpy(backend.to_host(weight)).requires_grad_()
+    torch_b = torch.from_numpy(backend.to_host(bias)).requires_grad_()
+    expected = F.conv2d(torch_x, torch_w, torch_b, layer.stride, layer.padding, layer.dilation)
+    expected.backward(torch.from_numpy(host_grad))
+    pairs = ((y, expected), (grad_input, torch_x.grad), (grad_weight, torch_w.grad), (grad_bias, torch_b.grad))
+    for got, want in pairs:
+        assert_on_backend(got, backend, shape=tuple(want.shape))
+        np.testing.assert_allclose(backend.to_host(got), want.detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_conv2d_runs_the_backends_convolution_and_nothing_of_its_own(backend, monkeypatch):
+    """``Conv2D`` calls the backend's pair of methods, whichever backend (before: a backend without a fast path
+    returned None from ``conv2d_forward`` and the layer ran its own path, never calling ``conv2d_backward``)."""
+    calls = []
+    forward, backward = backend.conv2d_forward, backend.conv2d_backward
+    monkeypatch.setattr(backend, "conv2d_forward", lambda *a, **k: calls.append("forward") or forward(*a, **k))
+    monkeypatch.setattr(backend, "conv2d_backward", lambda *a, **k: calls.append("backward") or backward(*a, **k))
+    layer, shape = _conv(backend, "plain")
+    y, backprop = layer.begin_update(backend.from_host(_host(shape)))
+    grad_input = backprop(ones_like(backend, y))
+    assert calls == ["forward", "backward"]
+    assert_on_backend(grad_input, backend, shape=shape)

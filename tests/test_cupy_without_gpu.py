@@ -142,9 +142,6 @@ class CupyUses(ast.NodeVisitor):
                 return None  # a method of an instance: what it returns is not followed
             return value
         if isinstance(node, ast.Call):
-            if isinstance(node.func, ast.Name) and node.func.id == "_cupy":  # nccl.py's lazy import
-                name = node.args[0].value if node.args else "cupy"
-                return self.import_module(name)
             function = self.resolve(node.func, record)
             if isinstance(function, type):
                 return Instance(function)

@@ -284,7 +284,8 @@ def fake_cupy(monkeypatch):
         loaded.append(device)
         return simulated_cupy.SimulatedCupyBackend(int(device or 0))
 
-    backends.register_backend(backends.BackendFamily("cupy", load, aliases=("cuda",)), replace=True)
+    backends.register_backend(backends.BackendFamily("cupy", load, aliases=("cuda",),
+                                                     rank_devices=lambda: nccl.visible_gpus()), replace=True)
 
     monkeypatch.setattr(cupy_backend, "cuda_gpu_count", lambda: 2)
     monkeypatch.setattr(nccl, "visible_gpus", lambda: 2)

@@ -412,9 +412,9 @@ def test_nccl_module_imports_without_cupy():
     try:
         import cupy  # noqa: F401
     except ImportError:
-        from backprop.errors import ConfigError
+        from backends import BackendSetupError
 
-        with pytest.raises(ConfigError, match="NCCL for CuPy"):
+        with pytest.raises(BackendSetupError, match="NCCL for CuPy"):
             nccl.NcclReducer(None, None)
 
 
@@ -479,3 +479,44 @@ def test_the_gradient_all_reduce_is_the_backends(backend, monkeypatch):
     monkeypatch.setattr(nccl, "NcclReducer", lambda comm, owner: made.append((comm, owner)) or "nccl")
     cupy = CupyBackend.__new__(CupyBackend)  # no GPU here: the method alone
     assert cupy.allreducer(communicator) == "nccl" and made == [(communicator, cupy)]
+
+
+def test_share_cores_asks_every_backend_and_never_reads_its_library_name(monkeypatch):
+    """Before: ``share_cores`` skipped CuPy by name (``backend.library == "cupy"``); now every backend is asked
+    (``Backend.limit_threads``), and one whose kernels use no CPU threads (CuPy) says the limit holds."""
+    import os
+
+    from backends import ThreadLimit, get_backend
+    from backends.cupy_backend import CupyBackend
+    from backprop.distributed import world
+
+    pytest.importorskip("mpi4py")
+    communicator = world()
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    calls = []
+
+    class NamedCupy(type(get_backend("numpy"))):  # a library name the old code skipped, on the CPU
+        library = "cupy"
+
+        def limit_threads(self, threads):
+            calls.append(threads)
+            return ThreadLimit(True)
+
+    assert communicator.share_cores(NamedCupy()) is None
+    assert calls == [len(os.sched_getaffinity(0)) // communicator.local_size]
+    assert CupyBackend.limit_threads(object.__new__(CupyBackend), 2)  # no CPU threads to limit: it holds
+
+
+def test_a_backend_family_that_does_not_spread_ranks_gives_each_rank_the_named_backend():
+    """The registry says which families spread the ranks of a machine over its devices (CuPy does, NumPy does
+    not): ``device_backend`` asks it instead of knowing CuPy by name."""
+    import types
+
+    import backends
+    from backprop.distributed import device_backend
+
+    assert backends.devices_for_ranks("numpy") is None
+    rank = types.SimpleNamespace(size=4, local_rank=3, local_size=4)
+    assert device_backend("numpy", rank).name == "numpy"
+    assert device_backend(backends.get_backend("numpy"), rank).name == "numpy"

@@ -227,7 +227,8 @@ def gpus(monkeypatch, fresh_registry):
         loaded.append(device)
         return simulated_cupy.SimulatedCupyBackend(1)
 
-    backends.register_backend(backends.BackendFamily("cupy", load, aliases=("cuda",)), replace=True)
+    backends.register_backend(backends.BackendFamily("cupy", load, aliases=("cuda",),
+                                                     rank_devices=lambda: nccl.visible_gpus()), replace=True)
     monkeypatch.setattr(cupy_backend, "cuda_gpu_count", lambda: count["n"])
     monkeypatch.setattr(torch_backend, "cuda_gpu_count", lambda: 0, raising=False)
     monkeypatch.setattr(nccl, "visible_gpus", lambda: count["n"])
@@ -322,14 +323,13 @@ def test_nccl_hint_names_the_wheel_of_the_cuda_major(monkeypatch, major):
     """Before: always ``nvidia-nccl-cu12``, and ``cupy-cudaXXx[all]`` (whose [all] extra has no NCCL)."""
     import backends.nccl as nccl
 
-    def import_module(name="cupy"):
-        if name == "cupy.cuda.nccl":
-            raise ImportError("libnccl.so.2: cannot open shared object file")
-        return types.SimpleNamespace(cuda=types.SimpleNamespace(
-            runtime=types.SimpleNamespace(runtimeGetVersion=lambda: major * 1000 + 90)))
+    def no_nccl():
+        raise ImportError("libnccl.so.2: cannot open shared object file")
 
-    monkeypatch.setattr(nccl, "_cupy", import_module)
-    with pytest.raises(ConfigError) as info:
+    monkeypatch.setattr(nccl, "_cupy", lambda: types.SimpleNamespace(cuda=types.SimpleNamespace(
+        runtime=types.SimpleNamespace(runtimeGetVersion=lambda: major * 1000 + 90))))
+    monkeypatch.setattr(nccl, "_cupy_nccl", no_nccl)
+    with pytest.raises(backends.BackendSetupError) as info:
         nccl.NcclReducer(None, None)
     message = str(info.value)
     assert f"pip install nvidia-nccl-cu{major}" in message and "[all]" not in message
@@ -341,8 +341,8 @@ def test_nccl_hint_without_a_cupy_names_both_wheels(monkeypatch):
 
     import backends.nccl as nccl
 
-    def no_cupy(name="cupy"):
-        raise ImportError(f"No module named {name!r}")
+    def no_cupy():
+        raise ImportError("No module named 'cupy'")
 
     def not_installed(name):
         raise metadata.PackageNotFoundError(name)

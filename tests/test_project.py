@@ -25,7 +25,6 @@ ALLOWED = {
     "mpi4py": ("backprop/distributed/communicator.py",),
     # importlib.import_module of a name the rule cannot read: the example modules of the examples' own table.
     COMPUTED_IMPORT: ("backprop/examples/__init__.py",),
-    "threadpoolctl": ("backprop/data/sequences.py",),  # moving to backends
 }
 
 
@@ -127,3 +126,28 @@ def test_the_readme_python_example_runs_and_updates_the_weights(monkeypatch):
     before = namespace["bp"].mlp([64, 256, 128, 10], activation_name="relu", seed=0,
                                  backend=namespace["backend"]).named_parameters()["0.weight"].value
     assert not (before == weight.value).all(), "the README's optimizer step left the first layer's weights unchanged"
+
+
+def test_backends_never_import_backprop():
+    """backends/ is the lower layer: backprop/ uses it, never the other way round (a backend's errors are
+    ``BackendError``s, which the CLI reports in one line as it does backprop's)."""
+    offenders = []
+    for path in sorted((ROOT / "backends").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            offenders += [f"{path.relative_to(ROOT)}:{node.lineno}" for name in names
+                          if name.split(".")[0] == "backprop"]
+    assert not offenders, "backends/ imports backprop: " + "; ".join(offenders)
+
+
+def test_distributed_code_never_branches_on_a_library_name():
+    """What differs between array libraries is a backend capability (thread limits, the all-reduce, the
+    devices ranks spread over), never ``backend.library == "cupy"`` in backprop/distributed/."""
+    offenders = []
+    for path in sorted((ROOT / "backprop" / "distributed").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Compare) and any(isinstance(side, ast.Attribute) and side.attr == "library"
+                                                     for side in [node.left, *node.comparators]):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not offenders, "a branch on backend.library: " + "; ".join(offenders)

@@ -1,4 +1,4 @@
-"""Host-side data for the sequence examples: the adding problem, the packaged text, and a BLAS thread limit.
+"""Host-side data for the sequence examples: the adding problem and the packaged text.
 
 Generated with seeded NumPy generators on the host, so a seed gives the same data on every backend; the
 arrays reach a device through ``backend.from_host``.
@@ -6,17 +6,17 @@ arrays reach a device through ``backend.from_host``.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 from importlib import resources
 
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from ..validators import integer, positive_int
 from .dataset import Dataset
 
-__all__ = ["SEQUENCE_DATASETS", "TEXTS", "adding_problem", "blas_threads", "load_adding_problem", "load_sonnets",
-           "load_text", "text_windows"]
+__all__ = ["SEQUENCE_DATASETS", "TEXTS", "adding_problem", "load_adding_problem", "load_sonnets", "load_text",
+           "text_windows"]
 
 
 def adding_problem(n: int, length: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -29,10 +29,8 @@ def adding_problem(n: int, length: int, *, seed: int = 0) -> tuple[np.ndarray, n
     Var(u₁ + u₂) = 2/12 ≈ 0.167: a model must remember the first marked value across up to ``length``
     steps to do better than about half of that.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-        raise ConfigError(f"adding_problem: n must be a positive integer, got {n!r}")
-    if isinstance(length, bool) or not isinstance(length, int) or length < 2:
-        raise ConfigError(f"adding_problem: length must be an integer >= 2, got {length!r}")
+    n = positive_int(n, "n", owner="adding_problem")
+    length = integer(length, "length", low=2, owner="adding_problem")
     rng = np.random.default_rng(seed)
     values = rng.uniform(0.0, 1.0, size=(n, length))
     half = length // 2
@@ -72,23 +70,6 @@ def load_text(name: str = "sonnets") -> str:
         raise DataError(f"the packaged text {filename} is damaged ({exc}); reinstall backprop") from None
 
 
-def blas_threads(limit: int | None):
-    """A context manager that limits the BLAS and OpenMP threads of NumPy (and PyTorch) to ``limit``.
-
-    A recurrent layer multiplies small matrices once per time step; a multithreaded BLAS spends more time
-    waking its threads than computing, and on a busy machine with few cores each product can take a hundred
-    times longer. Needs ``threadpoolctl`` (installed with SciPy or scikit-learn); without it, or with
-    ``limit=None``, nothing changes.
-    """
-    if limit is None:
-        return contextlib.nullcontext()
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=limit)
-
-
 # ---------------------------------------------------------------------- the same data as datasets, for the CLI
 
 #: The sequence datasets ``backprop train --dataset NAME`` knows (the data of the recurrent examples).
@@ -97,7 +78,7 @@ ADDING_LENGTH, ADDING_TRAIN, ADDING_TEST = 50, 8000, 2000
 SONNETS_WINDOW = 64
 
 
-def load_adding_problem(seed: int = 0):
+def load_adding_problem(seed: int = 0) -> Dataset:
     """The adding problem as a ``Dataset``: 8,000 training and 2,000 test sequences of 50 steps, drawn
     exactly as ``backprop example adding`` draws its training and validation sequences with the same seed.
     Rows are the flattened (50, 2) sequences (``image_shape``); targets are float32 ``(samples, 1)``."""
@@ -114,7 +95,7 @@ def text_windows(ids: np.ndarray, length: int, stride: int) -> tuple[np.ndarray,
     return ids[starts[:, None] + offsets], ids[starts[:, None] + offsets + 1]
 
 
-def load_sonnets(seed: int = 0):
+def load_sonnets(seed: int = 0) -> Dataset:
     """Shakespeare's Sonnets as a next-character ``Dataset``, cut as ``backprop example char-lm`` cuts it:
     windows of 64 characters from the first 90% of the text (a new one every 32), and from the last 10%
     (every 64) as the test set. Each row is a window's one-hot characters, flattened from (64, vocabulary)

@@ -40,17 +40,23 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterable, Iterator
+from types import FrameType
+from typing import Any
 
-from backends import BackendError
+from backends import Backend, BackendError, backend_for_rank, default_spec, devices_for_ranks, get_backend
 
 from ..errors import BackpropError, ConfigError, TrainingError
 from ..on_device import on_model_device
 from ..training.interrupts import INTERRUPTED_STATUS, Terminated, exit_status, raise_terminated
 
+#: Environment variables that set the BLAS and OpenMP thread counts: the user's choice, which wins.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
-def _mpi():
+
+def _mpi() -> Any:
     try:
-        from mpi4py import MPI
+        from mpi4py import MPI  # lazy: optional library (importing this package needs no MPI)
     except ImportError as exc:
         raise ConfigError(f"distributed training needs mpi4py and an MPI library: pip install 'backprop[mpi]' "
                           f"({exc})") from None
@@ -64,13 +70,13 @@ class Communicator:
     ``mpirun`` it is a group of one, and training is exactly the single-process training.
     """
 
-    def __init__(self, comm=None):
+    def __init__(self, comm: Any = None):
         self.MPI = _mpi()
         self.comm = self.MPI.COMM_WORLD if comm is None else comm
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
-        self._local_rank = None
-        self._local_size = None
+        self._local_rank: int | None = None
+        self._local_size: int | None = None
         self._guards = 0  # nesting depth of abort_on_error
         self._stop_requested = False  # Ctrl-C (or SIGTERM) reached this rank (while Ctrl-C is deferred)
         self._stop_terminated = False  # ... and it was SIGTERM
@@ -103,14 +109,11 @@ class Communicator:
             local.Free()
         return self._local_size
 
-    def share_cores(self, backend) -> str | None:
-        """Give each rank on this machine its share of the cores for the backend's CPU threads, unless the
+    def share_cores(self, backend: Backend) -> str | None:
+        """Give each rank on this machine its share of the cores for the backend's CPU threads
+        (``backend.limit_threads``; a backend whose kernels use no CPU threads has nothing to limit), unless the
         user set a thread count in the environment. Returns a warning to show when it could not."""
-        import os
-
-        if any(os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")):
-            return None
-        if backend.library == "cupy" or getattr(backend.device, "type", "cpu") != "cpu":
+        if any(os.environ.get(v) for v in THREAD_VARIABLES):
             return None
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         share = max(1, cores // self.local_size)
@@ -130,15 +133,15 @@ class Communicator:
         return start + count * self.rank // self.size, start + count * (self.rank + 1) // self.size
 
     # -- host-side collectives on small Python values -------------------------
-    def broadcast_object(self, obj):
+    def broadcast_object(self, obj: Any) -> Any:
         """Rank 0's ``obj`` (any picklable value) on every rank."""
         return self.comm.bcast(obj, root=0)
 
-    def gather_values(self, values) -> list[list[float]]:
+    def gather_values(self, values: Iterable[float]) -> list[list[float]]:
         """Every rank's list of numbers, in rank order, on every rank (for a few metrics at a time)."""
         return self.comm.allgather([float(v) for v in values])
 
-    def sum_values(self, values) -> list[float]:
+    def sum_values(self, values: Iterable[float]) -> list[float]:
         """The element-wise sum over ranks of a short list of numbers, identical on every rank."""
         return [sum(column) for column in zip(*self.gather_values(values))]
 
@@ -147,7 +150,7 @@ class Communicator:
 
     # -- model arrays -----------------------------------------------------------
     @on_model_device
-    def broadcast_parameters(self, model) -> None:
+    def broadcast_parameters(self, model: Any) -> None:
         """Give every parameter and buffer of ``model`` rank 0's values (once, at the start of training: ranks
         that built the model differently, or from another seed, start equal). Nothing to do for one rank."""
         if self.size == 1:
@@ -163,7 +166,7 @@ class Communicator:
         model.replace_arrays(received)
 
     @on_model_device
-    def allreduce_gradients(self, model, weight: float = 1.0) -> None:
+    def allreduce_gradients(self, model: Any, weight: float = 1.0) -> None:
         """Replace every parameter's gradient by the sum over ranks of ``weight`` times it, on every rank.
 
         The trainer weights each rank's gradient by its share of the step's examples as it computes it, so
@@ -209,7 +212,7 @@ class Communicator:
             box.grad = xp.reshape(flat[offset:offset + size], tuple(param.shape))
             offset += size
 
-    def _reducer(self, backend):
+    def _reducer(self, backend: Backend) -> Any:
         reducer = self._reducers.get(backend.name)
         if reducer is None:
             if self.size == 1:
@@ -220,15 +223,17 @@ class Communicator:
         return reducer
 
     # -- metrics ------------------------------------------------------------------
-    def reduce_progress(self, finite: float, good_steps: float, loss_sum: float, correct: float):
+    def reduce_progress(self, finite: float, good_steps: float, loss_sum: float,
+                        correct: float) -> tuple[float, float, float, float]:
         """The global view of the trainer's running figures: finite only if finite on every rank, good steps
         the fewest any rank had, loss sum and correct count summed (one small collective, at log points)."""
         rows = self.gather_values([finite, good_steps, loss_sum, correct])
         return (min(r[0] for r in rows), min(r[1] for r in rows), sum(r[2] for r in rows), sum(r[3] for r in rows))
 
     @on_model_device
-    def evaluate(self, model, x, y, loss_fn) -> tuple[float, float]:
+    def evaluate(self, model: Any, x: Any, y: Any, loss_fn: Any) -> tuple[float, float]:
         """``training.evaluate`` over the whole of ``(x, y)``, each rank evaluating its shard of it."""
+        # lazy: circular import (the training package imports this module for its Trainer)
         from ..training.metrics import evaluate, labels_per_example
 
         if self.size == 1:
@@ -244,7 +249,7 @@ class Communicator:
         return loss_sum / n, correct / (n * per_example)
 
     # -- failures ---------------------------------------------------------------------
-    def abort(self, error, code: int = 1):
+    def abort(self, error: object, code: int = 1) -> None:
         """Print ``error`` as one line naming this rank, then end every rank of the job (``MPI_Abort``):
         ranks blocked in a collective waiting for this one are killed by the launcher instead of hanging."""
         details = ""
@@ -266,7 +271,7 @@ class Communicator:
         self.comm.Abort(code)
         os._exit(code)  # MPI_Abort may return before the launcher kills this process (MPICH does): never go on
 
-    def end_interrupted(self, wait: float = 30.0, status: int = INTERRUPTED_STATUS):
+    def end_interrupted(self, wait: float = 30.0, status: int = INTERRUPTED_STATUS) -> None:
         """After Ctrl-C (or SIGTERM): make sure no rank is left waiting in a collective (a no-op for one rank).
 
         Usually every rank stopped at the same step (the flag travels with the gradients) and the ranks can
@@ -284,7 +289,7 @@ class Communicator:
         os._exit(status)
 
     @contextlib.contextmanager
-    def abort_on_error(self):
+    def abort_on_error(self) -> Iterator[Communicator]:
         """Turn an exception on one rank into the end of the whole job (on more than one rank).
 
         ``TrainingError`` (a non-finite loss) passes through: the trainer decides it from figures reduced over
@@ -321,12 +326,12 @@ class Communicator:
         if threading.current_thread() is not threading.main_thread():
             return None
 
-        def on_sigint(signum, frame):
+        def on_sigint(signum: int, frame: FrameType | None) -> None:
             if self._stop_requested:
                 raise KeyboardInterrupt
             self._stop_requested = True
 
-        def on_sigterm(signum, frame):
+        def on_sigterm(signum: int, frame: FrameType | None) -> None:
             if self._stop_requested:
                 raise_terminated()
             self._stop_requested = self._stop_terminated = True
@@ -343,7 +348,7 @@ class OneRankReducer:
 
     carries_flag = False
 
-    def allreduce(self, flat, flag: float):
+    def allreduce(self, flat: Any, flag: float) -> tuple[Any, float]:
         return flat, flag
 
 
@@ -358,43 +363,30 @@ def world() -> Communicator:
     return _WORLD
 
 
-def device_backend(backend, communicator: Communicator):
-    """The backend this rank trains on. With CuPy (``cupy``, ``cupy:N``, ``cuda``..., or ``auto`` where a CUDA GPU
-    works) and several ranks: GPU (the rank's number on its machine), so the ranks of one machine spread over its
-    GPUs, one each; otherwise the backend ``backend`` names. More ranks on a machine than it has GPUs is a
-    ``ConfigError`` (two ranks cannot share a GPU in one NCCL communicator, and would halve each other's speed).
+def device_backend(backend: str | Backend | None, communicator: Communicator) -> Backend:
+    """The backend this rank trains on. With a backend family that spreads the ranks of a machine over its
+    devices (``backends.devices_for_ranks``: CuPy, as ``cupy``, ``cupy:N`` or ``cuda``, and ``auto`` where a
+    CUDA GPU is visible) and several ranks: the device numbered as the rank on its machine, one rank each;
+    otherwise the backend ``backend`` names. More ranks on a machine than it has GPUs is a ``ConfigError`` (two
+    ranks cannot share a GPU in one NCCL communicator, and would halve each other's speed).
 
     ``backend`` is a spec (None: the default one) or a ``Backend``. Give a spec: it is read without loading
     anything, so each rank touches its own GPU only. Loading ``cupy`` first would open a CUDA context on GPU 0
     in every rank (hundreds of MB of GPU 0's memory each) before the rank moved to its own GPU."""
-    from backends import Backend, auto_backend, default_spec, get_backend, parse_spec
-    from backends.cupy_backend import cuda_gpu_count
-    from backends.torch_backend import cuda_gpu_count as torch_cuda_gpu_count
-
-    if isinstance(backend, Backend):
-        family = backend.library
-    else:
-        backend = default_spec() if backend is None else backend
-        family, _ = parse_spec(backend)
-    if communicator.size == 1 or family not in ("cupy", "auto"):
+    if backend is None:
+        backend = default_spec()
+    spec = backend.name if isinstance(backend, Backend) else backend  # a Backend's name is its full spec
+    devices = devices_for_ranks(spec) if communicator.size > 1 else None
+    if devices is None:
         return get_backend(backend)
-    if family == "auto":
-        gpus = cuda_gpu_count() or torch_cuda_gpu_count()
-        if not gpus:
-            return auto_backend(0)  # NumPy, with the reason (nothing on a GPU is touched)
-    else:
-        from backends.nccl import visible_gpus
-
-        gpus = visible_gpus()
-    if communicator.local_size > gpus:
-        raise ConfigError(f"{communicator.local_size} ranks on this machine but {gpus} GPU"
-                          f"{'s' if gpus != 1 else ''} visible: start at most one rank per GPU "
-                          f"(mpirun -n {gpus} per machine)")
-    gpu = communicator.local_rank
-    return auto_backend(gpu) if family == "auto" else get_backend(f"cupy:{gpu}")
+    if devices and communicator.local_size > devices:
+        raise ConfigError(f"{communicator.local_size} ranks on this machine but {devices} GPU"
+                          f"{'s' if devices != 1 else ''} visible: start at most one rank per GPU "
+                          f"(mpirun -n {devices} per machine)")
+    return backend_for_rank(spec, communicator.local_rank)
 
 
-def _size(shape) -> int:
+def _size(shape: tuple[int, ...]) -> int:
     n = 1
     for d in shape:
         n *= d

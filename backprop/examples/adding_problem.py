@@ -72,7 +72,7 @@ def _format_norm(value: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     from backends import get_backend
 
-    from ..data.sequences import adding_problem, blas_threads
+    from ..data.sequences import adding_problem
     from ..losses import MSE
     from ..training import Callback, fit
 
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"({time.perf_counter() - self.started:.1f}s)", flush=True)
 
     results = {}
-    with blas_threads(args.blas_threads or None):
+    with backend.limit_threads(args.blas_threads or None):  # 0: the library's default (no limit)
         for cell in cells:
             model = make_model(cell, hidden=args.hidden, bptt_steps=args.bptt_steps, seed=args.seed,
                                backend=backend)

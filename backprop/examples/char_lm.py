@@ -111,7 +111,7 @@ def sample(model, prompt_ids: list[int], length: int, *, temperature: float, rng
 def main(argv: list[str] | None = None) -> int:
     from backends import get_backend
 
-    from ..data.sequences import blas_threads, load_text
+    from ..data.sequences import load_text
     from ..training import Callback, EarlyStopping, Trainer
 
     args = build_parser().parse_args(argv)
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(model, loss="cross_entropy", optimizer="adam", lr=args.lr, epochs=args.epochs,
                       batch_size=args.batch_size, clip_norm=args.clip_norm, seed=args.seed,
                       callbacks=[Report(), stopper], progress=False, log=None)
-    with blas_threads(args.blas_threads or None):
+    with backend.limit_threads(args.blas_threads or None):  # 0: the library's default (no limit)
         history = trainer.fit(x_train, y_train, validation_data=(x_val, y_val))
         generated = sample(model, [index[c] for c in args.prompt], args.sample_length,
                            temperature=args.temperature, rng=random.Random(args.seed))

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from ..errors import ConfigError, ShapeError
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from backends import Backend
+
+from ..errors import ShapeError
 from ..init import host_random, initialize
 from ..parameters import Parameter, accumulate
+from ..validators import flag, positive_int
 from .base import Layer
-from .im2col import as_pair, col2im, im2col, output_shape, pad, unpad
+from .windows import as_pair, output_shape
 
 
 class Conv2D(Layer):
@@ -18,31 +25,29 @@ class Conv2D(Layer):
     PyTorch.
 
     With X the im2col columns of the padded input (one column of C·kh·kw pixels per output position, see
-    ``im2col.py``) and W the weight as an (out_channels, C·kh·kw) matrix:
+    ``backends/convolution.py``) and W the weight as an (out_channels, C·kh·kw) matrix:
 
     Forward:  Y = W X + b
     Backward: dL/dW += Σ_batch dL/dY Xᵀ,   dL/db += Σ_batch,positions dL/dY,   dL/dX = col2im(Wᵀ dL/dY)
 
-    The backend may supply a faster implementation of the same computation (``backend.conv2d_forward``:
-    NumPy lays the columns out channel-major and multiplies in cache-sized blocks; PyTorch and JAX use their
-    own convolution kernels); every other backend runs the portable im2col path written with standard array
-    operations. Set ``use_fast_path = False`` on a layer to force the portable path (the tests compare the
-    two).
+    The convolution is the backend's (``backend.conv2d_forward`` / ``conv2d_backward``): by default the
+    portable im2col convolution written with standard array operations; NumPy overrides it with one that lays
+    the columns out channel-major and multiplies in cache-sized blocks, PyTorch and JAX with their own
+    convolution kernels. Set ``use_fast_path = False`` on a layer to run the portable default whatever the
+    backend (the tests compare the two).
     """
 
-    #: Use the backend's convolution when it has one (False: always the portable im2col path).
+    #: Use the backend's own convolution (False: the portable default of ``Backend``, whatever the backend).
     use_fast_path = True
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, *, stride=1, padding=0, dilation=1,
-                 bias: bool = True, init: str = "he_uniform", rng=None, backend=None, dtype=None):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], *,
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
+                 dilation: int | tuple[int, int] = 1, bias: bool = True, init: str = "he_uniform", rng: Any = None,
+                 backend: Any = None, dtype: Any = None):
         super().__init__(backend=backend, dtype=dtype)
-        for label, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"Conv2D: {label} must be a positive integer, got {value!r}")
-        if not isinstance(bias, bool):
-            raise ConfigError(f"Conv2D: bias must be True or False, got {bias!r}")
-        self.in_channels = in_channels
-        self.out_channels = out_channels
+        self.in_channels = positive_int(in_channels, "in_channels", owner="Conv2D")
+        self.out_channels = positive_int(out_channels, "out_channels", owner="Conv2D")
+        flag(bias, "bias", owner="Conv2D")
         self.kernel_size = as_pair(kernel_size, "kernel_size", "Conv2D", minimum=1)
         self.stride = as_pair(stride, "stride", "Conv2D", minimum=1)
         self.padding = as_pair(padding, "padding", "Conv2D", minimum=0)
@@ -72,61 +77,34 @@ class Conv2D(Layer):
     def array_shapes(cls, config: dict) -> dict[str, tuple]:
         out_channels = config.get("out_channels")
         kernel = as_pair(config.get("kernel_size"), "kernel_size", "Conv2D", minimum=1)
-        shapes = {"param/weight": (out_channels, config.get("in_channels"), *kernel)}
+        shapes: dict[str, tuple] = {"param/weight": (out_channels, config.get("in_channels"), *kernel)}
         if config.get("bias", True):
             shapes["param/bias"] = (out_channels,)
         return shapes
 
     can_skip_input_grad = True
 
-    def begin_update(self, x, *, training: bool = True):
+    def begin_update(self, x: Any, *, training: bool = True) -> tuple[Any, Callable[..., Any]]:
         expected = f"(batch, {self.in_channels}, H, W)"
         self.check_input(x, ndim=4, expected=expected)
         if x.shape[1] != self.in_channels:
             raise ShapeError(f"{self!r}: expected input of shape {expected}, got {tuple(x.shape)}")
-        out_hw = output_shape(self, x, self.kernel_size, self.stride, self.padding, self.dilation)
+        output_shape(self, x, self.kernel_size, self.stride, self.padding, self.dilation)  # a clear error if empty
         weight, bias = self.params["weight"], self.params.get("bias")
-        w, b = weight.value, None if bias is None else bias.value
         backend = self.backend
-        fast = None
         if self.use_fast_path:
-            fast = backend.conv2d_forward(x, w, b, stride=self.stride, padding=self.padding, dilation=self.dilation)
-        if fast is not None:
-            y, saved = fast
+            forward, backward = backend.conv2d_forward, backend.conv2d_backward
+        else:  # the base class's portable convolution, run on this backend
+            forward, backward = partial(Backend.conv2d_forward, backend), partial(Backend.conv2d_backward, backend)
+        y, saved = forward(x, weight.value, None if bias is None else bias.value, stride=self.stride,
+                           padding=self.padding, dilation=self.dilation)
 
-            def fast_backprop(grad_output, input_grad: bool = True):
-                grad_input, grad_weight, grad_bias = backend.conv2d_backward(grad_output, saved, bias=bias is not None,
-                                                                             input_grad=input_grad)
-                accumulate(backend, weight, grad_weight)
-                if bias is not None:
-                    accumulate(backend, bias, grad_bias)
-                return grad_input
-
-            return y, fast_backprop
-        xp = self.xp
-        n, out_channels, in_channels = x.shape[0], self.out_channels, self.in_channels
-        kernel, stride, dilation, padding = self.kernel_size, self.stride, self.dilation, self.padding
-        padded = pad(backend, x, padding)
-        columns = im2col(xp, padded, kernel, stride, dilation, out_hw)  # (N, C, kh·kw, OH, OW)
-        rows = in_channels * kernel[0] * kernel[1]
-        columns = xp.reshape(columns, (n, rows, out_hw[0] * out_hw[1]))
-        y = xp.reshape(w, (out_channels, rows)) @ columns  # (N, out, OH·OW)
-        y = xp.reshape(y, (n, out_channels, *out_hw))
-        if b is not None:
-            y = y + xp.reshape(b, (1, out_channels, 1, 1))
-        padded_shape = tuple(padded.shape)
-
-        def backprop(grad_output, input_grad: bool = True):
-            grad = xp.reshape(grad_output, (n, out_channels, out_hw[0] * out_hw[1]))
-            accumulate(backend, weight, xp.reshape(xp.tensordot(grad, columns, axes=([0, 2], [0, 2])),
-                                                   tuple(w.shape)))
+        def backprop(grad_output: Any, input_grad: bool = True) -> Any:
+            grad_input, grad_weight, grad_bias = backward(grad_output, saved, bias=bias is not None,
+                                                          input_grad=input_grad)
+            accumulate(backend, weight, grad_weight)
             if bias is not None:
-                accumulate(backend, bias, xp.sum(grad, axis=(0, 2)))
-            if not input_grad:
-                return None
-            grad_columns = xp.reshape(xp.matrix_transpose(xp.reshape(w, (out_channels, rows))) @ grad,
-                                      (n, in_channels, rows // in_channels, *out_hw))
-            grad_padded = col2im(backend, grad_columns, padded_shape, kernel, stride, dilation, out_hw)
-            return unpad(grad_padded, padding)
+                accumulate(backend, bias, grad_bias)
+            return grad_input
 
         return y, backprop

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+from backends.convolution import pad, unpad
+
 from ..errors import ConfigError
 from .base import Layer
-from .im2col import as_pair, output_shape, pad, unpad
+from .windows import as_pair, output_shape
 
 _NO_DILATION = (1, 1)
 
@@ -13,7 +18,8 @@ class _Pool2D(Layer):
     """Shared set-up: ``kernel_size``, ``stride`` (default: the kernel size, windows side by side) and
     ``padding`` (at most half the kernel, as PyTorch, so every window holds at least one real pixel)."""
 
-    def __init__(self, kernel_size, stride=None, padding=0, *, backend=None, dtype=None):
+    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
+                 padding: int | tuple[int, int] = 0, *, backend: Any = None, dtype: Any = None):
         super().__init__(backend=backend, dtype=dtype)
         name = type(self).__name__
         self.kernel_size = as_pair(kernel_size, "kernel_size", name, minimum=1)
@@ -77,7 +83,7 @@ class MaxPool2D(_Pool2D):
     (PyTorch's CPU kernel takes the first in row-major order instead; the two differ only on ties).
     """
 
-    def begin_update(self, x, *, training: bool = True):
+    def begin_update(self, x: Any, *, training: bool = True) -> tuple[Any, Callable[..., Any]]:
         padded, rows, cols = self._windows(x, float("-inf"))
         xp = self.xp
         row_max = padded[:, :, rows[0], :]  # (N, C, OH, Wp): the max over each window's rows, per column
@@ -127,7 +133,7 @@ class AvgPool2D(_Pool2D):
     Backward: dL/dx[k] = Σ_{windows p containing k} dL/dy[p] / (kh·kw)
     """
 
-    def begin_update(self, x, *, training: bool = True):
+    def begin_update(self, x: Any, *, training: bool = True) -> tuple[Any, Callable[..., Any]]:
         padded, rows, cols = self._windows(x, 0.0)
         xp, backend = self.xp, self.backend
         row_sum = padded[:, :, rows[0], :]

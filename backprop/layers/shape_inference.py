@@ -25,11 +25,11 @@ from .dense import Dense
 from .dropout import Dropout
 from .embedding import Embedding
 from .fixed_point import FixedPointRecurrent
-from .im2col import as_pair, output_size
 from .normalization import BatchNorm1D, BatchNorm2D, LayerNorm
 from .pooling import _Pool2D
 from .recurrent import Recurrent
 from .shape import Flatten, Reshape
+from .windows import as_pair, output_size
 
 Shape = tuple  # of int (or None: a length not known)
 
