@@ -63,7 +63,8 @@ def summarize_model_file(path_text: str) -> str:
     from .runs import resolve_model_path
 
     path = resolve_model_path(path_text)
-    model, metadata = load_model(path, backend="numpy")
+    model = load_model(path, backend="numpy")
+    metadata = model.metadata
     description = architecture(model)
     declared = metadata.get("input_shape")
     if isinstance(declared, list) and declared and all(
