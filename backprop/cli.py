@@ -271,7 +271,8 @@ def cmd_evaluate(args) -> int:
     from .training import evaluate
 
     path = resolve_model_path(args.model)
-    model, metadata = load_model(path)
+    model = load_model(path)
+    metadata = dict(model.metadata)
     # the spec the model was trained with ("digits", or the path of the user's file), not its display name
     name = args.dataset or metadata.get("options", {}).get("dataset") or metadata.get("dataset")
     if not name:
@@ -323,7 +324,8 @@ def cmd_predict(args) -> int:
         _check_not_empty("--output", args.output)
         check_output_file(args.output)  # before the work, not after it
     path = resolve_model_path(args.model)
-    model, metadata = load_model(path)
+    model = load_model(path)
+    metadata = dict(model.metadata)
     features = apply_scaler(load_features(args.input), metadata.get("scaler"))
     backend = model.backend
     expected = input_shape_of(architecture(model))

@@ -14,12 +14,20 @@ from __future__ import annotations
 
 import functools
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from backends import Backend, available_backends
 
 from .errors import ConfigError
 from .layers.base import Layer
 from .losses import Loss
 from .on_device import on_device_of
+
+#: Arrays are duck-typed (any backend's array type).
+Array = Any
+F = TypeVar("F", bound=Callable[..., Any])
 
 # (eps, rtol, atol) by the dtype the check runs in.
 TOLERANCES = {"float64": (1e-6, 1e-5, 1e-7), "float32": (1e-2, 5e-2, 5e-3)}
@@ -40,17 +48,17 @@ class GradcheckResult:
         return not self.failures
 
 
-def _on_the_inputs_device(check):
+def _on_the_inputs_device(check: F) -> F:
     @functools.wraps(check)
-    def run(fn, x, *args, **kwargs):
+    def run(fn: Any, x: Array, *args: Any, **kwargs: Any) -> Any:
         with on_device_of(x):  # a layer's input is on the layer's device (it says so when not)
             return check(fn, x, *args, **kwargs)
 
-    return run
+    return run  # type: ignore[return-value]  # the same signature as check's, which wraps copies
 
 
 @_on_the_inputs_device
-def gradcheck(fn: Layer | Loss, x, target=None, *, training: bool = False, seed: int = 0,
+def gradcheck(fn: Layer | Loss, x: Array, target: Array | None = None, *, training: bool = False, seed: int = 0,
               max_elements: int | None = 200, raise_on_failure: bool = True) -> GradcheckResult:
     """Compare analytic and numerical gradients of a layer, model or loss.
 
@@ -75,17 +83,18 @@ def gradcheck(fn: Layer | Loss, x, target=None, *, training: bool = False, seed:
         return xp.astype(a, dtype) if xp.isdtype(a.dtype, "real floating") else a
 
     x = promote(x)
-    checked: dict[str, object] = {}  # name -> array whose elements we perturb
-    analytic: dict[str, object] = {}
+    checked: dict[str, Array] = {}  # name -> array whose elements we perturb
+    analytic: dict[str, Array] = {}
     current = {"input": x}  # the input the objective sees: x, or a perturbed copy of it
-    layer = None
+    layer: Layer | None = None
 
-    def use(name, array):
+    def use(name: str, array: Array) -> None:
         """Make the objective see ``array`` as the input or as parameter ``name``. Arrays may be immutable
         (JAX), so a perturbed element is a new array put in the old one's place, never a write into it."""
         if name == "input":
             current["input"] = array
         else:
+            assert layer is not None  # parameters are perturbed only when fn is a layer
             layer.replace_arrays({f"param/{name}": array})
 
     if isinstance(fn, Loss):
@@ -141,7 +150,7 @@ def gradcheck(fn: Layer | Loss, x, target=None, *, training: bool = False, seed:
     return result
 
 
-def _sample_indices(shape, max_elements):
+def _sample_indices(shape: tuple[int, ...], max_elements: int | None) -> list[tuple[int, ...]]:
     indices = list(itertools.product(*(range(n) for n in shape)))
     if max_elements is None or len(indices) <= max_elements:
         return indices
@@ -149,9 +158,7 @@ def _sample_indices(shape, max_elements):
     return [indices[int(i * step)] for i in range(max_elements)]
 
 
-def _backend_of(x):
-    from backends import available_backends
-
+def _backend_of(x: Array) -> Backend:
     for backend in available_backends():
         if backend.owns(x):
             return backend

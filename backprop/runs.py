@@ -484,12 +484,9 @@ def describe_model(model, name: str | None = None) -> str:
 
 def checkpoint_model(path, backend):
     """The model a checkpoint's architecture describes (its weights are loaded with the trainer's state)."""
-    from .io.checkpoints import read_checkpoint
-    from .io.model_files import _build_checked
+    from .io.checkpoints import model_from_state, read_checkpoint
 
-    arrays, header = read_checkpoint(path)
-    with backend.activate():
-        return _build_checked(path, header, arrays, backend)
+    return model_from_state(read_checkpoint(path), backend, source=path)
 
 
 def resolve_model_path(path) -> Path:
@@ -561,10 +558,10 @@ def resume_options(directory: Path, given: dict | None = None) -> dict:
     check_readable(checkpoint, "checkpoint")
     if not checkpoint.exists():
         raise ConfigError(f"--resume {directory}: no {CHECKPOINT_FILE} there (nothing to resume)")
-    _, header = read_checkpoint(checkpoint)
+    state = read_checkpoint(checkpoint)
     from .data.loading import check_recorded_dataset, file_sha256
 
-    recorded = dict(header.get("run", {}))  # read_checkpoint checked it is a dict
+    recorded = dict(state.run)
     dataset_sha256 = recorded.pop("dataset_sha256", None)  # not an option: what the dataset file was
     options = {**DEFAULTS, **recorded}
     given = dict(given or {})
@@ -578,9 +575,8 @@ def resume_options(directory: Path, given: dict | None = None) -> dict:
                           f"{listed} cannot be given; leave {'it' if len(changed) == 1 else 'them'} out, or start "
                           f"a new run")
     if "epochs" in given and given["epochs"] != options["epochs"]:
-        epochs, trainer = given["epochs"], header.get("trainer", {})
-        done = trainer.get("epoch") if isinstance(trainer, dict) else None
-        if isinstance(done, int) and isinstance(epochs, int) and epochs < done:
+        epochs, done = given["epochs"], state.epoch
+        if isinstance(epochs, int) and epochs < done:
             raise ConfigError(f"--epochs {epochs} with --resume {directory}: the run has already trained {done} "
                               f"epochs; ask for at least that many")
         schedule = str(options["schedule"]).lower()

@@ -9,15 +9,29 @@ loaded (on NumPy) first, which checks it.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
+from typing import Any
 
-from .errors import ConfigError
+from backends import dtype_name, get_backend
+
+from . import specs
+from .data import load_dataset
+from .errors import BackpropError, ConfigError
+from .io.model_files import load_model
+from .layers import architecture, declared_arrays
+from .layers.shape_inference import input_shape_of, layer_shapes, shape_text
+from .models import mlp
+from .optim import make_optimizer
+from .runs import resolve_model_path, target_shape
+from .validators import is_integer
 
 #: Bytes per value of the dtypes a model may have.
 DTYPE_BYTES = {"float16": 2, "float32": 4, "float64": 8}
 
 
-def summarize(target, *, dataset: str | None = None, data_dir=None) -> str:
+def summarize(target: str | os.PathLike, *, dataset: str | None = None,
+              data_dir: str | os.PathLike | None = None) -> str:
     """The summary table of a model file, a run directory, a spec file or a shipped spec's name."""
     text = str(target)
     path = Path(text)
@@ -28,24 +42,19 @@ def summarize(target, *, dataset: str | None = None, data_dir=None) -> str:
     return summarize_model_file(text)
 
 
-def summarize_spec(name_or_path: str, *, dataset: str | None = None, data_dir=None) -> str:
+def summarize_spec(name_or_path: str, *, dataset: str | None = None, data_dir: str | os.PathLike | None = None
+                   ) -> str:
     """The summary of a spec laid out for ``dataset`` (default: its ``[train]`` dataset; none when the spec
     declares its input shape and names no "outputs")."""
-    from . import specs
-
     spec = specs.load_spec(name_or_path)
     name = dataset if dataset is not None else spec.train.get("dataset")
     if name is None and isinstance(spec.input_shape, list):
         resolved = specs.resolve(spec, spec.input_shape)  # "outputs" without a dataset is an error here
         title = f"{spec.source} for inputs of shape {list(spec.input_shape)}"
     else:
-        from .data import load_dataset
-
         data = load_dataset(name or "digits", data_dir=data_dir)
         input_shape = specs.input_shape_for(spec, data.num_features, data.image_shape)
         resolved = specs.resolve(spec, input_shape, outputs=data.num_classes, flat_features=data.num_features)
-        from .runs import target_shape
-
         specs.check_targets(resolved, target_shape(data), f"the {data.name} dataset's targets")
         title = f"{spec.source} for {data.describe()}"
     input_shape = (resolved.flat_features,) if resolved.needs_reshape else resolved.input_shape
@@ -55,33 +64,27 @@ def summarize_spec(name_or_path: str, *, dataset: str | None = None, data_dir=No
 
 def summarize_model_file(path_text: str) -> str:
     """The summary of a saved model (a model file, or a run directory's)."""
-    from backends import dtype_name
-
-    from .io.model_files import load_model
-    from .layers import architecture
-    from .layers.shape_inference import input_shape_of
-    from .runs import resolve_model_path
-
     path = resolve_model_path(path_text)
-    model, metadata = load_model(path, backend="numpy")
+    model = load_model(path, backend="numpy")
+    metadata = model.metadata
     description = architecture(model)
     declared = metadata.get("input_shape")
-    if isinstance(declared, list) and declared and all(
-            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in declared):
+    input_shape: tuple[int | None, ...] | None
+    if isinstance(declared, list) and declared and all(is_integer(n) and n > 0 for n in declared):
         input_shape = tuple(declared)
     else:
         input_shape = input_shape_of(description)
-    options = metadata.get("options") if isinstance(metadata.get("options"), dict) else {}
+    options = metadata.get("options")
+    options = options if isinstance(options, dict) else {}
     optimizer = options.get("optimizer") if isinstance(options.get("optimizer"), str) else None
     trained_on = f" (trained on {metadata['dataset']})" if isinstance(metadata.get("dataset"), str) else ""
     return table(f"{path}{trained_on}", description, input_shape, dtype_name(model.dtype), optimizer)
 
 
-def table(title: str, description: dict, input_shape, dtype: str, optimizer: str | None) -> str:
-    """The summary text: one row per layer, then totals and the memory training takes."""
-    from .layers import declared_arrays
-    from .layers.shape_inference import layer_shapes, shape_text
-
+def table(title: str, description: dict[str, Any], input_shape: tuple[int | None, ...] | None, dtype: str,
+          optimizer: str | None) -> str:
+    """The summary text: one row per layer, then totals and the memory training takes (``input_shape``: one
+    example's, None when unknown)."""
     size = DTYPE_BYTES.get(dtype, 4)
     arrays = declared_arrays(description) or {}
     layers = description["config"]["layers"] if description.get("type") == "Sequential" else [description]
@@ -139,12 +142,6 @@ def _optimizer_state(name) -> int | None:
     """How many state arrays per parameter the optimizer keeps (None: unknown)."""
     if not isinstance(name, str):
         return None
-    from backends import get_backend
-
-    from .errors import BackpropError
-    from .models import mlp
-    from .optim import make_optimizer
-
     try:
         return len(make_optimizer(name, mlp([1, 1], backend=get_backend("numpy"))).buffer_names())
     except BackpropError:

@@ -100,8 +100,8 @@ def test_resume_accepts_the_run_s_own_options_and_more_epochs_bit_for_bit(two_ep
     assert main(["train", "--resume", str(two_epoch_run), "--epochs", "3", "--optimizer", "SGD", "--lr", "5e-2",
                  "--hidden", " 8", "--no-plots", "--no-progress", "--output", str(two_epoch_run)]) == 0
     assert "resuming" in capsys.readouterr().out
-    expected, _ = bp.load_model(whole / "model.safetensors")
-    resumed, _ = bp.load_model(two_epoch_run / "model.safetensors")
+    expected = bp.load_model(whole / "model.safetensors")
+    resumed = bp.load_model(two_epoch_run / "model.safetensors")
     for name, weight in weights(expected).items():
         np.testing.assert_array_equal(resumed.named_parameters()[name].value, weight)
 
@@ -139,8 +139,9 @@ def test_accumulate_trains_like_a_batch_that_many_times_larger_and_resumes(tmp_p
     assert main(["train", *QUICK, "--epochs", "2", "--batch-size", "8", "--accumulate", "4",
                  "--output", str(accumulated)]) == 0
     assert "mini-batch of 8 accumulated 4 times per update" in capsys.readouterr().out
-    expected, _ = bp.load_model(big / "model.safetensors")
-    model, metadata = bp.load_model(accumulated / "model.safetensors")
+    expected = bp.load_model(big / "model.safetensors")
+    model = bp.load_model(accumulated / "model.safetensors")
+    metadata = model.metadata
     assert metadata["options"]["accumulate"] == 4
     for name, weight in weights(expected).items():
         # float32: the same sums, added up in another order
@@ -151,7 +152,7 @@ def test_accumulate_trains_like_a_batch_that_many_times_larger_and_resumes(tmp_p
     assert main(["train", *QUICK, "--epochs", "1", "--batch-size", "8", "--accumulate", "4",
                  "--output", str(resumed)]) == 0
     assert main(["train", "--resume", str(resumed), "--epochs", "2", "--no-plots", "--no-progress"]) == 0
-    again, _ = bp.load_model(resumed / "model.safetensors")
+    again = bp.load_model(resumed / "model.safetensors")
     for name, weight in weights(model).items():
         np.testing.assert_array_equal(again.named_parameters()[name].value, weight, err_msg=name)
 
@@ -161,18 +162,18 @@ def test_a_checkpoint_from_before_accumulation_resumes_with_one_micro_batch_per_
     import numpy as np
 
     import backprop as bp
-    from backprop.io.checkpoints import read_checkpoint
-    from backprop.io.model_files import save_arrays
+    from backprop.io.model_files import load_arrays, save_arrays
 
     checkpoint = two_epoch_run / "checkpoint.safetensors"
-    arrays, header = read_checkpoint(checkpoint)
+    arrays, header = load_arrays(checkpoint, kind="checkpoint")
     del header["run"]["accumulate"]
     save_arrays(checkpoint, arrays, header)
     whole = tmp_path / "whole"
     assert main(["train", *QUICK, "--epochs", "3", "--optimizer", "sgd", "--lr", "0.05", "--output", str(whole)]) == 0
     assert main(["train", "--resume", str(two_epoch_run), "--epochs", "3", "--no-plots", "--no-progress"]) == 0
-    expected, _ = bp.load_model(whole / "model.safetensors")
-    resumed, metadata = bp.load_model(two_epoch_run / "model.safetensors")
+    expected = bp.load_model(whole / "model.safetensors")
+    resumed = bp.load_model(two_epoch_run / "model.safetensors")
+    metadata = resumed.metadata
     assert metadata["options"]["accumulate"] == 1
     for name, weight in weights(expected).items():
         np.testing.assert_array_equal(resumed.named_parameters()[name].value, weight, err_msg=name)
@@ -189,7 +190,8 @@ def test_evaluate_uses_the_loss_the_model_was_trained_with(recorded, tmp_path, c
 
     out = tmp_path / "run"
     assert main(["train", *QUICK, "--output", str(out)]) == 0
-    model, metadata = bp.load_model(out / "model.safetensors")
+    model = bp.load_model(out / "model.safetensors")
+    metadata = dict(model.metadata)  # a copy to change: the model's is read-only
     assert metadata["loss"] == "cross_entropy"  # what `backprop train` trains with, recorded
     if recorded is None:
         del metadata["loss"]  # a model saved before losses were recorded: trained with cross-entropy
@@ -218,7 +220,8 @@ def test_evaluate_rejects_an_unknown_recorded_loss(tmp_path, capsys):
 
     out = tmp_path / "run"
     assert main(["train", *QUICK, "--output", str(out)]) == 0
-    model, metadata = bp.load_model(out / "model.safetensors")
+    model = bp.load_model(out / "model.safetensors")
+    metadata = model.metadata
     bp.save_model(out / "model.safetensors", model, {**metadata, "loss": "hinge"})
     assert main(["evaluate", str(out)]) == 2
     assert "the model records an unknown loss 'hinge'" in one_error_line(capsys)
@@ -300,7 +303,7 @@ def test_hidden_none_is_the_explicit_linear_model(tmp_path, capsys):
 
     out = tmp_path / "run"
     assert main(["train", *QUICK, "--hidden", "none", "--output", str(out)]) == 0
-    model, _ = bp.load_model(out / "model.safetensors")
+    model = bp.load_model(out / "model.safetensors")
     assert [type(layer).__name__ for layer in model.layers] == ["Dense"]
     assert (model.layers[0].in_features, model.layers[0].out_features) == (64, 10)
     assert main(["train", *QUICK, "--hidden", "none", "--dropout", "0.2", "--output", str(tmp_path / "b")]) == 2

@@ -135,8 +135,8 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(tmp_p
     resumed = cli("train", "--resume", str(interrupted), "--no-progress", "--no-plots")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout
-    whole, _ = bp.load_model(uninterrupted / "model.safetensors")
-    cut, _ = bp.load_model(interrupted / "model.safetensors")
+    whole = bp.load_model(uninterrupted / "model.safetensors")
+    cut = bp.load_model(interrupted / "model.safetensors")
     for name, weight in weights(whole).items():
         np.testing.assert_array_equal(cut.named_parameters()[name].value, weight)
     history = (interrupted / "history.jsonl").read_text().splitlines()

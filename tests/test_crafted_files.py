@@ -10,7 +10,7 @@ import pytest
 
 import backprop as bp
 from backprop.cli import main
-from backprop.io import checkpoints, model_files
+from backprop.io import model_files
 from backprop.layers import LAYER_TYPES, MAX_NESTING, architecture, declared_arrays
 
 
@@ -108,7 +108,7 @@ def test_nesting_is_capped_below_the_recursion_limit(tmp_path, capsys):
     assert f"nests Sequential layers more than {MAX_NESTING} deep" in line
     write_file(path, {}, {"kind": "model", "dtype": "float32", "metadata": {}},
                raw={"architecture": nested_architecture(MAX_NESTING - 1)})
-    model, _ = bp.load_model(path, backend="numpy")  # as deep as allowed: loads
+    model = bp.load_model(path, backend="numpy")  # as deep as allowed: loads
     assert model.num_parameters() == 0
 
 
@@ -366,7 +366,7 @@ def test_a_model_trained_on_a_file_evaluates_on_that_file_only(tmp_path, capsys,
     assert main(["--backend", "numpy", "train", "--dataset", "mine.npz", "--epochs", "1", "--hidden", "4",
                  "--output", "run", "--no-progress", "--no-plots"]) == 0
     capsys.readouterr()
-    metadata = bp.load_model(tmp_path / "run" / "model.safetensors")[1]
+    metadata = bp.load_model(tmp_path / "run" / "model.safetensors").metadata
     assert metadata["dataset_sha256"] == __import__("hashlib").sha256((tmp_path / "mine.npz").read_bytes()).hexdigest()
     assert main(["--backend", "numpy", "evaluate", "run"]) == 0
     assert "test accuracy" in capsys.readouterr().out
@@ -395,7 +395,7 @@ def test_resume_reads_the_dataset_file_a_checkpoint_names_only_if_it_is_the_one_
     assert main([*train, "--dataset", "mine.npz", "--epochs", "1", "--hidden", "4", "--output", "run"]) == 0
     checkpoint = tmp_path / "run" / "checkpoint.safetensors"
     original = checkpoint.read_bytes()
-    arrays, header = checkpoints.read_checkpoint(checkpoint)
+    arrays, header = model_files.load_arrays(checkpoint, kind="checkpoint")
     assert header["run"]["dataset_sha256"] == __import__("hashlib").sha256(
         (tmp_path / "mine.npz").read_bytes()).hexdigest()
 

@@ -156,7 +156,7 @@ def test_fit_runs_its_callbacks_on_the_device_and_saves_and_loads_there(simulate
                      log=None, callbacks=[Where(), bp.EarlyStopping(1, restore_best=True)])
     assert devices == [1, 1] and all(np.isfinite(r["train_loss"]) for r in history)
     bp.save_model(tmp_path / "m.safetensors", model)
-    loaded, _ = bp.load_model(tmp_path / "m.safetensors", backend=simulated)
+    loaded = bp.load_model(tmp_path / "m.safetensors", backend=simulated)
     for name, array in weights(loaded).items():
         assert_on_backend(array, simulated, shape=model.named_parameters()[name].value.shape)
     loss, accuracy = bp.evaluate(loaded, simulated.from_host(x), simulated.from_host(y), bp.CrossEntropy())

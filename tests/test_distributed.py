@@ -338,8 +338,8 @@ def test_cli_distributed_train_matches_single_process(tmp_path, monkeypatch):
     options[-1] = str(single)
     use_float64(bp.get_backend("numpy"), monkeypatch.setattr)
     assert main(["--backend", "numpy", *options]) == 0
-    distributed_model, _ = load_model(rank0 / "out" / "model.safetensors")
-    single_model, _ = load_model(single / "model.safetensors")
+    distributed_model = load_model(rank0 / "out" / "model.safetensors")
+    single_model = load_model(single / "model.safetensors")
     for name, array in ((n, p.value) for n, p in single_model.named_parameters().items()):
         got = distributed_model.backend.to_host(distributed_model.named_parameters()[name].value)
         assert got.dtype == np.float64, name

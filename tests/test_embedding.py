@@ -131,7 +131,7 @@ def test_embedding_then_dense_trains_and_saves(backend, tmp_path):
     assert_on_backend(model[0].params["weight"].value, backend, shape=(6, 4))
     path = tmp_path / "embedding.safetensors"
     bp.save_model(path, model)
-    loaded, _ = bp.load_model(path, backend=backend)
+    loaded = bp.load_model(path, backend=backend)
     assert repr(loaded) == repr(model)
     np.testing.assert_array_equal(backend.to_host(loaded(idx)), backend.to_host(model(idx)))
 

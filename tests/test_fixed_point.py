@@ -347,7 +347,7 @@ def test_config_rebuilds_the_layer_and_copies_are_independent(tmp_path):
     try:
         model = bp.Sequential([layer, bp.Dense(4, 2, rng=1, backend="numpy")])
         bp.save_model(tmp_path / "model.safetensors", model)
-        loaded, _ = bp.load_model(tmp_path / "model.safetensors", backend="numpy")
+        loaded = bp.load_model(tmp_path / "model.safetensors", backend="numpy")
         assert loaded[0].config() == config
         np.testing.assert_allclose(loaded(x), model(x), rtol=1e-6)
     finally:

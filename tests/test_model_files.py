@@ -24,7 +24,8 @@ def test_a_model_saved_on_numpy_loads_on_every_backend_with_the_same_predictions
     model = _model()
     path = tmp_path / "model.safetensors"
     bp.save_model(path, model, {"note": "hello", "classes": ["a", "b", "c"]})
-    loaded, metadata = bp.load_model(path, backend=backend)
+    loaded = bp.load_model(path, backend=backend)
+    metadata = loaded.metadata
     assert metadata == {"note": "hello", "classes": ["a", "b", "c"]}
     assert repr(loaded) == repr(model)
     x = np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32)
@@ -37,7 +38,7 @@ def test_a_model_saved_on_any_backend_loads_on_numpy(backend, tmp_path):
     model = _model(backend)
     path = tmp_path / "model.safetensors"
     bp.save_model(path, model)
-    loaded, _ = bp.load_model(path, backend="numpy")
+    loaded = bp.load_model(path, backend="numpy")
     for name, array in weights(model).items():
         np.testing.assert_array_equal(loaded.named_parameters()[name].value, backend.to_host(array))
 
@@ -124,7 +125,7 @@ def test_a_model_file_is_refused_where_a_checkpoint_is_needed(tmp_path):
     trainer = bp.Trainer(bp.mlp([4, 3], backend="numpy"), epochs=1, progress=False, log=None)
     trainer.fit(np.ones((8, 4), np.float32), np.zeros(8, np.int64))
     trainer.save_checkpoint(tmp_path / "checkpoint.safetensors")
-    model, _ = bp.load_model(tmp_path / "checkpoint.safetensors")  # a checkpoint holds a usable model
+    model = bp.load_model(tmp_path / "checkpoint.safetensors")  # a checkpoint holds a usable model
     assert repr(model) == repr(trainer.model)
     bp.save_model(tmp_path / "m.safetensors", trainer.model)
     with pytest.raises(bp.ModelFileError, match="expected a checkpoint, found a 'model' file"):
@@ -255,7 +256,8 @@ def test_version_1_files_still_load_with_a_warning(tmp_path):
     path = tmp_path / "old.safetensors"
     _version_1_file(path, model, {"note": "old"})
     with pytest.warns(RuntimeWarning, match="format version 1.*without checksums.*saving it again adds them"):
-        loaded, metadata = bp.load_model(path)
+        loaded = bp.load_model(path)
+        metadata = loaded.metadata
     assert metadata == {"note": "old"}
     np.testing.assert_array_equal(weights(loaded)["0.weight"], weights(model)["0.weight"])
 
@@ -278,14 +280,12 @@ def test_an_unknown_format_version_is_refused(tmp_path):
 
 
 def test_a_model_file_that_cannot_be_read_for_permissions(tmp_path, monkeypatch):
-    import safetensors
-
     path = tmp_path / "model.safetensors"
     bp.save_model(path, _model())
 
     def denied(*args, **kwargs):  # the tests may run as root, for whom chmod 000 changes nothing
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(safetensors, "safe_open", denied)
+    monkeypatch.setattr(model_files, "safe_open", denied)  # the name model_files opens files with
     with pytest.raises(bp.ModelFileError, match=r"model.safetensors: permission denied: cannot read this model file$"):
         bp.load_model(path)

@@ -37,7 +37,7 @@ def _history_epochs(directory) -> list[int]:
 
 
 def _checkpoint_epoch(directory) -> int:
-    return read_checkpoint(directory / "checkpoint.safetensors")[1]["trainer"]["epoch"]
+    return read_checkpoint(directory / "checkpoint.safetensors").epoch
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_sigterm_under_terminate_as_interrupt_is_a_held_keyboard_interrupt(digit
             trainer.fit(x, y)
     assert isinstance(raised.value, KeyboardInterrupt) and raised.value.exit_status == 143
     # held through the end of epoch 2: counted, checkpointed after the signal arrived, nothing rolled back
-    assert trainer.epoch == 2 and read_checkpoint(checkpoint)[1]["trainer"]["epoch"] == 2
+    assert trainer.epoch == 2 and read_checkpoint(checkpoint).epoch == 2
     assert signal.getsignal(signal.SIGTERM) is sigterm_must_not_kill_pytest  # restored
 
 
@@ -244,17 +244,17 @@ class _Killed(BaseException):
 
 
 def test_a_kill_while_the_checkpoint_is_written_leaves_the_history_behind_it(tmp_path, monkeypatch):
-    import backprop.io.checkpoints as checkpoints
+    import backprop.training.trainer as trainer_module
 
-    save_checkpoint, saves = checkpoints.save_checkpoint, []
+    write_checkpoint, saves = trainer_module.write_checkpoint, []
 
     def killed_at_the_third_save(*args, **kwargs):
         saves.append(1)
         if len(saves) == 3:  # the end of epoch 3
             raise _Killed
-        save_checkpoint(*args, **kwargs)
+        write_checkpoint(*args, **kwargs)
 
-    monkeypatch.setattr(checkpoints, "save_checkpoint", killed_at_the_third_save)
+    monkeypatch.setattr(trainer_module, "write_checkpoint", killed_at_the_third_save)
     out = tmp_path / "run"
     with pytest.raises(_Killed):
         main([*SMALL_RUN, "--output", str(out)])
@@ -269,7 +269,7 @@ def test_resume_rewrites_the_history_from_the_checkpoint(tmp_path):
     assert main(["--backend", "numpy", "train", "--resume", str(out), "--no-plots", "--no-progress"]) == 0
     assert (out / "history.jsonl").read_text() == saved
     records = [json.loads(line) for line in saved.splitlines()]
-    assert records == read_checkpoint(out / "checkpoint.safetensors")[1]["trainer"]["history"]
+    assert records == read_checkpoint(out / "checkpoint.safetensors").history
 
 
 # -- 5. kills at random moments, then --resume, end exactly like a run that was never killed -------------------
@@ -330,8 +330,8 @@ def _assert_consistent(run_dir: Path, reference_history):
     if not (run_dir / "checkpoint.safetensors").exists():
         assert not (run_dir / "history.jsonl").exists(), "a history without a checkpoint"
         return
-    header = read_checkpoint(run_dir / "checkpoint.safetensors")[1]  # never half-written
-    epoch, saved = header["trainer"]["epoch"], header["trainer"]["history"]
+    state = read_checkpoint(run_dir / "checkpoint.safetensors")  # never half-written
+    epoch, saved = state.epoch, state.history
     assert _without_timing(saved) == reference_history[:epoch]
     if (run_dir / "history.jsonl").exists():
         history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
@@ -342,8 +342,8 @@ def _assert_consistent(run_dir: Path, reference_history):
 def _assert_same_as_reference(run_dir: Path, reference: Path):
     assert sorted(p.name for p in run_dir.iterdir()) == sorted(
         [".backprop.lock", "model.safetensors", "checkpoint.safetensors", "history.jsonl", "summary.json"])
-    model, _ = bp.load_model(run_dir / "model.safetensors", backend="numpy")
-    expected, _ = bp.load_model(reference / "model.safetensors", backend="numpy")
+    model = bp.load_model(run_dir / "model.safetensors", backend="numpy")
+    expected = bp.load_model(reference / "model.safetensors", backend="numpy")
     for name, weight in ((n, p.value) for n, p in expected.named_parameters().items()):
         np.testing.assert_array_equal(model.named_parameters()[name].value, weight, err_msg=name)  # bit for bit
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
@@ -470,8 +470,8 @@ def stress(kills: int = 40, seed: int = 1, workdir: str | None = None) -> dict:
         names = [p.name for p in run_dir.iterdir()]
         figures["temp files left at the end"] += sum(bool(ours.fullmatch(n) or foreign.fullmatch(n)) for n in names)
         try:
-            model, _ = bp.load_model(run_dir / "model.safetensors", backend="numpy")
-            expected, _ = bp.load_model(reference / "model.safetensors", backend="numpy")
+            model = bp.load_model(run_dir / "model.safetensors", backend="numpy")
+            expected = bp.load_model(reference / "model.safetensors", backend="numpy")
             if any(not np.array_equal(model.named_parameters()[k].value, p.value)
                    for k, p in expected.named_parameters().items()):
                 figures["weights different"] += 1

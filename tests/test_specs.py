@@ -249,7 +249,8 @@ def test_train_a_spec_then_evaluate_predict_summarize_and_resume_without_the_spe
     log = capsys.readouterr().out
     assert f"training {spec}: Reshape-Conv2D-ReLU-MaxPool2D-Flatten-Dense (" in log
     summary = json.loads((out / "summary.json").read_text())
-    model, metadata = bp.load_model(out / "model.safetensors", backend="numpy")
+    model = bp.load_model(out / "model.safetensors", backend="numpy")
+    metadata = model.metadata
     assert summary["parameters"] == model.num_parameters() == 2 * 9 + 2 + 32 * 10 + 10
     assert metadata["options"]["model"] == str(spec) and metadata["input_shape"] == [64]
     assert [type(layer).__name__ for layer in model.layers] == ["Reshape", "Conv2D", "ReLU", "MaxPool2D", "Flatten",
@@ -276,8 +277,8 @@ def test_a_spec_run_resumed_ends_with_the_weights_of_an_uninterrupted_one(tmp_pa
     assert main(["train", "--model", str(spec), *QUICK, "--epochs", "2", "--output", str(tmp_path / "a")]) == 0
     assert main(["train", "--model", str(spec), *QUICK, "--output", str(tmp_path / "b")]) == 0
     assert main(["train", "--resume", str(tmp_path / "b"), "--epochs", "2", "--no-progress", "--no-plots"]) == 0
-    a = weights(bp.load_model(tmp_path / "a" / "model.safetensors", backend="numpy")[0])
-    b = weights(bp.load_model(tmp_path / "b" / "model.safetensors", backend="numpy")[0])
+    a = weights(bp.load_model(tmp_path / "a" / "model.safetensors", backend="numpy"))
+    b = weights(bp.load_model(tmp_path / "b" / "model.safetensors", backend="numpy"))
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
 
@@ -286,7 +287,7 @@ def test_the_spec_sets_defaults_and_the_command_line_overrides_them(tmp_path):
     spec = write(tmp_path, TINY_CNN.replace("validation_split = 0", "validation_split = 0\nlr = 0.05\nepochs = 7"))
     out = tmp_path / "run"
     assert main(["train", "--model", str(spec), *QUICK, "--output", str(out)]) == 0
-    options = bp.load_model(out / "model.safetensors", backend="numpy")[1]["options"]
+    options = bp.load_model(out / "model.safetensors", backend="numpy").metadata["options"]
     assert options["lr"] == 0.05 and options["epochs"] == 1 and options["validation_split"] == 0
 
 
@@ -351,7 +352,8 @@ def test_a_recurrent_regression_spec_trains_on_the_adding_problem_and_evaluates(
     spec, out = write(tmp_path, TINY_LSTM), tmp_path / "run"
     assert main(["train", "--model", str(spec), *QUICK, "--output", str(out)]) == 0
     capsys.readouterr()
-    model, metadata = bp.load_model(out / "model.safetensors", backend="numpy")
+    model = bp.load_model(out / "model.safetensors", backend="numpy")
+    metadata = model.metadata
     assert metadata["loss"] == "mse" and metadata["dataset"] == "adding-problem"
     assert [type(layer).__name__ for layer in model.layers] == ["Reshape", "LSTM", "Dense"]
     summary = json.loads((out / "summary.json").read_text())
@@ -371,7 +373,7 @@ def test_a_sequence_labelling_spec_trains_on_the_sonnets(tmp_path, capsys):
     assert f"({round(summary['test_accuracy'] * 149 * 64)}/{149 * 64})" in capsys.readouterr().out
     vocabulary = bp.data.load_dataset("sonnets").num_classes
     assert summary["test_loss"] < 1.05 * math.log(vocabulary)  # about uniform after one step, not worse
-    model = bp.load_model(out / "model.safetensors", backend="numpy")[0]
+    model = bp.load_model(out / "model.safetensors", backend="numpy")
     assert model(np.zeros((2, 64 * vocabulary), np.float32)).shape == (2, 64, vocabulary)
 
 
@@ -413,7 +415,7 @@ def test_spec_built_models_round_trip_through_model_files(backend, tmp_path, nam
     resolved = specs.resolve(spec, shape, outputs=outputs, flat_features=math.prod(shape))
     model = specs.build(resolved, seed=1, backend=backend)
     bp.save_model(tmp_path / "m.safetensors", model, {"input_shape": [math.prod(shape)]})
-    loaded, _ = bp.load_model(tmp_path / "m.safetensors", backend=backend)
+    loaded = bp.load_model(tmp_path / "m.safetensors", backend=backend)
     assert bp.architecture(loaded) == bp.architecture(model)
     assert [type(layer).__name__ for layer in loaded.layers] == [item["type"] for item in
                                                                  resolved.architecture()["config"]["layers"]]

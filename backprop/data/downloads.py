@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import DataError
 
@@ -74,9 +75,9 @@ REMOTE_DATASETS = {
 }
 
 
-def _import_pooch(why: str):
+def _import_pooch(why: str) -> Any:
     try:
-        import pooch
+        import pooch  # lazy: optional library (only downloads need it)
     except ImportError:
         raise DataError(f"{why} needs the 'pooch' package: pip install pooch "
                         f"(or pass --data-dir DIR with the files already downloaded)") from None

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -16,8 +18,8 @@ from .dataset import Dataset
 from .scaling import apply_scaler
 
 # IDX data type codes (third byte of the magic number) and the big-endian dtypes they stand for.
-IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+IDX_DTYPES: dict[int, np.dtype[Any]] = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
+                                        0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -37,7 +39,7 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
-def read_idx(path) -> np.ndarray:
+def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (the MNIST format), gzipped or not, into a native-byte-order array.
 
     Layout: two zero bytes, a data type code, the number of dimensions, one
@@ -74,7 +76,7 @@ def read_idx(path) -> np.ndarray:
     return array.astype(dtype.newbyteorder("="))  # a writable copy in the machine's byte order
 
 
-def write_idx(path, array) -> None:
+def write_idx(path: str | os.PathLike, array: np.typing.ArrayLike) -> None:
     """Write an array as an IDX file (gzipped when ``path`` ends in ``.gz``), atomically."""
     array = np.asarray(array)
     codes = {dtype.newbyteorder("="): code for code, dtype in IDX_DTYPES.items()}
@@ -113,7 +115,8 @@ def _find_idx_files(folder: Path, name: str, hint: str) -> dict[str, Path]:
     return found
 
 
-def _load_idx_dataset(name: str, class_names: list[str], data_dir, download: bool) -> Dataset:
+def _load_idx_dataset(name: str, class_names: list[str], data_dir: str | os.PathLike | None,
+                      download: bool) -> Dataset:
     if data_dir is not None:
         paths = _find_idx_files(Path(data_dir), name, "put the four standard files there")
     elif download:
@@ -144,7 +147,7 @@ def _load_idx_dataset(name: str, class_names: list[str], data_dir, download: boo
                    scaler=pixel_scaler)
 
 
-def load_mnist(data_dir=None, download: bool = True) -> Dataset:
+def load_mnist(data_dir: str | os.PathLike | None = None, download: bool = True) -> Dataset:
     """MNIST handwritten digits (60000 train / 10000 test, 28x28), pixels scaled to [0, 1].
 
     With ``data_dir``: read the four standard files from there (``.gz`` or
@@ -154,6 +157,6 @@ def load_mnist(data_dir=None, download: bool = True) -> Dataset:
     return _load_idx_dataset("mnist", [str(d) for d in range(10)], data_dir, download)
 
 
-def load_fashion_mnist(data_dir=None, download: bool = True) -> Dataset:
+def load_fashion_mnist(data_dir: str | os.PathLike | None = None, download: bool = True) -> Dataset:
     """Fashion-MNIST (Zalando's clothing images, same format as MNIST); see :func:`load_mnist`."""
     return _load_idx_dataset("fashion-mnist", FASHION_CLASSES, data_dir, download)

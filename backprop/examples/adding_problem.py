@@ -22,7 +22,16 @@ import argparse
 import math
 import time
 
+from backends import Backend, get_backend
+
+from ..data.sequences import adding_problem
 from ..errors import ConfigError
+from ..layers import GRU, LSTM, RNN, Dense, Sequential
+from ..layers.recurrent import Recurrent
+from ..losses import MSE
+from ..plots.recurrent import plot_grad_norms_through_time
+from ..plots.training import PlotUnavailable
+from ..training import Callback, Trainer, fit
 from .options import check_at_least, example_parser
 
 CELLS = ("rnn", "lstm", "gru")
@@ -50,16 +59,15 @@ def _parse_cells(text: str) -> list[str]:
     return cells
 
 
-def _check_args(args) -> None:
+def _check_args(args: argparse.Namespace) -> None:
     check_at_least(args, {"length": 2, "train": 1, "val": 1, "hidden": 1, "epochs": 1, "batch_size": 1, "probe": 1,
                           "blas_threads": 0})
 
 
-def make_model(cell: str, *, hidden: int, bptt_steps=None, seed: int = 0, backend=None):
+def make_model(cell: str, *, hidden: int, bptt_steps: int | None = None, seed: int = 0,
+               backend: Backend | str | None = None) -> Sequential:
     """A recurrent layer (2 inputs: value and marker) and a Dense head on its last state."""
-    from ..layers import Dense, Sequential
-    from ..layers.recurrent import GRU, LSTM, RNN
-
+    cls: type[Recurrent]
     cls = {"rnn": RNN, "lstm": LSTM, "gru": GRU}[cell]
     return Sequential([cls(2, hidden, return_sequences=False, bptt_steps=bptt_steps, rng=seed, backend=backend),
                        Dense(hidden, 1, rng=seed + 1, backend=backend)])
@@ -70,12 +78,6 @@ def _format_norm(value: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from backends import get_backend
-
-    from ..data.sequences import adding_problem
-    from ..losses import MSE
-    from ..training import Callback, fit
-
     args = build_parser().parse_args(argv)
     cells = _parse_cells(args.cells)
     _check_args(args)
@@ -99,18 +101,19 @@ def main(argv: list[str] | None = None) -> int:
         """After each epoch, |dL/dh_t| for every t on the probe batch, into the history record."""
 
         def __init__(self, cell: str):
-            self.cell, self.initial, self.started = cell, None, time.perf_counter()
+            self.cell, self.started = cell, time.perf_counter()
+            self.initial: list[float] = []
 
-        def measure(self, model) -> list[float]:
+        def measure(self, model: Sequential) -> list[float]:
             prediction, backprop = model.begin_update(x_probe, training=False)
             backprop(MSE().value_and_grad(prediction, y_probe)[1])
             model.zero_grad()  # only the norms through time were wanted: leave no gradients behind
             return [float(v) for v in backend.to_host(model.layers[0].grad_norms_through_time)]
 
-        def on_train_begin(self, trainer):
+        def on_train_begin(self, trainer: Trainer) -> None:
             self.initial = self.measure(trainer.model)
 
-        def on_epoch_end(self, trainer, record):
+        def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
             norms = self.measure(trainer.model)
             record["grad_norms_through_time"] = norms
             record["grad_ratio_first_last"] = norms[0] / norms[-1] if norms[-1] > 0 else float("nan")
@@ -159,9 +162,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{cell}: val MSE {history[-1]['val_loss']:.4f} = {share:.2f} x baseline: {verdict}")
 
     if not args.no_plot:
-        from ..plots.recurrent import plot_grad_norms_through_time
-        from ..plots.training import PlotUnavailable
-
         try:
             path = plot_grad_norms_through_time(
                 {cell: history[-1]["grad_norms_through_time"] for cell, (history, _, _) in results.items()},

@@ -30,8 +30,14 @@ import random
 import time
 from collections import Counter
 
+from backends import Backend, get_backend
+
+from ..data.sequences import load_text
 from ..errors import ConfigError
+from ..layers import GRU, LSTM, Dense, Sequential
+from ..layers.recurrent import Recurrent
 from ..on_device import on_device
+from ..training import Callback, EarlyStopping, Trainer
 from .options import check_at_least, example_parser
 
 DEFAULT_PROMPT = "From fairest"
@@ -51,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_args(args) -> None:
+def _check_args(args: argparse.Namespace) -> None:
     check_at_least(args, {"epochs": 1, "hidden": 1, "batch_size": 1, "seq_len": 2, "sample_length": 0,
                           "blas_threads": 0})
     if not math.isfinite(args.temperature) or args.temperature < 0:
@@ -60,11 +66,10 @@ def _check_args(args) -> None:
         raise ConfigError(f"--max-chars must be at least 4 x --seq-len = {4 * args.seq_len}, got {args.max_chars}")
 
 
-def make_model(cell: str, vocab_size: int, hidden: int, *, bptt_steps=None, seed: int = 0, backend=None):
+def make_model(cell: str, vocab_size: int, hidden: int, *, bptt_steps: int | None = None, seed: int = 0,
+               backend: Backend | str | None = None) -> Sequential:
     """One-hot characters -> LSTM/GRU (every step's state) -> Dense scores for the next character."""
-    from ..layers import Dense, Sequential
-    from ..layers.recurrent import GRU, LSTM
-
+    cls: type[Recurrent]
     cls = {"lstm": LSTM, "gru": GRU}[cell]
     return Sequential([cls(vocab_size, hidden, bptt_steps=bptt_steps, rng=seed, backend=backend),
                        Dense(hidden, vocab_size, rng=seed + 1, backend=backend)])
@@ -84,7 +89,8 @@ def unigram_cross_entropy(train_ids: list[int], test_ids: list[int], vocab_size:
 
 
 @on_device
-def sample(model, prompt_ids: list[int], length: int, *, temperature: float, rng: random.Random) -> list[int]:
+def sample(model: Sequential, prompt_ids: list[int], length: int, *, temperature: float,
+           rng: random.Random) -> list[int]:
     """Feed the prompt one character at a time, then draw ``length`` characters from the model."""
     backend = model.backend
     xp = backend.xp
@@ -109,11 +115,6 @@ def sample(model, prompt_ids: list[int], length: int, *, temperature: float, rng
 
 
 def main(argv: list[str] | None = None) -> int:
-    from backends import get_backend
-
-    from ..data.sequences import load_text
-    from ..training import Callback, EarlyStopping, Trainer
-
     args = build_parser().parse_args(argv)
     _check_args(args)
     backend = get_backend(args.backend)

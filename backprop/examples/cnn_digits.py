@@ -15,8 +15,17 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+from backends import Backend, get_backend
+
+from ..data import load_dataset
+from ..errors import ConfigError
+from ..io.model_files import save_model
+from ..layers import Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU, Sequential
+from ..losses import CrossEntropy
+from ..training import Trainer, evaluate
 from .options import check_at_least, check_positive_number, example_parser
 
 
@@ -33,17 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_model(image_shape, num_classes: int, *, seed: int = 0, backend=None):
+def build_model(image_shape: Sequence[int], num_classes: int, *, seed: int = 0,
+                backend: Backend | str | None = None) -> Sequential:
     """The CNN for single-channel images of ``image_shape`` (H, W)."""
-    from ..layers.activations import ReLU
-    from ..layers.conv import Conv2D
-    from ..layers.dense import Dense
-    from ..layers.pooling import MaxPool2D
-    from ..layers.sequential import Sequential
-    from ..layers.shape import Flatten
-
     height, width = image_shape
-    layers = [Conv2D(1, 16, 3, padding=1, rng=seed, backend=backend), ReLU(backend=backend)]
+    layers: list[Layer] = [Conv2D(1, 16, 3, padding=1, rng=seed, backend=backend), ReLU(backend=backend)]
     if min(height, width) >= 16:  # MNIST-sized images: halve them before the wider convolution
         layers.append(MaxPool2D(2, backend=backend))
         height, width = height // 2, width // 2
@@ -56,17 +59,13 @@ def build_model(image_shape, num_classes: int, *, seed: int = 0, backend=None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from backends import get_backend
-
-    from ..data import load_dataset
-    from ..losses import CrossEntropy
-    from ..training import Trainer, evaluate
-
     args = build_parser().parse_args(argv)
     check_at_least(args, {"epochs": 1, "batch_size": 1})
     check_positive_number(args, "lr")
     backend = get_backend(args.backend)
     data = load_dataset(args.dataset, data_dir=args.data_dir)
+    if data.image_shape is None:  # pragma: no cover - digits and MNIST are images
+        raise ConfigError(f"{data.name}: not a dataset of images")
     height, width = data.image_shape
     # flat rows (n, H·W) -> images (n, 1, H, W); host arrays, copied to the device by the trainer
     x_train = data.x_train.reshape(len(data.x_train), 1, height, width)
@@ -87,8 +86,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"trained {args.epochs} epochs in {seconds:.1f}s")
     print(f"test: loss {test_loss:.4f}  accuracy {100 * test_accuracy:.2f}%")
     if args.output:
-        from ..io.model_files import save_model
-
         path = Path(args.output) / "model.safetensors"
         path.parent.mkdir(parents=True, exist_ok=True)
         save_model(path, model, metadata={

@@ -15,19 +15,26 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
+from typing import Any
 
-from ..training import Callback
+from backends import Backend, get_backend
+
+from ..data import load_digits
+from ..layers import Dense, FixedPointRecurrent, Sequential
+from ..losses import CrossEntropy
+from ..training import Callback, Trainer, evaluate
 from .options import check_at_least, check_positive_number, example_parser
 
 
 class FixedPointMonitor(Callback):
     """Prints the fixed-point layer's average iteration counts each epoch, then starts counting afresh."""
 
-    def __init__(self, layer, log=print):
+    def __init__(self, layer: FixedPointRecurrent, log: Callable[[str], Any] = print):
         self.layer, self.log = layer, log
         self.epochs: list[dict] = []
 
-    def on_epoch_end(self, trainer, record) -> None:
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
         stats = self.layer.stats
         summary = {
             "forward": stats["forward_iterations"] / max(1, stats["forward_calls"]),
@@ -58,24 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_model(num_features: int, num_classes: int, *, hidden: int = 64, tolerance: float = 1e-5,
-                max_iterations: int = 200, max_norm: float | None = 0.9, seed: int = 0, backend=None):
+                max_iterations: int = 200, max_norm: float | None = 0.9, seed: int = 0,
+                backend: Backend | str | None = None) -> Sequential:
     """``[FixedPointRecurrent(num_features -> hidden), Dense(hidden -> num_classes)]``."""
-    from ..layers.dense import Dense
-    from ..layers.fixed_point import FixedPointRecurrent
-    from ..layers.sequential import Sequential
-
     recurrent = FixedPointRecurrent(num_features, hidden, tolerance=tolerance, max_iterations=max_iterations,
                                     max_recurrent_norm=max_norm or None, rng=seed, backend=backend)
     return Sequential([recurrent, Dense(hidden, num_classes, rng=seed + 1, backend=backend)])
 
 
 def main(argv: list[str] | None = None) -> int:
-    from backends import get_backend
-
-    from ..data import load_digits
-    from ..losses import CrossEntropy
-    from ..training import Trainer, evaluate
-
     args = build_parser().parse_args(argv)
     check_at_least(args, {"epochs": 1, "batch_size": 1, "hidden": 1, "max_iterations": 1})
     check_positive_number(args, "lr")

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli import _Parser
 from ..errors import ConfigError
 
 #: Passed for an option an example does not take.
 ABSENT = object()
 
 
-def example_parser(name: str, description: str, *, epochs: int, batch_size: int, lr: float, hidden=ABSENT,
-                   clip_norm=ABSENT, bptt_steps: bool = False, blas_threads: bool = False, quiet: bool = False,
+def example_parser(name: str, description: str, *, epochs: int, batch_size: int, lr: float,
+                   hidden: int | object = ABSENT, clip_norm: float | object = ABSENT, bptt_steps: bool = False,
+                   blas_threads: bool = False, quiet: bool = False,
                    no_progress: bool = False, show_defaults: bool = True) -> argparse.ArgumentParser:
     """The parser of ``backprop example NAME``, with the shared options and the example's defaults."""
-    from ..cli import _Parser  # here: the CLI imports the examples lazily, and this keeps it that way
-
     parser = _Parser(prog=f"backprop example {name}", description=description,
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter if show_defaults
                      else argparse.HelpFormatter)
@@ -49,7 +49,7 @@ def example_parser(name: str, description: str, *, epochs: int, batch_size: int,
     return parser
 
 
-def check_at_least(args, minimums: dict[str, int]) -> None:
+def check_at_least(args: argparse.Namespace, minimums: dict[str, int]) -> None:
     """A ``ConfigError`` for the first option below its minimum: ``--epochs must be a positive integer, got
     0`` (minimum 1), ``--length must be at least 2, got 1``, ``--blas-threads must be at least 0, ...``."""
     for name, minimum in minimums.items():
@@ -60,7 +60,7 @@ def check_at_least(args, minimums: dict[str, int]) -> None:
             raise ConfigError(f"{flag} must be {rule}, got {value}")
 
 
-def check_positive_number(args, *names: str) -> None:
+def check_positive_number(args: argparse.Namespace, *names: str) -> None:
     """A ``ConfigError`` for the first of ``names`` that is not a positive number (``--lr``, say)."""
     for name in names:
         value = getattr(args, name)

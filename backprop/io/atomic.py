@@ -13,7 +13,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
@@ -43,12 +43,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def temp_file_pattern(name: str) -> re.Pattern:
+def temp_file_pattern(name: str) -> re.Pattern[str]:
     """What ``atomic_path`` names its temporary files for a target called ``name`` (``mkstemp``'s names)."""
     return re.compile(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}\.tmp")
 
 
-def remove_stale_temp_files(directory: str | os.PathLike, names) -> list[Path]:
+def remove_stale_temp_files(directory: str | os.PathLike, names: Iterable[str]) -> list[Path]:
     """Remove the temporary files that ``atomic_path`` writes of the files ``names`` in ``directory`` left
     behind; returns what was removed.
 
@@ -57,7 +57,7 @@ def remove_stale_temp_files(directory: str | os.PathLike, names) -> list[Path]:
     exactly as ``atomic_path`` names them for one of ``names`` are touched, nothing else."""
     directory = Path(directory)
     patterns = [temp_file_pattern(name) for name in names]
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(directory))
     except FileNotFoundError:

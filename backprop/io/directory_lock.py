@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import ConfigError
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
+if sys.platform == "win32":  # pragma: no cover - no flock on Windows: no lock is taken
     fcntl = None
+else:
+    import fcntl
 
 LOCK_FILE = ".backprop.lock"
 
@@ -66,7 +67,7 @@ def refuse_if_locked(directory: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def _lock_or_refuse(fd: int, directory) -> None:
+def _lock_or_refuse(fd: int, directory: str | os.PathLike) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

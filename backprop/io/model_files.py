@@ -27,16 +27,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save
 
-from backends import get_backend
+from backends import Backend, dtype_name, get_backend
 
 from ..errors import ConfigError, ModelFileError
+from ..layers import Layer, architecture, build, declared_arrays
 from ..on_device import on_device
+from ..validators import is_integer
 from .atomic import write_bytes_atomic
+
+#: What a path argument may be.
+PathLike = str | os.PathLike
 
 FORMAT = "backprop"
 #: 2: checksums of the tensors and of the header (``WEIGHTS_CHECKSUM``, ``HEADER_CHECKSUM``).
@@ -60,7 +70,7 @@ def weights_checksum(arrays: dict[str, np.ndarray]) -> str:
         dtype = array.dtype.newbyteorder("<")
         description = json.dumps([name, dtype.str, list(array.shape)]).encode()
         digest.update(len(description).to_bytes(8, "little") + description)
-        digest.update(np.ascontiguousarray(array, dtype=dtype).reshape(-1).view(np.uint8))
+        digest.update(np.ascontiguousarray(array, dtype=dtype).reshape(-1).view(np.uint8).data)
     return digest.hexdigest()
 
 
@@ -70,14 +80,13 @@ def header_checksum(metadata: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
 
 
-def save_arrays(path, arrays: dict[str, np.ndarray], header: dict) -> None:
+def save_arrays(path: PathLike, arrays: Mapping[str, np.ndarray], header: Mapping[str, Any]) -> None:
     """Write host arrays and a JSON-able header to a safetensors file, atomically, with checksums."""
-    from safetensors.numpy import save
-
     clash = sorted(set(header) & set(_RESERVED))
     if clash:
         raise ValueError(f"header keys {clash} are reserved")
-    tensors = {name: np.ascontiguousarray(array) for name, array in arrays.items()}
+    # reshaped: ascontiguousarray makes a 0-d array (a step count, say) 1-d, and it must come back 0-d
+    tensors = {name: np.ascontiguousarray(array).reshape(np.shape(array)) for name, array in arrays.items()}
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
                 **{key: json.dumps(value) for key, value in header.items()}}
     metadata[WEIGHTS_CHECKSUM] = weights_checksum(tensors)
@@ -85,13 +94,11 @@ def save_arrays(path, arrays: dict[str, np.ndarray], header: dict) -> None:
     write_bytes_atomic(path, save(tensors, metadata=metadata))
 
 
-def load_arrays(path, *, kind: str = "model") -> tuple[dict[str, np.ndarray], dict]:
+def load_arrays(path: PathLike, *, kind: str = "model") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Read a file written by ``save_arrays``, checked (see the module docstring): ``(arrays, header)``.
 
     A damaged, foreign or malformed file raises ``ModelFileError``.
     """
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such {kind} file")
@@ -147,19 +154,20 @@ def load_arrays(path, *, kind: str = "model") -> tuple[dict[str, np.ndarray], di
     return arrays, header
 
 
-def model_arrays(model, prefix: str = "") -> dict[str, np.ndarray]:
+def model_arrays(model: Layer, prefix: str = "") -> dict[str, np.ndarray]:
     """The model's parameters and buffers as host arrays, keyed ``param/<name>`` and ``buffer/<name>``."""
     backend = model.backend
     return {f"{prefix}{key}": backend.to_host(array) for key, array in model.named_arrays().items()}
 
 
 @on_device
-def assign_model_arrays(model, arrays: dict[str, np.ndarray], source, prefix: str = "") -> None:
+def assign_model_arrays(model: Layer, arrays: Mapping[str, np.ndarray], source: object, prefix: str = "") -> None:
     """Give the model's parameters and buffers the saved arrays (copied to its device), checking names and
     shapes first: on an error the model keeps all its arrays."""
     backend = model.backend
     device_arrays = {}
-    for name, array in model.named_arrays().items():
+    current: dict[str, Any] = model.named_arrays()  # arrays of the model's library (duck-typed)
+    for name, array in current.items():
         key = f"{prefix}{name}"
         if key not in arrays:
             raise ModelFileError(f"{source}: missing array {key!r} for this architecture")
@@ -171,18 +179,44 @@ def assign_model_arrays(model, arrays: dict[str, np.ndarray], source, prefix: st
     model.replace_arrays(device_arrays)
 
 
-def save_model(path, model, metadata: dict | None = None) -> None:
-    """Save a model (architecture, weights and metadata) to one ``.safetensors`` file."""
-    from ..layers import architecture
+class ModelMetadata(Mapping[str, Any]):
+    """The metadata saved with a model, read-only: what ``load_model`` puts on the model as ``model.metadata``
+    (``model.metadata["class_names"]``, ``model.metadata.get("options")``). A copy of the file's entries:
+    changing a nested value changes neither the file nor another model loaded from it."""
 
+    def __init__(self, entries: Mapping[str, Any] | None = None):
+        self._entries = dict(entries or {})
+
+    def __getitem__(self, key: str) -> Any:
+        return self._entries[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"ModelMetadata({self._entries!r})"
+
+
+def save_model(path: PathLike, model: Layer, metadata: Mapping[str, Any] | None = None) -> None:
+    """Save a model (architecture, weights and metadata) to one ``.safetensors`` file.
+
+    ``metadata``: JSON-able entries to keep with the model (``load_model`` gives them back as
+    ``model.metadata``); None saves none, even when the model has metadata of its own from a file it was
+    loaded from (pass ``model.metadata`` to keep it)."""
     header = {"kind": "model", "architecture": architecture(model), "dtype": _dtype_name(model),
-              "metadata": metadata or {}}
+              "metadata": dict(metadata or {})}
     save_arrays(path, model_arrays(model), header)
 
 
-def load_model(path, backend=None):
+def load_model(path: PathLike, backend: Backend | str | None = None) -> Layer:
     """Load a model saved by ``save_model`` (or the model in a checkpoint) onto ``backend`` (default: the
-    current one). Returns ``(model, metadata)``."""
+    current one). The metadata saved with it is on the model, as ``model.metadata`` (a read-only mapping).
+
+    ``model, metadata = load_model(path)`` (this function's form before it returned the model alone) does not
+    work: write ``model = load_model(path)`` and read ``model.metadata``."""
     arrays, header = load_arrays(path)
     if header.get("kind") not in ("model", "checkpoint"):
         raise ModelFileError(f"{path}: expected a model file, found a {_short(header.get('kind'))} file")
@@ -192,21 +226,23 @@ def load_model(path, backend=None):
     _check_metadata(path, metadata)
     backend = get_backend(backend)
     with backend.activate():  # the model is built, and its arrays are filled, on the backend's device
-        model = _build_checked(path, header, arrays, backend)
+        model = build_checked(path, header, arrays, backend)
         assign_model_arrays(model, arrays, path)
     outputs = _outputs(model)
     for key, count in (("class_names", len(metadata.get("class_names") or [])), ("num_classes",
                                                                                metadata.get("num_classes"))):
         if outputs is not None and count and count != outputs:
             raise ModelFileError(f"{path}: metadata {key!r} gives {count} classes, the model has {outputs} outputs")
-    return model, metadata
+    model.metadata = ModelMetadata(metadata)
+    return model
 
 
-def _build_checked(path, header: dict, arrays: dict, backend):
-    """The model the header's architecture describes, built only after its declared parameter shapes were
-    found to be exactly those of the file's ``param/`` and ``buffer/`` tensors."""
-    from ..layers import build, declared_arrays
-
+def build_checked(path: object, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
+                  backend: Backend) -> Layer:
+    """The model the header's ``architecture`` and ``dtype`` describe, built (on ``backend``, which the caller
+    activates) only after its declared parameter shapes were found to be exactly those of the ``param/`` and
+    ``buffer/`` arrays in ``arrays``; its arrays are freshly initialized (``assign_model_arrays`` fills them).
+    ``path`` names the source in messages."""
     description, dtype = header.get("architecture"), header.get("dtype", "float32")
     if not isinstance(description, dict):
         raise ModelFileError(f"{path}: header entry 'architecture' must be a dict, got {type(description).__name__}")
@@ -235,16 +271,16 @@ def _build_checked(path, header: dict, arrays: dict, backend):
                              f"({_short(str(exc), 300)})") from None
 
 
-def _check_metadata(path, metadata: dict) -> None:
+def _check_metadata(path: object, metadata: dict[str, Any]) -> None:
     """The types of the metadata entries backprop itself reads (``backprop evaluate`` and ``predict``)."""
-    def bad(key, expected):
+    def bad(key: str, expected: str) -> ModelFileError:
         return ModelFileError(f"{path}: metadata entry {key!r} must be {expected}, got {_short(metadata[key])}")
 
     names = metadata.get("class_names")
     if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
         raise bad("class_names", "a list of strings")
     count = metadata.get("num_classes")
-    if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 1):
+    if count is not None and not (is_integer(count) and count >= 1):
         raise bad("num_classes", "a positive integer")
     for key in ("dataset", "dataset_sha256"):
         if metadata.get(key) is not None and not isinstance(metadata[key], str):
@@ -255,7 +291,7 @@ def _check_metadata(path, metadata: dict) -> None:
         raise bad("scaler", "a dict")
 
 
-def _outputs(model) -> int | None:
+def _outputs(model: Layer) -> int | None:
     """The number of outputs when the model ends in a layer that says (``out_features``), else None."""
     layers = list(getattr(model, "layers", [model]))
     while layers:
@@ -269,13 +305,11 @@ def _outputs(model) -> int | None:
     return None
 
 
-def _dtype_name(model) -> str:
-    from backends import dtype_name
-
+def _dtype_name(model: Layer) -> str:
     return dtype_name(model.dtype)
 
 
-def _short(value, limit: int = 80) -> str:
+def _short(value: object, limit: int = 80) -> str:
     """``repr(value)``, cut to ``limit`` characters: a crafted header must not flood the terminal."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -33,6 +33,9 @@ backward pass needs. ``bp.gradcheck(layer, x)`` checks the result against finite
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
 
 from backends import Backend, describe_array, dtype_name, get_backend
 
@@ -43,6 +46,9 @@ from ..parameters import Parameter, zero_grad
 
 class Layer:
     """Base class of every layer. ``params`` maps names to ``Parameter`` boxes, ``buffers`` names to arrays."""
+
+    #: What was saved with the model in its file (``backprop.load_model`` sets it); empty for a model built here.
+    metadata: Mapping[str, Any] = MappingProxyType({})
 
     def __init__(self, *, backend: Backend | str | None = None, dtype=None):
         self.backend = get_backend(backend)

@@ -43,12 +43,21 @@ import difflib
 import inspect
 import json
 import math
+import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
+
+from backends import Backend
 
 from ..errors import ConfigError, ShapeError
+from ..layers import LAYER_TYPES, Layer, Sequential
+from ..layers import build as build_layer
+from ..layers.shape_inference import infer, shape_text
+from ..validators import is_integer
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -101,7 +110,7 @@ def shipped_specs() -> dict[str, str]:
     return found
 
 
-def spec_path(name_or_path) -> tuple[str, str]:
+def spec_path(name_or_path: str | os.PathLike) -> tuple[str, str]:
     """``(source, text)`` of the spec that ``name_or_path`` names: a shipped name, or a .toml/.json file."""
     text = str(name_or_path)
     if not text.strip():
@@ -128,7 +137,7 @@ def spec_path(name_or_path) -> tuple[str, str]:
         raise ConfigError(f"--model {text}: cannot read it ({exc.strerror or exc})") from None
 
 
-def load_spec(name_or_path) -> ModelSpec:
+def load_spec(name_or_path: str | os.PathLike) -> ModelSpec:
     """Read and check a spec (a shipped name, or a path): its form, layer types and option names."""
     source, text = spec_path(name_or_path)
     if source.endswith(".json"):
@@ -145,7 +154,7 @@ def load_spec(name_or_path) -> ModelSpec:
     return parse_spec(content, source)
 
 
-def parse_spec(content, source: str = "spec") -> ModelSpec:
+def parse_spec(content: object, source: str = "spec") -> ModelSpec:
     """A ``ModelSpec`` from the dict a TOML or JSON file holds, checked."""
     if not isinstance(content, dict):
         raise ConfigError(f"{source}: expected a table of {', '.join(SPEC_KEYS)}, got {type(content).__name__}")
@@ -162,7 +171,7 @@ def parse_spec(content, source: str = "spec") -> ModelSpec:
     input_shape = content.get("input_shape", "flat")
     if not (input_shape in INPUT_SHAPES or (
             isinstance(input_shape, list) and input_shape
-            and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in input_shape))):
+            and all(is_integer(n) and n > 0 for n in input_shape))):
         raise ConfigError(f"{source}: input_shape must be {', '.join(map(repr, INPUT_SHAPES))} or a list of positive "
                           f"sizes such as [1, 8, 8], got {input_shape!r}")
     layers = content.get("layers")
@@ -174,9 +183,7 @@ def parse_spec(content, source: str = "spec") -> ModelSpec:
     return spec
 
 
-def _parse_layer(entry, where: str) -> dict:
-    from ..layers import LAYER_TYPES
-
+def _parse_layer(entry: object, where: str) -> dict[str, Any]:
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: expected a table with a type and options, got {entry!r}")
     kind = entry.get("type")
@@ -202,9 +209,7 @@ def _parse_layer(entry, where: str) -> dict:
     return {"type": cls.__name__, "name": name, "options": options}
 
 
-def _layer_class(kind: str, where: str):
-    from ..layers import LAYER_TYPES
-
+def _layer_class(kind: str, where: str) -> type[Layer]:
     if kind in LAYER_TYPES:
         return LAYER_TYPES[kind]
     by_lower = {name.lower(): cls for name, cls in LAYER_TYPES.items()}
@@ -215,7 +220,7 @@ def _layer_class(kind: str, where: str):
     raise ConfigError(f"{where}: unknown layer type {kind!r}; {hint}layer types: {', '.join(sorted(LAYER_TYPES))}")
 
 
-def _constructor_options(cls) -> list[str] | None:
+def _constructor_options(cls: type) -> list[str] | None:
     """The options a layer class's constructor takes (None: it takes any, ``**kwargs`` of its own)."""
     names = []
     for klass in cls.__mro__:
@@ -256,7 +261,8 @@ class Resolved:
         return self.flat_features is not None and tuple(self.input_shape) != (self.flat_features,)
 
 
-def input_shape_for(spec: ModelSpec, num_features: int, example_shape=None) -> tuple:
+def input_shape_for(spec: ModelSpec, num_features: int, example_shape: Sequence[int] | None = None
+                    ) -> tuple[int, ...]:
     """One example's shape as the spec's first layer sees it, for a dataset of flat rows of ``num_features``
     whose examples had ``example_shape`` (an image's (H, W) or (C, H, W), a sequence's (T, F)) before
     they were flattened."""
@@ -281,13 +287,10 @@ def input_shape_for(spec: ModelSpec, num_features: int, example_shape=None) -> t
     return shape
 
 
-def resolve(spec: ModelSpec, input_shape, *, outputs: int | None = None, flat_features: int | None = None
+def resolve(spec: ModelSpec, input_shape: Sequence[int], *, outputs: int | None = None, flat_features: int | None = None
             ) -> Resolved:
     """Every layer's options completed and its output shape worked out, first to last; the first layer that
     does not fit is a one-line error naming it. ``outputs`` replaces the ``"outputs"`` placeholder."""
-    from ..layers import LAYER_TYPES
-    from ..layers.shape_inference import infer
-
     shape, layers = tuple(input_shape), []
     for index, layer in enumerate(spec.layers):
         options = {}
@@ -308,7 +311,7 @@ def resolve(spec: ModelSpec, input_shape, *, outputs: int | None = None, flat_fe
     return Resolved(spec, tuple(input_shape), flat_features, layers)
 
 
-def check_targets(resolved: Resolved, target_shape: tuple, what: str) -> None:
+def check_targets(resolved: Resolved, target_shape: tuple[int, ...], what: str) -> None:
     """The last layer must give one example's target shape (``target_shape``: class scores for each label, or
     the regression targets); otherwise a one-line error before training."""
     output = resolved.output_shape
@@ -318,9 +321,7 @@ def check_targets(resolved: Resolved, target_shape: tuple, what: str) -> None:
                          f"{what} needs {_shape(target_shape)}")
 
 
-def _shape(shape) -> str:
-    from ..layers.shape_inference import shape_text
-
+def _shape(shape: Sequence[int | None]) -> str:
     return shape_text(tuple(shape))
 
 
@@ -330,14 +331,13 @@ def _without_owner(message: str, kind: str) -> str:
     return message[len(prefix):] if message.startswith(prefix) else message
 
 
-def build(resolved: Resolved, *, seed: int = 0, backend=None, dtype=None):
+def build(resolved: Resolved, *, seed: int = 0, backend: Backend | str | None = None, dtype: Any = None
+          ) -> Sequential:
     """The model, built layer by layer through ``backprop.layers.build``. The k-th layer that draws initial
     weights gets the seed ``seed + k`` (as the worked examples seed theirs), so a spec and its example start
     from the same weights."""
-    from ..layers import LAYER_TYPES, Sequential
-    from ..layers import build as build_layer
-
-    layers, draws = [], 0
+    layers: list[Layer] = []
+    draws = 0
     if resolved.needs_reshape:
         layers.append(build_layer({"type": "Reshape", "config": {"shape": list(resolved.input_shape)}},
                                   backend=backend, dtype=dtype))

@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
+from ..validators import positive_int
+
+if TYPE_CHECKING:  # for annotations only: the trainer imports this module
+    from .trainer import Trainer
 
 
 class Callback:
@@ -183,17 +189,16 @@ class Checkpoint(Callback):
 
     root_only = True
 
-    def __init__(self, path, *, every: int = 1, run_config: dict | None = None):
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ConfigError(f"Checkpoint: every must be a positive integer, got {every!r}")
-        self.path, self.every, self.run_config = Path(path), every, run_config or {}
+    def __init__(self, path: str | os.PathLike, *, every: int = 1, run_config: dict | None = None):
+        self.every = positive_int(every, "every", owner="Checkpoint")
+        self.path, self.run_config = Path(path), run_config or {}
 
-    def on_epoch_end(self, trainer, record):
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
         if trainer.epoch % self.every == 0:
             trainer.save_checkpoint(self.path, run_config=self.run_config)
 
-    def on_train_end(self, trainer):
+    def on_train_end(self, trainer: Trainer) -> None:
         trainer.save_checkpoint(self.path, run_config=self.run_config)
 
-    def on_interrupt(self, trainer):
+    def on_interrupt(self, trainer: Trainer) -> None:
         trainer.save_checkpoint(self.path, run_config=self.run_config)

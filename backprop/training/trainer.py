@@ -8,13 +8,20 @@ accumulate in 0-d device arrays that reach the host only at logging points
 
 from __future__ import annotations
 
+import copy
 import math
+import os
 import time
+from collections.abc import Mapping
+from typing import Any
 
+from backends import dtype_name
 from backends.base import METRICS
 
 from ..data.splitting import stratified_holdout
-from ..errors import ConfigError, DataError, ShapeError, TrainingError
+from ..errors import ConfigError, DataError, ModelFileError, ShapeError, TrainingError
+from ..io.checkpoints import CallbackState, TrainingState, check_fits, read_checkpoint, write_checkpoint
+from ..layers import architecture
 from ..losses import LOSSES, Loss
 from ..on_device import on_device
 from .batches import parse_accumulate_steps, parse_batch_size, update_bounds
@@ -383,52 +390,60 @@ class Trainer:
         return True
 
     @on_device
-    def state_dict(self) -> tuple[dict, dict]:
-        """Everything a resumed run needs: device arrays and a JSON-able dict."""
-        arrays = self.copy_weights()  # keyed as in model files
-        opt_arrays, opt_info = self.optimizer.state_dict()
-        arrays.update({f"optimizer/{k}": v for k, v in opt_arrays.items()})
-        callback_infos = []
-        for i, callback in enumerate(self.callbacks):
-            cb_arrays, cb_info = callback.state_dict()
-            arrays.update({f"callback/{i}/{k}": v for k, v in cb_arrays.items()})
-            callback_infos.append({"type": type(callback).__name__, "info": cb_info})
-        info = {"epoch": self.epoch, "epochs": self.epochs, "seed": self.seed, "base_lr": self.base_lr,
-                "optimizer": opt_info, "callbacks": callback_infos, "history": self.history}
-        return arrays, info
+    def training_state(self, run_config: Mapping[str, Any] | None = None) -> TrainingState:
+        """Everything a resumed run needs, copied to the host: a plain ``TrainingState``
+        (``backprop/io/checkpoints.py``) that ``restore`` takes back and ``write_checkpoint`` writes.
+        ``run_config``: the options the run was started with, kept with it."""
+        host = self.backend.to_host  # a copy, never a view: the state does not change as training goes on
+        optimizer_arrays, optimizer_info = self.optimizer.state_dict()
+        callbacks = []
+        for callback in self.callbacks:
+            arrays, info = callback.state_dict()
+            callbacks.append(CallbackState(type(callback).__name__, copy.deepcopy(info),
+                                           {key: host(array) for key, array in arrays.items()}))
+        return TrainingState(
+            architecture=architecture(self.model), dtype=dtype_name(self.model.dtype),
+            weights={key: host(array) for key, array in self.model.named_arrays().items()},
+            optimizer_arrays={key: host(array) for key, array in optimizer_arrays.items()},
+            optimizer_info=copy.deepcopy(optimizer_info), epoch=self.epoch, epochs=self.epochs, seed=self.seed,
+            base_lr=self.base_lr, history=copy.deepcopy(self.history), callbacks=callbacks,
+            run=dict(run_config or {}))
 
     @on_device
-    def load_state_dict(self, arrays: dict, info: dict) -> None:
-        def part(prefix):
-            return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+    def restore(self, state: TrainingState, *, source: object = "checkpoint") -> None:
+        """Continue from ``state`` (what ``training_state`` returned, or ``read_checkpoint`` read): the model's
+        weights, the optimizer's state, the callbacks' state (of those of the same class at the same place),
+        the epoch count, learning rate and history. The model must have exactly the state's arrays; a state that
+        does not fit is a ``ModelFileError`` naming ``source``, raised before anything is restored."""
+        check_fits(state, {key: tuple(array.shape) for key, array in self.model.named_arrays().items()}, source)
+        backend = self.backend
 
-        weights = {k: v for k, v in arrays.items() if k.startswith(("param/", "buffer/"))}
-        expected = set(self.copy_weights())
-        missing = sorted(expected - set(weights))
-        if missing:
-            raise ConfigError(f"checkpoint has no arrays for {', '.join(missing)}")
-        self.set_weights(weights)
-        self.optimizer.load_state_dict(part("optimizer/"), info["optimizer"])
-        saved_callbacks = info.get("callbacks", [])
-        for i, callback in enumerate(self.callbacks):
-            if i < len(saved_callbacks) and saved_callbacks[i]["type"] == type(callback).__name__:
-                callback.load_state_dict(part(f"callback/{i}/"), saved_callbacks[i]["info"])
-        self.epoch, self.base_lr = info["epoch"], info["base_lr"]
-        self.history = list(info["history"])
+        def to_device(arrays: Mapping[str, Any]) -> dict[str, Any]:
+            return {name: backend.from_host(array, dtype=None if array.dtype.kind in "iub" else
+                                            backend.dtype(str(array.dtype))) for name, array in arrays.items()}
 
-    @on_device
-    def save_checkpoint(self, path, *, run_config: dict | None = None) -> None:
+        try:
+            self.set_weights(to_device(state.weights))
+            self.optimizer.load_state_dict(to_device(state.optimizer_arrays), copy.deepcopy(state.optimizer_info))
+            for callback, saved in zip(self.callbacks, state.callbacks):
+                if saved.type == type(callback).__name__:
+                    callback.load_state_dict(to_device(saved.arrays), copy.deepcopy(saved.info))
+        except (KeyError, ConfigError, TypeError, ValueError) as exc:
+            detail = repr(str(exc))
+            detail = detail if len(detail) <= 300 else detail[:297] + "..."
+            raise ModelFileError(f"{source}: checkpoint does not match this model and optimizer ({detail})") from None
+        self.epoch, self.base_lr = state.epoch, state.base_lr
+        self.history = copy.deepcopy(state.history)
+
+    def save_checkpoint(self, path: str | os.PathLike, *, run_config: Mapping[str, Any] | None = None) -> None:
         """Write a resumable checkpoint file atomically (a failed write keeps the previous one)."""
-        from ..io.checkpoints import save_checkpoint
+        write_checkpoint(path, self.training_state(run_config))
 
-        save_checkpoint(path, self, run_config=run_config or {})
-
-    @on_device
-    def load_checkpoint(self, path) -> dict:
-        """Restore a checkpoint into this trainer; returns the run configuration saved with it."""
-        from ..io.checkpoints import load_checkpoint
-
-        return load_checkpoint(path, self)
+    def load_checkpoint(self, path: str | os.PathLike) -> dict[str, Any]:
+        """Restore a checkpoint file into this trainer; returns the run configuration saved with it."""
+        state = read_checkpoint(path)
+        self.restore(state, source=path)
+        return state.run
 
     # -- data ---------------------------------------------------------------
     def _to_device(self, array, name, labels=False):
