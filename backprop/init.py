@@ -13,6 +13,7 @@ import math
 
 from backends import Backend, HostRandom
 
+from . import validators as check
 from .errors import ConfigError
 
 _seed_source = HostRandom(0)
@@ -30,10 +31,8 @@ def host_random(rng: HostRandom | int | None) -> HostRandom:
         return HostRandom(_seed_source.spawn_seed())
     if isinstance(rng, HostRandom):
         return rng
-    if isinstance(rng, int) and not isinstance(rng, bool):
-        if rng < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {rng}")
-        return HostRandom(rng)
+    if check.is_integer(rng):
+        return HostRandom(check.non_negative_int(rng, "seed"))
     raise ConfigError(f"rng must be an int seed, a HostRandom or None, got {type(rng).__name__}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from .. import validators as check
 from ..errors import ConfigError, ShapeError
 from .base import Layer
 
@@ -68,10 +69,7 @@ class LeakyReLU(Activation):
 
     def __init__(self, negative_slope: float = 0.01, **kwargs):
         super().__init__(**kwargs)
-        if (not isinstance(negative_slope, (int, float)) or not math.isfinite(negative_slope)
-                or not 0 <= negative_slope <= 1):
-            raise ConfigError(f"LeakyReLU: negative_slope must be a finite number in [0, 1], got {negative_slope!r}")
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = check.number(negative_slope, "negative_slope", low=0, high=1, owner="LeakyReLU")
 
     def extra_repr(self):
         return f"negative_slope={self.negative_slope}"

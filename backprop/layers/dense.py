@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import ConfigError
+from .. import validators as check
 from ..init import host_random, initialize
 from ..on_device import on_device_update
 from ..parameters import Parameter, accumulate, gradient_space
@@ -22,9 +22,8 @@ class Dense(Layer):
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
                  init: str = "glorot_uniform", rng=None, backend=None, dtype=None):
         super().__init__(backend=backend, dtype=dtype)
-        for label, value in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"Dense: {label} must be a positive integer, got {value!r}")
+        in_features = check.positive_int(in_features, "in_features", owner="Dense")
+        out_features = check.positive_int(out_features, "out_features", owner="Dense")
         self.in_features = in_features
         self.out_features = out_features
         self.init = init

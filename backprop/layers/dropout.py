@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import math
-
-from ..errors import ConfigError
+from .. import validators as check
 from .base import Layer
 
 
@@ -21,9 +19,8 @@ class Dropout(Layer):
 
     def __init__(self, p: float = 0.5, *, seed=0, backend=None, dtype=None):
         super().__init__(backend=backend, dtype=dtype)
-        if not isinstance(p, (int, float)) or isinstance(p, bool) or not math.isfinite(p) or not 0 <= p < 1:
-            raise ConfigError(f"Dropout: p must be a probability in [0, 1), got {p!r}")
-        self.p = float(p)
+        self.p = check.number(p, "p", low=0, high=1, high_open=True, owner="Dropout",
+                              expected="a probability in [0, 1)")
         self.reseed(seed)
 
     def extra_repr(self) -> str:

@@ -10,27 +10,10 @@ from __future__ import annotations
 
 import math
 
-from ..errors import ConfigError, ShapeError
+from .. import validators as check
+from ..errors import ShapeError
 from ..parameters import Parameter, accumulate
 from .base import Layer
-
-
-def _positive_int(layer: str, label: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{layer}: {label} must be a positive integer, got {value!r}")
-    return value
-
-
-def _positive_eps(layer: str, eps) -> float:
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isfinite(eps) or eps <= 0:
-        raise ConfigError(f"{layer}: eps must be a positive number, got {eps!r}")
-    return float(eps)
-
-
-def _flag(layer: str, label: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{layer}: {label} must be True or False, got {value!r}")
-    return value
 
 
 def _normalize_backward(xp, grad_x_hat, x_hat, inv_std, axes):
@@ -82,13 +65,10 @@ class _BatchNorm(Layer):
                  backend=None, dtype=None):
         super().__init__(backend=backend, dtype=dtype)
         name = type(self).__name__
-        self.num_features = _positive_int(name, self._features_name, num_features)
-        if (not isinstance(momentum, (int, float)) or isinstance(momentum, bool) or not math.isfinite(momentum)
-                or not 0 <= momentum <= 1):
-            raise ConfigError(f"{name}: momentum must be a number in [0, 1], got {momentum!r}")
-        self.momentum = float(momentum)
-        self.eps = _positive_eps(name, eps)
-        self.affine = _flag(name, "affine", affine)
+        self.num_features = check.positive_int(num_features, self._features_name, owner=name)
+        self.momentum = check.number(momentum, "momentum", low=0, high=1, owner=name)
+        self.eps = check.positive_number(eps, "eps", owner=name)
+        self.affine = check.flag(affine, "affine", owner=name)
         xp, device, shape = self.xp, self.backend.device, (self.num_features,)
         with self.backend.activate():  # the parameters are created on the layer's device
             if affine:
@@ -222,15 +202,11 @@ class LayerNorm(Layer):
     def __init__(self, normalized_shape, *, eps: float = 1e-5, elementwise_affine: bool = True,
                  backend=None, dtype=None):
         super().__init__(backend=backend, dtype=dtype)
-        if isinstance(normalized_shape, int) and not isinstance(normalized_shape, bool):
-            normalized_shape = (normalized_shape,)
-        if (not isinstance(normalized_shape, (tuple, list)) or not normalized_shape
-                or any(not isinstance(n, int) or isinstance(n, bool) or n <= 0 for n in normalized_shape)):
-            raise ConfigError(f"LayerNorm: normalized_shape must be a positive integer or a non-empty tuple of "
-                              f"positive integers, got {normalized_shape!r}")
-        self.normalized_shape = tuple(normalized_shape)
-        self.eps = _positive_eps("LayerNorm", eps)
-        self.elementwise_affine = _flag("LayerNorm", "elementwise_affine", elementwise_affine)
+        self.normalized_shape = check.positive_ints(
+            (normalized_shape,) if check.is_integer(normalized_shape) else normalized_shape, "normalized_shape",
+            owner="LayerNorm", expected="a positive integer or a non-empty tuple of positive integers")
+        self.eps = check.positive_number(eps, "eps", owner="LayerNorm")
+        self.elementwise_affine = check.flag(elementwise_affine, "elementwise_affine", owner="LayerNorm")
         if elementwise_affine:
             xp, device = self.xp, self.backend.device
             with self.backend.activate():  # the parameters are created on the layer's device

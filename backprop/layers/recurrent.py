@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 
+from .. import validators as check
 from ..errors import ConfigError, ShapeError
 from ..init import INITIALIZERS, host_random, initialize
 from ..on_device import on_device
@@ -72,16 +73,13 @@ class Recurrent(Layer):
                  backend=None, dtype=None):
         super().__init__(backend=backend, dtype=dtype)
         name = type(self).__name__
-        for label, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name}: {label} must be a positive integer, got {value!r}")
-        for label, value in (("return_sequences", return_sequences), ("bidirectional", bidirectional)):
-            if not isinstance(value, bool):
-                raise ConfigError(f"{name}: {label} must be True or False, got {value!r}")
-        if bptt_steps is not None and (not isinstance(bptt_steps, int) or isinstance(bptt_steps, bool)
-                                       or bptt_steps <= 0):
-            raise ConfigError(f"{name}: bptt_steps must be a positive integer (or None for full BPTT), "
-                              f"got {bptt_steps!r}")
+        input_size = check.positive_int(input_size, "input_size", owner=name)
+        hidden_size = check.positive_int(hidden_size, "hidden_size", owner=name)
+        return_sequences = check.flag(return_sequences, "return_sequences", owner=name)
+        bidirectional = check.flag(bidirectional, "bidirectional", owner=name)
+        if bptt_steps is not None:
+            bptt_steps = check.positive_int(bptt_steps, "bptt_steps", owner=name,
+                                            expected="a positive integer (or None for full BPTT)")
         if not isinstance(init, str) or (init != "uniform" and init not in INITIALIZERS):
             raise ConfigError(f"{name}: unknown initializer {init!r}; expected 'uniform' or one of "
                               f"{', '.join(INITIALIZERS)}")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from ..errors import ConfigError, ShapeError
+from .. import validators as check
+from ..errors import ShapeError
 from .base import Layer
 
 
@@ -44,10 +45,7 @@ class Reshape(_Rearrange):
 
     def __init__(self, shape, *, backend=None, dtype=None):
         super().__init__(backend=backend, dtype=dtype)
-        if (not isinstance(shape, (tuple, list)) or not shape
-                or any(not isinstance(n, int) or isinstance(n, bool) or n <= 0 for n in shape)):
-            raise ConfigError(f"Reshape: shape must be a non-empty tuple of positive integers, got {shape!r}")
-        self.shape = tuple(shape)
+        self.shape = check.positive_ints(shape, "shape", owner="Reshape")
         self.size = math.prod(self.shape)
 
     def extra_repr(self) -> str:

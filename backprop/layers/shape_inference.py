@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+from .. import validators as check
 from ..errors import ConfigError, ShapeError
 from .activations import Activation
 from .conv import Conv2D
@@ -43,10 +44,9 @@ def _size(options: dict, name: str, *, required: bool = True):
     value = options.get(name)
     if value is None and not required:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        shown = "nothing" if name not in options else repr(value)
-        raise ConfigError(f"{name} must be a positive integer, got {shown}")
-    return value
+    if name not in options:
+        raise ConfigError(f"{name} must be a positive integer, got nothing")
+    return check.positive_int(value, name)
 
 
 def _fill(options: dict, name: str, value, input_shape) -> dict:
@@ -123,10 +123,7 @@ def _flatten(options, input_shape):
 
 
 def _reshape(options, input_shape):
-    shape = options.get("shape")
-    if (not isinstance(shape, (list, tuple)) or not shape
-            or any(not isinstance(n, int) or isinstance(n, bool) or n <= 0 for n in shape)):
-        raise ConfigError(f"shape must be a non-empty list of positive integers, got {shape!r}")
+    shape = check.positive_ints(options.get("shape"), "shape", expected="a non-empty list of positive integers")
     if None not in input_shape and math.prod(input_shape) != math.prod(shape):
         raise ShapeError(f"cannot reshape {shape_text(input_shape)} ({math.prod(input_shape)} values per example) "
                          f"to {shape_text(tuple(shape))} ({math.prod(shape)} values)")
@@ -146,9 +143,8 @@ def _layernorm(options, input_shape):
     if given is None:
         options = {**options, "normalized_shape": [input_shape[-1]]}
     else:
-        normalized = [given] if isinstance(given, int) else list(given) if isinstance(given, (list, tuple)) else None
-        if normalized is None:
-            raise ConfigError(f"normalized_shape must be a positive integer or a list of them, got {given!r}")
+        normalized = list(check.positive_ints([given] if check.is_integer(given) else given, "normalized_shape",
+                                              expected="a positive integer or a list of them"))
         if len(normalized) >= len(input_shape) + 1 or list(input_shape[len(input_shape) - len(normalized):]) != \
                 normalized:
             raise ShapeError(f"normalized_shape = {given!r} is not the trailing shape of its input "

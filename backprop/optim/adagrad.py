@@ -10,7 +10,8 @@ from __future__ import annotations
 from backends.base import adagrad_update
 from backends.base import add_scaled as _add_scaled  # portable, for cores without a backend
 
-from .base import Optimizer, check_number, namespace
+from .. import validators as check
+from .base import Optimizer, namespace
 
 
 def adagrad(params: list, grads: list, state_sums: list, *, lr: float, eps: float, weight_decay: float = 0.0,
@@ -39,10 +40,10 @@ class AdaGrad(Optimizer):
     def _validate(self, hp: dict) -> dict:
         owner = type(self).__name__
         return {
-            "eps": check_number(owner, "eps", hp["eps"], low=0, low_open=True),
-            "weight_decay": check_number(owner, "weight_decay", hp["weight_decay"], low=0),
-            "initial_accumulator_value": check_number(owner, "initial_accumulator_value",
-                                                      hp["initial_accumulator_value"], low=0),
+            "eps": check.number(hp["eps"], "eps", low=0, low_open=True, owner=owner),
+            "weight_decay": check.number(hp["weight_decay"], "weight_decay", low=0, owner=owner),
+            "initial_accumulator_value": check.number(hp["initial_accumulator_value"], "initial_accumulator_value",
+                                                      low=0, owner=owner),
         }
 
     def buffer_names(self, group=None) -> tuple[str, ...]:

@@ -15,8 +15,9 @@ from backends.base import adam_update
 from backends.base import add_scaled as _add_scaled  # portable, for cores without a backend
 from backends.base import scale as _scale
 
+from .. import validators as check
 from ..errors import ConfigError
-from .base import Optimizer, check_number, namespace
+from .base import Optimizer, namespace
 
 
 def adam(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, steps: list, *, lr: float,
@@ -74,10 +75,10 @@ class Adam(Optimizer):
         betas = hp["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ConfigError(f"{owner}: betas must be a pair of numbers in [0, 1), got {betas!r}")
-        beta1 = check_number(owner, "betas[0]", betas[0], low=0, high=1, high_open=True)
-        beta2 = check_number(owner, "betas[1]", betas[1], low=0, high=1, high_open=True)
-        eps = check_number(owner, "eps", hp["eps"], low=0, low_open=True)
-        weight_decay = check_number(owner, "weight_decay", hp["weight_decay"], low=0)
+        beta1 = check.number(betas[0], "betas[0]", low=0, high=1, high_open=True, owner=owner)
+        beta2 = check.number(betas[1], "betas[1]", low=0, high=1, high_open=True, owner=owner)
+        eps = check.number(hp["eps"], "eps", low=0, low_open=True, owner=owner)
+        weight_decay = check.number(hp["weight_decay"], "weight_decay", low=0, owner=owner)
         return {"betas": (beta1, beta2), "eps": eps, "weight_decay": weight_decay}
 
     def buffer_names(self, group=None) -> tuple[str, ...]:

@@ -26,46 +26,22 @@ named by position, ``"0"``, ``"1"``, ...), and ``state_dict()`` returns it as ar
 
 from __future__ import annotations
 
-import math
-
 import array_api_compat
 
 from backends import backend_of, describe_array, dtype_name
 
+from .. import validators as check
 from ..errors import ConfigError, DeviceMismatchError
 from ..on_device import on_device
 from ..parameters import Parameter
 from ..parameters import zero_grad as _zero_grad
 
 
-def check_lr(owner: str, value, *, allow_zero: bool = False) -> float:
+def check_lr(owner: str, value: object, *, allow_zero: bool = False) -> float:
     """``value`` as a float when it is a positive (or, with ``allow_zero``, non-negative) finite number."""
-    if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
-            or value < 0 or (value == 0 and not allow_zero)):
-        kind = "non-negative" if allow_zero else "positive"
-        raise ConfigError(f"{owner}: learning rate must be a {kind} finite number, got {value!r}")
-    return float(value)
-
-
-def check_number(owner: str, name: str, value, *, low: float | None = None, high: float | None = None,
-                 low_open: bool = False, high_open: bool = False) -> float:
-    """``value`` as a float when it is a finite number within the given bounds, else a one-line ``ConfigError``."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        if low is not None and high is not None:
-            where = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        elif low is not None:
-            where = f" {'>' if low_open else '>='} {low:g}"
-        elif high is not None:
-            where = f" {'<' if high_open else '<='} {high:g}"
-        else:
-            where = ""
-        raise ConfigError(f"{owner}: {name} must be a finite number{where}, got {value!r}")
-    return float(value)
+    if allow_zero:
+        return check.number(value, "learning rate", low=0, owner=owner, expected="a non-negative finite number")
+    return check.positive_number(value, "learning rate", owner=owner)
 
 
 def namespace(arrays: list):
@@ -497,18 +473,15 @@ class Optimizer:
         for field in ("hyperparameters", "step", "param_steps"):
             if field not in info:
                 raise ConfigError(f"{owner}: the saved state has no {field!r} entry")
-        step, param_steps = info["step"], info["param_steps"]
-        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-            raise ConfigError(f"{owner}: saved step must be a non-negative integer, got {step!r}")
+        step, param_steps = check.non_negative_int(info["step"], "saved step", owner=owner), info["param_steps"]
         if not isinstance(param_steps, dict):
             raise ConfigError(f"{owner}: saved param_steps must be a dict, got {type(param_steps).__name__}")
         params = {name: box.value for group in self.param_groups for name, box in zip(group["names"], group["params"])}
         unknown = sorted(set(param_steps) - set(params))
         if unknown:
             raise ConfigError(f"{owner}: the saved state names parameter(s) the model lacks: {', '.join(unknown)}")
-        for name, count in param_steps.items():
-            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-                raise ConfigError(f"{owner}: saved step count of {name} must be a positive integer, got {count!r}")
+        param_steps = {name: check.positive_int(count, f"saved step count of {name}", owner=owner)
+                       for name, count in param_steps.items()}
 
         if not isinstance(info["hyperparameters"], dict):
             raise ConfigError(f"{owner}: saved hyperparameters must be a dict, "

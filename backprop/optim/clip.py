@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from backends import backend_of
 
+from .. import validators as check
 from ..errors import ConfigError
 from ..parameters import Parameter
-from .base import check_number
 
 
 def _store(source) -> tuple[object, list[Parameter]]:
@@ -59,7 +59,7 @@ def clip_grad_norm(source, max_norm: float):
     """Scale every gradient so the global norm is at most ``max_norm``; returns the norm before.
 
     The scaled gradients replace the parameters' (in place where the backend allows: ``Backend.scale``)."""
-    max_norm = check_number("clip_grad_norm", "max_norm", max_norm, low=0, low_open=True)
+    max_norm = check.number(max_norm, "max_norm", low=0, low_open=True, owner="clip_grad_norm")
     backend, params = _store(source)
     dtype = params[0].dtype if params else backend.float_dtype
     with backend.activate():

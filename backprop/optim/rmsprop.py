@@ -11,7 +11,8 @@ from __future__ import annotations
 from backends.base import add_scaled as _add_scaled  # portable, for cores without a backend
 from backends.base import rmsprop_update
 
-from .base import Optimizer, check_number, namespace
+from .. import validators as check
+from .base import Optimizer, namespace
 
 
 def rmsprop(params: list, grads: list, square_avgs: list, momentum_buffers: list | None = None, *, lr: float,
@@ -42,10 +43,10 @@ class RMSprop(Optimizer):
     def _validate(self, hp: dict) -> dict:
         owner = type(self).__name__
         return {
-            "alpha": check_number(owner, "alpha", hp["alpha"], low=0, high=1, high_open=True),
-            "eps": check_number(owner, "eps", hp["eps"], low=0, low_open=True),
-            "momentum": check_number(owner, "momentum", hp["momentum"], low=0, high=1, high_open=True),
-            "weight_decay": check_number(owner, "weight_decay", hp["weight_decay"], low=0),
+            "alpha": check.number(hp["alpha"], "alpha", low=0, high=1, high_open=True, owner=owner),
+            "eps": check.number(hp["eps"], "eps", low=0, low_open=True, owner=owner),
+            "momentum": check.number(hp["momentum"], "momentum", low=0, high=1, high_open=True, owner=owner),
+            "weight_decay": check.number(hp["weight_decay"], "weight_decay", low=0, owner=owner),
         }
 
     def buffer_names(self, group=None) -> tuple[str, ...]:

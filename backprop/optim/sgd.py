@@ -13,8 +13,9 @@ from __future__ import annotations
 from backends.base import add_scaled as _add_scaled  # portable, for cores without a backend
 from backends.base import sgd_update
 
+from .. import validators as check
 from ..errors import ConfigError
-from .base import Optimizer, check_number
+from .base import Optimizer
 
 
 def sgd(params: list, grads: list, momentum_buffers: list | None = None, *, lr: float, momentum: float = 0.0,
@@ -47,13 +48,11 @@ class SGD(Optimizer):
 
     def _validate(self, hp: dict) -> dict:
         owner = type(self).__name__
-        momentum = check_number(owner, "momentum", hp["momentum"], low=0, high=1, high_open=True)
-        nesterov = hp["nesterov"]
-        if not isinstance(nesterov, bool):
-            raise ConfigError(f"{owner}: nesterov must be True or False, got {nesterov!r}")
+        momentum = check.number(hp["momentum"], "momentum", low=0, high=1, high_open=True, owner=owner)
+        nesterov = check.flag(hp["nesterov"], "nesterov", owner=owner)
         if nesterov and momentum == 0:
             raise ConfigError(f"{owner}: nesterov=True needs a momentum > 0")
-        weight_decay = check_number(owner, "weight_decay", hp["weight_decay"], low=0)
+        weight_decay = check.number(hp["weight_decay"], "weight_decay", low=0, owner=owner)
         return {"momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay}
 
     def buffer_names(self, group=None) -> tuple[str, ...]:
