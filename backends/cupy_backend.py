@@ -109,6 +109,7 @@ class CupyRandom(DeviceRandom):
 
 class CupyBackend(Backend):
     library = "cupy"
+    step_compiler = ("cuda-graph", "graph_capture")
     permutes_epochs = True  # a gather per batch would be two more launches a step
 
     def allreducer(self, communicator):

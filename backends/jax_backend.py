@@ -159,6 +159,7 @@ def _jitted_dense():
 
 class JaxBackend(Backend):
     library = "jax"
+    step_compiler = ("jit", "pure")
 
     def __init__(self, device):
         import jax
