@@ -33,24 +33,30 @@ backward pass needs. ``bp.gradcheck(layer, x)`` checks the result against finite
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from typing import Any
 
 from backends import Backend, describe_array, dtype_name, get_backend
+from backends.random import Seed
 
 from ..errors import DeviceMismatchError, DTypeError, ShapeError
 from ..on_device import on_device, on_device_update
-from ..parameters import Parameter, zero_grad
+from ..parameters import Array, Parameter, zero_grad
+
+#: The closure ``begin_update`` returns: ``backprop(dL/dy) -> dL/dx`` (see the module docstring).
+Backprop = Callable[..., Any]
 
 
 class Layer:
     """Base class of every layer. ``params`` maps names to ``Parameter`` boxes, ``buffers`` names to arrays."""
 
-    def __init__(self, *, backend: Backend | str | None = None, dtype=None):
+    def __init__(self, *, backend: Backend | str | None = None, dtype: Any = None):
         self.backend = get_backend(backend)
         self.dtype = self.backend.dtype(dtype) if dtype is not None else self.backend.float_dtype
         self.params: dict[str, Parameter] = {}  # this layer's own parameters (its inner layers' are theirs)
         self.buffers: dict[str, object] = {}  # state that is saved but not trained
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         # Every layer's forward pass and the backward closure it returns, your own layers' too, run with the
         # layer's device current, so the arrays they create land on it whoever calls them (backprop/on_device.py).
@@ -60,15 +66,15 @@ class Layer:
             cls.begin_update = on_device_update(cls.__dict__["begin_update"])
 
     @property
-    def xp(self):
+    def xp(self) -> Any:
         return self.backend.xp
 
-    def begin_update(self, x, *, training: bool = True):
+    def begin_update(self, x: Array, *, training: bool = True) -> tuple[Array, Backprop]:
         """``(y, backprop)``: the output for ``x`` and the closure ``backprop(dy) -> dx`` of this call (see the
         module docstring). ``training`` selects training behaviour (dropout masks, batch statistics)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement begin_update")
 
-    def forward(self, x, *, training: bool = False):
+    def forward(self, x: Array, *, training: bool = False) -> Array:
         """The output for ``x``; nothing is kept for a backward pass."""
         return self.begin_update(x, training=training)[0]
 
@@ -77,7 +83,7 @@ class Layer:
     #: backward work).
     can_skip_input_grad = False
 
-    def __call__(self, x, *, training: bool = False):
+    def __call__(self, x: Array, *, training: bool = False) -> Array:
         return self.forward(x, training=training)
 
     def __repr__(self) -> str:
@@ -182,7 +188,7 @@ class Layer:
         """Forget every parameter's accumulated gradient (set it to None)."""
         zero_grad(self.parameters())
 
-    def reseed(self, seed) -> None:
+    def reseed(self, seed: Seed) -> None:
         """Restart the layer's random stream (layers that draw random numbers override this)."""
 
     def config(self) -> dict:
@@ -221,7 +227,7 @@ class Layer:
         return self._map_arrays(lambda a: target.from_host(self.backend.to_host(a)), backend=target)
 
     @on_device
-    def astype(self, dtype) -> Layer:
+    def astype(self, dtype: Any) -> Layer:
         """A copy with floating parameters converted to ``dtype`` (``"float64"`` for gradient checks)."""
         dtype = self.backend.dtype(dtype)
         xp = self.xp
@@ -232,8 +238,8 @@ class Layer:
         return self._map_arrays(convert, dtype=dtype)
 
     # -- input checks -------------------------------------------------------
-    def check_input(self, x, *, ndim: int | None = None, min_ndim: int | None = None, last_dim: int | None = None,
-                    expected: str = ""):
+    def check_input(self, x: Array, *, ndim: int | None = None, min_ndim: int | None = None,
+                    last_dim: int | None = None, expected: str = "") -> None:
         """Raise a one-line error naming this layer when ``x`` is not what it expects.
 
         ``expected`` describes the shape in words, such as ``"(batch, 64)"``.

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from backends import Backend, HostRandom
+
 from .. import validators as check
 from ..init import host_random, initialize
 from ..on_device import on_device_update
 from ..parameters import Parameter, accumulate, gradient_space
-from .base import Layer
+from .base import Array, Backprop, Layer
 
 
 class Dense(Layer):
@@ -20,7 +24,8 @@ class Dense(Layer):
     """
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
-                 init: str = "glorot_uniform", rng=None, backend=None, dtype=None):
+                 init: str = "glorot_uniform", rng: HostRandom | int | None = None,
+                 backend: Backend | str | None = None, dtype: Any = None):
         super().__init__(backend=backend, dtype=dtype)
         in_features = check.positive_int(in_features, "in_features", owner="Dense")
         out_features = check.positive_int(out_features, "out_features", owner="Dense")
@@ -52,11 +57,12 @@ class Dense(Layer):
 
     can_skip_input_grad = True
 
-    def begin_update(self, x, *, training: bool = True):
+    def begin_update(self, x: Array, *, training: bool = True) -> tuple[Array, Backprop]:
         return self.begin_fused_update(x, None)
 
     @on_device_update
-    def begin_fused_update(self, x, activation: str | None, negative_slope: float = 0.01):
+    def begin_fused_update(self, x: Array, activation: str | None,
+                           negative_slope: float = 0.01) -> tuple[Array, Backprop]:
         """``begin_update`` of this layer followed by ``activation`` (a name of ``FUSED_ACTIVATIONS``): one
         fused forward and backward pass through the backend (``Backend.dense_forward`` / ``dense_backward``:
         on a GPU a GEMM and one kernel each way). ``Sequential`` calls this for a Dense layer followed by an

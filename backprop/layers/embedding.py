@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from backends import describe_array, dtype_name
+from typing import Any
+
+from backends import Backend, HostRandom, describe_array, dtype_name
 
 from .. import validators as check
 from ..errors import ConfigError, DeviceMismatchError, DTypeError, ShapeError
 from ..init import INITIALIZERS, host_random, initialize
 from ..parameters import Parameter, accumulate
-from .base import Layer
+from .base import Array, Backprop, Layer
 
 
 class Embedding(Layer):
@@ -33,8 +35,9 @@ class Embedding(Layer):
     Negative indices are out of range (they do not count from the end).
     """
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, *, init: str = "normal", rng=None,
-                 check_indices: bool = True, backend=None, dtype=None):
+    def __init__(self, num_embeddings: int, embedding_dim: int, *, init: str = "normal",
+                 rng: HostRandom | int | None = None, check_indices: bool = True,
+                 backend: Backend | str | None = None, dtype: Any = None):
         super().__init__(backend=backend, dtype=dtype)
         num_embeddings = check.positive_int(num_embeddings, "num_embeddings", owner="Embedding")
         embedding_dim = check.positive_int(embedding_dim, "embedding_dim", owner="Embedding")
@@ -88,7 +91,7 @@ class Embedding(Layer):
                                  f"0..{self.num_embeddings - 1} (found values from {low} to {high})")
         return flat
 
-    def begin_update(self, x, *, training: bool = True):
+    def begin_update(self, x: Array, *, training: bool = True) -> tuple[Array, Backprop]:
         flat = self._check_indices(x)
         weight, xp, backend, dim = self.params["weight"], self.xp, self.backend, self.embedding_dim
         table = weight.value

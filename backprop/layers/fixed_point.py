@@ -11,13 +11,16 @@ import math
 import os
 import sys
 import warnings
+from typing import Any
+
+from backends import Backend, HostRandom
 
 from .. import validators as check
 from ..errors import ConfigError, ShapeError
 from ..init import INITIALIZERS, host_random, initialize
 from ..on_device import on_device
 from ..parameters import Parameter, accumulate
-from .base import Layer
+from .base import Array, Backprop, Layer
 
 #: activation -> its Lipschitz constant (the largest |f'|), for the contraction bound.
 _LIPSCHITZ = {"tanh": 1.0, "sigmoid": 0.25, "relu": 1.0}
@@ -124,7 +127,8 @@ class FixedPointRecurrent(Layer):
     def __init__(self, input_size: int, hidden_size: int, *, activation: str = "tanh", tolerance: float = 1e-5,
                  max_iterations: int = 200, backward_tolerance: float | None = None, damping: float = 1.0,
                  check_every: int = 5, recurrent_norm: float = 0.5, max_recurrent_norm: float | None = None,
-                 init: str = "glorot_uniform", rng=None, backend=None, dtype=None):
+                 init: str = "glorot_uniform", rng: HostRandom | int | None = None,
+                 backend: Backend | str | None = None, dtype: Any = None):
         super().__init__(backend=backend, dtype=dtype)
         name = type(self).__name__
         self.input_size = input_size = check.positive_int(input_size, "input_size", owner=name)
@@ -300,7 +304,7 @@ class FixedPointRecurrent(Layer):
         self.params["weight_hh"].value = self.backend.scale(w, factor)
 
     # -- forward and backward ------------------------------------------------------
-    def begin_update(self, x, *, training: bool = True):
+    def begin_update(self, x: Array, *, training: bool = True) -> tuple[Array, Backprop]:
         self.check_input(x, ndim=2, last_dim=self.input_size, expected=f"(batch, {self.input_size})")
         if training and self.max_recurrent_norm is not None:
             self.project_recurrent_norm()

@@ -9,11 +9,15 @@ since both depend on every input element of the group they were computed over.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
+
+from backends import Backend
 
 from .. import validators as check
 from ..errors import ShapeError
 from ..parameters import Parameter, accumulate
-from .base import Layer
+from .base import Array, Backprop, Layer
 
 
 def _normalize_backward(xp, grad_x_hat, x_hat, inv_std, axes):
@@ -171,7 +175,7 @@ class BatchNorm2D(_BatchNorm):
     _features_name = "num_channels"
 
     def __init__(self, num_channels: int, *, momentum: float = 0.1, eps: float = 1e-5, affine: bool = True,
-                 backend=None, dtype=None):
+                 backend: Backend | str | None = None, dtype: Any = None):
         super().__init__(num_channels, momentum=momentum, eps=eps, affine=affine, backend=backend, dtype=dtype)
 
     @property
@@ -199,8 +203,8 @@ class LayerNorm(Layer):
     normalized axes (see ``_normalize_backward`` for the derivation).
     """
 
-    def __init__(self, normalized_shape, *, eps: float = 1e-5, elementwise_affine: bool = True,
-                 backend=None, dtype=None):
+    def __init__(self, normalized_shape: int | Sequence[int], *, eps: float = 1e-5, elementwise_affine: bool = True,
+                 backend: Backend | str | None = None, dtype: Any = None):
         super().__init__(backend=backend, dtype=dtype)
         self.normalized_shape = check.positive_ints(
             (normalized_shape,) if check.is_integer(normalized_shape) else normalized_shape, "normalized_shape",
@@ -230,7 +234,7 @@ class LayerNorm(Layer):
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         return {"param/weight": shape, "param/bias": shape} if config.get("elementwise_affine", True) else {}
 
-    def begin_update(self, x, *, training: bool = True):
+    def begin_update(self, x: Array, *, training: bool = True) -> tuple[Array, Backprop]:
         k = len(self.normalized_shape)
         self.check_input(x)
         if x.ndim <= k or tuple(x.shape[x.ndim - k:]) != self.normalized_shape:

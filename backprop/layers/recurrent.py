@@ -36,13 +36,16 @@ gradient therefore reaches back only to the first step of its own chunk (between
 from __future__ import annotations
 
 import math
+from typing import Any
+
+from backends import Backend, HostRandom
 
 from .. import validators as check
 from ..errors import ConfigError, ShapeError
 from ..init import INITIALIZERS, host_random, initialize
 from ..on_device import on_device
 from ..parameters import Parameter, accumulate
-from .base import Layer
+from .base import Array, Backprop, Layer
 
 
 class Recurrent(Layer):
@@ -69,8 +72,8 @@ class Recurrent(Layer):
     extra_bias: str | None = None  # a per-direction bias beside ``bias`` (the GRU's ``bias_hn``)
 
     def __init__(self, input_size: int, hidden_size: int, *, return_sequences: bool = True,
-                 bidirectional: bool = False, bptt_steps: int | None = None, init: str = "uniform", rng=None,
-                 backend=None, dtype=None):
+                 bidirectional: bool = False, bptt_steps: int | None = None, init: str = "uniform",
+                 rng: HostRandom | int | None = None, backend: Backend | str | None = None, dtype: Any = None):
         super().__init__(backend=backend, dtype=dtype)
         name = type(self).__name__
         input_size = check.positive_int(input_size, "input_size", owner=name)
@@ -153,7 +156,7 @@ class Recurrent(Layer):
     # -- forward and backward -----------------------------------------------------
     can_skip_input_grad = True
 
-    def begin_update(self, x, *, training: bool = True):
+    def begin_update(self, x: Array, *, training: bool = True) -> tuple[Array, Backprop]:
         self.check_input(x, ndim=3, last_dim=self.input_size, expected=f"(batch, time, {self.input_size})")
         if x.shape[1] == 0:
             raise ShapeError(f"{self!r}: expected input of shape (batch, time, {self.input_size}) with at least "
@@ -186,7 +189,7 @@ class Recurrent(Layer):
         return y, backprop
 
     @on_device
-    def step(self, x_t, state=None):
+    def step(self, x_t: Array, state: Any = None) -> tuple[Array, Any]:
         """One step of a unidirectional layer for generation: ``(h, state) = layer.step(x_t, state)``.
 
         ``x_t`` is ``(batch, input_size)``; ``state`` is what the previous call returned (None: zeros):
@@ -288,7 +291,7 @@ class Recurrent(Layer):
         return out
 
     @property
-    def grad_norms_through_time(self):
+    def grad_norms_through_time(self) -> Array | None:
         """‖dL/dh_t‖ for t = 0 .. T−1 of the last backward pass: a ``(time,)`` array on the device (None before).
 
         dL/dh_t is the whole gradient reaching the state at step t (from the output at t and from the steps

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from backends import Backend
+from backends.random import Seed
+
 from ..errors import ConfigError
-from .base import Layer
+from .base import Array, Backprop, Layer
 
 
 def _fusable_activation(layers, i):
@@ -41,7 +46,7 @@ class Sequential(Layer):
     at several places (its weights are then shared, and its parameters listed once, under the first index).
     """
 
-    def __init__(self, layers, *, backend=None):
+    def __init__(self, layers: Iterable[Layer], *, backend: Backend | str | None = None):
         layers = list(layers)
         if not layers:
             raise ConfigError("Sequential: expected at least one layer")
@@ -67,7 +72,7 @@ class Sequential(Layer):
     def __getitem__(self, index: int) -> Layer:
         return self.layers[index]
 
-    def forward(self, x, *, training: bool = False):
+    def forward(self, x: Array, *, training: bool = False) -> Array:
         for layer in self.layers:
             x = layer.forward(x, training=training)
         return x
@@ -76,7 +81,7 @@ class Sequential(Layer):
     #: keyword is always accepted.
     can_skip_input_grad = True
 
-    def begin_update(self, x, *, training: bool = True):
+    def begin_update(self, x: Array, *, training: bool = True) -> tuple[Array, Backprop]:
         """Each layer's ``begin_update`` in order; the returned ``backprop`` calls their closures in reverse.
         ``backprop(dy, input_grad=False)`` (what training uses) lets the first layer skip dL/dinput, which
         nothing needs; then None is returned (the layers after it still get theirs)."""
@@ -112,7 +117,7 @@ class Sequential(Layer):
 
         return x, backprop
 
-    def reseed(self, seed) -> None:
+    def reseed(self, seed: Seed) -> None:
         base = tuple(seed) if isinstance(seed, (tuple, list)) else (seed,)
         for i, layer in enumerate(self.layers):
             layer.reseed((*base, i))

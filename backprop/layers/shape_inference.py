@@ -17,6 +17,7 @@ is found by building it on NumPy and running one example of zeros through it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from .. import validators as check
 from ..errors import ConfigError, ShapeError
@@ -35,7 +36,7 @@ from .shape import Flatten, Reshape
 Shape = tuple  # of int (or None: a length not known)
 
 
-def shape_text(shape) -> str:
+def shape_text(shape: Sequence[int | None]) -> str:
     """``(1, 8, 8)``, ``(None, 62)``, ``(64,)``: a shape as Python writes a tuple, None for unknown lengths."""
     return "(" + ", ".join("None" if n is None else str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
 
@@ -180,7 +181,7 @@ RULES = {
 }
 
 
-def infer(cls, options: dict, input_shape) -> tuple[dict, Shape]:
+def infer(cls, options: dict, input_shape: Sequence[int | None]) -> tuple[dict, Shape]:
     """``(config, output_shape)`` of layer type ``cls`` given ``options`` and one example's ``input_shape``."""
     input_shape = tuple(input_shape)
     own = getattr(cls, "infer_shapes", None)
@@ -210,7 +211,7 @@ def _probe(cls, options: dict, input_shape) -> Shape:
         return tuple(int(n) for n in layer.forward(x).shape[1:])
 
 
-def input_shape_of(description: dict):
+def input_shape_of(description: dict) -> Shape:
     """The shape of one example a built model takes, as far as its first layers tell (None where they do
     not, such as the time axis of a recurrent layer or the image size of a convolution); None when the
     first layer says nothing (a user's layer)."""
@@ -238,7 +239,7 @@ def input_shape_of(description: dict):
     return None
 
 
-def layer_shapes(description: dict, input_shape) -> list[tuple[str, str, dict, Shape]]:
+def layer_shapes(description: dict, input_shape: Sequence[int | None]) -> list[tuple[str, str, dict, Shape]]:
     """``(name, type, config, output_shape)`` of every layer of a built model's ``architecture`` (the layers
     of a ``Sequential`` in order, named by their index; nested ones ``"2.0"``), given its input shape."""
     rows: list = []

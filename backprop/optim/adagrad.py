@@ -7,6 +7,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from backends import Backend
 from backends.base import adagrad_update
 from backends.base import add_scaled as _add_scaled  # portable, for cores without a backend
 
@@ -15,7 +18,7 @@ from .base import Optimizer, namespace
 
 
 def adagrad(params: list, grads: list, state_sums: list, *, lr: float, eps: float, weight_decay: float = 0.0,
-            backend=None) -> tuple[list, list]:
+            backend: Backend | None = None) -> tuple[list, list]:
     """The update. Returns the updated ``(params, state_sums)``, which the caller must keep (see ``sgd``; with a
     ``backend``, its ``multi_tensor_adagrad``)."""
     if not params:
@@ -32,7 +35,7 @@ class AdaGrad(Optimizer):
     name = "adagrad"
     hyperparameter_names = ("eps", "weight_decay", "initial_accumulator_value")
 
-    def __init__(self, params, lr: float = 1e-2, eps: float = 1e-10, weight_decay: float = 0.0,
+    def __init__(self, params: Any, lr: float = 1e-2, eps: float = 1e-10, weight_decay: float = 0.0,
                  initial_accumulator_value: float = 0.0):
         super().__init__(params, lr, eps=eps, weight_decay=weight_decay,
                          initial_accumulator_value=initial_accumulator_value)
@@ -46,7 +49,7 @@ class AdaGrad(Optimizer):
                                                       low=0, owner=owner),
         }
 
-    def buffer_names(self, group=None) -> tuple[str, ...]:
+    def buffer_names(self, group: dict | None = None) -> tuple[str, ...]:
         return ("sum",)
 
     def _init_buffer(self, buffer: str, param, group):

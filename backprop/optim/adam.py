@@ -11,6 +11,9 @@ For step t (counted per parameter from 1)::
 
 from __future__ import annotations
 
+from typing import Any
+
+from backends import Backend
 from backends.base import adam_update
 from backends.base import add_scaled as _add_scaled  # portable, for cores without a backend
 from backends.base import scale as _scale
@@ -22,7 +25,7 @@ from .base import Optimizer, namespace
 
 def adam(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, steps: list, *, lr: float,
          beta1: float, beta2: float, eps: float, weight_decay: float = 0.0,
-         decoupled_weight_decay: bool = False, backend=None) -> tuple[list, list, list]:
+         decoupled_weight_decay: bool = False, backend: Backend | None = None) -> tuple[list, list, list]:
     """The update; ``steps[i]`` is parameter i's step number including this one (an int, or a 0-d array: a
     device scalar). Returns the updated ``(params, exp_avgs, exp_avg_sqs)``, which the caller must keep (see
     ``sgd``). With a ``backend``, its multi-tensor update runs (``multi_tensor_adam``), once per distinct step
@@ -54,7 +57,8 @@ def _by_step(update, params, grads, exp_avgs, exp_avg_sqs, steps):
 
 
 def adamw(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, steps: list[int], *, lr: float,
-          beta1: float, beta2: float, eps: float, weight_decay: float, backend=None) -> tuple[list, list, list]:
+          beta1: float, beta2: float, eps: float, weight_decay: float,
+          backend: Backend | None = None) -> tuple[list, list, list]:
     """Adam with decoupled weight decay: ``w ← w (1 − η λ)`` before the Adam step."""
     return adam(params, grads, exp_avgs, exp_avg_sqs, steps, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                 weight_decay=weight_decay, decoupled_weight_decay=True, backend=backend)
@@ -67,7 +71,8 @@ class Adam(Optimizer):
     hyperparameter_names = ("betas", "eps", "weight_decay")
     decoupled_weight_decay = False
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
         super().__init__(params, lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
     def _validate(self, hp: dict) -> dict:
@@ -81,7 +86,7 @@ class Adam(Optimizer):
         weight_decay = check.number(hp["weight_decay"], "weight_decay", low=0, owner=owner)
         return {"betas": (beta1, beta2), "eps": eps, "weight_decay": weight_decay}
 
-    def buffer_names(self, group=None) -> tuple[str, ...]:
+    def buffer_names(self, group: dict | None = None) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")
 
     def _update(self, group, params, grads, states, steps):
@@ -100,5 +105,6 @@ class AdamW(Adam):
     name = "adamw"
     decoupled_weight_decay = True
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2):
+    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2):
         super().__init__(params, lr, betas=betas, eps=eps, weight_decay=weight_decay)

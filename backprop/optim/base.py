@@ -26,6 +26,8 @@ named by position, ``"0"``, ``"1"``, ...), and ``state_dict()`` returns it as ar
 
 from __future__ import annotations
 
+from typing import Any
+
 import array_api_compat
 
 from backends import backend_of, describe_array, dtype_name
@@ -33,7 +35,7 @@ from backends import backend_of, describe_array, dtype_name
 from .. import validators as check
 from ..errors import ConfigError, DeviceMismatchError
 from ..on_device import on_device
-from ..parameters import Parameter
+from ..parameters import Array, Parameter
 from ..parameters import zero_grad as _zero_grad
 
 
@@ -44,7 +46,7 @@ def check_lr(owner: str, value: object, *, allow_zero: bool = False) -> float:
     return check.positive_number(value, "learning rate", owner=owner)
 
 
-def namespace(arrays: list):
+def namespace(arrays: list) -> Any:
     """The array API namespace of a non-empty list of arrays."""
     return array_api_compat.array_namespace(*arrays)
 
@@ -71,7 +73,7 @@ class Optimizer:
     #: for the groups) and a key of every group.
     hyperparameter_names: tuple[str, ...] = ()
 
-    def __init__(self, params, lr: float, **hyperparameters):
+    def __init__(self, params: Any, lr: float, **hyperparameters: Any):
         owner = type(self).__name__
         self._lr = check_lr(owner, lr)
         for key, value in self._validate(hyperparameters).items():
@@ -390,7 +392,7 @@ class Optimizer:
                 box.grad_space = None
         self.__dict__["_layouts"] = dict.fromkeys(range(len(self.param_groups)))
 
-    def flat_gradients(self):
+    def flat_gradients(self) -> tuple[list[Parameter], list[Array]] | None:
         """``(boxes, gradients)`` when this optimizer has one group and every gradient is a view of its flat
         gradient buffer (``FlatTensors``: clipping scales them in one pass); else None."""
         layout = self.__dict__.get("_layouts", {}).get(0)

@@ -9,11 +9,13 @@ array, and reading it (``float(backend.to_host(norm))``) is the caller's choice.
 
 from __future__ import annotations
 
+from typing import Any
+
 from backends import backend_of
 
 from .. import validators as check
 from ..errors import ConfigError
-from ..parameters import Parameter
+from ..parameters import Array, Parameter
 
 
 def _store(source) -> tuple[object, list[Parameter]]:
@@ -31,7 +33,7 @@ def _store(source) -> tuple[object, list[Parameter]]:
     return backend, params
 
 
-def global_grad_norm(source):
+def global_grad_norm(source: Any) -> Array:
     """``sqrt(sum of g² over every gradient)`` as a 0-d array on the backend's device (0 when there are none).
     ``source``: a model, an optimizer or an iterable of ``Parameter``."""
     backend, params = _store(source)
@@ -55,7 +57,7 @@ def _global_norm(backend, grads, dtype):
     return xp.asarray(norm, dtype=norm.dtype, device=backend.device)
 
 
-def clip_grad_norm(source, max_norm: float):
+def clip_grad_norm(source: Any, max_norm: float) -> Array:
     """Scale every gradient so the global norm is at most ``max_norm``; returns the norm before.
 
     The scaled gradients replace the parameters' (in place where the backend allows: ``Backend.scale``)."""

@@ -8,6 +8,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from backends import Backend
 from backends.base import add_scaled as _add_scaled  # portable, for cores without a backend
 from backends.base import rmsprop_update
 
@@ -17,7 +20,7 @@ from .base import Optimizer, namespace
 
 def rmsprop(params: list, grads: list, square_avgs: list, momentum_buffers: list | None = None, *, lr: float,
             alpha: float, eps: float, momentum: float = 0.0, weight_decay: float = 0.0,
-            backend=None) -> tuple[list, list, list | None]:
+            backend: Backend | None = None) -> tuple[list, list, list | None]:
     """The update; ``momentum_buffers`` are needed when ``momentum`` is not 0. Returns the updated
     ``(params, square_avgs, momentum_buffers)``, which the caller must keep (see ``sgd``; with a ``backend``,
     its ``multi_tensor_rmsprop``)."""
@@ -36,7 +39,7 @@ class RMSprop(Optimizer):
     name = "rmsprop"
     hyperparameter_names = ("alpha", "eps", "momentum", "weight_decay")
 
-    def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, momentum: float = 0.0,
+    def __init__(self, params: Any, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, momentum: float = 0.0,
                  weight_decay: float = 0.0):
         super().__init__(params, lr, alpha=alpha, eps=eps, momentum=momentum, weight_decay=weight_decay)
 
@@ -49,7 +52,7 @@ class RMSprop(Optimizer):
             "weight_decay": check.number(hp["weight_decay"], "weight_decay", low=0, owner=owner),
         }
 
-    def buffer_names(self, group=None) -> tuple[str, ...]:
+    def buffer_names(self, group: dict | None = None) -> tuple[str, ...]:
         momentum = self.momentum if group is None else group["momentum"]
         return ("square_avg", "momentum_buffer") if momentum > 0 else ("square_avg",)
 

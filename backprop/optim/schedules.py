@@ -15,6 +15,7 @@ over its first ``epochs`` epochs (so the last warm-up epoch runs at
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from .. import validators as check
 from ..errors import ConfigError
@@ -41,7 +42,7 @@ class Schedule:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
         return f"{type(self).__name__}({args})"
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and other.config() == self.config()
 
     __hash__ = None
@@ -68,7 +69,7 @@ class StepDecay(Schedule):
     def _lr(self, epoch, base_lr):
         return base_lr * self.gamma ** (epoch // self.step_size)
 
-    def config(self):
+    def config(self) -> dict:
         return {"name": self.name, "step_size": self.step_size, "gamma": self.gamma}
 
 
@@ -83,7 +84,7 @@ class ExponentialDecay(Schedule):
     def _lr(self, epoch, base_lr):
         return base_lr * self.gamma ** epoch
 
-    def config(self):
+    def config(self) -> dict:
         return {"name": self.name, "gamma": self.gamma}
 
 
@@ -103,7 +104,7 @@ class Cosine(Schedule):
         t = min(epoch, self.total_epochs)
         return self.min_lr + (base_lr - self.min_lr) * (1 + math.cos(math.pi * t / self.total_epochs)) / 2
 
-    def config(self):
+    def config(self) -> dict:
         return {"name": self.name, "total_epochs": self.total_epochs, "min_lr": self.min_lr}
 
 
@@ -125,7 +126,7 @@ class WarmUp(Schedule):
             return base_lr * (epoch + 1) / self.epochs
         return self.then._lr(epoch - self.epochs, base_lr)
 
-    def config(self):
+    def config(self) -> dict:
         return {"name": self.name, "epochs": self.epochs, "then": self.then.config()}
 
 
@@ -137,7 +138,7 @@ SCHEDULES: dict[str, type[Schedule]] = {
 }
 
 
-def make_schedule(name: str, *, epochs: int, warmup_epochs: int = 0, **options) -> Schedule:
+def make_schedule(name: str, *, epochs: int, warmup_epochs: int = 0, **options: Any) -> Schedule:
     """The schedule the CLI names, for a run of ``epochs`` epochs, with ``warmup_epochs`` of linear warm-up first.
 
     The decay covers the ``epochs - warmup_epochs`` epochs after the warm-up. Options:

@@ -10,6 +10,9 @@ As ``torch.optim.SGD`` (without dampening)::
 
 from __future__ import annotations
 
+from typing import Any
+
+from backends import Backend
 from backends.base import add_scaled as _add_scaled  # portable, for cores without a backend
 from backends.base import sgd_update
 
@@ -19,7 +22,7 @@ from .base import Optimizer
 
 
 def sgd(params: list, grads: list, momentum_buffers: list | None = None, *, lr: float, momentum: float = 0.0,
-        nesterov: bool = False, weight_decay: float = 0.0, backend=None) -> tuple[list, list | None]:
+        nesterov: bool = False, weight_decay: float = 0.0, backend: Backend | None = None) -> tuple[list, list | None]:
     """The update for matching lists of parameters, gradients and momentum buffers: returns the updated
     ``(params, momentum_buffers)``, which the caller must keep (the arrays passed in may or may not have been
     updated in place: see ``Backend.add_scaled``).
@@ -42,7 +45,7 @@ class SGD(Optimizer):
     name = "sgd"
     hyperparameter_names = ("momentum", "nesterov", "weight_decay")
 
-    def __init__(self, params, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
+    def __init__(self, params: Any, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
         super().__init__(params, lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
 
@@ -55,7 +58,7 @@ class SGD(Optimizer):
         weight_decay = check.number(hp["weight_decay"], "weight_decay", low=0, owner=owner)
         return {"momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay}
 
-    def buffer_names(self, group=None) -> tuple[str, ...]:
+    def buffer_names(self, group: dict | None = None) -> tuple[str, ...]:
         momentum = self.momentum if group is None else group["momentum"]
         return ("momentum_buffer",) if momentum != 0 else ()
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from ..on_device import on_device
+from ..parameters import Array
 from .step import MicroBatch, TrainingStep
 
 
@@ -53,7 +54,7 @@ class CapturedStep:
         self._stepped = None  # the parameters the warm-up step updated
 
     @on_device
-    def new_metrics(self):
+    def new_metrics(self) -> Array:
         """Zeroed metrics for an epoch (the same array every epoch: the graphs add to it), and the norm sums
         zeroed with them."""
         if self._metrics is None:
@@ -65,7 +66,7 @@ class CapturedStep:
         return self._metrics
 
     @on_device
-    def run(self, batch, metrics, norms=None):
+    def run(self, batch: list, metrics: Array, norms: dict | None = None) -> tuple[Array, dict | None]:
         cupy, optimizer = self._cupy, self.optimizer
         if metrics is not self._metrics:  # the graphs add to one array: ours
             if self._metrics is None:

@@ -148,7 +148,7 @@ class JaxCompiledStep:
         self._host_steps: list[int] = []  # per group: the host's count that _steps_done was made from
         self._lr: list[tuple[float, Array]] | None = None  # per group: (the host value, its device scalar)
 
-    def new_metrics(self):
+    def new_metrics(self) -> Array:
         return self.step.new_metrics()
 
     # -- the program -----------------------------------------------------------------------------------------
@@ -179,7 +179,7 @@ class JaxCompiledStep:
 
     # -- running it --------------------------------------------------------------------------------------------
     @on_device
-    def run(self, batch, metrics, norms=None):
+    def run(self, batch: list, metrics: Array, norms: dict | None = None) -> tuple[Array, dict | None]:
         if not self._layout:
             self._learn_layout(batch, metrics, norms is not None)
         optimizer, swap = self.optimizer, self.swap
@@ -299,11 +299,11 @@ class TorchCompiledStep:
         metrics, sums = self.step.run.__wrapped__(self.step, batch, metrics, sums)
         return metrics, None if sums is None else sums[self._norm_names]
 
-    def new_metrics(self):
+    def new_metrics(self) -> Array:
         return self.step.new_metrics()
 
     @on_device
-    def run(self, batch, metrics, norms=None):
+    def run(self, batch: list, metrics: Array, norms: dict | None = None) -> tuple[Array, dict | None]:
         optimizer = self.optimizer
         if self._stepped is None:
             before = dict(optimizer.param_steps)
