@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from backends import Backend, backend_of
 from backends.base import NOTHING_TO_ACTIVATE
@@ -38,8 +38,8 @@ def on_device(method: F) -> F:
         with context:
             return method(self, *args, **kwargs)
 
-    run.runs_on_device = True
-    return run
+    run.runs_on_device = True  # type: ignore[attr-defined]  # a mark on the function object
+    return cast(F, run)
 
 
 def on_model_device(method: F) -> F:
@@ -51,7 +51,7 @@ def on_model_device(method: F) -> F:
         with model.backend.activate():
             return method(self, model, *args, **kwargs)
 
-    return run
+    return cast(F, run)
 
 
 def on_device_of(array: Array) -> AbstractContextManager:
@@ -78,8 +78,8 @@ def on_device_update(begin_update: F) -> F:
             output, backprop = begin_update(self, *args, **kwargs)
         return output, activating(backend, backprop)
 
-    run.runs_on_device = True
-    return run
+    run.runs_on_device = True  # type: ignore[attr-defined]  # a mark on the function object
+    return cast(F, run)
 
 
 def activating(backend: Backend, function: F) -> F:
@@ -90,4 +90,4 @@ def activating(backend: Backend, function: F) -> F:
         with backend.activate():
             return function(*args, **kwargs)
 
-    return run
+    return cast(F, run)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from backends import Backend
+from backends import Backend, dtype_name
 
 #: An array of some backend's library (NumPy, PyTorch, JAX, CuPy...): duck-typed, there is no common array type.
 Array = Any
@@ -47,8 +47,6 @@ class Parameter:
         return self.value.dtype
 
     def __repr__(self) -> str:
-        from backends import dtype_name
-
         grad = "no grad" if self.grad is None else "grad"
         return f"Parameter({dtype_name(self.dtype)}{list(self.shape)}, {grad})"
 

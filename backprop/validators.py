@@ -103,7 +103,7 @@ def positive_ints(value: object, name: str, *, owner: str | None = None, expecte
                   ) -> tuple[int, ...]:
     """``value`` as a tuple of ``int`` when it is a non-empty tuple or list of integers >= 1 (a shape)."""
     if (not isinstance(value, (tuple, list)) or not value
-            or not all(is_integer(n) and n >= 1 for n in value)):  # type: ignore[operator]
+            or not all(is_integer(n) and n >= 1 for n in value)):
         raise _fail(owner, name, expected or "a non-empty tuple of positive integers", value)
     return tuple(int(n) for n in value)
 

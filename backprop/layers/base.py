@@ -61,9 +61,10 @@ class Layer:
         # Every layer's forward pass and the backward closure it returns, your own layers' too, run with the
         # layer's device current, so the arrays they create land on it whoever calls them (backprop/on_device.py).
         if "forward" in cls.__dict__:
-            cls.forward = on_device(cls.__dict__["forward"])
+            cls.forward = on_device(cls.__dict__["forward"])  # type: ignore[method-assign]  # wrapped, same signature
         if "begin_update" in cls.__dict__:
-            cls.begin_update = on_device_update(cls.__dict__["begin_update"])
+            cls.begin_update = on_device_update(  # type: ignore[method-assign]  # wrapped, same signature
+                cls.__dict__["begin_update"])
 
     @property
     def xp(self) -> Any:
@@ -153,7 +154,7 @@ class Layer:
         must not change them afterwards. The parameter boxes stay the same (an optimizer holding them sees the
         new values).
         """
-        writes = []
+        writes: list[tuple[Parameter | Layer, str | None, object]] = []
         for name, param in self.named_parameters().items():
             new = arrays.get(f"param/{name}")
             if new is not None:
@@ -165,9 +166,9 @@ class Layer:
                 self._check_replacement("buffer", name, layer.buffers[key], new)
                 writes.append((layer, key, new))
         for owner, key, new in writes:
-            if key is None:
+            if isinstance(owner, Parameter):
                 owner.value = new
-            else:
+            elif key is not None:
                 owner.buffers[key] = new
 
     def _check_replacement(self, kind: str, name: str, current, new) -> None:

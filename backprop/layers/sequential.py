@@ -8,15 +8,14 @@ from backends import Backend
 from backends.random import Seed
 
 from ..errors import ConfigError
+from .activations import GELU, LeakyReLU, ReLU, Sigmoid, Tanh
 from .base import Array, Backprop, Layer
+from .dense import Dense
 
 
 def _fusable_activation(layers, i):
     """``(name, negative_slope)`` when ``layers[i]`` is a ``Dense`` layer whose next layer is an activation the
     backends fuse with it (``backends.base.FUSED_ACTIVATIONS``), else None."""
-    from .activations import GELU, LeakyReLU, ReLU, Sigmoid, Tanh
-    from .dense import Dense
-
     if i + 1 >= len(layers) or type(layers[i]) is not Dense:
         return None
     after = type(layers[i + 1])

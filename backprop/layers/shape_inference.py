@@ -19,8 +19,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from backends import get_backend
+
 from .. import validators as check
 from ..errors import ConfigError, ShapeError
+from . import LAYER_TYPES
 from .activations import Activation
 from .conv import Conv2D
 from .dense import Dense
@@ -199,8 +202,6 @@ def infer(cls, options: dict, input_shape: Sequence[int | None]) -> tuple[dict, 
 
 def _probe(cls, options: dict, input_shape) -> Shape:
     """The output shape of a layer type with no rule: built on NumPy, run on one example of zeros."""
-    from backends import get_backend
-
     if None in input_shape:
         raise ShapeError(f"{cls.__name__} has no shape rule (define infer_shapes) and its input "
                          f"{shape_text(input_shape)} has an axis of unknown length")
@@ -247,7 +248,6 @@ def layer_shapes(description: dict, input_shape: Sequence[int | None]) -> list[t
 
     def walk(item, name):
         nonlocal shape
-        from . import LAYER_TYPES
 
         kind, config = item.get("type"), item.get("config", {})
         if kind == "Sequential":

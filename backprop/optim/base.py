@@ -30,7 +30,8 @@ from typing import Any
 
 import array_api_compat
 
-from backends import backend_of, describe_array, dtype_name
+from backends import backend_of, current_backend, describe_array, dtype_name
+from backends.base import FlatTensors, flat_views
 
 from .. import validators as check
 from ..errors import ConfigError, DeviceMismatchError
@@ -84,8 +85,6 @@ class Optimizer:
         for group in self._groups(params):
             self.add_param_group(group)
         if self.backend is None:  # no parameters at all: a step does nothing
-            from backends import current_backend
-
             self.backend = getattr(params, "backend", None) or current_backend()
         self.state: dict[str, dict[str, object]] = {}  # parameter name -> buffer name -> array
         self.param_steps: dict[str, int] = {}  # parameter name -> updates applied to it
@@ -321,8 +320,6 @@ class Optimizer:
     def _flatten_parameters(self, index, group) -> None:
         """The group's parameters as views of one flat buffer, and a flat gradient buffer whose views are their
         ``grad_space``; the layout is None where the backend has no flat buffers (or one array gains nothing)."""
-        from backends.base import FlatTensors
-
         boxes = group["params"]
         dtypes = {box.dtype for box in boxes}
         made = None
@@ -348,8 +345,6 @@ class Optimizer:
         if (layout is None or layout[2] is not None or any(name in self.state for name in names)
                 or any(box.grad is None for box in boxes)):
             return
-        from backends.base import FlatTensors, flat_views
-
         shapes = [box.shape for box in boxes]
         buffers_flat = {}
         for buffer in self.buffer_names(group):
@@ -361,8 +356,6 @@ class Optimizer:
 
     def _flatten_state(self, index, names, states, buffers) -> dict:
         """The state buffers of a group's parameters (all of them present) as views of one flat array each."""
-        from backends.base import FlatTensors
-
         shapes = [tuple(s[buffers[0]].shape) for s in states] if buffers else []
         dtype = self._layouts[index][0].flat.dtype
         buffers_flat = {}

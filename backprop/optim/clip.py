@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from backends import backend_of
+from backends import Backend, backend_of, current_backend
 
 from .. import validators as check
 from ..errors import ConfigError
 from ..parameters import Array, Parameter
 
 
-def _store(source) -> tuple[object, list[Parameter]]:
+def _store(source: Any) -> tuple[Backend, list[Parameter]]:
     """(backend, parameter boxes) of a model, an optimizer or an iterable of boxes."""
     if hasattr(source, "parameters") and hasattr(source, "backend"):  # a model or an optimizer
         return source.backend, source.parameters()
@@ -27,8 +27,6 @@ def _store(source) -> tuple[object, list[Parameter]]:
         raise ConfigError("clip_grad_norm: expected a model, an optimizer or an iterable of Parameter")
     backend = backend_of(params[0].value) if params else None
     if backend is None:
-        from backends import current_backend
-
         backend = current_backend()
     return backend, params
 

@@ -27,6 +27,8 @@ The host keeps the optimizer's step counts as the eager step does.
 
 from __future__ import annotations
 
+from backends import DeviceRandom
+
 from ..errors import ConfigError
 from ..on_device import on_device
 from ..parameters import Array
@@ -126,7 +128,8 @@ class CapturedStep:
                     for scalar in steps:
                         scalar += 1  # this step's number, counted on the device
                     optimizer._traced = {"lr": lrs, "step": steps, "stepped": set(), "flat": True}
-                    step.run.__wrapped__(step, micro_batches, self._metrics, sums)
+                    step.run.__wrapped__(  # type: ignore[attr-defined]  # the step unwrapped from on_device
+                        step, micro_batches, self._metrics, sums)
                 finally:
                     optimizer._traced = None
                     graph = self._stream.end_capture()
@@ -162,8 +165,6 @@ class CapturedStep:
 
 
 def _random_streams(model) -> list:
-    from backends import DeviceRandom
-
     return [value for _, layer in model._named_layers() for value in vars(layer).values()
             if isinstance(value, DeviceRandom)]
 

@@ -165,7 +165,8 @@ class JaxCompiledStep:
             sums = None
             if sample_norms:
                 sums = {self._layout["norm_names"]: norms} if norms is not None else {}
-            metrics, sums = self.step.run.__wrapped__(self.step, micro_batches, metrics, sums)
+            run = self.step.run.__wrapped__  # type: ignore[attr-defined]  # the step unwrapped from on_device
+            metrics, sums = run(self.step, micro_batches, metrics, sums)
             stepped = optimizer._traced["stepped"]
             names = next(iter(sums)) if sums else None
             new_params, new_buffers, new_state, new_keys = swap.take()
@@ -296,7 +297,8 @@ class TorchCompiledStep:
         """The compiled function: the step, the norm sums handed in as one tensor (or None) rather than the
         trainer's dict, which changes from step to step and would compile the step anew each time."""
         sums = None if norm_sums is None else {self._norm_names: norm_sums}
-        metrics, sums = self.step.run.__wrapped__(self.step, batch, metrics, sums)
+        run = self.step.run.__wrapped__  # type: ignore[attr-defined]  # the step unwrapped from on_device
+        metrics, sums = run(self.step, batch, metrics, sums)
         return metrics, None if sums is None else sums[self._norm_names]
 
     def new_metrics(self) -> Array:
