@@ -35,8 +35,8 @@ class Parameter:
 
     def __init__(self, value: Array):
         self.value = value
-        self.grad = None
-        self.grad_space = None
+        self.grad: Array | None = None  # None until a backward pass reaches it
+        self.grad_space: Array | None = None
 
     @property
     def shape(self) -> tuple:

@@ -34,6 +34,10 @@ class AdaGrad(Optimizer):
 
     name = "adagrad"
     hyperparameter_names = ("eps", "weight_decay", "initial_accumulator_value")
+    # the defaults of the groups, set from hyperparameter_names by Optimizer.__init__
+    eps: float
+    weight_decay: float
+    initial_accumulator_value: float
 
     def __init__(self, params: Any, lr: float = 1e-2, eps: float = 1e-10, weight_decay: float = 0.0,
                  initial_accumulator_value: float = 0.0):

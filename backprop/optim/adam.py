@@ -32,7 +32,7 @@ def adam(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, steps: li
     number (once, unless some parameters missed some steps)."""
     if not params:
         return [], [], []
-    options = {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps, "weight_decay": weight_decay,
+    options: dict[str, Any] = {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps, "weight_decay": weight_decay,
                "decoupled_weight_decay": decoupled_weight_decay}
     if backend is None:
         xp = namespace(params)
@@ -69,6 +69,10 @@ class Adam(Optimizer):
 
     name = "adam"
     hyperparameter_names = ("betas", "eps", "weight_decay")
+    # the defaults of the groups, set from hyperparameter_names by Optimizer.__init__
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
     decoupled_weight_decay = False
 
     def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,

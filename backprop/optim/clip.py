@@ -63,14 +63,13 @@ def clip_grad_norm(source: Any, max_norm: float) -> Array:
     backend, params = _store(source)
     dtype = params[0].dtype if params else backend.float_dtype
     with backend.activate():
-        params = [p for p in params if p.grad is not None]
-        norm = _global_norm(backend, [p.grad for p in params], dtype)
-        if not params:
+        graded = [(p, p.grad) for p in params if p.grad is not None]
+        norm = _global_norm(backend, [grad for _, grad in graded], dtype)
+        if not graded:
             return norm
         xp = backend.xp
         one = xp.ones((), dtype=norm.dtype, device=backend.device)
         coef = xp.minimum(max_norm / (norm + 1e-6), one)
-        for param in params:
-            grad = param.grad
+        for param, grad in graded:
             param.grad = backend.scale(grad, coef if grad.dtype == coef.dtype else xp.astype(coef, grad.dtype))
         return norm

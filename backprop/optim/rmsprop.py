@@ -38,6 +38,11 @@ class RMSprop(Optimizer):
 
     name = "rmsprop"
     hyperparameter_names = ("alpha", "eps", "momentum", "weight_decay")
+    # the defaults of the groups, set from hyperparameter_names by Optimizer.__init__
+    alpha: float
+    eps: float
+    momentum: float
+    weight_decay: float
 
     def __init__(self, params: Any, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, momentum: float = 0.0,
                  weight_decay: float = 0.0):

@@ -15,7 +15,7 @@ over its first ``epochs`` epochs (so the last warm-up epoch runs at
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 from .. import validators as check
 from ..errors import ConfigError
@@ -45,7 +45,8 @@ class Schedule:
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and other.config() == self.config()
 
-    __hash__ = None
+    # unhashable, as equality compares the (mutable) configs; the typing idiom of typeshed for this
+    __hash__: ClassVar[None] = None  # type: ignore[assignment]
 
 
 class Constant(Schedule):
@@ -174,6 +175,7 @@ def schedule_from_config(config: dict) -> Schedule:
         raise ConfigError(f"schedule config must be a dict with a 'name', got {config!r}")
     options = {k: v for k, v in config.items() if k != "name"}
     name = config["name"]
+    cls: type[Schedule]
     if name == "warmup":
         if "then" in options:
             options["then"] = schedule_from_config(options["then"])

@@ -44,6 +44,10 @@ class SGD(Optimizer):
 
     name = "sgd"
     hyperparameter_names = ("momentum", "nesterov", "weight_decay")
+    # the defaults of the groups, set from hyperparameter_names by Optimizer.__init__
+    momentum: float
+    nesterov: bool
+    weight_decay: float
 
     def __init__(self, params: Any, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
