@@ -127,6 +127,12 @@ class CupyBackend(Backend):
         device_name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
         super().__init__(f"cupy:{index}", xp, self._cupy_device, device_name=device_name, version=cupy.__version__)
 
+    @property
+    def cupy(self):  # -> the cupy module (not imported at type-check time)
+        """The ``cupy`` module this backend runs on, for what only CuPy has (streams, CUDA Graphs, memory pools:
+        ``backprop.training.captured``)."""
+        return self._cupy
+
     def activate(self):
         # UNTESTED on a GPU (none here): cupy.cuda.Device is CuPy's own re-entrant context manager for this.
         return self._cupy_device
