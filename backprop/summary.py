@@ -68,7 +68,7 @@ def summarize_model_file(path_text: str) -> str:
     declared = metadata.get("input_shape")
     if isinstance(declared, list) and declared and all(
             isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in declared):
-        input_shape = tuple(declared)
+        input_shape: tuple | None = tuple(declared)
     else:
         input_shape = input_shape_of(description)
     options = metadata.get("options") if isinstance(metadata.get("options"), dict) else {}

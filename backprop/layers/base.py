@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from backends import Backend, describe_array, dtype_name, get_backend
 from backends.random import Seed
@@ -45,6 +45,8 @@ from ..parameters import Array, Parameter, zero_grad
 
 #: The closure ``begin_update`` returns: ``backprop(dL/dy) -> dL/dx`` (see the module docstring).
 Backprop = Callable[..., Any]
+
+_L = TypeVar("_L", bound="Layer")  # a method returning a copy of the layer it is called on, of its own class
 
 
 class Layer:
@@ -165,11 +167,11 @@ class Layer:
             if new is not None:
                 self._check_replacement("buffer", name, layer.buffers[key], new)
                 writes.append((layer, key, new))
-        for owner, key, new in writes:
+        for owner, slot, new in writes:
             if isinstance(owner, Parameter):
                 owner.value = new
-            elif key is not None:
-                owner.buffers[key] = new
+            elif slot is not None:
+                owner.buffers[slot] = new
 
     def _check_replacement(self, kind: str, name: str, current, new) -> None:
         if tuple(new.shape) != tuple(current.shape) or new.dtype != current.dtype:
@@ -205,7 +207,7 @@ class Layer:
         return None
 
     # -- moving and converting ------------------------------------------------
-    def _map_arrays(self, convert, *, backend: Backend | None = None, dtype=None, memo: dict | None = None) -> Layer:
+    def _map_arrays(self: _L, convert, *, backend: Backend | None = None, dtype=None, memo: dict | None = None) -> _L:
         """A copy whose parameters and buffers are ``convert(array)``, without gradients. ``memo``
         (id -> copy) makes a layer or parameter met twice (tied weights) one copy, held twice, as it was."""
         memo = {} if memo is None else memo

@@ -50,7 +50,7 @@ class Dense(Layer):
     @classmethod
     def array_shapes(cls, config: dict) -> dict[str, tuple]:
         out_features = config.get("out_features")
-        shapes = {"param/weight": (config.get("in_features"), out_features)}
+        shapes: dict[str, tuple] = {"param/weight": (config.get("in_features"), out_features)}
         if config.get("bias", True):
             shapes["param/bias"] = (out_features,)
         return shapes

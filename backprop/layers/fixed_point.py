@@ -11,6 +11,7 @@ import math
 import os
 import sys
 import warnings
+from types import FrameType
 from typing import Any
 
 from backends import Backend, HostRandom
@@ -31,7 +32,8 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _stacklevel_outside_package() -> int:
     """The ``stacklevel`` that makes a warning raised by our caller point at the first frame outside backprop/."""
-    frame, level = sys._getframe(1), 1
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR + os.sep):
         frame, level = frame.f_back, level + 1
     return level

@@ -34,6 +34,13 @@ def _normalize_backward(xp, grad_x_hat, x_hat, inv_std, axes):
     return inv_std * (grad_x_hat - mean_g - x_hat * mean_gx)
 
 
+def _affine(layer: Layer) -> tuple[Parameter, Parameter] | None:
+    """``(weight, bias)``, γ and β, of a normalization layer that learns them (made together), else None."""
+    if "weight" not in layer.params:
+        return None
+    return layer.params["weight"], layer.params["bias"]
+
+
 class _BatchNorm(Layer):
     """Shared code of ``BatchNorm1D`` and ``BatchNorm2D``; channels are axis 1 of the input.
 
@@ -62,8 +69,12 @@ class _BatchNorm(Layer):
     """
 
     _ndims: tuple[int, ...] = ()
-    _expected = ""
     _features_name = "num_features"
+
+    @property
+    def _expected(self) -> str:
+        """The input shapes this layer takes, as error messages name them."""
+        return ""
 
     def __init__(self, num_features: int, *, momentum: float = 0.1, eps: float = 1e-5, affine: bool = True,
                  backend=None, dtype=None):
@@ -126,12 +137,13 @@ class _BatchNorm(Layer):
             mean = xp.reshape(self.buffers["running_mean"], shape)
             inv_std = 1.0 / xp.sqrt(xp.reshape(self.buffers["running_var"], shape) + self.eps)
             x_hat = (x - mean) * inv_std
-        weight, bias = self.params.get("weight"), self.params.get("bias")
-        gamma = None if weight is None else xp.reshape(weight.value, shape)
+        affine = _affine(self)
+        gamma = None if affine is None else xp.reshape(affine[0].value, shape)
 
         def backprop(grad_output):
             grad_x_hat = grad_output
-            if weight is not None:
+            if affine is not None:
+                weight, bias = affine
                 accumulate(backend, weight, xp.sum(grad_output * x_hat, axis=axes))
                 accumulate(backend, bias, xp.sum(grad_output, axis=axes))
                 grad_x_hat = grad_output * gamma
@@ -139,9 +151,9 @@ class _BatchNorm(Layer):
                 return grad_x_hat * inv_std
             return _normalize_backward(xp, grad_x_hat, x_hat, inv_std, axes)
 
-        if weight is None:
+        if affine is None:
             return x_hat, backprop
-        return x_hat * gamma + xp.reshape(bias.value, shape), backprop
+        return x_hat * gamma + xp.reshape(affine[1].value, shape), backprop
 
     def _update_running_stats(self, batch_mean, unbiased_var) -> None:
         m, update = self.momentum, self.backend.add_scaled  # in place where the backend allows
@@ -230,8 +242,8 @@ class LayerNorm(Layer):
 
     @classmethod
     def array_shapes(cls, config: dict) -> dict[str, tuple]:
-        shape = config.get("normalized_shape")
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        declared: Any = config.get("normalized_shape")  # as the file gives it: a bad one fails here (TypeError)
+        shape = (declared,) if isinstance(declared, int) else tuple(declared)
         return {"param/weight": shape, "param/bias": shape} if config.get("elementwise_affine", True) else {}
 
     def begin_update(self, x: Array, *, training: bool = True) -> tuple[Array, Backprop]:
@@ -247,18 +259,19 @@ class LayerNorm(Layer):
         var = xp.mean(centered * centered, axis=axes, keepdims=True)
         inv_std = 1.0 / xp.sqrt(var + self.eps)
         x_hat = centered * inv_std
-        weight, bias = self.params.get("weight"), self.params.get("bias")
-        gamma = None if weight is None else weight.value
+        affine = _affine(self)
+        gamma = None if affine is None else affine[0].value
 
         def backprop(grad_output):
             grad_x_hat = grad_output
-            if weight is not None:
+            if affine is not None:
+                weight, bias = affine
                 leading = tuple(range(x_hat.ndim - len(axes)))
                 accumulate(backend, weight, xp.sum(grad_output * x_hat, axis=leading))
                 accumulate(backend, bias, xp.sum(grad_output, axis=leading))
                 grad_x_hat = grad_output * gamma
             return _normalize_backward(xp, grad_x_hat, x_hat, inv_std, axes)
 
-        if weight is None:
+        if affine is None:
             return x_hat, backprop
-        return x_hat * gamma + bias.value, backprop
+        return x_hat * gamma + affine[1].value, backprop

@@ -93,7 +93,8 @@ class Recurrent(Layer):
         rng = host_random(rng)
         for suffix in self.suffixes:
             self._init_direction(suffix, rng)
-        self._dh = None  # dL/dh_t of the last backward pass, per direction (grad_norms_through_time)
+        # dL/dh_t of the last backward pass, per direction (grad_norms_through_time)
+        self._dh: list[Array] | None = None
 
     # -- parameters -----------------------------------------------------------
     @on_device
@@ -115,7 +116,8 @@ class Recurrent(Layer):
             self.params[name + suffix] = Parameter(value)
 
     @classmethod
-    def _direction_shapes(cls, input_size: int, hidden: int) -> dict[str, tuple]:
+    def _direction_shapes(cls, input_size: Any, hidden: Any) -> dict[str, tuple]:
+        # the sizes as a declared config gives them: ints, or anything a bad file holds (declared_arrays reports it)
         gates = len(cls.gate_order)
         shapes = {"weight_ih": (input_size, gates * hidden), "weight_hh": (hidden, gates * hidden),
                   "bias": (gates * hidden,)}

@@ -13,16 +13,18 @@ from .base import Array, Backprop, Layer
 from .dense import Dense
 
 
-def _fusable_activation(layers, i):
-    """``(name, negative_slope)`` when ``layers[i]`` is a ``Dense`` layer whose next layer is an activation the
-    backends fuse with it (``backends.base.FUSED_ACTIVATIONS``), else None."""
-    if i + 1 >= len(layers) or type(layers[i]) is not Dense:
+def _fusable_activation(layers: list[Layer], i: int) -> tuple[Dense, str, float] | None:
+    """``(dense, name, negative_slope)`` when ``layers[i]`` is a ``Dense`` layer (``dense``) whose next layer is an
+    activation the backends fuse with it (``backends.base.FUSED_ACTIVATIONS``), else None."""
+    dense = layers[i]
+    if i + 1 >= len(layers) or type(dense) is not Dense:
         return None
-    after = type(layers[i + 1])
-    if after is LeakyReLU:
-        return "leaky_relu", layers[i + 1].negative_slope
-    name = {ReLU: "relu", Tanh: "tanh", Sigmoid: "sigmoid", GELU: "gelu"}.get(after)
-    return None if name is None else (name, 0.01)
+    after = layers[i + 1]
+    if type(after) is LeakyReLU:
+        return dense, "leaky_relu", after.negative_slope
+    names: dict[type[Layer], str] = {ReLU: "relu", Tanh: "tanh", Sigmoid: "sigmoid", GELU: "gelu"}
+    name = names.get(type(after))
+    return None if name is None else (dense, name, 0.01)
 
 
 def architecture(layer: Layer) -> dict:
@@ -89,7 +91,8 @@ class Sequential(Layer):
         while i < len(layers):
             fused = _fusable_activation(layers, i)
             if fused is not None:  # a Dense layer and its activation: one fused pass each way
-                x, layer_backprop = layers[i].begin_fused_update(x, *fused)
+                dense, activation, negative_slope = fused
+                x, layer_backprop = dense.begin_fused_update(x, activation, negative_slope)
                 i += 2
             else:
                 x, layer_backprop = layers[i].begin_update(x, training=training)

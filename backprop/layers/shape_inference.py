@@ -79,7 +79,7 @@ def _dense(options, input_shape):
 
 
 def _spatial(kernel, stride, padding, dilation, input_shape, owner: str) -> tuple:
-    out = []
+    out: list[int | None] = []
     for axis in (0, 1):
         size = input_shape[1 + axis]
         if size is None:
@@ -212,7 +212,7 @@ def _probe(cls, options: dict, input_shape) -> Shape:
         return tuple(int(n) for n in layer.forward(x).shape[1:])
 
 
-def input_shape_of(description: dict) -> Shape:
+def input_shape_of(description: dict) -> Shape | None:
     """The shape of one example a built model takes, as far as its first layers tell (None where they do
     not, such as the time axis of a recurrent layer or the image size of a convolution); None when the
     first layer says nothing (a user's layer)."""
