@@ -7,6 +7,8 @@ reports the backend as unavailable, with the reason.
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import numpy as np
 
 from . import cupy_cells
@@ -128,7 +130,7 @@ class CupyBackend(Backend):
         super().__init__(f"cupy:{index}", xp, self._cupy_device, device_name=device_name, version=cupy.__version__)
 
     @property
-    def cupy(self):  # -> the cupy module (not imported at type-check time)
+    def cupy(self) -> ModuleType:
         """The ``cupy`` module this backend runs on, for what only CuPy has (streams, CUDA Graphs, memory pools:
         ``backprop.training.captured``)."""
         return self._cupy
