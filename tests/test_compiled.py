@@ -176,12 +176,12 @@ def test_a_captured_step_reaches_cupy_through_the_backends_public_module():
     fake_cupy = types.SimpleNamespace(cuda=types.SimpleNamespace(Graph=object, Stream=Stream, MemoryPool=MemoryPool))
     backend = types.SimpleNamespace(name="fake-cupy", cupy=fake_cupy, activate=contextlib.nullcontext)
     step = types.SimpleNamespace(backend=backend, optimizer=None)
-    captured = CapturedStep(step)  # type: ignore[arg-type]  # a stand-in step: only backend and optimizer are read
+    captured = CapturedStep(step)  # a stand-in step: only its backend and optimizer are read
     assert captured._cupy is fake_cupy
     assert made == [("stream", {"non_blocking": True}), ("pool", {})]
 
     with pytest.raises(ConfigError, match=r"compile: CUDA Graph capture needs CuPy >= 13 .*backend numpy"):
-        CapturedStep(types.SimpleNamespace(backend=get_backend("numpy"), optimizer=None))  # type: ignore[arg-type]
+        CapturedStep(types.SimpleNamespace(backend=get_backend("numpy"), optimizer=None))
 
     # CupyBackend.cupy is the module it was made with (built here without a GPU, its constructor skipped)
     cupy_backend = CupyBackend.__new__(CupyBackend)
