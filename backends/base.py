@@ -49,6 +49,13 @@ class Backend:
     #: Registered family name, such as ``"numpy"`` or ``"torch"``.
     library: str = ""
 
+    #: How this library compiles a whole training step (``Trainer(compile=...)``), as ``(name, kind)``: the name a
+    #: user may give (``compile="jit"``) and the kind of step it needs: ``"pure"`` (the step traced as a pure
+    #: function of its arrays: ``compile_function`` with static and donated arguments, and ``trace_shapes``),
+    #: ``"in_place"`` (the step traced as it runs, arrays updated in place: ``compile_function``) or
+    #: ``"graph_capture"`` (CUDA Graphs recorded once and replayed). None (the default): steps run eagerly only.
+    step_compiler: tuple[str, str] | None = None
+
     def __init__(self, name: str, xp: Any, device: Any, *, device_name: str, version: str):
         self.name = name  # full spec, such as "torch:cuda:0"
         self.xp = xp

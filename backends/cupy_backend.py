@@ -118,6 +118,7 @@ class CupyRandom(DeviceRandom):
 
 class CupyBackend(Backend):
     library = "cupy"
+    step_compiler = ("cuda-graph", "graph_capture")
     permutes_epochs = True  # a gather per batch would be two more launches a step
 
     def allreducer(self, communicator: Any) -> NcclReducer:
@@ -135,6 +136,12 @@ class CupyBackend(Backend):
         props = cupy.cuda.runtime.getDeviceProperties(index)
         device_name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
         super().__init__(f"cupy:{index}", xp, self._cupy_device, device_name=device_name, version=cupy.__version__)
+
+    @property
+    def cupy(self) -> ModuleType:
+        """The ``cupy`` module this backend runs on, for what only CuPy has (streams, CUDA Graphs, memory pools:
+        ``backprop.training.captured``)."""
+        return self._cupy
 
     def activate(self) -> AbstractContextManager[Any]:
         # UNTESTED on a GPU (none here): cupy.cuda.Device is CuPy's own re-entrant context manager for this.

@@ -162,6 +162,7 @@ def _jitted_dense() -> tuple[Callable[..., Any], Callable[..., Any]]:
 
 class JaxBackend(Backend):
     library = "jax"
+    step_compiler = ("jit", "pure")
 
     def __init__(self, device: Device):
         # lazy: optional library

@@ -83,6 +83,7 @@ def _resolve(root, dotted: str):
 
 class TorchBackend(Backend):
     library = "torch"
+    step_compiler = ("torch.compile", "in_place")
 
     #: On CUDA: let PyTorch use TF32 as it is set up to (True), or compute float32 exactly inside backprop's
     #: calls (False, the default: parity with the other backends).

@@ -10,10 +10,13 @@ zeroes half its inputs.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from backends import Backend, HostRandom
 
+from . import validators as check
 from .errors import ConfigError
+from .parameters import Array
 
 _seed_source = HostRandom(0)
 
@@ -30,10 +33,8 @@ def host_random(rng: HostRandom | int | None) -> HostRandom:
         return HostRandom(_seed_source.spawn_seed())
     if isinstance(rng, HostRandom):
         return rng
-    if isinstance(rng, int) and not isinstance(rng, bool):
-        if rng < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {rng}")
-        return HostRandom(rng)
+    if check.is_integer(rng):
+        return HostRandom(check.non_negative_int(rng, "seed"))
     raise ConfigError(f"rng must be an int seed, a HostRandom or None, got {type(rng).__name__}")
 
 
@@ -44,29 +45,29 @@ def _fans(shape) -> tuple[int, int]:
     return shape[1] * receptive, shape[0] * receptive
 
 
-def glorot_uniform(rng: HostRandom, shape):
+def glorot_uniform(rng: HostRandom, shape: tuple[int, ...]) -> Any:
     fan_in, fan_out = _fans(shape)
     limit = math.sqrt(6.0 / (fan_in + fan_out))
     return rng.uniform(shape, -limit, limit)
 
 
-def glorot_normal(rng: HostRandom, shape):
+def glorot_normal(rng: HostRandom, shape: tuple[int, ...]) -> Any:
     fan_in, fan_out = _fans(shape)
     return rng.normal(shape, 0.0, math.sqrt(2.0 / (fan_in + fan_out)))
 
 
-def he_uniform(rng: HostRandom, shape):
+def he_uniform(rng: HostRandom, shape: tuple[int, ...]) -> Any:
     fan_in, _ = _fans(shape)
     limit = math.sqrt(6.0 / fan_in)
     return rng.uniform(shape, -limit, limit)
 
 
-def he_normal(rng: HostRandom, shape):
+def he_normal(rng: HostRandom, shape: tuple[int, ...]) -> Any:
     fan_in, _ = _fans(shape)
     return rng.normal(shape, 0.0, math.sqrt(2.0 / fan_in))
 
 
-def zeros(rng: HostRandom, shape):
+def zeros(rng: HostRandom, shape: tuple[int, ...]) -> Any:
     return rng.uniform(shape, 0.0, 0.0)
 
 
@@ -81,7 +82,7 @@ INITIALIZERS = {
 }
 
 
-def initialize(name: str, shape, *, rng: HostRandom, backend: Backend, dtype):
+def initialize(name: str, shape: tuple[int, ...], *, rng: HostRandom, backend: Backend, dtype: Any) -> Array:
     """Draw an initial parameter on the host and place it on ``backend`` with ``dtype``."""
     try:
         initializer = INITIALIZERS[name]

@@ -12,13 +12,19 @@ libraries whose arrays carry their device (NumPy, PyTorch on the CPU).
 from __future__ import annotations
 
 import functools
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, TypeVar, cast
 
-from backends import backend_of
+from backends import Backend, backend_of
 from backends.base import NOTHING_TO_ACTIVATE
 
+from .parameters import Array
 
-def on_device(method):
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def on_device(method: F) -> F:
     """Decorate a method of an object with a ``backend`` attribute (or a function whose first argument has one,
     a model): it runs inside ``self.backend.activate()``."""
     if getattr(method, "runs_on_device", False):
@@ -32,11 +38,11 @@ def on_device(method):
         with context:
             return method(self, *args, **kwargs)
 
-    run.runs_on_device = True
-    return run
+    run.runs_on_device = True  # type: ignore[attr-defined]  # a mark on the function object
+    return cast(F, run)
 
 
-def on_model_device(method):
+def on_model_device(method: F) -> F:
     """Decorate a method whose first argument after ``self`` is a model: it runs inside
     ``model.backend.activate()``."""
 
@@ -45,17 +51,17 @@ def on_model_device(method):
         with model.backend.activate():
             return method(self, model, *args, **kwargs)
 
-    return run
+    return cast(F, run)
 
 
-def on_device_of(array):
+def on_device_of(array: Array) -> AbstractContextManager:
     """``with on_device_of(x):`` runs the block with the device of ``x``'s backend current (for code that gets
     arrays, not a backend: losses). Nothing to enter when no loaded backend owns ``x``."""
     backend = backend_of(array)
     return NOTHING_TO_ACTIVATE if backend is None else backend.activate()
 
 
-def on_device_update(begin_update):
+def on_device_update(begin_update: F) -> F:
     """Decorate a ``begin_update`` method (``-> (output, backprop)``): it runs inside ``self.backend.activate()``,
     and so does the ``backprop`` closure it returns, whenever it is called. (Nothing is wrapped on libraries
     without a current device: NumPy's closures are returned as they are.)"""
@@ -72,11 +78,11 @@ def on_device_update(begin_update):
             output, backprop = begin_update(self, *args, **kwargs)
         return output, activating(backend, backprop)
 
-    run.runs_on_device = True
-    return run
+    run.runs_on_device = True  # type: ignore[attr-defined]  # a mark on the function object
+    return cast(F, run)
 
 
-def activating(backend, function):
+def activating(backend: Backend, function: F) -> F:
     """``function`` wrapped to run inside ``backend.activate()``."""
 
     @functools.wraps(function)
@@ -84,4 +90,4 @@ def activating(backend, function):
         with backend.activate():
             return function(*args, **kwargs)
 
-    return run
+    return cast(F, run)

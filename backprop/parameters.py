@@ -14,6 +14,13 @@ one optimizer step.
 
 from __future__ import annotations
 
+from typing import Any
+
+from backends import Backend, dtype_name
+
+#: An array of some backend's library (NumPy, PyTorch, JAX, CuPy...): duck-typed, there is no common array type.
+Array = Any
+
 
 class Parameter:
     """A trainable array (``value``) and the gradient of the loss with respect to it (``grad``, None until a
@@ -26,27 +33,25 @@ class Parameter:
 
     __slots__ = ("value", "grad", "grad_space")
 
-    def __init__(self, value):
+    def __init__(self, value: Array):
         self.value = value
-        self.grad = None
-        self.grad_space = None
+        self.grad: Array | None = None  # None until a backward pass reaches it
+        self.grad_space: Array | None = None
 
     @property
     def shape(self) -> tuple:
         return tuple(self.value.shape)
 
     @property
-    def dtype(self):
+    def dtype(self) -> Any:
         return self.value.dtype
 
     def __repr__(self) -> str:
-        from backends import dtype_name
-
         grad = "no grad" if self.grad is None else "grad"
         return f"Parameter({dtype_name(self.dtype)}{list(self.shape)}, {grad})"
 
 
-def accumulate(backend, param: Parameter, grad) -> None:
+def accumulate(backend: Backend, param: Parameter, grad: Array) -> None:
     """``param.grad += grad``: the first gradient is stored as it is, later ones are added (in place where the
     backend allows, ``Backend.add_scaled``; the result is stored either way).
 
@@ -60,13 +65,13 @@ def accumulate(backend, param: Parameter, grad) -> None:
         param.grad = backend.add_scaled(param.grad, grad)
 
 
-def gradient_space(param: Parameter):
+def gradient_space(param: Parameter) -> Array:
     """Where a backward pass may write ``param``'s gradient: its ``grad_space`` while it has no gradient yet
     (the first contribution of a step), else None (the contribution is added to the gradient it has)."""
     return param.grad_space if param.grad is None else None
 
 
-def zero_grad(params) -> None:
+def zero_grad(params: Any) -> None:
     """Forget the gradients of ``params`` (an iterable of ``Parameter``)."""
     for param in params:
         param.grad = None

@@ -34,28 +34,35 @@ def is_number(value: object) -> bool:
 
 
 def integer(value: object, name: str, *, low: int | None = None, high: int | None = None,
-            owner: str | None = None) -> int:
-    """``value`` as an ``int`` when it is an integer in [``low``, ``high``] (either bound may be left out)."""
+            owner: str | None = None, expected: str | None = None) -> int:
+    """``value`` as an ``int`` when it is an integer in [``low``, ``high``] (either bound may be left out).
+
+    ``expected`` (here and below) replaces the words that say what was expected, where a setting has its own
+    (``"a positive integer (or None for full BPTT)"``)."""
     if not is_integer(value) or (low is not None and value < low) or (high is not None and value > high):  # type: ignore[operator]
-        if low == 1 and high is None:
-            expected = "a positive integer"
-        elif low == 0 and high is None:
-            expected = "a non-negative integer"
-        elif low is not None and high is not None:
-            expected = f"an integer in [{low}, {high}]"
-        elif low is not None:
-            expected = f"an integer >= {low}"
-        elif high is not None:
-            expected = f"an integer <= {high}"
-        else:
-            expected = "an integer"
+        if expected is None:
+            expected = _integer_words(low, high)
         raise _fail(owner, name, expected, value)
     return int(value)  # type: ignore[call-overload]
 
 
-def positive_int(value: object, name: str, *, owner: str | None = None) -> int:
+def _integer_words(low: int | None, high: int | None) -> str:
+    if low == 1 and high is None:
+        return "a positive integer"
+    if low == 0 and high is None:
+        return "a non-negative integer"
+    if low is not None and high is not None:
+        return f"an integer in [{low}, {high}]"
+    if low is not None:
+        return f"an integer >= {low}"
+    if high is not None:
+        return f"an integer <= {high}"
+    return "an integer"
+
+
+def positive_int(value: object, name: str, *, owner: str | None = None, expected: str | None = None) -> int:
     """``value`` as an ``int`` when it is an integer >= 1."""
-    return integer(value, name, low=1, owner=owner)
+    return integer(value, name, low=1, owner=owner, expected=expected)
 
 
 def non_negative_int(value: object, name: str, *, owner: str | None = None) -> int:
@@ -64,7 +71,8 @@ def non_negative_int(value: object, name: str, *, owner: str | None = None) -> i
 
 
 def number(value: object, name: str, *, low: float | None = None, high: float | None = None,
-           low_open: bool = False, high_open: bool = False, owner: str | None = None) -> float:
+           low_open: bool = False, high_open: bool = False, owner: str | None = None,
+           expected: str | None = None) -> float:
     """``value`` as a ``float`` when it is a finite number within the bounds (closed unless ``*_open``)."""
     ok = is_number(value)
     if ok and low is not None:
@@ -80,15 +88,24 @@ def number(value: object, name: str, *, low: float | None = None, high: float | 
             where = f" {'<' if high_open else '<='} {high:g}"
         else:
             where = ""
-        raise _fail(owner, name, f"a finite number{where}", value)
+        raise _fail(owner, name, expected or f"a finite number{where}", value)
     return float(value)  # type: ignore[arg-type]
 
 
-def positive_number(value: object, name: str, *, owner: str | None = None) -> float:
+def positive_number(value: object, name: str, *, owner: str | None = None, expected: str | None = None) -> float:
     """``value`` as a ``float`` when it is a finite number > 0."""
     if not is_number(value) or value <= 0:  # type: ignore[operator]
-        raise _fail(owner, name, "a positive finite number", value)
+        raise _fail(owner, name, expected or "a positive finite number", value)
     return float(value)  # type: ignore[arg-type]
+
+
+def positive_ints(value: object, name: str, *, owner: str | None = None, expected: str | None = None
+                  ) -> tuple[int, ...]:
+    """``value`` as a tuple of ``int`` when it is a non-empty tuple or list of integers >= 1 (a shape)."""
+    if (not isinstance(value, (tuple, list)) or not value
+            or not all(is_integer(n) and n >= 1 for n in value)):
+        raise _fail(owner, name, expected or "a non-empty tuple of positive integers", value)
+    return tuple(int(n) for n in value)
 
 
 def flag(value: object, name: str, *, owner: str | None = None) -> bool:

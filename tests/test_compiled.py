@@ -147,3 +147,43 @@ def test_a_captured_cuda_graph_step_gives_the_eager_weights(digits):
         assert have["train_loss"] == pytest.approx(want["train_loss"], rel=1e-5)
         assert have["grad_norms"] == pytest.approx(want["grad_norms"], rel=1e-4)
     assert captured.optimizer.state_dict()[1] == eager.optimizer.state_dict()[1]
+
+
+def test_a_captured_step_reaches_cupy_through_the_backends_public_module():
+    """``CapturedStep`` takes CuPy's streams and memory pools from ``backend.cupy`` (``CupyBackend.cupy``, the
+    module the backend runs on), not from a private handle; a backend without one is refused in one line.
+    Runs without a GPU: the module is a stand-in that records what the step asks of it."""
+    import contextlib
+    import types
+
+    from backends.cupy_backend import CupyBackend
+    from backprop.errors import ConfigError
+    from backprop.training.captured import CapturedStep
+
+    made = []
+
+    class Stream:
+        def __init__(self, **options):
+            made.append(("stream", options))
+
+        def begin_capture(self):  # pragma: no cover - only its presence is checked
+            pass
+
+    class MemoryPool:
+        def __init__(self):
+            made.append(("pool", {}))
+
+    fake_cupy = types.SimpleNamespace(cuda=types.SimpleNamespace(Graph=object, Stream=Stream, MemoryPool=MemoryPool))
+    backend = types.SimpleNamespace(name="fake-cupy", cupy=fake_cupy, activate=contextlib.nullcontext)
+    step = types.SimpleNamespace(backend=backend, optimizer=None)
+    captured = CapturedStep(step)  # a stand-in step: only its backend and optimizer are read
+    assert captured._cupy is fake_cupy
+    assert made == [("stream", {"non_blocking": True}), ("pool", {})]
+
+    with pytest.raises(ConfigError, match=r"compile: CUDA Graph capture needs CuPy >= 13 .*backend numpy"):
+        CapturedStep(types.SimpleNamespace(backend=get_backend("numpy"), optimizer=None))
+
+    # CupyBackend.cupy is the module it was made with (built here without a GPU, its constructor skipped)
+    cupy_backend = CupyBackend.__new__(CupyBackend)
+    cupy_backend._cupy = fake_cupy
+    assert cupy_backend.cupy is fake_cupy

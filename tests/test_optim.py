@@ -418,7 +418,7 @@ def _m():
     (lambda: Cosine(10, min_lr=-0.1), r"^Cosine: min_lr must be a finite number >= 0"),
     (lambda: WarmUp(0), r"^WarmUp: epochs must be a positive integer, got 0$"),
     (lambda: WarmUp(2, then="cosine"), r"^WarmUp: then must be a Schedule, got str$"),
-    (lambda: Constant()(-1, 0.1), r"^Constant: epoch must be an integer >= 0, got -1$"),
+    (lambda: Constant()(-1, 0.1), r"^Constant: epoch must be a non-negative integer, got -1$"),
     (lambda: make_schedule("linear", epochs=5), r"^unknown learning-rate schedule 'linear'; expected one of constant, "
                                                 r"step, exponential, cosine$"),
     (lambda: make_schedule("cosine", epochs=5, warmup_epochs=5), r"^make_schedule: warmup_epochs must be less than "

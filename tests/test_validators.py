@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+import backprop as bp
 from backprop import validators as check
 from backprop.errors import ConfigError
 
@@ -62,3 +63,26 @@ def test_positive_number_flag_and_one_of():
         check.one_of("max", "reduction", ("mean", "sum"))
     with pytest.raises(ConfigError, match=r"reduction must be one of"):
         check.one_of(["mean"], "reduction", {"mean", "sum"})
+
+
+def test_expected_replaces_the_default_words():
+    with pytest.raises(ConfigError, match=r"^RNN: bptt_steps must be a positive integer \(or None\), got 0$"):
+        check.positive_int(0, "bptt_steps", owner="RNN", expected="a positive integer (or None)")
+    with pytest.raises(ConfigError, match=r"^p must be a probability in \[0, 1\), got 1$"):
+        check.number(1, "p", low=0, high=1, high_open=True, expected="a probability in [0, 1)")
+    with pytest.raises(ConfigError, match=r"^tol must be a positive number or None, got 0$"):
+        check.positive_number(0, "tol", expected="a positive number or None")
+
+
+def test_positive_ints_gives_a_tuple_of_python_ints():
+    result = check.positive_ints([2, np.int64(3)], "shape")
+    assert result == (2, 3) and all(type(n) is int for n in result)
+    for bad in [(), [2, 0], (2, True), "23", 3, None, (2.0,)]:
+        with pytest.raises(ConfigError, match=r"^Reshape: shape must be a non-empty tuple of positive integers, got "):
+            check.positive_ints(bad, "shape", owner="Reshape")
+
+
+def test_layers_reject_true_and_false_as_numbers():
+    for build in (lambda: bp.LeakyReLU(True), lambda: bp.Dropout(False), lambda: bp.Dense(True, 2)):
+        with pytest.raises(ConfigError, match=r"must be"):
+            build()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from typing import cast
 
 from backends import Backend, get_backend
 
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             prediction, backprop = model.begin_update(x_probe, training=False)
             backprop(MSE().value_and_grad(prediction, y_probe)[1])
             model.zero_grad()  # only the norms through time were wanted: leave no gradients behind
-            return [float(v) for v in backend.to_host(model.layers[0].grad_norms_through_time)]
+            return [float(v) for v in backend.to_host(cast(Recurrent, model.layers[0]).grad_norms_through_time)]
 
         def on_train_begin(self, trainer: Trainer) -> None:
             self.initial = self.measure(trainer.model)

@@ -29,6 +29,7 @@ import math
 import random
 import time
 from collections import Counter
+from typing import cast
 
 from backends import Backend, get_backend
 
@@ -94,7 +95,7 @@ def sample(model: Sequential, prompt_ids: list[int], length: int, *, temperature
     """Feed the prompt one character at a time, then draw ``length`` characters from the model."""
     backend = model.backend
     xp = backend.xp
-    cell, head = model.layers[0], model.layers[1]
+    cell, head = cast(Recurrent, model.layers[0]), model.layers[1]
     vocab = cell.input_size
     eye = xp.eye(vocab, dtype=model.dtype, device=backend.device)
     state, out = None, []

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from backends import Backend, get_backend
 
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     data = load_digits()
     model = build_model(data.x_train.shape[1], data.num_classes, hidden=args.hidden, tolerance=args.tolerance,
                         max_iterations=args.max_iterations, max_norm=args.max_norm, seed=args.seed, backend=backend)
-    recurrent = model.layers[0]
+    recurrent = cast(FixedPointRecurrent, model.layers[0])
     print(f"model: {recurrent!r} -> Dense({args.hidden}, {data.num_classes}) on {backend.name}; "
           f"{model.num_parameters()} parameters; contraction bound at start {recurrent.contraction_bound():.3f}")
     monitor = FixedPointMonitor(recurrent)

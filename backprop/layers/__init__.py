@@ -1,5 +1,9 @@
 """Layers: each one's forward pass and backward pass (the chain rule) side by side."""
 
+from typing import Any
+
+from backends import Backend
+
 from ..errors import ConfigError
 from .activations import ACTIVATIONS, GELU, Activation, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh, activation
 from .base import Layer
@@ -68,7 +72,7 @@ def _walk(description):
             stack.extend((child, f"{prefix}{i}.", depth + 1) for i, child in enumerate(config.get("layers", [])))
 
 
-def declared_arrays(description) -> dict[str, tuple] | None:
+def declared_arrays(description: dict) -> dict[str, tuple] | None:
     """The shapes of the parameters and buffers ``build(description)`` would create, keyed as in model files
     (``param/0.weight``, ``buffer/1.running_mean``), worked out without building (allocating) anything.
 
@@ -91,7 +95,7 @@ def declared_arrays(description) -> dict[str, tuple] | None:
     return shapes
 
 
-def build(description: dict, *, backend=None, dtype=None) -> Layer:
+def build(description: dict, *, backend: Backend | str | None = None, dtype: Any = None) -> Layer:
     """Rebuild a layer or model from ``architecture(...)`` (weights come separately)."""
     for _ in _walk(description):  # the whole description is checked (depth included) before anything is built
         pass

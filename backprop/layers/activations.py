@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
+from .. import validators as check
 from ..errors import ConfigError, ShapeError
-from .base import Layer
+from .base import Array, Backprop, Layer
 
 
 class Activation(Layer):
@@ -16,7 +18,7 @@ class Activation(Layer):
     def array_shapes(cls, config: dict) -> dict[str, tuple]:
         return {}  # no parameters or buffers
 
-    def begin_update(self, x, *, training: bool = True):
+    def begin_update(self, x: Array, *, training: bool = True) -> tuple[Array, Backprop]:
         self.check_input(x)
         return self._begin(x)
 
@@ -66,17 +68,14 @@ class ReLU(Activation):
 class LeakyReLU(Activation):
     """x for x > 0, else αx;  derivative 1 or α. Keeps a small gradient for negative inputs."""
 
-    def __init__(self, negative_slope: float = 0.01, **kwargs):
+    def __init__(self, negative_slope: float = 0.01, **kwargs: Any):
         super().__init__(**kwargs)
-        if (not isinstance(negative_slope, (int, float)) or not math.isfinite(negative_slope)
-                or not 0 <= negative_slope <= 1):
-            raise ConfigError(f"LeakyReLU: negative_slope must be a finite number in [0, 1], got {negative_slope!r}")
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = check.number(negative_slope, "negative_slope", low=0, high=1, owner="LeakyReLU")
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"negative_slope={self.negative_slope}"
 
-    def config(self):
+    def config(self) -> dict:
         return {"negative_slope": self.negative_slope}
 
     def _begin(self, x):
@@ -140,7 +139,7 @@ ACTIVATIONS = {
 }
 
 
-def activation(name: str, **kwargs) -> Activation:
+def activation(name: str, **kwargs: Any) -> Activation:
     """An activation layer by name (``"relu"``, ``"tanh"``, ...)."""
     try:
         cls = ACTIVATIONS[name.lower().replace("-", "_")]

@@ -33,15 +33,21 @@ backward pass needs. ``bp.gradcheck(layer, x)`` checks the result against finite
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from backends import Backend, describe_array, dtype_name, get_backend
+from backends.random import Seed
 
 from ..errors import DeviceMismatchError, DTypeError, ShapeError
 from ..on_device import on_device, on_device_update
-from ..parameters import Parameter, zero_grad
+from ..parameters import Array, Parameter, zero_grad
+
+#: The closure ``begin_update`` returns: ``backprop(dL/dy) -> dL/dx`` (see the module docstring).
+Backprop = Callable[..., Any]
+
+_L = TypeVar("_L", bound="Layer")  # a method returning a copy of the layer it is called on, of its own class
 
 
 class Layer:
@@ -50,31 +56,32 @@ class Layer:
     #: What was saved with the model in its file (``backprop.load_model`` sets it); empty for a model built here.
     metadata: Mapping[str, Any] = MappingProxyType({})
 
-    def __init__(self, *, backend: Backend | str | None = None, dtype=None):
+    def __init__(self, *, backend: Backend | str | None = None, dtype: Any = None):
         self.backend = get_backend(backend)
         self.dtype = self.backend.dtype(dtype) if dtype is not None else self.backend.float_dtype
         self.params: dict[str, Parameter] = {}  # this layer's own parameters (its inner layers' are theirs)
         self.buffers: dict[str, object] = {}  # state that is saved but not trained
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         # Every layer's forward pass and the backward closure it returns, your own layers' too, run with the
         # layer's device current, so the arrays they create land on it whoever calls them (backprop/on_device.py).
         if "forward" in cls.__dict__:
-            cls.forward = on_device(cls.__dict__["forward"])
+            cls.forward = on_device(cls.__dict__["forward"])  # type: ignore[method-assign]  # wrapped, same signature
         if "begin_update" in cls.__dict__:
-            cls.begin_update = on_device_update(cls.__dict__["begin_update"])
+            cls.begin_update = on_device_update(  # type: ignore[method-assign]  # wrapped, same signature
+                cls.__dict__["begin_update"])
 
     @property
-    def xp(self):
+    def xp(self) -> Any:
         return self.backend.xp
 
-    def begin_update(self, x, *, training: bool = True):
+    def begin_update(self, x: Array, *, training: bool = True) -> tuple[Array, Backprop]:
         """``(y, backprop)``: the output for ``x`` and the closure ``backprop(dy) -> dx`` of this call (see the
         module docstring). ``training`` selects training behaviour (dropout masks, batch statistics)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement begin_update")
 
-    def forward(self, x, *, training: bool = False):
+    def forward(self, x: Array, *, training: bool = False) -> Array:
         """The output for ``x``; nothing is kept for a backward pass."""
         return self.begin_update(x, training=training)[0]
 
@@ -83,7 +90,7 @@ class Layer:
     #: backward work).
     can_skip_input_grad = False
 
-    def __call__(self, x, *, training: bool = False):
+    def __call__(self, x: Array, *, training: bool = False) -> Array:
         return self.forward(x, training=training)
 
     def __repr__(self) -> str:
@@ -153,7 +160,7 @@ class Layer:
         must not change them afterwards. The parameter boxes stay the same (an optimizer holding them sees the
         new values).
         """
-        writes = []
+        writes: list[tuple[Parameter | Layer, str | None, object]] = []
         for name, param in self.named_parameters().items():
             new = arrays.get(f"param/{name}")
             if new is not None:
@@ -164,11 +171,11 @@ class Layer:
             if new is not None:
                 self._check_replacement("buffer", name, layer.buffers[key], new)
                 writes.append((layer, key, new))
-        for owner, key, new in writes:
-            if key is None:
+        for owner, slot, new in writes:
+            if isinstance(owner, Parameter):
                 owner.value = new
-            else:
-                owner.buffers[key] = new
+            elif slot is not None:
+                owner.buffers[slot] = new
 
     def _check_replacement(self, kind: str, name: str, current, new) -> None:
         if tuple(new.shape) != tuple(current.shape) or new.dtype != current.dtype:
@@ -188,7 +195,7 @@ class Layer:
         """Forget every parameter's accumulated gradient (set it to None)."""
         zero_grad(self.parameters())
 
-    def reseed(self, seed) -> None:
+    def reseed(self, seed: Seed) -> None:
         """Restart the layer's random stream (layers that draw random numbers override this)."""
 
     def config(self) -> dict:
@@ -204,7 +211,7 @@ class Layer:
         return None
 
     # -- moving and converting ------------------------------------------------
-    def _map_arrays(self, convert, *, backend: Backend | None = None, dtype=None, memo: dict | None = None) -> Layer:
+    def _map_arrays(self: _L, convert, *, backend: Backend | None = None, dtype=None, memo: dict | None = None) -> _L:
         """A copy whose parameters and buffers are ``convert(array)``, without gradients. ``memo``
         (id -> copy) makes a layer or parameter met twice (tied weights) one copy, held twice, as it was."""
         memo = {} if memo is None else memo
@@ -227,7 +234,7 @@ class Layer:
         return self._map_arrays(lambda a: target.from_host(self.backend.to_host(a)), backend=target)
 
     @on_device
-    def astype(self, dtype) -> Layer:
+    def astype(self, dtype: Any) -> Layer:
         """A copy with floating parameters converted to ``dtype`` (``"float64"`` for gradient checks)."""
         dtype = self.backend.dtype(dtype)
         xp = self.xp
@@ -238,8 +245,8 @@ class Layer:
         return self._map_arrays(convert, dtype=dtype)
 
     # -- input checks -------------------------------------------------------
-    def check_input(self, x, *, ndim: int | None = None, min_ndim: int | None = None, last_dim: int | None = None,
-                    expected: str = ""):
+    def check_input(self, x: Array, *, ndim: int | None = None, min_ndim: int | None = None,
+                    last_dim: int | None = None, expected: str = "") -> None:
         """Raise a one-line error naming this layer when ``x`` is not what it expects.
 
         ``expected`` describes the shape in words, such as ``"(batch, 64)"``.

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from ..errors import ConfigError
+from typing import Any
+
+from backends import Backend, HostRandom
+
+from .. import validators as check
 from ..init import host_random, initialize
 from ..on_device import on_device_update
 from ..parameters import Parameter, accumulate, gradient_space
-from .base import Layer
+from .base import Array, Backprop, Layer
 
 
 class Dense(Layer):
@@ -20,11 +24,11 @@ class Dense(Layer):
     """
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
-                 init: str = "glorot_uniform", rng=None, backend=None, dtype=None):
+                 init: str = "glorot_uniform", rng: HostRandom | int | None = None,
+                 backend: Backend | str | None = None, dtype: Any = None):
         super().__init__(backend=backend, dtype=dtype)
-        for label, value in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"Dense: {label} must be a positive integer, got {value!r}")
+        in_features = check.positive_int(in_features, "in_features", owner="Dense")
+        out_features = check.positive_int(out_features, "out_features", owner="Dense")
         self.in_features = in_features
         self.out_features = out_features
         self.init = init
@@ -46,18 +50,19 @@ class Dense(Layer):
     @classmethod
     def array_shapes(cls, config: dict) -> dict[str, tuple]:
         out_features = config.get("out_features")
-        shapes = {"param/weight": (config.get("in_features"), out_features)}
+        shapes: dict[str, tuple] = {"param/weight": (config.get("in_features"), out_features)}
         if config.get("bias", True):
             shapes["param/bias"] = (out_features,)
         return shapes
 
     can_skip_input_grad = True
 
-    def begin_update(self, x, *, training: bool = True):
+    def begin_update(self, x: Array, *, training: bool = True) -> tuple[Array, Backprop]:
         return self.begin_fused_update(x, None)
 
     @on_device_update
-    def begin_fused_update(self, x, activation: str | None, negative_slope: float = 0.01):
+    def begin_fused_update(self, x: Array, activation: str | None,
+                           negative_slope: float = 0.01) -> tuple[Array, Backprop]:
         """``begin_update`` of this layer followed by ``activation`` (a name of ``FUSED_ACTIVATIONS``): one
         fused forward and backward pass through the backend (``Backend.dense_forward`` / ``dense_backward``:
         on a GPU a GEMM and one kernel each way). ``Sequential`` calls this for a Dense layer followed by an

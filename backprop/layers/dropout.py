@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import math
+from typing import Any
 
-from ..errors import ConfigError
-from .base import Layer
+from backends import Backend
+from backends.random import Seed
+
+from .. import validators as check
+from .base import Array, Backprop, Layer
 
 
 class Dropout(Layer):
@@ -19,11 +22,10 @@ class Dropout(Layer):
     resumed at an epoch boundary draws the same masks as an uninterrupted one.
     """
 
-    def __init__(self, p: float = 0.5, *, seed=0, backend=None, dtype=None):
+    def __init__(self, p: float = 0.5, *, seed: Seed = 0, backend: Backend | str | None = None, dtype: Any = None):
         super().__init__(backend=backend, dtype=dtype)
-        if not isinstance(p, (int, float)) or isinstance(p, bool) or not math.isfinite(p) or not 0 <= p < 1:
-            raise ConfigError(f"Dropout: p must be a probability in [0, 1), got {p!r}")
-        self.p = float(p)
+        self.p = check.number(p, "p", low=0, high=1, high_open=True, owner="Dropout",
+                              expected="a probability in [0, 1)")
         self.reseed(seed)
 
     def extra_repr(self) -> str:
@@ -36,10 +38,10 @@ class Dropout(Layer):
     def array_shapes(cls, config: dict) -> dict[str, tuple]:
         return {}  # no parameters or buffers
 
-    def reseed(self, seed) -> None:
+    def reseed(self, seed: Seed) -> None:
         self._random = self.backend.random(seed)
 
-    def begin_update(self, x, *, training: bool = True):
+    def begin_update(self, x: Array, *, training: bool = True) -> tuple[Array, Backprop]:
         self.check_input(x)
         if not training or self.p == 0.0:  # evaluation: the identity
             return x, _identity

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from backends import describe_array, dtype_name
+from typing import Any
 
+from backends import Backend, HostRandom, describe_array, dtype_name
+
+from .. import validators as check
 from ..errors import ConfigError, DeviceMismatchError, DTypeError, ShapeError
 from ..init import INITIALIZERS, host_random, initialize
 from ..parameters import Parameter, accumulate
-from .base import Layer
+from .base import Array, Backprop, Layer
 
 
 class Embedding(Layer):
@@ -32,17 +35,16 @@ class Embedding(Layer):
     Negative indices are out of range (they do not count from the end).
     """
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, *, init: str = "normal", rng=None,
-                 check_indices: bool = True, backend=None, dtype=None):
+    def __init__(self, num_embeddings: int, embedding_dim: int, *, init: str = "normal",
+                 rng: HostRandom | int | None = None, check_indices: bool = True,
+                 backend: Backend | str | None = None, dtype: Any = None):
         super().__init__(backend=backend, dtype=dtype)
-        for label, value in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"Embedding: {label} must be a positive integer, got {value!r}")
+        num_embeddings = check.positive_int(num_embeddings, "num_embeddings", owner="Embedding")
+        embedding_dim = check.positive_int(embedding_dim, "embedding_dim", owner="Embedding")
         if not isinstance(init, str) or (init != "normal" and init not in INITIALIZERS):
             raise ConfigError(f"Embedding: unknown initializer {init!r}; expected 'normal' or one of "
                               f"{', '.join(INITIALIZERS)}")
-        if not isinstance(check_indices, bool):
-            raise ConfigError(f"Embedding: check_indices must be True or False, got {check_indices!r}")
+        check_indices = check.flag(check_indices, "check_indices", owner="Embedding")
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.init = init
@@ -89,7 +91,7 @@ class Embedding(Layer):
                                  f"0..{self.num_embeddings - 1} (found values from {low} to {high})")
         return flat
 
-    def begin_update(self, x, *, training: bool = True):
+    def begin_update(self, x: Array, *, training: bool = True) -> tuple[Array, Backprop]:
         flat = self._check_indices(x)
         weight, xp, backend, dim = self.params["weight"], self.xp, self.backend, self.embedding_dim
         table = weight.value

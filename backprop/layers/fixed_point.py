@@ -11,25 +11,20 @@ import math
 import os
 import sys
 import warnings
+from types import FrameType
+from typing import Any
 
+from backends import Backend, HostRandom
+
+from .. import validators as check
 from ..errors import ConfigError, ShapeError
 from ..init import INITIALIZERS, host_random, initialize
 from ..on_device import on_device
 from ..parameters import Parameter, accumulate
-from .base import Layer
+from .base import Array, Backprop, Layer
 
 #: activation -> its Lipschitz constant (the largest |f'|), for the contraction bound.
 _LIPSCHITZ = {"tanh": 1.0, "sigmoid": 0.25, "relu": 1.0}
-
-
-def _positive_int(layer: str, label: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{layer}: {label} must be a positive integer, got {value!r}")
-    return value
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,7 +32,8 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _stacklevel_outside_package() -> int:
     """The ``stacklevel`` that makes a warning raised by our caller point at the first frame outside backprop/."""
-    frame, level = sys._getframe(1), 1
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR + os.sep):
         frame, level = frame.f_back, level + 1
     return level
@@ -133,33 +129,24 @@ class FixedPointRecurrent(Layer):
     def __init__(self, input_size: int, hidden_size: int, *, activation: str = "tanh", tolerance: float = 1e-5,
                  max_iterations: int = 200, backward_tolerance: float | None = None, damping: float = 1.0,
                  check_every: int = 5, recurrent_norm: float = 0.5, max_recurrent_norm: float | None = None,
-                 init: str = "glorot_uniform", rng=None, backend=None, dtype=None):
+                 init: str = "glorot_uniform", rng: HostRandom | int | None = None,
+                 backend: Backend | str | None = None, dtype: Any = None):
         super().__init__(backend=backend, dtype=dtype)
         name = type(self).__name__
-        self.input_size = _positive_int(name, "input_size", input_size)
-        self.hidden_size = _positive_int(name, "hidden_size", hidden_size)
+        self.input_size = input_size = check.positive_int(input_size, "input_size", owner=name)
+        self.hidden_size = hidden_size = check.positive_int(hidden_size, "hidden_size", owner=name)
         if not isinstance(activation, str) or activation.lower() not in _LIPSCHITZ:
             raise ConfigError(f"{name}: activation must be one of {', '.join(_LIPSCHITZ)}, got {activation!r}")
         self.activation = activation.lower()
-        if not _number(tolerance) or tolerance <= 0:
-            raise ConfigError(f"{name}: tolerance must be a positive number, got {tolerance!r}")
-        if backward_tolerance is not None and (not _number(backward_tolerance) or backward_tolerance <= 0):
-            raise ConfigError(f"{name}: backward_tolerance must be a positive number or None, "
-                              f"got {backward_tolerance!r}")
-        self.tolerance = float(tolerance)
-        self.backward_tolerance = None if backward_tolerance is None else float(backward_tolerance)
-        self.max_iterations = _positive_int(name, "max_iterations", max_iterations)
-        self.check_every = _positive_int(name, "check_every", check_every)
-        if not _number(damping) or not 0 < damping <= 1:
-            raise ConfigError(f"{name}: damping must be a number in (0, 1], got {damping!r}")
-        self.damping = float(damping)
-        if not _number(recurrent_norm) or recurrent_norm < 0:
-            raise ConfigError(f"{name}: recurrent_norm must be a finite number >= 0, got {recurrent_norm!r}")
-        self.recurrent_norm = float(recurrent_norm)
-        if max_recurrent_norm is not None and (not _number(max_recurrent_norm) or max_recurrent_norm <= 0):
-            raise ConfigError(f"{name}: max_recurrent_norm must be a positive number or None, "
-                              f"got {max_recurrent_norm!r}")
-        self.max_recurrent_norm = None if max_recurrent_norm is None else float(max_recurrent_norm)
+        self.tolerance = check.positive_number(tolerance, "tolerance", owner=name)
+        self.backward_tolerance = None if backward_tolerance is None else check.positive_number(
+            backward_tolerance, "backward_tolerance", owner=name, expected="a positive finite number or None")
+        self.max_iterations = check.positive_int(max_iterations, "max_iterations", owner=name)
+        self.check_every = check.positive_int(check_every, "check_every", owner=name)
+        self.damping = check.number(damping, "damping", low=0, high=1, low_open=True, owner=name)
+        self.recurrent_norm = check.number(recurrent_norm, "recurrent_norm", low=0, owner=name)
+        self.max_recurrent_norm = None if max_recurrent_norm is None else check.positive_number(
+            max_recurrent_norm, "max_recurrent_norm", owner=name, expected="a positive finite number or None")
         if init not in INITIALIZERS:
             raise ConfigError(f"{name}: unknown init {init!r}; expected one of {', '.join(INITIALIZERS)}")
         self.init = init
@@ -319,7 +306,7 @@ class FixedPointRecurrent(Layer):
         self.params["weight_hh"].value = self.backend.scale(w, factor)
 
     # -- forward and backward ------------------------------------------------------
-    def begin_update(self, x, *, training: bool = True):
+    def begin_update(self, x: Array, *, training: bool = True) -> tuple[Array, Backprop]:
         self.check_input(x, ndim=2, last_dim=self.input_size, expected=f"(batch, {self.input_size})")
         if training and self.max_recurrent_norm is not None:
             self.project_recurrent_norm()

@@ -9,28 +9,15 @@ since both depend on every input element of the group they were computed over.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
-from ..errors import ConfigError, ShapeError
+from backends import Backend
+
+from .. import validators as check
+from ..errors import ShapeError
 from ..parameters import Parameter, accumulate
-from .base import Layer
-
-
-def _positive_int(layer: str, label: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{layer}: {label} must be a positive integer, got {value!r}")
-    return value
-
-
-def _positive_eps(layer: str, eps) -> float:
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isfinite(eps) or eps <= 0:
-        raise ConfigError(f"{layer}: eps must be a positive number, got {eps!r}")
-    return float(eps)
-
-
-def _flag(layer: str, label: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{layer}: {label} must be True or False, got {value!r}")
-    return value
+from .base import Array, Backprop, Layer
 
 
 def _normalize_backward(xp, grad_x_hat, x_hat, inv_std, axes):
@@ -45,6 +32,13 @@ def _normalize_backward(xp, grad_x_hat, x_hat, inv_std, axes):
     mean_g = xp.mean(grad_x_hat, axis=axes, keepdims=True)
     mean_gx = xp.mean(grad_x_hat * x_hat, axis=axes, keepdims=True)
     return inv_std * (grad_x_hat - mean_g - x_hat * mean_gx)
+
+
+def _affine(layer: Layer) -> tuple[Parameter, Parameter] | None:
+    """``(weight, bias)``, γ and β, of a normalization layer that learns them (made together), else None."""
+    if "weight" not in layer.params:
+        return None
+    return layer.params["weight"], layer.params["bias"]
 
 
 class _BatchNorm(Layer):
@@ -75,20 +69,21 @@ class _BatchNorm(Layer):
     """
 
     _ndims: tuple[int, ...] = ()
-    _expected = ""
     _features_name = "num_features"
+
+    @property
+    def _expected(self) -> str:
+        """The input shapes this layer takes, as error messages name them."""
+        return ""
 
     def __init__(self, num_features: int, *, momentum: float = 0.1, eps: float = 1e-5, affine: bool = True,
                  backend=None, dtype=None):
         super().__init__(backend=backend, dtype=dtype)
         name = type(self).__name__
-        self.num_features = _positive_int(name, self._features_name, num_features)
-        if (not isinstance(momentum, (int, float)) or isinstance(momentum, bool) or not math.isfinite(momentum)
-                or not 0 <= momentum <= 1):
-            raise ConfigError(f"{name}: momentum must be a number in [0, 1], got {momentum!r}")
-        self.momentum = float(momentum)
-        self.eps = _positive_eps(name, eps)
-        self.affine = _flag(name, "affine", affine)
+        self.num_features = check.positive_int(num_features, self._features_name, owner=name)
+        self.momentum = check.number(momentum, "momentum", low=0, high=1, owner=name)
+        self.eps = check.positive_number(eps, "eps", owner=name)
+        self.affine = check.flag(affine, "affine", owner=name)
         xp, device, shape = self.xp, self.backend.device, (self.num_features,)
         with self.backend.activate():  # the parameters are created on the layer's device
             if affine:
@@ -142,12 +137,13 @@ class _BatchNorm(Layer):
             mean = xp.reshape(self.buffers["running_mean"], shape)
             inv_std = 1.0 / xp.sqrt(xp.reshape(self.buffers["running_var"], shape) + self.eps)
             x_hat = (x - mean) * inv_std
-        weight, bias = self.params.get("weight"), self.params.get("bias")
-        gamma = None if weight is None else xp.reshape(weight.value, shape)
+        affine = _affine(self)
+        gamma = None if affine is None else xp.reshape(affine[0].value, shape)
 
         def backprop(grad_output):
             grad_x_hat = grad_output
-            if weight is not None:
+            if affine is not None:
+                weight, bias = affine
                 accumulate(backend, weight, xp.sum(grad_output * x_hat, axis=axes))
                 accumulate(backend, bias, xp.sum(grad_output, axis=axes))
                 grad_x_hat = grad_output * gamma
@@ -155,9 +151,9 @@ class _BatchNorm(Layer):
                 return grad_x_hat * inv_std
             return _normalize_backward(xp, grad_x_hat, x_hat, inv_std, axes)
 
-        if weight is None:
+        if affine is None:
             return x_hat, backprop
-        return x_hat * gamma + xp.reshape(bias.value, shape), backprop
+        return x_hat * gamma + xp.reshape(affine[1].value, shape), backprop
 
     def _update_running_stats(self, batch_mean, unbiased_var) -> None:
         m, update = self.momentum, self.backend.add_scaled  # in place where the backend allows
@@ -191,7 +187,7 @@ class BatchNorm2D(_BatchNorm):
     _features_name = "num_channels"
 
     def __init__(self, num_channels: int, *, momentum: float = 0.1, eps: float = 1e-5, affine: bool = True,
-                 backend=None, dtype=None):
+                 backend: Backend | str | None = None, dtype: Any = None):
         super().__init__(num_channels, momentum=momentum, eps=eps, affine=affine, backend=backend, dtype=dtype)
 
     @property
@@ -219,18 +215,14 @@ class LayerNorm(Layer):
     normalized axes (see ``_normalize_backward`` for the derivation).
     """
 
-    def __init__(self, normalized_shape, *, eps: float = 1e-5, elementwise_affine: bool = True,
-                 backend=None, dtype=None):
+    def __init__(self, normalized_shape: int | Sequence[int], *, eps: float = 1e-5, elementwise_affine: bool = True,
+                 backend: Backend | str | None = None, dtype: Any = None):
         super().__init__(backend=backend, dtype=dtype)
-        if isinstance(normalized_shape, int) and not isinstance(normalized_shape, bool):
-            normalized_shape = (normalized_shape,)
-        if (not isinstance(normalized_shape, (tuple, list)) or not normalized_shape
-                or any(not isinstance(n, int) or isinstance(n, bool) or n <= 0 for n in normalized_shape)):
-            raise ConfigError(f"LayerNorm: normalized_shape must be a positive integer or a non-empty tuple of "
-                              f"positive integers, got {normalized_shape!r}")
-        self.normalized_shape = tuple(normalized_shape)
-        self.eps = _positive_eps("LayerNorm", eps)
-        self.elementwise_affine = _flag("LayerNorm", "elementwise_affine", elementwise_affine)
+        self.normalized_shape = check.positive_ints(
+            (normalized_shape,) if check.is_integer(normalized_shape) else normalized_shape, "normalized_shape",
+            owner="LayerNorm", expected="a positive integer or a non-empty tuple of positive integers")
+        self.eps = check.positive_number(eps, "eps", owner="LayerNorm")
+        self.elementwise_affine = check.flag(elementwise_affine, "elementwise_affine", owner="LayerNorm")
         if elementwise_affine:
             xp, device = self.xp, self.backend.device
             with self.backend.activate():  # the parameters are created on the layer's device
@@ -250,11 +242,11 @@ class LayerNorm(Layer):
 
     @classmethod
     def array_shapes(cls, config: dict) -> dict[str, tuple]:
-        shape = config.get("normalized_shape")
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        declared: Any = config.get("normalized_shape")  # as the file gives it: a bad one fails here (TypeError)
+        shape = (declared,) if isinstance(declared, int) else tuple(declared)
         return {"param/weight": shape, "param/bias": shape} if config.get("elementwise_affine", True) else {}
 
-    def begin_update(self, x, *, training: bool = True):
+    def begin_update(self, x: Array, *, training: bool = True) -> tuple[Array, Backprop]:
         k = len(self.normalized_shape)
         self.check_input(x)
         if x.ndim <= k or tuple(x.shape[x.ndim - k:]) != self.normalized_shape:
@@ -267,18 +259,19 @@ class LayerNorm(Layer):
         var = xp.mean(centered * centered, axis=axes, keepdims=True)
         inv_std = 1.0 / xp.sqrt(var + self.eps)
         x_hat = centered * inv_std
-        weight, bias = self.params.get("weight"), self.params.get("bias")
-        gamma = None if weight is None else weight.value
+        affine = _affine(self)
+        gamma = None if affine is None else affine[0].value
 
         def backprop(grad_output):
             grad_x_hat = grad_output
-            if weight is not None:
+            if affine is not None:
+                weight, bias = affine
                 leading = tuple(range(x_hat.ndim - len(axes)))
                 accumulate(backend, weight, xp.sum(grad_output * x_hat, axis=leading))
                 accumulate(backend, bias, xp.sum(grad_output, axis=leading))
                 grad_x_hat = grad_output * gamma
             return _normalize_backward(xp, grad_x_hat, x_hat, inv_std, axes)
 
-        if weight is None:
+        if affine is None:
             return x_hat, backprop
-        return x_hat * gamma + bias.value, backprop
+        return x_hat * gamma + affine[1].value, backprop

@@ -36,12 +36,16 @@ gradient therefore reaches back only to the first step of its own chunk (between
 from __future__ import annotations
 
 import math
+from typing import Any
 
+from backends import Backend, HostRandom
+
+from .. import validators as check
 from ..errors import ConfigError, ShapeError
 from ..init import INITIALIZERS, host_random, initialize
 from ..on_device import on_device
 from ..parameters import Parameter, accumulate
-from .base import Layer
+from .base import Array, Backprop, Layer
 
 
 class Recurrent(Layer):
@@ -68,20 +72,17 @@ class Recurrent(Layer):
     extra_bias: str | None = None  # a per-direction bias beside ``bias`` (the GRU's ``bias_hn``)
 
     def __init__(self, input_size: int, hidden_size: int, *, return_sequences: bool = True,
-                 bidirectional: bool = False, bptt_steps: int | None = None, init: str = "uniform", rng=None,
-                 backend=None, dtype=None):
+                 bidirectional: bool = False, bptt_steps: int | None = None, init: str = "uniform",
+                 rng: HostRandom | int | None = None, backend: Backend | str | None = None, dtype: Any = None):
         super().__init__(backend=backend, dtype=dtype)
         name = type(self).__name__
-        for label, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name}: {label} must be a positive integer, got {value!r}")
-        for label, value in (("return_sequences", return_sequences), ("bidirectional", bidirectional)):
-            if not isinstance(value, bool):
-                raise ConfigError(f"{name}: {label} must be True or False, got {value!r}")
-        if bptt_steps is not None and (not isinstance(bptt_steps, int) or isinstance(bptt_steps, bool)
-                                       or bptt_steps <= 0):
-            raise ConfigError(f"{name}: bptt_steps must be a positive integer (or None for full BPTT), "
-                              f"got {bptt_steps!r}")
+        input_size = check.positive_int(input_size, "input_size", owner=name)
+        hidden_size = check.positive_int(hidden_size, "hidden_size", owner=name)
+        return_sequences = check.flag(return_sequences, "return_sequences", owner=name)
+        bidirectional = check.flag(bidirectional, "bidirectional", owner=name)
+        if bptt_steps is not None:
+            bptt_steps = check.positive_int(bptt_steps, "bptt_steps", owner=name,
+                                            expected="a positive integer (or None for full BPTT)")
         if not isinstance(init, str) or (init != "uniform" and init not in INITIALIZERS):
             raise ConfigError(f"{name}: unknown initializer {init!r}; expected 'uniform' or one of "
                               f"{', '.join(INITIALIZERS)}")
@@ -92,7 +93,8 @@ class Recurrent(Layer):
         rng = host_random(rng)
         for suffix in self.suffixes:
             self._init_direction(suffix, rng)
-        self._dh = None  # dL/dh_t of the last backward pass, per direction (grad_norms_through_time)
+        # dL/dh_t of the last backward pass, per direction (grad_norms_through_time)
+        self._dh: list[Array] | None = None
 
     # -- parameters -----------------------------------------------------------
     @on_device
@@ -114,7 +116,8 @@ class Recurrent(Layer):
             self.params[name + suffix] = Parameter(value)
 
     @classmethod
-    def _direction_shapes(cls, input_size: int, hidden: int) -> dict[str, tuple]:
+    def _direction_shapes(cls, input_size: Any, hidden: Any) -> dict[str, tuple]:
+        # the sizes as a declared config gives them: ints, or anything a bad file holds (declared_arrays reports it)
         gates = len(cls.gate_order)
         shapes = {"weight_ih": (input_size, gates * hidden), "weight_hh": (hidden, gates * hidden),
                   "bias": (gates * hidden,)}
@@ -155,7 +158,7 @@ class Recurrent(Layer):
     # -- forward and backward -----------------------------------------------------
     can_skip_input_grad = True
 
-    def begin_update(self, x, *, training: bool = True):
+    def begin_update(self, x: Array, *, training: bool = True) -> tuple[Array, Backprop]:
         self.check_input(x, ndim=3, last_dim=self.input_size, expected=f"(batch, time, {self.input_size})")
         if x.shape[1] == 0:
             raise ShapeError(f"{self!r}: expected input of shape (batch, time, {self.input_size}) with at least "
@@ -188,7 +191,7 @@ class Recurrent(Layer):
         return y, backprop
 
     @on_device
-    def step(self, x_t, state=None):
+    def step(self, x_t: Array, state: Any = None) -> tuple[Array, Any]:
         """One step of a unidirectional layer for generation: ``(h, state) = layer.step(x_t, state)``.
 
         ``x_t`` is ``(batch, input_size)``; ``state`` is what the previous call returned (None: zeros):
@@ -290,7 +293,7 @@ class Recurrent(Layer):
         return out
 
     @property
-    def grad_norms_through_time(self):
+    def grad_norms_through_time(self) -> Array | None:
         """‖dL/dh_t‖ for t = 0 .. T−1 of the last backward pass: a ``(time,)`` array on the device (None before).
 
         dL/dh_t is the whole gradient reaching the state at step t (from the output at t and from the steps

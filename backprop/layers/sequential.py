@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from backends import Backend
+from backends.random import Seed
+
 from ..errors import ConfigError
-from .base import Layer
+from .activations import GELU, LeakyReLU, ReLU, Sigmoid, Tanh
+from .base import Array, Backprop, Layer
+from .dense import Dense
 
 
-def _fusable_activation(layers, i):
-    """``(name, negative_slope)`` when ``layers[i]`` is a ``Dense`` layer whose next layer is an activation the
-    backends fuse with it (``backends.base.FUSED_ACTIVATIONS``), else None."""
-    from .activations import GELU, LeakyReLU, ReLU, Sigmoid, Tanh
-    from .dense import Dense
-
-    if i + 1 >= len(layers) or type(layers[i]) is not Dense:
+def _fusable_activation(layers: list[Layer], i: int) -> tuple[Dense, str, float] | None:
+    """``(dense, name, negative_slope)`` when ``layers[i]`` is a ``Dense`` layer (``dense``) whose next layer is an
+    activation the backends fuse with it (``backends.base.FUSED_ACTIVATIONS``), else None."""
+    dense = layers[i]
+    if i + 1 >= len(layers) or type(dense) is not Dense:
         return None
-    after = type(layers[i + 1])
-    if after is LeakyReLU:
-        return "leaky_relu", layers[i + 1].negative_slope
-    name = {ReLU: "relu", Tanh: "tanh", Sigmoid: "sigmoid", GELU: "gelu"}.get(after)
-    return None if name is None else (name, 0.01)
+    after = layers[i + 1]
+    if type(after) is LeakyReLU:
+        return dense, "leaky_relu", after.negative_slope
+    names: dict[type[Layer], str] = {ReLU: "relu", Tanh: "tanh", Sigmoid: "sigmoid", GELU: "gelu"}
+    name = names.get(type(after))
+    return None if name is None else (dense, name, 0.01)
 
 
 def architecture(layer: Layer) -> dict:
@@ -41,7 +47,7 @@ class Sequential(Layer):
     at several places (its weights are then shared, and its parameters listed once, under the first index).
     """
 
-    def __init__(self, layers, *, backend=None):
+    def __init__(self, layers: Iterable[Layer], *, backend: Backend | str | None = None):
         layers = list(layers)
         if not layers:
             raise ConfigError("Sequential: expected at least one layer")
@@ -67,7 +73,7 @@ class Sequential(Layer):
     def __getitem__(self, index: int) -> Layer:
         return self.layers[index]
 
-    def forward(self, x, *, training: bool = False):
+    def forward(self, x: Array, *, training: bool = False) -> Array:
         for layer in self.layers:
             x = layer.forward(x, training=training)
         return x
@@ -76,7 +82,7 @@ class Sequential(Layer):
     #: keyword is always accepted.
     can_skip_input_grad = True
 
-    def begin_update(self, x, *, training: bool = True):
+    def begin_update(self, x: Array, *, training: bool = True) -> tuple[Array, Backprop]:
         """Each layer's ``begin_update`` in order; the returned ``backprop`` calls their closures in reverse.
         ``backprop(dy, input_grad=False)`` (what training uses) lets the first layer skip dL/dinput, which
         nothing needs; then None is returned (the layers after it still get theirs)."""
@@ -85,7 +91,8 @@ class Sequential(Layer):
         while i < len(layers):
             fused = _fusable_activation(layers, i)
             if fused is not None:  # a Dense layer and its activation: one fused pass each way
-                x, layer_backprop = layers[i].begin_fused_update(x, *fused)
+                dense, activation, negative_slope = fused
+                x, layer_backprop = dense.begin_fused_update(x, activation, negative_slope)
                 i += 2
             else:
                 x, layer_backprop = layers[i].begin_update(x, training=training)
@@ -112,7 +119,7 @@ class Sequential(Layer):
 
         return x, backprop
 
-    def reseed(self, seed) -> None:
+    def reseed(self, seed: Seed) -> None:
         base = tuple(seed) if isinstance(seed, (tuple, list)) else (seed,)
         for i, layer in enumerate(self.layers):
             layer.reseed((*base, i))

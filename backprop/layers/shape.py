@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
-from ..errors import ConfigError, ShapeError
-from .base import Layer
+from backends import Backend
+
+from .. import validators as check
+from ..errors import ShapeError
+from .base import Array, Backprop, Layer
 
 
 class _Rearrange(Layer):
@@ -30,7 +35,7 @@ class Flatten(_Rearrange):
     Forward: y = reshape(x, (batch, −1));   backward: dL/dx = reshape(dL/dy, shape of x).
     """
 
-    def begin_update(self, x, *, training: bool = True):
+    def begin_update(self, x: Array, *, training: bool = True) -> tuple[Array, Backprop]:
         self.check_input(x, min_ndim=2, expected="(batch, ...)")
         return self._rearrange(x, (x.shape[0], math.prod(x.shape[1:])))
 
@@ -42,12 +47,9 @@ class Reshape(_Rearrange):
     Forward: y = reshape(x, (batch, *shape));   backward: dL/dx = reshape(dL/dy, shape of x).
     """
 
-    def __init__(self, shape, *, backend=None, dtype=None):
+    def __init__(self, shape: Sequence[int], *, backend: Backend | str | None = None, dtype: Any = None):
         super().__init__(backend=backend, dtype=dtype)
-        if (not isinstance(shape, (tuple, list)) or not shape
-                or any(not isinstance(n, int) or isinstance(n, bool) or n <= 0 for n in shape)):
-            raise ConfigError(f"Reshape: shape must be a non-empty tuple of positive integers, got {shape!r}")
-        self.shape = tuple(shape)
+        self.shape = check.positive_ints(shape, "shape", owner="Reshape")
         self.size = math.prod(self.shape)
 
     def extra_repr(self) -> str:
@@ -56,7 +58,7 @@ class Reshape(_Rearrange):
     def config(self) -> dict:
         return {"shape": list(self.shape)}
 
-    def begin_update(self, x, *, training: bool = True):
+    def begin_update(self, x: Array, *, training: bool = True) -> tuple[Array, Backprop]:
         expected = f"(batch, {self.size}) or any (batch, ...) with {self.size} values per example"
         self.check_input(x, min_ndim=1, expected=expected)
         if x.ndim < 2 or math.prod(x.shape[1:]) != self.size:

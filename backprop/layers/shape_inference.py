@@ -17,8 +17,13 @@ is found by building it on NumPy and running one example of zeros through it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
+from backends import get_backend
+
+from .. import validators as check
 from ..errors import ConfigError, ShapeError
+from . import LAYER_TYPES
 from .activations import Activation
 from .conv import Conv2D
 from .dense import Dense
@@ -34,7 +39,7 @@ from .windows import as_pair, output_size
 Shape = tuple  # of int (or None: a length not known)
 
 
-def shape_text(shape) -> str:
+def shape_text(shape: Sequence[int | None]) -> str:
     """``(1, 8, 8)``, ``(None, 62)``, ``(64,)``: a shape as Python writes a tuple, None for unknown lengths."""
     return "(" + ", ".join("None" if n is None else str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
 
@@ -43,10 +48,9 @@ def _size(options: dict, name: str, *, required: bool = True):
     value = options.get(name)
     if value is None and not required:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        shown = "nothing" if name not in options else repr(value)
-        raise ConfigError(f"{name} must be a positive integer, got {shown}")
-    return value
+    if name not in options:
+        raise ConfigError(f"{name} must be a positive integer, got nothing")
+    return check.positive_int(value, name)
 
 
 def _fill(options: dict, name: str, value, input_shape) -> dict:
@@ -75,7 +79,7 @@ def _dense(options, input_shape):
 
 
 def _spatial(kernel, stride, padding, dilation, input_shape, owner: str) -> tuple:
-    out = []
+    out: list[int | None] = []
     for axis in (0, 1):
         size = input_shape[1 + axis]
         if size is None:
@@ -123,10 +127,7 @@ def _flatten(options, input_shape):
 
 
 def _reshape(options, input_shape):
-    shape = options.get("shape")
-    if (not isinstance(shape, (list, tuple)) or not shape
-            or any(not isinstance(n, int) or isinstance(n, bool) or n <= 0 for n in shape)):
-        raise ConfigError(f"shape must be a non-empty list of positive integers, got {shape!r}")
+    shape = check.positive_ints(options.get("shape"), "shape", expected="a non-empty list of positive integers")
     if None not in input_shape and math.prod(input_shape) != math.prod(shape):
         raise ShapeError(f"cannot reshape {shape_text(input_shape)} ({math.prod(input_shape)} values per example) "
                          f"to {shape_text(tuple(shape))} ({math.prod(shape)} values)")
@@ -146,9 +147,8 @@ def _layernorm(options, input_shape):
     if given is None:
         options = {**options, "normalized_shape": [input_shape[-1]]}
     else:
-        normalized = [given] if isinstance(given, int) else list(given) if isinstance(given, (list, tuple)) else None
-        if normalized is None:
-            raise ConfigError(f"normalized_shape must be a positive integer or a list of them, got {given!r}")
+        normalized = list(check.positive_ints([given] if check.is_integer(given) else given, "normalized_shape",
+                                              expected="a positive integer or a list of them"))
         if len(normalized) >= len(input_shape) + 1 or list(input_shape[len(input_shape) - len(normalized):]) != \
                 normalized:
             raise ShapeError(f"normalized_shape = {given!r} is not the trailing shape of its input "
@@ -184,7 +184,7 @@ RULES = {
 }
 
 
-def infer(cls, options: dict, input_shape) -> tuple[dict, Shape]:
+def infer(cls, options: dict, input_shape: Sequence[int | None]) -> tuple[dict, Shape]:
     """``(config, output_shape)`` of layer type ``cls`` given ``options`` and one example's ``input_shape``."""
     input_shape = tuple(input_shape)
     own = getattr(cls, "infer_shapes", None)
@@ -202,8 +202,6 @@ def infer(cls, options: dict, input_shape) -> tuple[dict, Shape]:
 
 def _probe(cls, options: dict, input_shape) -> Shape:
     """The output shape of a layer type with no rule: built on NumPy, run on one example of zeros."""
-    from backends import get_backend
-
     if None in input_shape:
         raise ShapeError(f"{cls.__name__} has no shape rule (define infer_shapes) and its input "
                          f"{shape_text(input_shape)} has an axis of unknown length")
@@ -214,7 +212,7 @@ def _probe(cls, options: dict, input_shape) -> Shape:
         return tuple(int(n) for n in layer.forward(x).shape[1:])
 
 
-def input_shape_of(description: dict):
+def input_shape_of(description: dict) -> Shape | None:
     """The shape of one example a built model takes, as far as its first layers tell (None where they do
     not, such as the time axis of a recurrent layer or the image size of a convolution); None when the
     first layer says nothing (a user's layer)."""
@@ -242,7 +240,7 @@ def input_shape_of(description: dict):
     return None
 
 
-def layer_shapes(description: dict, input_shape) -> list[tuple[str, str, dict, Shape]]:
+def layer_shapes(description: dict, input_shape: Sequence[int | None]) -> list[tuple[str, str, dict, Shape]]:
     """``(name, type, config, output_shape)`` of every layer of a built model's ``architecture`` (the layers
     of a ``Sequential`` in order, named by their index; nested ones ``"2.0"``), given its input shape."""
     rows: list = []
@@ -250,7 +248,6 @@ def layer_shapes(description: dict, input_shape) -> list[tuple[str, str, dict, S
 
     def walk(item, name):
         nonlocal shape
-        from . import LAYER_TYPES
 
         kind, config = item.get("type"), item.get("config", {})
         if kind == "Sequential":

@@ -10,6 +10,8 @@ gradients and state from it and stores what the core returns (``SGD``,
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import ConfigError
 from .adagrad import AdaGrad, Adagrad, adagrad
 from .adam import Adam, AdamW, adam, adamw
@@ -41,7 +43,7 @@ OPTIMIZERS: dict[str, tuple[type[Optimizer], dict]] = {
 }
 
 
-def make_optimizer(name: str, params, **hyperparameters) -> Optimizer:
+def make_optimizer(name: str, params: Any, **hyperparameters: Any) -> Optimizer:
     """``make_optimizer("adam", model, lr=3e-4)`` (``params``: anything an ``Optimizer`` takes); also rebuilds one
     from ``make_optimizer(params=..., **optimizer.config())``.
 

@@ -7,14 +7,18 @@
 
 from __future__ import annotations
 
-from backends.base import adagrad_update
+from typing import Any
+
+from backends import Backend
+from backends.base import Updated, adagrad_update
 from backends.base import add_scaled as _add_scaled  # portable, for cores without a backend
 
-from .base import Optimizer, check_number, namespace
+from .. import validators as check
+from .base import Optimizer, namespace
 
 
 def adagrad(params: list, grads: list, state_sums: list, *, lr: float, eps: float, weight_decay: float = 0.0,
-            backend=None) -> tuple[list, list]:
+            backend: Backend | None = None) -> tuple[Updated, Updated]:
     """The update. Returns the updated ``(params, state_sums)``, which the caller must keep (see ``sgd``; with a
     ``backend``, its ``multi_tensor_adagrad``)."""
     if not params:
@@ -30,8 +34,12 @@ class AdaGrad(Optimizer):
 
     name = "adagrad"
     hyperparameter_names = ("eps", "weight_decay", "initial_accumulator_value")
+    # the defaults of the groups, set from hyperparameter_names by Optimizer.__init__
+    eps: float
+    weight_decay: float
+    initial_accumulator_value: float
 
-    def __init__(self, params, lr: float = 1e-2, eps: float = 1e-10, weight_decay: float = 0.0,
+    def __init__(self, params: Any, lr: float = 1e-2, eps: float = 1e-10, weight_decay: float = 0.0,
                  initial_accumulator_value: float = 0.0):
         super().__init__(params, lr, eps=eps, weight_decay=weight_decay,
                          initial_accumulator_value=initial_accumulator_value)
@@ -39,13 +47,13 @@ class AdaGrad(Optimizer):
     def _validate(self, hp: dict) -> dict:
         owner = type(self).__name__
         return {
-            "eps": check_number(owner, "eps", hp["eps"], low=0, low_open=True),
-            "weight_decay": check_number(owner, "weight_decay", hp["weight_decay"], low=0),
-            "initial_accumulator_value": check_number(owner, "initial_accumulator_value",
-                                                      hp["initial_accumulator_value"], low=0),
+            "eps": check.number(hp["eps"], "eps", low=0, low_open=True, owner=owner),
+            "weight_decay": check.number(hp["weight_decay"], "weight_decay", low=0, owner=owner),
+            "initial_accumulator_value": check.number(hp["initial_accumulator_value"], "initial_accumulator_value",
+                                                      low=0, owner=owner),
         }
 
-    def buffer_names(self, group=None) -> tuple[str, ...]:
+    def buffer_names(self, group: dict | None = None) -> tuple[str, ...]:
         return ("sum",)
 
     def _init_buffer(self, buffer: str, param, group):

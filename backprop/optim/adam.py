@@ -11,24 +11,28 @@ For step t (counted per parameter from 1)::
 
 from __future__ import annotations
 
-from backends.base import adam_update
+from typing import Any
+
+from backends import Backend
+from backends.base import Updated, adam_update
 from backends.base import add_scaled as _add_scaled  # portable, for cores without a backend
 from backends.base import scale as _scale
 
+from .. import validators as check
 from ..errors import ConfigError
-from .base import Optimizer, check_number, namespace
+from .base import Optimizer, namespace
 
 
 def adam(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, steps: list, *, lr: float,
          beta1: float, beta2: float, eps: float, weight_decay: float = 0.0,
-         decoupled_weight_decay: bool = False, backend=None) -> tuple[list, list, list]:
+         decoupled_weight_decay: bool = False, backend: Backend | None = None) -> tuple[Updated, Updated, Updated]:
     """The update; ``steps[i]`` is parameter i's step number including this one (an int, or a 0-d array: a
     device scalar). Returns the updated ``(params, exp_avgs, exp_avg_sqs)``, which the caller must keep (see
     ``sgd``). With a ``backend``, its multi-tensor update runs (``multi_tensor_adam``), once per distinct step
     number (once, unless some parameters missed some steps)."""
     if not params:
         return [], [], []
-    options = {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps, "weight_decay": weight_decay,
+    options: dict[str, Any] = {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps, "weight_decay": weight_decay,
                "decoupled_weight_decay": decoupled_weight_decay}
     if backend is None:
         xp = namespace(params)
@@ -53,7 +57,8 @@ def _by_step(update, params, grads, exp_avgs, exp_avg_sqs, steps):
 
 
 def adamw(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, steps: list[int], *, lr: float,
-          beta1: float, beta2: float, eps: float, weight_decay: float, backend=None) -> tuple[list, list, list]:
+          beta1: float, beta2: float, eps: float, weight_decay: float,
+          backend: Backend | None = None) -> tuple[Updated, Updated, Updated]:
     """Adam with decoupled weight decay: ``w ← w (1 − η λ)`` before the Adam step."""
     return adam(params, grads, exp_avgs, exp_avg_sqs, steps, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                 weight_decay=weight_decay, decoupled_weight_decay=True, backend=backend)
@@ -64,9 +69,14 @@ class Adam(Optimizer):
 
     name = "adam"
     hyperparameter_names = ("betas", "eps", "weight_decay")
+    # the defaults of the groups, set from hyperparameter_names by Optimizer.__init__
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
     decoupled_weight_decay = False
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
         super().__init__(params, lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
     def _validate(self, hp: dict) -> dict:
@@ -74,13 +84,13 @@ class Adam(Optimizer):
         betas = hp["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ConfigError(f"{owner}: betas must be a pair of numbers in [0, 1), got {betas!r}")
-        beta1 = check_number(owner, "betas[0]", betas[0], low=0, high=1, high_open=True)
-        beta2 = check_number(owner, "betas[1]", betas[1], low=0, high=1, high_open=True)
-        eps = check_number(owner, "eps", hp["eps"], low=0, low_open=True)
-        weight_decay = check_number(owner, "weight_decay", hp["weight_decay"], low=0)
+        beta1 = check.number(betas[0], "betas[0]", low=0, high=1, high_open=True, owner=owner)
+        beta2 = check.number(betas[1], "betas[1]", low=0, high=1, high_open=True, owner=owner)
+        eps = check.number(hp["eps"], "eps", low=0, low_open=True, owner=owner)
+        weight_decay = check.number(hp["weight_decay"], "weight_decay", low=0, owner=owner)
         return {"betas": (beta1, beta2), "eps": eps, "weight_decay": weight_decay}
 
-    def buffer_names(self, group=None) -> tuple[str, ...]:
+    def buffer_names(self, group: dict | None = None) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")
 
     def _update(self, group, params, grads, states, steps):
@@ -99,5 +109,6 @@ class AdamW(Adam):
     name = "adamw"
     decoupled_weight_decay = True
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2):
+    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2):
         super().__init__(params, lr, betas=betas, eps=eps, weight_decay=weight_decay)

@@ -26,49 +26,28 @@ named by position, ``"0"``, ``"1"``, ...), and ``state_dict()`` returns it as ar
 
 from __future__ import annotations
 
-import math
+from typing import Any
 
 import array_api_compat
 
-from backends import backend_of, describe_array, dtype_name
+from backends import Backend, backend_of, current_backend, describe_array, dtype_name
+from backends.base import FlatTensors, flat_views
 
+from .. import validators as check
 from ..errors import ConfigError, DeviceMismatchError
 from ..on_device import on_device
-from ..parameters import Parameter
+from ..parameters import Array, Parameter
 from ..parameters import zero_grad as _zero_grad
 
 
-def check_lr(owner: str, value, *, allow_zero: bool = False) -> float:
+def check_lr(owner: str, value: object, *, allow_zero: bool = False) -> float:
     """``value`` as a float when it is a positive (or, with ``allow_zero``, non-negative) finite number."""
-    if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
-            or value < 0 or (value == 0 and not allow_zero)):
-        kind = "non-negative" if allow_zero else "positive"
-        raise ConfigError(f"{owner}: learning rate must be a {kind} finite number, got {value!r}")
-    return float(value)
+    if allow_zero:
+        return check.number(value, "learning rate", low=0, owner=owner, expected="a non-negative finite number")
+    return check.positive_number(value, "learning rate", owner=owner)
 
 
-def check_number(owner: str, name: str, value, *, low: float | None = None, high: float | None = None,
-                 low_open: bool = False, high_open: bool = False) -> float:
-    """``value`` as a float when it is a finite number within the given bounds, else a one-line ``ConfigError``."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        if low is not None and high is not None:
-            where = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        elif low is not None:
-            where = f" {'>' if low_open else '>='} {low:g}"
-        elif high is not None:
-            where = f" {'<' if high_open else '<='} {high:g}"
-        else:
-            where = ""
-        raise ConfigError(f"{owner}: {name} must be a finite number{where}, got {value!r}")
-    return float(value)
-
-
-def namespace(arrays: list):
+def namespace(arrays: list) -> Any:
     """The array API namespace of a non-empty list of arrays."""
     return array_api_compat.array_namespace(*arrays)
 
@@ -95,23 +74,32 @@ class Optimizer:
     #: for the groups) and a key of every group.
     hyperparameter_names: tuple[str, ...] = ()
 
-    def __init__(self, params, lr: float, **hyperparameters):
+    def __init__(self, params: Any, lr: float, **hyperparameters: Any):
         owner = type(self).__name__
         self._lr = check_lr(owner, lr)
         for key, value in self._validate(hyperparameters).items():
             setattr(self, key, value)
         self.param_groups: list[dict] = []
         self._lr_ratios: list[float] = []  # each group's lr / the base lr, kept when a schedule moves the base
-        self.backend = None
+        # The backend the parameters live on: known once the first group is added (``backend`` below).
+        self._backend: Backend | None = None
+        # Flat buffers per group index: [params, grads, state buffers (None until made)], or None where the group
+        # has no flat layout (``_flatten_parameters``).
+        self._layouts: dict[int, list[Any] | None] = {}
         for group in self._groups(params):
             self.add_param_group(group)
-        if self.backend is None:  # no parameters at all: a step does nothing
-            from backends import current_backend
-
-            self.backend = getattr(params, "backend", None) or current_backend()
-        self.state: dict[str, dict[str, object]] = {}  # parameter name -> buffer name -> array
+        if self._backend is None:  # no parameters at all: a step does nothing
+            self._backend = getattr(params, "backend", None) or current_backend()
+        self.state: dict[str, dict[str, Array]] = {}  # parameter name -> buffer name -> array
         self.param_steps: dict[str, int] = {}  # parameter name -> updates applied to it
         self.step_count = 0  # calls of step()
+
+    @property
+    def backend(self) -> Backend:
+        """The backend every parameter of this optimizer lives on."""
+        if self._backend is None:  # only while the first parameter group is being added
+            raise RuntimeError(f"{type(self).__name__}: no backend yet (no parameter group added)")
+        return self._backend
 
     # -- the parameter store ----------------------------------------------------
     @staticmethod
@@ -136,9 +124,9 @@ class Optimizer:
         # A model says which backend it lives on; bare parameters are asked (several backends may share a
         # library, so a model's word comes first).
         backend = getattr(group["params"], "backend", None)
-        if backend is not None and self.backend is not None and backend is not self.backend:
+        if backend is not None and self._backend is not None and backend is not self._backend:
             raise DeviceMismatchError(f"{owner}: a parameter group lives on backend {backend.name}, the other "
-                                      f"parameters on {self.backend.name}; one optimizer updates one backend")
+                                      f"parameters on {self._backend.name}; one optimizer updates one backend")
         for name, box in zip(names, boxes):
             if id(box) in taken:
                 raise ConfigError(f"{owner}: parameter {name!r} is already in a parameter group (as "
@@ -146,13 +134,13 @@ class Optimizer:
             if name in known_names:
                 raise ConfigError(f"{owner}: two parameters are named {name!r}; give each group's parameters "
                                   f"distinct names")
-            backend = backend or self.backend or backend_of(box.value)
+            backend = backend or self._backend or backend_of(box.value)
             if backend is None or not backend.owns(box.value):
                 raise DeviceMismatchError(f"{owner}: parameter {name!r} is {describe_array(box.value)}, not an "
                                           f"array of " + (f"backend {backend.name}, where the other parameters live"
                                                            if backend is not None else "a loaded backend"))
         if backend is not None:
-            self.backend = backend
+            self._backend = backend
         lr = check_lr(owner, group.get("lr", self._lr))
         values = self._validate({k: group.get(k, getattr(self, k)) for k in self.hyperparameter_names})
         self.param_groups.append({"params": boxes, "names": names, "lr": lr, **values})
@@ -253,7 +241,7 @@ class Optimizer:
         """A new state array for ``param`` (of ``group``); zeros unless a subclass says otherwise."""
         return self.backend.xp.zeros(param.shape, dtype=param.dtype, device=self.backend.device)
 
-    def _buffers(self, name: str, param, group: dict) -> dict[str, object]:
+    def _buffers(self, name: str, param, group: dict) -> dict[str, Array]:
         state = self.state.get(name)
         if state is None:
             state = self.state[name] = {b: self._init_buffer(b, param, group) for b in self.buffer_names(group)}
@@ -297,7 +285,7 @@ class Optimizer:
     #: "stepped": set()}``, the learning rates and step numbers as device scalars (inputs of the program), and
     #: the names of the parameters the step updates (their host step counts are kept by the compiled step);
     #: ``"flat": True`` (a captured CUDA Graph) keeps the flat buffers, whose arrays the graph reuses.
-    _traced = None
+    _traced: dict[str, Any] | None = None
 
     # -- flat buffers (backends whose update is faster over one array: NumPy, CuPy) ----------------------------
     # The parameters of a group (one dtype) become views of one flat array, their gradients views of another
@@ -312,7 +300,7 @@ class Optimizer:
         traced = self._traced
         if (traced is not None and not traced.get("flat")) or len(boxes) != len(group["params"]):
             return params, grads, states  # a compiled step's arrays, or a group part of which has no gradient
-        layouts = self.__dict__.setdefault("_layouts", {})
+        layouts = self._layouts
         if index not in layouts:
             self._flatten_parameters(index, group)
         layout = layouts[index]
@@ -320,7 +308,7 @@ class Optimizer:
             return params, grads, states
         params_flat, grads_flat, buffers_flat = layout
         if buffers_flat is None:
-            buffers_flat = self._flatten_state(index, names, states, self.buffer_names(group))
+            buffers_flat = self._flatten_state(layout, names, states, self.buffer_names(group))
             states = [self.state[name] for name in names]
         if any(p is not v for p, v in zip(params, params_flat)) or any(
                 s[b] is not v for b, views in buffers_flat.items() for s, v in zip(states, views)):
@@ -343,18 +331,16 @@ class Optimizer:
     def _flatten_parameters(self, index, group) -> None:
         """The group's parameters as views of one flat buffer, and a flat gradient buffer whose views are their
         ``grad_space``; the layout is None where the backend has no flat buffers (or one array gains nothing)."""
-        from backends.base import FlatTensors
-
         boxes = group["params"]
         dtypes = {box.dtype for box in boxes}
         made = None
         if len(dtypes) == 1 and len(boxes) > 1:
             shapes, dtype = [box.shape for box in boxes], dtypes.pop()
             made = [self.backend.flat_buffer(shapes, dtype) for _ in range(2)]
-        if made is None or made[0] is None:
+        if made is None or made[0] is None or made[1] is None:
             self._layouts[index] = None
             return
-        (params_flat, param_views), (grads_flat, grad_views) = made
+        (params_flat, param_views), (grads_flat, grad_views) = made[0], made[1]
         for box, view, grad_view in zip(boxes, param_views, grad_views):
             self.backend.at_set(view, ..., box.value)
             box.value = view
@@ -365,13 +351,11 @@ class Optimizer:
         """At a group's first step, when every parameter of it has a gradient and a flat layout: its state made
         directly as views of one new flat array per buffer (``_init_buffer`` of the whole flat array), not made
         per parameter and then copied in."""
-        layout = self.__dict__.get("_layouts", {}).get(index)
+        layout = self._layouts.get(index)
         boxes, names = group["params"], group["names"]
         if (layout is None or layout[2] is not None or any(name in self.state for name in names)
                 or any(box.grad is None for box in boxes)):
             return
-        from backends.base import FlatTensors, flat_views
-
         shapes = [box.shape for box in boxes]
         buffers_flat = {}
         for buffer in self.buffer_names(group):
@@ -381,20 +365,21 @@ class Optimizer:
             self.state[name] = {buffer: views[i] for buffer, views in buffers_flat.items()}
         layout[2] = buffers_flat
 
-    def _flatten_state(self, index, names, states, buffers) -> dict:
-        """The state buffers of a group's parameters (all of them present) as views of one flat array each."""
-        from backends.base import FlatTensors
-
+    def _flatten_state(self, layout: list[Any], names, states, buffers) -> dict:
+        """The state buffers of a group's parameters (all of them present) as views of one flat array each,
+        kept in the group's ``layout``."""
         shapes = [tuple(s[buffers[0]].shape) for s in states] if buffers else []
-        dtype = self._layouts[index][0].flat.dtype
+        dtype = layout[0].flat.dtype
         buffers_flat = {}
         for b in buffers:
-            flat, views = self.backend.flat_buffer(shapes, dtype)
+            made = self.backend.flat_buffer(shapes, dtype)
+            assert made is not None, "flat buffers for the state, where the parameters got them"
+            flat, views = made
             for name, state, view in zip(names, states, views):
                 self.backend.at_set(view, ..., state[b])
                 self.state[name] = {**self.state[name], b: view}
             buffers_flat[b] = FlatTensors(views, flat)
-        self._layouts[index][2] = buffers_flat
+        layout[2] = buffers_flat
         return buffers_flat
 
     @on_device
@@ -402,7 +387,7 @@ class Optimizer:
         """Move the parameters into this optimizer's flat buffers now, before a backward pass, so that the first
         step's gradients land in the flat gradient buffer (the trainer calls this; otherwise the first step does
         it and runs per array). Every step of a training run then takes the same path, also after a resume."""
-        layouts = self.__dict__.setdefault("_layouts", {})
+        layouts = self._layouts
         for index, group in enumerate(self.param_groups):
             if index not in layouts and group["params"]:
                 self._flatten_parameters(index, group)
@@ -412,12 +397,12 @@ class Optimizer:
         for group in self.param_groups:
             for box in group["params"]:
                 box.grad_space = None
-        self.__dict__["_layouts"] = dict.fromkeys(range(len(self.param_groups)))
+        self._layouts = dict.fromkeys(range(len(self.param_groups)))
 
-    def flat_gradients(self):
+    def flat_gradients(self) -> tuple[list[Parameter], list[Array]] | None:
         """``(boxes, gradients)`` when this optimizer has one group and every gradient is a view of its flat
         gradient buffer (``FlatTensors``: clipping scales them in one pass); else None."""
-        layout = self.__dict__.get("_layouts", {}).get(0)
+        layout = self._layouts.get(0)
         if len(self.param_groups) != 1 or layout is None:
             return None
         boxes, grads = self.param_groups[0]["params"], layout[1]
@@ -462,7 +447,7 @@ class Optimizer:
 
     # -- checkpoints ------------------------------------------------------------
     @on_device
-    def state_dict(self) -> tuple[dict[str, object], dict]:
+    def state_dict(self) -> tuple[dict[str, Array], dict]:
         """``(arrays, info)``: copies of the state arrays on the device, keyed ``"0.weight.exp_avg"``,
         and a JSON-able dict with the optimizer's name, hyperparameters (the defaults, and each group's when
         there are several groups or a group has its own) and step counts."""
@@ -485,7 +470,7 @@ class Optimizer:
         return arrays, info
 
     @on_device
-    def load_state_dict(self, arrays: dict[str, object], info: dict) -> None:
+    def load_state_dict(self, arrays: dict[str, Array], info: dict) -> None:
         """Restore what ``state_dict()`` returned (hyperparameters included) so training continues exactly.
 
         ``arrays`` must be on the model's backend. Nothing changes when a ``ConfigError`` is raised.
@@ -497,18 +482,15 @@ class Optimizer:
         for field in ("hyperparameters", "step", "param_steps"):
             if field not in info:
                 raise ConfigError(f"{owner}: the saved state has no {field!r} entry")
-        step, param_steps = info["step"], info["param_steps"]
-        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-            raise ConfigError(f"{owner}: saved step must be a non-negative integer, got {step!r}")
+        step, param_steps = check.non_negative_int(info["step"], "saved step", owner=owner), info["param_steps"]
         if not isinstance(param_steps, dict):
             raise ConfigError(f"{owner}: saved param_steps must be a dict, got {type(param_steps).__name__}")
         params = {name: box.value for group in self.param_groups for name, box in zip(group["names"], group["params"])}
         unknown = sorted(set(param_steps) - set(params))
         if unknown:
             raise ConfigError(f"{owner}: the saved state names parameter(s) the model lacks: {', '.join(unknown)}")
-        for name, count in param_steps.items():
-            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-                raise ConfigError(f"{owner}: saved step count of {name} must be a positive integer, got {count!r}")
+        param_steps = {name: check.positive_int(count, f"saved step count of {name}", owner=owner)
+                       for name, count in param_steps.items()}
 
         if not isinstance(info["hyperparameters"], dict):
             raise ConfigError(f"{owner}: saved hyperparameters must be a dict, "
@@ -538,7 +520,7 @@ class Optimizer:
         extra = sorted(set(arrays) - set(expected))
         if extra:
             raise ConfigError(f"{owner}: unexpected array(s) in the saved state: {', '.join(extra)}")
-        state: dict[str, dict[str, object]] = {}
+        state: dict[str, dict[str, Array]] = {}
         for key, (name, buffer) in expected.items():
             array, param = arrays[key], params[name]
             if not self.backend.owns(array):

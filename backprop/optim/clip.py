@@ -9,14 +9,16 @@ array, and reading it (``float(backend.to_host(norm))``) is the caller's choice.
 
 from __future__ import annotations
 
-from backends import backend_of
+from typing import Any
 
+from backends import Backend, backend_of, current_backend
+
+from .. import validators as check
 from ..errors import ConfigError
-from ..parameters import Parameter
-from .base import check_number
+from ..parameters import Array, Parameter
 
 
-def _store(source) -> tuple[object, list[Parameter]]:
+def _store(source: Any) -> tuple[Backend, list[Parameter]]:
     """(backend, parameter boxes) of a model, an optimizer or an iterable of boxes."""
     if hasattr(source, "parameters") and hasattr(source, "backend"):  # a model or an optimizer
         return source.backend, source.parameters()
@@ -25,13 +27,11 @@ def _store(source) -> tuple[object, list[Parameter]]:
         raise ConfigError("clip_grad_norm: expected a model, an optimizer or an iterable of Parameter")
     backend = backend_of(params[0].value) if params else None
     if backend is None:
-        from backends import current_backend
-
         backend = current_backend()
     return backend, params
 
 
-def global_grad_norm(source):
+def global_grad_norm(source: Any) -> Array:
     """``sqrt(sum of g² over every gradient)`` as a 0-d array on the backend's device (0 when there are none).
     ``source``: a model, an optimizer or an iterable of ``Parameter``."""
     backend, params = _store(source)
@@ -55,22 +55,21 @@ def _global_norm(backend, grads, dtype):
     return xp.asarray(norm, dtype=norm.dtype, device=backend.device)
 
 
-def clip_grad_norm(source, max_norm: float):
+def clip_grad_norm(source: Any, max_norm: float) -> Array:
     """Scale every gradient so the global norm is at most ``max_norm``; returns the norm before.
 
     The scaled gradients replace the parameters' (in place where the backend allows: ``Backend.scale``)."""
-    max_norm = check_number("clip_grad_norm", "max_norm", max_norm, low=0, low_open=True)
+    max_norm = check.number(max_norm, "max_norm", low=0, low_open=True, owner="clip_grad_norm")
     backend, params = _store(source)
     dtype = params[0].dtype if params else backend.float_dtype
     with backend.activate():
-        params = [p for p in params if p.grad is not None]
-        norm = _global_norm(backend, [p.grad for p in params], dtype)
-        if not params:
+        graded = [(p, p.grad) for p in params if p.grad is not None]
+        norm = _global_norm(backend, [grad for _, grad in graded], dtype)
+        if not graded:
             return norm
         xp = backend.xp
         one = xp.ones((), dtype=norm.dtype, device=backend.device)
         coef = xp.minimum(max_norm / (norm + 1e-6), one)
-        for param in params:
-            grad = param.grad
+        for param, grad in graded:
             param.grad = backend.scale(grad, coef if grad.dtype == coef.dtype else xp.astype(coef, grad.dtype))
         return norm

@@ -8,15 +8,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from backends import Backend
+from backends.base import Updated, rmsprop_update
 from backends.base import add_scaled as _add_scaled  # portable, for cores without a backend
-from backends.base import rmsprop_update
 
-from .base import Optimizer, check_number, namespace
+from .. import validators as check
+from .base import Optimizer, namespace
 
 
-def rmsprop(params: list, grads: list, square_avgs: list, momentum_buffers: list | None = None, *, lr: float,
+def rmsprop(params: list, grads: list, square_avgs: list, momentum_buffers: Updated | None = None, *, lr: float,
             alpha: float, eps: float, momentum: float = 0.0, weight_decay: float = 0.0,
-            backend=None) -> tuple[list, list, list | None]:
+            backend: Backend | None = None) -> tuple[Updated, Updated, Updated | None]:
     """The update; ``momentum_buffers`` are needed when ``momentum`` is not 0. Returns the updated
     ``(params, square_avgs, momentum_buffers)``, which the caller must keep (see ``sgd``; with a ``backend``,
     its ``multi_tensor_rmsprop``)."""
@@ -34,27 +38,32 @@ class RMSprop(Optimizer):
 
     name = "rmsprop"
     hyperparameter_names = ("alpha", "eps", "momentum", "weight_decay")
+    # the defaults of the groups, set from hyperparameter_names by Optimizer.__init__
+    alpha: float
+    eps: float
+    momentum: float
+    weight_decay: float
 
-    def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, momentum: float = 0.0,
+    def __init__(self, params: Any, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, momentum: float = 0.0,
                  weight_decay: float = 0.0):
         super().__init__(params, lr, alpha=alpha, eps=eps, momentum=momentum, weight_decay=weight_decay)
 
     def _validate(self, hp: dict) -> dict:
         owner = type(self).__name__
         return {
-            "alpha": check_number(owner, "alpha", hp["alpha"], low=0, high=1, high_open=True),
-            "eps": check_number(owner, "eps", hp["eps"], low=0, low_open=True),
-            "momentum": check_number(owner, "momentum", hp["momentum"], low=0, high=1, high_open=True),
-            "weight_decay": check_number(owner, "weight_decay", hp["weight_decay"], low=0),
+            "alpha": check.number(hp["alpha"], "alpha", low=0, high=1, high_open=True, owner=owner),
+            "eps": check.number(hp["eps"], "eps", low=0, low_open=True, owner=owner),
+            "momentum": check.number(hp["momentum"], "momentum", low=0, high=1, high_open=True, owner=owner),
+            "weight_decay": check.number(hp["weight_decay"], "weight_decay", low=0, owner=owner),
         }
 
-    def buffer_names(self, group=None) -> tuple[str, ...]:
+    def buffer_names(self, group: dict | None = None) -> tuple[str, ...]:
         momentum = self.momentum if group is None else group["momentum"]
         return ("square_avg", "momentum_buffer") if momentum > 0 else ("square_avg",)
 
     def _update(self, group, params, grads, states, steps):
         momentum = group["momentum"]
-        buffers = self._buffer_list(states, "momentum_buffer") if momentum > 0 else None
+        buffers: Updated | None = self._buffer_list(states, "momentum_buffer") if momentum > 0 else None
         params, square_avgs, buffers = rmsprop(
             params, grads, self._buffer_list(states, "square_avg"), buffers, lr=group["lr"], alpha=group["alpha"],
             eps=group["eps"], momentum=momentum, weight_decay=group["weight_decay"], backend=self.backend)

@@ -15,16 +15,11 @@ over its first ``epochs`` epochs (so the last warm-up epoch runs at
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar
 
+from .. import validators as check
 from ..errors import ConfigError
-from .base import check_lr, check_number
-
-
-def _check_int(owner: str, name: str, value, *, low: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        kind = "a positive integer" if low == 1 else f"an integer >= {low}"
-        raise ConfigError(f"{owner}: {name} must be {kind}, got {value!r}")
-    return value
+from .base import check_lr
 
 
 class Schedule:
@@ -34,7 +29,7 @@ class Schedule:
 
     def __call__(self, epoch: int, base_lr: float) -> float:
         owner = type(self).__name__
-        _check_int(owner, "epoch", epoch, low=0)
+        check.non_negative_int(epoch, "epoch", owner=owner)
         return self._lr(epoch, check_lr(owner, base_lr))
 
     def _lr(self, epoch: int, base_lr: float) -> float:
@@ -47,10 +42,11 @@ class Schedule:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
         return f"{type(self).__name__}({args})"
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and other.config() == self.config()
 
-    __hash__ = None
+    # unhashable, as equality compares the (mutable) configs; the typing idiom of typeshed for this
+    __hash__: ClassVar[None] = None  # type: ignore[assignment]
 
 
 class Constant(Schedule):
@@ -68,13 +64,13 @@ class StepDecay(Schedule):
     name = "step"
 
     def __init__(self, step_size: int, gamma: float = 0.1):
-        self.step_size = _check_int("StepDecay", "step_size", step_size, low=1)
-        self.gamma = check_number("StepDecay", "gamma", gamma, low=0, high=1, low_open=True)
+        self.step_size = check.positive_int(step_size, "step_size", owner="StepDecay")
+        self.gamma = check.number(gamma, "gamma", low=0, high=1, low_open=True, owner="StepDecay")
 
     def _lr(self, epoch, base_lr):
         return base_lr * self.gamma ** (epoch // self.step_size)
 
-    def config(self):
+    def config(self) -> dict:
         return {"name": self.name, "step_size": self.step_size, "gamma": self.gamma}
 
 
@@ -84,12 +80,12 @@ class ExponentialDecay(Schedule):
     name = "exponential"
 
     def __init__(self, gamma: float):
-        self.gamma = check_number("ExponentialDecay", "gamma", gamma, low=0, high=1, low_open=True)
+        self.gamma = check.number(gamma, "gamma", low=0, high=1, low_open=True, owner="ExponentialDecay")
 
     def _lr(self, epoch, base_lr):
         return base_lr * self.gamma ** epoch
 
-    def config(self):
+    def config(self) -> dict:
         return {"name": self.name, "gamma": self.gamma}
 
 
@@ -102,14 +98,14 @@ class Cosine(Schedule):
     name = "cosine"
 
     def __init__(self, total_epochs: int, min_lr: float = 0.0):
-        self.total_epochs = _check_int("Cosine", "total_epochs", total_epochs, low=1)
-        self.min_lr = check_number("Cosine", "min_lr", min_lr, low=0)
+        self.total_epochs = check.positive_int(total_epochs, "total_epochs", owner="Cosine")
+        self.min_lr = check.number(min_lr, "min_lr", low=0, owner="Cosine")
 
     def _lr(self, epoch, base_lr):
         t = min(epoch, self.total_epochs)
         return self.min_lr + (base_lr - self.min_lr) * (1 + math.cos(math.pi * t / self.total_epochs)) / 2
 
-    def config(self):
+    def config(self) -> dict:
         return {"name": self.name, "total_epochs": self.total_epochs, "min_lr": self.min_lr}
 
 
@@ -119,7 +115,7 @@ class WarmUp(Schedule):
     name = "warmup"
 
     def __init__(self, epochs: int, then: Schedule | None = None):
-        self.epochs = _check_int("WarmUp", "epochs", epochs, low=1)
+        self.epochs = check.positive_int(epochs, "epochs", owner="WarmUp")
         if then is None:
             then = Constant()
         if not isinstance(then, Schedule):
@@ -131,7 +127,7 @@ class WarmUp(Schedule):
             return base_lr * (epoch + 1) / self.epochs
         return self.then._lr(epoch - self.epochs, base_lr)
 
-    def config(self):
+    def config(self) -> dict:
         return {"name": self.name, "epochs": self.epochs, "then": self.then.config()}
 
 
@@ -143,7 +139,7 @@ SCHEDULES: dict[str, type[Schedule]] = {
 }
 
 
-def make_schedule(name: str, *, epochs: int, warmup_epochs: int = 0, **options) -> Schedule:
+def make_schedule(name: str, *, epochs: int, warmup_epochs: int = 0, **options: Any) -> Schedule:
     """The schedule the CLI names, for a run of ``epochs`` epochs, with ``warmup_epochs`` of linear warm-up first.
 
     The decay covers the ``epochs - warmup_epochs`` epochs after the warm-up. Options:
@@ -153,8 +149,8 @@ def make_schedule(name: str, *, epochs: int, warmup_epochs: int = 0, **options) 
     key = name.lower() if isinstance(name, str) else name
     if key not in SCHEDULES:
         raise ConfigError(f"unknown learning-rate schedule {name!r}; expected one of {', '.join(SCHEDULES)}")
-    epochs = _check_int("make_schedule", "epochs", epochs, low=1)
-    warmup_epochs = _check_int("make_schedule", "warmup_epochs", warmup_epochs, low=0)
+    epochs = check.positive_int(epochs, "epochs", owner="make_schedule")
+    warmup_epochs = check.non_negative_int(warmup_epochs, "warmup_epochs", owner="make_schedule")
     if warmup_epochs >= epochs:
         raise ConfigError(f"make_schedule: warmup_epochs must be less than epochs ({epochs}), got {warmup_epochs}")
     decay_epochs = epochs - warmup_epochs
@@ -179,6 +175,7 @@ def schedule_from_config(config: dict) -> Schedule:
         raise ConfigError(f"schedule config must be a dict with a 'name', got {config!r}")
     options = {k: v for k, v in config.items() if k != "name"}
     name = config["name"]
+    cls: type[Schedule]
     if name == "warmup":
         if "then" in options:
             options["then"] = schedule_from_config(options["then"])

@@ -10,15 +10,20 @@ As ``torch.optim.SGD`` (without dampening)::
 
 from __future__ import annotations
 
+from typing import Any
+
+from backends import Backend
+from backends.base import Updated, sgd_update
 from backends.base import add_scaled as _add_scaled  # portable, for cores without a backend
-from backends.base import sgd_update
 
+from .. import validators as check
 from ..errors import ConfigError
-from .base import Optimizer, check_number
+from .base import Optimizer
 
 
-def sgd(params: list, grads: list, momentum_buffers: list | None = None, *, lr: float, momentum: float = 0.0,
-        nesterov: bool = False, weight_decay: float = 0.0, backend=None) -> tuple[list, list | None]:
+def sgd(params: list, grads: list, momentum_buffers: Updated | None = None, *, lr: float, momentum: float = 0.0,
+        nesterov: bool = False, weight_decay: float = 0.0,
+        backend: Backend | None = None) -> tuple[Updated, Updated | None]:
     """The update for matching lists of parameters, gradients and momentum buffers: returns the updated
     ``(params, momentum_buffers)``, which the caller must keep (the arrays passed in may or may not have been
     updated in place: see ``Backend.add_scaled``).
@@ -40,29 +45,31 @@ class SGD(Optimizer):
 
     name = "sgd"
     hyperparameter_names = ("momentum", "nesterov", "weight_decay")
+    # the defaults of the groups, set from hyperparameter_names by Optimizer.__init__
+    momentum: float
+    nesterov: bool
+    weight_decay: float
 
-    def __init__(self, params, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
+    def __init__(self, params: Any, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
         super().__init__(params, lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
 
     def _validate(self, hp: dict) -> dict:
         owner = type(self).__name__
-        momentum = check_number(owner, "momentum", hp["momentum"], low=0, high=1, high_open=True)
-        nesterov = hp["nesterov"]
-        if not isinstance(nesterov, bool):
-            raise ConfigError(f"{owner}: nesterov must be True or False, got {nesterov!r}")
+        momentum = check.number(hp["momentum"], "momentum", low=0, high=1, high_open=True, owner=owner)
+        nesterov = check.flag(hp["nesterov"], "nesterov", owner=owner)
         if nesterov and momentum == 0:
             raise ConfigError(f"{owner}: nesterov=True needs a momentum > 0")
-        weight_decay = check_number(owner, "weight_decay", hp["weight_decay"], low=0)
+        weight_decay = check.number(hp["weight_decay"], "weight_decay", low=0, owner=owner)
         return {"momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay}
 
-    def buffer_names(self, group=None) -> tuple[str, ...]:
+    def buffer_names(self, group: dict | None = None) -> tuple[str, ...]:
         momentum = self.momentum if group is None else group["momentum"]
         return ("momentum_buffer",) if momentum != 0 else ()
 
     def _update(self, group, params, grads, states, steps):
         momentum = group["momentum"]
-        buffers = self._buffer_list(states, "momentum_buffer") if momentum != 0 else None
+        buffers: Updated | None = self._buffer_list(states, "momentum_buffer") if momentum != 0 else None
         params, buffers = sgd(params, grads, buffers, lr=group["lr"], momentum=momentum, nesterov=group["nesterov"],
                               weight_decay=group["weight_decay"], backend=self.backend)
         if buffers is None:

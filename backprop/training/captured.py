@@ -27,8 +27,13 @@ The host keeps the optimizer's step counts as the eager step does.
 
 from __future__ import annotations
 
+from typing import Any
+
+from backends import DeviceRandom
+
 from ..errors import ConfigError
 from ..on_device import on_device
+from ..parameters import Array
 from .step import MicroBatch, TrainingStep
 
 
@@ -37,7 +42,7 @@ class CapturedStep:
 
     def __init__(self, step: TrainingStep):
         backend = step.backend
-        cupy = getattr(backend, "_cupy", None)
+        cupy = getattr(backend, "cupy", None)  # CupyBackend's module; other backends have none
         if cupy is None or not hasattr(cupy.cuda, "Graph") or not hasattr(cupy.cuda.Stream, "begin_capture"):
             raise ConfigError(f"compile: CUDA Graph capture needs CuPy >= 13 with cupy.cuda.Graph (backend "
                               f"{backend.name})")
@@ -47,13 +52,16 @@ class CapturedStep:
             self._stream = cupy.cuda.Stream(non_blocking=True)
             self._pool = cupy.cuda.MemoryPool()  # what captured steps allocate: memory no other array may get
         self._graphs: dict = {}  # key -> (graph, static batch)
-        self._metrics = None  # the metrics array the graphs add to (the trainer's, made by new_metrics)
+        # the metrics array the graphs add to (the trainer's, made by new_metrics)
+        self._metrics: Array | None = None
         self._norms: dict = {}  # names -> the norm sums the sampling graphs add to
-        self._scalars = None  # per group: (host lr, lr device scalar, step device scalar)
-        self._stepped = None  # the parameters the warm-up step updated
+        # per group, once the warm-up step has run: (host lr, lr device scalar, step device scalar)
+        self._scalars: list[tuple[float | None, Array, Array]] | None = None
+        self._host_steps: list[int] = []  # per group: the step count its device scalar holds
+        self._stepped: set[str] | None = None  # the parameters the warm-up step updated
 
     @on_device
-    def new_metrics(self):
+    def new_metrics(self) -> Array:
         """Zeroed metrics for an epoch (the same array every epoch: the graphs add to it), and the norm sums
         zeroed with them."""
         if self._metrics is None:
@@ -65,7 +73,7 @@ class CapturedStep:
         return self._metrics
 
     @on_device
-    def run(self, batch, metrics, norms=None):
+    def run(self, batch: list, metrics: Array, norms: dict | None = None) -> tuple[Array, dict | None]:
         cupy, optimizer = self._cupy, self.optimizer
         if metrics is not self._metrics:  # the graphs add to one array: ours
             if self._metrics is None:
@@ -76,21 +84,23 @@ class CapturedStep:
             before = dict(optimizer.param_steps)
             metrics, norms = self.step.run(batch, metrics, norms)
             self._stepped = {name for name, count in optimizer.param_steps.items() if count != before.get(name)}
-            for names, vector in (norms or {}).items():  # the sums the sampling graphs will add to
-                self._norms[names] = vector.copy()
-                norms[names] = self._norms[names]
+            if norms is not None:
+                for names, vector in norms.items():  # the sums the sampling graphs will add to
+                    self._norms[names] = vector.copy()
+                    norms[names] = self._norms[names]
             return metrics, norms
+        stepped = self._stepped
         streams = tuple(id(stream) for stream in _random_streams(self.step.model))
         key = (tuple((x.shape, x.dtype.str, y.shape, y.dtype.str, float(w)) for x, y, w in batch), norms is not None,
                streams)
         caller = cupy.cuda.get_current_stream()
         self._stream.wait_event(caller.record())  # after the work queued before (the epoch's permuted data)
-        lrs, steps = self._device_scalars()
+        lrs, steps = self._device_scalars(stepped)
         entry = self._graphs.get(key)
         if entry is None:
             if len(self._graphs) > 8:
                 self._graphs.clear()  # an epoch's generators are new: the graphs of the old ones go
-            entry = self._graphs[key] = self._capture(batch, norms, lrs, steps)
+            entry = self._graphs[key] = self._capture(batch, metrics, norms, lrs, steps)
         graph, static = entry
         with self._stream:
             for (x_static, y_static), (x, y, _) in zip(static, batch):
@@ -99,13 +109,15 @@ class CapturedStep:
             graph.launch(self._stream)
         caller.wait_event(self._stream.record())  # the work queued after (log points) waits for the step
         optimizer.step_count += 1  # the host's step counts, as the eager step keeps them
-        for name in self._stepped:
+        for name in stepped:
             optimizer.param_steps[name] += 1
         if norms is not None:
             norms.update(self._norms)
         return metrics, norms
 
-    def _capture(self, batch, norms, lrs, steps):
+    def _capture(self, batch: list, metrics: Array, norms: dict | None, lrs: list[Array],
+                 steps: list[Array]) -> tuple[Any, list]:
+        """A CUDA Graph of one step adding to ``metrics`` (and the norm sums), and its static batch buffers."""
         cupy, optimizer, step = self._cupy, self.optimizer, self.step
         with self._stream:  # what outlives the capture comes from CuPy's usual pool, before it
             static = [(cupy.empty_like(x), cupy.empty_like(y)) for x, y, _ in batch]
@@ -116,7 +128,7 @@ class CapturedStep:
             if norms is not None and grads:
                 key = tuple(names)
                 if key not in self._norms:
-                    self._norms[key] = cupy.zeros((len(names),), dtype=self._metrics.dtype)
+                    self._norms[key] = cupy.zeros((len(names),), dtype=metrics.dtype)
                 sums = {key: self._norms[key]}  # added to in place by every replay
             micro_batches = [MicroBatch(x, y, w) for (x, y), (_, _, w) in zip(static, batch)]
             with cupy.cuda.using_allocator(self._pool.malloc):  # the graph's own memory: a private pool
@@ -125,18 +137,21 @@ class CapturedStep:
                     for scalar in steps:
                         scalar += 1  # this step's number, counted on the device
                     optimizer._traced = {"lr": lrs, "step": steps, "stepped": set(), "flat": True}
-                    step.run.__wrapped__(step, micro_batches, self._metrics, sums)
+                    step.run.__wrapped__(  # type: ignore[attr-defined]  # the step unwrapped from on_device
+                        step, micro_batches, metrics, sums)
                 finally:
                     optimizer._traced = None
                     graph = self._stream.end_capture()
         return graph, static
 
-    def _device_scalars(self):
+    def _device_scalars(self, stepped: set[str]) -> tuple[list[Array], list[Array]]:
+        """Per group, this step's learning rate and step number as device scalars (``stepped``: the parameters
+        the warm-up step updated)."""
         backend, optimizer = self.backend, self.optimizer
         if self._scalars is None:  # the step numbers the warm-up left, then counted on the device
             self._scalars, self._host_steps = [], []
             for group in optimizer.param_groups:
-                counts = {optimizer.param_steps[name] for name in group["names"] if name in self._stepped}
+                counts = {optimizer.param_steps[name] for name in group["names"] if name in stepped}
                 if len(counts) > 1:
                     raise ConfigError("compile: the parameters of one group have taken different numbers of steps; "
                                       "a captured step needs one count per group")
@@ -150,7 +165,7 @@ class CapturedStep:
                 self._scalars[index] = (group["lr"], lr, number)
             # the device counts the steps; the host's count differs from it only when the optimizer's state
             # was loaded (a checkpoint, a rollback): then the host's is written into the same scalar
-            counted = [optimizer.param_steps[name] for name in group["names"] if name in self._stepped]
+            counted = [optimizer.param_steps[name] for name in group["names"] if name in stepped]
             host = counted[0] if counted else 0
             if host != self._host_steps[index]:
                 backend.set_scalar(number, float(host))
@@ -161,8 +176,6 @@ class CapturedStep:
 
 
 def _random_streams(model) -> list:
-    from backends import DeviceRandom
-
     return [value for _, layer in model._named_layers() for value in vars(layer).values()
             if isinstance(value, DeviceRandom)]
 

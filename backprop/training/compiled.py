@@ -20,39 +20,53 @@ from __future__ import annotations
 
 import types
 import warnings
+from typing import Any, Protocol
+
+from backends import DeviceRandom
 
 from ..errors import ConfigError
 from ..on_device import on_device
+from .captured import CapturedStep
 from .step import MicroBatch, TrainingStep
 
-#: What ``Trainer(compile=...)`` accepts besides False: True (the backend's own compiler) or its name.
-COMPILERS = {"jax": "jit", "torch": "torch.compile", "cupy": "cuda-graph"}
+Array = Any  # an array of the step's backend
 
 
-def compiled_step(step: TrainingStep, compile) -> TrainingStep:
-    """``step`` compiled for its backend (``compile``: True, or the compiler's name), or a ``ConfigError``
-    saying why it cannot be."""
+class CompiledStep(Protocol):
+    """What a compiled step offers the trainer: ``TrainingStep``'s ``new_metrics`` and ``run``."""
+
+    def new_metrics(self) -> Array: ...
+
+    def run(self, batch: list, metrics: Array, norms: dict | None = None) -> tuple[Array, dict | None]: ...
+
+#: Where compiled steps run, for the messages (each backend says what it has: ``Backend.step_compiler``).
+_WHERE = "jax (jit), torch (torch.compile), cupy (cuda-graph)"
+
+
+def compiled_step(step: TrainingStep, compile: bool | str) -> CompiledStep:
+    """``step`` compiled for its backend (``compile``: True, or the name of the backend's step compiler), or a
+    ``ConfigError`` saying why it cannot be."""
     backend = step.backend
-    wanted = COMPILERS.get(backend.library)
+    compiler = backend.step_compiler  # (name, kind) or None
+    wanted = None if compiler is None else compiler[0]
     if compile is not True and compile != wanted:
-        choices = ", ".join(f"{name} ({library})" for library, name in COMPILERS.items())
         if wanted is None:
-            raise ConfigError(f"compile: backend {backend.name} has no step compiler; compiled steps run on {choices}")
+            raise ConfigError(f"compile: backend {backend.name} has no step compiler; compiled steps run on {_WHERE}")
         raise ConfigError(f"compile: expected True or {wanted!r} on backend {backend.name}, got {compile!r}")
-    if wanted is None:
-        choices = ", ".join(f"{library} ({name})" for library, name in COMPILERS.items())
+    if compiler is None:
         raise ConfigError(f"compile: backend {backend.name} has no step compiler (NumPy and the reference "
-                          f"backends run eagerly); compiled steps run on {choices}")
+                          f"backends run eagerly); compiled steps run on {_WHERE}")
     if step.allreduce is not None:
         raise ConfigError("compile: a compiled step cannot call the distributed all-reduce yet (it runs on the "
                           "host between the backward passes and the update); leave out compile or --distributed")
-    if backend.library == "jax":
+    kind = compiler[1]
+    if kind == "pure":
         return JaxCompiledStep(step)
-    if backend.library == "torch":
+    if kind == "in_place":
         return TorchCompiledStep(step)
-    from .captured import CapturedStep
-
-    return CapturedStep(step)
+    if kind == "graph_capture":
+        return CapturedStep(step)
+    raise ConfigError(f"compile: backend {backend.name} names an unknown kind of step compiler {kind!r}")
 
 
 class _StoreSwap:
@@ -110,8 +124,6 @@ class _StoreSwap:
 def _random_streams(model) -> list:
     """The device random streams the model's layers keep (a dropout layer's masks), which a compiled step
     must carry as state: JAX's keys are values, split at every draw."""
-    from backends import DeviceRandom
-
     streams = []
     for _, layer in model._named_layers():
         for value in vars(layer).values():
@@ -129,11 +141,14 @@ class JaxCompiledStep:
         self.optimizer = step.optimizer
         self.swap = _StoreSwap(step)
         self._program = self.backend.compile_function(self._trace, static_argnums=(0, 1), donate_argnums=(2, 4))
-        self._layout = None  # learnt from a first trace: the parameters the step updates, the norms' names
-        self._steps_done = None  # per group: a device scalar, the steps its parameters have taken
-        self._lr = None  # per group: (the host value, its device scalar)
+        # learnt from a first trace (empty until then): the parameters the step updates, the norms' names
+        self._layout: dict[str, Any] = {}
+        self._seen: dict[str, Any] = {}  # what the latest trace saw (the same keys)
+        self._steps_done: list[Array] = []  # per group: a device scalar, the steps its parameters have taken
+        self._host_steps: list[int] = []  # per group: the host's count that _steps_done was made from
+        self._lr: list[tuple[float, Array]] | None = None  # per group: (the host value, its device scalar)
 
-    def new_metrics(self):
+    def new_metrics(self) -> Array:
         return self.step.new_metrics()
 
     # -- the program -----------------------------------------------------------------------------------------
@@ -150,7 +165,8 @@ class JaxCompiledStep:
             sums = None
             if sample_norms:
                 sums = {self._layout["norm_names"]: norms} if norms is not None else {}
-            metrics, sums = self.step.run.__wrapped__(self.step, micro_batches, metrics, sums)
+            run = self.step.run.__wrapped__  # type: ignore[attr-defined]  # the step unwrapped from on_device
+            metrics, sums = run(self.step, micro_batches, metrics, sums)
             stepped = optimizer._traced["stepped"]
             names = next(iter(sums)) if sums else None
             new_params, new_buffers, new_state, new_keys = swap.take()
@@ -164,8 +180,8 @@ class JaxCompiledStep:
 
     # -- running it --------------------------------------------------------------------------------------------
     @on_device
-    def run(self, batch, metrics, norms=None):
-        if self._layout is None:
+    def run(self, batch: list, metrics: Array, norms: dict | None = None) -> tuple[Array, dict | None]:
+        if not self._layout:
             self._learn_layout(batch, metrics, norms is not None)
         optimizer, swap = self.optimizer, self.swap
         params, buffers, state, keys = swap.take()
@@ -272,22 +288,24 @@ class TorchCompiledStep:
         own = types.FunctionType(body.__code__.replace(), body.__globals__, body.__name__, body.__defaults__,
                                  body.__closure__)
         self._compiled = self.backend.compile_function(types.MethodType(own, self))
-        self._scalars = None  # per group: (the host learning rate, its tensor, the step number's tensor)
-        self._stepped = None  # the names of the parameters the first step updated
-        self._norm_names = None  # the names of the gradient norms the first step sampled
+        # per group: (the host learning rate, its tensor, the step number's tensor)
+        self._scalars: list[tuple[float | None, Array, Array]] | None = None
+        self._stepped: set[str] | None = None  # the names of the parameters the first step updated
+        self._norm_names: tuple[str, ...] = ()  # the names of the gradient norms the first step sampled
 
     def _body(self, batch, metrics, norm_sums):
         """The compiled function: the step, the norm sums handed in as one tensor (or None) rather than the
         trainer's dict, which changes from step to step and would compile the step anew each time."""
         sums = None if norm_sums is None else {self._norm_names: norm_sums}
-        metrics, sums = self.step.run.__wrapped__(self.step, batch, metrics, sums)
+        run = self.step.run.__wrapped__  # type: ignore[attr-defined]  # the step unwrapped from on_device
+        metrics, sums = run(self.step, batch, metrics, sums)
         return metrics, None if sums is None else sums[self._norm_names]
 
-    def new_metrics(self):
+    def new_metrics(self) -> Array:
         return self.step.new_metrics()
 
     @on_device
-    def run(self, batch, metrics, norms=None):
+    def run(self, batch: list, metrics: Array, norms: dict | None = None) -> tuple[Array, dict | None]:
         optimizer = self.optimizer
         if self._stepped is None:
             before = dict(optimizer.param_steps)
@@ -323,6 +341,7 @@ class TorchCompiledStep:
         """Each group's learning rate and this step's number as 0-d tensors, written in place (the compiled
         graph reads the same tensors every step)."""
         backend, optimizer = self.backend, self.optimizer
+        assert self._stepped is not None  # the first (eager) step has run
         if self._scalars is None:
             self._scalars = [(None, backend.set_scalar(None, 0.0), backend.set_scalar(None, 0.0))
                              for _ in optimizer.param_groups]
@@ -340,4 +359,4 @@ class TorchCompiledStep:
         return lrs, steps
 
 
-__all__ = ["COMPILERS", "compiled_step"]
+__all__ = ["CompiledStep", "compiled_step"]

@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+from collections.abc import Iterator
+from typing import Any, NoReturn
 
 #: Exit status of a process stopped by SIGINT or SIGTERM (128 + the signal number, as a shell reports it).
 INTERRUPTED_STATUS = 128 + signal.SIGINT
@@ -29,7 +31,7 @@ class Terminated(KeyboardInterrupt):
     exit_status = TERMINATED_STATUS
 
 
-def raise_terminated(signum=None, frame=None):
+def raise_terminated(signum: int | None = None, frame: Any = None) -> NoReturn:
     """The SIGTERM handler that ``terminate_as_interrupt`` installs."""
     raise Terminated("terminated by SIGTERM")
 
@@ -40,7 +42,7 @@ def exit_status(interrupt: KeyboardInterrupt) -> int:
 
 
 @contextlib.contextmanager
-def terminate_as_interrupt():
+def terminate_as_interrupt() -> Iterator[None]:
     """Inside the block SIGTERM raises ``Terminated``; the previous handler is restored afterwards.
 
     Only in the main thread (the only one where Python runs signal handlers); elsewhere nothing changes."""
@@ -59,7 +61,7 @@ _HELD_HANDLERS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: rai
 
 
 @contextlib.contextmanager
-def ctrl_c_held():
+def ctrl_c_held() -> Iterator[None]:
     """Run the block to its end even if Ctrl-C (or SIGTERM, under ``terminate_as_interrupt``) arrives; raise
     the interrupt after it.
 
