@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
                                         f"(default: {d['dataset']})")
     data.add_argument("--data-dir", metavar="DIR",
                       help="read the MNIST or Fashion-MNIST files from here instead of downloading")
+    data.add_argument("--task", choices=["classification", "regression"],
+                      help="classification: the file's last column (or y) is a class; regression: it is a number "
+                           "to predict (loss mse, a linear output, metrics MAE and R²) "
+                           f"(default: {d['task']})")
     data.add_argument("--scaling", choices=["none", "standardize", "minmax"],
                       help="feature scaling fitted on the training set (default: none for the built-in image "
                            "sets, standardize for your files)")
@@ -124,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=cmd_train)
     _add_global_options(train, after_command=True)
 
-    evaluate = commands.add_parser("evaluate", help="accuracy of a saved model on a dataset's test set")
+    evaluate = commands.add_parser("evaluate", help="the loss and metrics (accuracy; MAE and R² for a regression) of "
+                                                    "a saved model on a dataset's test set")
     evaluate.add_argument("model", help="a model.safetensors file or a run directory")
     evaluate.add_argument("--dataset", default=None, help="default: the dataset the model was trained on")
     evaluate.add_argument("--data-dir", default=None, metavar="DIR",
@@ -132,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=cmd_evaluate)
     _add_global_options(evaluate, after_command=True)
 
-    predict = commands.add_parser("predict", help="predict the classes of new inputs with a saved model")
+    predict = commands.add_parser("predict", help="predict the classes (or, for a regression, the values) of new "
+                                                  "inputs with a saved model")
     predict.add_argument("model", help="a model.safetensors file or a run directory")
     predict.add_argument("input", help="a .npy, .npz (array 'x') or .csv file of feature rows")
     predict.add_argument("--output", default=None, metavar="FILE",
@@ -267,7 +273,7 @@ def cmd_evaluate(args) -> int:
     from .data import load_dataset
     from .data.loading import check_recorded_dataset
     from .io.model_files import load_model
-    from .runs import predictions_of, resolve_model_path
+    from .runs import resolve_model_path, test_report
     from .training import evaluate
 
     path = resolve_model_path(args.model)
@@ -281,15 +287,25 @@ def cmd_evaluate(args) -> int:
     options = metadata.get("options", {})
     # Loading the same way as in training refits the scaling on the same training set: the same test features.
     dataset = load_dataset(name, data_dir=args.data_dir, scaling=options.get("scaling"),
-                           seed=options.get("seed", 0))
+                           seed=options.get("seed", 0), task=_recorded_task(path, metadata))
     loss_fn, y_test = _recorded_loss(path, metadata, dataset)
     backend = model.backend
     x_test, y_test = backend.from_host(dataset.x_test), backend.from_host(y_test)
-    loss, accuracy = evaluate(model, x_test, y_test, loss_fn)
-    predictions = predictions_of(dataset.y_test)
-    print(f"{path}: test accuracy {100 * accuracy:.2f}% ({round(accuracy * predictions)}/"
-          f"{predictions}), test loss {loss:.4f} on {dataset.name} with {backend.name}")
+    metrics = loss_fn.default_metrics()
+    figures = evaluate(model, x_test, y_test, loss_fn, metrics=metrics)
+    print(f"{path}: {test_report(figures, metrics, dataset.y_test)} on {dataset.name} with {backend.name}")
     return 0
+
+
+def _recorded_task(path, metadata: dict) -> str:
+    """The task the model was trained for (models saved before tasks existed were classifiers)."""
+    from .data.loading import TASKS
+    from .errors import ModelFileError
+
+    task = metadata.get("task", metadata.get("options", {}).get("task", "classification"))
+    if task not in TASKS:
+        raise ModelFileError(f"{path}: the model records an unknown task {task!r}; expected {' or '.join(TASKS)}")
+    return task
 
 
 def _recorded_loss(path, metadata: dict, dataset):
@@ -317,7 +333,7 @@ def cmd_predict(args) -> int:
     from .layers import architecture
     from .layers.shape_inference import input_shape_of, shape_text
     from .runs import check_output_file, resolve_model_path
-    from .training import predict_classes
+    from .training import predict_classes, predict_logits
 
     if args.output is not None:
         _check_not_empty("--output", args.output)
@@ -332,12 +348,20 @@ def cmd_predict(args) -> int:
     if expected is not None and len(expected) > 1:
         raise ConfigError(f"{args.input}: the model takes inputs of shape {shape_text(expected)} per example, not "
                           f"rows of features (a model trained by backprop train takes rows)")
-    classes = backend.to_host(predict_classes(model, backend.from_host(features)))
-    names = metadata.get("class_names") or [str(i) for i in range(int(classes.max()) + 1)]
-    lines = ["index,class,name"] + [f"{i},{int(c)},{names[int(c)]}" for i, c in enumerate(classes)]
+    if _recorded_task(path, metadata) == "regression":
+        values = backend.to_host(predict_logits(model, backend.from_host(features)))
+        columns = ["value"] if values.shape[1] == 1 else [f"value_{j}" for j in range(values.shape[1])]
+        lines = ["index," + ",".join(columns)] + [f"{i}," + ",".join(f"{float(v):.7g}" for v in row)
+                                                  for i, row in enumerate(values)]
+        count = len(values)
+    else:
+        classes = backend.to_host(predict_classes(model, backend.from_host(features)))
+        names = metadata.get("class_names") or [str(i) for i in range(int(classes.max()) + 1)]
+        lines = ["index,class,name"] + [f"{i},{int(c)},{names[int(c)]}" for i, c in enumerate(classes)]
+        count = len(classes)
     if args.output:
         write_text_atomic(args.output, "\n".join(lines) + "\n")
-        print(f"wrote {len(classes)} prediction{'s' if len(classes) != 1 else ''} to {args.output}")
+        print(f"wrote {count} prediction{'s' if count != 1 else ''} to {args.output}")
     else:
         print("\n".join(lines))
     return 0

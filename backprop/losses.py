@@ -42,7 +42,7 @@ class Loss:
     the metrics a run with it records (``default_metrics``) and the integer labels it takes (``label_classes``).
     """
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         # A loss runs with its prediction's device current (see backprop/on_device.py), whoever calls it.
         if "begin_update" in cls.__dict__:

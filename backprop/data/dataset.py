@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import array_api_extra as xpx
 import numpy as np
 
 from ..errors import DataError
@@ -187,7 +188,8 @@ def encode_labels(values: np.ndarray, source: str) -> tuple[np.ndarray, list[str
         bad = ~np.isfinite(values) | (values != np.round(values))
         if np.any(bad):
             index = int(np.argmax(bad))
-            raise DataError(f"{source}: labels must be integers, found {values[index]} at sample {index}")
+            raise DataError(f"{source}: labels must be integers, found {values[index]} at sample {index} (for a "
+                            f"numeric target, use --task regression)")
     elif values.dtype.kind not in "iu":
         raise DataError(f"{source}: labels must be integers or class names, got dtype {values.dtype}")
     if values.size and values.max() >= MAX_CLASSES:  # before the int64 cast, which would wrap a float of 1e30
@@ -200,12 +202,51 @@ def encode_labels(values: np.ndarray, source: str) -> tuple[np.ndarray, list[str
     return labels, None
 
 
-def one_hot(labels, num_classes: int) -> np.ndarray:
+def regression_targets(values: np.ndarray, places: list[str] | None, source: str) -> np.ndarray:
+    """Regression targets as float32 ``(samples, outputs)``: a column of numbers (text cells or a numeric
+    array; 1-D becomes one output). A cell that is not a number, or a value that is NaN or infinite, is a
+    one-line DataError naming it (``places[i]``: where sample i came from, such as a file's line)."""
+    values = np.asarray(values)
+    if values.dtype.kind in "US":
+        numbers = np.vectorize(is_number, otypes=[bool])(values) if values.size else np.ones(0, bool)
+        if not numbers.all():
+            index = int(np.argmin(numbers))
+            where = places[index] if places else f"sample {index}"
+            raise DataError(f"{source}: {where}: {excerpt(values.reshape(-1)[index])} is not a number; a "
+                            f"regression target must be numeric (class names are for --task classification)")
+        values = values.astype(np.float64)
+    if values.dtype.kind not in "biuf":
+        raise DataError(f"{source}: regression targets must be numbers, got dtype {values.dtype}")
+    if values.ndim == 1:
+        values = values[:, None]
+    if values.ndim != 2:
+        raise DataError(f"{source}: regression targets must be (samples,) or (samples, outputs), got shape "
+                        f"{values.shape}")
+    targets = values.astype(np.float32)
+    bad = ~np.isfinite(targets)
+    if bad.any():
+        index = int(np.argmax(bad.any(axis=1)))
+        where = places[index] if places else f"sample {index}"
+        raise DataError(f"{source}: {where}: the target {values[index].tolist()} is NaN, infinite or too large for "
+                        f"float32")
+    return targets
+
+
+def is_number(text: str) -> bool:
+    """Whether ``float(text)`` reads a number from it."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def one_hot(labels: object, num_classes: int) -> np.ndarray:
     """Class labels ``(n,)`` as float32 one-hot rows ``(n, num_classes)``: the targets of a loss that compares
     the scores with a vector (MSE, binary cross-entropy)."""
     labels = np.asarray(labels)
     validate_labels(labels, num_classes, "one_hot")
-    return np.eye(num_classes, dtype=np.float32)[labels]
+    return xpx.one_hot(labels, num_classes, dtype=np.float32, xp=np)
 
 
 def features_2d(x: np.ndarray, source: str) -> tuple[np.ndarray, tuple[int, ...] | None]:
@@ -236,7 +277,10 @@ def dataset_from_arrays(name: str, path: Path, x, y, x_test, y_test, test_fracti
     for part, xs, ys in (("train", x, y), ("test", x_test, y_test)):
         if len(xs) != len(ys):
             raise DataError(f"{path}: {len(xs)} {part} samples but {len(ys)} {part} labels")
-    num_classes = len(class_names) if class_names else int(max(y.max(initial=0), y_test.max(initial=0))) + 1
+    if y.dtype == np.float32:  # regression targets (samples, outputs): num_classes counts the outputs
+        num_classes = int(y.shape[1])
+    else:
+        num_classes = len(class_names) if class_names else int(max(y.max(initial=0), y_test.max(initial=0))) + 1
     return Dataset(name, x, y, x_test, y_test, num_classes=num_classes, image_shape=image_shape,
                    class_names=class_names or [], scaler={"kind": "none"})
 

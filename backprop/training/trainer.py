@@ -129,7 +129,8 @@ class Trainer:
                 self._log(message)
 
     @on_device
-    def fit(self, x, y, *, validation_data=None, validation_split: float = 0.0) -> list[dict]:
+    def fit(self, x: Array, y: Array, *, validation_data: tuple[Array, Array] | None = None,
+            validation_split: float = 0.0) -> list[dict]:
         """Train until ``epochs`` epochs are complete (counting any done before a resume) or a callback stops
         it. ``x``, ``y``: host (NumPy) or device arrays; they are copied to the device once. With a
         communicator of several ranks, an exception on one rank ends the whole job (``MPI_Abort``) after
@@ -189,7 +190,7 @@ class Trainer:
         return [c for c in self.callbacks if self.is_root or not getattr(c, "root_only", False)]
 
     @on_device
-    def train_epoch(self, x, y) -> dict:
+    def train_epoch(self, x: Array, y: Array) -> dict:
         """One pass over ``(x, y)`` (already on the device, not checked): the work of one epoch of ``fit``,
         without validation or callbacks. For benchmarks and hand-made loops."""
         record = self._run_epoch(x, y, None, None)
@@ -528,7 +529,7 @@ class EpochRows:
     a slice is a view, no copy and no kernel) when the permuted copy fits in a quarter of the memory the device
     has free; else gathered batch by batch. The same rows in the same order either way."""
 
-    def __init__(self, backend, x, y, order):
+    def __init__(self, backend: Any, x: Array, y: Array, order: Array | None):
         self.backend, self.x, self.y, self.order = backend, x, y, order
         self.n = x.shape[0]
         self.xs = self.ys = None
@@ -572,7 +573,7 @@ def _size(shape) -> int:
     return count
 
 
-def fit(model, x, y, **options) -> list[dict]:
+def fit(model: Any, x: Array, y: Array, **options: Any) -> list[dict]:
     """Train ``model`` on ``(x, y)``; keyword options as for ``Trainer`` and ``Trainer.fit``."""
     fit_options = {k: options.pop(k) for k in ("validation_data", "validation_split") if k in options}
     if options.pop("distributed", False) and options.get("communicator") is None:
