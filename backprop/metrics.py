@@ -98,9 +98,13 @@ class BinaryAccuracy(Metric):
         self._logit = math.log(self.threshold / (1 - self.threshold))
 
     def sums(self, xp: Namespace, prediction: Array, target: Array) -> Array:
-        if xp.isdtype(target.dtype, "integral") and target.ndim == prediction.ndim - 1:
-            target = target[..., None]  # (batch,) labels of a (batch, 1) output
-        right = (prediction > self._logit) == (target > 0.5)
+        if xp.isdtype(target.dtype, "integral"):
+            truth = target > 0  # 0/1 labels (an integer array is not compared with a float)
+            if target.ndim == prediction.ndim - 1:
+                truth = truth[..., None]  # (batch,) labels of a (batch, 1) output
+        else:
+            truth = target > 0.5
+        right = (prediction > self._logit) == truth
         return xp.reshape(_per_example(xp.sum(xp.astype(right, prediction.dtype)), per_row(prediction)), (1,))
 
     def result(self, sums: Sequence[float], examples: int) -> float:
