@@ -18,12 +18,12 @@ from typing import Any
 
 from backends import get_backend
 
-HostArray = Any  # a NumPy array of a Dataset (runs.py itself imports no array library)
-
 from .errors import ConfigError, TrainingError
 from .layers import Activation, Dense, Dropout, Sequential
 from .metrics import Accuracy, Metric
 from .models import mlp
+
+HostArray = Any  # a NumPy array of a Dataset (runs.py itself imports no array library)
 
 MODEL_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -370,7 +370,16 @@ def _run_on(backend, options, *, output, progress, plots, resume, log, communica
     from .data import load_dataset
     from .data.loading import dataset_file, file_sha256
     from .io.model_files import save_model
-    from .training import Checkpoint, EarlyStopping, GradientMonitor, HistoryWriter, Trainer, batch_mode, evaluate
+    from .training import (
+        Callback,
+        Checkpoint,
+        EarlyStopping,
+        GradientMonitor,
+        HistoryWriter,
+        Trainer,
+        batch_mode,
+        evaluate,
+    )
 
     started = time.perf_counter()
     dataset = load_dataset(options["dataset"], data_dir=options["data_dir"], scaling=options["scaling"],
@@ -384,7 +393,7 @@ def _run_on(backend, options, *, output, progress, plots, resume, log, communica
         model, model_name = checkpoint_model(output / CHECKPOINT_FILE, backend), options["model"]
     else:
         model, model_name = make_model(options, dataset, backend)
-    callbacks = [GradientMonitor()]
+    callbacks: list[Callback] = [GradientMonitor()]
     if options["early_stopping"]:
         callbacks.append(EarlyStopping(int(options["early_stopping"])))
     # The checkpoint before the history: a kill between the two leaves the history behind the checkpoint
@@ -411,7 +420,8 @@ def _run_on(backend, options, *, output, progress, plots, resume, log, communica
         f"{len(dataset.x_test)} test) with {backend.name} ({backend.device_name}), {mode}, {options['optimizer']} "
         f"lr {trainer.base_lr:g}"
         + (f", {communicator.size} ranks (data-parallel)" if communicator is not None else ""))
-    metadata = {"dataset": dataset.name, "task": options["task"], "num_classes": dataset.num_classes, "class_names": dataset.class_names,
+    metadata = {"dataset": dataset.name, "task": options["task"], "num_classes": dataset.num_classes,
+                "class_names": dataset.class_names,
                 "image_shape": dataset.image_shape, "input_shape": [num_features], "scaler": dataset.scaler,
                 "options": options,
                 "loss": loss_name(trainer.loss_fn)}

@@ -5,6 +5,7 @@ accuracy for binary cross-entropy, MAE and R² for MSE), user metrics go through
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -144,7 +145,8 @@ def test_a_regression_on_a_csv_reports_mae_and_r2_not_accuracy(tmp_path, regress
 
 
 @pytest.mark.parametrize("content, args, message", [
-    ("a,b,y\n1,2,x\n3,4,5\n5,6,7\n7,8,9\n9,1,2\n", [], r"line 2: 'x' is not a number; a regression target must be numeric"),
+    ("a,b,y\n1,2,x\n3,4,5\n5,6,7\n7,8,9\n9,1,2\n", [],
+     r"line 2: 'x' is not a number; a regression target must be numeric"),
     ("a,b,y\n1,2,3\n3,4,5\n5,6,7\n7,8,9\n9,1,2\n", ["--loss", "cross_entropy"],
      "--task regression fits numeric targets with --loss mse, not cross_entropy"),
     ("a,b,y\n1,2,3.5\n3,4,5\n5,6,7\n7,8,9\n9,1,2\n", ["--task", "classification"],
@@ -160,8 +162,6 @@ def test_bad_regression_input_is_one_line_error(tmp_path, capsys, content, args,
     err = capsys.readouterr().err.strip()
     assert status == 2 and len(err.splitlines()) == 1
     assert err.startswith("error: ")
-    import re
-
     assert re.search(message, err), err
 
 

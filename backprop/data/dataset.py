@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import array_api_extra as xpx
 import numpy as np
@@ -246,7 +247,8 @@ def one_hot(labels: object, num_classes: int) -> np.ndarray:
     the scores with a vector (MSE, binary cross-entropy)."""
     labels = np.asarray(labels)
     validate_labels(labels, num_classes, "one_hot")
-    return xpx.one_hot(labels, num_classes, dtype=np.float32, xp=np)
+    encoded: Any = xpx.one_hot(cast(Any, labels), num_classes, dtype=np.float32, xp=np)  # NumPy's own types
+    return np.asarray(encoded)
 
 
 def features_2d(x: np.ndarray, source: str) -> tuple[np.ndarray, tuple[int, ...] | None]:

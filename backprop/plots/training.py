@@ -321,7 +321,8 @@ def plot_learning_curves(history: Iterable[Mapping[str, Any]], path: str | os.Pa
     and ``train_<metric>`` / ``val_<metric>`` for each metric the run recorded
     (``accuracy`` in [0, 1], drawn as a percentage; ``mae`` and ``r2`` for a regression;
     floats or ``None``), ``lr``, ``grad_norms`` (parameter name such as ``"0.weight"`` ->
-    norm) and ``time``. A history without metrics gets an accuracy panel saying none was recorded. Missing keys, ``None``, NaN and infinite values are
+    norm) and ``time``. A history without metrics gets an accuracy panel saying none was recorded.
+    Missing keys, ``None``, NaN and infinite values are
     skipped (and counted in the legend) rather than failing the plot. Returns
     the path written. Raises :class:`PlotUnavailable` without matplotlib.
     """

@@ -129,6 +129,7 @@ class TrainingStep:
             if not grads:
                 pass
             elif self.clip_norm is None:  # the diagnostics alone: the norms added to the sums in one call
+                assert norms is not None  # asked for: no clipping means the norms are why we are here
                 norms[key] = backend.tensor_norms(grads, add_to=norms.get(key))
             else:
                 step_norms = backend.tensor_norms(grads)

@@ -67,8 +67,9 @@ class Trainer:
     """
 
     def __init__(self, model: Any, *, loss: str | Loss = "cross_entropy", optimizer: str | Optimizer = "adam",
-                 lr: float | None = None, weight_decay: float = 0.0, epochs: int = 10, batch_size: int | str | None = 32,
-                 accumulate_steps: int = 1, drop_last: bool = False, shuffle: bool = True, seed: int = 0,
+                 lr: float | None = None, weight_decay: float = 0.0, epochs: int = 10,
+                 batch_size: int | str | None = 32, accumulate_steps: int = 1, drop_last: bool = False,
+                 shuffle: bool = True, seed: int = 0,
                  schedule: str = "constant", warmup_epochs: int = 0, clip_norm: float | None = None,
                  callbacks: Sequence[Callback] = (), progress: bool = True, log: Callable[[str], Any] | None = print,
                  grad_norm_samples: int = 10, log_points: int = 20, communicator: Any = None,
@@ -110,7 +111,7 @@ class Trainer:
         if compile is not False and compile is not None:
             compiled_step(self._training_step(), compile)  # checked now: a ConfigError before any work
         self.compile = compile if compile else False
-        self._compiled = None
+        self._compiled: tuple[tuple, Any] | None = None
         self.progress, self._log = progress, log
         self.grad_norm_samples, self.log_points = max(1, grad_norm_samples), max(1, log_points)
         self.epoch = 0  # completed epochs
@@ -249,7 +250,8 @@ class Trainer:
                         # The loss is the mean over these rows: weighted by their share of the update's examples,
                         # the gradients added up over micro-batches (and summed over ranks) are those of the
                         # mean loss over all of them, as one batch of them all would give.
-                        batch.append(MicroBatch(*rows.slice(lo, hi), (hi - lo) / examples))
+                        x_rows, y_rows = rows.slice(lo, hi)
+                        batch.append(MicroBatch(x_rows, y_rows, (hi - lo) / examples))
                     seen += stop - start
                     if bar is not None:
                         bar.update(stop - start)
@@ -543,7 +545,7 @@ class EpochRows:
         needed = sum(_size(a.shape) * _itemsize(backend.xp, a.dtype) for a in (x, y))
         return free is not None and needed * 4 <= free
 
-    def slice(self, lo: int, hi: int) -> tuple:
+    def slice(self, lo: int, hi: int) -> tuple[Array, Array]:
         """``(x, y)`` of rows ``lo:hi`` of the epoch's order."""
         if self.order is None:
             if (lo, hi) == (0, self.n):
@@ -551,7 +553,7 @@ class EpochRows:
             return self.x[lo:hi, ...], self.y[lo:hi, ...]
         if self.xs is not None:
             return self.xs[lo:hi, ...], self.ys[lo:hi, ...]
-        xp, index = self.backend.xp, self.order[lo:hi]
+        xp, index = self.backend.xp, self.order[lo:hi]  # type: ignore[index]  # not None: checked first
         return xp.take(self.x, index, axis=0), xp.take(self.y, index, axis=0)
 
     def release(self) -> None:
