@@ -234,6 +234,7 @@ class Trainer:
         points = min(steps, self.log_points)  # evenly spaced, the last at the epoch's last step
         log_steps = {round((i + 1) * steps / points) - 1 for i in range(points)}
         step_function = self._training_step(x)
+        layout = getattr(step_function, "step", step_function)  # a compiled step's TrainingStep: its metrics
         metrics = step_function.new_metrics()
         norms: dict = {}
         weight_check = None  # device flags of the first step's check, read at the first log point
@@ -265,7 +266,7 @@ class Trainer:
                     host = [float(v) for v in backend.to_host(values)]
                     if weight_check is not None:
                         weight_check = None
-                        self._fail_unchanged_weights(*host[step_function.metrics_size:])
+                        self._fail_unchanged_weights(*host[layout.metrics_size:])
                     figures = dict(zip(METRICS, host))
                     finite, good = float(figures["nonfinite"] == 0), figures["good_steps"]
                     mean_loss, correct = figures["loss_sum"], figures["correct"]
@@ -275,7 +276,7 @@ class Trainer:
                         self._fail_nonfinite(int(good), steps)
                     if bar is not None:
                         shown = {"loss": f"{mean_loss / seen:.4f}"}
-                        if step_function.accuracy is not None:
+                        if layout.accuracy is not None:
                             shown["acc"] = f"{correct / (seen * per_example):.3f}"
                         bar.set_postfix(shown, refresh=False)
         finally:
@@ -284,7 +285,7 @@ class Trainer:
             rows.release()
         names = list(model.named_parameters())
         sampled = list(norms.items())
-        size = step_function.metrics_size
+        size = layout.metrics_size
         kept = metrics[:2] if size == len(METRICS) else xp.concat([metrics[:2], metrics[len(METRICS):]])
         host = [float(v) for v in backend.to_host(xp.concat([kept, *(vector for _, vector in sampled)]))]
         figures_size = 2 + size - len(METRICS)
@@ -298,7 +299,7 @@ class Trainer:
         if comm is not None:
             host = comm.sum_values(host)
         record: dict = {"epoch": self.epoch + 1}
-        train = self._train_results(step_function, host, seen, per_example)
+        train = self._train_results(layout, host, seen, per_example)
         val = None
         if x_val is not None:
             val = (evaluate(model, x_val, y_val, self.loss_fn, metrics=self.metrics) if comm is None
