@@ -6,11 +6,35 @@ import argparse
 import os
 import sys
 import warnings
+from pathlib import Path
 
-from backends import ENV_VAR, BackendError, BackendUnavailable, backend_statuses, get_backend
+from backends import ENV_VAR, BackendError, BackendUnavailable, backend_statuses, get_backend, parse_spec, use_backend
 
-from .errors import BackpropError, ConfigError, TrainingError
-from .runs import CHECKPOINT_FILE, DEFAULTS
+from . import distributed, runs
+from .data import apply_scaler, load_dataset, load_features, one_hot
+from .data.loading import TASKS, check_recorded_dataset
+from .errors import BackpropError, ConfigError, ModelFileError, TrainingError
+from .examples import EXAMPLES, run_example
+from .io.atomic import write_text_atomic
+from .io.directory_lock import refuse_if_locked
+from .io.model_files import load_model
+from .layers import architecture
+from .layers.shape_inference import input_shape_of, shape_text
+from .losses import LOSSES
+from .runs import (
+    CHECKPOINT_FILE,
+    DEFAULTS,
+    check_options,
+    check_output_file,
+    check_writable_directory,
+    output_directory,
+    resolve_model_path,
+    resume_options,
+    test_report,
+)
+from .specs import shipped_names
+from .training import evaluate, predict_classes, predict_logits
+from .training.interrupts import Terminated, exit_status, terminate_as_interrupt
 
 
 def _format_warning(message, category, filename, lineno, line=None):
@@ -73,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     model = train.add_argument_group("model")
     model.add_argument("--model", metavar="SPEC",
                        help="train the architecture of a spec instead of the MLP: a .toml or .json file listing the "
-                            "layers, or a shipped spec (" + ", ".join(_shipped_spec_names()) + "); its [train] "
+                            "layers, or a shipped spec (" + ", ".join(shipped_names()) + "); its [train] "
                             "table sets defaults for the other options (see backprop summary SPEC)")
     model.add_argument("--hidden", metavar="SIZES",
                        help=f"hidden layer sizes, comma-separated, or none for a linear model "
@@ -157,8 +181,6 @@ def build_parser() -> argparse.ArgumentParser:
     summary.set_defaults(handler=cmd_summary)
     _add_global_options(summary, after_command=True)
 
-    from .examples import EXAMPLES
-
     example = commands.add_parser(
         "example", help="run a worked example: " + ", ".join(EXAMPLES),
         description="\n".join(f"{name}: {text}" for name, (_, text) in EXAMPLES.items()),
@@ -170,8 +192,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_example(args) -> int:
-    from .examples import run_example
-
     return run_example(args.name, args.options)
 
 
@@ -187,8 +207,6 @@ def given_train_options(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    from .training.interrupts import terminate_as_interrupt
-
     for key, default in RUN_FLAGS.items():
         if not hasattr(args, key):
             setattr(args, key, default)
@@ -196,9 +214,8 @@ def cmd_train(args) -> int:
     with terminate_as_interrupt():  # SIGTERM (timeout, systemd, Slurm, Kubernetes) stops training like Ctrl-C
         if not args.distributed:
             return _train(args, None)
-        from .distributed import world
 
-        communicator = world()
+        communicator = distributed.world()  # through the module: tests replace it there
         if not communicator.is_root:
             warnings.simplefilter("ignore")  # rank 0 says it once; errors still show with their rank
         with communicator.abort_on_error():  # an error on one rank ends every rank, never a hang
@@ -206,18 +223,6 @@ def cmd_train(args) -> int:
 
 
 def _train(args, communicator) -> int:
-    from pathlib import Path
-
-    from .io.directory_lock import refuse_if_locked
-    from .runs import (
-        check_options,
-        check_writable_directory,
-        output_directory,
-        resume_options,
-        train_run,
-    )
-    from .training.interrupts import Terminated, exit_status
-
     root = communicator is None or communicator.is_root
     given = given_train_options(args)
     for flag, value in (("--output", args.output), ("--resume", args.resume), ("--data-dir", given.get("data_dir"))):
@@ -236,15 +241,16 @@ def _train(args, communicator) -> int:
         check_options(options, resume=True)  # --epochs may have changed
     else:
         options = check_options(given)  # every option, before the output directory is named or anything written
-        output = output_directory(args.output, options["dataset"], args.overwrite) if root else None
         if root:
+            output = output_directory(args.output, options["dataset"], args.overwrite)
             check_writable_directory(output, "--output")
-        if communicator is not None:
-            output = communicator.broadcast_object(output)  # rank 0 names it (a new directory has the time in it)
+        if communicator is not None:  # rank 0 names it (a new directory has the time in it), the others receive it
+            output = communicator.broadcast_object(output if root else None)
     try:
-        train_run(options, output=output, backend=args.backend, progress=not args.no_progress,
-                  plots=not args.no_plots, resume=bool(args.resume), overwrite=args.overwrite,
-                  communicator=communicator, compile=args.compile)
+        # through the module, like distributed.world: a test (or a caller) may replace it there
+        runs.train_run(options, output=output, backend=args.backend, progress=not args.no_progress,
+                       plots=not args.no_plots, resume=bool(args.resume), overwrite=args.overwrite,
+                       communicator=communicator, compile=args.compile)
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (Terminated)
         what = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
         if root and (output / CHECKPOINT_FILE).exists():
@@ -270,12 +276,6 @@ def _check_not_empty(flag: str, path) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from .data import load_dataset
-    from .data.loading import check_recorded_dataset
-    from .io.model_files import load_model
-    from .runs import resolve_model_path, test_report
-    from .training import evaluate
-
     path = resolve_model_path(args.model)
     model, metadata = load_model(path)
     # the spec the model was trained with ("digits", or the path of the user's file), not its display name
@@ -299,9 +299,6 @@ def cmd_evaluate(args) -> int:
 
 def _recorded_task(path, metadata: dict) -> str:
     """The task the model was trained for (models saved before tasks existed were classifiers)."""
-    from .data.loading import TASKS
-    from .errors import ModelFileError
-
     task = metadata.get("task", metadata.get("options", {}).get("task", "classification"))
     if task not in TASKS:
         raise ModelFileError(f"{path}: the model records an unknown task {task!r}; expected {' or '.join(TASKS)}")
@@ -310,10 +307,6 @@ def _recorded_task(path, metadata: dict) -> str:
 
 def _recorded_loss(path, metadata: dict, dataset):
     """The loss the model was trained with, and the test targets in the form that loss takes."""
-    from .data import one_hot
-    from .errors import ModelFileError
-    from .losses import LOSSES
-
     # Model files record their loss since it became possible to train with another; every model saved before
     # that was trained with cross-entropy (the only loss `backprop train` used), so it is the right default.
     name = metadata.get("loss", "cross_entropy")
@@ -327,14 +320,6 @@ def _recorded_loss(path, metadata: dict, dataset):
 
 
 def cmd_predict(args) -> int:
-    from .data import apply_scaler, load_features
-    from .io.atomic import write_text_atomic
-    from .io.model_files import load_model
-    from .layers import architecture
-    from .layers.shape_inference import input_shape_of, shape_text
-    from .runs import check_output_file, resolve_model_path
-    from .training import predict_classes, predict_logits
-
     if args.output is not None:
         _check_not_empty("--output", args.output)
         check_output_file(args.output)  # before the work, not after it
@@ -368,16 +353,10 @@ def cmd_predict(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from .summary import summarize
+    from .summary import summarize  # lazy: only this command needs it, and every other command starts faster
 
     print(summarize(args.model, dataset=args.dataset, data_dir=args.data_dir))
     return 0
-
-
-def _shipped_spec_names() -> list[str]:
-    from .specs import shipped_names
-
-    return shipped_names()
 
 
 def cmd_backends(args) -> int:
@@ -432,8 +411,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.backend is None:
             return _run_command(args)
-        from backends import parse_spec, use_backend
-
         if getattr(args, "distributed", False):  # each rank loads the backend on its own GPU (train_run)
             parse_spec(args.backend)  # a bad name is still an error before anything else
             return _run_command(args)
@@ -444,8 +421,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
-        from .training.interrupts import Terminated, exit_status
-
         print("terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted", file=sys.stderr)
         return exit_status(interrupt)
 

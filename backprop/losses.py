@@ -13,7 +13,7 @@ from typing import Any
 import array_api_compat
 
 from backends import backend_of, describe_array, dtype_name
-from backends.base import NOTHING_TO_ACTIVATE
+from backends.base import NOTHING_TO_ACTIVATE, Backend
 
 from .errors import DeviceMismatchError, DTypeError, ShapeError
 from .metrics import MAE, R2, Accuracy, BinaryAccuracy, Metric
@@ -46,7 +46,8 @@ class Loss:
         super().__init_subclass__(**kwargs)
         # A loss runs with its prediction's device current (see backprop/on_device.py), whoever calls it.
         if "begin_update" in cls.__dict__:
-            cls.begin_update = _on_prediction_device(cls.__dict__["begin_update"])
+            # the subclass's own method, wrapped in place: mypy forbids assigning to a method, which is the point
+            cls.begin_update = _on_prediction_device(cls.__dict__["begin_update"])  # type: ignore[method-assign]
 
     def __call__(self, prediction: Array, target: Array) -> Array:
         return self.forward(prediction, target)
@@ -148,18 +149,26 @@ class CrossEntropy(Loss):
                              f"{dtype_name(target.dtype)}")
         return target_kind
 
+    def _fused_backend(self, logits: Array) -> Backend:
+        """The backend whose fused softmax cross-entropy runs on ``logits`` (an array of a loaded backend)."""
+        backend = backend_of(logits)
+        if backend is None:
+            raise DeviceMismatchError(f"{self!r}: logits are {describe_array(logits)}, not an array of a loaded "
+                                      f"backend; make them with one (backends.get_backend(SPEC).from_host(...))")
+        return backend
+
     def forward(self, logits: Array, target: Array) -> Array:
         xp = self._check(logits, target, same_shape=False)
         if self._target_kind(xp, logits, target) == "integral":  # the fused path, without the gradient
             with on_device_of(logits):
-                return backend_of(logits).softmax_cross_entropy(logits, target, with_grad=False)[0]
+                return self._fused_backend(logits).softmax_cross_entropy(logits, target, with_grad=False)[0]
         return self.begin_update(logits, target)[0]
 
     def begin_update(self, logits: Array, target: Array) -> tuple[Array, Callable[[], Array]]:
         xp = self._check(logits, target, same_shape=False)
         if self._target_kind(xp, logits, target) == "integral":
             # Integer labels: the backend's fused softmax cross-entropy (loss and gradient in one pass, no one-hot)
-            loss, grad, _ = backend_of(logits).softmax_cross_entropy(logits, target)
+            loss, grad, _ = self._fused_backend(logits).softmax_cross_entropy(logits, target)
             return loss, lambda: grad
         target = xp.astype(target, logits.dtype)
         n = _size(logits) // logits.shape[-1]
@@ -179,8 +188,8 @@ class CrossEntropy(Loss):
         xp = self._check(logits, target, same_shape=False)
         if self._target_kind(xp, logits, target) != "integral":
             return None
-        _, grad, metrics = backend_of(logits).softmax_cross_entropy(logits, target, grad_scale=grad_scale,
-                                                                    metrics=metrics)
+        _, grad, metrics = self._fused_backend(logits).softmax_cross_entropy(logits, target, grad_scale=grad_scale,
+                                                                             metrics=metrics)
         return grad, metrics
 
 

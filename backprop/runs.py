@@ -16,12 +16,35 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from backends import get_backend
+from backends import dtype_name, get_backend
 
+from . import specs
+from .data import load_dataset
+from .data.loading import check_dataset_options, check_recorded_dataset, dataset_file, file_sha256
+from .data.splitting import holdout_size
+from .distributed import device_backend
 from .errors import ConfigError, TrainingError
-from .layers import Activation, Dense, Dropout, Sequential
+from .io.atomic import remove_stale_temp_files, write_text_atomic
+from .io.checkpoints import read_checkpoint
+from .io.directory_lock import LOCK_FILE, lock_directory, refuse_if_locked
+from .io.model_files import _build_checked, save_model
+from .layers import Activation, Dense, Dropout, Sequential, declared_arrays
+from .losses import LOSSES
 from .metrics import Accuracy, Metric
 from .models import mlp
+from .optim import make_optimizer
+from .training import (
+    Callback,
+    Checkpoint,
+    EarlyStopping,
+    GradientMonitor,
+    HistoryWriter,
+    Trainer,
+    batch_mode,
+    evaluate,
+    predict_classes,
+)
+from .training.batches import parse_batch_size
 
 HostArray = Any  # a NumPy array of a Dataset (runs.py itself imports no array library)
 
@@ -80,10 +103,6 @@ def check_options(options: dict, *, resume: bool = False) -> dict:
     With a spec (``model``), its ``[train]`` table gives the defaults of the options not set, and its form
     (layer types, option names) is checked; its shapes are checked when the data is known. A resumed run
     (``resume``) has every option recorded and its model in its checkpoint: the spec is not read again."""
-    from .data.loading import check_dataset_options
-    from .data.splitting import holdout_size
-    from .training import EarlyStopping, Trainer
-
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
         raise ConfigError(f"unknown run option(s) {', '.join(unknown)}; expected {', '.join(DEFAULTS)}")
@@ -117,9 +136,7 @@ def check_options(options: dict, *, resume: bool = False) -> dict:
 def spec_defaults(model, given: dict) -> dict:
     """The options a spec's ``[train]`` table sets (each one checked to be a run option), after checking that
     ``given`` sets none of the MLP's options, which a spec replaces."""
-    from .specs import load_spec
-
-    spec = load_spec(model)
+    spec = specs.load_spec(model)
     mlp_given = [key for key in MLP_OPTIONS if key in given and not _same_option(key, given[key], DEFAULTS[key])]
     if mlp_given:
         flags = ", ".join("--" + key for key in mlp_given)
@@ -142,16 +159,15 @@ def make_model(options: dict, dataset, backend, *, log=None):
     if options.get("model") is None:
         check_memory(options, dataset.num_features, dataset.num_classes, backend)
         return build_model(options, dataset.num_features, dataset.num_classes, backend), None
-    from . import specs
-    from .layers import declared_arrays
 
     spec = specs.load_spec(options["model"])
     input_shape = specs.input_shape_for(spec, dataset.num_features, dataset.image_shape)
     resolved = specs.resolve(spec, input_shape, outputs=dataset.num_classes, flat_features=dataset.num_features)
     specs.check_targets(resolved, target_shape(dataset), f"the {dataset.name} dataset's targets")
-    parameters = sum(math.prod(shape) for key, shape in declared_arrays(resolved.architecture()).items()
-                     if key.startswith("param/"))
-    check_parameter_memory(parameters, options, backend, f"--model {options['model']}")
+    arrays = declared_arrays(resolved.architecture())
+    if arrays is not None:  # None: a registered layer that does not declare its arrays; nothing to check before
+        parameters = sum(math.prod(shape) for key, shape in arrays.items() if key.startswith("param/"))
+        check_parameter_memory(parameters, options, backend, f"--model {options['model']}")
     return specs.build(resolved, seed=options["seed"], backend=backend), spec.source
 
 
@@ -184,8 +200,6 @@ def build_model(options: dict, num_features: int, num_classes: int, backend) -> 
 
 def loss_name(loss) -> str:
     """The name ``LOSSES`` knows a loss by (what a model file records, so ``evaluate`` can use it again)."""
-    from .losses import LOSSES
-
     for name, cls in LOSSES.items():
         if type(loss) is cls:
             return name
@@ -205,10 +219,6 @@ def check_memory(options: dict, num_features: int, num_classes: int, backend) ->
 
 def check_parameter_memory(parameters: int, options: dict, backend, what: str) -> None:
     """``check_memory`` for a model of ``parameters`` parameters (``what`` names it in the message)."""
-    from backends import dtype_name
-
-    from .optim import make_optimizer
-
     # the optimizer's own declaration of the state it keeps per parameter (Adam: 2 arrays, SGD: none)
     stand_in = build_model({**options, "hidden": [], "dropout": 0.0}, 1, 1, get_backend("numpy"))
     state = len(make_optimizer(options["optimizer"], stand_in).buffer_names())
@@ -238,8 +248,6 @@ def output_directory(requested: str | None, dataset: str, overwrite: bool) -> Pa
 
     Checked again under the directory's lock when the run starts (``claim_run_directory``); checking here
     too stops a refused run before its data is loaded."""
-    from .io.directory_lock import refuse_if_locked
-
     if requested is None:
         stem = Path(dataset).stem if dataset.endswith((".csv", ".npz")) else dataset
         base = Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -284,9 +292,6 @@ def claim_run_directory(output: Path, *, resume: bool = False, overwrite: bool =
     writer: no other run holds the lock); and, unless resuming, refuses a directory holding any run's
     files, or with ``overwrite`` removes them first, saying which. A directory this call created is
     removed again if the run ends before writing anything in it."""
-    from .io.atomic import remove_stale_temp_files
-    from .io.directory_lock import LOCK_FILE, lock_directory
-
     output, log = Path(output), log or _silent  # log=None: say nothing
     if output.exists() and not output.is_dir():
         raise ConfigError(f"{output} exists and is not a directory")
@@ -353,8 +358,6 @@ def _run(options, *, output, backend, progress, plots, resume, log, communicator
     if communicator is None:
         backend = get_backend(backend)
     else:
-        from .distributed import device_backend
-
         # with CuPy: one GPU per rank of a machine, chosen before any GPU is touched
         backend = device_backend(backend, communicator)
         if communicator.size > 1:
@@ -367,26 +370,11 @@ def _run(options, *, output, backend, progress, plots, resume, log, communicator
 
 
 def _run_on(backend, options, *, output, progress, plots, resume, log, communicator, root, compile) -> dict:
-    from .data import load_dataset
-    from .data.loading import dataset_file, file_sha256
-    from .io.model_files import save_model
-    from .training import (
-        Callback,
-        Checkpoint,
-        EarlyStopping,
-        GradientMonitor,
-        HistoryWriter,
-        Trainer,
-        batch_mode,
-        evaluate,
-    )
-
     started = time.perf_counter()
     dataset = load_dataset(options["dataset"], data_dir=options["data_dir"], scaling=options["scaling"],
                            seed=options["seed"], task=options["task"])
     num_features = dataset.x_train.shape[1]
     if options["validation_split"]:  # the fraction is checked; whether it leaves training data needs the data
-        from .data.splitting import holdout_size
 
         holdout_size(len(dataset.x_train), options["validation_split"], "--validation-split", "validation_split")
     if resume and options["model"] is not None:  # the model the checkpoint describes, whatever the spec is now
@@ -446,7 +434,6 @@ def _run_on(backend, options, *, output, progress, plots, resume, log, communica
     if communicator is not None:
         summary["ranks"] = communicator.size
     save_model(output / MODEL_FILE, model, {**metadata, "summary": summary})
-    from .io.atomic import write_text_atomic
 
     write_text_atomic(output / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     if plots:
@@ -483,10 +470,10 @@ def _silent(*_) -> None:
 
 def _plots(output, history, model, x_test, dataset, log):
     try:
+        # lazy: the plots module (and matplotlib behind it) only for a run that draws them
         from .plots.training import PlotUnavailable, confusion_matrix, plot_confusion_matrix, plot_learning_curves
     except ImportError:  # pragma: no cover
         return
-    from .training import predict_classes
 
     try:
         plot_learning_curves(history, output / "learning_curves.png", title=f"{dataset.name}")
@@ -517,9 +504,6 @@ def describe_model(model, name: str | None = None) -> str:
 
 def checkpoint_model(path, backend):
     """The model a checkpoint's architecture describes (its weights are loaded with the trainer's state)."""
-    from .io.checkpoints import read_checkpoint
-    from .io.model_files import _build_checked
-
     arrays, header = read_checkpoint(path)
     with backend.activate():
         return _build_checked(path, header, arrays, backend)
@@ -588,14 +572,11 @@ def resume_options(directory: Path, given: dict | None = None) -> dict:
     which may grow (to extend a finished run) as long as the learning-rate schedule does not depend on it:
     a step or cosine schedule is laid out over the run's epochs, and stretching it would change learning
     rates the run has already used."""
-    from .io.checkpoints import read_checkpoint
-
     checkpoint = Path(directory) / CHECKPOINT_FILE
     check_readable(checkpoint, "checkpoint")
     if not checkpoint.exists():
         raise ConfigError(f"--resume {directory}: no {CHECKPOINT_FILE} there (nothing to resume)")
     _, header = read_checkpoint(checkpoint)
-    from .data.loading import check_recorded_dataset, file_sha256
 
     recorded = dict(header.get("run", {}))  # read_checkpoint checked it is a dict
     dataset_sha256 = recorded.pop("dataset_sha256", None)  # not an option: what the dataset file was
@@ -634,8 +615,6 @@ def resume_options(directory: Path, given: dict | None = None) -> dict:
 
 def _canonical(key: str, value):
     """An option's value in the form that decides the run, so 256,128 and "256, 128" compare equal."""
-    from .training.batches import parse_batch_size
-
     try:
         if key == "hidden":
             return tuple(parse_hidden(value))

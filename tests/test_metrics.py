@@ -10,6 +10,7 @@ import re
 import numpy as np
 import pytest
 
+import backends.registry
 import backprop as bp
 from backprop.cli import main
 from backprop.metrics import MAE, R2, Accuracy, BinaryAccuracy, Metric
@@ -177,3 +178,14 @@ def test_the_learning_curves_of_a_regression_draw_mae_and_r2():
     records = [{"epoch": 1, "train_loss": 1.0, "train_mae": 0.8, "train_r2": 0.1, "val_loss": 1.1, "val_mae": 0.9,
                 "val_r2": 0.0}]
     assert metric_names(records) == ["mae", "r2"]
+
+
+# -- losses --------------------------------------------------------------------------------------------------------
+def test_cross_entropy_on_an_array_of_no_loaded_backend_says_so(monkeypatch):
+
+    monkeypatch.setattr(backends.registry, "_instances", {})  # no backend loaded: numpy arrays belong to none
+    logits, labels = np.zeros((2, 3), dtype=np.float32), np.array([0, 2])
+    with pytest.raises(bp.errors.DeviceMismatchError, match=r"not an array of a loaded backend"):
+        bp.CrossEntropy()(logits, labels)
+    with pytest.raises(bp.errors.DeviceMismatchError, match=r"not an array of a loaded backend"):
+        bp.CrossEntropy().begin_update(logits, labels)

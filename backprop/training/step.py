@@ -185,8 +185,8 @@ class TrainingStep:
         flat = self.optimizer.flat_gradients()
         if flat is not None:
             boxes, grads = flat
-            names = [self._names.get(id(box)) for box in boxes]
-            if None not in names and len(boxes) == sum(1 for p in self.params if p.grad is not None):
+            names = [self._names[id(box)] for box in boxes if id(box) in self._names]
+            if len(names) == len(boxes) == sum(1 for p in self.params if p.grad is not None):
                 return names, grads
         named = [(name, p.grad) for name, p in self.named_params.items() if p.grad is not None]
         return [name for name, _ in named], [grad for _, grad in named]

@@ -535,10 +535,10 @@ class EpochRows:
     def __init__(self, backend: Any, x: Array, y: Array, order: Array | None):
         self.backend, self.x, self.y, self.order = backend, x, y, order
         self.n = x.shape[0]
-        self.xs = self.ys = None
+        self.permuted: tuple[Array, Array] | None = None  # (x, y) in the epoch's order, when kept whole
         if order is not None and backend.permutes_epochs and self._fits(backend, x, y):
             xp = backend.xp
-            self.xs, self.ys = xp.take(x, order, axis=0), xp.take(y, order, axis=0)
+            self.permuted = xp.take(x, order, axis=0), xp.take(y, order, axis=0)
 
     @staticmethod
     def _fits(backend, x, y) -> bool:
@@ -548,18 +548,20 @@ class EpochRows:
 
     def slice(self, lo: int, hi: int) -> tuple[Array, Array]:
         """``(x, y)`` of rows ``lo:hi`` of the epoch's order."""
-        if self.order is None:
+        order = self.order
+        if order is None:
             if (lo, hi) == (0, self.n):
                 return self.x, self.y
             return self.x[lo:hi, ...], self.y[lo:hi, ...]
-        if self.xs is not None:
-            return self.xs[lo:hi, ...], self.ys[lo:hi, ...]
-        xp, index = self.backend.xp, self.order[lo:hi]  # type: ignore[index]  # not None: checked first
+        if self.permuted is not None:
+            xs, ys = self.permuted
+            return xs[lo:hi, ...], ys[lo:hi, ...]
+        xp, index = self.backend.xp, order[lo:hi]
         return xp.take(self.x, index, axis=0), xp.take(self.y, index, axis=0)
 
     def release(self) -> None:
         """Drop the permuted copy (between epochs only the data itself is held)."""
-        self.xs = self.ys = None
+        self.permuted = None
 
 
 def _itemsize(xp, dtype) -> int:
