@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_example(args) -> int:
+def cmd_example(args: argparse.Namespace) -> int:
     return run_example(args.name, args.options)
 
 
@@ -201,12 +201,12 @@ RUN_FLAGS = {"output": None, "overwrite": False, "resume": None, "no_progress": 
              "distributed": False, "compile": False}
 
 
-def given_train_options(args) -> dict:
+def given_train_options(args: argparse.Namespace) -> dict:
     """The run options (``DEFAULTS``' keys) the user typed on the command line, whatever their value."""
     return {key: getattr(args, key) for key in TRAIN_OPTIONS if hasattr(args, key)}
 
 
-def cmd_train(args) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     for key, default in RUN_FLAGS.items():
         if not hasattr(args, key):
             setattr(args, key, default)
@@ -275,7 +275,7 @@ def _check_not_empty(flag: str, path) -> None:
         raise ConfigError(f"{flag} is empty; name a path (. for the current directory)")
 
 
-def cmd_evaluate(args) -> int:
+def cmd_evaluate(args: argparse.Namespace) -> int:
     path = resolve_model_path(args.model)
     model, metadata = load_model(path)
     # the spec the model was trained with ("digits", or the path of the user's file), not its display name
@@ -319,7 +319,7 @@ def _recorded_loss(path, metadata: dict, dataset):
     return LOSSES[name](), one_hot(dataset.y_test, dataset.num_classes)
 
 
-def cmd_predict(args) -> int:
+def cmd_predict(args: argparse.Namespace) -> int:
     if args.output is not None:
         _check_not_empty("--output", args.output)
         check_output_file(args.output)  # before the work, not after it
@@ -352,14 +352,14 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def cmd_summary(args) -> int:
+def cmd_summary(args: argparse.Namespace) -> int:
     from .summary import summarize  # lazy: only this command needs it, and every other command starts faster
 
     print(summarize(args.model, dataset=args.dataset, data_dir=args.data_dir))
     return 0
 
 
-def cmd_backends(args) -> int:
+def cmd_backends(args: argparse.Namespace) -> int:
     if args.require:
         try:
             backend = get_backend(args.require)

@@ -12,24 +12,25 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from backends import dtype_name, get_backend
+from backends import Backend, dtype_name, get_backend
 
 from . import specs
 from .data import load_dataset
+from .data.dataset import Dataset
 from .data.loading import check_dataset_options, check_recorded_dataset, dataset_file, file_sha256
 from .data.splitting import holdout_size
-from .distributed import device_backend
+from .distributed import Communicator, device_backend
 from .errors import ConfigError, TrainingError
 from .io.atomic import remove_stale_temp_files, write_text_atomic
 from .io.checkpoints import read_checkpoint
 from .io.directory_lock import LOCK_FILE, lock_directory, refuse_if_locked
 from .io.model_files import _build_checked, save_model
-from .layers import Activation, Dense, Dropout, Sequential, declared_arrays
-from .losses import LOSSES
+from .layers import Activation, Dense, Dropout, Layer, Sequential, declared_arrays
+from .losses import LOSSES, Loss
 from .metrics import Accuracy, Metric
 from .models import mlp
 from .optim import make_optimizer
@@ -47,6 +48,7 @@ from .training import (
 from .training.batches import parse_batch_size
 
 HostArray = Any  # a NumPy array of a Dataset (runs.py itself imports no array library)
+Log = Callable[[str], None]  # where a run says what it does (print, or a file's writer)
 
 MODEL_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -70,7 +72,7 @@ DEFAULTS = {
 MLP_OPTIONS = ("hidden", "activation", "dropout")
 
 
-def parse_hidden(text) -> list[int]:
+def parse_hidden(text: str | Sequence[int]) -> list[int]:
     """Hidden layer sizes from ``"256,128"`` (or a list of ints); ``"none"`` is no hidden layer (a linear
     model). An empty text is an error, not a linear model: it is what an unset shell variable gives."""
     if isinstance(text, (list, tuple)):
@@ -133,7 +135,7 @@ def check_options(options: dict, *, resume: bool = False) -> dict:
     return options
 
 
-def spec_defaults(model, given: dict) -> dict:
+def spec_defaults(model: str | os.PathLike, given: dict) -> dict:
     """The options a spec's ``[train]`` table sets (each one checked to be a run option), after checking that
     ``given`` sets none of the MLP's options, which a spec replaces."""
     spec = specs.load_spec(model)
@@ -153,7 +155,8 @@ def spec_defaults(model, given: dict) -> dict:
     return dict(spec.train)
 
 
-def make_model(options: dict, dataset, backend, *, log=None):
+def make_model(options: dict, dataset: Dataset, backend: Backend, *, log: Log | None = None
+               ) -> tuple[Layer, str | None]:
     """The run's model for ``dataset``: the spec's (``options["model"]``), its shapes checked from the input
     to the targets before anything is allocated, or the MLP of ``--hidden``. Returns ``(model, name)``."""
     if options.get("model") is None:
@@ -171,7 +174,7 @@ def make_model(options: dict, dataset, backend, *, log=None):
     return specs.build(resolved, seed=options["seed"], backend=backend), spec.source
 
 
-def target_shape(dataset) -> tuple:
+def target_shape(dataset: Dataset) -> tuple:
     """What the model must give for one example of ``dataset``: a score per class (at every step, for labels
     per step), or the regression targets."""
     y = dataset.y_train
@@ -180,7 +183,7 @@ def target_shape(dataset) -> tuple:
     return (*y.shape[1:], dataset.num_classes)
 
 
-def build_model(options: dict, num_features: int, num_classes: int, backend) -> Sequential:
+def build_model(options: dict, num_features: int, num_classes: int, backend: Backend) -> Sequential:
     """The MLP the options describe: input, hidden layers (with dropout after each), output."""
     hidden = parse_hidden(options["hidden"])
     if options["dropout"] and not hidden:
@@ -198,7 +201,7 @@ def build_model(options: dict, num_features: int, num_classes: int, backend) -> 
     return model
 
 
-def loss_name(loss) -> str:
+def loss_name(loss: Loss) -> str:
     """The name ``LOSSES`` knows a loss by (what a model file records, so ``evaluate`` can use it again)."""
     for name, cls in LOSSES.items():
         if type(loss) is cls:
@@ -207,7 +210,7 @@ def loss_name(loss) -> str:
                       f"({', '.join(LOSSES)})")
 
 
-def check_memory(options: dict, num_features: int, num_classes: int, backend) -> None:
+def check_memory(options: dict, num_features: int, num_classes: int, backend: Backend) -> None:
     """Refuse a model whose parameters, gradients and optimizer state (in the model's dtype) would not fit in
     the memory free on the backend's device, before any of it is allocated. A lower bound of what training
     needs (activations and the trainer's start-of-epoch copy come on top), so a model it lets through can
@@ -217,7 +220,7 @@ def check_memory(options: dict, num_features: int, num_classes: int, backend) ->
     check_parameter_memory(parameters, options, backend, f"--hidden {options['hidden']}")
 
 
-def check_parameter_memory(parameters: int, options: dict, backend, what: str) -> None:
+def check_parameter_memory(parameters: int, options: dict, backend: Backend, what: str) -> None:
     """``check_memory`` for a model of ``parameters`` parameters (``what`` names it in the message)."""
     # the optimizer's own declaration of the state it keeps per parameter (Adam: 2 arrays, SGD: none)
     stand_in = build_model({**options, "hidden": [], "dropout": 0.0}, 1, 1, get_backend("numpy"))
@@ -284,7 +287,8 @@ def _refusal(path: Path, existing: list[str]) -> str:
 
 
 @contextlib.contextmanager
-def claim_run_directory(output: Path, *, resume: bool = False, overwrite: bool = False, log=print):
+def claim_run_directory(output: Path, *, resume: bool = False, overwrite: bool = False, log: Log | None = print
+                        ) -> Iterator[Path]:
     """Hold ``output`` for one run, from before its first file is written to its end.
 
     Creates the directory and takes its exclusive lock (``DirectoryInUse`` at once if another run holds
@@ -323,9 +327,9 @@ def claim_run_directory(output: Path, *, resume: bool = False, overwrite: bool =
                         directory.rmdir()  # stops at one that is not empty
 
 
-def train_run(options: dict, *, output: Path, backend=None, progress: bool = True, plots: bool = True,
-              resume: bool = False, overwrite: bool = False, log=print, communicator=None,
-              compile: bool = False) -> dict:
+def train_run(options: dict, *, output: Path, backend: Backend | str | None = None, progress: bool = True,
+              plots: bool = True, resume: bool = False, overwrite: bool = False, log: Log | None = print,
+              communicator: Communicator | None = None, compile: bool = False) -> dict:
     """Run (or resume) a training job; returns the summary that is also written to summary.json.
 
     The run holds ``output`` (see ``claim_run_directory``) from start to end: a directory that another run
@@ -489,7 +493,7 @@ def _plots(output, history, model, x_test, dataset, log):
         warnings.warn(f"could not draw the plots in {output}: {exc}", RuntimeWarning, stacklevel=2)
 
 
-def describe_model(model, name: str | None = None) -> str:
+def describe_model(model: Layer, name: str | None = None) -> str:
     """One line for logs: ``MLP 64-256-128-10 (...)`` for a stack of Dense layers and activations, otherwise
     the spec's name and the layer types in order."""
     layers = list(getattr(model, "layers", [model]))
@@ -502,14 +506,14 @@ def describe_model(model, name: str | None = None) -> str:
     return f"{name or 'model'}: {'-'.join(type(layer).__name__ for layer in layers)} {count}"
 
 
-def checkpoint_model(path, backend):
+def checkpoint_model(path: Path, backend: Backend) -> Layer:
     """The model a checkpoint's architecture describes (its weights are loaded with the trainer's state)."""
     arrays, header = read_checkpoint(path)
     with backend.activate():
         return _build_checked(path, header, arrays, backend)
 
 
-def resolve_model_path(path) -> Path:
+def resolve_model_path(path: str | os.PathLike) -> Path:
     """The model file that ``path`` (the file, or a run directory) names, checked to be readable."""
     path = Path(path)
     if path.is_dir():
@@ -537,7 +541,7 @@ def check_readable(path: Path, what: str) -> None:
         raise ConfigError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
 
 
-def check_writable_directory(path, option: str) -> None:
+def check_writable_directory(path: str | os.PathLike, option: str) -> None:
     """A ConfigError unless the directory ``path`` can be written in, or created: checked before the data is
     loaded or a step is trained, so a run cannot be lost at its first checkpoint for want of permission."""
     path = Path(path)
@@ -551,7 +555,7 @@ def check_writable_directory(path, option: str) -> None:
         raise ConfigError(f"{option} {path}: permission denied ({where})")
 
 
-def check_output_file(path, option: str = "--output") -> None:
+def check_output_file(path: str | os.PathLike, option: str = "--output") -> None:
     """A ConfigError unless a file can be written at ``path``: checked before any work is done."""
     path = Path(path)
     if path.is_dir():

@@ -21,6 +21,7 @@ from typing import Any, cast
 
 import array_api_extra as xpx
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import DataError
 from .splitting import split_validation, stratified_holdout
@@ -47,7 +48,7 @@ class Dataset:
     class_names: list[str] = field(default_factory=list)
     scaler: dict | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         # Every loader goes through here, so a Dataset that exists is one the training loop can trust.
         for part in ("train", "test"):
             x, y = getattr(self, f"x_{part}"), getattr(self, f"y_{part}")
@@ -72,7 +73,8 @@ class Dataset:
     def num_features(self) -> int:
         return int(self.x_train.shape[1])
 
-    def validation_split(self, fraction: float = 0.1, seed: int = 0):
+    def validation_split(self, fraction: float = 0.1, seed: int = 0
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Hold out a stratified part of the training set: ``(x_train, y_train, x_val, y_val)``.
 
         The test set is left alone; see :func:`split_validation`.
@@ -98,7 +100,7 @@ class Dataset:
 # ------------------------------------------------------------------------------------------------ validation
 
 
-def excerpt(content, limit: int = 24) -> str:
+def excerpt(content: object, limit: int = 24) -> str:
     """File content quoted in an error message: at most ``limit`` characters, quoted, control characters
     escaped. Errors quote no more of a file than this, so a path named by someone else (a model file's
     dataset) cannot be used to print a file, and a file cannot flood or rewrite the terminal."""
@@ -106,7 +108,7 @@ def excerpt(content, limit: int = 24) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def validate_features(x, source: str) -> None:
+def validate_features(x: npt.ArrayLike, source: str) -> None:
     """Features must be a numeric 2-D array ``(samples, features)`` with at least one sample, all finite."""
     x = np.asarray(x)
     if x.ndim != 2:
@@ -124,7 +126,7 @@ def validate_features(x, source: str) -> None:
                             f"first at sample {row}, feature {col}")
 
 
-def validate_labels(y, num_classes: int | None, source: str) -> None:
+def validate_labels(y: npt.ArrayLike, num_classes: int | None, source: str) -> None:
     """Labels must be a 1-D integer array with values in ``0 .. num_classes - 1`` (any value >= 0 if None)."""
     y = np.asarray(y)
     if y.ndim != 1:
@@ -267,10 +269,12 @@ def features_2d(x: np.ndarray, source: str) -> tuple[np.ndarray, tuple[int, ...]
     return flat, image_shape
 
 
-def dataset_from_arrays(name: str, path: Path, x, y, x_test, y_test, test_fraction: float, seed: int,
-                 class_names: list[str] | None = None, image_shape: tuple[int, ...] | None = None) -> Dataset:
+def dataset_from_arrays(name: str, path: Path, x: np.ndarray, y: np.ndarray, x_test: np.ndarray | None,
+                        y_test: np.ndarray | None, test_fraction: float, seed: int,
+                        class_names: list[str] | None = None, image_shape: tuple[int, ...] | None = None
+                        ) -> Dataset:
     """A Dataset from raw feature and label arrays (labels already encoded); splits off a test part if needed."""
-    if x_test is None:
+    if x_test is None or y_test is None:  # the callers give both or neither
         if len(x) != len(y):
             raise DataError(f"{path}: {len(x)} samples but {len(y)} labels")
         kept, held = stratified_holdout(y, test_fraction, seed, f"{path} (test split)")

@@ -50,7 +50,7 @@ def load_digits() -> Dataset:
 BUILTIN_DATASETS = ("digits", "mnist", "fashion-mnist", "adding-problem", "sonnets")
 
 
-def dataset_file(spec) -> Path | None:
+def dataset_file(spec: str | os.PathLike) -> Path | None:
     """The file a dataset spec names (a ``.npz`` or ``.csv`` path), or None for a built-in name."""
     text = str(spec)
     if text.lower().replace("_", "-") in BUILTIN_DATASETS or not text.lower().endswith((".npz", ".csv")):
@@ -58,7 +58,7 @@ def dataset_file(spec) -> Path | None:
     return Path(text)
 
 
-def file_sha256(path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
     """The SHA-256 (hex) of a file's bytes, read in chunks."""
     digest = hashlib.sha256()
     try:
@@ -72,8 +72,8 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
-def check_recorded_dataset(spec, recorded_sha256, source, *, kind: str = "model", purpose: str = "evaluate on it"
-                           ) -> None:
+def check_recorded_dataset(spec: str | os.PathLike, recorded_sha256: str | None, source: str | os.PathLike, *,
+                           kind: str = "model", purpose: str = "evaluate on it") -> None:
     """Refuse to read a dataset file that a model or checkpoint file names, unless it is the very file the model
     was trained on (``recorded_sha256``, written at training time, matches); built-in names are always fine.
 
@@ -170,7 +170,7 @@ def load_dataset(spec: str | os.PathLike, data_dir: str | os.PathLike | None = N
 # Inputs for prediction
 # ----------------------------------------------------------------------------------------------------------
 
-def load_features(path, delimiter: str = ",") -> np.ndarray:
+def load_features(path: str | os.PathLike, delimiter: str = ",") -> np.ndarray:
     """Feature rows (no labels) for ``backprop predict``: a ``.npy`` array, a ``.npz`` with an array ``x``
     (or a single array), or a ``.csv`` of numbers with an optional header row (a first row of mostly
     non-numbers; a first row of mostly numbers is data, and a cell in it that is not a number an error naming

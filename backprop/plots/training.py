@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import BackpropError, ConfigError, DataError, DTypeError, ShapeError
 from ..io.atomic import atomic_path
@@ -40,6 +41,7 @@ class PlotUnavailable(BackpropError, RuntimeError):
 def _matplotlib():
     """Import what the plots need; raise :class:`PlotUnavailable` with a one-line message when it cannot."""
     try:
+        # lazy: optional library (matplotlib), imported only when a plot is drawn
         import matplotlib  # noqa: F401  (imported first so a blocked or missing top-level package fails here)
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -220,7 +222,7 @@ def _draw_loss(ax, x, records) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _draw_accuracy(ax, x, records) -> tuple[np.ndarray, np.ndarray]:
-    from matplotlib.ticker import PercentFormatter
+    from matplotlib.ticker import PercentFormatter  # lazy: optional library (matplotlib)
 
     train, train_bad = _series(records, "train_accuracy")
     val, val_bad = _series(records, "val_accuracy")
@@ -261,7 +263,7 @@ def _draw_grad_norms(ax, x, records, colormap) -> None:
     styles = ["-", "--", ":", "-."]
     linestyle = {kind: styles[i % len(styles)] for i, kind in enumerate(kinds)}
 
-    from matplotlib.lines import Line2D
+    from matplotlib.lines import Line2D  # lazy: optional library (matplotlib)
 
     handles, drawn = [], 0
     for index, (layer, params) in enumerate(layers.items()):
@@ -342,7 +344,8 @@ def plot_learning_curves(history: Iterable[Mapping[str, Any]], path: str | os.Pa
 
     names = metric_names(records) or ["accuracy"]
     fig = _new_figure((6.0 * max(2, len(names) + 1), 9.0))
-    from matplotlib import colormaps  # lazy: optional library (matplotlib, checked by _new_figure)
+    # lazy: optional library (matplotlib, checked by _new_figure)
+    from matplotlib import colormaps
     from matplotlib.ticker import MaxNLocator
 
     grid = fig.add_gridspec(3, len(names) + 1, height_ratios=[3.0, 3.0, 1.3])
@@ -375,7 +378,7 @@ def plot_learning_curves(history: Iterable[Mapping[str, Any]], path: str | os.Pa
 # confusion matrix
 
 
-def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
+def confusion_matrix(y_true: npt.ArrayLike, y_pred: npt.ArrayLike, num_classes: int) -> np.ndarray:
     """Count (true class, predicted class) pairs: a ``(num_classes, num_classes)`` int64 array.
 
     ``y_true`` and ``y_pred`` are host arrays (or sequences) of class indices of
@@ -408,7 +411,7 @@ def _compact(count: int) -> str:
     return f"{count / 1_000_000:.1f}M"
 
 
-def plot_confusion_matrix(matrix, path: str | os.PathLike, *, class_names: Sequence[str] | None = None,
+def plot_confusion_matrix(matrix: np.ndarray, path: str | os.PathLike, *, class_names: Sequence[str] | None = None,
                           title: str | None = None, normalize: bool = True) -> Path:
     """Draw a confusion matrix (rows true classes, columns predicted) as a PNG; return the path written.
 
@@ -447,7 +450,7 @@ def plot_confusion_matrix(matrix, path: str | os.PathLike, *, class_names: Seque
     colorbar = fig.colorbar(image, ax=ax, shrink=0.8)
     colorbar.set_label("share of the true class (row)" if normalize else "count")
     if normalize:
-        from matplotlib.ticker import PercentFormatter
+        from matplotlib.ticker import PercentFormatter  # lazy: optional library (matplotlib)
 
         colorbar.ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
 
