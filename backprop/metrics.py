@@ -135,8 +135,8 @@ class R2(Metric):
     exactly, else 0.
 
     The sums are the squared errors and the first two moments of the targets, per output. SS_tot comes from
-    the moments (Σt² − (Σt)²/n), which loses digits when the targets' mean is large beside their spread: scale
-    such targets (``backprop train --scale-target``)."""
+    the moments (Σt² − (Σt)²/n), which loses digits (in float32) when the targets' mean is large beside their
+    spread: center such targets (subtract their mean) before training."""
 
     name = "r2"
 
