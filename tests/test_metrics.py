@@ -12,6 +12,7 @@ import pytest
 
 import backends.registry
 import backprop as bp
+from backends import BackendUnavailable
 from backprop.cli import main
 from backprop.metrics import MAE, R2, Accuracy, BinaryAccuracy, Metric
 from backprop.training import Trainer, evaluate
@@ -189,3 +190,28 @@ def test_cross_entropy_on_an_array_of_no_loaded_backend_says_so(monkeypatch):
         bp.CrossEntropy()(logits, labels)
     with pytest.raises(bp.errors.DeviceMismatchError, match=r"not an array of a loaded backend"):
         bp.CrossEntropy().begin_update(logits, labels)
+
+
+# -- a compiled step records the eager step's metrics -------------------------------------------------------------
+def test_a_compiled_mse_step_records_the_eager_mae_and_r2_on_the_same_backend():
+    # jax:cpu only: torch.compile's first compile of a new graph costs ~15 s of CPU, over this suite's budget (the
+    # torch compiled step is checked against eager in tests/test_compiled.py, with cross-entropy's accuracy)
+    try:
+        backend = bp.get_backend("jax:cpu")
+    except BackendUnavailable as exc:
+        pytest.skip(f"jax:cpu: {exc.reason}")
+    x, y = _regression(n=96, seed=4)
+
+    def run(compile):
+        model = bp.mlp([3, 8, 1], seed=0, backend=backend)
+        return Trainer(model, loss="mse", lr=0.05, epochs=3, batch_size=24, seed=1, progress=False, log=None,
+                       compile=compile).fit(x, y, validation_split=0.25)
+
+    eager, compiled = run(False), run(True)
+    keys = ("train_loss", "train_mae", "train_r2", "val_loss", "val_mae", "val_r2")
+    assert compiled[-1]["train_r2"] != eager[0]["train_r2"]  # the runs learn: the figures move between epochs
+    for have, want in zip(compiled, eager, strict=True):
+        assert set(keys) <= have.keys() and not any("accuracy" in key for key in have)
+        # XLA fuses the step's elementwise work and rounds differently from one operation at a time (see
+        # tests/test_compiled.py, RTOL): the same figures to float32 rounding, not bit for bit
+        assert [have[key] for key in keys] == pytest.approx([want[key] for key in keys], rel=1e-5, abs=1e-6)
