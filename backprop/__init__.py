@@ -67,6 +67,7 @@ from .layers import (
     register_layer,
 )
 from .losses import MSE, BinaryCrossEntropy, CrossEntropy, Loss
+from .metrics import MAE, R2, Accuracy, BinaryAccuracy, Metric
 from .models import mlp
 from .optim import (
     SGD,
@@ -107,7 +108,7 @@ __all__ = [
     # optimizers, learning-rate schedules, gradient clipping
     "AdaGrad", "Adam", "AdamW", "Optimizer", "RMSprop", "SGD", "clip_grad_norm", "make_optimizer", "make_schedule",
     # metrics and prediction
-    "evaluate", "predict_classes", "predict_logits",
+    "Accuracy", "BinaryAccuracy", "MAE", "Metric", "R2", "evaluate", "predict_classes", "predict_logits",
     # training
     "Callback", "Checkpoint", "EarlyStopping", "GradientMonitor", "HistoryWriter", "Trainer", "fit",
     # model files and data

@@ -6,11 +6,35 @@ import argparse
 import os
 import sys
 import warnings
+from pathlib import Path
 
-from backends import ENV_VAR, BackendError, BackendUnavailable, backend_statuses, get_backend
+from backends import ENV_VAR, BackendError, BackendUnavailable, backend_statuses, get_backend, parse_spec, use_backend
 
-from .errors import BackpropError, ConfigError, TrainingError
-from .runs import CHECKPOINT_FILE, DEFAULTS
+from . import distributed, runs
+from .data import apply_scaler, load_dataset, load_features, one_hot
+from .data.loading import TASKS, check_recorded_dataset
+from .errors import BackpropError, ConfigError, ModelFileError, TrainingError
+from .examples import EXAMPLES, run_example
+from .io.atomic import write_text_atomic
+from .io.directory_lock import refuse_if_locked
+from .io.model_files import load_model
+from .layers import architecture
+from .layers.shape_inference import input_shape_of, shape_text
+from .losses import LOSSES
+from .runs import (
+    CHECKPOINT_FILE,
+    DEFAULTS,
+    check_options,
+    check_output_file,
+    check_writable_directory,
+    output_directory,
+    resolve_model_path,
+    resume_options,
+    test_report,
+)
+from .specs import shipped_names
+from .training import evaluate, predict_classes, predict_logits
+from .training.interrupts import Terminated, exit_status, terminate_as_interrupt
 
 
 def _format_warning(message, category, filename, lineno, line=None):
@@ -60,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                                         f"(default: {d['dataset']})")
     data.add_argument("--data-dir", metavar="DIR",
                       help="read the MNIST or Fashion-MNIST files from here instead of downloading")
+    data.add_argument("--task", choices=["classification", "regression"],
+                      help="classification: the file's last column (or y) is a class; regression: it is a number "
+                           "to predict (loss mse, a linear output, metrics MAE and R²) "
+                           f"(default: {d['task']})")
     data.add_argument("--scaling", choices=["none", "standardize", "minmax"],
                       help="feature scaling fitted on the training set (default: none for the built-in image "
                            "sets, standardize for your files)")
@@ -69,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     model = train.add_argument_group("model")
     model.add_argument("--model", metavar="SPEC",
                        help="train the architecture of a spec instead of the MLP: a .toml or .json file listing the "
-                            "layers, or a shipped spec (" + ", ".join(_shipped_spec_names()) + "); its [train] "
+                            "layers, or a shipped spec (" + ", ".join(shipped_names()) + "); its [train] "
                             "table sets defaults for the other options (see backprop summary SPEC)")
     model.add_argument("--hidden", metavar="SIZES",
                        help=f"hidden layer sizes, comma-separated, or none for a linear model "
@@ -124,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=cmd_train)
     _add_global_options(train, after_command=True)
 
-    evaluate = commands.add_parser("evaluate", help="accuracy of a saved model on a dataset's test set")
+    evaluate = commands.add_parser("evaluate", help="the loss and metrics (accuracy; MAE and R² for a regression) of "
+                                                    "a saved model on a dataset's test set")
     evaluate.add_argument("model", help="a model.safetensors file or a run directory")
     evaluate.add_argument("--dataset", default=None, help="default: the dataset the model was trained on")
     evaluate.add_argument("--data-dir", default=None, metavar="DIR",
@@ -132,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=cmd_evaluate)
     _add_global_options(evaluate, after_command=True)
 
-    predict = commands.add_parser("predict", help="predict the classes of new inputs with a saved model")
+    predict = commands.add_parser("predict", help="predict the classes (or, for a regression, the values) of new "
+                                                  "inputs with a saved model")
     predict.add_argument("model", help="a model.safetensors file or a run directory")
     predict.add_argument("input", help="a .npy, .npz (array 'x') or .csv file of feature rows")
     predict.add_argument("--output", default=None, metavar="FILE",
@@ -151,8 +181,6 @@ def build_parser() -> argparse.ArgumentParser:
     summary.set_defaults(handler=cmd_summary)
     _add_global_options(summary, after_command=True)
 
-    from .examples import EXAMPLES
-
     example = commands.add_parser(
         "example", help="run a worked example: " + ", ".join(EXAMPLES),
         description="\n".join(f"{name}: {text}" for name, (_, text) in EXAMPLES.items()),
@@ -163,9 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_example(args) -> int:
-    from .examples import run_example
-
+def cmd_example(args: argparse.Namespace) -> int:
     return run_example(args.name, args.options)
 
 
@@ -175,14 +201,12 @@ RUN_FLAGS = {"output": None, "overwrite": False, "resume": None, "no_progress": 
              "distributed": False, "compile": False}
 
 
-def given_train_options(args) -> dict:
+def given_train_options(args: argparse.Namespace) -> dict:
     """The run options (``DEFAULTS``' keys) the user typed on the command line, whatever their value."""
     return {key: getattr(args, key) for key in TRAIN_OPTIONS if hasattr(args, key)}
 
 
-def cmd_train(args) -> int:
-    from .training.interrupts import terminate_as_interrupt
-
+def cmd_train(args: argparse.Namespace) -> int:
     for key, default in RUN_FLAGS.items():
         if not hasattr(args, key):
             setattr(args, key, default)
@@ -190,9 +214,8 @@ def cmd_train(args) -> int:
     with terminate_as_interrupt():  # SIGTERM (timeout, systemd, Slurm, Kubernetes) stops training like Ctrl-C
         if not args.distributed:
             return _train(args, None)
-        from .distributed import world
 
-        communicator = world()
+        communicator = distributed.world()  # through the module: tests replace it there
         if not communicator.is_root:
             warnings.simplefilter("ignore")  # rank 0 says it once; errors still show with their rank
         with communicator.abort_on_error():  # an error on one rank ends every rank, never a hang
@@ -200,18 +223,6 @@ def cmd_train(args) -> int:
 
 
 def _train(args, communicator) -> int:
-    from pathlib import Path
-
-    from .io.directory_lock import refuse_if_locked
-    from .runs import (
-        check_options,
-        check_writable_directory,
-        output_directory,
-        resume_options,
-        train_run,
-    )
-    from .training.interrupts import Terminated, exit_status
-
     root = communicator is None or communicator.is_root
     given = given_train_options(args)
     for flag, value in (("--output", args.output), ("--resume", args.resume), ("--data-dir", given.get("data_dir"))):
@@ -230,15 +241,16 @@ def _train(args, communicator) -> int:
         check_options(options, resume=True)  # --epochs may have changed
     else:
         options = check_options(given)  # every option, before the output directory is named or anything written
-        output = output_directory(args.output, options["dataset"], args.overwrite) if root else None
         if root:
+            output = output_directory(args.output, options["dataset"], args.overwrite)
             check_writable_directory(output, "--output")
-        if communicator is not None:
-            output = communicator.broadcast_object(output)  # rank 0 names it (a new directory has the time in it)
+        if communicator is not None:  # rank 0 names it (a new directory has the time in it), the others receive it
+            output = communicator.broadcast_object(output if root else None)
     try:
-        train_run(options, output=output, backend=args.backend, progress=not args.no_progress,
-                  plots=not args.no_plots, resume=bool(args.resume), overwrite=args.overwrite,
-                  communicator=communicator, compile=args.compile)
+        # through the module, like distributed.world: a test (or a caller) may replace it there
+        runs.train_run(options, output=output, backend=args.backend, progress=not args.no_progress,
+                       plots=not args.no_plots, resume=bool(args.resume), overwrite=args.overwrite,
+                       communicator=communicator, compile=args.compile)
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (Terminated)
         what = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
         if root and (output / CHECKPOINT_FILE).exists():
@@ -263,13 +275,7 @@ def _check_not_empty(flag: str, path) -> None:
         raise ConfigError(f"{flag} is empty; name a path (. for the current directory)")
 
 
-def cmd_evaluate(args) -> int:
-    from .data import load_dataset
-    from .data.loading import check_recorded_dataset
-    from .io.model_files import load_model
-    from .runs import predictions_of, resolve_model_path
-    from .training import evaluate
-
+def cmd_evaluate(args: argparse.Namespace) -> int:
     path = resolve_model_path(args.model)
     model = load_model(path)
     metadata = dict(model.metadata)
@@ -282,23 +288,26 @@ def cmd_evaluate(args) -> int:
     options = metadata.get("options", {})
     # Loading the same way as in training refits the scaling on the same training set: the same test features.
     dataset = load_dataset(name, data_dir=args.data_dir, scaling=options.get("scaling"),
-                           seed=options.get("seed", 0))
+                           seed=options.get("seed", 0), task=_recorded_task(path, metadata))
     loss_fn, y_test = _recorded_loss(path, metadata, dataset)
     backend = model.backend
     x_test, y_test = backend.from_host(dataset.x_test), backend.from_host(y_test)
-    loss, accuracy = evaluate(model, x_test, y_test, loss_fn)
-    predictions = predictions_of(dataset.y_test)
-    print(f"{path}: test accuracy {100 * accuracy:.2f}% ({round(accuracy * predictions)}/"
-          f"{predictions}), test loss {loss:.4f} on {dataset.name} with {backend.name}")
+    metrics = loss_fn.default_metrics()
+    figures = evaluate(model, x_test, y_test, loss_fn, metrics=metrics)
+    print(f"{path}: {test_report(figures, metrics, dataset.y_test)} on {dataset.name} with {backend.name}")
     return 0
+
+
+def _recorded_task(path, metadata: dict) -> str:
+    """The task the model was trained for (models saved before tasks existed were classifiers)."""
+    task = metadata.get("task", metadata.get("options", {}).get("task", "classification"))
+    if task not in TASKS:
+        raise ModelFileError(f"{path}: the model records an unknown task {task!r}; expected {' or '.join(TASKS)}")
+    return task
 
 
 def _recorded_loss(path, metadata: dict, dataset):
     """The loss the model was trained with, and the test targets in the form that loss takes."""
-    from .data import one_hot
-    from .errors import ModelFileError
-    from .losses import LOSSES
-
     # Model files record their loss since it became possible to train with another; every model saved before
     # that was trained with cross-entropy (the only loss `backprop train` used), so it is the right default.
     name = metadata.get("loss", "cross_entropy")
@@ -311,22 +320,14 @@ def _recorded_loss(path, metadata: dict, dataset):
     return LOSSES[name](), one_hot(dataset.y_test, dataset.num_classes)
 
 
-def cmd_predict(args) -> int:
-    from .data import apply_scaler, load_features
-    from .io.atomic import write_text_atomic
-    from .io.model_files import load_model
-    from .layers import architecture
-    from .layers.shape_inference import input_shape_of, shape_text
-    from .runs import check_output_file, resolve_model_path
-    from .training import predict_classes
-
+def cmd_predict(args: argparse.Namespace) -> int:
     if args.output is not None:
         _check_not_empty("--output", args.output)
         check_output_file(args.output)  # before the work, not after it
     path = resolve_model_path(args.model)
     model = load_model(path)
     metadata = dict(model.metadata)
-    features = apply_scaler(load_features(args.input), metadata.get("scaler"))
+    features = apply_scaler(load_features(args.input), metadata.get("scaler") or {"kind": "none"})  # none: raw
     backend = model.backend
     expected = input_shape_of(architecture(model))
     if expected is not None and len(expected) == 1 and expected[0] is not None and features.shape[1] != expected[0]:
@@ -334,31 +335,33 @@ def cmd_predict(args) -> int:
     if expected is not None and len(expected) > 1:
         raise ConfigError(f"{args.input}: the model takes inputs of shape {shape_text(expected)} per example, not "
                           f"rows of features (a model trained by backprop train takes rows)")
-    classes = backend.to_host(predict_classes(model, backend.from_host(features)))
-    names = metadata.get("class_names") or [str(i) for i in range(int(classes.max()) + 1)]
-    lines = ["index,class,name"] + [f"{i},{int(c)},{names[int(c)]}" for i, c in enumerate(classes)]
+    if _recorded_task(path, metadata) == "regression":
+        values = backend.to_host(predict_logits(model, backend.from_host(features)))
+        columns = ["value"] if values.shape[1] == 1 else [f"value_{j}" for j in range(values.shape[1])]
+        lines = ["index," + ",".join(columns)] + [f"{i}," + ",".join(f"{float(v):.7g}" for v in row)
+                                                  for i, row in enumerate(values)]
+        count = len(values)
+    else:
+        classes = backend.to_host(predict_classes(model, backend.from_host(features)))
+        names = metadata.get("class_names") or [str(i) for i in range(int(classes.max()) + 1)]
+        lines = ["index,class,name"] + [f"{i},{int(c)},{names[int(c)]}" for i, c in enumerate(classes)]
+        count = len(classes)
     if args.output:
         write_text_atomic(args.output, "\n".join(lines) + "\n")
-        print(f"wrote {len(classes)} prediction{'s' if len(classes) != 1 else ''} to {args.output}")
+        print(f"wrote {count} prediction{'s' if count != 1 else ''} to {args.output}")
     else:
         print("\n".join(lines))
     return 0
 
 
-def cmd_summary(args) -> int:
-    from .summary import summarize
+def cmd_summary(args: argparse.Namespace) -> int:
+    from .summary import summarize  # lazy: only this command needs it, and every other command starts faster
 
     print(summarize(args.model, dataset=args.dataset, data_dir=args.data_dir))
     return 0
 
 
-def _shipped_spec_names() -> list[str]:
-    from .specs import shipped_names
-
-    return shipped_names()
-
-
-def cmd_backends(args) -> int:
+def cmd_backends(args: argparse.Namespace) -> int:
     if args.require:
         try:
             backend = get_backend(args.require)
@@ -410,8 +413,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.backend is None:
             return _run_command(args)
-        from backends import parse_spec, use_backend
-
         if getattr(args, "distributed", False):  # each rank loads the backend on its own GPU (train_run)
             parse_spec(args.backend)  # a bad name is still an error before anything else
             return _run_command(args)
@@ -422,8 +423,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
-        from .training.interrupts import Terminated, exit_status
-
         print("terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted", file=sys.stderr)
         return exit_status(interrupt)
 

@@ -6,15 +6,20 @@ loss object between calls."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from contextlib import nullcontext
+from typing import Any
 
 import array_api_compat
 
 from backends import backend_of, describe_array, dtype_name
-from backends.base import NOTHING_TO_ACTIVATE
+from backends.base import NOTHING_TO_ACTIVATE, Backend
 
 from .errors import DeviceMismatchError, DTypeError, ShapeError
+from .metrics import MAE, R2, Accuracy, BinaryAccuracy, Metric
 from .on_device import activating, on_device_of
+
+Array = Any  # an array of a backend's library: duck-typed
 
 
 def _on_prediction_device(begin_update):
@@ -23,7 +28,7 @@ def _on_prediction_device(begin_update):
         # None: not an array of a loaded backend (begin_update's checks say what is wrong)
         backend = backend_of(prediction)
         context = NOTHING_TO_ACTIVATE if backend is None else backend.activate()
-        if isinstance(context, nullcontext):  # nothing to enter (a type test: TorchDynamo traces it)
+        if backend is None or isinstance(context, nullcontext):  # nothing to enter (a type test: TorchDynamo traces it)
             return begin_update(self, prediction, target)
         with context:
             loss, backprop = begin_update(self, prediction, target)
@@ -33,29 +38,42 @@ def _on_prediction_device(begin_update):
 
 
 class Loss:
-    """Base class: a subclass implements ``begin_update(prediction, target) -> (loss, backprop)``."""
+    """Base class: a subclass implements ``begin_update(prediction, target) -> (loss, backprop)``, and may name
+    the metrics a run with it records (``default_metrics``) and the integer labels it takes (``label_classes``).
+    """
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         # A loss runs with its prediction's device current (see backprop/on_device.py), whoever calls it.
         if "begin_update" in cls.__dict__:
-            cls.begin_update = _on_prediction_device(cls.__dict__["begin_update"])
+            # the subclass's own method, wrapped in place: mypy forbids assigning to a method, which is the point
+            cls.begin_update = _on_prediction_device(cls.__dict__["begin_update"])  # type: ignore[method-assign]
 
-    def __call__(self, prediction, target):
+    def __call__(self, prediction: Array, target: Array) -> Array:
         return self.forward(prediction, target)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
-    def forward(self, prediction, target):
+    def default_metrics(self) -> list[Metric]:
+        """The metrics a run with this loss records besides the loss (``Trainer(metrics=None)``): none for a
+        loss of your own unless it says."""
+        return []
+
+    def label_classes(self, outputs: int) -> int | None:
+        """How many classes integer targets may number (0 .. n-1) for a model of ``outputs`` outputs; None when
+        integer targets are values, not classes (the trainer checks labels against it before training)."""
+        return None
+
+    def forward(self, prediction: Array, target: Array) -> Array:
         """The loss (a 0-d array); nothing is kept for a backward pass."""
         return self.begin_update(prediction, target)[0]
 
-    def begin_update(self, prediction, target):  # pragma: no cover - abstract
+    def begin_update(self, prediction: Array, target: Array) -> tuple[Array, Callable[[], Array]]:
         """``(loss, backprop)``: the loss and the closure ``backprop() -> dLoss/dPrediction`` of this call."""
-        raise NotImplementedError
+        raise NotImplementedError  # pragma: no cover - abstract
 
-    def value_and_grad(self, prediction, target):
+    def value_and_grad(self, prediction: Array, target: Array) -> tuple[Array, Array]:
         """``(loss, dLoss/dPrediction)``."""
         loss, backprop = self.begin_update(prediction, target)
         return loss, backprop()
@@ -79,7 +97,10 @@ class Loss:
 class MSE(Loss):
     """Mean squared error over all elements: L = mean((p − t)²);  dL/dp = 2(p − t)/n."""
 
-    def begin_update(self, prediction, target):
+    def default_metrics(self) -> list[Metric]:
+        return [MAE(), R2()]
+
+    def begin_update(self, prediction: Array, target: Array) -> tuple[Array, Callable[[], Array]]:
         xp = self._check(prediction, target, same_shape=True)
         if target.dtype != prediction.dtype:
             target = xp.astype(target, prediction.dtype)
@@ -103,6 +124,12 @@ class CrossEntropy(Loss):
         L = −(1/N) Σ t·log p;   dL/dz = (softmax(z) − t)/N
     """
 
+    def default_metrics(self) -> list[Metric]:
+        return [Accuracy()]
+
+    def label_classes(self, outputs: int) -> int | None:
+        return outputs
+
     def _target_kind(self, xp, logits, target) -> str:
         """'integral' (class labels) or 'real floating' (probabilities), after checking shapes and dtypes."""
         if logits.ndim < 2:
@@ -122,18 +149,26 @@ class CrossEntropy(Loss):
                              f"{dtype_name(target.dtype)}")
         return target_kind
 
-    def forward(self, logits, target):
+    def _fused_backend(self, logits: Array) -> Backend:
+        """The backend whose fused softmax cross-entropy runs on ``logits`` (an array of a loaded backend)."""
+        backend = backend_of(logits)
+        if backend is None:
+            raise DeviceMismatchError(f"{self!r}: logits are {describe_array(logits)}, not an array of a loaded "
+                                      f"backend; make them with one (backends.get_backend(SPEC).from_host(...))")
+        return backend
+
+    def forward(self, logits: Array, target: Array) -> Array:
         xp = self._check(logits, target, same_shape=False)
         if self._target_kind(xp, logits, target) == "integral":  # the fused path, without the gradient
             with on_device_of(logits):
-                return backend_of(logits).softmax_cross_entropy(logits, target, with_grad=False)[0]
+                return self._fused_backend(logits).softmax_cross_entropy(logits, target, with_grad=False)[0]
         return self.begin_update(logits, target)[0]
 
-    def begin_update(self, logits, target):
+    def begin_update(self, logits: Array, target: Array) -> tuple[Array, Callable[[], Array]]:
         xp = self._check(logits, target, same_shape=False)
         if self._target_kind(xp, logits, target) == "integral":
             # Integer labels: the backend's fused softmax cross-entropy (loss and gradient in one pass, no one-hot)
-            loss, grad, _ = backend_of(logits).softmax_cross_entropy(logits, target)
+            loss, grad, _ = self._fused_backend(logits).softmax_cross_entropy(logits, target)
             return loss, lambda: grad
         target = xp.astype(target, logits.dtype)
         n = _size(logits) // logits.shape[-1]
@@ -145,15 +180,16 @@ class CrossEntropy(Loss):
 
         return xp.asarray(-xp.sum(target * log_probs) / n), backprop
 
-    def fused_step(self, logits, target, *, grad_scale=1.0, metrics=None):
+    def fused_step(self, logits: Array, target: Array, *, grad_scale: float = 1.0,
+                   metrics: Array | None = None) -> tuple[Array, Array] | None:
         """``(dL/dlogits · grad_scale, metrics)`` through the backend's fused softmax cross-entropy (see
         ``Backend.softmax_cross_entropy``) for integer labels; None for probability targets (the trainer then
         takes ``value_and_grad``)."""
         xp = self._check(logits, target, same_shape=False)
         if self._target_kind(xp, logits, target) != "integral":
             return None
-        _, grad, metrics = backend_of(logits).softmax_cross_entropy(logits, target, grad_scale=grad_scale,
-                                                                    metrics=metrics)
+        _, grad, metrics = self._fused_backend(logits).softmax_cross_entropy(logits, target, grad_scale=grad_scale,
+                                                                             metrics=metrics)
         return grad, metrics
 
 
@@ -162,9 +198,21 @@ class BinaryCrossEntropy(Loss):
 
         L = mean(max(z, 0) − z·t + log(1 + exp(−|z|)))   (stable for any z)
         dL/dz = (σ(z) − t)/n
+
+    Targets have the logits' shape, or are integer 0/1 labels (batch, ...) of logits (batch, ..., 1).
     """
 
-    def begin_update(self, logits, target):
+    def default_metrics(self) -> list[Metric]:
+        return [BinaryAccuracy()]
+
+    def label_classes(self, outputs: int) -> int | None:
+        return 2
+
+    def begin_update(self, logits: Array, target: Array) -> tuple[Array, Callable[[], Array]]:
+        xp = _namespace(logits, target)
+        if (xp is not None and _kind(xp, target.dtype) == "integral" and logits.ndim == target.ndim + 1
+                and logits.shape[-1] == 1 and tuple(logits.shape[:-1]) == tuple(target.shape)):
+            target = target[..., None]  # 0/1 labels (batch,) of a (batch, 1) output
         xp = self._check(logits, target, same_shape=True)
         if target.dtype != logits.dtype:
             target = xp.astype(target, logits.dtype)

@@ -12,13 +12,43 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-from backends import get_backend
+from backends import Backend, dtype_name, get_backend
 
+from . import specs
+from .data import load_dataset
+from .data.dataset import Dataset
+from .data.loading import check_dataset_options, check_recorded_dataset, dataset_file, file_sha256
+from .data.splitting import holdout_size
+from .distributed import Communicator, device_backend
 from .errors import ConfigError, TrainingError
-from .layers import Activation, Dense, Dropout, Sequential
+from .io.atomic import remove_stale_temp_files, write_text_atomic
+from .io.checkpoints import model_from_state, read_checkpoint
+from .io.directory_lock import LOCK_FILE, lock_directory, refuse_if_locked
+from .io.model_files import save_model
+from .layers import Activation, Dense, Dropout, Layer, Sequential, declared_arrays
+from .losses import LOSSES, Loss
+from .metrics import Accuracy, Metric
 from .models import mlp
+from .optim import make_optimizer
+from .training import (
+    Callback,
+    Checkpoint,
+    EarlyStopping,
+    GradientMonitor,
+    HistoryWriter,
+    Trainer,
+    batch_mode,
+    evaluate,
+    predict_classes,
+)
+from .training.batches import parse_batch_size
+
+HostArray = Any  # a NumPy array of a Dataset (runs.py itself imports no array library)
+Log = Callable[[str], None]  # where a run says what it does (print, or a file's writer)
 
 MODEL_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -36,12 +66,13 @@ DEFAULTS = {
     "schedule": "constant", "warmup_epochs": 0, "clip_norm": None,
     "epochs": 30, "seed": 0, "validation_split": 0.1, "early_stopping": 0,
     "model": None, "loss": "cross_entropy",  # model: a spec (name or file) instead of the MLP of --hidden
+    "task": "classification",  # or regression: the file's target column holds numbers (loss mse by default)
 }
 #: The options that shape the default MLP, which a spec (--model) replaces.
 MLP_OPTIONS = ("hidden", "activation", "dropout")
 
 
-def parse_hidden(text) -> list[int]:
+def parse_hidden(text: str | Sequence[int]) -> list[int]:
     """Hidden layer sizes from ``"256,128"`` (or a list of ints); ``"none"`` is no hidden layer (a linear
     model). An empty text is an error, not a linear model: it is what an unset shell variable gives."""
     if isinstance(text, (list, tuple)):
@@ -74,17 +105,18 @@ def check_options(options: dict, *, resume: bool = False) -> dict:
     With a spec (``model``), its ``[train]`` table gives the defaults of the options not set, and its form
     (layer types, option names) is checked; its shapes are checked when the data is known. A resumed run
     (``resume``) has every option recorded and its model in its checkpoint: the spec is not read again."""
-    from .data.loading import check_dataset_options
-    from .data.splitting import holdout_size
-    from .training import EarlyStopping, Trainer
-
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
         raise ConfigError(f"unknown run option(s) {', '.join(unknown)}; expected {', '.join(DEFAULTS)}")
     if options.get("model") is not None and not resume:
         options = {**spec_defaults(options["model"], options), **options}
+    if options.get("task") == "regression" and "loss" not in options:
+        options = {**options, "loss": "mse"}  # the loss of a regression, unless one is named
     options = {**DEFAULTS, **options}
-    check_dataset_options(options["dataset"], options["data_dir"], options["scaling"])
+    check_dataset_options(options["dataset"], options["data_dir"], options["scaling"], options["task"])
+    if options["task"] == "regression" and options["loss"] != "mse":
+        raise ConfigError(f"--task regression fits numeric targets with --loss mse, not {options['loss']} (a loss "
+                          f"of classes); leave out --loss")
     hidden = parse_hidden(options["hidden"])
     stand_in = build_model({**options, "hidden": [1] * len(hidden)}, 1, 2, get_backend("numpy"))
     Trainer(stand_in, loss=options["loss"], optimizer=options["optimizer"], lr=options["lr"],
@@ -103,12 +135,10 @@ def check_options(options: dict, *, resume: bool = False) -> dict:
     return options
 
 
-def spec_defaults(model, given: dict) -> dict:
+def spec_defaults(model: str | os.PathLike, given: dict) -> dict:
     """The options a spec's ``[train]`` table sets (each one checked to be a run option), after checking that
     ``given`` sets none of the MLP's options, which a spec replaces."""
-    from .specs import load_spec
-
-    spec = load_spec(model)
+    spec = specs.load_spec(model)
     mlp_given = [key for key in MLP_OPTIONS if key in given and not _same_option(key, given[key], DEFAULTS[key])]
     if mlp_given:
         flags = ", ".join("--" + key for key in mlp_given)
@@ -125,26 +155,26 @@ def spec_defaults(model, given: dict) -> dict:
     return dict(spec.train)
 
 
-def make_model(options: dict, dataset, backend, *, log=None):
+def make_model(options: dict, dataset: Dataset, backend: Backend, *, log: Log | None = None
+               ) -> tuple[Layer, str | None]:
     """The run's model for ``dataset``: the spec's (``options["model"]``), its shapes checked from the input
     to the targets before anything is allocated, or the MLP of ``--hidden``. Returns ``(model, name)``."""
     if options.get("model") is None:
         check_memory(options, dataset.num_features, dataset.num_classes, backend)
         return build_model(options, dataset.num_features, dataset.num_classes, backend), None
-    from . import specs
-    from .layers import declared_arrays
 
     spec = specs.load_spec(options["model"])
     input_shape = specs.input_shape_for(spec, dataset.num_features, dataset.image_shape)
     resolved = specs.resolve(spec, input_shape, outputs=dataset.num_classes, flat_features=dataset.num_features)
     specs.check_targets(resolved, target_shape(dataset), f"the {dataset.name} dataset's targets")
-    parameters = sum(math.prod(shape) for key, shape in declared_arrays(resolved.architecture()).items()
-                     if key.startswith("param/"))
-    check_parameter_memory(parameters, options, backend, f"--model {options['model']}")
+    arrays = declared_arrays(resolved.architecture())
+    if arrays is not None:  # None: a registered layer that does not declare its arrays; nothing to check before
+        parameters = sum(math.prod(shape) for key, shape in arrays.items() if key.startswith("param/"))
+        check_parameter_memory(parameters, options, backend, f"--model {options['model']}")
     return specs.build(resolved, seed=options["seed"], backend=backend), spec.source
 
 
-def target_shape(dataset) -> tuple:
+def target_shape(dataset: Dataset) -> tuple:
     """What the model must give for one example of ``dataset``: a score per class (at every step, for labels
     per step), or the regression targets."""
     y = dataset.y_train
@@ -153,7 +183,7 @@ def target_shape(dataset) -> tuple:
     return (*y.shape[1:], dataset.num_classes)
 
 
-def build_model(options: dict, num_features: int, num_classes: int, backend) -> Sequential:
+def build_model(options: dict, num_features: int, num_classes: int, backend: Backend) -> Sequential:
     """The MLP the options describe: input, hidden layers (with dropout after each), output."""
     hidden = parse_hidden(options["hidden"])
     if options["dropout"] and not hidden:
@@ -171,10 +201,8 @@ def build_model(options: dict, num_features: int, num_classes: int, backend) -> 
     return model
 
 
-def loss_name(loss) -> str:
+def loss_name(loss: Loss) -> str:
     """The name ``LOSSES`` knows a loss by (what a model file records, so ``evaluate`` can use it again)."""
-    from .losses import LOSSES
-
     for name, cls in LOSSES.items():
         if type(loss) is cls:
             return name
@@ -182,7 +210,7 @@ def loss_name(loss) -> str:
                       f"({', '.join(LOSSES)})")
 
 
-def check_memory(options: dict, num_features: int, num_classes: int, backend) -> None:
+def check_memory(options: dict, num_features: int, num_classes: int, backend: Backend) -> None:
     """Refuse a model whose parameters, gradients and optimizer state (in the model's dtype) would not fit in
     the memory free on the backend's device, before any of it is allocated. A lower bound of what training
     needs (activations and the trainer's start-of-epoch copy come on top), so a model it lets through can
@@ -192,12 +220,8 @@ def check_memory(options: dict, num_features: int, num_classes: int, backend) ->
     check_parameter_memory(parameters, options, backend, f"--hidden {options['hidden']}")
 
 
-def check_parameter_memory(parameters: int, options: dict, backend, what: str) -> None:
+def check_parameter_memory(parameters: int, options: dict, backend: Backend, what: str) -> None:
     """``check_memory`` for a model of ``parameters`` parameters (``what`` names it in the message)."""
-    from backends import dtype_name
-
-    from .optim import make_optimizer
-
     # the optimizer's own declaration of the state it keeps per parameter (Adam: 2 arrays, SGD: none)
     stand_in = build_model({**options, "hidden": [], "dropout": 0.0}, 1, 1, get_backend("numpy"))
     state = len(make_optimizer(options["optimizer"], stand_in).buffer_names())
@@ -227,8 +251,6 @@ def output_directory(requested: str | None, dataset: str, overwrite: bool) -> Pa
 
     Checked again under the directory's lock when the run starts (``claim_run_directory``); checking here
     too stops a refused run before its data is loaded."""
-    from .io.directory_lock import refuse_if_locked
-
     if requested is None:
         stem = Path(dataset).stem if dataset.endswith((".csv", ".npz")) else dataset
         base = Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -265,7 +287,8 @@ def _refusal(path: Path, existing: list[str]) -> str:
 
 
 @contextlib.contextmanager
-def claim_run_directory(output: Path, *, resume: bool = False, overwrite: bool = False, log=print):
+def claim_run_directory(output: Path, *, resume: bool = False, overwrite: bool = False, log: Log | None = print
+                        ) -> Iterator[Path]:
     """Hold ``output`` for one run, from before its first file is written to its end.
 
     Creates the directory and takes its exclusive lock (``DirectoryInUse`` at once if another run holds
@@ -273,9 +296,6 @@ def claim_run_directory(output: Path, *, resume: bool = False, overwrite: bool =
     writer: no other run holds the lock); and, unless resuming, refuses a directory holding any run's
     files, or with ``overwrite`` removes them first, saying which. A directory this call created is
     removed again if the run ends before writing anything in it."""
-    from .io.atomic import remove_stale_temp_files
-    from .io.directory_lock import LOCK_FILE, lock_directory
-
     output, log = Path(output), log or _silent  # log=None: say nothing
     if output.exists() and not output.is_dir():
         raise ConfigError(f"{output} exists and is not a directory")
@@ -307,9 +327,9 @@ def claim_run_directory(output: Path, *, resume: bool = False, overwrite: bool =
                         directory.rmdir()  # stops at one that is not empty
 
 
-def train_run(options: dict, *, output: Path, backend=None, progress: bool = True, plots: bool = True,
-              resume: bool = False, overwrite: bool = False, log=print, communicator=None,
-              compile: bool = False) -> dict:
+def train_run(options: dict, *, output: Path, backend: Backend | str | None = None, progress: bool = True,
+              plots: bool = True, resume: bool = False, overwrite: bool = False, log: Log | None = print,
+              communicator: Communicator | None = None, compile: bool = False) -> dict:
     """Run (or resume) a training job; returns the summary that is also written to summary.json.
 
     The run holds ``output`` (see ``claim_run_directory``) from start to end: a directory that another run
@@ -342,8 +362,6 @@ def _run(options, *, output, backend, progress, plots, resume, log, communicator
     if communicator is None:
         backend = get_backend(backend)
     else:
-        from .distributed import device_backend
-
         # with CuPy: one GPU per rank of a machine, chosen before any GPU is touched
         backend = device_backend(backend, communicator)
         if communicator.size > 1:
@@ -356,24 +374,18 @@ def _run(options, *, output, backend, progress, plots, resume, log, communicator
 
 
 def _run_on(backend, options, *, output, progress, plots, resume, log, communicator, root, compile) -> dict:
-    from .data import load_dataset
-    from .data.loading import dataset_file, file_sha256
-    from .io.model_files import save_model
-    from .training import Checkpoint, EarlyStopping, GradientMonitor, HistoryWriter, Trainer, batch_mode, evaluate
-
     started = time.perf_counter()
     dataset = load_dataset(options["dataset"], data_dir=options["data_dir"], scaling=options["scaling"],
-                           seed=options["seed"])
+                           seed=options["seed"], task=options["task"])
     num_features = dataset.x_train.shape[1]
     if options["validation_split"]:  # the fraction is checked; whether it leaves training data needs the data
-        from .data.splitting import holdout_size
 
         holdout_size(len(dataset.x_train), options["validation_split"], "--validation-split", "validation_split")
     if resume and options["model"] is not None:  # the model the checkpoint describes, whatever the spec is now
         model, model_name = checkpoint_model(output / CHECKPOINT_FILE, backend), options["model"]
     else:
         model, model_name = make_model(options, dataset, backend)
-    callbacks = [GradientMonitor()]
+    callbacks: list[Callback] = [GradientMonitor()]
     if options["early_stopping"]:
         callbacks.append(EarlyStopping(int(options["early_stopping"])))
     # The checkpoint before the history: a kill between the two leaves the history behind the checkpoint
@@ -400,7 +412,8 @@ def _run_on(backend, options, *, output, progress, plots, resume, log, communica
         f"{len(dataset.x_test)} test) with {backend.name} ({backend.device_name}), {mode}, {options['optimizer']} "
         f"lr {trainer.base_lr:g}"
         + (f", {communicator.size} ranks (data-parallel)" if communicator is not None else ""))
-    metadata = {"dataset": dataset.name, "num_classes": dataset.num_classes, "class_names": dataset.class_names,
+    metadata = {"dataset": dataset.name, "task": options["task"], "num_classes": dataset.num_classes,
+                "class_names": dataset.class_names,
                 "image_shape": dataset.image_shape, "input_shape": [num_features], "scaler": dataset.scaler,
                 "options": options,
                 "loss": loss_name(trainer.loss_fn)}
@@ -417,29 +430,40 @@ def _run_on(backend, options, *, output, progress, plots, resume, log, communica
         return communicator.broadcast_object(None)
     x_test = backend.from_host(dataset.x_test)
     y_test = backend.from_host(dataset.y_test)
-    test_loss, test_accuracy = evaluate(model, x_test, y_test, trainer.loss_fn)
-    summary = {"dataset": dataset.name, "test_accuracy": test_accuracy, "test_loss": test_loss,
+    test = evaluate(model, x_test, y_test, trainer.loss_fn, metrics=trainer.metrics)
+    summary = {"dataset": dataset.name, **{f"test_{name}": value for name, value in test.items()},
                "test_examples": int(len(dataset.y_test)), "epochs_trained": trainer.epoch,
                "seconds": elapsed, "backend": backend.name, "device": backend.device_name,
                "parameters": model.num_parameters()}
     if communicator is not None:
         summary["ranks"] = communicator.size
     save_model(output / MODEL_FILE, model, {**metadata, "summary": summary})
-    from .io.atomic import write_text_atomic
 
     write_text_atomic(output / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     if plots:
         _plots(output, trainer.history, model, x_test, dataset, log)
-    predictions = predictions_of(dataset.y_test)
-    log(f"test accuracy {100 * test_accuracy:.2f}% ({round(test_accuracy * predictions)}/"
-        f"{predictions}), test loss {test_loss:.4f}, {elapsed:.1f} s on {backend.name} "
+    log(f"{test_report(test, trainer.metrics, dataset.y_test)}, {elapsed:.1f} s on {backend.name} "
         f"({backend.device_name}); saved {output / MODEL_FILE}")
     if communicator is not None:
         communicator.broadcast_object(summary)
     return summary
 
 
-def predictions_of(labels) -> int:
+def test_report(figures: dict[str, float], metrics: Sequence[Metric], labels: HostArray) -> str:
+    """The test figures as the logs say them: ``test accuracy 97.50% (351/360), test loss 0.0812``, or for
+    another task ``test mae 0.1234, test r2 0.9876, test loss 0.0312``."""
+    parts = []
+    for metric in metrics:
+        value = figures[metric.name]
+        text = f"test {metric.name} {metric.format(value)}"
+        if type(metric) is Accuracy:
+            predictions = predictions_of(labels)
+            text += f" ({round(value * predictions)}/{predictions})"
+        parts.append(text)
+    return ", ".join([*parts, f"test loss {figures['loss']:.4f}"])
+
+
+def predictions_of(labels: HostArray) -> int:
     """How many predictions accuracy counts over ``labels``: one per label, a label per step included."""
     return int(labels.size) if labels.dtype.kind in "iu" else len(labels)
 
@@ -450,10 +474,10 @@ def _silent(*_) -> None:
 
 def _plots(output, history, model, x_test, dataset, log):
     try:
+        # lazy: the plots module (and matplotlib behind it) only for a run that draws them
         from .plots.training import PlotUnavailable, confusion_matrix, plot_confusion_matrix, plot_learning_curves
     except ImportError:  # pragma: no cover
         return
-    from .training import predict_classes
 
     try:
         plot_learning_curves(history, output / "learning_curves.png", title=f"{dataset.name}")
@@ -469,7 +493,7 @@ def _plots(output, history, model, x_test, dataset, log):
         warnings.warn(f"could not draw the plots in {output}: {exc}", RuntimeWarning, stacklevel=2)
 
 
-def describe_model(model, name: str | None = None) -> str:
+def describe_model(model: Layer, name: str | None = None) -> str:
     """One line for logs: ``MLP 64-256-128-10 (...)`` for a stack of Dense layers and activations, otherwise
     the spec's name and the layer types in order."""
     layers = list(getattr(model, "layers", [model]))
@@ -482,14 +506,12 @@ def describe_model(model, name: str | None = None) -> str:
     return f"{name or 'model'}: {'-'.join(type(layer).__name__ for layer in layers)} {count}"
 
 
-def checkpoint_model(path, backend):
+def checkpoint_model(path: Path, backend: Backend) -> Layer:
     """The model a checkpoint's architecture describes (its weights are loaded with the trainer's state)."""
-    from .io.checkpoints import model_from_state, read_checkpoint
-
     return model_from_state(read_checkpoint(path), backend, source=path)
 
 
-def resolve_model_path(path) -> Path:
+def resolve_model_path(path: str | os.PathLike) -> Path:
     """The model file that ``path`` (the file, or a run directory) names, checked to be readable."""
     path = Path(path)
     if path.is_dir():
@@ -517,7 +539,7 @@ def check_readable(path: Path, what: str) -> None:
         raise ConfigError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
 
 
-def check_writable_directory(path, option: str) -> None:
+def check_writable_directory(path: str | os.PathLike, option: str) -> None:
     """A ConfigError unless the directory ``path`` can be written in, or created: checked before the data is
     loaded or a step is trained, so a run cannot be lost at its first checkpoint for want of permission."""
     path = Path(path)
@@ -531,7 +553,7 @@ def check_writable_directory(path, option: str) -> None:
         raise ConfigError(f"{option} {path}: permission denied ({where})")
 
 
-def check_output_file(path, option: str = "--output") -> None:
+def check_output_file(path: str | os.PathLike, option: str = "--output") -> None:
     """A ConfigError unless a file can be written at ``path``: checked before any work is done."""
     path = Path(path)
     if path.is_dir():
@@ -552,14 +574,11 @@ def resume_options(directory: Path, given: dict | None = None) -> dict:
     which may grow (to extend a finished run) as long as the learning-rate schedule does not depend on it:
     a step or cosine schedule is laid out over the run's epochs, and stretching it would change learning
     rates the run has already used."""
-    from .io.checkpoints import read_checkpoint
-
     checkpoint = Path(directory) / CHECKPOINT_FILE
     check_readable(checkpoint, "checkpoint")
     if not checkpoint.exists():
         raise ConfigError(f"--resume {directory}: no {CHECKPOINT_FILE} there (nothing to resume)")
     state = read_checkpoint(checkpoint)
-    from .data.loading import check_recorded_dataset, file_sha256
 
     recorded = dict(state.run)
     dataset_sha256 = recorded.pop("dataset_sha256", None)  # not an option: what the dataset file was
@@ -597,8 +616,6 @@ def resume_options(directory: Path, given: dict | None = None) -> dict:
 
 def _canonical(key: str, value):
     """An option's value in the form that decides the run, so 256,128 and "256, 128" compare equal."""
-    from .training.batches import parse_batch_size
-
     try:
         if key == "hidden":
             return tuple(parse_hidden(value))

@@ -245,7 +245,7 @@ def run_main(argv) -> int:
     (["--schedule", "linear"], "unknown learning-rate schedule 'linear'"),
     (["--warmup-epochs", "30"], "warmup_epochs must be less than epochs (30), got 30"),
     (["--batch-size", "many"], "batch size must be a positive integer or 'full', got 'many'"),
-    (["--clip-norm", "0"], "clip_norm must be a positive number, got 0.0"),
+    (["--clip-norm", "0"], "clip_norm must be a positive finite number, got 0.0"),
     (["--early-stopping", "-1"], "patience must be a positive integer, got -1"),
     (["--validation-split", "1"], "validation_split must be a number strictly between 0 and 1, got 1.0"),
     (["--validation-split", "0.9999"],

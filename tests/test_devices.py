@@ -159,7 +159,8 @@ def test_fit_runs_its_callbacks_on_the_device_and_saves_and_loads_there(simulate
     loaded = bp.load_model(tmp_path / "m.safetensors", backend=simulated)
     for name, array in weights(loaded).items():
         assert_on_backend(array, simulated, shape=model.named_parameters()[name].value.shape)
-    loss, accuracy = bp.evaluate(loaded, simulated.from_host(x), simulated.from_host(y), bp.CrossEntropy())
+    figures = bp.evaluate(loaded, simulated.from_host(x), simulated.from_host(y), bp.CrossEntropy())
+    loss, accuracy = figures["loss"], figures["accuracy"]
     assert np.isfinite(loss) and 0 <= accuracy <= 1
     assert simulated_cupy.current_device() == 0
 

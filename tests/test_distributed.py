@@ -99,9 +99,29 @@ def _worker_equal(output: Path):
             histories[run] = history
             results.update({f"{run}/{k}": v for k, v in weights.items()})
             results[f"{run}/rank_spread"] = np.array(max(float(np.abs(o - flat).max()) for o in others))
+    evaluations = mse_evaluations(comm)
     if comm.is_root:
         np.savez(output / "weights.npz", **results)
         (output / "histories.json").write_text(json.dumps(histories))
+        (output / "mse_evaluations.json").write_text(json.dumps(evaluations))
+
+
+def mse_evaluations(communicator=None):
+    """``evaluate`` of an MSE model (loss, MAE, R²) on 7 rows (3 + 4 on 2 ranks) and on 1 row (rank 1 has none):
+    by the communicator's ranks, or by one process without one."""
+    import backprop as bp
+    from backprop.training import evaluate
+
+    backend = bp.get_backend("numpy")
+    model = bp.mlp([3, 4, 2], seed=5, backend=backend)
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(7, 3)).astype(np.float32)
+    y = (x @ rng.normal(size=(3, 2)) + 1.0).astype(np.float32)
+    figures = {}
+    for n in (7, 1):
+        arrays = (model, backend.from_host(x[:n]), backend.from_host(y[:n]), bp.MSE())
+        figures[n] = evaluate(*arrays) if communicator is None else communicator.evaluate(*arrays)
+    return {str(n): {key: float(value) for key, value in result.items()} for n, result in figures.items()}
 
 
 def _worker_size1(output: Path):
@@ -265,6 +285,14 @@ def test_two_ranks_give_the_single_process_weights(tmp_path):
                 assert ranks_error <= 4 * single_error, (f"{run}: {name}: 2 ranks are {ranks_error:.3g} from the "
                                                          f"exact weights, one process {single_error:.3g}")
     assert len(exact) >= 4
+    # An MSE model's evaluation over 2 ranks reports the single process's loss, MAE and R2. float32: each rank
+    # sums its shard on the device and the shards are added on the host, another summation order than one
+    # process's (a rank's share weighted wrong, or a metric's sums dropped, is off by far more than 1e-5)
+    evaluations, single = json.loads((tmp_path / "mse_evaluations.json").read_text()), mse_evaluations()
+    assert sorted(evaluations) == sorted(single) == ["1", "7"]
+    for n, figures in single.items():
+        assert sorted(evaluations[n]) == sorted(figures) == ["loss", "mae", "r2"], n
+        assert evaluations[n] == pytest.approx(figures, rel=1e-5, abs=1e-6), n
     # Only rank 0 wrote the history and checkpoint files.
     assert sorted(p.name for p in rank0.iterdir()) == sorted(
         f"{kind}-{scenario}-{spec}-{dtype}.{ext}" for scenario, spec, dtype in runs

@@ -315,6 +315,6 @@ def test_mlp_with_batch_norm_learns_the_digits():
     model = bp.Sequential([bp.Dense(64, 64, init="he_normal", rng=0, backend="numpy"), BatchNorm1D(64, backend="numpy"),
                            bp.ReLU(backend="numpy"), bp.Dense(64, 10, rng=1, backend="numpy")])
     bp.fit(model, data.x_train, data.y_train, epochs=3, lr=0.01, progress=False, log=None)
-    _, accuracy = bp.evaluate(model, data.x_test.astype(np.float32), data.y_test, bp.CrossEntropy())
+    accuracy = bp.evaluate(model, data.x_test.astype(np.float32), data.y_test, bp.CrossEntropy())["accuracy"]
     assert accuracy > 0.9
     assert np.all(model[1].buffers["running_var"] != 1.0)  # the running statistics were learned

@@ -138,6 +138,18 @@ def test_a_registered_layer_without_a_rule_is_probed_with_zeros(monkeypatch):
         infer(Twice, {}, (None, 3))
 
 
+def test_a_spec_with_a_registered_layer_that_declares_no_arrays_trains(monkeypatch, tmp_path):
+    class Twice(bp.Layer):  # (batch, n) -> (batch, 2n), no parameters and no array_shapes
+        def begin_update(self, x, *, training=True):
+            return self.xp.concat([x, x], axis=-1), lambda dy: dy[..., : x.shape[-1]] + dy[..., x.shape[-1]:]
+
+    monkeypatch.setitem(LAYER_TYPES, "Twice", Twice)
+    spec = write(tmp_path, '[train]\ndataset = "digits"\nvalidation_split = 0\n[[layers]]\ntype = "Twice"\n'
+                           '[[layers]]\ntype = "Dense"\nout_features = "outputs"\n')
+    assert main(["train", "--model", str(spec), *QUICK, "--output", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["parameters"] == 128 * 10 + 10
+
+
 # -------------------------------------------------------------------------------------------- reading specs
 
 @pytest.mark.parametrize("text, expected", [

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .dataset import Dataset, dataset_from_arrays, encode_labels, excerpt
-
-
-def is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+from .dataset import Dataset, dataset_from_arrays, encode_labels, excerpt, is_number, regression_targets
 
 
 def is_header(cells: list[str]) -> bool:
@@ -25,7 +18,7 @@ def is_header(cells: list[str]) -> bool:
     return 2 * sum(is_number(cell) for cell in cells) <= len(cells)
 
 
-def read_csv_rows(path: Path, delimiter: str) -> tuple[list[list[str]], list[int]]:
+def read_csv_rows(path: str | os.PathLike, delimiter: str) -> tuple[list[list[str]], list[int]]:
     """Non-blank rows as lists of stripped cells, with their line numbers (1-based)."""
     rows, lines = [], []
     try:
@@ -47,9 +40,12 @@ def read_csv_rows(path: Path, delimiter: str) -> tuple[list[list[str]], list[int
     return rows, lines
 
 
-def load_csv(path, label_column: int | str = -1, test_fraction: float = 0.2, seed: int = 0,
-             delimiter: str = ",") -> Dataset:
+def load_csv(path: str | os.PathLike, label_column: int | str = -1, test_fraction: float = 0.2, seed: int = 0,
+             delimiter: str = ",", *, task: str = "classification") -> Dataset:
     """A dataset from a CSV file of numeric features and one label column, features unscaled.
+
+    ``task="regression"``: the column holds a numeric target instead (float32 targets ``(samples, 1)``, the
+    test part a plain seeded random draw).
 
     ``label_column`` is a column index (negative counts from the end) or a
     header name. A header row is detected automatically: the first row is a
@@ -107,6 +103,11 @@ def load_csv(path, label_column: int | str = -1, test_fraction: float = 0.2, see
         raise DataError(f"{path}: {count} non-finite feature value{'s' if count > 1 else ''} (NaN or inf), "
                         f"first at line {lines[row]}, column {col + (col >= label_index) + 1}")
     label_cells = table[:, label_index]
+    if task == "regression":
+        targets = regression_targets(label_cells, [f"line {line}" for line in lines],
+                                     f"{path} (target column {label_index + 1}"
+                                     + (f", {header[label_index]})" if header else ")"))
+        return dataset_from_arrays(path.stem, path, x.astype(np.float32), targets, None, None, test_fraction, seed)
     try:  # numbers if every label is one, else class names
         raw_labels = label_cells.astype(np.float64)
     except ValueError:

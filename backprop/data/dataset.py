@@ -17,8 +17,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
+import array_api_extra as xpx
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import DataError
 from .splitting import split_validation, stratified_holdout
@@ -45,7 +48,7 @@ class Dataset:
     class_names: list[str] = field(default_factory=list)
     scaler: dict | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         # Every loader goes through here, so a Dataset that exists is one the training loop can trust.
         for part in ("train", "test"):
             x, y = getattr(self, f"x_{part}"), getattr(self, f"y_{part}")
@@ -70,7 +73,8 @@ class Dataset:
     def num_features(self) -> int:
         return int(self.x_train.shape[1])
 
-    def validation_split(self, fraction: float = 0.1, seed: int = 0):
+    def validation_split(self, fraction: float = 0.1, seed: int = 0
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Hold out a stratified part of the training set: ``(x_train, y_train, x_val, y_val)``.
 
         The test set is left alone; see :func:`split_validation`.
@@ -96,7 +100,7 @@ class Dataset:
 # ------------------------------------------------------------------------------------------------ validation
 
 
-def excerpt(content, limit: int = 24) -> str:
+def excerpt(content: object, limit: int = 24) -> str:
     """File content quoted in an error message: at most ``limit`` characters, quoted, control characters
     escaped. Errors quote no more of a file than this, so a path named by someone else (a model file's
     dataset) cannot be used to print a file, and a file cannot flood or rewrite the terminal."""
@@ -104,7 +108,7 @@ def excerpt(content, limit: int = 24) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def validate_features(x, source: str) -> None:
+def validate_features(x: npt.ArrayLike, source: str) -> None:
     """Features must be a numeric 2-D array ``(samples, features)`` with at least one sample, all finite."""
     x = np.asarray(x)
     if x.ndim != 2:
@@ -122,7 +126,7 @@ def validate_features(x, source: str) -> None:
                             f"first at sample {row}, feature {col}")
 
 
-def validate_labels(y, num_classes: int | None, source: str) -> None:
+def validate_labels(y: npt.ArrayLike, num_classes: int | None, source: str) -> None:
     """Labels must be a 1-D integer array with values in ``0 .. num_classes - 1`` (any value >= 0 if None)."""
     y = np.asarray(y)
     if y.ndim != 1:
@@ -187,7 +191,8 @@ def encode_labels(values: np.ndarray, source: str) -> tuple[np.ndarray, list[str
         bad = ~np.isfinite(values) | (values != np.round(values))
         if np.any(bad):
             index = int(np.argmax(bad))
-            raise DataError(f"{source}: labels must be integers, found {values[index]} at sample {index}")
+            raise DataError(f"{source}: labels must be integers, found {values[index]} at sample {index} (for a "
+                            f"numeric target, use --task regression)")
     elif values.dtype.kind not in "iu":
         raise DataError(f"{source}: labels must be integers or class names, got dtype {values.dtype}")
     if values.size and values.max() >= MAX_CLASSES:  # before the int64 cast, which would wrap a float of 1e30
@@ -200,12 +205,52 @@ def encode_labels(values: np.ndarray, source: str) -> tuple[np.ndarray, list[str
     return labels, None
 
 
-def one_hot(labels, num_classes: int) -> np.ndarray:
+def regression_targets(values: np.ndarray, places: list[str] | None, source: str) -> np.ndarray:
+    """Regression targets as float32 ``(samples, outputs)``: a column of numbers (text cells or a numeric
+    array; 1-D becomes one output). A cell that is not a number, or a value that is NaN or infinite, is a
+    one-line DataError naming it (``places[i]``: where sample i came from, such as a file's line)."""
+    values = np.asarray(values)
+    if values.dtype.kind in "US":
+        numbers = np.vectorize(is_number, otypes=[bool])(values) if values.size else np.ones(0, bool)
+        if not numbers.all():
+            index = int(np.argmin(numbers))
+            where = places[index] if places else f"sample {index}"
+            raise DataError(f"{source}: {where}: {excerpt(values.reshape(-1)[index])} is not a number; a "
+                            f"regression target must be numeric (class names are for --task classification)")
+        values = values.astype(np.float64)
+    if values.dtype.kind not in "biuf":
+        raise DataError(f"{source}: regression targets must be numbers, got dtype {values.dtype}")
+    if values.ndim == 1:
+        values = values[:, None]
+    if values.ndim != 2:
+        raise DataError(f"{source}: regression targets must be (samples,) or (samples, outputs), got shape "
+                        f"{values.shape}")
+    targets = values.astype(np.float32)
+    bad = ~np.isfinite(targets)
+    if bad.any():
+        index = int(np.argmax(bad.any(axis=1)))
+        where = places[index] if places else f"sample {index}"
+        raise DataError(f"{source}: {where}: the target {values[index].tolist()} is NaN, infinite or too large for "
+                        f"float32")
+    return targets
+
+
+def is_number(text: str) -> bool:
+    """Whether ``float(text)`` reads a number from it."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def one_hot(labels: object, num_classes: int) -> np.ndarray:
     """Class labels ``(n,)`` as float32 one-hot rows ``(n, num_classes)``: the targets of a loss that compares
     the scores with a vector (MSE, binary cross-entropy)."""
     labels = np.asarray(labels)
     validate_labels(labels, num_classes, "one_hot")
-    return np.eye(num_classes, dtype=np.float32)[labels]
+    encoded: Any = xpx.one_hot(cast(Any, labels), num_classes, dtype=np.float32, xp=np)  # NumPy's own types
+    return np.asarray(encoded)
 
 
 def features_2d(x: np.ndarray, source: str) -> tuple[np.ndarray, tuple[int, ...] | None]:
@@ -224,10 +269,12 @@ def features_2d(x: np.ndarray, source: str) -> tuple[np.ndarray, tuple[int, ...]
     return flat, image_shape
 
 
-def dataset_from_arrays(name: str, path: Path, x, y, x_test, y_test, test_fraction: float, seed: int,
-                 class_names: list[str] | None = None, image_shape: tuple[int, ...] | None = None) -> Dataset:
+def dataset_from_arrays(name: str, path: Path, x: np.ndarray, y: np.ndarray, x_test: np.ndarray | None,
+                        y_test: np.ndarray | None, test_fraction: float, seed: int,
+                        class_names: list[str] | None = None, image_shape: tuple[int, ...] | None = None
+                        ) -> Dataset:
     """A Dataset from raw feature and label arrays (labels already encoded); splits off a test part if needed."""
-    if x_test is None:
+    if x_test is None or y_test is None:  # the callers give both or neither
         if len(x) != len(y):
             raise DataError(f"{path}: {len(x)} samples but {len(y)} labels")
         kept, held = stratified_holdout(y, test_fraction, seed, f"{path} (test split)")
@@ -236,7 +283,10 @@ def dataset_from_arrays(name: str, path: Path, x, y, x_test, y_test, test_fracti
     for part, xs, ys in (("train", x, y), ("test", x_test, y_test)):
         if len(xs) != len(ys):
             raise DataError(f"{path}: {len(xs)} {part} samples but {len(ys)} {part} labels")
-    num_classes = len(class_names) if class_names else int(max(y.max(initial=0), y_test.max(initial=0))) + 1
+    if y.dtype == np.float32:  # regression targets (samples, outputs): num_classes counts the outputs
+        num_classes = int(y.shape[1])
+    else:
+        num_classes = len(class_names) if class_names else int(max(y.max(initial=0), y_test.max(initial=0))) + 1
     return Dataset(name, x, y, x_test, y_test, num_classes=num_classes, image_shape=image_shape,
                    class_names=class_names or [], scaler={"kind": "none"})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import os
 import zipfile
 import zlib
 from pathlib import Path
@@ -49,7 +50,7 @@ def load_digits() -> Dataset:
 BUILTIN_DATASETS = ("digits", "mnist", "fashion-mnist", "adding-problem", "sonnets")
 
 
-def dataset_file(spec) -> Path | None:
+def dataset_file(spec: str | os.PathLike) -> Path | None:
     """The file a dataset spec names (a ``.npz`` or ``.csv`` path), or None for a built-in name."""
     text = str(spec)
     if text.lower().replace("_", "-") in BUILTIN_DATASETS or not text.lower().endswith((".npz", ".csv")):
@@ -57,7 +58,7 @@ def dataset_file(spec) -> Path | None:
     return Path(text)
 
 
-def file_sha256(path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
     """The SHA-256 (hex) of a file's bytes, read in chunks."""
     digest = hashlib.sha256()
     try:
@@ -71,8 +72,8 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
-def check_recorded_dataset(spec, recorded_sha256, source, *, kind: str = "model", purpose: str = "evaluate on it"
-                           ) -> None:
+def check_recorded_dataset(spec: str | os.PathLike, recorded_sha256: str | None, source: str | os.PathLike, *,
+                           kind: str = "model", purpose: str = "evaluate on it") -> None:
     """Refuse to read a dataset file that a model or checkpoint file names, unless it is the very file the model
     was trained on (``recorded_sha256``, written at training time, matches); built-in names are always fine.
 
@@ -94,9 +95,13 @@ def check_recorded_dataset(spec, recorded_sha256, source, *, kind: str = "model"
                           f"the one recorded at training); {advice}")
 
 
-def check_dataset_options(spec, data_dir=None, scaling: str | None = None) -> str:
+def check_dataset_options(spec: str | os.PathLike, data_dir: str | os.PathLike | None = None,
+                          scaling: str | None = None, task: str = "classification") -> str:
     """What kind of dataset ``spec`` names (``digits``, ``mnist``, ``fashion-mnist``, ``npz`` or ``csv``), with
-    ``data_dir`` and ``scaling`` checked against it: a ConfigError before anything is read or downloaded."""
+    ``data_dir``, ``scaling`` and ``task`` checked against it: a ConfigError before anything is read or
+    downloaded."""
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; expected {' or '.join(TASKS)}")
     if scaling is not None and scaling not in SCALINGS:
         raise ConfigError(f"unknown scaling {scaling!r}; expected one of {', '.join(SCALINGS)}")
     text = str(spec)
@@ -108,13 +113,21 @@ def check_dataset_options(spec, data_dir=None, scaling: str | None = None) -> st
     else:
         raise ConfigError(f"unknown dataset {text!r}; expected one of {', '.join(BUILTIN_DATASETS)}, "
                           f"or a path to a .npz or .csv file")
+    if task == "regression" and kind not in ("npz", "csv"):
+        raise ConfigError(f"--task regression reads the target column of a .csv or .npz file; {text} is a built-in "
+                          f"dataset of its own kind (leave out --task)")
     if data_dir is not None and kind not in ("mnist", "fashion-mnist"):
         raise ConfigError(f"a data directory ({data_dir}) is read for mnist and fashion-mnist only, not for {text}")
     return kind
 
 
-def load_dataset(spec, data_dir=None, scaling: str | None = None, seed: int = 0, download: bool = True, *,
-                 label_column: int | str = -1, test_fraction: float = 0.2) -> Dataset:
+#: What ``--task`` accepts: a class per example, or numeric targets.
+TASKS = ("classification", "regression")
+
+
+def load_dataset(spec: str | os.PathLike, data_dir: str | os.PathLike | None = None, scaling: str | None = None,
+                 seed: int = 0, download: bool = True, *, label_column: int | str = -1, test_fraction: float = 0.2,
+                 task: str = "classification") -> Dataset:
     """Load a dataset by name (``digits``, ``mnist``, ``fashion-mnist``) or from a ``.npz`` / ``.csv`` path.
 
     ``scaling`` (``none``, ``standardize``, ``minmax``) is fitted on the
@@ -124,9 +137,10 @@ def load_dataset(spec, data_dir=None, scaling: str | None = None, seed: int = 0,
     raw source values to the network's inputs, including the fixed pixel
     scaling of the image sets. ``data_dir`` and ``download`` apply to MNIST and
     Fashion-MNIST; ``seed``, ``label_column`` and ``test_fraction`` to user
-    files that have no test part of their own.
+    files that have no test part of their own. ``task="regression"`` reads a user file's label column (or
+    ``y``) as numeric targets, float32 ``(samples, outputs)``.
     """
-    kind = check_dataset_options(spec, data_dir, scaling)
+    kind = check_dataset_options(spec, data_dir, scaling, task)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ConfigError(f"the seed must be an integer >= 0, got {seed!r}")
     text = str(spec)
@@ -139,9 +153,9 @@ def load_dataset(spec, data_dir=None, scaling: str | None = None, seed: int = 0,
     elif kind in ("adding-problem", "sonnets"):
         dataset = (sequences.load_adding_problem if kind == "adding-problem" else sequences.load_sonnets)(seed)
     elif kind == "npz":
-        dataset = load_npz(text, test_fraction=test_fraction, seed=seed)
+        dataset = load_npz(text, test_fraction=test_fraction, seed=seed, task=task)
     else:
-        dataset = load_csv(text, label_column=label_column, test_fraction=test_fraction, seed=seed)
+        dataset = load_csv(text, label_column=label_column, test_fraction=test_fraction, seed=seed, task=task)
     if scaling is None:
         scaling = "none" if kind in BUILTIN_DATASETS else "standardize"
     fitted = fit_scaler(dataset.x_train, scaling)
@@ -156,7 +170,7 @@ def load_dataset(spec, data_dir=None, scaling: str | None = None, seed: int = 0,
 # Inputs for prediction
 # ----------------------------------------------------------------------------------------------------------
 
-def load_features(path, delimiter: str = ",") -> np.ndarray:
+def load_features(path: str | os.PathLike, delimiter: str = ",") -> np.ndarray:
     """Feature rows (no labels) for ``backprop predict``: a ``.npy`` array, a ``.npz`` with an array ``x``
     (or a single array), or a ``.csv`` of numbers with an optional header row (a first row of mostly
     non-numbers; a first row of mostly numbers is data, and a cell in it that is not a number an error naming

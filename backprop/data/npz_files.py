@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zipfile
 import zlib
 from pathlib import Path
@@ -9,11 +10,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .dataset import Dataset, dataset_from_arrays, encode_labels, excerpt, features_2d
+from .dataset import Dataset, dataset_from_arrays, encode_labels, excerpt, features_2d, regression_targets
 
 
-def load_npz(path, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+def load_npz(path: str | os.PathLike, test_fraction: float = 0.2, seed: int = 0, *,
+             task: str = "classification") -> Dataset:
     """A dataset from a NumPy ``.npz`` file, features unscaled.
+
+    ``task="regression"``: ``y`` holds numeric targets, (samples,) or (samples, outputs), kept as float32
+    ``(samples, outputs)``.
 
     The file holds ``x_train, y_train`` and optionally ``x_test, y_test``; or
     ``x, y``, from which a stratified ``test_fraction`` is held out with
@@ -48,6 +53,15 @@ def load_npz(path, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
         raise DataError(f"{path}: x_train samples have shape {arrays['x_train'].shape[1:]}, "
                         f"x_test samples {arrays['x_test'].shape[1:]}")
     raw_labels = [arrays[key] for key in keys[1::2]]
+    if task == "regression":
+        targets = [regression_targets(labels, None, f"{path} ({key})") for labels, key in zip(raw_labels, keys[1::2])]
+        if len(targets) == 2 and targets[0].shape[1] != targets[1].shape[1]:
+            raise DataError(f"{path}: y_train has {targets[0].shape[1]} targets per sample, y_test "
+                            f"{targets[1].shape[1]}")
+        return dataset_from_arrays(path.stem, path, features[0][0], targets[0],
+                                   features[1][0] if len(features) == 2 else None,
+                                   targets[1] if len(targets) == 2 else None, test_fraction, seed,
+                                   image_shape=features[0][1])
     if any(labels.ndim != 1 for labels in raw_labels):
         bad = next(key for key in keys[1::2] if arrays[key].ndim != 1)
         raise DataError(f"{path} ({bad}): labels must be a 1-D array (samples,), got shape {arrays[bad].shape}")

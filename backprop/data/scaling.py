@@ -9,6 +9,7 @@ same map to new inputs.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import ConfigError, DataError
 from .dataset import validate_features
@@ -16,7 +17,7 @@ from .dataset import validate_features
 SCALINGS = ("none", "standardize", "minmax")
 
 
-def fit_scaler(x_train, kind: str = "standardize") -> dict:
+def fit_scaler(x_train: npt.ArrayLike, kind: str = "standardize") -> dict:
     """Fit a feature scaling on training data only; return it as a JSON-able dict.
 
     The dict is ``{"kind": kind, "offset": [...], "scale": [...]}`` and means
@@ -80,7 +81,7 @@ def _affine(scaler: dict, source: str = "scaler") -> tuple[np.ndarray, np.ndarra
     return offset, scale
 
 
-def apply_scaler(x, scaler: dict) -> np.ndarray:
+def apply_scaler(x: npt.ArrayLike, scaler: dict) -> np.ndarray:
     """Apply a scaler dict from :func:`fit_scaler` (or from a dataset or model file): a new float32 array."""
     return scale_in_place(np.array(x, dtype=np.float32), scaler)
 

@@ -3,24 +3,27 @@ training set (the one validation split, used by ``backprop train`` and ``Trainer
 
 from __future__ import annotations
 
-import numbers
+import math
+from typing import Any, cast
 
 import numpy as np
 
+from .. import validators
 from ..errors import ConfigError, DataError
 
 
-def holdout_size(n: int | None, fraction, source: str, name: str = "the held-out fraction") -> int | None:
+def holdout_size(n: int | None, fraction: object, source: str, name: str = "the held-out fraction") -> int | None:
     """How many of ``n`` samples a hold-out of ``fraction`` takes: ``round(fraction * n)``. A ConfigError when
     ``fraction`` (called ``name`` in the message) is not a number in (0, 1), a DataError when either part would
     be empty; ``n=None`` checks the fraction alone (before the data is known)."""
-    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction < 1:
+    value = float(cast(float, fraction)) if validators.is_number(fraction) else math.nan  # a real number
+    if not 0 < value < 1:
         raise ConfigError(f"{name} must be a number strictly between 0 and 1, got {fraction!r}")
     if n is None:
         return None
-    target = round(fraction * n)
+    target = round(value * n)
     if target < 1 or target >= n:
-        raise DataError(f"{source}: cannot hold out {fraction:g} of {n} samples: one part would be empty")
+        raise DataError(f"{source}: cannot hold out {value:g} of {n} samples: one part would be empty")
     return target
 
 
@@ -36,7 +39,7 @@ def stratified_holdout(y: np.ndarray, fraction: float, seed: int, source: str,
     """
     y = np.asarray(y)
     n = len(y)
-    target = holdout_size(n, fraction, source, name)
+    target = cast(int, holdout_size(n, fraction, source, name))  # an int: n is given
     if y.ndim != 1 or y.dtype.kind not in "biu":
         y = np.zeros(n, dtype=np.int64)
     classes, y_codes = np.unique(y, return_inverse=True)
@@ -54,7 +57,8 @@ def stratified_holdout(y: np.ndarray, fraction: float, seed: int, source: str,
     return kept, held
 
 
-def split_validation(x, y, fraction: float = 0.1, seed: int = 0):
+def split_validation(x: Any, y: Any, fraction: float = 0.1, seed: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Hold out a stratified random part of a training set: ``(x_train, y_train, x_val, y_val)``.
 
     Stratified: every class contributes about ``fraction`` of its samples, so

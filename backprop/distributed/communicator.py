@@ -231,22 +231,23 @@ class Communicator:
         return (min(r[0] for r in rows), min(r[1] for r in rows), sum(r[2] for r in rows), sum(r[3] for r in rows))
 
     @on_model_device
-    def evaluate(self, model: Any, x: Any, y: Any, loss_fn: Any) -> tuple[float, float]:
+    def evaluate(self, model: Any, x: Any, y: Any, loss_fn: Any, metrics: Any = None) -> dict[str, float]:
         """``training.evaluate`` over the whole of ``(x, y)``, each rank evaluating its shard of it."""
         # lazy: circular import (the training package imports this module for its Trainer)
-        from ..training.metrics import evaluate, labels_per_example
+        from ..training.metrics import evaluate, evaluation_sums, metric_results, metrics_for
 
+        metrics = metrics_for(loss_fn, metrics)
         if self.size == 1:
-            return evaluate(model, x, y, loss_fn)
+            return evaluate(model, x, y, loss_fn, metrics=metrics)
         n = x.shape[0]
-        per_example = labels_per_example(y)
         lo, hi = self.shard(0, n)
-        loss_sum = correct = 0.0
         if hi > lo:
-            loss, accuracy = evaluate(model, x[lo:hi, ...], y[lo:hi, ...], loss_fn)
-            loss_sum, correct = loss * (hi - lo), accuracy * (hi - lo) * per_example
-        loss_sum, correct = self.sum_values([loss_sum, correct])
-        return loss_sum / n, correct / (n * per_example)
+            loss_sum, sums, outputs = evaluation_sums(model, x[lo:hi, ...], y[lo:hi, ...], loss_fn, metrics)
+        else:  # no rows here: zeros for the sum, as many as the other ranks send
+            outputs = int(model.forward(x[:1, ...], training=False).shape[-1])
+            loss_sum, sums = 0.0, [0.0] * sum(m.size(outputs) for m in metrics)
+        total = self.sum_values([loss_sum, *sums])
+        return metric_results(total[0], total[1:], n, metrics, outputs)
 
     # -- failures ---------------------------------------------------------------------
     def abort(self, error: object, code: int = 1) -> None:

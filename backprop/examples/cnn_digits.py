@@ -81,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     trainer.fit(x_train, data.y_train)
     seconds = time.perf_counter() - started
 
-    test_loss, test_accuracy = evaluate(model, backend.from_host(x_test, dtype=model.dtype),
-                                        backend.from_host(data.y_test), CrossEntropy())
+    figures = evaluate(model, backend.from_host(x_test, dtype=model.dtype), backend.from_host(data.y_test),
+                       CrossEntropy())
+    test_loss, test_accuracy = figures["loss"], figures["accuracy"]
     print(f"trained {args.epochs} epochs in {seconds:.1f}s")
     print(f"test: loss {test_loss:.4f}  accuracy {100 * test_accuracy:.2f}%")
     if args.output:

@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     recurrent.reset_stats()
     x_test = backend.from_host(data.x_test, dtype=model.dtype)
     y_test = backend.from_host(data.y_test)
-    test_loss, test_accuracy = evaluate(model, x_test, y_test, CrossEntropy())
+    figures = evaluate(model, x_test, y_test, CrossEntropy())
+    test_loss, test_accuracy = figures["loss"], figures["accuracy"]
     forward = sum(e["forward"] for e in monitor.epochs) / len(monitor.epochs)
     backward = sum(e["backward"] for e in monitor.epochs) / len(monitor.epochs)
     failures = sum(e["failures"] for e in monitor.epochs)

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import BackpropError, ConfigError, DataError, DTypeError, ShapeError
 from ..io.atomic import atomic_path
 
-__all__ = ["PlotUnavailable", "confusion_matrix", "plot_confusion_matrix", "plot_learning_curves"]
+__all__ = ["PlotUnavailable", "confusion_matrix", "metric_names", "plot_confusion_matrix", "plot_learning_curves"]
 
 DPI = 120
 _INSTALL_HINT = 'pip install "backprop[plot]"'
@@ -40,6 +41,7 @@ class PlotUnavailable(BackpropError, RuntimeError):
 def _matplotlib():
     """Import what the plots need; raise :class:`PlotUnavailable` with a one-line message when it cannot."""
     try:
+        # lazy: optional library (matplotlib), imported only when a plot is drawn
         import matplotlib  # noqa: F401  (imported first so a blocked or missing top-level package fails here)
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -147,15 +149,53 @@ def _last_finite(values: np.ndarray) -> float | None:
     return float(finite[-1]) if finite.size else None
 
 
-def _summary(train_loss, val_loss, train_acc, val_acc) -> str:
+def _summary(series: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
+    """``final: train loss 0.1, acc 97.5%  |  val ...`` from each figure's (train, val) series."""
     parts = []
-    for name, loss, acc in (("train", train_loss, train_acc), ("val", val_loss, val_acc)):
-        loss, acc = _last_finite(loss), _last_finite(acc)
-        bits = ([f"loss {loss:.4g}"] if loss is not None else []) + ([f"acc {_format_percent(acc)}"]
-                                                                     if acc is not None else [])
+    for index, part in enumerate(("train", "val")):
+        bits = []
+        for name, pair in series.items():
+            value = _last_finite(pair[index])
+            if value is not None:
+                bits.append(f"acc {_format_percent(value)}" if name == "accuracy" else f"{name} {value:.4g}")
         if bits:
-            parts.append(f"{name} " + ", ".join(bits))
+            parts.append(f"{part} " + ", ".join(bits))
     return "final: " + "  |  ".join(parts) if parts else ""
+
+
+def metric_names(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The metrics a history records besides the loss (``train_<name>`` / ``val_<name>`` keys), in the order of
+    their first appearance: what a run's loss chose (accuracy; MAE and R² for MSE; ...)."""
+    names: list[str] = []
+    for record in records:
+        for key in record:
+            for prefix in ("train_", "val_"):
+                name = key[len(prefix):] if isinstance(key, str) and key.startswith(prefix) else None
+                if name and name != "loss" and name not in names:
+                    names.append(name)
+    return names
+
+
+_METRIC_TITLES = {"mae": "Mean absolute error", "r2": "R² (coefficient of determination)"}
+
+
+def _draw_metric(ax, x, records, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A metric other than accuracy against the epoch, train and validation, on its own scale."""
+    train, train_bad = _series(records, f"train_{name}")
+    val, val_bad = _series(records, f"val_{name}")
+    drawn = _plot_line(ax, x, train, label="train", skipped=train_bad, color=_TRAIN_COLOR)
+    drawn += _plot_line(ax, x, val, label="validation", skipped=val_bad, color=_VAL_COLOR)
+    ax.set_title(_METRIC_TITLES.get(name, name))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(name)
+    if drawn:
+        if name == "r2":  # early epochs can be far below 0: keep the part that tells fits apart in view
+            low, high = ax.get_ylim()
+            ax.set_ylim(max(low, -1.0), min(high, 1.02))
+        ax.legend(loc="best", fontsize=9)
+    else:
+        _note(ax, f"no {name} recorded")
+    return train, val
 
 
 def _draw_loss(ax, x, records) -> tuple[np.ndarray, np.ndarray]:
@@ -182,7 +222,7 @@ def _draw_loss(ax, x, records) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _draw_accuracy(ax, x, records) -> tuple[np.ndarray, np.ndarray]:
-    from matplotlib.ticker import PercentFormatter
+    from matplotlib.ticker import PercentFormatter  # lazy: optional library (matplotlib)
 
     train, train_bad = _series(records, "train_accuracy")
     val, val_bad = _series(records, "val_accuracy")
@@ -223,7 +263,7 @@ def _draw_grad_norms(ax, x, records, colormap) -> None:
     styles = ["-", "--", ":", "-."]
     linestyle = {kind: styles[i % len(styles)] for i, kind in enumerate(kinds)}
 
-    from matplotlib.lines import Line2D
+    from matplotlib.lines import Line2D  # lazy: optional library (matplotlib)
 
     handles, drawn = [], 0
     for index, (layer, params) in enumerate(layers.items()):
@@ -275,13 +315,16 @@ def _draw_lr(ax, x, records) -> None:
 
 def plot_learning_curves(history: Iterable[Mapping[str, Any]], path: str | os.PathLike, *,
                          title: str | None = None) -> Path:
-    """Draw loss, accuracy, per-layer gradient norms and the learning rate against the epoch; write a PNG.
+    """Draw the loss, the run's metrics, per-layer gradient norms and the learning rate against the epoch;
+    write a PNG.
 
     ``history`` holds one record per epoch, as the training loop writes them to
-    ``history.jsonl``: ``epoch`` (1-based), ``train_loss``, ``train_accuracy``,
-    optionally ``val_loss`` and ``val_accuracy`` (floats or ``None``; accuracy
-    in [0, 1]), ``lr``, ``grad_norms`` (parameter name such as ``"0.weight"`` ->
-    norm) and ``time``. Missing keys, ``None``, NaN and infinite values are
+    ``history.jsonl``: ``epoch`` (1-based), ``train_loss``, optionally ``val_loss``,
+    and ``train_<metric>`` / ``val_<metric>`` for each metric the run recorded
+    (``accuracy`` in [0, 1], drawn as a percentage; ``mae`` and ``r2`` for a regression;
+    floats or ``None``), ``lr``, ``grad_norms`` (parameter name such as ``"0.weight"`` ->
+    norm) and ``time``. A history without metrics gets an accuracy panel saying none was recorded.
+    Missing keys, ``None``, NaN and infinite values are
     skipped (and counted in the legend) rather than failing the plot. Returns
     the path written. Raises :class:`PlotUnavailable` without matplotlib.
     """
@@ -299,29 +342,32 @@ def plot_learning_curves(history: Iterable[Mapping[str, Any]], path: str | os.Pa
         fig.text(0.5, 0.45, "no epochs recorded", ha="center", va="center", color="0.45", fontsize=12)
         return _save(fig, path)
 
-    fig = _new_figure((12.0, 9.0))
+    names = metric_names(records) or ["accuracy"]
+    fig = _new_figure((6.0 * max(2, len(names) + 1), 9.0))
+    # lazy: optional library (matplotlib, checked by _new_figure)
     from matplotlib import colormaps
     from matplotlib.ticker import MaxNLocator
 
-    grid = fig.add_gridspec(3, 2, height_ratios=[3.0, 3.0, 1.3])
+    grid = fig.add_gridspec(3, len(names) + 1, height_ratios=[3.0, 3.0, 1.3])
     ax_loss = fig.add_subplot(grid[0, 0])
-    ax_acc = fig.add_subplot(grid[0, 1], sharex=ax_loss)
+    ax_metrics = [fig.add_subplot(grid[0, i + 1], sharex=ax_loss) for i in range(len(names))]
     ax_grad = fig.add_subplot(grid[1, :], sharex=ax_loss)
     ax_lr = fig.add_subplot(grid[2, :], sharex=ax_loss)
 
     x = _epochs(records)
-    train_loss, val_loss = _draw_loss(ax_loss, x, records)
-    train_acc, val_acc = _draw_accuracy(ax_acc, x, records)
+    series = {"loss": _draw_loss(ax_loss, x, records)}
+    for ax, name in zip(ax_metrics, names):
+        series[name] = (_draw_accuracy(ax, x, records) if name == "accuracy" else _draw_metric(ax, x, records, name))
     _draw_grad_norms(ax_grad, x, records, colormaps["viridis"])
     _draw_lr(ax_lr, x, records)
-    for ax in (ax_loss, ax_acc, ax_grad, ax_lr):
+    for ax in (ax_loss, *ax_metrics, ax_grad, ax_lr):
         ax.grid(True, which="major", alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if float(np.ptp(x)) < 2:  # one or two epochs: whole-epoch ticks with room on both sides
         ax_loss.set_xlim(float(x.min()) - 1, float(x.max()) + 1)
 
     heading += f"  ({len(records)} epoch{'s' if len(records) != 1 else ''})"
-    summary = _summary(train_loss, val_loss, train_acc, val_acc)
+    summary = _summary(series)
     if summary:
         heading += "\n" + summary
     fig.suptitle(heading, fontsize=12)
@@ -332,7 +378,7 @@ def plot_learning_curves(history: Iterable[Mapping[str, Any]], path: str | os.Pa
 # confusion matrix
 
 
-def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
+def confusion_matrix(y_true: npt.ArrayLike, y_pred: npt.ArrayLike, num_classes: int) -> np.ndarray:
     """Count (true class, predicted class) pairs: a ``(num_classes, num_classes)`` int64 array.
 
     ``y_true`` and ``y_pred`` are host arrays (or sequences) of class indices of
@@ -365,7 +411,7 @@ def _compact(count: int) -> str:
     return f"{count / 1_000_000:.1f}M"
 
 
-def plot_confusion_matrix(matrix, path: str | os.PathLike, *, class_names: Sequence[str] | None = None,
+def plot_confusion_matrix(matrix: np.ndarray, path: str | os.PathLike, *, class_names: Sequence[str] | None = None,
                           title: str | None = None, normalize: bool = True) -> Path:
     """Draw a confusion matrix (rows true classes, columns predicted) as a PNG; return the path written.
 
@@ -404,7 +450,7 @@ def plot_confusion_matrix(matrix, path: str | os.PathLike, *, class_names: Seque
     colorbar = fig.colorbar(image, ax=ax, shrink=0.8)
     colorbar.set_label("share of the true class (row)" if normalize else "count")
     if normalize:
-        from matplotlib.ticker import PercentFormatter
+        from matplotlib.ticker import PercentFormatter  # lazy: optional library (matplotlib)
 
         colorbar.ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
 

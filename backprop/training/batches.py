@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from .. import validators
 from ..errors import ConfigError
 
 
-def parse_batch_size(value) -> int | None:
+def parse_batch_size(value: object) -> int | None:
     """``1`` (stochastic), ``n`` (mini-batch), ``None``/``"full"`` (full batch: one update per epoch)."""
     if value is None or (isinstance(value, str) and value.strip().lower() == "full"):
         return None
@@ -14,9 +15,9 @@ def parse_batch_size(value) -> int | None:
             value = int(value.strip())
         except ValueError:
             raise ConfigError(f"batch size must be a positive integer or 'full', got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if not validators.is_integer(value) or value <= 0:  # type: ignore[operator]  # an integer, checked first
         raise ConfigError(f"batch size must be a positive integer or 'full', got {value!r}")
-    return value
+    return int(value)  # type: ignore[call-overload]  # an integer, checked above
 
 
 def batch_mode(batch_size: int | None) -> str:
@@ -35,11 +36,9 @@ def batch_bounds(n: int, batch_size: int | None, drop_last: bool = False) -> lis
     return bounds
 
 
-def parse_accumulate_steps(value) -> int:
+def parse_accumulate_steps(value: object) -> int:
     """Micro-batches per optimizer step (gradient accumulation): a positive integer."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"accumulate_steps (micro-batches per update) must be a positive integer, got {value!r}")
-    return value
+    return validators.positive_int(value, "accumulate_steps (micro-batches per update)")
 
 
 def update_bounds(n: int, batch_size: int | None, accumulate_steps: int = 1,

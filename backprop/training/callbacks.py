@@ -15,10 +15,11 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import validators
 from ..errors import ConfigError
-from ..validators import positive_int
+from ..io.atomic import write_text_atomic
 
-if TYPE_CHECKING:  # for annotations only: the trainer imports this module
+if TYPE_CHECKING:  # for the hints only: the trainer imports this module
     from .trainer import Trainer
 
 
@@ -26,16 +27,16 @@ class Callback:
     #: True for callbacks that only print or write files: in a distributed run only rank 0 runs them.
     root_only: bool = False
 
-    def on_train_begin(self, trainer) -> None:
+    def on_train_begin(self, trainer: Trainer) -> None:
         """Called once at the start of ``fit`` (also when resuming)."""
 
-    def on_epoch_end(self, trainer, record: dict) -> None:
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
         """Called after each epoch with its history record (already appended to ``trainer.history``)."""
 
-    def on_train_end(self, trainer) -> None:
+    def on_train_end(self, trainer: Trainer) -> None:
         """Called once when training ends normally (all epochs, or stopped early)."""
 
-    def on_interrupt(self, trainer) -> None:
+    def on_interrupt(self, trainer: Trainer) -> None:
         """Called on Ctrl-C, after the model was rolled back to the last completed epoch."""
 
     def state_dict(self) -> tuple[dict, dict]:
@@ -47,29 +48,48 @@ class Callback:
 
 class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs; at the end, restore
-    the weights of the best epoch (``restore_best``)."""
+    the weights of the best epoch (``restore_best``).
+
+    ``monitor``: ``val_loss`` or ``train_loss``, or ``val_<name>`` / ``train_<name>`` of one of the trainer's
+    metrics (``val_accuracy``; ``val_mae``, ``val_r2`` for MSE), checked when training begins. A loss improves
+    when it falls, a metric as its ``higher_is_better`` says."""
 
     def __init__(self, patience: int = 5, *, monitor: str = "val_loss", min_delta: float = 0.0,
                  restore_best: bool = True):
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ConfigError(f"EarlyStopping: patience must be a positive integer, got {patience!r}")
-        if monitor not in ("val_loss", "val_accuracy", "train_loss", "train_accuracy"):
-            raise ConfigError(f"EarlyStopping: monitor must be val_loss, val_accuracy, train_loss or "
-                              f"train_accuracy, got {monitor!r}")
+        patience = validators.positive_int(patience, "patience", owner="EarlyStopping")
+        if not isinstance(monitor, str) or not monitor.startswith(("val_", "train_")):
+            raise ConfigError(f"EarlyStopping: monitor must be val_loss, train_loss, or val_<metric> or "
+                              f"train_<metric> of one of the trainer's metrics, got {monitor!r}")
+        min_delta = validators.number(min_delta, "min_delta", low=0, owner="EarlyStopping")
+        restore_best = validators.flag(restore_best, "restore_best", owner="EarlyStopping")
         self.patience, self.monitor, self.min_delta, self.restore_best = patience, monitor, min_delta, restore_best
+        self.higher_is_better = False  # a loss; set from the metric when training begins
         self.best_value: float | None = None
         self.best_epoch = 0
         self.wait = 0
         self.best_weights: dict | None = None
 
+    def on_train_begin(self, trainer: Trainer) -> None:
+        name = self.monitor.split("_", 1)[1]
+        if name == "loss":
+            self.higher_is_better = False
+            return
+        metric = next((m for m in trainer.metrics if m.name == name), None)
+        if metric is None:
+            choices = ", ".join(f"{part}_{m}" for part in ("val", "train")
+                                for m in ["loss", *(m.name for m in trainer.metrics)])
+            raise ConfigError(f"EarlyStopping: monitor {self.monitor!r} is not recorded by this run "
+                              f"(its loss is {trainer.loss_fn!r}); expected one of {choices}")
+        self.higher_is_better = bool(metric.higher_is_better)
+
     def _improved(self, value: float) -> bool:
         if self.best_value is None:
             return True
-        if self.monitor.endswith("loss"):
+        if not self.higher_is_better:
             return value < self.best_value - self.min_delta
         return value > self.best_value + self.min_delta
 
-    def on_epoch_end(self, trainer, record):
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
         value = record.get(self.monitor)
         if value is None:
             raise ConfigError(f"EarlyStopping monitors {self.monitor}, which this run does not record "
@@ -85,16 +105,16 @@ class EarlyStopping(Callback):
                 trainer.log(f"early stopping: {self.monitor} has not improved for {self.patience} epochs "
                             f"(best {self.best_value:.4f} at epoch {self.best_epoch})")
 
-    def on_train_end(self, trainer):
+    def on_train_end(self, trainer: Trainer) -> None:
         if self.restore_best and self.best_weights is not None and self.best_epoch != trainer.epoch:
             trainer.set_weights(self.best_weights)
             trainer.log(f"restored the weights of epoch {self.best_epoch} ({self.monitor} {self.best_value:.4f})")
 
-    def state_dict(self):
+    def state_dict(self) -> tuple[dict, dict]:
         info = {"best_value": self.best_value, "best_epoch": self.best_epoch, "wait": self.wait}
         return dict(self.best_weights or {}), info
 
-    def load_state_dict(self, arrays, info):
+    def load_state_dict(self, arrays: dict, info: dict) -> None:
         self.best_value, self.best_epoch, self.wait = info["best_value"], info["best_epoch"], info["wait"]
         self.best_weights = dict(arrays) or None
 
@@ -118,7 +138,7 @@ class GradientMonitor(Callback):
         self.low_epochs: dict[str, int] = {}
         self.warned: set[tuple[str, str]] = set()
 
-    def on_epoch_end(self, trainer, record):
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
         norms = {k: v for k, v in record.get("grad_norms", {}).items() if v is not None and math.isfinite(v)}
         if not norms:
             return
@@ -143,14 +163,14 @@ class GradientMonitor(Callback):
             self._warn(trainer, f"exploding gradients at epoch {record['epoch']}: {', '.join(exploded)} above "
                                 f"{self.explode_above:g} (try a lower learning rate or --clip-norm)")
 
-    def _warn(self, trainer, message):
+    def _warn(self, trainer: Trainer, message: str) -> None:
         trainer.log(f"warning: {message}")
         warnings.warn(message, RuntimeWarning, stacklevel=2)
 
-    def state_dict(self):
+    def state_dict(self) -> tuple[dict, dict]:
         return {}, {"low_epochs": self.low_epochs, "warned": sorted(list(w) for w in self.warned)}
 
-    def load_state_dict(self, arrays, info):
+    def load_state_dict(self, arrays: dict, info: dict) -> None:
         self.low_epochs = dict(info.get("low_epochs", {}))
         self.warned = {tuple(w) for w in info.get("warned", [])}
 
@@ -164,22 +184,20 @@ class HistoryWriter(Callback):
 
     root_only = True
 
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
 
-    def _write(self, trainer):
-        from ..io.atomic import write_text_atomic
-
+    def _write(self, trainer: Trainer) -> None:
         write_text_atomic(self.path, "".join(json.dumps(record) + "\n" for record in trainer.history))
 
-    def on_train_begin(self, trainer):
+    def on_train_begin(self, trainer: Trainer) -> None:
         if trainer.history or self.path.exists():
             self._write(trainer)
 
-    def on_epoch_end(self, trainer, record):
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
         self._write(trainer)
 
-    def on_interrupt(self, trainer):
+    def on_interrupt(self, trainer: Trainer) -> None:
         self._write(trainer)
 
 
@@ -190,8 +208,8 @@ class Checkpoint(Callback):
     root_only = True
 
     def __init__(self, path: str | os.PathLike, *, every: int = 1, run_config: dict | None = None):
-        self.every = positive_int(every, "every", owner="Checkpoint")
-        self.path, self.run_config = Path(path), run_config or {}
+        every = validators.positive_int(every, "every", owner="Checkpoint")
+        self.path, self.every, self.run_config = Path(path), every, run_config or {}
 
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
         if trainer.epoch % self.every == 0:

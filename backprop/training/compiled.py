@@ -33,7 +33,10 @@ Array = Any  # an array of the step's backend
 
 
 class CompiledStep(Protocol):
-    """What a compiled step offers the trainer: ``TrainingStep``'s ``new_metrics`` and ``run``."""
+    """What a compiled step offers the trainer: ``TrainingStep``'s ``new_metrics`` and ``run``, and the
+    ``TrainingStep`` it compiles (whose metrics layout the trainer reads)."""
+
+    step: TrainingStep
 
     def new_metrics(self) -> Array: ...
 

@@ -9,26 +9,31 @@ accumulate in 0-d device arrays that reach the host only at logging points
 from __future__ import annotations
 
 import copy
-import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from backends import dtype_name
 from backends.base import METRICS
 
+from .. import validators
 from ..data.splitting import stratified_holdout
 from ..errors import ConfigError, DataError, ModelFileError, ShapeError, TrainingError
 from ..io.checkpoints import CallbackState, TrainingState, check_fits, read_checkpoint, write_checkpoint
 from ..layers import architecture
 from ..losses import LOSSES, Loss
+from ..metrics import Metric
 from ..on_device import on_device
+from ..optim import Optimizer, make_optimizer, make_schedule
 from .batches import parse_accumulate_steps, parse_batch_size, update_bounds
 from .callbacks import Callback
+from .compiled import CompiledStep, compiled_step
 from .interrupts import Terminated, ctrl_c_held
-from .metrics import evaluate, labels_per_example
+from .metrics import evaluate, labels_per_example, metric_results, metrics_for
 from .step import MicroBatch, TrainingStep
+
+Array = Any  # an array of the model's backend (or a host NumPy array, for fit): duck-typed
 
 
 class Trainer:
@@ -59,29 +64,34 @@ class Trainer:
     epoch). ``compile=True`` runs it as one compiled program (``backprop/training/compiled.py``: ``jax.jit`` on
     JAX, ``torch.compile`` on PyTorch, CUDA Graph capture on CuPy; a ``ConfigError`` elsewhere); the weights are
     the eager step's to float rounding.
+
+    ``metrics``: what each epoch records besides the loss, as ``train_<name>`` and ``val_<name>``: ``Metric``
+    instances (``backprop/metrics.py``: your own too) or names (``accuracy``, ``binary_accuracy``, ``mae``,
+    ``r2``); None (the default) takes the loss's (``Loss.default_metrics``): accuracy for cross-entropy,
+    thresholded accuracy for binary cross-entropy, MAE and R² for MSE.
     """
 
-    def __init__(self, model, *, loss: str | Loss = "cross_entropy", optimizer="adam", lr: float | None = None,
-                 weight_decay: float = 0.0, epochs: int = 10, batch_size=32, accumulate_steps: int = 1,
-                 drop_last: bool = False, shuffle: bool = True, seed: int = 0, schedule: str = "constant",
-                 warmup_epochs: int = 0, clip_norm: float | None = None, callbacks=(), progress: bool = True, log=print,
-                 grad_norm_samples: int = 10, log_points: int = 20, communicator=None, compile=False):
-        from ..optim import Optimizer, make_optimizer, make_schedule
-
+    def __init__(self, model: Any, *, loss: str | Loss = "cross_entropy", optimizer: str | Optimizer = "adam",
+                 lr: float | None = None, weight_decay: float = 0.0, epochs: int = 10,
+                 batch_size: int | str | None = 32, accumulate_steps: int = 1, drop_last: bool = False,
+                 shuffle: bool = True, seed: int = 0,
+                 schedule: str = "constant", warmup_epochs: int = 0, clip_norm: float | None = None,
+                 callbacks: Sequence[Callback] = (), progress: bool = True, log: Callable[[str], Any] | None = print,
+                 grad_norm_samples: int = 10, log_points: int = 20, communicator: Any = None,
+                 compile: bool | str | None = False, metrics: Sequence[Metric | str] | None = None):
         self.model = model
         self.backend = model.backend
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-        if clip_norm is not None and (not isinstance(clip_norm, (int, float)) or not clip_norm > 0
-                                      or not math.isfinite(clip_norm)):
-            raise ConfigError(f"clip_norm must be a positive number, got {clip_norm!r}")
+        epochs = validators.positive_int(epochs, "epochs")
+        seed = validators.non_negative_int(seed, "seed")
+        if clip_norm is not None:
+            clip_norm = validators.positive_number(clip_norm, "clip_norm")
         self.epochs, self.seed, self.clip_norm = epochs, seed, clip_norm
         self.batch_size = parse_batch_size(batch_size)
         self.accumulate_steps = parse_accumulate_steps(accumulate_steps)
         self.drop_last, self.shuffle = drop_last, shuffle
         self.loss_fn = _make_loss(loss)
+        self.metrics = metrics_for(self.loss_fn, metrics)
+        self._output_width: int | None = None
         if isinstance(optimizer, Optimizer):
             self.optimizer = optimizer
         else:
@@ -96,7 +106,7 @@ class Trainer:
             if not isinstance(callback, Callback):
                 raise ConfigError(f"callbacks must be Callback instances, got {type(callback).__name__}")
         if communicator is not None:
-            from ..distributed import Communicator
+            from ..distributed import Communicator  # lazy: circular import (distributed imports training)
 
             if not isinstance(communicator, Communicator):
                 raise ConfigError(f"communicator must be a backprop.distributed.Communicator, got "
@@ -104,11 +114,9 @@ class Trainer:
         self.communicator = communicator
         self.is_root = communicator is None or communicator.is_root
         if compile is not False and compile is not None:
-            from .compiled import compiled_step
-
-            compiled_step(self._training_step(), compile)  # checked now: a ConfigError before any work
+            compiled_step(self._eager_step(), compile)  # checked now: a ConfigError before any work
         self.compile = compile if compile else False
-        self._compiled = None
+        self._compiled: tuple[tuple, Any] | None = None
         self.progress, self._log = progress, log
         self.grad_norm_samples, self.log_points = max(1, grad_norm_samples), max(1, log_points)
         self.epoch = 0  # completed epochs
@@ -120,14 +128,15 @@ class Trainer:
     def log(self, message: str) -> None:
         if self._log is not None and self.is_root:
             if self.progress:
-                from tqdm.auto import tqdm
+                from tqdm.auto import tqdm  # lazy: runs without a progress bar do not pay its import
 
                 tqdm.write(message)
             else:
                 self._log(message)
 
     @on_device
-    def fit(self, x, y, *, validation_data=None, validation_split: float = 0.0) -> list[dict]:
+    def fit(self, x: Array, y: Array, *, validation_data: tuple[Array, Array] | None = None,
+            validation_split: float = 0.0) -> list[dict]:
         """Train until ``epochs`` epochs are complete (counting any done before a resume) or a callback stops
         it. ``x``, ``y``: host (NumPy) or device arrays; they are copied to the device once. With a
         communicator of several ranks, an exception on one rank ends the whole job (``MPI_Abort``) after
@@ -165,7 +174,7 @@ class Trainer:
                 with ctrl_c_held():  # an epoch is counted with its history and callbacks, or not at all
                     self.epoch += 1
                     self.history.append(record)
-                    self.log(_format_record(record, self.epochs))
+                    self.log(_format_record(record, self.epochs, self.metrics))
                     for callback in callbacks:
                         callback.on_epoch_end(self, record)
         except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM where it raises Terminated (the CLI)
@@ -187,7 +196,7 @@ class Trainer:
         return [c for c in self.callbacks if self.is_root or not getattr(c, "root_only", False)]
 
     @on_device
-    def train_epoch(self, x, y) -> dict:
+    def train_epoch(self, x: Array, y: Array) -> dict:
         """One pass over ``(x, y)`` (already on the device, not checked): the work of one epoch of ``fit``,
         without validation or callbacks. For benchmarks and hand-made loops."""
         record = self._run_epoch(x, y, None, None)
@@ -229,7 +238,8 @@ class Trainer:
                       for i in range(min(steps, self.grad_norm_samples))}
         points = min(steps, self.log_points)  # evenly spaced, the last at the epoch's last step
         log_steps = {round((i + 1) * steps / points) - 1 for i in range(points)}
-        step_function = self._training_step()
+        step_function = self._training_step(x)
+        layout = step_function if isinstance(step_function, TrainingStep) else step_function.step  # its metrics
         metrics = step_function.new_metrics()
         norms: dict = {}
         weight_check = None  # device flags of the first step's check, read at the first log point
@@ -246,7 +256,8 @@ class Trainer:
                         # The loss is the mean over these rows: weighted by their share of the update's examples,
                         # the gradients added up over micro-batches (and summed over ranks) are those of the
                         # mean loss over all of them, as one batch of them all would give.
-                        batch.append(MicroBatch(*rows.slice(lo, hi), (hi - lo) / examples))
+                        x_rows, y_rows = rows.slice(lo, hi)
+                        batch.append(MicroBatch(x_rows, y_rows, (hi - lo) / examples))
                     seen += stop - start
                     if bar is not None:
                         bar.update(stop - start)
@@ -260,38 +271,48 @@ class Trainer:
                     host = [float(v) for v in backend.to_host(values)]
                     if weight_check is not None:
                         weight_check = None
-                        self._fail_unchanged_weights(*host[len(METRICS):])
+                        self._fail_unchanged_weights(*host[layout.metrics_size:])
                     figures = dict(zip(METRICS, host))
                     finite, good = float(figures["nonfinite"] == 0), figures["good_steps"]
-                    mean_loss, mean_acc = figures["loss_sum"], figures["correct"]
+                    mean_loss, correct = figures["loss_sum"], figures["correct"]
                     if comm is not None:  # every rank decides on the same global figures
-                        finite, good, mean_loss, mean_acc = comm.reduce_progress(finite, good, mean_loss, mean_acc)
+                        finite, good, mean_loss, correct = comm.reduce_progress(finite, good, mean_loss, correct)
                     if not finite:
                         self._fail_nonfinite(int(good), steps)
                     if bar is not None:
-                        bar.set_postfix(loss=f"{mean_loss / seen:.4f}", acc=f"{mean_acc / (seen * per_example):.3f}",
-                                        refresh=False)
+                        shown = {"loss": f"{mean_loss / seen:.4f}"}
+                        if layout.accuracy is not None:
+                            shown["acc"] = f"{correct / (seen * per_example):.3f}"
+                        bar.set_postfix(shown, refresh=False)
         finally:
             if bar is not None:
                 bar.close()
             rows.release()
         names = list(model.named_parameters())
         sampled = list(norms.items())
-        host = [float(v) for v in backend.to_host(xp.concat([metrics[:2], *(vector for _, vector in sampled)]))]
+        size = layout.metrics_size
+        kept = metrics[:2] if size == len(METRICS) else xp.concat([metrics[:2], metrics[len(METRICS):]])
+        host = [float(v) for v in backend.to_host(xp.concat([kept, *(vector for _, vector in sampled)]))]
+        figures_size = 2 + size - len(METRICS)
         norm_sums = dict.fromkeys(names, 0.0)
-        offset = 2
+        offset = figures_size
         for key, _ in sampled:
             for name, value in zip(key, host[offset:offset + len(key)]):
                 norm_sums[name] = norm_sums.get(name, 0.0) + value
             offset += len(key)
-        host = host[:2]
+        host = host[:figures_size]
         if comm is not None:
             host = comm.sum_values(host)
-        record = {"epoch": self.epoch + 1, "train_loss": host[0] / seen,
-                  "train_accuracy": host[1] / (seen * per_example), "val_loss": None, "val_accuracy": None}
+        record: dict = {"epoch": self.epoch + 1}
+        train = self._train_results(layout, host, seen, per_example)
+        val = None
         if x_val is not None:
-            record["val_loss"], record["val_accuracy"] = (evaluate(model, x_val, y_val, self.loss_fn) if comm is None
-                                                          else comm.evaluate(model, x_val, y_val, self.loss_fn))
+            val = (evaluate(model, x_val, y_val, self.loss_fn, metrics=self.metrics) if comm is None
+                   else comm.evaluate(model, x_val, y_val, self.loss_fn, self.metrics))
+        for name, value in train.items():
+            record[f"train_{name}"] = value
+        for name in train:
+            record[f"val_{name}"] = None if val is None else val[name]
         samples = len(norm_steps)
         record["lr"] = self.optimizer.lr
         record["grad_norms"] = {name: value / samples for name, value in norm_sums.items()} if names else {}
@@ -300,17 +321,44 @@ class Trainer:
         record["steps"] = steps
         return record
 
-    def _training_step(self) -> TrainingStep:
-        """The step function the epoch loop feeds (see ``backprop/training/step.py``), compiled with
-        ``compile`` (``backprop/training/compiled.py``; kept from epoch to epoch: its programs are reused)."""
+    def _train_results(self, step: TrainingStep, host: list[float], seen: int, per_example: int) -> dict:
+        """``{"loss": ..., name: ...}`` of an epoch from the host copy of its figures: the loss sum, the correct
+        count, then the sums of the metrics other than accuracy (``TrainingStep``'s vector less its counters)."""
+        sums, offset = [], 2
+        for metric in self.metrics:
+            if metric is step.accuracy:
+                sums.append(host[1] / per_example)  # correct positions -> a sum of per-example fractions
+            else:
+                size = metric.size(step.outputs)
+                sums += host[offset:offset + size]
+                offset += size
+        return metric_results(host[0], sums, seen, self.metrics, step.outputs)
+
+    def _outputs(self, x=None) -> int | None:
+        """The model's outputs per position (what metrics with sums per output need): found with one example
+        of ``x`` the first time (kept: training does not change it), or None without metrics that need it."""
+        if not any(m.size(1) != m.size(0) for m in self.metrics):
+            return None
+        if self._output_width is None and x is not None:
+            self._output_width = int(self.model.forward(x[:1, ...], training=False).shape[-1])
+        return self._output_width
+
+    def _eager_step(self, outputs: int | None = None) -> TrainingStep:
+        """The training step as it runs without a compiler (``outputs``: the model's, for metrics that need it)."""
         allreduce = None if self.communicator is None else self.communicator.allreduce_gradients
-        step = TrainingStep(self.model, self.loss_fn, self.optimizer, clip_norm=self.clip_norm, allreduce=allreduce)
+        return TrainingStep(self.model, self.loss_fn, self.optimizer, clip_norm=self.clip_norm, allreduce=allreduce,
+                            metrics=self.metrics, outputs=outputs if outputs is not None else 1)
+
+    def _training_step(self, x: Any = None) -> TrainingStep | CompiledStep:
+        """The step function the epoch loop feeds (see ``backprop/training/step.py``), compiled with
+        ``compile`` (``backprop/training/compiled.py``; kept from epoch to epoch: its programs are reused).
+        ``x``: data of the run (one example of it tells the model's outputs, for metrics that need them)."""
+        outputs = self._outputs(x)
+        step = self._eager_step(outputs)
         if not getattr(self, "compile", False):
             return step
-        key = (id(self.model), id(self.loss_fn), id(self.optimizer), self.clip_norm)
+        key = (id(self.model), id(self.loss_fn), id(self.optimizer), self.clip_norm, outputs)
         if self._compiled is None or self._compiled[0] != key:
-            from .compiled import compiled_step
-
             self._compiled = (key, compiled_step(step, self.compile))
         return self._compiled[1]
 
@@ -367,7 +415,7 @@ class Trainer:
     def _progress_bar(self, total):
         if not self.progress or not self.is_root:
             return None
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # lazy: runs without a progress bar do not pay its import
 
         return tqdm(total=total, desc=f"epoch {self.epoch + 1}/{self.epochs}", unit=" samples", unit_scale=True,
                     leave=False, dynamic_ncols=True, disable=None)
@@ -481,15 +529,18 @@ class Trainer:
         if expected is not None and x.shape[-1] != expected:
             raise ShapeError(f"{what} has {x.shape[-1]} features per example, but the model expects {expected}")
         outputs = self.model.forward(x[:1, ...], training=False).shape[-1]
+        classes = self.loss_fn.label_classes(outputs)
         checks = [xp.sum(xp.astype(xp.logical_not(xp.isfinite(x)), xp.float32))]
-        if xp.isdtype(y.dtype, "integral"):
+        if xp.isdtype(y.dtype, "integral") and classes is not None:
             checks += [xp.astype(xp.min(y), xp.float32), xp.astype(xp.max(y), xp.float32)]
         bad, *label_range = (float(v) for v in self.backend.to_host(xp.stack(checks)))
         if bad:
             raise DataError(f"{what}: {int(bad)} NaN or infinite feature values; clean or impute them first")
-        if label_range and (label_range[0] < 0 or label_range[1] >= outputs):
-            raise DataError(f"{what}: labels must be class numbers 0..{outputs - 1} for this model's {outputs} "
-                            f"outputs, found values from {int(label_range[0])} to {int(label_range[1])}")
+        if classes is not None and label_range and (label_range[0] < 0 or label_range[1] >= classes):
+            expected = (f"0..{classes - 1} for this model's {outputs} outputs" if classes == outputs
+                        else f"0..{classes - 1} for {self.loss_fn!r}")
+            raise DataError(f"{what}: labels must be class numbers {expected}, found values from "
+                            f"{int(label_range[0])} to {int(label_range[1])}")
 
 
 class EpochRows:
@@ -498,13 +549,13 @@ class EpochRows:
     a slice is a view, no copy and no kernel) when the permuted copy fits in a quarter of the memory the device
     has free; else gathered batch by batch. The same rows in the same order either way."""
 
-    def __init__(self, backend, x, y, order):
+    def __init__(self, backend: Any, x: Array, y: Array, order: Array | None):
         self.backend, self.x, self.y, self.order = backend, x, y, order
         self.n = x.shape[0]
-        self.xs = self.ys = None
+        self.permuted: tuple[Array, Array] | None = None  # (x, y) in the epoch's order, when kept whole
         if order is not None and backend.permutes_epochs and self._fits(backend, x, y):
             xp = backend.xp
-            self.xs, self.ys = xp.take(x, order, axis=0), xp.take(y, order, axis=0)
+            self.permuted = xp.take(x, order, axis=0), xp.take(y, order, axis=0)
 
     @staticmethod
     def _fits(backend, x, y) -> bool:
@@ -512,20 +563,22 @@ class EpochRows:
         needed = sum(_size(a.shape) * _itemsize(backend.xp, a.dtype) for a in (x, y))
         return free is not None and needed * 4 <= free
 
-    def slice(self, lo: int, hi: int) -> tuple:
+    def slice(self, lo: int, hi: int) -> tuple[Array, Array]:
         """``(x, y)`` of rows ``lo:hi`` of the epoch's order."""
-        if self.order is None:
+        order = self.order
+        if order is None:
             if (lo, hi) == (0, self.n):
                 return self.x, self.y
             return self.x[lo:hi, ...], self.y[lo:hi, ...]
-        if self.xs is not None:
-            return self.xs[lo:hi, ...], self.ys[lo:hi, ...]
-        xp, index = self.backend.xp, self.order[lo:hi]
+        if self.permuted is not None:
+            xs, ys = self.permuted
+            return xs[lo:hi, ...], ys[lo:hi, ...]
+        xp, index = self.backend.xp, order[lo:hi]
         return xp.take(self.x, index, axis=0), xp.take(self.y, index, axis=0)
 
     def release(self) -> None:
         """Drop the permuted copy (between epochs only the data itself is held)."""
-        self.xs = self.ys = None
+        self.permuted = None
 
 
 def _itemsize(xp, dtype) -> int:
@@ -542,11 +595,11 @@ def _size(shape) -> int:
     return count
 
 
-def fit(model, x, y, **options) -> list[dict]:
+def fit(model: Any, x: Array, y: Array, **options: Any) -> list[dict]:
     """Train ``model`` on ``(x, y)``; keyword options as for ``Trainer`` and ``Trainer.fit``."""
     fit_options = {k: options.pop(k) for k in ("validation_data", "validation_split") if k in options}
     if options.pop("distributed", False) and options.get("communicator") is None:
-        from ..distributed import world
+        from ..distributed import world  # lazy: circular import (distributed imports training)
 
         options["communicator"] = world()  # MPI.COMM_WORLD: every process mpirun started
     return Trainer(model, **options).fit(x, y, **fit_options)
@@ -567,11 +620,21 @@ def _input_features(model):
     return getattr(first, "in_features", None)
 
 
-def _format_record(record: dict, epochs: int) -> str:
-    text = (f"epoch {record['epoch']:>{len(str(epochs))}}/{epochs}  loss {record['train_loss']:.4f}  "
-            f"acc {100 * record['train_accuracy']:.2f}%")
+def _format_record(record: dict, epochs: int, metrics: Sequence[Metric]) -> str:
+    """One line of the log per epoch: the loss and each metric (accuracy as ``acc 97.50%``), on the training
+    and, when there is one, the validation data."""
+    def figures(prefix: str) -> str:
+        key = prefix or "train_"
+        text = f"{prefix}loss {record[key + 'loss']:.4f}"
+        for metric in metrics:
+            value = record.get(key + metric.name)
+            label = "acc" if metric.name == "accuracy" else metric.name
+            text += f"  {prefix}{label} {metric.format(value) if value is not None else '-'}"
+        return text
+
+    text = f"epoch {record['epoch']:>{len(str(epochs))}}/{epochs}  " + figures("")
     if record.get("val_loss") is not None:
-        text += f"  val_loss {record['val_loss']:.4f}  val_acc {100 * record['val_accuracy']:.2f}%"
+        text += "  " + figures("val_")
     rate = record.get("samples_per_second")
     text += f"  lr {record['lr']:.3g}  {record['time']:.2f}s" + (f"  {rate:,.0f} samples/s" if rate else "")
     return text

@@ -1,0 +1,218 @@
+"""Metrics: figures of how well a model does its task, computed on the device and read at log points.
+
+A metric adds sums over a batch to a small vector on the device (``sums``), and turns the sums of a whole
+epoch, read on the host once, into its figure (``result``). Nothing in ``sums`` reads a device value, so a
+training step stays free of host synchronizations (see ``backprop/training/step.py``).
+
+Every sum is *per example*: a row whose prediction has P positions (a sequence, say) adds its figure divided
+by P, so ``result`` gets the sums and the number of examples, whatever the shapes. Which metrics a run
+records comes from its loss (``Loss.default_metrics``): accuracy for cross-entropy, thresholded accuracy for
+binary cross-entropy, MAE and R² for mean squared error. Your own metric subclasses ``Metric`` and is given
+to ``Trainer(metrics=[...])``::
+
+    class MeanBias(Metric):
+        name = "bias"
+        higher_is_better = False
+        def sums(self, xp, prediction, target):
+            return xp.reshape(xp.sum(prediction - target) / per_row(prediction), (1,))
+        def result(self, sums, examples):
+            return sums[0] / examples
+
+A metric must be a function of sums over examples (a mean, a rate, R² from its moments); a maximum or a
+median is not, and has no place here (compute it from ``predict_logits`` after training).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .errors import ConfigError
+from .validators import is_number
+
+Array = Any  # an array of the model's backend (NumPy, PyTorch, CuPy, JAX, ...): duck-typed
+Namespace = Any  # its array API namespace
+
+
+class Metric:
+    """Base class. ``name``: the history's key (``train_<name>``, ``val_<name>``, ``test_<name>``);
+    ``percent``: shown as a percentage; ``higher_is_better``: what ``EarlyStopping`` counts as improving."""
+
+    name: str = ""
+    percent: bool = False
+    higher_is_better: bool = True
+
+    def size(self, outputs: int) -> int:
+        """How many sums the metric keeps, for a prediction of ``outputs`` values per position."""
+        return 1
+
+    def sums(self, xp: Namespace, prediction: Array, target: Array) -> Array:
+        """This batch's sums: a 1-d array of ``size`` values on the prediction's device, per example."""
+        raise NotImplementedError
+
+    def result(self, sums: Sequence[float], examples: int) -> float:
+        """The figure from the sums of ``examples`` examples (host floats)."""
+        raise NotImplementedError
+
+    def format(self, value: float) -> str:
+        """The figure as logs print it."""
+        return f"{100 * value:.2f}%" if self.percent else f"{value:.4g}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Accuracy(Metric):
+    """The fraction of predictions whose highest score is at the label (argmax), for class scores: integer
+    labels ``(batch, ...)`` or probability targets of the scores' shape (compared with their argmax)."""
+
+    name = "accuracy"
+    percent = True
+
+    def count(self, xp: Namespace, prediction: Array, target: Array) -> Array:
+        """How many positions are right (a 0-d array on the device; the fused cross-entropy step counts the
+        same figure into its own metrics)."""
+        if not xp.isdtype(target.dtype, "integral"):  # probability targets: compare with their argmax
+            target = xp.argmax(target, axis=-1)
+        return xp.sum(xp.astype(xp.argmax(prediction, axis=-1) == target, prediction.dtype))
+
+    def sums(self, xp: Namespace, prediction: Array, target: Array) -> Array:
+        return xp.reshape(_per_example(self.count(xp, prediction, target), per_row(prediction, classes=True)), (1,))
+
+    def result(self, sums: Sequence[float], examples: int) -> float:
+        return sums[0] / examples
+
+
+class BinaryAccuracy(Metric):
+    """The fraction of outputs on the right side of ``threshold`` (a probability: 0.5 is a logit of 0), for
+    binary cross-entropy on logits; targets 0/1 (integers, or floats where a target above 0.5 counts as 1)."""
+
+    name = "accuracy"
+    percent = True
+
+    def __init__(self, threshold: float = 0.5):
+        if not is_number(threshold) or not 0 < threshold < 1:
+            raise ConfigError(f"BinaryAccuracy: threshold must be a probability in (0, 1), got {threshold!r}")
+        self.threshold = float(threshold)
+        self._logit = math.log(self.threshold / (1 - self.threshold))
+
+    def sums(self, xp: Namespace, prediction: Array, target: Array) -> Array:
+        if xp.isdtype(target.dtype, "integral"):
+            truth = target > 0  # 0/1 labels (an integer array is not compared with a float)
+            if target.ndim == prediction.ndim - 1:
+                truth = truth[..., None]  # (batch,) labels of a (batch, 1) output
+        else:
+            truth = target > 0.5
+        right = (prediction > self._logit) == truth
+        return xp.reshape(_per_example(xp.sum(xp.astype(right, prediction.dtype)), per_row(prediction)), (1,))
+
+    def result(self, sums: Sequence[float], examples: int) -> float:
+        return sums[0] / examples
+
+    def __repr__(self) -> str:
+        return f"BinaryAccuracy(threshold={self.threshold:g})"
+
+
+class MAE(Metric):
+    """Mean absolute error over all outputs, in the targets' units."""
+
+    name = "mae"
+    higher_is_better = False
+
+    def sums(self, xp: Namespace, prediction: Array, target: Array) -> Array:
+        diff = prediction - _as(xp, target, prediction)
+        return xp.reshape(_per_example(xp.sum(xp.abs(diff)), per_row(prediction)), (1,))
+
+    def result(self, sums: Sequence[float], examples: int) -> float:
+        return sums[0] / examples
+
+
+class R2(Metric):
+    """The coefficient of determination, 1 − SS_res / SS_tot, of each output, averaged over the outputs
+    (scikit-learn's ``r2_score`` with ``multioutput="uniform_average"``): 1 is a perfect fit, 0 no better than
+    predicting the mean of the targets. An output whose targets are all equal counts 1 if it is predicted
+    exactly, else 0.
+
+    The sums are the squared errors and the first two moments of the targets, per output. SS_tot comes from
+    the moments (Σt² − (Σt)²/n), which loses digits (in float32) when the targets' mean is large beside their
+    spread: center such targets (subtract their mean) before training."""
+
+    name = "r2"
+
+    def size(self, outputs: int) -> int:
+        return 3 * outputs
+
+    def sums(self, xp: Namespace, prediction: Array, target: Array) -> Array:
+        outputs = prediction.shape[-1]
+        p = xp.reshape(prediction, (-1, outputs))
+        t = xp.reshape(_as(xp, target, prediction), (-1, outputs))
+        diff = p - t
+        sums = xp.concat([xp.sum(diff * diff, axis=0), xp.sum(t, axis=0), xp.sum(t * t, axis=0)])
+        return _per_example(sums, per_row(prediction, classes=True))
+
+    def result(self, sums: Sequence[float], examples: int) -> float:
+        outputs = len(sums) // 3
+        scores = []
+        for j in range(outputs):
+            residual, total, squares = sums[j], sums[outputs + j], sums[2 * outputs + j]
+            spread = squares - total * total / examples
+            if spread <= 0:
+                scores.append(1.0 if residual == 0 else 0.0)
+            else:
+                scores.append(1.0 - residual / spread)
+        return sum(scores) / len(scores) if scores else math.nan
+
+
+#: The built-in metrics by the names ``Trainer(metrics=[...])`` takes.
+METRICS = {"accuracy": Accuracy, "binary_accuracy": BinaryAccuracy, "mae": MAE, "r2": R2}
+
+
+def make_metrics(metrics: Iterable[Metric | str]) -> list[Metric]:
+    """``Metric`` instances from instances and names (``METRICS``), their names checked to be distinct."""
+    if isinstance(metrics, (str, Metric)):
+        metrics = [metrics]
+    made = []
+    for metric in metrics:
+        if isinstance(metric, str):
+            key = metric.lower().replace("-", "_")
+            if key not in METRICS:
+                raise ConfigError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}, or a Metric")
+            metric = METRICS[key]()
+        elif not isinstance(metric, Metric):
+            raise ConfigError(f"metrics must be Metric instances or names ({', '.join(METRICS)}), got "
+                              f"{type(metric).__name__}")
+        made.append(metric)
+    names = [m.name for m in made]
+    for name in names:
+        if not isinstance(name, str) or not name.isidentifier() or name == "loss":
+            raise ConfigError(f"a metric's name must be a word other than 'loss' (it names history keys such as "
+                              f"train_<name>), got {name!r}")
+        if names.count(name) > 1:
+            raise ConfigError(f"two metrics are named {name!r}; give each its own name")
+    return made
+
+
+def per_row(prediction: Array, *, classes: bool = False) -> int:
+    """Values per example of ``prediction`` (batch, ...): what a sum over the batch is divided by to make it a
+    sum of per-example figures. ``classes``: the last axis holds the scores of one prediction (class scores,
+    or the outputs of one position for R²), and is not counted."""
+    shape = prediction.shape[1:-1] if classes else prediction.shape[1:]
+    return math.prod(int(n) for n in shape)
+
+
+def _per_example(total: Array, values: int) -> Array:
+    """A batch's sum of values as a sum of per-example figures (no operation when each example has one)."""
+    return total if values == 1 else total / values
+
+
+def _as(xp: Namespace, target: Array, prediction: Array) -> Array:
+    """``target`` in the prediction's dtype and shape (integer labels (batch,) of a (batch, 1) output)."""
+    if target.dtype != prediction.dtype:
+        target = xp.astype(target, prediction.dtype)
+    if target.ndim == prediction.ndim - 1:
+        target = target[..., None]
+    return target
+
+
+__all__ = ["MAE", "METRICS", "R2", "Accuracy", "BinaryAccuracy", "Metric", "make_metrics", "per_row"]
