@@ -46,6 +46,7 @@ from .training import (
     predict_classes,
 )
 from .training.batches import parse_batch_size
+from .validators import is_integer
 
 HostArray = Any  # a NumPy array of a Dataset (runs.py itself imports no array library)
 Log = Callable[[str], None]  # where a run says what it does (print, or a file's writer)
@@ -89,7 +90,7 @@ def parse_hidden(text: str | Sequence[int]) -> list[int]:
             sizes = [int(part) for part in parts]
         except ValueError:
             raise ConfigError(f"--hidden expects comma-separated layer sizes such as 256,128, got {text!r}") from None
-    if any(not isinstance(n, int) or isinstance(n, bool) or n <= 0 for n in sizes):
+    if any(not is_integer(n) or n <= 0 for n in sizes):
         raise ConfigError(f"--hidden expects positive layer sizes such as 256,128, got {text!r}")
     return sizes
 

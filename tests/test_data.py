@@ -642,7 +642,7 @@ def test_load_dataset_rejects_unknown_specs_and_options():
 @pytest.mark.parametrize("seed", [-1, "0", 1.5, True])
 def test_load_dataset_rejects_bad_seeds(tmp_path, rng, seed):
     np.savez(tmp_path / "d.npz", x=rng.normal(size=(20, 3)), y=np.arange(20) % 2)
-    with pytest.raises(ConfigError, match=r"the seed must be an integer >= 0, got"):
+    with pytest.raises(ConfigError, match=r"the seed must be a non-negative integer, got"):
         data.load_dataset(tmp_path / "d.npz", seed=seed)
 
 

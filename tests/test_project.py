@@ -151,3 +151,101 @@ def test_distributed_code_never_branches_on_a_library_name():
                                                      for side in [node.left, *node.comparators]):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert not offenders, "a branch on backend.library: " + "; ".join(offenders)
+
+
+def _package_files():
+    return sorted(list((ROOT / "backprop").rglob("*.py")) + list((ROOT / "backends").rglob("*.py")))
+
+
+def _unannotated_public_functions(relative: str, source: str) -> list[str]:
+    """Public functions and methods of ``source`` whose parameters or return lack a type annotation."""
+    missing = []
+
+    def visit(node: ast.AST, prefix: str, public: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef):
+                visit(child, f"{prefix}{child.name}.", public and not child.name.startswith("_"))
+            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                dunder = child.name.startswith("__") and child.name.endswith("__")
+                if not public or (child.name.startswith("_") and not dunder):
+                    continue
+                arguments = child.args.posonlyargs + child.args.args + child.args.kwonlyargs
+                arguments += [a for a in (child.args.vararg, child.args.kwarg) if a is not None]
+                unannotated = [a.arg for a in arguments if a.annotation is None and a.arg not in ("self", "cls")]
+                if child.returns is None and child.name != "__init__":
+                    unannotated.append("return")
+                if unannotated:
+                    missing.append(f"{relative}:{child.lineno} {prefix}{child.name} ({', '.join(unannotated)})")
+
+    visit(ast.parse(source, filename=relative), "", True)
+    return missing
+
+
+def test_every_public_function_is_annotated():
+    missing = []
+    for path in _package_files():
+        missing += _unannotated_public_functions(path.relative_to(ROOT).as_posix(), path.read_text())
+    assert not missing, f"{len(missing)} public functions without full annotations: " + "; ".join(missing[:20])
+
+
+def test_the_annotation_rule_sees_parameters_returns_and_methods():
+    source = ("def f(x: int) -> int: ...\ndef g(x): ...\ndef _private(x): ...\n"
+              "class A:\n    def __init__(self, n: int): ...\n    def m(self, y: int): ...\n"
+              "class _Hidden:\n    def m(self, y): ...\n")
+    assert _unannotated_public_functions("m.py", source) == ["m.py:2 g (x, return)", "m.py:6 A.m (return)"]
+
+
+def _unexplained_local_imports(relative: str, source: str) -> list[str]:
+    """Imports inside functions with no comment saying why they are not at the top of the module: on their own
+    line, or on the comment line right above their block of imports."""
+    lines = source.splitlines()
+    found = []
+    for function in ast.walk(ast.parse(source, filename=relative)):
+        if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(function):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            explained = any("#" in lines[i] for i in range(node.lineno - 1, node.end_lineno or node.lineno))
+            above = node.lineno - 2
+            while not explained and above >= 0:
+                text = lines[above].strip()
+                if text.startswith("#"):
+                    explained = True
+                elif text.startswith(("import ", "from ")) or text.endswith((",", "(")) or text.startswith(")"):
+                    above -= 1  # another import of the same block
+                    continue
+                break
+            if not explained:
+                found.append(f"{relative}:{node.lineno}")
+    return sorted(set(found))
+
+
+def test_function_level_imports_say_why():
+    found = []
+    for path in _package_files():
+        found += _unexplained_local_imports(path.relative_to(ROOT).as_posix(), path.read_text())
+    assert not found, ("imports inside functions belong at the top of the module unless they are lazy on purpose "
+                       "(say why in a comment): " + "; ".join(found))
+
+
+def test_the_local_import_rule_accepts_a_commented_block_only():
+    source = ("def f():\n    # lazy: optional library\n    import torch\n    import jax\n\n"
+              "def g():\n    x = 1\n    import os\n\ndef h():\n    import re  # lazy: start-up time\n")
+    assert _unexplained_local_imports("m.py", source) == ["m.py:8"]
+
+
+def test_mypy_finds_nothing(tmp_path):
+    """The type check of backprop/ and backends/ ([tool.mypy] in pyproject.toml), as CI runs it."""
+    pytest.importorskip("mypy", reason="mypy is not installed (pip install -e '.[test]')")
+    result = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "mypy-cache")],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def test_the_packages_ship_their_annotations():
+    """PEP 561: ``py.typed`` in each package, and in the package data so that a wheel carries it."""
+    config = (ROOT / "pyproject.toml").read_text()
+    for package in ("backprop", "backends"):
+        assert (ROOT / package / "py.typed").is_file(), f"{package}/py.typed is missing"
+        assert f'"{package}" = ["py.typed"]' in config, f"{package}/py.typed is not in the package data"

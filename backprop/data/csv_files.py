@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from ..validators import is_integer
 from .dataset import Dataset, dataset_from_arrays, encode_labels, excerpt, is_number, regression_targets
 
 
@@ -70,7 +71,7 @@ def load_csv(path: str | os.PathLike, label_column: int | str = -1, test_fractio
                               f"(columns: {', '.join(rows[0])})")
         label_index, has_header = rows[0].index(label_column), True
     else:
-        if isinstance(label_column, bool) or not isinstance(label_column, int) or not -width <= label_column < width:
+        if not is_integer(label_column) or not -width <= label_column < width:
             raise ConfigError(f"label_column must be a column name or an index in [{-width}, {width}) "
                               f"for {path}, got {label_column!r}")
         label_index = label_column % width
