@@ -210,3 +210,15 @@ def test_a_model_built_in_python_has_empty_metadata_and_saving_it_again_keeps_wh
     loaded = bp.load_model(tmp_path / "a.safetensors")
     bp.save_model(tmp_path / "b.safetensors", loaded, loaded.metadata)  # a Mapping is accepted
     assert dict(bp.load_model(tmp_path / "b.safetensors").metadata) == {"note": "first"}
+
+
+def test_the_old_two_value_unpacking_of_load_model_fails_in_one_line(tmp_path):
+    """``model, metadata = load_model(p)`` (the API before issue 14) must not quietly unpack a two-layer model
+    into its layers."""
+    path = tmp_path / "model.safetensors"
+    two_layers = bp.Sequential([bp.Dense(4, 3, backend="numpy"), bp.Tanh(backend="numpy")])
+    bp.save_model(path, two_layers, {"note": "x"})
+    model = bp.load_model(path)
+    assert len(model) == 2
+    with pytest.raises(TypeError, match=r"^a Sequential model is not iterable: its layers are model.layers"):
+        model, metadata = model

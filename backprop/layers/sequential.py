@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NoReturn
 
 from backends import Backend
 from backends.random import Seed
@@ -72,6 +73,12 @@ class Sequential(Layer):
 
     def __getitem__(self, index: int) -> Layer:
         return self.layers[index]
+
+    def __iter__(self) -> NoReturn:
+        # Without this, Python would iterate through __getitem__, and the old ``model, metadata = load_model(p)``
+        # would quietly unpack a two-layer model into its layers.
+        raise TypeError("a Sequential model is not iterable: its layers are model.layers (load_model returns the "
+                        "model alone, with what was saved beside it in model.metadata)")
 
     def forward(self, x: Array, *, training: bool = False) -> Array:
         for layer in self.layers:
