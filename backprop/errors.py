@@ -31,3 +31,9 @@ class ModelFileError(BackpropError, ValueError):
 
 class TrainingError(BackpropError, RuntimeError):
     """Training cannot go on (the loss became NaN or infinite, say)."""
+
+
+def short_repr(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a crafted file or description must not flood the terminal."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

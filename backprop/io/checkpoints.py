@@ -21,10 +21,16 @@ import numpy as np
 
 from backends import Backend
 
-from ..errors import ConfigError, ModelFileError
+from ..errors import ConfigError, ModelFileError, short_repr
 from ..layers import Layer
 from ..validators import is_integer, number
-from .model_files import MODEL_DTYPES, assign_model_arrays, build_checked, load_arrays, save_arrays
+from .model_files import (
+    assign_model_arrays,
+    build_checked,
+    described_model,
+    load_arrays,
+    save_arrays,
+)
 
 #: The prefixes of a checkpoint's arrays: the model's, the optimizer's, the callbacks'.
 MODEL_PREFIXES = ("param/", "buffer/")
@@ -84,7 +90,7 @@ def read_checkpoint(path: str | os.PathLike) -> TrainingState:
     ``ModelFileError`` naming it."""
     arrays, header = load_arrays(path, kind="checkpoint")
     if header.get("kind") != "checkpoint":
-        raise ModelFileError(f"{path}: expected a checkpoint, found a {_short(header.get('kind'))} file "
+        raise ModelFileError(f"{path}: expected a checkpoint, found a {short_repr(header.get('kind'))} file "
                              f"(resume needs the checkpoint.safetensors a training run writes)")
     info = header.get("trainer")
     _check_trainer_info(path, info)
@@ -94,14 +100,9 @@ def read_checkpoint(path: str | os.PathLike) -> TrainingState:
         raise ModelFileError(f"{path}: header entry 'run' must be a dict of options, got {type(run).__name__}")
     for key, value in run.items():
         if value is not None and not isinstance(value, (str, bool, numbers.Real)):
-            raise ModelFileError(f"{path}: run option {_short(key)} must be a string, a number or null, "
+            raise ModelFileError(f"{path}: run option {short_repr(key)} must be a string, a number or null, "
                                  f"got {type(value).__name__}")
-    architecture, dtype = header.get("architecture"), header.get("dtype", "float32")
-    if not isinstance(architecture, dict):
-        raise ModelFileError(f"{path}: header entry 'architecture' must be a dict, got {type(architecture).__name__}")
-    if dtype not in MODEL_DTYPES:
-        raise ModelFileError(f"{path}: header entry 'dtype' must be one of {', '.join(MODEL_DTYPES)}, "
-                             f"got {_short(dtype)}")
+    architecture, dtype = described_model(path, header)
     callbacks = [CallbackState(entry["type"], entry["info"]) for entry in info.get("callbacks", [])]
     weights, optimizer_arrays = {}, {}
     for key, array in arrays.items():
@@ -112,11 +113,11 @@ def read_checkpoint(path: str | os.PathLike) -> TrainingState:
         elif key.startswith(CALLBACK_PREFIX) and key.count("/") >= 2:
             index, name = key[len(CALLBACK_PREFIX):].split("/", 1)
             if not index.isdigit() or int(index) >= len(callbacks):
-                raise ModelFileError(f"{path}: array {_short(key)} belongs to no callback the checkpoint lists")
+                raise ModelFileError(f"{path}: array {short_repr(key)} belongs to no callback the checkpoint lists")
             callbacks[int(index)].arrays[name] = array
         else:
-            raise ModelFileError(f"{path}: array {_short(key)} is not part of a checkpoint (expected names starting "
-                                 f"with {', '.join(MODEL_PREFIXES + (OPTIMIZER_PREFIX, CALLBACK_PREFIX))})")
+            raise ModelFileError(f"{path}: array {short_repr(key)} is not part of a checkpoint (expected names "
+                                 f"starting with {', '.join(MODEL_PREFIXES + (OPTIMIZER_PREFIX, CALLBACK_PREFIX))})")
     return TrainingState(architecture=architecture, dtype=dtype, weights=weights, optimizer_arrays=optimizer_arrays,
                          optimizer_info=info["optimizer"], epoch=info["epoch"], epochs=info["epochs"],
                          seed=info.get("seed", 0), base_lr=info["base_lr"], history=list(info["history"]),
@@ -157,7 +158,7 @@ def _check_trainer_info(path: object, info: object) -> None:
         raise ModelFileError(f"{path}: header entry 'trainer' must be a dict, got {type(info).__name__}")
 
     def bad(key: str, expected: str) -> ModelFileError:
-        shown = _short(info[key]) if key in info else "nothing"
+        shown = short_repr(info[key]) if key in info else "nothing"
         return ModelFileError(f"{path}: trainer entry {key!r} must be {expected}, got {shown}")
 
     def count(value: object, low: int) -> bool:
@@ -183,12 +184,6 @@ def _check_trainer_info(path: object, info: object) -> None:
             isinstance(c, dict) and isinstance(c.get("type"), str) and isinstance(c.get("info"), dict)
             for c in callbacks):
         raise bad("callbacks", "a list of {'type': name, 'info': dict}")
-
-
-def _short(value: object, limit: int = 80) -> str:
-    """``repr(value)``, cut to ``limit`` characters: a crafted header must not flood the terminal."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 __all__ = ["CallbackState", "TrainingState", "check_fits", "model_from_state", "read_checkpoint", "write_checkpoint"]

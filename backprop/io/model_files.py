@@ -39,7 +39,7 @@ from safetensors.numpy import save
 
 from backends import Backend, dtype_name, get_backend
 
-from ..errors import ConfigError, ModelFileError
+from ..errors import ConfigError, ModelFileError, short_repr
 from ..layers import Layer, architecture, build, declared_arrays
 from ..on_device import on_device
 from ..validators import is_integer
@@ -111,13 +111,13 @@ def load_arrays(path: PathLike, *, kind: str = "model") -> tuple[dict[str, np.nd
                                      f"(no backprop header)")
             version = metadata.get("format_version", "?")
             if version not in READABLE_VERSIONS:
-                raise ModelFileError(f"{path}: {kind} file format version {_short(version)}; this backprop reads "
+                raise ModelFileError(f"{path}: {kind} file format version {short_repr(version)}; this backprop reads "
                                      f"versions {' and '.join(READABLE_VERSIONS)}")
             for name in handle.keys():  # noqa: SIM118 (a safe_open handle is not a dict)
                 dtype = handle.get_slice(name).get_dtype()
                 if dtype not in TENSOR_DTYPES:
-                    raise ModelFileError(f"{path}: tensor {_short(name)} has dtype {_short(dtype)}, which backprop "
-                                         f"does not read (expected one of {', '.join(TENSOR_DTYPES)})")
+                    raise ModelFileError(f"{path}: tensor {short_repr(name)} has dtype {short_repr(dtype)}, which "
+                                         f"backprop does not read (expected one of {', '.join(TENSOR_DTYPES)})")
             arrays = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
     except ModelFileError:
         raise
@@ -126,7 +126,7 @@ def load_arrays(path: PathLike, *, kind: str = "model") -> tuple[dict[str, np.nd
     except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelFileError(f"{path}: not a readable {kind} file (damaged or not safetensors: "
-                             f"{_short(detail, 200)})") from None
+                             f"{short_repr(detail, 200)})") from None
     if version == "1":
         warnings.warn(f"{path}: written by an older backprop (format version 1) without checksums, so its "
                       f"integrity cannot be checked; saving it again adds them", RuntimeWarning, stacklevel=2)
@@ -140,7 +140,7 @@ def load_arrays(path: PathLike, *, kind: str = "model") -> tuple[dict[str, np.nd
     for name, array in arrays.items():
         if array.dtype.kind == "f" and array.size and not (np.isfinite(array.min()) and np.isfinite(array.max())):
             raise ModelFileError(f"{path}: {kind} file holds non-finite values (NaN or inf) in array "
-                                 f"{_short(name)}; it cannot be used")
+                                 f"{short_repr(name)}; it cannot be used")
     header = {}
     for key, value in metadata.items():
         if key in _RESERVED:
@@ -148,9 +148,9 @@ def load_arrays(path: PathLike, *, kind: str = "model") -> tuple[dict[str, np.nd
         try:
             header[key] = json.loads(value)
         except json.JSONDecodeError as exc:
-            raise ModelFileError(f"{path}: damaged header: entry {_short(key)} is not JSON ({exc})") from None
+            raise ModelFileError(f"{path}: damaged header: entry {short_repr(key)} is not JSON ({exc})") from None
         except RecursionError:
-            raise ModelFileError(f"{path}: header entry {_short(key)} is nested too deeply") from None
+            raise ModelFileError(f"{path}: header entry {short_repr(key)} is nested too deeply") from None
     return arrays, header
 
 
@@ -219,7 +219,7 @@ def load_model(path: PathLike, backend: Backend | str | None = None) -> Layer:
     work: write ``model = load_model(path)`` and read ``model.metadata``."""
     arrays, header = load_arrays(path)
     if header.get("kind") not in ("model", "checkpoint"):
-        raise ModelFileError(f"{path}: expected a model file, found a {_short(header.get('kind'))} file")
+        raise ModelFileError(f"{path}: expected a model file, found a {short_repr(header.get('kind'))} file")
     metadata = header.get("metadata", {})
     if not isinstance(metadata, dict):
         raise ModelFileError(f"{path}: header entry 'metadata' must be a dict, got {type(metadata).__name__}")
@@ -243,12 +243,7 @@ def build_checked(path: object, header: Mapping[str, Any], arrays: Mapping[str, 
     activates) only after its declared parameter shapes were found to be exactly those of the ``param/`` and
     ``buffer/`` arrays in ``arrays``; its arrays are freshly initialized (``assign_model_arrays`` fills them).
     ``path`` names the source in messages."""
-    description, dtype = header.get("architecture"), header.get("dtype", "float32")
-    if not isinstance(description, dict):
-        raise ModelFileError(f"{path}: header entry 'architecture' must be a dict, got {type(description).__name__}")
-    if dtype not in MODEL_DTYPES:
-        raise ModelFileError(f"{path}: header entry 'dtype' must be one of {', '.join(MODEL_DTYPES)}, "
-                             f"got {_short(dtype)}")
+    description, dtype = described_model(path, header)
     try:
         declared = declared_arrays(description)
     except ConfigError as exc:
@@ -256,25 +251,36 @@ def build_checked(path: object, header: Mapping[str, Any], arrays: Mapping[str, 
     if declared is not None:
         for key, shape in declared.items():
             if key not in arrays:
-                raise ModelFileError(f"{path}: the architecture declares array {key!r} of shape {_short(shape)}, "
+                raise ModelFileError(f"{path}: the architecture declares array {key!r} of shape {short_repr(shape)}, "
                                      f"which the file does not hold")
             if tuple(arrays[key].shape) != shape:
                 raise ModelFileError(f"{path}: array {key!r} has shape {tuple(arrays[key].shape)}, the architecture "
-                                     f"declares {_short(shape)}")
+                                     f"declares {short_repr(shape)}")
         extra = sorted(key for key in arrays if key.startswith(("param/", "buffer/")) and key not in declared)
         if extra:
-            raise ModelFileError(f"{path}: array {_short(extra[0])} is not part of the architecture in the header")
+            raise ModelFileError(f"{path}: array {short_repr(extra[0])} is not part of the architecture in the header")
     try:
         return build(description, backend=backend, dtype=dtype)
     except (KeyError, ConfigError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{path}: the architecture in the header cannot be rebuilt "
-                             f"({_short(str(exc), 300)})") from None
+                             f"({short_repr(str(exc), 300)})") from None
+
+
+def described_model(path: object, header: Mapping[str, Any]) -> tuple[dict, str]:
+    """The header's ``architecture`` (a dict) and ``dtype`` (one of ``MODEL_DTYPES``), checked."""
+    description, dtype = header.get("architecture"), header.get("dtype", "float32")
+    if not isinstance(description, dict):
+        raise ModelFileError(f"{path}: header entry 'architecture' must be a dict, got {type(description).__name__}")
+    if dtype not in MODEL_DTYPES:
+        raise ModelFileError(f"{path}: header entry 'dtype' must be one of {', '.join(MODEL_DTYPES)}, "
+                             f"got {short_repr(dtype)}")
+    return description, dtype
 
 
 def _check_metadata(path: object, metadata: dict[str, Any]) -> None:
     """The types of the metadata entries backprop itself reads (``backprop evaluate`` and ``predict``)."""
     def bad(key: str, expected: str) -> ModelFileError:
-        return ModelFileError(f"{path}: metadata entry {key!r} must be {expected}, got {_short(metadata[key])}")
+        return ModelFileError(f"{path}: metadata entry {key!r} must be {expected}, got {short_repr(metadata[key])}")
 
     names = metadata.get("class_names")
     if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
@@ -307,9 +313,3 @@ def _outputs(model: Layer) -> int | None:
 
 def _dtype_name(model: Layer) -> str:
     return dtype_name(model.dtype)
-
-
-def _short(value: object, limit: int = 80) -> str:
-    """``repr(value)``, cut to ``limit`` characters: a crafted header must not flood the terminal."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

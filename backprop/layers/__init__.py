@@ -4,7 +4,7 @@ from typing import Any
 
 from backends import Backend
 
-from ..errors import ConfigError
+from ..errors import ConfigError, short_repr
 from .activations import ACTIVATIONS, GELU, Activation, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh, activation
 from .base import Layer
 from .conv import Conv2D
@@ -38,10 +38,6 @@ def register_layer(cls: type[Layer]) -> type[Layer]:
 MAX_NESTING = 64
 
 
-def _short(value, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
 
 def _layer_type(description) -> tuple[type[Layer], dict]:
     """The class and config of one entry of a description, checked (a ``ConfigError`` otherwise)."""
@@ -49,7 +45,7 @@ def _layer_type(description) -> tuple[type[Layer], dict]:
     cls = LAYER_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         known = ", ".join(sorted(LAYER_TYPES))
-        raise ConfigError(f"unknown layer description {_short(description)}; layer types: {known}")
+        raise ConfigError(f"unknown layer description {short_repr(description)}; layer types: {known}")
     config = description.get("config", {})
     if not isinstance(config, dict):
         raise ConfigError(f"{kind}: config must be a dict of constructor arguments, got {type(config).__name__}")
@@ -91,7 +87,7 @@ def declared_arrays(description: dict) -> dict[str, tuple] | None:
                 kind, name = key.split("/", 1)
                 shapes[f"{kind}/{prefix}{name}"] = tuple(shape)
         except (TypeError, ValueError, AttributeError) as exc:
-            raise ConfigError(f"{cls.__name__}: invalid config {_short(config)} ({exc})") from None
+            raise ConfigError(f"{cls.__name__}: invalid config {short_repr(config)} ({exc})") from None
     return shapes
 
 
