@@ -17,7 +17,7 @@ from .errors import BackpropError, ConfigError, ModelFileError, TrainingError
 from .examples import EXAMPLES, run_example
 from .io.atomic import write_text_atomic
 from .io.directory_lock import refuse_if_locked
-from .io.model_files import load_model
+from .io.model_files import load_model, model_outputs
 from .layers import architecture
 from .layers.shape_inference import input_shape_of, shape_text
 from .losses import LOSSES
@@ -289,7 +289,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     # Loading the same way as in training refits the scaling on the same training set: the same test features.
     dataset = load_dataset(name, data_dir=args.data_dir, scaling=options.get("scaling"),
                            seed=options.get("seed", 0), task=_recorded_task(path, metadata))
-    loss_fn, y_test = _recorded_loss(path, metadata, dataset)
+    loss_fn, y_test = _recorded_loss(path, metadata, dataset, model_outputs(model))
     backend = model.backend
     x_test, y_test = backend.from_host(dataset.x_test), backend.from_host(y_test)
     metrics = loss_fn.default_metrics()
@@ -306,7 +306,7 @@ def _recorded_task(path, metadata: dict) -> str:
     return task
 
 
-def _recorded_loss(path, metadata: dict, dataset):
+def _recorded_loss(path, metadata: dict, dataset, outputs: int | None):
     """The loss the model was trained with, and the test targets in the form that loss takes."""
     # Model files record their loss since it became possible to train with another; every model saved before
     # that was trained with cross-entropy (the only loss `backprop train` used), so it is the right default.
@@ -315,6 +315,8 @@ def _recorded_loss(path, metadata: dict, dataset):
         raise ModelFileError(f"{path}: the model records an unknown loss {name!r}; expected one of "
                              f"{', '.join(LOSSES)}")
     if name == "cross_entropy" or dataset.y_test.dtype.kind == "f":  # labels, or regression targets as they are
+        return LOSSES[name](), dataset.y_test
+    if name == "binary_cross_entropy" and outputs == 1:  # one logit of class 1: 0/1 labels as they are
         return LOSSES[name](), dataset.y_test
     # The other losses compare the scores with a target of the same shape: a class is its one-hot vector.
     return LOSSES[name](), one_hot(dataset.y_test, dataset.num_classes)

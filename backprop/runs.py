@@ -160,14 +160,16 @@ def make_model(options: dict, dataset: Dataset, backend: Backend, *, log: Log | 
                ) -> tuple[Layer, str | None]:
     """The run's model for ``dataset``: the spec's (``options["model"]``), its shapes checked from the input
     to the targets before anything is allocated, or the MLP of ``--hidden``. Returns ``(model, name)``."""
+    check_loss_fits(options, dataset)
+    outputs = output_count(dataset, options["loss"])
     if options.get("model") is None:
-        check_memory(options, dataset.num_features, dataset.num_classes, backend)
-        return build_model(options, dataset.num_features, dataset.num_classes, backend), None
+        check_memory(options, dataset.num_features, outputs, backend)
+        return build_model(options, dataset.num_features, outputs, backend), None
 
     spec = specs.load_spec(options["model"])
     input_shape = specs.input_shape_for(spec, dataset.num_features, dataset.image_shape)
-    resolved = specs.resolve(spec, input_shape, outputs=dataset.num_classes, flat_features=dataset.num_features)
-    specs.check_targets(resolved, target_shape(dataset), f"the {dataset.name} dataset's targets")
+    resolved = specs.resolve(spec, input_shape, outputs=outputs, flat_features=dataset.num_features)
+    specs.check_targets(resolved, target_shape(dataset, options["loss"]), f"the {dataset.name} dataset's targets")
     arrays = declared_arrays(resolved.architecture())
     if arrays is not None:  # None: a registered layer that does not declare its arrays; nothing to check before
         parameters = sum(math.prod(shape) for key, shape in arrays.items() if key.startswith("param/"))
@@ -175,13 +177,36 @@ def make_model(options: dict, dataset: Dataset, backend: Backend, *, log: Log | 
     return specs.build(resolved, seed=options["seed"], backend=backend), spec.source
 
 
-def target_shape(dataset: Dataset) -> tuple:
+def target_shape(dataset: Dataset, loss: str = "cross_entropy") -> tuple:
     """What the model must give for one example of ``dataset``: a score per class (at every step, for labels
-    per step), or the regression targets."""
+    per step), one logit for binary cross-entropy on 0/1 labels, or the regression targets."""
     y = dataset.y_train
     if y.dtype.kind == "f":
         return tuple(y.shape[1:])
-    return (*y.shape[1:], dataset.num_classes)
+    return (*y.shape[1:], output_count(dataset, loss))
+
+
+def output_count(dataset: Dataset, loss: str) -> int:
+    """The model's outputs (per position) for ``dataset`` and the loss named ``loss``: one per class or
+    regression target, except binary cross-entropy on class labels, which takes one logit (of class 1)."""
+    if loss == "binary_cross_entropy" and dataset.y_train.dtype.kind in "iu":
+        return 1
+    return dataset.num_classes
+
+
+def check_loss_fits(options: dict, dataset: Dataset) -> None:
+    """A ConfigError when the run's loss cannot take the dataset's targets, found before the model is built:
+    binary cross-entropy on labels of more than two classes, or MSE (numeric targets) on class labels."""
+    if dataset.y_train.dtype.kind not in "iu":
+        return  # float targets: every loss compares them with outputs of their shape
+    loss, source = options["loss"], options["dataset"]
+    if loss == "binary_cross_entropy" and dataset.num_classes > 2:
+        raise ConfigError(f"--loss binary_cross_entropy fits two classes (labels 0 and 1); {source} has "
+                          f"{dataset.num_classes} classes; use --loss cross_entropy")
+    if loss == "mse":
+        raise ConfigError(f"--loss mse fits numeric targets; {source} has class labels: use --loss cross_entropy "
+                          f"(or binary_cross_entropy for 0/1 labels), or --task regression if its last column "
+                          f"holds numbers to predict")
 
 
 def build_model(options: dict, num_features: int, num_classes: int, backend: Backend) -> Sequential:

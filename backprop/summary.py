@@ -23,7 +23,7 @@ from .layers import architecture, declared_arrays
 from .layers.shape_inference import input_shape_of, layer_shapes, shape_text
 from .models import mlp
 from .optim import make_optimizer
-from .runs import resolve_model_path, target_shape
+from .runs import output_count, resolve_model_path, target_shape
 from .validators import is_integer
 
 #: Bytes per value of the dtypes a model may have.
@@ -52,10 +52,12 @@ def summarize_spec(name_or_path: str, *, dataset: str | None = None, data_dir: s
         resolved = specs.resolve(spec, spec.input_shape)  # "outputs" without a dataset is an error here
         title = f"{spec.source} for inputs of shape {list(spec.input_shape)}"
     else:
-        data = load_dataset(name or "digits", data_dir=data_dir)
+        task = str(spec.train.get("task", "classification"))
+        loss = str(spec.train.get("loss", "mse" if task == "regression" else "cross_entropy"))
+        data = load_dataset(name or "digits", data_dir=data_dir, task=task)
         input_shape = specs.input_shape_for(spec, data.num_features, data.image_shape)
-        resolved = specs.resolve(spec, input_shape, outputs=data.num_classes, flat_features=data.num_features)
-        specs.check_targets(resolved, target_shape(data), f"the {data.name} dataset's targets")
+        resolved = specs.resolve(spec, input_shape, outputs=output_count(data, loss), flat_features=data.num_features)
+        specs.check_targets(resolved, target_shape(data, loss), f"the {data.name} dataset's targets")
         title = f"{spec.source} for {data.describe()}"
     input_shape = (resolved.flat_features,) if resolved.needs_reshape else resolved.input_shape
     optimizer = spec.train.get("optimizer", "adam")

@@ -215,3 +215,59 @@ def test_a_compiled_mse_step_records_the_eager_mae_and_r2_on_the_same_backend():
         # XLA fuses the step's elementwise work and rounds differently from one operation at a time (see
         # tests/test_compiled.py, RTOL): the same figures to float32 rounding, not bit for bit
         assert [have[key] for key in keys] == pytest.approx([want[key] for key in keys], rel=1e-5, abs=1e-6)
+
+
+# -- backprop train --loss binary_cross_entropy / mse on classes ---------------------------------------------------
+@pytest.fixture
+def binary_csv(tmp_path):
+    x, y = _regression(n=120, seed=5)
+    labels = (y[:, 0] > 3.0).astype(int)
+    path = tmp_path / "churn.csv"
+    path.write_text("a,b,c,churned\n" + "".join(f"{a:.5f},{b:.5f},{c:.5f},{t}\n" for (a, b, c), t in zip(x, labels)))
+    return path
+
+
+def test_binary_cross_entropy_on_a_csv_of_0_1_labels_trains_one_output_and_predicts_classes(tmp_path, binary_csv,
+                                                                                              capsys):
+    out = tmp_path / "run"
+    status = main(["train", "--backend", "numpy", "--dataset", str(binary_csv), "--loss", "binary_cross_entropy",
+                   "--hidden", "none", "--epochs", "20", "--lr", "0.05", "--output", str(out), "--no-progress",
+                   "--no-plots"])
+    printed = capsys.readouterr()
+    assert status == 0, printed.err
+    assert "MLP 3-1 " in printed.out  # one logit: the probability of class 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_accuracy"] > 0.9
+    model = bp.load_model(out / "model.safetensors")
+    assert model.metadata["loss"] == "binary_cross_entropy"
+    assert main(["evaluate", "--backend", "numpy", str(out)]) == 0
+    assert f"test accuracy {100 * summary['test_accuracy']:.2f}%" in capsys.readouterr().out
+    rows = tmp_path / "rows.csv"
+    rows.write_text("3,-3,0\n-3,3,0\n")  # far on each side of the boundary 1.5a - 2b + 0.5c = 0
+    assert main(["predict", "--backend", "numpy", str(out), str(rows)]) == 0
+    assert capsys.readouterr().out.split() == ["index,class,name", "0,1,1", "1,0,0"]
+
+
+@pytest.mark.parametrize("loss, message", [
+    ("binary_cross_entropy", r"--loss binary_cross_entropy fits two classes \(labels 0 and 1\); .* has 3 classes"),
+    ("mse", r"--loss mse fits numeric targets; .* has class labels"),
+])
+def test_a_loss_that_does_not_fit_the_labels_is_one_line_error_before_training(tmp_path, capsys, loss, message):
+    path = tmp_path / "three.csv"
+    path.write_text("a,b,y\n" + "".join(f"{i},{i % 5},{i % 3}\n" for i in range(30)))
+    status = main(["train", "--backend", "numpy", "--dataset", str(path), "--loss", loss, "--output",
+                   str(tmp_path / "r"), "--no-progress", "--no-plots", "--epochs", "1"])
+    captured = capsys.readouterr()
+    assert status == 2 and captured.out == ""  # refused before the run says what it trains
+    assert len(captured.err.strip().splitlines()) == 1 and re.search(message, captured.err), captured.err
+    assert not (tmp_path / "r").exists()
+
+
+def test_predict_classes_of_a_single_logit_thresholds_it_at_zero(backend):
+    model = bp.Sequential([bp.Dense(1, 1, backend=backend)])
+    with backend.activate():
+        model.replace_arrays({"param/0.weight": backend.from_host(np.ones((1, 1), np.float32)),
+                              "param/0.bias": backend.from_host(np.zeros(1, np.float32))})
+        classes = bp.predict_classes(model, backend.from_host(np.array([[2.0], [-0.5], [0.25]], np.float32)))
+    assert_on_backend(classes, backend, "int64", shape=(3,))  # the dtype of argmax, as for more outputs
+    assert backend.to_host(classes).tolist() == [1, 0, 1]

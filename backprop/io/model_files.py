@@ -228,10 +228,11 @@ def load_model(path: PathLike, backend: Backend | str | None = None) -> Layer:
     with backend.activate():  # the model is built, and its arrays are filled, on the backend's device
         model = build_checked(path, header, arrays, backend)
         assign_model_arrays(model, arrays, path)
-    outputs = _outputs(model)
+    outputs = model_outputs(model)
     for key, count in (("class_names", len(metadata.get("class_names") or [])), ("num_classes",
                                                                                metadata.get("num_classes"))):
-        if outputs is not None and count and count != outputs:
+        binary = outputs == 1 and count == 2  # one logit of class 1 (binary cross-entropy) for two classes
+        if outputs is not None and count and count != outputs and not binary:
             raise ModelFileError(f"{path}: metadata {key!r} gives {count} classes, the model has {outputs} outputs")
     model.metadata = ModelMetadata(metadata)
     return model
@@ -297,7 +298,7 @@ def _check_metadata(path: object, metadata: dict[str, Any]) -> None:
         raise bad("scaler", "a dict")
 
 
-def _outputs(model: Layer) -> int | None:
+def model_outputs(model: Layer) -> int | None:
     """The number of outputs when the model ends in a layer that says (``out_features``), else None."""
     layers = list(getattr(model, "layers", [model]))
     while layers:

@@ -28,8 +28,14 @@ def predict_logits(model: Model, x: Array, *, batch_size: int = 4096) -> Array:
 
 @on_device
 def predict_classes(model: Model, x: Array, *, batch_size: int = 4096) -> Array:
-    """The class of highest score for each example of ``x`` (at each position, for sequences)."""
-    return model.backend.xp.argmax(predict_logits(model, x, batch_size=batch_size), axis=-1)
+    """The class of highest score for each example of ``x`` (at each position, for sequences). A model of one
+    output is a binary classifier on logits (binary cross-entropy): class 1 where the logit is above 0 (a
+    probability above 0.5), else 0."""
+    xp = model.backend.xp
+    scores = predict_logits(model, x, batch_size=batch_size)
+    if scores.shape[-1] == 1:
+        return xp.astype(scores[..., 0] > 0, xp.int64)
+    return xp.argmax(scores, axis=-1)
 
 
 def metrics_for(loss_fn: Loss, metrics: Sequence[Metric | str] | None = None) -> list[Metric]:
