@@ -28,7 +28,7 @@ from .errors import ConfigError, TrainingError
 from .io.atomic import remove_stale_temp_files, write_text_atomic
 from .io.checkpoints import model_from_state, read_checkpoint
 from .io.directory_lock import LOCK_FILE, lock_directory, refuse_if_locked
-from .io.model_files import save_model
+from .io.model_files import MODEL_FILE, save_model
 from .layers import Activation, Dense, Dropout, Layer, Sequential, declared_arrays
 from .losses import LOSSES, Loss
 from .metrics import Accuracy, Metric
@@ -51,7 +51,6 @@ from .validators import is_integer
 HostArray = Any  # a NumPy array of a Dataset (runs.py itself imports no array library)
 Log = Callable[[str], None]  # where a run says what it does (print, or a file's writer)
 
-MODEL_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 HISTORY_FILE = "history.jsonl"
 SUMMARY_FILE = "summary.json"

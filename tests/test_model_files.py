@@ -107,6 +107,17 @@ def test_missing_file(tmp_path):
         bp.load_model(tmp_path / "nope.safetensors")
 
 
+def test_a_run_directory_loads_its_model_file(tmp_path):
+    model = bp.mlp([3, 2], seed=0, backend="numpy")
+    bp.save_model(tmp_path / "model.safetensors", model, {"task": "classification"})
+    loaded = bp.load_model(tmp_path)  # what backprop evaluate, predict and summary take too
+    assert loaded.metadata["task"] == "classification"
+    assert all(np.array_equal(a, b) for a, b in zip(weights(model).values(), weights(loaded).values()))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(bp.ModelFileError, match="a directory without a model.safetensors"):
+        bp.load_model(tmp_path / "empty")
+
+
 def test_weights_that_do_not_fit_the_architecture(tmp_path):
     path = tmp_path / "model.safetensors"
     model = _model()

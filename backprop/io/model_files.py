@@ -179,6 +179,10 @@ def assign_model_arrays(model: Layer, arrays: Mapping[str, np.ndarray], source: 
     model.replace_arrays(device_arrays)
 
 
+#: The name of a run's model file in its directory (``backprop train`` writes it; ``load_model`` finds it there).
+MODEL_FILE = "model.safetensors"
+
+
 class ModelMetadata(Mapping[str, Any]):
     """The metadata saved with a model, read-only: what ``load_model`` puts on the model as ``model.metadata``
     (``model.metadata["class_names"]``, ``model.metadata.get("options")``). A copy of the file's entries:
@@ -216,7 +220,14 @@ def load_model(path: PathLike, backend: Backend | str | None = None) -> Layer:
     current one). The metadata saved with it is on the model, as ``model.metadata`` (a read-only mapping).
 
     ``model, metadata = load_model(path)`` (this function's form before it returned the model alone) does not
-    work: write ``model = load_model(path)`` and read ``model.metadata``."""
+    work: write ``model = load_model(path)`` and read ``model.metadata``. ``path`` may be a run directory of
+    ``backprop train``: its ``model.safetensors`` is loaded, as ``backprop evaluate`` and ``predict`` do."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / MODEL_FILE).is_file():
+            raise ModelFileError(f"{path}: a directory without a {MODEL_FILE}; expected a model file, or the run "
+                                 f"directory of a finished backprop train")
+        path = path / MODEL_FILE
     arrays, header = load_arrays(path)
     if header.get("kind") not in ("model", "checkpoint"):
         raise ModelFileError(f"{path}: expected a model file, found a {short_repr(header.get('kind'))} file")
