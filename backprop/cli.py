@@ -329,7 +329,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     path = resolve_model_path(args.model)
     model = load_model(path)
     metadata = dict(model.metadata)
-    features = apply_scaler(load_features(args.input), metadata.get("scaler") or {"kind": "none"})  # none: raw
+    features = load_features(args.input)
     backend = model.backend
     expected = input_shape_of(architecture(model))
     if expected is not None and len(expected) == 1 and expected[0] is not None and features.shape[1] != expected[0]:
@@ -337,6 +337,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if expected is not None and len(expected) > 1:
         raise ConfigError(f"{args.input}: the model takes inputs of shape {shape_text(expected)} per example, not "
                           f"rows of features (a model trained by backprop train takes rows)")
+    features = apply_scaler(features, metadata.get("scaler") or {"kind": "none"})  # none: raw features
     if _recorded_task(path, metadata) == "regression":
         values = backend.to_host(predict_logits(model, backend.from_host(features)))
         columns = ["value"] if values.shape[1] == 1 else [f"value_{j}" for j in range(values.shape[1])]

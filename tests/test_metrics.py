@@ -271,3 +271,14 @@ def test_predict_classes_of_a_single_logit_thresholds_it_at_zero(backend):
         classes = bp.predict_classes(model, backend.from_host(np.array([[2.0], [-0.5], [0.25]], np.float32)))
     assert_on_backend(classes, backend, "int64", shape=(3,))  # the dtype of argmax, as for more outputs
     assert backend.to_host(classes).tolist() == [1, 0, 1]
+
+
+def test_predict_on_rows_with_the_target_column_says_how_many_features_the_model_expects(tmp_path, regression_csv,
+                                                                                         capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--backend", "numpy", "--dataset", str(regression_csv), "--task", "regression", "--hidden",
+                 "none", "--epochs", "1", "--output", str(out), "--no-progress", "--no-plots"]) == 0
+    capsys.readouterr()
+    # the training file itself: its rows still hold the target (standardized features are checked before scaling)
+    assert main(["predict", "--backend", "numpy", str(out), str(regression_csv)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {regression_csv}: rows have 4 features, the model expects 3"
