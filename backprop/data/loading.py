@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import validators as check
 from ..errors import ConfigError, DataError
-from ..validators import non_negative_int
 from . import sequences
 from .csv_files import is_header, is_number, load_csv, read_csv_rows
 from .dataset import Dataset, features_2d
@@ -142,7 +142,7 @@ def load_dataset(spec: str | os.PathLike, data_dir: str | os.PathLike | None = N
     ``y``) as numeric targets, float32 ``(samples, outputs)``.
     """
     kind = check_dataset_options(spec, data_dir, scaling, task)
-    seed = non_negative_int(seed, "the seed")
+    seed = check.non_negative_int(seed, "the seed")
     text = str(spec)
     if kind == "digits":
         dataset = load_digits()

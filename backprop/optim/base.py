@@ -214,15 +214,6 @@ class Optimizer:
         lr = check_lr(owner, merged.pop("lr"), allow_zero=True)
         return {"lr": lr, **self._validate(merged)}
 
-    def _configure(self, **hyperparameters) -> None:
-        """Change some default hyperparameters, and those of every group; all are checked before any is set."""
-        clean = self._checked(hyperparameters)
-        self._lr = clean.pop("lr")
-        for key, value in clean.items():
-            setattr(self, key, value)
-        for group, ratio in zip(self.param_groups, self._lr_ratios):
-            group.update(clean, lr=self._lr if ratio == 1.0 else self._lr * ratio)
-
     def config(self) -> dict:
         """The optimizer's name and hyperparameters (JSON values): ``make_optimizer(**config)`` rebuilds it."""
         return {"name": self.name, **self.hyperparameters()}

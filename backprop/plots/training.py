@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .. import validators as check
 from ..errors import BackpropError, DataError, DTypeError, ShapeError
 from ..io.atomic import atomic_path
-from ..validators import positive_int
 
 __all__ = ["PlotUnavailable", "confusion_matrix", "metric_names", "plot_confusion_matrix", "plot_learning_curves"]
 
@@ -386,7 +386,7 @@ def confusion_matrix(y_true: npt.ArrayLike, y_pred: npt.ArrayLike, num_classes: 
     the same shape; rows of the result are true classes, columns predicted ones.
     Pass predicted indices, not scores: ``scores.argmax(axis=1)``.
     """
-    num_classes = positive_int(num_classes, "num_classes")
+    num_classes = check.positive_int(num_classes, "num_classes")
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if y_true.shape != y_pred.shape:
         raise ShapeError(f"y_true and y_pred must have the same shape, got {y_true.shape} and {y_pred.shape}")

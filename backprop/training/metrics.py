@@ -10,7 +10,7 @@ from typing import Any
 import array_api_compat
 
 from ..losses import Loss
-from ..metrics import Accuracy, Metric, make_metrics
+from ..metrics import Metric, make_metrics
 from ..on_device import on_device
 from .batches import batch_bounds
 
@@ -80,11 +80,6 @@ def metric_results(loss_sum: float, sums: Sequence[float], examples: int, metric
     return results
 
 
-def count_correct(xp: Any, logits: Array, labels: Array) -> Array:
-    """How many predictions' highest score is at the label (a 0-d array on the device)."""
-    return Accuracy().count(xp, logits, labels)
-
-
 def labels_per_example(y: Array) -> int:
     """Predictions per example: 1 for a class label, T for a label at each of T sequence positions."""
     shape = y.shape[1:] if _is_integral(y) else y.shape[1:-1]
@@ -95,5 +90,5 @@ def _is_integral(y: Array) -> bool:
     return array_api_compat.array_namespace(y).isdtype(y.dtype, "integral")
 
 
-__all__ = ["count_correct", "evaluate", "evaluation_sums", "labels_per_example", "metric_results", "metrics_for",
+__all__ = ["evaluate", "evaluation_sums", "labels_per_example", "metric_results", "metrics_for",
            "predict_classes", "predict_logits"]
