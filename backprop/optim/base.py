@@ -31,12 +31,13 @@ from typing import Any
 import array_api_compat
 
 from backends import Backend, backend_of, current_backend, describe_array, dtype_name
+from backends.array_types import Array
 from backends.base import FlatTensors, flat_views
 
 from .. import validators as check
 from ..errors import ConfigError, DeviceMismatchError
 from ..on_device import on_device
-from ..parameters import Array, Parameter
+from ..parameters import Parameter
 from ..parameters import zero_grad as _zero_grad
 
 

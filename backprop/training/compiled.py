@@ -23,13 +23,12 @@ import warnings
 from typing import Any, Protocol
 
 from backends import DeviceRandom
+from backends.array_types import Array
 
 from ..errors import ConfigError
 from ..on_device import on_device
 from .captured import CapturedStep
 from .step import MicroBatch, TrainingStep
-
-Array = Any  # an array of the step's backend
 
 
 class CompiledStep(Protocol):

@@ -9,12 +9,13 @@ from typing import Any
 
 import array_api_compat
 
+from backends.array_types import Array
+
 from ..losses import Loss
 from ..metrics import Metric, make_metrics
 from ..on_device import on_device
 from .batches import batch_bounds
 
-Array = Any  # an array of the model's backend: duck-typed
 Model = Any  # a Layer (a Sequential, say)
 
 

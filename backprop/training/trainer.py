@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from backends import dtype_name
+from backends.array_types import Array
 from backends.base import METRICS
 
 from .. import validators as check
@@ -32,8 +33,6 @@ from .compiled import CompiledStep, compiled_step
 from .interrupts import Terminated, ctrl_c_held
 from .metrics import evaluate, labels_per_example, metric_results, metrics_for
 from .step import MicroBatch, TrainingStep
-
-Array = Any  # an array of the model's backend (or a host NumPy array, for fit): duck-typed
 
 
 class Trainer:
