@@ -41,6 +41,7 @@ class CompiledStep(Protocol):
 
     def run(self, batch: list, metrics: Array, norms: dict | None = None) -> tuple[Array, dict | None]: ...
 
+
 #: Where compiled steps run, for the messages (each backend says what it has: ``Backend.step_compiler``).
 _WHERE = "jax (jit), torch (torch.compile), cupy (cuda-graph)"
 
