@@ -28,11 +28,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .array_types import Array
+
 if TYPE_CHECKING:  # base.py imports this module: only the annotations name Backend
     from .base import Backend
 
-#: Arrays of any library (there is no common array type).
-Array = Any
 Pair = tuple[int, int]
 
 

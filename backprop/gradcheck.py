@@ -19,14 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from backends import Backend, available_backends
+from backends.array_types import Array
 
 from .errors import ConfigError
 from .layers.base import Layer
 from .losses import Loss
 from .on_device import on_device_of
 
-#: Arrays are duck-typed (any backend's array type).
-Array = Any
 F = TypeVar("F", bound=Callable[..., Any])
 
 # (eps, rtol, atol) by the dtype the check runs in.

@@ -13,10 +13,10 @@ import math
 from typing import Any
 
 from backends import Backend, HostRandom
+from backends.array_types import Array
 
 from . import validators as check
 from .errors import ConfigError
-from .parameters import Array
 
 _seed_source = HostRandom(0)
 

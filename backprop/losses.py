@@ -13,13 +13,12 @@ from typing import Any
 import array_api_compat
 
 from backends import backend_of, describe_array, dtype_name
+from backends.array_types import Array
 from backends.base import NOTHING_TO_ACTIVATE, Backend
 
 from .errors import DeviceMismatchError, DTypeError, ShapeError
 from .metrics import MAE, R2, Accuracy, BinaryAccuracy, Metric
 from .on_device import activating, on_device_of
-
-Array = Any  # an array of a backend's library: duck-typed
 
 
 def _on_prediction_device(begin_update):

@@ -28,10 +28,11 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from backends.array_types import Array
+
 from .errors import ConfigError
 from .validators import is_number
 
-Array = Any  # an array of the model's backend (NumPy, PyTorch, CuPy, JAX, ...): duck-typed
 Namespace = Any  # its array API namespace
 
 

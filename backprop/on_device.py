@@ -17,9 +17,8 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar, cast
 
 from backends import Backend, backend_of
+from backends.array_types import Array
 from backends.base import NOTHING_TO_ACTIVATE
-
-from .parameters import Array
 
 F = TypeVar("F", bound=Callable[..., Any])
 

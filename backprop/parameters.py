@@ -17,9 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from backends import Backend, dtype_name
-
-#: An array of some backend's library (NumPy, PyTorch, JAX, CuPy...): duck-typed, there is no common array type.
-Array = Any
+from backends.array_types import Array
 
 
 class Parameter:

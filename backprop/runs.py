@@ -404,7 +404,6 @@ def _run_on(backend, options, *, output, progress, plots, resume, log, communica
                            seed=options["seed"], task=options["task"])
     num_features = dataset.x_train.shape[1]
     if options["validation_split"]:  # the fraction is checked; whether it leaves training data needs the data
-
         holdout_size(len(dataset.x_train), options["validation_split"], "--validation-split", "validation_split")
     if resume and options["model"] is not None:  # the model the checkpoint describes, whatever the spec is now
         model, model_name = checkpoint_model(output / CHECKPOINT_FILE, backend), options["model"]

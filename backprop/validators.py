@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Collection
-from typing import Any, TypeVar
 
 from .errors import ConfigError
-
-T = TypeVar("T")
 
 
 def _fail(owner: str | None, name: str, expected: str, value: object) -> ConfigError:
@@ -114,13 +110,3 @@ def flag(value: object, name: str, *, owner: str | None = None) -> bool:
         raise _fail(owner, name, "True or False", value)
     return value
 
-
-def one_of(value: T, name: str, choices: Collection[Any], *, owner: str | None = None) -> T:
-    """``value`` when it is one of ``choices``."""
-    try:
-        ok = value in choices
-    except TypeError:  # an unhashable value tested against a set
-        ok = False
-    if not ok:
-        raise _fail(owner, name, "one of " + ", ".join(repr(c) for c in choices), value)
-    return value

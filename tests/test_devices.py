@@ -184,7 +184,7 @@ def test_clipping_makes_its_norm_and_factor_on_the_device(backend):  # optim/cli
         assert_on_backend(grad, backend, shape=model.named_parameters()[name].value.shape)
 
 
-def test_padding_and_col2im_are_made_on_the_device(backend):  # layers/im2col.py, pooling
+def test_padding_and_col2im_are_made_on_the_device(backend):  # backends/convolution.py, pooling
     x = backend.from_host(np.random.default_rng(1).normal(size=(2, 1, 4, 4)).astype(np.float32))
     for layer in (Conv2D(1, 2, 3, padding=1, rng=0, backend=backend), MaxPool2D(2, padding=1, backend=backend),
                   AvgPool2D(2, padding=1, backend=backend)):

@@ -10,13 +10,13 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..validators import is_integer
-from .dataset import Dataset, dataset_from_arrays, encode_labels, excerpt, is_number, regression_targets
+from .dataset import Dataset, dataset_from_arrays, encode_labels, excerpt, reads_as_number, regression_targets
 
 
 def is_header(cells: list[str]) -> bool:
     """Whether a first row is a header: when most of its cells are not numbers. A row that is mostly numbers
     is data, even with a typo in it; the typo is then reported, instead of the row being dropped unseen."""
-    return 2 * sum(is_number(cell) for cell in cells) <= len(cells)
+    return 2 * sum(reads_as_number(cell) for cell in cells) <= len(cells)
 
 
 def read_csv_rows(path: str | os.PathLike, delimiter: str) -> tuple[list[list[str]], list[int]]:
@@ -77,8 +77,8 @@ def load_csv(path: str | os.PathLike, label_column: int | str = -1, test_fractio
         label_index = label_column % width
         # A header has mostly names that are not numbers among the features, or a name over numeric labels.
         has_header = is_header([cell for i, cell in enumerate(rows[0]) if i != label_index]) or (
-            len(rows) > 1 and not is_number(rows[0][label_index])
-            and all(is_number(row[label_index]) for row in rows[1:]))
+            len(rows) > 1 and not reads_as_number(rows[0][label_index])
+            and all(reads_as_number(row[label_index]) for row in rows[1:]))
     header = rows[0] if has_header else None
     if has_header:
         rows, lines = rows[1:], lines[1:]
@@ -89,7 +89,7 @@ def load_csv(path: str | os.PathLike, label_column: int | str = -1, test_fractio
     try:
         x = cells.astype(np.float64)
     except ValueError as exc:
-        bad_cells = np.argwhere(~np.vectorize(is_number, otypes=[bool])(cells))
+        bad_cells = np.argwhere(~np.vectorize(reads_as_number, otypes=[bool])(cells))
         if not len(bad_cells):  # a spelling Python's float() takes but NumPy's does not, such as "1_000"
             raise DataError(f"{path}: features are not all plain numbers ({excerpt(exc, 60)})") from None
         bad = bad_cells[0]

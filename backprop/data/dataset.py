@@ -211,7 +211,7 @@ def regression_targets(values: np.ndarray, places: list[str] | None, source: str
     one-line DataError naming it (``places[i]``: where sample i came from, such as a file's line)."""
     values = np.asarray(values)
     if values.dtype.kind in "US":
-        numbers = np.vectorize(is_number, otypes=[bool])(values) if values.size else np.ones(0, bool)
+        numbers = np.vectorize(reads_as_number, otypes=[bool])(values) if values.size else np.ones(0, bool)
         if not numbers.all():
             index = int(np.argmin(numbers))
             where = places[index] if places else f"sample {index}"
@@ -235,7 +235,7 @@ def regression_targets(values: np.ndarray, places: list[str] | None, source: str
     return targets
 
 
-def is_number(text: str) -> bool:
+def reads_as_number(text: str) -> bool:
     """Whether ``float(text)`` reads a number from it."""
     try:
         float(text)

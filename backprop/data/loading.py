@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import validators as check
 from ..errors import ConfigError, DataError
-from ..validators import non_negative_int
 from . import sequences
-from .csv_files import is_header, is_number, load_csv, read_csv_rows
-from .dataset import Dataset, features_2d
+from .csv_files import is_header, load_csv, read_csv_rows
+from .dataset import Dataset, features_2d, reads_as_number
 from .idx_files import load_fashion_mnist, load_mnist
 from .npz_files import load_npz
 from .scaling import SCALINGS, apply_scaler, compose_scalers, fit_scaler, scale_in_place
@@ -142,7 +142,7 @@ def load_dataset(spec: str | os.PathLike, data_dir: str | os.PathLike | None = N
     ``y``) as numeric targets, float32 ``(samples, outputs)``.
     """
     kind = check_dataset_options(spec, data_dir, scaling, task)
-    seed = non_negative_int(seed, "the seed")
+    seed = check.non_negative_int(seed, "the seed")
     text = str(spec)
     if kind == "digits":
         dataset = load_digits()
@@ -203,7 +203,7 @@ def load_features(path: str | os.PathLike, delimiter: str = ",") -> np.ndarray:
             for row, line in zip(rows, lines):
                 if len(row) != width:
                     raise DataError(f"{path}: line {line} has {len(row)} values, expected {width}")
-                bad = next((i for i, cell in enumerate(row) if not is_number(cell)), None)
+                bad = next((i for i, cell in enumerate(row) if not reads_as_number(cell)), None)
                 if bad is not None:
                     name = f" ({header[bad]})" if header is not None and bad < len(header) else ""
                     raise DataError(f"{path}: line {line}, column {bad + 1}{name}: {row[bad]!r} is not a number")

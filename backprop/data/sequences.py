@@ -11,8 +11,8 @@ from importlib import resources
 
 import numpy as np
 
+from .. import validators as check
 from ..errors import ConfigError, DataError
-from ..validators import integer, positive_int
 from .dataset import Dataset
 
 __all__ = ["SEQUENCE_DATASETS", "TEXTS", "adding_problem", "load_adding_problem", "load_sonnets", "load_text",
@@ -29,8 +29,8 @@ def adding_problem(n: int, length: int, *, seed: int = 0) -> tuple[np.ndarray, n
     Var(u₁ + u₂) = 2/12 ≈ 0.167: a model must remember the first marked value across up to ``length``
     steps to do better than about half of that.
     """
-    n = positive_int(n, "n", owner="adding_problem")
-    length = integer(length, "length", low=2, owner="adding_problem")
+    n = check.positive_int(n, "n", owner="adding_problem")
+    length = check.integer(length, "length", low=2, owner="adding_problem")
     rng = np.random.default_rng(seed)
     values = rng.uniform(0.0, 1.0, size=(n, length))
     half = length // 2

@@ -8,15 +8,15 @@ from typing import Any, cast
 
 import numpy as np
 
-from .. import validators
 from ..errors import ConfigError, DataError
+from ..validators import is_number
 
 
 def holdout_size(n: int | None, fraction: object, source: str, name: str = "the held-out fraction") -> int | None:
     """How many of ``n`` samples a hold-out of ``fraction`` takes: ``round(fraction * n)``. A ConfigError when
     ``fraction`` (called ``name`` in the message) is not a number in (0, 1), a DataError when either part would
     be empty; ``n=None`` checks the fraction alone (before the data is known)."""
-    value = float(cast(float, fraction)) if validators.is_number(fraction) else math.nan  # a real number
+    value = float(cast(float, fraction)) if is_number(fraction) else math.nan  # a real number
     if not 0 < value < 1:
         raise ConfigError(f"{name} must be a number strictly between 0 and 1, got {fraction!r}")
     if n is None:

@@ -40,8 +40,8 @@ def example_parser(name: str, description: str, *, epochs: int, batch_size: int,
                                                         "(default: the current one)")
     if blas_threads:
         parser.add_argument("--blas-threads", type=int, default=1,
-                            help="BLAS threads while training (small per-step products run fastest on one; "
-                                 "0: the library's default)")
+                            help="CPU threads of the backend's library while training (Backend.limit_threads; small "
+                                 "per-step products run fastest on one; 0: the library's default)")
     if quiet:
         parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     if no_progress:

@@ -21,9 +21,9 @@ import numpy as np
 
 from backends import Backend
 
+from .. import validators as check
 from ..errors import ConfigError, ModelFileError, short_repr
 from ..layers import Layer
-from ..validators import is_integer, number
 from .model_files import (
     assign_model_arrays,
     build_checked,
@@ -162,7 +162,8 @@ def _check_trainer_info(path: object, info: object) -> None:
         return ModelFileError(f"{path}: trainer entry {key!r} must be {expected}, got {shown}")
 
     def count(value: object, low: int) -> bool:
-        return is_integer(value) and isinstance(value, int) and value >= low  # isinstance: for the type checker
+        # isinstance: for the type checker
+        return check.is_integer(value) and isinstance(value, int) and value >= low
 
     if not count(info.get("epoch"), 0):
         raise bad("epoch", "an integer >= 0")
@@ -171,7 +172,7 @@ def _check_trainer_info(path: object, info: object) -> None:
     if not count(info.get("seed", 0), 0):
         raise bad("seed", "an integer >= 0")
     try:
-        number(info.get("base_lr"), "base_lr", low=0)
+        check.number(info.get("base_lr"), "base_lr", low=0)
     except ConfigError:
         raise bad("base_lr", "a finite number >= 0") from None
     if not isinstance(info.get("optimizer"), dict):

@@ -38,7 +38,6 @@ def register_layer(cls: type[Layer]) -> type[Layer]:
 MAX_NESTING = 64
 
 
-
 def _layer_type(description) -> tuple[type[Layer], dict]:
     """The class and config of one entry of a description, checked (a ``ConfigError`` otherwise)."""
     kind = description.get("type") if isinstance(description, dict) else None

@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from backends.array_types import Array
+
 from .. import validators as check
 from ..errors import ConfigError, ShapeError
-from .base import Array, Backprop, Layer
+from .base import Backprop, Layer
 
 
 class Activation(Layer):

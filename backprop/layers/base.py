@@ -38,11 +38,12 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from backends import Backend, describe_array, dtype_name, get_backend
+from backends.array_types import Array
 from backends.random import Seed
 
 from ..errors import DeviceMismatchError, DTypeError, ShapeError
 from ..on_device import on_device, on_device_update
-from ..parameters import Array, Parameter, zero_grad
+from ..parameters import Parameter, zero_grad
 
 #: The closure ``begin_update`` returns: ``backprop(dL/dy) -> dL/dx`` (see the module docstring).
 Backprop = Callable[..., Any]

@@ -8,10 +8,10 @@ from typing import Any
 
 from backends import Backend
 
+from .. import validators as check
 from ..errors import ShapeError
 from ..init import host_random, initialize
 from ..parameters import Parameter, accumulate
-from ..validators import flag, positive_int
 from .base import Layer
 from .windows import as_pair, output_shape
 
@@ -45,9 +45,9 @@ class Conv2D(Layer):
                  dilation: int | tuple[int, int] = 1, bias: bool = True, init: str = "he_uniform", rng: Any = None,
                  backend: Any = None, dtype: Any = None):
         super().__init__(backend=backend, dtype=dtype)
-        self.in_channels = positive_int(in_channels, "in_channels", owner="Conv2D")
-        self.out_channels = positive_int(out_channels, "out_channels", owner="Conv2D")
-        flag(bias, "bias", owner="Conv2D")
+        self.in_channels = check.positive_int(in_channels, "in_channels", owner="Conv2D")
+        self.out_channels = check.positive_int(out_channels, "out_channels", owner="Conv2D")
+        check.flag(bias, "bias", owner="Conv2D")
         self.kernel_size = as_pair(kernel_size, "kernel_size", "Conv2D", minimum=1)
         self.stride = as_pair(stride, "stride", "Conv2D", minimum=1)
         self.padding = as_pair(padding, "padding", "Conv2D", minimum=0)

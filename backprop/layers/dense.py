@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from backends import Backend, HostRandom
+from backends.array_types import Array
 
 from .. import validators as check
 from ..init import host_random, initialize
 from ..on_device import on_device_update
 from ..parameters import Parameter, accumulate, gradient_space
-from .base import Array, Backprop, Layer
+from .base import Backprop, Layer
 
 
 class Dense(Layer):

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from backends import Backend
+from backends.array_types import Array
 from backends.random import Seed
 
 from .. import validators as check
-from .base import Array, Backprop, Layer
+from .base import Backprop, Layer
 
 
 class Dropout(Layer):

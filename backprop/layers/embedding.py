@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from backends import Backend, HostRandom, describe_array, dtype_name
+from backends.array_types import Array
 
 from .. import validators as check
 from ..errors import ConfigError, DeviceMismatchError, DTypeError, ShapeError
 from ..init import INITIALIZERS, host_random, initialize
 from ..parameters import Parameter, accumulate
-from .base import Array, Backprop, Layer
+from .base import Backprop, Layer
 
 
 class Embedding(Layer):

@@ -15,13 +15,14 @@ from types import FrameType
 from typing import Any
 
 from backends import Backend, HostRandom
+from backends.array_types import Array
 
 from .. import validators as check
 from ..errors import ConfigError, ShapeError
 from ..init import INITIALIZERS, host_random, initialize
 from ..on_device import on_device
 from ..parameters import Parameter, accumulate
-from .base import Array, Backprop, Layer
+from .base import Backprop, Layer
 
 #: activation -> its Lipschitz constant (the largest |f'|), for the contraction bound.
 _LIPSCHITZ = {"tanh": 1.0, "sigmoid": 0.25, "relu": 1.0}

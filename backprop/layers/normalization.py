@@ -13,11 +13,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from backends import Backend
+from backends.array_types import Array
 
 from .. import validators as check
 from ..errors import ShapeError
 from ..parameters import Parameter, accumulate
-from .base import Array, Backprop, Layer
+from .base import Backprop, Layer
 
 
 def _normalize_backward(xp, grad_x_hat, x_hat, inv_std, axes):

@@ -39,13 +39,14 @@ import math
 from typing import Any
 
 from backends import Backend, HostRandom
+from backends.array_types import Array
 
 from .. import validators as check
 from ..errors import ConfigError, ShapeError
 from ..init import INITIALIZERS, host_random, initialize
 from ..on_device import on_device
 from ..parameters import Parameter, accumulate
-from .base import Array, Backprop, Layer
+from .base import Backprop, Layer
 
 
 class Recurrent(Layer):

@@ -6,11 +6,12 @@ from collections.abc import Iterable
 from typing import NoReturn
 
 from backends import Backend
+from backends.array_types import Array
 from backends.random import Seed
 
 from ..errors import ConfigError
 from .activations import GELU, LeakyReLU, ReLU, Sigmoid, Tanh
-from .base import Array, Backprop, Layer
+from .base import Backprop, Layer
 from .dense import Dense
 
 

@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from backends import Backend
+from backends.array_types import Array
 
 from .. import validators as check
 from ..errors import ShapeError
-from .base import Array, Backprop, Layer
+from .base import Backprop, Layer
 
 
 class _Rearrange(Layer):

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from backends.convolution import output_size
+from backends.convolution import Pair, output_size
 
 from ..errors import ConfigError, ShapeError
 from ..validators import is_integer
-
-Pair = tuple[int, int]
 
 
 def as_pair(value: object, name: str, owner: str, *, minimum: int) -> Pair:

@@ -31,12 +31,13 @@ from typing import Any
 import array_api_compat
 
 from backends import Backend, backend_of, current_backend, describe_array, dtype_name
+from backends.array_types import Array
 from backends.base import FlatTensors, flat_views
 
 from .. import validators as check
 from ..errors import ConfigError, DeviceMismatchError
 from ..on_device import on_device
-from ..parameters import Array, Parameter
+from ..parameters import Parameter
 from ..parameters import zero_grad as _zero_grad
 
 
@@ -213,15 +214,6 @@ class Optimizer:
         merged = {**self.hyperparameters(), **hyperparameters}
         lr = check_lr(owner, merged.pop("lr"), allow_zero=True)
         return {"lr": lr, **self._validate(merged)}
-
-    def _configure(self, **hyperparameters) -> None:
-        """Change some default hyperparameters, and those of every group; all are checked before any is set."""
-        clean = self._checked(hyperparameters)
-        self._lr = clean.pop("lr")
-        for key, value in clean.items():
-            setattr(self, key, value)
-        for group, ratio in zip(self.param_groups, self._lr_ratios):
-            group.update(clean, lr=self._lr if ratio == 1.0 else self._lr * ratio)
 
     def config(self) -> dict:
         """The optimizer's name and hyperparameters (JSON values): ``make_optimizer(**config)`` rebuilds it."""

@@ -12,10 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from backends import Backend, backend_of, current_backend
+from backends.array_types import Array
 
 from .. import validators as check
 from ..errors import ConfigError
-from ..parameters import Array, Parameter
+from ..parameters import Parameter
 
 
 def _store(source: Any) -> tuple[Backend, list[Parameter]]:

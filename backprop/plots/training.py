@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .. import validators as check
 from ..errors import BackpropError, DataError, DTypeError, ShapeError
 from ..io.atomic import atomic_path
-from ..validators import positive_int
 
 __all__ = ["PlotUnavailable", "confusion_matrix", "metric_names", "plot_confusion_matrix", "plot_learning_curves"]
 
@@ -180,12 +180,19 @@ def metric_names(records: Sequence[Mapping[str, Any]]) -> list[str]:
 _METRIC_TITLES = {"mae": "Mean absolute error", "r2": "R² (coefficient of determination)"}
 
 
-def _draw_metric(ax, x, records, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """A metric other than accuracy against the epoch, train and validation, on its own scale."""
+def _train_and_validation(ax, x: np.ndarray, records: Sequence[Mapping], name: str
+                          ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Draw ``train_<name>`` and ``val_<name>`` against the epoch: the two series and how many points were drawn."""
     train, train_bad = _series(records, f"train_{name}")
     val, val_bad = _series(records, f"val_{name}")
     drawn = _plot_line(ax, x, train, label="train", skipped=train_bad, color=_TRAIN_COLOR)
     drawn += _plot_line(ax, x, val, label="validation", skipped=val_bad, color=_VAL_COLOR)
+    return train, val, drawn
+
+
+def _draw_metric(ax, x, records, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A metric other than accuracy against the epoch, train and validation, on its own scale."""
+    train, val, drawn = _train_and_validation(ax, x, records, name)
     ax.set_title(_METRIC_TITLES.get(name, name))
     ax.set_xlabel("epoch")
     ax.set_ylabel(name)
@@ -200,10 +207,7 @@ def _draw_metric(ax, x, records, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _draw_loss(ax, x, records) -> tuple[np.ndarray, np.ndarray]:
-    train, train_bad = _series(records, "train_loss")
-    val, val_bad = _series(records, "val_loss")
-    drawn = _plot_line(ax, x, train, label="train", skipped=train_bad, color=_TRAIN_COLOR)
-    drawn += _plot_line(ax, x, val, label="validation", skipped=val_bad, color=_VAL_COLOR)
+    train, val, drawn = _train_and_validation(ax, x, records, "loss")
     if np.isfinite(val).sum() >= 2:
         best = int(np.nanargmin(np.where(np.isfinite(val), val, np.nan)))
         ax.plot([x[best]], [val[best]], linestyle="none", marker="*", markersize=13, color=_VAL_COLOR,
@@ -225,10 +229,7 @@ def _draw_loss(ax, x, records) -> tuple[np.ndarray, np.ndarray]:
 def _draw_accuracy(ax, x, records) -> tuple[np.ndarray, np.ndarray]:
     from matplotlib.ticker import PercentFormatter  # lazy: optional library (matplotlib)
 
-    train, train_bad = _series(records, "train_accuracy")
-    val, val_bad = _series(records, "val_accuracy")
-    drawn = _plot_line(ax, x, train, label="train", skipped=train_bad, color=_TRAIN_COLOR)
-    drawn += _plot_line(ax, x, val, label="validation", skipped=val_bad, color=_VAL_COLOR)
+    train, val, drawn = _train_and_validation(ax, x, records, "accuracy")
     ax.set_title("Accuracy")
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy")
@@ -386,7 +387,7 @@ def confusion_matrix(y_true: npt.ArrayLike, y_pred: npt.ArrayLike, num_classes: 
     the same shape; rows of the result are true classes, columns predicted ones.
     Pass predicted indices, not scores: ``scores.argmax(axis=1)``.
     """
-    num_classes = positive_int(num_classes, "num_classes")
+    num_classes = check.positive_int(num_classes, "num_classes")
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if y_true.shape != y_pred.shape:
         raise ShapeError(f"y_true and y_pred must have the same shape, got {y_true.shape} and {y_pred.shape}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .. import validators
+from .. import validators as check
 from ..errors import ConfigError
 
 
@@ -15,7 +15,7 @@ def parse_batch_size(value: object) -> int | None:
             value = int(value.strip())
         except ValueError:
             raise ConfigError(f"batch size must be a positive integer or 'full', got {value!r}") from None
-    if not validators.is_integer(value) or value <= 0:  # type: ignore[operator]  # an integer, checked first
+    if not check.is_integer(value) or value <= 0:  # type: ignore[operator]  # an integer, checked first
         raise ConfigError(f"batch size must be a positive integer or 'full', got {value!r}")
     return int(value)  # type: ignore[call-overload]  # an integer, checked above
 
@@ -38,7 +38,7 @@ def batch_bounds(n: int, batch_size: int | None, drop_last: bool = False) -> lis
 
 def parse_accumulate_steps(value: object) -> int:
     """Micro-batches per optimizer step (gradient accumulation): a positive integer."""
-    return validators.positive_int(value, "accumulate_steps (micro-batches per update)")
+    return check.positive_int(value, "accumulate_steps (micro-batches per update)")
 
 
 def update_bounds(n: int, batch_size: int | None, accumulate_steps: int = 1,

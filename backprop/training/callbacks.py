@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import validators
+from .. import validators as check
 from ..errors import ConfigError
 from ..io.atomic import write_text_atomic
 
@@ -56,12 +56,12 @@ class EarlyStopping(Callback):
 
     def __init__(self, patience: int = 5, *, monitor: str = "val_loss", min_delta: float = 0.0,
                  restore_best: bool = True):
-        patience = validators.positive_int(patience, "patience", owner="EarlyStopping")
+        patience = check.positive_int(patience, "patience", owner="EarlyStopping")
         if not isinstance(monitor, str) or not monitor.startswith(("val_", "train_")):
             raise ConfigError(f"EarlyStopping: monitor must be val_loss, train_loss, or val_<metric> or "
                               f"train_<metric> of one of the trainer's metrics, got {monitor!r}")
-        min_delta = validators.number(min_delta, "min_delta", low=0, owner="EarlyStopping")
-        restore_best = validators.flag(restore_best, "restore_best", owner="EarlyStopping")
+        min_delta = check.number(min_delta, "min_delta", low=0, owner="EarlyStopping")
+        restore_best = check.flag(restore_best, "restore_best", owner="EarlyStopping")
         self.patience, self.monitor, self.min_delta, self.restore_best = patience, monitor, min_delta, restore_best
         self.higher_is_better = False  # a loss; set from the metric when training begins
         self.best_value: float | None = None
@@ -208,7 +208,7 @@ class Checkpoint(Callback):
     root_only = True
 
     def __init__(self, path: str | os.PathLike, *, every: int = 1, run_config: dict | None = None):
-        every = validators.positive_int(every, "every", owner="Checkpoint")
+        every = check.positive_int(every, "every", owner="Checkpoint")
         self.path, self.every, self.run_config = Path(path), every, run_config or {}
 
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:

@@ -30,10 +30,10 @@ from __future__ import annotations
 from typing import Any
 
 from backends import DeviceRandom
+from backends.array_types import Array
 
 from ..errors import ConfigError
 from ..on_device import on_device
-from ..parameters import Array
 from .step import MicroBatch, TrainingStep
 
 

@@ -23,13 +23,12 @@ import warnings
 from typing import Any, Protocol
 
 from backends import DeviceRandom
+from backends.array_types import Array
 
 from ..errors import ConfigError
 from ..on_device import on_device
 from .captured import CapturedStep
 from .step import MicroBatch, TrainingStep
-
-Array = Any  # an array of the step's backend
 
 
 class CompiledStep(Protocol):
@@ -41,6 +40,7 @@ class CompiledStep(Protocol):
     def new_metrics(self) -> Array: ...
 
     def run(self, batch: list, metrics: Array, norms: dict | None = None) -> tuple[Array, dict | None]: ...
+
 
 #: Where compiled steps run, for the messages (each backend says what it has: ``Backend.step_compiler``).
 _WHERE = "jax (jit), torch (torch.compile), cupy (cuda-graph)"

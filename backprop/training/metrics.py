@@ -9,12 +9,13 @@ from typing import Any
 
 import array_api_compat
 
+from backends.array_types import Array
+
 from ..losses import Loss
-from ..metrics import Accuracy, Metric, make_metrics
+from ..metrics import Metric, make_metrics
 from ..on_device import on_device
 from .batches import batch_bounds
 
-Array = Any  # an array of the model's backend: duck-typed
 Model = Any  # a Layer (a Sequential, say)
 
 
@@ -86,11 +87,6 @@ def metric_results(loss_sum: float, sums: Sequence[float], examples: int, metric
     return results
 
 
-def count_correct(xp: Any, logits: Array, labels: Array) -> Array:
-    """How many predictions' highest score is at the label (a 0-d array on the device)."""
-    return Accuracy().count(xp, logits, labels)
-
-
 def labels_per_example(y: Array) -> int:
     """Predictions per example: 1 for a class label, T for a label at each of T sequence positions."""
     shape = y.shape[1:] if _is_integral(y) else y.shape[1:-1]
@@ -101,5 +97,5 @@ def _is_integral(y: Array) -> bool:
     return array_api_compat.array_namespace(y).isdtype(y.dtype, "integral")
 
 
-__all__ = ["count_correct", "evaluate", "evaluation_sums", "labels_per_example", "metric_results", "metrics_for",
+__all__ = ["evaluate", "evaluation_sums", "labels_per_example", "metric_results", "metrics_for",
            "predict_classes", "predict_logits"]

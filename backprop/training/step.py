@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+from backends.array_types import Array
 from backends.base import METRICS
 
 from ..errors import ConfigError
@@ -34,8 +35,6 @@ from ..metrics import Accuracy, Metric
 from ..on_device import on_device
 from ..parameters import zero_grad
 from .metrics import metrics_for
-
-Array = Any  # an array of the model's backend: duck-typed
 
 
 class MicroBatch(NamedTuple):

@@ -1,9 +1,9 @@
 """The training loop: shuffle, batch, forward, loss, backward, update — epoch after epoch.
 
 Everything stays on the device during an epoch: the data is copied there once,
-batches are gathered with ``take``, and the loss sum and correct count
-accumulate in 0-d device arrays that reach the host only at logging points
-(about ``log_points`` times an epoch) and at the end of the epoch.
+batches are gathered with ``take``, and the loss and metric sums accumulate
+in a small device vector that reaches the host only at logging points (about
+``log_points`` times an epoch) and at the end of the epoch.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from backends import dtype_name
+from backends.array_types import Array
 from backends.base import METRICS
 
-from .. import validators
+from .. import validators as check
 from ..data.splitting import stratified_holdout
-from ..errors import ConfigError, DataError, ModelFileError, ShapeError, TrainingError
+from ..errors import ConfigError, DataError, ModelFileError, ShapeError, TrainingError, short_repr
 from ..io.checkpoints import CallbackState, TrainingState, check_fits, read_checkpoint, write_checkpoint
 from ..layers import architecture
 from ..losses import LOSSES, Loss
@@ -32,8 +33,6 @@ from .compiled import CompiledStep, compiled_step
 from .interrupts import Terminated, ctrl_c_held
 from .metrics import evaluate, labels_per_example, metric_results, metrics_for
 from .step import MicroBatch, TrainingStep
-
-Array = Any  # an array of the model's backend (or a host NumPy array, for fit): duck-typed
 
 
 class Trainer:
@@ -81,10 +80,10 @@ class Trainer:
                  compile: bool | str | None = False, metrics: Sequence[Metric | str] | None = None):
         self.model = model
         self.backend = model.backend
-        epochs = validators.positive_int(epochs, "epochs")
-        seed = validators.non_negative_int(seed, "seed")
+        epochs = check.positive_int(epochs, "epochs")
+        seed = check.non_negative_int(seed, "seed")
         if clip_norm is not None:
-            clip_norm = validators.positive_number(clip_norm, "clip_norm")
+            clip_norm = check.positive_number(clip_norm, "clip_norm")
         self.epochs, self.seed, self.clip_norm = epochs, seed, clip_norm
         self.batch_size = parse_batch_size(batch_size)
         self.accumulate_steps = parse_accumulate_steps(accumulate_steps)
@@ -477,9 +476,8 @@ class Trainer:
                 if saved.type == type(callback).__name__:
                     callback.load_state_dict(to_device(saved.arrays), copy.deepcopy(saved.info))
         except (KeyError, ConfigError, TypeError, ValueError) as exc:
-            detail = repr(str(exc))
-            detail = detail if len(detail) <= 300 else detail[:297] + "..."
-            raise ModelFileError(f"{source}: checkpoint does not match this model and optimizer ({detail})") from None
+            raise ModelFileError(f"{source}: checkpoint does not match this model and optimizer "
+                                 f"({short_repr(str(exc), 300)})") from None
         self.epoch, self.base_lr = state.epoch, state.base_lr
         self.history = copy.deepcopy(state.history)
 
