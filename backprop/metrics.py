@@ -115,17 +115,47 @@ class BinaryAccuracy(Metric):
 
 
 class MAE(Metric):
-    """Mean absolute error over all outputs, in the targets' units."""
+    """Mean absolute error over all outputs, in the targets' units.
+
+    ``scale``: the targets the model learns are the real ones divided by ``scale`` (and shifted), as
+    ``backprop train --task regression`` standardizes them: the figure is reported times ``scale``, in the
+    real targets' units. A number, or one per output (the mean over the outputs of each one's MAE times its
+    scale; the sums are then kept per output). The sums on the device are the same either way: the scale is
+    applied to the host figure in ``result``."""
 
     name = "mae"
     higher_is_better = False
 
+    def __init__(self, scale: float | Sequence[float] | None = None):
+        values: list[Any] | None = None if scale is None else [scale] if is_number(scale) else \
+            list(scale) if isinstance(scale, Sequence) and not isinstance(scale, str) else []
+        if values is not None and not (values and all(is_number(v) and v > 0 for v in values)):
+            raise ConfigError(f"MAE: scale must be a positive number or a list of them (one per output), got "
+                              f"{scale!r}")
+        self.scale = None if values is None else [float(v) for v in values]
+
+    def size(self, outputs: int) -> int:
+        return outputs if self.scale is not None and len(self.scale) > 1 else 1
+
     def sums(self, xp: Namespace, prediction: Array, target: Array) -> Array:
-        diff = prediction - _as(xp, target, prediction)
-        return xp.reshape(_per_example(xp.sum(xp.abs(diff)), per_row(prediction)), (1,))
+        diff = xp.abs(prediction - _as(xp, target, prediction))
+        if self.scale is None or len(self.scale) == 1:
+            return xp.reshape(_per_example(xp.sum(diff), per_row(prediction)), (1,))
+        outputs = prediction.shape[-1]
+        if outputs != len(self.scale):  # a shape, known when the step is traced: no device read
+            raise ConfigError(f"MAE: {len(self.scale)} scales (one per output) for a prediction of {outputs} "
+                              f"outputs")
+        return _per_example(xp.sum(xp.reshape(diff, (-1, outputs)), axis=0), per_row(prediction, classes=True))
 
     def result(self, sums: Sequence[float], examples: int) -> float:
-        return sums[0] / examples
+        if self.scale is None:
+            return sums[0] / examples
+        if len(self.scale) == 1:
+            return self.scale[0] * sums[0] / examples
+        return sum(s * v for s, v in zip(self.scale, sums)) / (len(sums) * examples)
+
+    def __repr__(self) -> str:
+        return "MAE()" if self.scale is None else f"MAE(scale={self.scale if len(self.scale) > 1 else self.scale[0]})"
 
 
 class R2(Metric):
