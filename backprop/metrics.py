@@ -51,6 +51,11 @@ class Metric:
         """This batch's sums: a 1-d array of ``size`` values on the prediction's device, per example."""
         raise NotImplementedError
 
+    def prepare(self, xp: Namespace, targets: Array) -> None:
+        """Called with the targets of a dataset (on the device) before its sums are taken: by ``Trainer.fit``
+        with the training targets before the first step, and by ``evaluate``. No device value may be read here
+        either. The default does nothing."""
+
     def result(self, sums: Sequence[float], examples: int) -> float:
         """The figure from the sums of ``examples`` examples (host floats)."""
         raise NotImplementedError
@@ -164,11 +169,33 @@ class R2(Metric):
     predicting the mean of the targets. An output whose targets are all equal counts 1 if it is predicted
     exactly, else 0.
 
-    The sums are the squared errors and the first two moments of the targets, per output. SS_tot comes from
-    the moments (Σt² − (Σt)²/n), which loses digits (in float32) when the targets' mean is large beside their
-    spread: center such targets (subtract their mean) before training."""
+    The sums are the squared errors and the first two moments of the targets, per output, taken around a
+    fixed shift c per output: Σ(t − c) and Σ(t − c)², so SS_tot = Σ(t − c)² − (Σ(t − c))²/n. Without the shift
+    it would lose its digits in float32 when the targets' mean is large beside their spread (prices around 1e6
+    that vary by 1e3). c is the mean of the first rows of the targets ``prepare`` is given (the training set's,
+    by ``Trainer.fit``), computed and kept on the device, never read; it is set once per device, so every sum
+    of a run is taken around the same c (sums about different c do not add up). Without ``prepare`` (a
+    ``TrainingStep`` driven by hand) c is 0."""
 
     name = "r2"
+    #: the rows of the targets whose mean is the shift
+    SHIFT_ROWS = 256
+
+    def __init__(self) -> None:
+        self.shift: Array | None = None
+        self._shift_of: tuple | None = None  # (namespace, device) of the shift
+
+    def prepare(self, xp: Namespace, targets: Array) -> None:
+        key = (xp, str(getattr(targets, "device", None)))
+        if self.shift is not None and self._shift_of == key:  # once: a captured CUDA graph reads this array
+            return
+        rows = targets[:min(self.SHIFT_ROWS, targets.shape[0]), ...]
+        if rows.ndim == 1:
+            rows = rows[:, None]
+        if not xp.isdtype(rows.dtype, "real floating"):
+            rows = xp.astype(rows, xp.float32)
+        self.shift = xp.mean(xp.reshape(rows, (-1, rows.shape[-1])), axis=0)
+        self._shift_of = key
 
     def size(self, outputs: int) -> int:
         return 3 * outputs
@@ -178,6 +205,8 @@ class R2(Metric):
         p = xp.reshape(prediction, (-1, outputs))
         t = xp.reshape(_as(xp, target, prediction), (-1, outputs))
         diff = p - t
+        if self.shift is not None and self.shift.shape == (outputs,):
+            t = t - (self.shift if self.shift.dtype == t.dtype else xp.astype(self.shift, t.dtype))
         sums = xp.concat([xp.sum(diff * diff, axis=0), xp.sum(t, axis=0), xp.sum(t * t, axis=0)])
         return _per_example(sums, per_row(prediction, classes=True))
 
@@ -185,7 +214,7 @@ class R2(Metric):
         outputs = len(sums) // 3
         scores = []
         for j in range(outputs):
-            residual, total, squares = sums[j], sums[outputs + j], sums[2 * outputs + j]
+            residual, total, squares = sums[j], sums[outputs + j], sums[2 * outputs + j]  # total: Σ(t − c)
             spread = squares - total * total / examples
             if spread <= 0:
                 scores.append(1.0 if residual == 0 else 0.0)

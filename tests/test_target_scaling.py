@@ -223,3 +223,46 @@ def test_mae_with_a_scale_reports_the_target_s_units_from_unchanged_sums(backend
     for bad in (0, -1.0, [], [1.0, float("nan")], "2", True):
         with pytest.raises(bp.ConfigError, match="MAE: scale must be a positive number"):
             MAE(scale=bad)
+
+
+# -- R² of targets with a large offset: sums around a shift ---------------------------------------------------------
+def _numpy_r2(predicted, truth):
+    predicted, truth = np.asarray(predicted, np.float64).reshape(-1), np.asarray(truth, np.float64).reshape(-1)
+    return 1 - ((predicted - truth) ** 2).sum() / ((truth - truth.mean()) ** 2).sum()
+
+
+def test_r2_of_targets_a_million_away_from_zero_is_right_when_trained_on_them_directly(backend):
+    # float32 Σt² − (Σt)²/n of 96 targets around 1e6 that vary by about 25 loses every digit of SS_tot (R² came
+    # out in the thousands); the sums around the shift keep them
+    x, y = _prices(n=96, seed=5, spread=10.0, noise=5.0)
+    y = y.astype(np.float32)[:, None]
+    model = bp.Sequential([bp.Dense(3, 1, backend=backend)])
+    with backend.activate():  # the true map: what is left is the noise, R² about 0.96
+        model.replace_arrays({"param/0.weight": backend.from_host(np.array([[15.0], [-20.0], [5.0]], np.float32)),
+                              "param/0.bias": backend.from_host(np.array([1e6], np.float32))})
+        predicted = backend.to_host(bp.predict_logits(model, backend.from_host(x)))
+    expected = _numpy_r2(predicted, y)
+    assert 0.9 < expected < 0.99
+    history = bp.Trainer(model, loss="mse", optimizer="sgd", lr=1e-4, epochs=1, batch_size=32, progress=False,
+                         log=None).fit(x, y)  # steps too small to move the predictions by more than 1e-3 of their spread
+    assert history[-1]["train_r2"] == pytest.approx(expected, abs=1e-3)
+    with backend.activate():
+        figures = bp.evaluate(model, backend.from_host(x), backend.from_host(y), bp.MSE())
+    assert figures["r2"] == pytest.approx(expected, abs=1e-3)
+    shift = bp.Trainer(model, loss="mse", epochs=1, progress=False, log=None).metrics[1]
+    assert shift.shift is None  # set by fit or evaluate, from the data
+
+
+def test_r2_of_targets_a_million_away_from_zero_is_right_from_the_cli(tmp_path, capsys):
+    x, y = _prices(n=200, seed=6, spread=10.0, noise=5.0)
+    path = tmp_path / "offset.csv"
+    path.write_text("a,b,c,t\n" + "".join(f"{a:.6f},{b:.6f},{c:.6f},{t:.3f}\n" for (a, b, c), t in zip(x, y)))
+    run = tmp_path / "run"
+    assert main(["train", *RUN, "--dataset", str(path), "--epochs", "20", "--output", str(run)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    raw = _raw_test_split(path)
+    predicted = _predict(run, raw.x_test, tmp_path, capsys)
+    expected = _numpy_r2(predicted, raw.y_test)
+    assert 0.9 < expected < 0.99
+    assert summary["test_r2"] == pytest.approx(expected, abs=1e-3)
+    assert summary["test_mae"] == pytest.approx(np.abs(predicted - raw.y_test[:, 0]).mean(), rel=1e-3)
