@@ -243,8 +243,9 @@ def test_r2_of_targets_a_million_away_from_zero_is_right_when_trained_on_them_di
         predicted = backend.to_host(bp.predict_logits(model, backend.from_host(x)))
     expected = _numpy_r2(predicted, y)
     assert 0.9 < expected < 0.99
+    # steps too small to move the predictions by more than 1e-3 of their spread
     history = bp.Trainer(model, loss="mse", optimizer="sgd", lr=1e-4, epochs=1, batch_size=32, progress=False,
-                         log=None).fit(x, y)  # steps too small to move the predictions by more than 1e-3 of their spread
+                         log=None).fit(x, y)
     assert history[-1]["train_r2"] == pytest.approx(expected, abs=1e-3)
     with backend.activate():
         figures = bp.evaluate(model, backend.from_host(x), backend.from_host(y), bp.MSE())
