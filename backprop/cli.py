@@ -13,6 +13,7 @@ from backends import ENV_VAR, BackendError, BackendUnavailable, backend_statuses
 from . import distributed, runs
 from .data import apply_scaler, load_dataset, load_features, one_hot
 from .data.loading import TASKS, check_recorded_dataset
+from .data.scaling import checked_target_scaler, unscale
 from .errors import BackpropError, ConfigError, ModelFileError, TrainingError
 from .examples import EXAMPLES, run_example
 from .io.atomic import write_text_atomic
@@ -27,6 +28,7 @@ from .runs import (
     check_options,
     check_output_file,
     check_writable_directory,
+    metrics_in_target_units,
     output_directory,
     resolve_model_path,
     resume_options,
@@ -91,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--scaling", choices=["none", "standardize", "minmax"],
                       help="feature scaling fitted on the training set (default: none for the built-in image "
                            "sets, standardize for your files)")
+    data.add_argument("--target-scaling", choices=["none", "standardize"],
+                      help="--task regression: standardize the targets (mean 0, standard deviation 1 per output, "
+                           "fitted on the training set and saved with the model; MAE and predictions stay in the "
+                           "target's units, the loss is that of standardized targets) or none (default: "
+                           "standardize)")
     data.add_argument("--validation-split", type=float, metavar="FRACTION",
                       help=f"fraction of the training set held out for validation, 0 for none "
                            f"(default: {d['validation_split']})")
@@ -287,14 +294,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         check_recorded_dataset(name, metadata.get("dataset_sha256"), path)
     options = metadata.get("options", {})
     # Loading the same way as in training refits the scaling on the same training set: the same test features.
+    # The targets are read as they are, and scaled with the model's own target scaler (the one it learned).
     dataset = load_dataset(name, data_dir=args.data_dir, scaling=options.get("scaling"),
-                           seed=options.get("seed", 0), task=_recorded_task(path, metadata))
+                           seed=options.get("seed", 0), task=_recorded_task(path, metadata), target_scaling="none")
     loss_fn, y_test = _recorded_loss(path, metadata, dataset, model_outputs(model))
+    target_scaler = _recorded_target_scaler(path, metadata)
+    if target_scaler is not None and dataset.y_test.dtype.kind == "f":
+        y_test = apply_scaler(y_test, target_scaler)
     backend = model.backend
     x_test, y_test = backend.from_host(dataset.x_test), backend.from_host(y_test)
-    metrics = loss_fn.default_metrics()
+    metrics = metrics_in_target_units(metadata.get("loss", "cross_entropy"), target_scaler) \
+        or loss_fn.default_metrics()
     figures = evaluate(model, x_test, y_test, loss_fn, metrics=metrics)
-    print(f"{path}: {test_report(figures, metrics, dataset.y_test)} on {dataset.name} with {backend.name}")
+    print(f"{path}: {test_report(figures, metrics, dataset.y_test, target_scaler)} on {dataset.name} with "
+          f"{backend.name}")
     return 0
 
 
@@ -304,6 +317,12 @@ def _recorded_task(path, metadata: dict) -> str:
     if task not in TASKS:
         raise ModelFileError(f"{path}: the model records an unknown task {task!r}; expected {' or '.join(TASKS)}")
     return task
+
+
+def _recorded_target_scaler(path, metadata: dict) -> dict | None:
+    """The scaling of the targets the model learned; None: it learned them as they are (as did every model
+    saved before targets were scaled)."""
+    return checked_target_scaler(metadata.get("target_scaler"), f"{path}: metadata entry 'target_scaler'")
 
 
 def _recorded_loss(path, metadata: dict, dataset, outputs: int | None):
@@ -340,8 +359,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     features = apply_scaler(features, metadata.get("scaler") or {"kind": "none"})  # none: raw features
     if _recorded_task(path, metadata) == "regression":
         values = backend.to_host(predict_logits(model, backend.from_host(features)))
+        target_scaler = _recorded_target_scaler(path, metadata)
+        if target_scaler is not None:  # the model learned standardized targets: back to the target's units
+            values = unscale(values, target_scaler, f"{path}: target_scaler")
         columns = ["value"] if values.shape[1] == 1 else [f"value_{j}" for j in range(values.shape[1])]
-        lines = ["index," + ",".join(columns)] + [f"{i}," + ",".join(f"{float(v):.7g}" for v in row)
+        # float32 outputs to their 7 digits; unscaled ones (float64, around a large mean, say) to 9
+        digits = 7 if target_scaler is None else 9
+        lines = ["index," + ",".join(columns)] + [f"{i}," + ",".join(f"{float(v):.{digits}g}" for v in row)
                                                   for i, row in enumerate(values)]
         count = len(values)
     else:

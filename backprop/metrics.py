@@ -52,6 +52,11 @@ class Metric:
         """This batch's sums: a 1-d array of ``size`` values on the prediction's device, per example."""
         raise NotImplementedError
 
+    def prepare(self, xp: Namespace, targets: Array) -> None:
+        """Called with the targets of a dataset (on the device) before its sums are taken: by ``Trainer.fit``
+        with the training targets before the first step, and by ``evaluate``. No device value may be read here
+        either. The default does nothing."""
+
     def result(self, sums: Sequence[float], examples: int) -> float:
         """The figure from the sums of ``examples`` examples (host floats)."""
         raise NotImplementedError
@@ -116,17 +121,47 @@ class BinaryAccuracy(Metric):
 
 
 class MAE(Metric):
-    """Mean absolute error over all outputs, in the targets' units."""
+    """Mean absolute error over all outputs, in the targets' units.
+
+    ``scale``: the targets the model learns are the real ones divided by ``scale`` (and shifted), as
+    ``backprop train --task regression`` standardizes them: the figure is reported times ``scale``, in the
+    real targets' units. A number, or one per output (the mean over the outputs of each one's MAE times its
+    scale; the sums are then kept per output). The sums on the device are the same either way: the scale is
+    applied to the host figure in ``result``."""
 
     name = "mae"
     higher_is_better = False
 
+    def __init__(self, scale: float | Sequence[float] | None = None):
+        values: list[Any] | None = None if scale is None else [scale] if is_number(scale) else \
+            list(scale) if isinstance(scale, Sequence) and not isinstance(scale, str) else []
+        if values is not None and not (values and all(is_number(v) and v > 0 for v in values)):
+            raise ConfigError(f"MAE: scale must be a positive number or a list of them (one per output), got "
+                              f"{scale!r}")
+        self.scale = None if values is None else [float(v) for v in values]
+
+    def size(self, outputs: int) -> int:
+        return outputs if self.scale is not None and len(self.scale) > 1 else 1
+
     def sums(self, xp: Namespace, prediction: Array, target: Array) -> Array:
-        diff = prediction - _as(xp, target, prediction)
-        return xp.reshape(_per_example(xp.sum(xp.abs(diff)), per_row(prediction)), (1,))
+        diff = xp.abs(prediction - _as(xp, target, prediction))
+        if self.scale is None or len(self.scale) == 1:
+            return xp.reshape(_per_example(xp.sum(diff), per_row(prediction)), (1,))
+        outputs = prediction.shape[-1]
+        if outputs != len(self.scale):  # a shape, known when the step is traced: no device read
+            raise ConfigError(f"MAE: {len(self.scale)} scales (one per output) for a prediction of {outputs} "
+                              f"outputs")
+        return _per_example(xp.sum(xp.reshape(diff, (-1, outputs)), axis=0), per_row(prediction, classes=True))
 
     def result(self, sums: Sequence[float], examples: int) -> float:
-        return sums[0] / examples
+        if self.scale is None:
+            return sums[0] / examples
+        if len(self.scale) == 1:
+            return self.scale[0] * sums[0] / examples
+        return sum(s * v for s, v in zip(self.scale, sums)) / (len(sums) * examples)
+
+    def __repr__(self) -> str:
+        return "MAE()" if self.scale is None else f"MAE(scale={self.scale if len(self.scale) > 1 else self.scale[0]})"
 
 
 class R2(Metric):
@@ -135,11 +170,33 @@ class R2(Metric):
     predicting the mean of the targets. An output whose targets are all equal counts 1 if it is predicted
     exactly, else 0.
 
-    The sums are the squared errors and the first two moments of the targets, per output. SS_tot comes from
-    the moments (Σt² − (Σt)²/n), which loses digits (in float32) when the targets' mean is large beside their
-    spread: center such targets (subtract their mean) before training."""
+    The sums are the squared errors and the first two moments of the targets, per output, taken around a
+    fixed shift c per output: Σ(t − c) and Σ(t − c)², so SS_tot = Σ(t − c)² − (Σ(t − c))²/n. Without the shift
+    it would lose its digits in float32 when the targets' mean is large beside their spread (prices around 1e6
+    that vary by 1e3). c is the mean of the first rows of the targets ``prepare`` is given (the training set's,
+    by ``Trainer.fit``), computed and kept on the device, never read; it is set once per device, so every sum
+    of a run is taken around the same c (sums about different c do not add up). Without ``prepare`` (a
+    ``TrainingStep`` driven by hand) c is 0."""
 
     name = "r2"
+    #: the rows of the targets whose mean is the shift
+    SHIFT_ROWS = 256
+
+    def __init__(self) -> None:
+        self.shift: Array | None = None
+        self._shift_of: tuple | None = None  # (namespace, device) of the shift
+
+    def prepare(self, xp: Namespace, targets: Array) -> None:
+        key = (xp, str(getattr(targets, "device", None)))
+        if self.shift is not None and self._shift_of == key:  # once: a captured CUDA graph reads this array
+            return
+        rows = targets[:min(self.SHIFT_ROWS, targets.shape[0]), ...]
+        if rows.ndim == 1:
+            rows = rows[:, None]
+        if not xp.isdtype(rows.dtype, "real floating"):
+            rows = xp.astype(rows, xp.float32)
+        self.shift = xp.mean(xp.reshape(rows, (-1, rows.shape[-1])), axis=0)
+        self._shift_of = key
 
     def size(self, outputs: int) -> int:
         return 3 * outputs
@@ -149,6 +206,8 @@ class R2(Metric):
         p = xp.reshape(prediction, (-1, outputs))
         t = xp.reshape(_as(xp, target, prediction), (-1, outputs))
         diff = p - t
+        if self.shift is not None and self.shift.shape == (outputs,):
+            t = t - (self.shift if self.shift.dtype == t.dtype else xp.astype(self.shift, t.dtype))
         sums = xp.concat([xp.sum(diff * diff, axis=0), xp.sum(t, axis=0), xp.sum(t * t, axis=0)])
         return _per_example(sums, per_row(prediction, classes=True))
 
@@ -156,7 +215,7 @@ class R2(Metric):
         outputs = len(sums) // 3
         scores = []
         for j in range(outputs):
-            residual, total, squares = sums[j], sums[outputs + j], sums[2 * outputs + j]
+            residual, total, squares = sums[j], sums[outputs + j], sums[2 * outputs + j]  # total: Σ(t − c)
             spread = squares - total * total / examples
             if spread <= 0:
                 scores.append(1.0 if residual == 0 else 0.0)

@@ -31,7 +31,7 @@ from .io.directory_lock import LOCK_FILE, lock_directory, refuse_if_locked
 from .io.model_files import MODEL_FILE, save_model
 from .layers import Activation, Dense, Dropout, Layer, Sequential, declared_arrays
 from .losses import LOSSES, Loss
-from .metrics import Accuracy, Metric
+from .metrics import MAE, Accuracy, Metric
 from .models import mlp
 from .optim import make_optimizer
 from .training import (
@@ -67,6 +67,7 @@ DEFAULTS = {
     "epochs": 30, "seed": 0, "validation_split": 0.1, "early_stopping": 0,
     "model": None, "loss": "cross_entropy",  # model: a spec (name or file) instead of the MLP of --hidden
     "task": "classification",  # or regression: the file's target column holds numbers (loss mse by default)
+    "target_scaling": None,  # a regression's targets: None is standardize (mean 0, std 1 per output), or none
 }
 #: The options that shape the default MLP, which a spec (--model) replaces.
 MLP_OPTIONS = ("hidden", "activation", "dropout")
@@ -113,7 +114,8 @@ def check_options(options: dict, *, resume: bool = False) -> dict:
     if options.get("task") == "regression" and "loss" not in options:
         options = {**options, "loss": "mse"}  # the loss of a regression, unless one is named
     options = {**DEFAULTS, **options}
-    check_dataset_options(options["dataset"], options["data_dir"], options["scaling"], options["task"])
+    check_dataset_options(options["dataset"], options["data_dir"], options["scaling"], options["task"],
+                          options["target_scaling"])
     if options["task"] == "regression" and options["loss"] != "mse":
         raise ConfigError(f"--task regression fits numeric targets with --loss mse, not {options['loss']} (a loss "
                           f"of classes); leave out --loss")
@@ -401,7 +403,7 @@ def _run(options, *, output, backend, progress, plots, resume, log, communicator
 def _run_on(backend, options, *, output, progress, plots, resume, log, communicator, root, compile) -> dict:
     started = time.perf_counter()
     dataset = load_dataset(options["dataset"], data_dir=options["data_dir"], scaling=options["scaling"],
-                           seed=options["seed"], task=options["task"])
+                           seed=options["seed"], task=options["task"], target_scaling=options["target_scaling"])
     num_features = dataset.x_train.shape[1]
     if options["validation_split"]:  # the fraction is checked; whether it leaves training data needs the data
         holdout_size(len(dataset.x_train), options["validation_split"], "--validation-split", "validation_split")
@@ -425,7 +427,8 @@ def _run_on(backend, options, *, output, progress, plots, resume, log, communica
                       accumulate_steps=options["accumulate"], drop_last=options["drop_last"],
                       seed=options["seed"], schedule=options["schedule"], warmup_epochs=options["warmup_epochs"],
                       clip_norm=options["clip_norm"], callbacks=callbacks, progress=progress, log=log,
-                      communicator=communicator, compile=compile)
+                      communicator=communicator, compile=compile,
+                      metrics=metrics_in_target_units(options["loss"], dataset.target_scaler))
     if resume:
         trainer.load_checkpoint(output / CHECKPOINT_FILE)
         log(f"resuming {output} after epoch {trainer.epoch} of {trainer.epochs}")
@@ -436,9 +439,13 @@ def _run_on(backend, options, *, output, progress, plots, resume, log, communica
         f"{len(dataset.x_test)} test) with {backend.name} ({backend.device_name}), {mode}, {options['optimizer']} "
         f"lr {trainer.base_lr:g}"
         + (f", {communicator.size} ranks (data-parallel)" if communicator is not None else ""))
+    if dataset.target_scaler is not None:
+        log(f"targets standardized with the training set's {describe_target_scaler(dataset.target_scaler)}: the "
+            f"loss is the MSE of standardized targets; MAE and predictions are in the target's units")
     metadata = {"dataset": dataset.name, "task": options["task"], "num_classes": dataset.num_classes,
                 "class_names": dataset.class_names,
                 "image_shape": dataset.image_shape, "input_shape": [num_features], "scaler": dataset.scaler,
+                "target_scaler": dataset.target_scaler,
                 "options": options,
                 "loss": loss_name(trainer.loss_fn)}
     if dataset_sha256 is not None:
@@ -466,16 +473,18 @@ def _run_on(backend, options, *, output, progress, plots, resume, log, communica
     write_text_atomic(output / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     if plots:
         _plots(output, trainer.history, model, x_test, dataset, log)
-    log(f"{test_report(test, trainer.metrics, dataset.y_test)}, {elapsed:.1f} s on {backend.name} "
-        f"({backend.device_name}); saved {output / MODEL_FILE}")
+    log(f"{test_report(test, trainer.metrics, dataset.y_test, dataset.target_scaler)}, {elapsed:.1f} s on "
+        f"{backend.name} ({backend.device_name}); saved {output / MODEL_FILE}")
     if communicator is not None:
         communicator.broadcast_object(summary)
     return summary
 
 
-def test_report(figures: dict[str, float], metrics: Sequence[Metric], labels: HostArray) -> str:
+def test_report(figures: dict[str, float], metrics: Sequence[Metric], labels: HostArray,
+                target_scaler: dict | None = None) -> str:
     """The test figures as the logs say them: ``test accuracy 97.50% (351/360), test loss 0.0812``, or for
-    another task ``test mae 0.1234, test r2 0.9876, test loss 0.0312``."""
+    another task ``test mae 0.1234, test r2 0.9876, test loss 0.0312``; with a ``target_scaler`` (a regression
+    on standardized targets) the loss is said to be theirs: ``test loss 0.0012 (standardized targets)``."""
     parts = []
     for metric in metrics:
         value = figures[metric.name]
@@ -484,7 +493,26 @@ def test_report(figures: dict[str, float], metrics: Sequence[Metric], labels: Ho
             predictions = predictions_of(labels)
             text += f" ({round(value * predictions)}/{predictions})"
         parts.append(text)
-    return ", ".join([*parts, f"test loss {figures['loss']:.4f}"])
+    loss = f"test loss {figures['loss']:.4f}" + (" (standardized targets)" if target_scaler is not None else "")
+    return ", ".join([*parts, loss])
+
+
+def metrics_in_target_units(loss: str, target_scaler: dict | None) -> list[Metric] | None:
+    """The metrics of a run whose targets were scaled by ``target_scaler`` (``Dataset.target_scaler``): the
+    loss's own, with MAE reported in the target's units (times the scaler's scale; R² is the same for
+    standardized targets). None (the loss's defaults) for targets as read."""
+    if target_scaler is None:
+        return None
+    return [MAE(scale=target_scaler["scale"]) if type(metric) is MAE else metric
+            for metric in LOSSES[loss]().default_metrics()]
+
+
+def describe_target_scaler(target_scaler: dict) -> str:
+    """The fitted target scaling in a few words: ``mean 1e+06 and standard deviation 1.34e+04``."""
+    def listed(values):
+        values = values if isinstance(values, list) else [values]
+        return ", ".join(f"{v:.4g}" for v in values)
+    return f"mean {listed(target_scaler['offset'])} and standard deviation {listed(target_scaler['scale'])}"
 
 
 def predictions_of(labels: HostArray) -> int:
@@ -606,6 +634,7 @@ def resume_options(directory: Path, given: dict | None = None) -> dict:
 
     recorded = dict(state.run)
     dataset_sha256 = recorded.pop("dataset_sha256", None)  # not an option: what the dataset file was
+    recorded.setdefault("target_scaling", "none")  # a run from before targets were scaled: as read
     options = {**DEFAULTS, **recorded}
     given = dict(given or {})
     unknown = sorted(set(given) - set(DEFAULTS))
@@ -664,6 +693,7 @@ def _flag(key: str, value) -> str:
 def _shown(key: str, value) -> str:
     if value is None:
         return {"lr": "the optimizer's default", "clip_norm": "no clipping", "scaling": "the dataset's default",
+                "target_scaling": "the task's default",
                 "data_dir": "none"}.get(key, "none")
     if isinstance(value, bool):
         return "it on" if value else "it off"

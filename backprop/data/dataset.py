@@ -32,8 +32,10 @@ class Dataset:
     """A classification dataset with a fixed train/test split, as host NumPy arrays.
 
     ``scaler`` describes the feature scaling already applied to ``x_train`` and
-    ``x_test``, from raw source values (see :func:`apply_scaler`). ``image_shape`` is the shape of one example
-    before it was flattened into a row: an image's (H, W) or (C, H, W), or a sequence's (steps, features).
+    ``x_test``, from raw source values (see :func:`apply_scaler`); ``target_scaler`` the scaling applied to
+    regression targets (``y_train`` and ``y_test``; undone by ``unscale``), None when they are as read.
+    ``image_shape`` is the shape of one example before it was flattened into a row: an image's (H, W) or
+    (C, H, W), or a sequence's (steps, features).
     Labels are class numbers ``(samples,)``, or one per step ``(samples, steps)``; float32 targets
     ``(samples, num_classes)`` are regression targets (see ``_validate_targets``).
     """
@@ -47,6 +49,7 @@ class Dataset:
     image_shape: tuple[int, ...] | None = None
     class_names: list[str] = field(default_factory=list)
     scaler: dict | None = None
+    target_scaler: dict | None = None
 
     def __post_init__(self) -> None:
         # Every loader goes through here, so a Dataset that exists is one the training loop can trust.

@@ -19,7 +19,15 @@ from .csv_files import is_header, load_csv, read_csv_rows
 from .dataset import Dataset, features_2d, reads_as_number
 from .idx_files import load_fashion_mnist, load_mnist
 from .npz_files import load_npz
-from .scaling import SCALINGS, apply_scaler, compose_scalers, fit_scaler, scale_in_place
+from .scaling import (
+    SCALINGS,
+    TARGET_SCALINGS,
+    apply_scaler,
+    compose_scalers,
+    fit_scaler,
+    fit_target_scaler,
+    scale_in_place,
+)
 
 
 def load_digits() -> Dataset:
@@ -97,12 +105,18 @@ def check_recorded_dataset(spec: str | os.PathLike, recorded_sha256: str | None,
 
 
 def check_dataset_options(spec: str | os.PathLike, data_dir: str | os.PathLike | None = None,
-                          scaling: str | None = None, task: str = "classification") -> str:
+                          scaling: str | None = None, task: str = "classification",
+                          target_scaling: str | None = None) -> str:
     """What kind of dataset ``spec`` names (``digits``, ``mnist``, ``fashion-mnist``, ``npz`` or ``csv``), with
-    ``data_dir``, ``scaling`` and ``task`` checked against it: a ConfigError before anything is read or
-    downloaded."""
+    ``data_dir``, ``scaling``, ``task`` and ``target_scaling`` checked against it: a ConfigError before anything
+    is read or downloaded."""
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; expected {' or '.join(TASKS)}")
+    if target_scaling is not None and target_scaling not in TARGET_SCALINGS:
+        raise ConfigError(f"unknown target scaling {target_scaling!r}; expected one of {', '.join(TARGET_SCALINGS)}")
+    if target_scaling not in (None, "none") and task != "regression":
+        raise ConfigError(f"--target-scaling {target_scaling} scales the numeric targets of --task regression; a "
+                          f"{task} has class labels (leave it out)")
     if scaling is not None and scaling not in SCALINGS:
         raise ConfigError(f"unknown scaling {scaling!r}; expected one of {', '.join(SCALINGS)}")
     text = str(spec)
@@ -128,7 +142,7 @@ TASKS = ("classification", "regression")
 
 def load_dataset(spec: str | os.PathLike, data_dir: str | os.PathLike | None = None, scaling: str | None = None,
                  seed: int = 0, download: bool = True, *, label_column: int | str = -1, test_fraction: float = 0.2,
-                 task: str = "classification") -> Dataset:
+                 task: str = "classification", target_scaling: str | None = None) -> Dataset:
     """Load a dataset by name (``digits``, ``mnist``, ``fashion-mnist``) or from a ``.npz`` / ``.csv`` path.
 
     ``scaling`` (``none``, ``standardize``, ``minmax``) is fitted on the
@@ -139,9 +153,12 @@ def load_dataset(spec: str | os.PathLike, data_dir: str | os.PathLike | None = N
     scaling of the image sets. ``data_dir`` and ``download`` apply to MNIST and
     Fashion-MNIST; ``seed``, ``label_column`` and ``test_fraction`` to user
     files that have no test part of their own. ``task="regression"`` reads a user file's label column (or
-    ``y``) as numeric targets, float32 ``(samples, outputs)``.
+    ``y``) as numeric targets, float32 ``(samples, outputs)``, scaled by ``target_scaling`` (``standardize``,
+    the default for a regression: mean 0 and standard deviation 1 per output, fitted on the training part like
+    the features; ``none``: as read). The fitted map is ``target_scaler`` (None when the targets are as read);
+    ``scaling.unscale`` maps a model's predictions back to the target's units.
     """
-    kind = check_dataset_options(spec, data_dir, scaling, task)
+    kind = check_dataset_options(spec, data_dir, scaling, task, target_scaling)
     seed = check.non_negative_int(seed, "the seed")
     text = str(spec)
     if kind == "digits":
@@ -163,6 +180,12 @@ def load_dataset(spec: str | os.PathLike, data_dir: str | os.PathLike | None = N
         dataset.x_train = scale_in_place(dataset.x_train, fitted)
         dataset.x_test = scale_in_place(dataset.x_test, fitted)
         dataset.scaler = compose_scalers(dataset.scaler or {"kind": "none"}, fitted)
+    if task == "regression":
+        target_scaler = fit_target_scaler(dataset.y_train, target_scaling or "standardize")
+        if target_scaler["kind"] != "none":
+            dataset.y_train = scale_in_place(dataset.y_train, target_scaler)
+            dataset.y_test = scale_in_place(dataset.y_test, target_scaler)
+            dataset.target_scaler = target_scaler
     return dataset
 
 

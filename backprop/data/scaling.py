@@ -12,9 +12,12 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import ConfigError, DataError
-from .dataset import validate_features
+from .dataset import excerpt, validate_features
 
 SCALINGS = ("none", "standardize", "minmax")
+#: What ``--target-scaling`` accepts for regression targets (the model learns standardized targets; its
+#: predictions are mapped back with :func:`unscale`).
+TARGET_SCALINGS = ("none", "standardize")
 
 
 def fit_scaler(x_train: npt.ArrayLike, kind: str = "standardize") -> dict:
@@ -47,6 +50,15 @@ def fit_scaler(x_train: npt.ArrayLike, kind: str = "standardize") -> dict:
         offset, scale = low, high - low
     scale = np.where(constant, 1.0, scale)
     return {"kind": kind, "offset": offset.tolist(), "scale": scale.tolist()}
+
+
+def fit_target_scaler(y_train: npt.ArrayLike, kind: str = "standardize") -> dict:
+    """Fit the scaling of regression targets ``(samples, outputs)`` on the training targets only: a scaler dict
+    as :func:`fit_scaler`'s (``standardize``: mean and standard deviation per output, in float64; an output
+    whose targets are all equal gets scale 1), or ``{"kind": "none"}``. Undone by :func:`unscale`."""
+    if kind not in TARGET_SCALINGS:
+        raise ConfigError(f"unknown target scaling {kind!r}; expected one of {', '.join(TARGET_SCALINGS)}")
+    return fit_scaler(y_train, kind)
 
 
 def _column_sums(x: np.ndarray, transform=None) -> np.ndarray:
@@ -100,6 +112,36 @@ def scale_in_place(x: np.ndarray, scaler: dict) -> np.ndarray:
     x -= offset.astype(np.float32)
     x /= scale.astype(np.float32)
     return x
+
+
+def unscale(values: npt.ArrayLike, scaler: dict, source: str = "target scaler") -> np.ndarray:
+    """The inverse of a scaler: ``values * scale + offset`` in float64 (a model's standardized predictions back
+    in the target's own units). ``values``: ``(samples, outputs)``, one scale and offset per output (or one in
+    all)."""
+    offset, scale = _affine(scaler, source)
+    values = np.asarray(values, dtype=np.float64)
+    if scaler["kind"] == "none":
+        return values
+    for fitted in (offset, scale):
+        if fitted.ndim == 1 and (values.ndim != 2 or values.shape[1] != fitted.size):
+            raise DataError(f"{source}: fitted on {fitted.size} output{'s' if fitted.size != 1 else ''}, got "
+                            f"predictions of shape {values.shape}")
+    return values * scale + offset
+
+
+def checked_target_scaler(scaler: object, source: str = "target scaler") -> dict | None:
+    """A target scaler read from a file (a model's metadata), checked: the dict, or None when the targets were
+    not scaled (``None`` or kind ``none``). Anything else is a one-line DataError naming ``source``."""
+    if scaler is None:
+        return None
+    if not isinstance(scaler, dict) or scaler.get("kind") not in TARGET_SCALINGS:
+        kind = scaler.get("kind") if isinstance(scaler, dict) else type(scaler).__name__
+        raise DataError(f"{source}: expected a target scaling of kind {' or '.join(TARGET_SCALINGS)}, got "
+                        f"{excerpt(kind)}")
+    if scaler["kind"] == "none":
+        return None
+    _affine(scaler, source)
+    return scaler
 
 
 def compose_scalers(first: dict, second: dict) -> dict:

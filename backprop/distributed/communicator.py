@@ -239,6 +239,8 @@ class Communicator:
         metrics = metrics_for(loss_fn, metrics)
         if self.size == 1:
             return evaluate(model, x, y, loss_fn, metrics=metrics)
+        for metric in metrics:  # from the whole of y, not this rank's shard: sums about one shift add up
+            metric.prepare(model.backend.xp, y)
         n = x.shape[0]
         lo, hi = self.shard(0, n)
         if hi > lo:

@@ -61,6 +61,8 @@ def evaluation_sums(model: Model, x: Array, y: Array, loss_fn: Loss, metrics: Se
     the host once, and the model's outputs per position: what ``evaluate`` reports, and what the ranks of a
     distributed run add up."""
     xp = model.backend.xp
+    for metric in metrics:
+        metric.prepare(xp, y)
     total, outputs = None, 0
     for start, stop in batch_bounds(x.shape[0], batch_size):
         logits = model.forward(x[start:stop, ...], training=False)

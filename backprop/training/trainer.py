@@ -157,6 +157,8 @@ class Trainer:
         else:
             x_val = y_val = None
         self._check_data(x, y, "training data")
+        for metric in self.metrics:  # R²'s shift, from the training targets: the same on every rank
+            metric.prepare(self.model.backend.xp, y)
         if x_val is not None:
             self._check_data(x_val, y_val, "validation data")
         if self.communicator is not None:
