@@ -321,6 +321,11 @@ class CupyBackend(Backend):
                                                                         np.int32(add_to is not None)))
         return norms
 
+    def prepare_for_capture(self, arrays: Sequence[Array]) -> None:
+        """Build now what the multi-tensor kernels over ``arrays`` need (their device table of addresses and
+        sizes), so that a CUDA Graph captured afterwards reads it instead of copying it from the host."""
+        self._pointer_table([self._cupy.ascontiguousarray(a) for a in arrays])
+
     def _pointer_table(self, arrays):
         """Device arrays of the arrays' addresses and sizes, kept while the same arrays come back (a step's flat
         gradient views always do): one host-to-device copy when they change, none in a captured step."""

@@ -123,7 +123,7 @@ class CapturedStep:
             static = [(cupy.empty_like(x), cupy.empty_like(y)) for x, y, _ in batch]
             names, grads = step._gradients()
             if grads:
-                self.backend._pointer_table([cupy.ascontiguousarray(g) for g in grads])  # built now, not captured
+                self.backend.prepare_for_capture(grads)  # built now, not inside the capture
             sums = None
             if norms is not None and grads:
                 key = tuple(names)
