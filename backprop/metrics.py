@@ -264,6 +264,11 @@ def make_metrics(metrics: Iterable[Metric | str]) -> list[Metric]:
     return made
 
 
+def format_loss(value: float) -> str:
+    """A loss as logs print it: 4 significant digits, so a well-fitted one reads ``3.2e-05``, not ``0.0000``."""
+    return f"{value:.4g}"
+
+
 def check_outputs(metrics: Iterable[Metric], outputs: int) -> None:
     """``Metric.check_outputs`` of each metric, for a model of ``outputs`` outputs per position."""
     for metric in metrics:
@@ -292,4 +297,5 @@ def _as(xp: Namespace, target: Array, prediction: Array) -> Array:
     return target
 
 
-__all__ = ["MAE", "METRICS", "R2", "Accuracy", "BinaryAccuracy", "Metric", "check_outputs", "make_metrics", "per_row"]
+__all__ = ["MAE", "METRICS", "R2", "Accuracy", "BinaryAccuracy", "Metric", "check_outputs", "format_loss",
+           "make_metrics", "per_row"]

@@ -65,6 +65,12 @@ def test_targets_around_a_million_train_and_report_mae_in_their_units(tmp_path, 
     assert "(standardized targets)" in printed.splitlines()[-1]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["test_r2"] > 0.95 and summary["test_loss"] < 0.05  # the loss of standardized targets
+    # a well-fitted loss is printed with 4 significant digits (it was 0.0000 and 0.0001 with 4 decimals)
+    assert f"test loss {summary['test_loss']:.4g} (standardized targets)" in printed.splitlines()[-1]
+    last_epoch = json.loads((run / "history.jsonl").read_text().splitlines()[-1])
+    epoch_line = next(line for line in printed.splitlines() if line.startswith("epoch 20/20"))
+    assert f"  loss {last_epoch['train_loss']:.4g}  " in epoch_line
+    assert f"  val_loss {last_epoch['val_loss']:.4g}  " in epoch_line
 
     raw = _raw_test_split(prices_csv)
     predicted = _predict(run, raw.x_test, tmp_path, capsys)
