@@ -264,9 +264,10 @@ def make_metrics(metrics: Iterable[Metric | str]) -> list[Metric]:
     return made
 
 
-def format_loss(value: float) -> str:
-    """A loss as logs print it: 4 significant digits, so a well-fitted one reads ``3.2e-05``, not ``0.0000``."""
-    return f"{value:.4g}"
+def format_loss(value: float | None) -> str:
+    """A loss as logs print it: 4 significant digits, so a well-fitted one reads ``3.2e-05``, not ``0.0000``
+    (None, a figure not recorded: ``-``)."""
+    return "-" if value is None else f"{value:.4g}"
 
 
 def check_outputs(metrics: Iterable[Metric], outputs: int) -> None:

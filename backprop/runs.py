@@ -445,7 +445,7 @@ def _run_on(backend, options, *, output, progress, plots, resume, log, communica
     metadata = {"dataset": dataset.name, "task": options["task"], "num_classes": dataset.num_classes,
                 "class_names": dataset.class_names,
                 "image_shape": dataset.image_shape, "input_shape": [num_features], "scaler": dataset.scaler,
-                "target_scaler": dataset.target_scaler,
+                "target_scaler": dataset.target_scaler, "target_names": dataset.target_names,
                 "options": options,
                 "loss": loss_name(trainer.loss_fn)}
     if dataset_sha256 is not None:
