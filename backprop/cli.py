@@ -341,6 +341,11 @@ def _recorded_loss(path, metadata: dict, dataset, outputs: int | None):
     return LOSSES[name](), one_hot(dataset.y_test, dataset.num_classes)
 
 
+def _csv_field(text: str) -> str:
+    """``text`` as one CSV field: quoted when it holds a comma, a quote or a line break (a name from a header)."""
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\r\n') else text
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     if args.output is not None:
         _check_not_empty("--output", args.output)
@@ -362,16 +367,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         target_scaler = _recorded_target_scaler(path, metadata)
         if target_scaler is not None:  # the model learned standardized targets: back to the target's units
             values = unscale(values, target_scaler, f"{path}: target_scaler")
-        columns = ["value"] if values.shape[1] == 1 else [f"value_{j}" for j in range(values.shape[1])]
+        columns = metadata.get("target_names") or []  # the training file's target column, when it had a header
+        if len(columns) != values.shape[1]:
+            columns = ["value"] if values.shape[1] == 1 else [f"value_{j}" for j in range(values.shape[1])]
         # float32 outputs to their 7 digits; unscaled ones (float64, around a large mean, say) to 9
         digits = 7 if target_scaler is None else 9
-        lines = ["index," + ",".join(columns)] + [f"{i}," + ",".join(f"{float(v):.{digits}g}" for v in row)
-                                                  for i, row in enumerate(values)]
+        lines = ["index," + ",".join(map(_csv_field, columns))]
+        lines += [f"{i}," + ",".join(f"{float(v):.{digits}g}" for v in row) for i, row in enumerate(values)]
         count = len(values)
     else:
         classes = backend.to_host(predict_classes(model, backend.from_host(features)))
         names = metadata.get("class_names") or [str(i) for i in range(int(classes.max()) + 1)]
-        lines = ["index,class,name"] + [f"{i},{int(c)},{names[int(c)]}" for i, c in enumerate(classes)]
+        lines = ["index,class,name"] + [f"{i},{int(c)},{_csv_field(names[int(c)])}" for i, c in enumerate(classes)]
         count = len(classes)
     if args.output:
         write_text_atomic(args.output, "\n".join(lines) + "\n")

@@ -48,6 +48,11 @@ class Metric:
         """How many sums the metric keeps, for a prediction of ``outputs`` values per position."""
         return 1
 
+    def check_outputs(self, outputs: int) -> None:
+        """Raise ``ConfigError`` when the metric means nothing for a model of ``outputs`` outputs per position
+        (called with the first batch's predictions, by the training step and ``evaluate``). The default
+        accepts any."""
+
     def sums(self, xp: Namespace, prediction: Array, target: Array) -> Array:
         """This batch's sums: a 1-d array of ``size`` values on the prediction's device, per example."""
         raise NotImplementedError
@@ -75,6 +80,12 @@ class Accuracy(Metric):
 
     name = "accuracy"
     percent = True
+
+    def check_outputs(self, outputs: int) -> None:
+        if outputs < 2:  # the argmax of one score is always 0: a 100% that says nothing
+            raise ConfigError(f"accuracy (the argmax of class scores) needs at least two outputs, the model has "
+                              f"{outputs} output{'' if outputs == 1 else 's'}; for one logit (binary "
+                              f"cross-entropy) use 'binary_accuracy'")
 
     def count(self, xp: Namespace, prediction: Array, target: Array) -> Array:
         """How many positions are right (a 0-d array on the device; the fused cross-entropy step counts the
@@ -253,6 +264,18 @@ def make_metrics(metrics: Iterable[Metric | str]) -> list[Metric]:
     return made
 
 
+def format_loss(value: float | None) -> str:
+    """A loss as logs print it: 4 significant digits, so a well-fitted one reads ``3.2e-05``, not ``0.0000``
+    (None, a figure not recorded: ``-``)."""
+    return "-" if value is None else f"{value:.4g}"
+
+
+def check_outputs(metrics: Iterable[Metric], outputs: int) -> None:
+    """``Metric.check_outputs`` of each metric, for a model of ``outputs`` outputs per position."""
+    for metric in metrics:
+        metric.check_outputs(outputs)
+
+
 def per_row(prediction: Array, *, classes: bool = False) -> int:
     """Values per example of ``prediction`` (batch, ...): what a sum over the batch is divided by to make it a
     sum of per-example figures. ``classes``: the last axis holds the scores of one prediction (class scores,
@@ -275,4 +298,5 @@ def _as(xp: Namespace, target: Array, prediction: Array) -> Array:
     return target
 
 
-__all__ = ["MAE", "METRICS", "R2", "Accuracy", "BinaryAccuracy", "Metric", "make_metrics", "per_row"]
+__all__ = ["MAE", "METRICS", "R2", "Accuracy", "BinaryAccuracy", "Metric", "check_outputs", "format_loss",
+           "make_metrics", "per_row"]

@@ -31,7 +31,7 @@ from .io.directory_lock import LOCK_FILE, lock_directory, refuse_if_locked
 from .io.model_files import MODEL_FILE, save_model
 from .layers import Activation, Dense, Dropout, Layer, Sequential, declared_arrays
 from .losses import LOSSES, Loss
-from .metrics import MAE, Accuracy, Metric
+from .metrics import MAE, Accuracy, Metric, format_loss
 from .models import mlp
 from .optim import make_optimizer
 from .training import (
@@ -445,7 +445,7 @@ def _run_on(backend, options, *, output, progress, plots, resume, log, communica
     metadata = {"dataset": dataset.name, "task": options["task"], "num_classes": dataset.num_classes,
                 "class_names": dataset.class_names,
                 "image_shape": dataset.image_shape, "input_shape": [num_features], "scaler": dataset.scaler,
-                "target_scaler": dataset.target_scaler,
+                "target_scaler": dataset.target_scaler, "target_names": dataset.target_names,
                 "options": options,
                 "loss": loss_name(trainer.loss_fn)}
     if dataset_sha256 is not None:
@@ -493,7 +493,9 @@ def test_report(figures: dict[str, float], metrics: Sequence[Metric], labels: Ho
             predictions = predictions_of(labels)
             text += f" ({round(value * predictions)}/{predictions})"
         parts.append(text)
-    loss = f"test loss {figures['loss']:.4f}" + (" (standardized targets)" if target_scaler is not None else "")
+    loss = f"test loss {format_loss(figures['loss'])}"
+    if target_scaler is not None:
+        loss += " (standardized targets)"
     return ", ".join([*parts, loss])
 
 

@@ -473,6 +473,9 @@ def test_ranks_share_the_cores_for_blas_threads(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS")
     warning = communicator.share_cores(backend)
     assert calls == [len(os.sched_getaffinity(0))] and "could not limit numpy's threads" in warning
+    # what happened (the backend did not apply it; threadpoolctl is installed) and what to do, in one line
+    assert "limit_threads was not applied" in warning and "pip install" not in warning and "\n" not in warning
+    assert f"set OMP_NUM_THREADS={calls[0]}" in warning and "XLA_FLAGS" in warning
 
 
 def test_the_gradient_all_reduce_is_the_backends(backend, monkeypatch):

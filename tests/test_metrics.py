@@ -89,6 +89,21 @@ def test_binary_cross_entropy_takes_0_1_integer_labels_and_reports_thresholded_a
         Trainer(model, loss="binary_cross_entropy", epochs=1, progress=False, log=None).fit(x, y + 1)
 
 
+def test_argmax_accuracy_of_a_one_output_model_is_refused_when_training_starts(backend):
+    x, y = _regression(n=16)
+    model = bp.mlp([3, 1], seed=0, backend=backend)
+    weights = model.named_parameters()
+    before = {name: np.array(backend.to_host(box.value)) for name, box in weights.items()}
+    trainer = Trainer(model, loss="mse", metrics=["accuracy"], epochs=2, batch_size=8, progress=False, log=None)
+    expected = r"accuracy .*needs at least two outputs.*1 output.*'binary_accuracy'"
+    with pytest.raises(bp.ConfigError, match=expected):
+        trainer.fit(x, y)
+    assert trainer.history == []
+    assert all(np.array_equal(backend.to_host(box.value), before[name]) for name, box in weights.items())
+    with pytest.raises(bp.ConfigError, match=expected):  # the same in evaluate, not a 100% from argmax of one
+        evaluate(model, backend.from_host(x), backend.from_host(y), bp.MSE(), metrics=[Accuracy()])
+
+
 class MeanBias(Metric):
     name = "bias"
     higher_is_better = False

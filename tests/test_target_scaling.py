@@ -39,15 +39,16 @@ def prices_csv(tmp_path):
     return path
 
 
-def _predict(run, rows, tmp_path, capsys) -> np.ndarray:
-    """``backprop predict``'s values for the feature rows ``rows``, read back from its CSV."""
+def _predict(run, rows, tmp_path, capsys, column="price") -> np.ndarray:
+    """``backprop predict``'s values for the feature rows ``rows``, read back from its CSV, whose value column is
+    named ``column`` (the training file's target column)."""
     path = tmp_path / "rows.csv"
     path.write_text("".join(",".join(f"{v:.6f}" for v in row) + "\n" for row in rows))
     out = tmp_path / "predicted.csv"
     assert main(["predict", "--backend", "numpy", str(run), str(path), "--output", str(out)]) == 0
     capsys.readouterr()
     lines = out.read_text().splitlines()
-    assert lines[0] == "index,value"
+    assert lines[0] == f"index,{column}"
     return np.array([float(line.split(",")[1]) for line in lines[1:]])
 
 
@@ -65,6 +66,12 @@ def test_targets_around_a_million_train_and_report_mae_in_their_units(tmp_path, 
     assert "(standardized targets)" in printed.splitlines()[-1]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["test_r2"] > 0.95 and summary["test_loss"] < 0.05  # the loss of standardized targets
+    # a well-fitted loss is printed with 4 significant digits (it was 0.0000 and 0.0001 with 4 decimals)
+    assert f"test loss {summary['test_loss']:.4g} (standardized targets)" in printed.splitlines()[-1]
+    last_epoch = json.loads((run / "history.jsonl").read_text().splitlines()[-1])
+    epoch_line = next(line for line in printed.splitlines() if line.startswith("epoch 20/20"))
+    assert f"  loss {last_epoch['train_loss']:.4g}  " in epoch_line
+    assert f"  val_loss {last_epoch['val_loss']:.4g}  " in epoch_line
 
     raw = _raw_test_split(prices_csv)
     predicted = _predict(run, raw.x_test, tmp_path, capsys)
@@ -115,17 +122,40 @@ def test_a_model_file_from_before_target_scaling_predicts_and_evaluates_as_befor
                  "--output", str(run)]) == 0
     model = bp.load_model(run)
     old = dict(model.metadata)
-    del old["target_scaler"]
+    del old["target_scaler"], old["target_names"]
     old["options"] = {k: v for k, v in old["options"].items() if k != "target_scaling"}
     save_model(run / "model.safetensors", model, old)
     x = _raw_test_split(prices_csv).x_test[:3]
     features = bp.data.apply_scaler(x, old["scaler"])
     outputs = np.asarray(bp.predict_logits(model, model.backend.from_host(features)))[:, 0]
     capsys.readouterr()
-    np.testing.assert_allclose(_predict(run, x, tmp_path, capsys), outputs, rtol=1e-6)
+    np.testing.assert_allclose(_predict(run, x, tmp_path, capsys, column="value"), outputs, rtol=1e-6)
     assert main(["evaluate", "--backend", "numpy", str(run)]) == 0
     printed = capsys.readouterr().out
     assert "test mae" in printed and "standardized" not in printed
+
+
+def test_predict_names_its_value_column_after_the_target_column_of_a_file_with_a_header(tmp_path, prices_csv,
+                                                                                       capsys):
+    run = tmp_path / "run"
+    assert main(["train", *RUN, "--dataset", str(prices_csv), "--epochs", "1", "--output", str(run)]) == 0
+    assert bp.load_model(run).metadata["target_names"] == ["price"]  # recorded at training, read by predict
+    _predict(run, _prices(n=2)[0], tmp_path, capsys, column="price")
+    # a file without a header names no target: the column stays "value"
+    headless = tmp_path / "headless.csv"
+    headless.write_text("".join(prices_csv.read_text().splitlines(keepends=True)[1:]))
+    assert main(["train", *RUN, "--dataset", str(headless), "--epochs", "1", "--output", str(run), "--overwrite"]) == 0
+    model = bp.load_model(run)
+    assert model.metadata["target_names"] is None
+    _predict(run, _prices(n=2)[0], tmp_path, capsys, column="value")
+    save_model(run / "model.safetensors", model, {**model.metadata, "target_names": ['say "hi", then']})
+    rows = tmp_path / "rows.csv"
+    rows.write_text("0.1,0.2,0.3\n")
+    assert main(["predict", str(run), str(rows)]) == 0  # a name with a comma or quotes is one CSV field
+    assert capsys.readouterr().out.splitlines()[0] == 'index,"say ""hi"", then"'
+    save_model(run / "model.safetensors", model, {**model.metadata, "target_names": "price"})
+    assert main(["predict", str(run), str(rows)]) == 2
+    assert "metadata entry 'target_names' must be a list of strings" in capsys.readouterr().err
 
 
 def test_a_regression_run_resumed_ends_bit_for_bit_like_an_uninterrupted_one(tmp_path, prices_csv):
@@ -262,7 +292,7 @@ def test_r2_of_targets_a_million_away_from_zero_is_right_from_the_cli(tmp_path, 
     assert main(["train", *RUN, "--dataset", str(path), "--epochs", "20", "--output", str(run)]) == 0
     summary = json.loads((run / "summary.json").read_text())
     raw = _raw_test_split(path)
-    predicted = _predict(run, raw.x_test, tmp_path, capsys)
+    predicted = _predict(run, raw.x_test, tmp_path, capsys, column="t")
     expected = _numpy_r2(predicted, raw.y_test)
     assert 0.9 < expected < 0.99
     assert summary["test_r2"] == pytest.approx(expected, abs=1e-3)

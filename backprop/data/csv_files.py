@@ -108,7 +108,8 @@ def load_csv(path: str | os.PathLike, label_column: int | str = -1, test_fractio
         targets = regression_targets(label_cells, [f"line {line}" for line in lines],
                                      f"{path} (target column {label_index + 1}"
                                      + (f", {header[label_index]})" if header else ")"))
-        return dataset_from_arrays(path.stem, path, x.astype(np.float32), targets, None, None, test_fraction, seed)
+        return dataset_from_arrays(path.stem, path, x.astype(np.float32), targets, None, None, test_fraction, seed,
+                                   target_names=[header[label_index]] if header else None)
     try:  # numbers if every label is one, else class names
         raw_labels = label_cells.astype(np.float64)
     except ValueError:

@@ -50,6 +50,8 @@ class Dataset:
     class_names: list[str] = field(default_factory=list)
     scaler: dict | None = None
     target_scaler: dict | None = None
+    #: the names of a regression's targets (a CSV header's target column); None: not named
+    target_names: list[str] | None = None
 
     def __post_init__(self) -> None:
         # Every loader goes through here, so a Dataset that exists is one the training loop can trust.
@@ -274,9 +276,10 @@ def features_2d(x: np.ndarray, source: str) -> tuple[np.ndarray, tuple[int, ...]
 
 def dataset_from_arrays(name: str, path: Path, x: np.ndarray, y: np.ndarray, x_test: np.ndarray | None,
                         y_test: np.ndarray | None, test_fraction: float, seed: int,
-                        class_names: list[str] | None = None, image_shape: tuple[int, ...] | None = None
-                        ) -> Dataset:
-    """A Dataset from raw feature and label arrays (labels already encoded); splits off a test part if needed."""
+                        class_names: list[str] | None = None, image_shape: tuple[int, ...] | None = None,
+                        target_names: list[str] | None = None) -> Dataset:
+    """A Dataset from raw feature and label arrays (labels already encoded); splits off a test part if needed.
+    ``target_names``: the names of regression targets, when the file gives them."""
     if x_test is None or y_test is None:  # the callers give both or neither
         if len(x) != len(y):
             raise DataError(f"{path}: {len(x)} samples but {len(y)} labels")
@@ -291,7 +294,7 @@ def dataset_from_arrays(name: str, path: Path, x: np.ndarray, y: np.ndarray, x_t
     else:
         num_classes = len(class_names) if class_names else int(max(y.max(initial=0), y_test.max(initial=0))) + 1
     return Dataset(name, x, y, x_test, y_test, num_classes=num_classes, image_shape=image_shape,
-                   class_names=class_names or [], scaler={"kind": "none"})
+                   class_names=class_names or [], scaler={"kind": "none"}, target_names=target_names)
 
 
 def keep_rows(x: np.ndarray, kept: np.ndarray) -> np.ndarray:

@@ -119,8 +119,11 @@ class Communicator:
         share = max(1, cores // self.local_size)
         if backend.limit_threads(share):
             return None
-        return (f"could not limit {backend.library}'s threads to {share} per rank (pip install threadpoolctl, or "
-                f"set OMP_NUM_THREADS={share}); {self.local_size} ranks on {cores} cores may oversubscribe them")
+        return (f"could not limit {backend.library}'s threads to {share} per rank: {backend.name}'s limit_threads was "
+                f"not applied (JAX's XLA, say, sizes its thread pool once, at start-up), and {self.local_size} "
+                f"rank{'s' if self.local_size != 1 else ''} on {cores} cores may oversubscribe them; set "
+                f"OMP_NUM_THREADS={share} before starting the ranks (for JAX, XLA_FLAGS=\"--xla_cpu_multi_thread_eigen"
+                f"=false intra_op_parallelism_threads=1\" keeps XLA on one thread)")
 
     # -- sharding -------------------------------------------------------------
     def shard(self, start: int, stop: int) -> tuple[int, int]:

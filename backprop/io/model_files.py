@@ -297,6 +297,9 @@ def _check_metadata(path: object, metadata: dict[str, Any]) -> None:
     names = metadata.get("class_names")
     if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
         raise bad("class_names", "a list of strings")
+    names = metadata.get("target_names")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise bad("target_names", "a list of strings")
     count = metadata.get("num_classes")
     if count is not None and not (is_integer(count) and count >= 1):
         raise bad("num_classes", "a positive integer")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from .. import validators as check
 from ..errors import ConfigError
 from ..io.atomic import write_text_atomic
+from ..metrics import format_loss
 
 if TYPE_CHECKING:  # for the hints only: the trainer imports this module
     from .trainer import Trainer
@@ -103,12 +104,13 @@ class EarlyStopping(Callback):
             if self.wait >= self.patience:
                 trainer.stop_training = True
                 trainer.log(f"early stopping: {self.monitor} has not improved for {self.patience} epochs "
-                            f"(best {self.best_value:.4f} at epoch {self.best_epoch})")
+                            f"(best {format_loss(self.best_value)} at epoch {self.best_epoch})")
 
     def on_train_end(self, trainer: Trainer) -> None:
         if self.restore_best and self.best_weights is not None and self.best_epoch != trainer.epoch:
             trainer.set_weights(self.best_weights)
-            trainer.log(f"restored the weights of epoch {self.best_epoch} ({self.monitor} {self.best_value:.4f})")
+            trainer.log(f"restored the weights of epoch {self.best_epoch} "
+                        f"({self.monitor} {format_loss(self.best_value)})")
 
     def state_dict(self) -> tuple[dict, dict]:
         info = {"best_value": self.best_value, "best_epoch": self.best_epoch, "wait": self.wait}

@@ -12,7 +12,7 @@ import array_api_compat
 from backends.array_types import Array
 
 from ..losses import Loss
-from ..metrics import Metric, make_metrics
+from ..metrics import Metric, check_outputs, make_metrics
 from ..on_device import on_device
 from .batches import batch_bounds
 
@@ -67,6 +67,8 @@ def evaluation_sums(model: Model, x: Array, y: Array, loss_fn: Loss, metrics: Se
     for start, stop in batch_bounds(x.shape[0], batch_size):
         logits = model.forward(x[start:stop, ...], training=False)
         target, outputs = y[start:stop, ...], logits.shape[-1]
+        if start == 0:
+            check_outputs(metrics, outputs)
         batch_loss = loss_fn(logits, target) * (stop - start)
         parts = [xp.reshape(xp.astype(batch_loss, logits.dtype), (1,))]
         parts += [metric.sums(xp, logits, target) for metric in metrics]

@@ -31,7 +31,7 @@ from backends.base import METRICS
 
 from ..errors import ConfigError
 from ..losses import Loss
-from ..metrics import Accuracy, Metric
+from ..metrics import Accuracy, Metric, check_outputs
 from ..on_device import on_device
 from ..parameters import zero_grad
 from .metrics import metrics_for
@@ -146,6 +146,7 @@ class TrainingStep:
         """dL/dlogits times ``weight``, and the metrics with this batch's added: the loss's fused path where it
         has one (cross-entropy on integer labels), else its value and gradient and the portable metrics; then
         the other metrics' sums."""
+        check_outputs(self.metrics, logits.shape[-1])  # a shape: known when traced, no device read
         if not self.extra_metrics:
             return self._core_loss_gradient(logits, y, weight, metrics)
         xp = self.backend.xp

@@ -24,7 +24,7 @@ from ..errors import ConfigError, DataError, ModelFileError, ShapeError, Trainin
 from ..io.checkpoints import CallbackState, TrainingState, check_fits, read_checkpoint, write_checkpoint
 from ..layers import architecture
 from ..losses import LOSSES, Loss
-from ..metrics import Metric
+from ..metrics import Metric, format_loss
 from ..on_device import on_device
 from ..optim import Optimizer, make_optimizer, make_schedule
 from .batches import parse_accumulate_steps, parse_batch_size, update_bounds
@@ -281,7 +281,7 @@ class Trainer:
                     if not finite:
                         self._fail_nonfinite(int(good), steps)
                     if bar is not None:
-                        shown = {"loss": f"{mean_loss / seen:.4f}"}
+                        shown = {"loss": format_loss(mean_loss / seen)}
                         if layout.accuracy is not None:
                             shown["acc"] = f"{correct / (seen * per_example):.3f}"
                         bar.set_postfix(shown, refresh=False)
@@ -625,7 +625,7 @@ def _format_record(record: dict, epochs: int, metrics: Sequence[Metric]) -> str:
     and, when there is one, the validation data."""
     def figures(prefix: str) -> str:
         key = prefix or "train_"
-        text = f"{prefix}loss {record[key + 'loss']:.4f}"
+        text = f"{prefix}loss {format_loss(record[key + 'loss'])}"
         for metric in metrics:
             value = record.get(key + metric.name)
             label = "acc" if metric.name == "accuracy" else metric.name
