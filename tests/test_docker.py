@@ -559,6 +559,20 @@ def test_compose_services_share_volumes_and_the_gpu_service_reserves_nvidia_gpus
     assert "CUDA_MAJOR" in str(services["gpu"]["build"]["args"]["CUDA_MAJOR"])
 
 
+@pytest.mark.parametrize("service, which, names", [
+    ("cpu", "cpu", ["BASE_IMAGE"]), ("gpu", "cuda", ["BASE_IMAGE_CUDA12", "BASE_IMAGE_CUDA13"])])
+def test_compose_passes_each_base_image_with_the_dockerfiles_pinned_default(compose, service, which, names,
+                                                                              request):
+    """``BASE_IMAGE=... docker compose build`` chooses the base; unset, compose gives the Dockerfile's own pin
+    (an empty build argument would override the default with nothing, so compose repeats it: kept equal here)."""
+    dockerfile = request.getfixturevalue(which)
+    args = compose["services"][service]["build"]["args"]
+    for name in names:
+        default = dockerfile.global_args[name]
+        assert "@sha256:" in default, f"{name}: the Dockerfile's default is not pinned by digest"
+        assert args[name] == f"${{{name}:-{default}}}", f"compose's {name} drifted from the Dockerfile's default"
+
+
 def test_build_context_holds_what_pip_install_needs_and_nothing_else(cpu, cuda):
     rules = dockerignore_rules()
     for needed in ("pyproject.toml", "README.md", "backprop/__init__.py", "backprop/data/digits.npz",
