@@ -10,7 +10,7 @@ and the array API standard has none.
 
 Setup: rank 0 makes an NCCL unique id, MPI broadcasts it (a few bytes, once),
 and every rank joins the NCCL communicator with it on its own GPU (the rank's
-number on its machine: ``registry.backend_for_rank``; ``visible_gpus`` is the CuPy
+number on its machine: ``registry.backend_for_rank``; ``visible_gpus`` counts for the CuPy
 family's ``rank_devices``). Set-up problems are ``BackendSetupError``s, which the
 CLI reports in one line (exit status 2), as it does backprop's configuration errors.
 Each step then sums the packed, weighted gradient buffer in place on the GPUs,

@@ -33,10 +33,13 @@ class BackendFamily:
     ``load(device)`` gets the part after the first colon (or None) and returns a
     ``Backend`` or raises ``BackendUnavailable`` with a reason in words.
 
-    ``rank_devices``: for a data-parallel job of several processes, how many devices of this machine its
-    ranks spread over, one rank each (rank r on its machine loads device ``str(r)``), counted without
-    loading the backend or opening a context on any device; it raises ``BackendError`` when there is none to
-    use. None (the default): every rank takes the device its spec names (NumPy: the CPU).
+    ``rank_devices(device)``: for a data-parallel job of several processes on a spec naming ``device`` (the
+    part after the first colon, or None), how many devices of this machine its ranks spread over, one rank
+    each, counted without loading the backend or opening a context on any device; it raises ``BackendError``
+    when there is none to use. None (and the default): every rank takes the device its spec names (NumPy:
+    the CPU; PyTorch: ``torch:cpu``, ``torch:mps``). ``rank_device(device, local_rank)``: the device that rank
+    ``local_rank`` (its number on its machine) loads when they spread: ``str(local_rank)`` by default (CuPy:
+    ``cupy:1`` for rank 1), ``cuda:<local_rank>`` for PyTorch. The device index the spec names is ignored then.
     """
 
     name: str
@@ -44,7 +47,8 @@ class BackendFamily:
     listed_devices: Callable[[], list[str | None]] = lambda: [None]
     aliases: tuple[str, ...] = ()
     description: str = ""
-    rank_devices: Callable[[], int] | None = None
+    rank_devices: Callable[[str | None], int | None] = lambda device: None
+    rank_device: Callable[[str | None, int], str] = lambda device, local_rank: str(local_rank)
 
 
 @dataclass(frozen=True)
@@ -68,13 +72,21 @@ def _lazy(module: str, attribute: str) -> Callable:
     return call
 
 
+def _every_device(count: Callable[[], int]) -> Callable[[str | None], int]:
+    """A ``rank_devices`` for a family whose every spec spreads the ranks over ``count()`` devices (CuPy)."""
+    return lambda device: count()
+
+
 _BUILTIN = [
     BackendFamily("numpy", _lazy("numpy_backend", "load"), lambda: [None],
                   description="NumPy on the host CPU"),
     BackendFamily("cupy", _lazy("cupy_backend", "load"), _lazy("cupy_backend", "listed_devices"),
-                  aliases=("cuda",), description="CuPy on an NVIDIA GPU", rank_devices=_lazy("nccl", "visible_gpus")),
+                  aliases=("cuda",), description="CuPy on an NVIDIA GPU",
+                  rank_devices=_every_device(_lazy("nccl", "visible_gpus"))),
     BackendFamily("torch", _lazy("torch_backend", "load"), _lazy("torch_backend", "listed_devices"),
-                  description="PyTorch tensors on CPU, CUDA or Apple MPS"),
+                  description="PyTorch tensors on CPU, CUDA or Apple MPS",
+                  rank_devices=_lazy("torch_backend", "cuda_rank_devices"),
+                  rank_device=lambda device, local_rank: f"cuda:{local_rank}"),
     BackendFamily("jax", _lazy("jax_backend", "load"), _lazy("jax_backend", "listed_devices"),
                   description="JAX arrays on CPU or CUDA (immutable; float64 inside the backend's x64 scope)"),
     BackendFamily("array_api_strict", _lazy("strict_backend", "load"), lambda: [None, "device1"],
@@ -217,25 +229,27 @@ def auto_backend(gpu: int) -> Backend:
 
 def devices_for_ranks(spec: str) -> int | None:
     """How many devices of this machine the ranks of a data-parallel job spread over with backend ``spec``,
-    one rank each (``BackendFamily.rank_devices``), or None when every rank takes the device the spec names.
-    Counted without loading a backend or opening a context on a device, so each rank touches only its own.
-    ``auto``: the CUDA GPUs CuPy sees, else those PyTorch sees (0 when there are none)."""
-    name, _ = parse_spec(spec)
+    one rank each (``BackendFamily.rank_devices`` of the spec's device), or None when every rank takes the
+    device the spec names (``numpy``, ``torch:cpu``, ``torch:mps``). Counted without loading a backend or
+    opening a context on a device, so each rank touches only its own. ``auto``: the CUDA GPUs CuPy sees, else
+    those PyTorch sees (0 when there are none)."""
+    name, device = parse_spec(spec)
     if name == "auto":
         return _lazy("cupy_backend", "cuda_gpu_count")() or _lazy("torch_backend", "cuda_gpu_count")()
-    count = _families[name].rank_devices
-    return None if count is None else int(count())
+    count = _families[name].rank_devices(device)
+    return None if count is None else int(count)
 
 
 def backend_for_rank(spec: str, local_rank: int) -> Backend:
     """The backend of rank ``local_rank`` (its number on its machine) of a data-parallel job, for a ``spec``
-    whose ``devices_for_ranks`` is not None: the family on device ``local_rank`` (``cupy`` gives
-    ``cupy:<local_rank>``, whatever device the spec names); ``auto``: ``auto_backend(local_rank)``, or NumPy
-    with the reason when no GPU is visible. Only that device is loaded."""
-    name, _ = parse_spec(spec)
+    whose ``devices_for_ranks`` is not None: the family on its ``rank_device`` (``cupy`` and ``cupy:1`` give
+    ``cupy:<local_rank>``, ``torch:cuda`` and ``torch:cuda:1`` give ``torch:cuda:<local_rank>``: the index the
+    spec names is ignored); ``auto``: ``auto_backend(local_rank)``, or NumPy with the reason when no GPU is
+    visible. Only that device is loaded."""
+    name, device = parse_spec(spec)
     if name == "auto":
         return auto_backend(local_rank if devices_for_ranks(spec) else 0)
-    return get_backend(f"{name}:{local_rank}")
+    return get_backend(f"{name}:{_families[name].rank_device(device, local_rank)}")
 
 
 def _nvidia_driver_present() -> bool:

@@ -25,7 +25,7 @@ from . import torch_cells
 from .array_types import Array, Device, DType, HostArrayLike
 from .base import Backend, FlatTensors, ThreadLimit, activation_backward, activation_forward, flat_views
 from .cupy_backend import nvidia_driver_loads
-from .errors import BackendUnavailable
+from .errors import BackendSetupError, BackendUnavailable
 from .random import DeviceRandom, Seed, seed_to_int
 
 
@@ -452,7 +452,9 @@ def _probe(torch: ModuleType, dev: Device, name: str) -> None:
 
 def cuda_gpu_count() -> int:
     """The CUDA GPUs PyTorch sees, asked only where an NVIDIA driver is installed (importing PyTorch takes
-    seconds, and without the driver it has none); 0 when PyTorch or the driver is missing."""
+    seconds, and without the driver it has none); 0 when PyTorch or the driver is missing. No CUDA context is
+    opened on any GPU: ``is_available`` initializes the driver only (``cudaGetDeviceCount``, hence ``cuInit``),
+    ``device_count`` asks NVML where it can."""
     if not nvidia_driver_loads() or importlib.util.find_spec("torch") is None:
         return 0
     try:
@@ -461,6 +463,29 @@ def cuda_gpu_count() -> int:
         return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
     except Exception:
         return 0
+
+
+def cuda_rank_devices(device: str | None) -> int | None:
+    """The torch family's ``rank_devices``: with ``torch:cuda`` or ``torch:cuda:N`` (N ignored), the ranks of a
+    data-parallel job spread over the CUDA GPUs PyTorch sees (``cuda_gpu_count``, which opens no CUDA context),
+    and ``BackendSetupError`` when it sees none; ``torch`` alone spreads them when there is a
+    CUDA GPU (it would pick ``cuda:0`` in every rank), else every rank takes the device it picks. ``torch:cpu``
+    and ``torch:mps``: None, every rank on that device."""
+    kind = None if device is None else device.partition(":")[0].strip()
+    if kind not in (None, "cuda"):
+        return None
+    count = cuda_gpu_count()
+    if count > 0:
+        return count
+    if kind is None:
+        return None
+    if not nvidia_driver_loads():
+        why = "no NVIDIA driver is visible (libcuda cannot be loaded)"
+    elif importlib.util.find_spec("torch") is None:
+        why = "PyTorch is not installed"
+    else:
+        why = "PyTorch sees no CUDA GPU (a PyTorch built without CUDA, or CUDA_VISIBLE_DEVICES hides them)"
+    raise BackendSetupError(f"--backend torch:{device}: {why}")
 
 
 def listed_devices() -> list[str]:

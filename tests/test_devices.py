@@ -286,7 +286,7 @@ def fake_cupy(monkeypatch):
         return simulated_cupy.SimulatedCupyBackend(int(device or 0))
 
     backends.register_backend(backends.BackendFamily("cupy", load, aliases=("cuda",),
-                                                     rank_devices=lambda: nccl.visible_gpus()), replace=True)
+                                                     rank_devices=lambda device: nccl.visible_gpus()), replace=True)
 
     monkeypatch.setattr(cupy_backend, "cuda_gpu_count", lambda: 2)
     monkeypatch.setattr(nccl, "visible_gpus", lambda: 2)

@@ -228,7 +228,7 @@ def gpus(monkeypatch, fresh_registry):
         return simulated_cupy.SimulatedCupyBackend(1)
 
     backends.register_backend(backends.BackendFamily("cupy", load, aliases=("cuda",),
-                                                     rank_devices=lambda: nccl.visible_gpus()), replace=True)
+                                                     rank_devices=lambda device: nccl.visible_gpus()), replace=True)
     monkeypatch.setattr(cupy_backend, "cuda_gpu_count", lambda: count["n"])
     monkeypatch.setattr(torch_backend, "cuda_gpu_count", lambda: 0, raising=False)
     monkeypatch.setattr(nccl, "visible_gpus", lambda: count["n"])
@@ -285,6 +285,91 @@ def test_auto_spreads_ranks_over_the_gpus_pytorch_sees(gpus, monkeypatch, fresh_
     assert backend.name == "torch:cuda:1"
     with pytest.raises(ConfigError, match="3 ranks on this machine but 2 GPUs visible"):
         device_backend("auto", types.SimpleNamespace(size=3, local_rank=0, local_size=3))
+
+
+@pytest.fixture
+def torch_gpus(monkeypatch, fresh_registry):
+    """A machine where PyTorch sees ``set_count(n)`` CUDA GPUs: the real torch family's rank hooks, with a
+    ``load`` that records the devices it is asked for (where PyTorch would open a CUDA context)."""
+    import dataclasses
+
+    import backends.torch_backend as torch_backend
+
+    count = {"n": 2}
+    loaded = []
+    numpy_backend = backends.get_backend("numpy")
+
+    class PretendTorch(type(numpy_backend)):
+        def __init__(self, device):
+            super().__init__()
+            self.name = f"torch:{device}" if device else "torch"
+
+    def load(device):
+        loaded.append(device)
+        return PretendTorch(device)
+
+    torch_family = registry._families["torch"]
+    backends.register_backend(dataclasses.replace(torch_family, load=load), replace=True)
+    monkeypatch.setattr(torch_backend, "cuda_gpu_count", lambda: count["n"])
+    monkeypatch.setattr(torch_backend, "nvidia_driver_loads", lambda: True)
+
+    def set_count(n):
+        count["n"] = n
+        return loaded
+
+    return set_count
+
+
+@pytest.mark.parametrize("spec", ["torch:cuda", "torch:cuda:0", "torch:cuda:1", "torch"])
+def test_torch_cuda_ranks_spread_over_the_gpus(torch_gpus, spec):
+    """Before: every rank of ``--backend torch:cuda`` loaded the device the spec names, so two ranks shared GPU 0
+    while GPU 1 idled. Rank r on its machine takes ``torch:cuda:r``, whatever index the spec names (as CuPy)."""
+    from backprop.distributed import device_backend
+
+    loaded = torch_gpus(2)
+    assert backends.devices_for_ranks(spec) == 2
+    names = [device_backend(spec, types.SimpleNamespace(size=4, local_rank=r, local_size=2)).name for r in (0, 1)]
+    assert names == ["torch:cuda:0", "torch:cuda:1"] and loaded == ["cuda:0", "cuda:1"]
+
+
+@pytest.mark.parametrize("spec, device", [("torch:cpu", "cpu"), ("torch:mps", "mps")])
+def test_torch_cpu_and_mps_ranks_stay_on_the_device_named(torch_gpus, spec, device):
+    from backprop.distributed import device_backend
+
+    loaded = torch_gpus(2)  # GPUs there, unused: the spec names another device
+    assert backends.devices_for_ranks(spec) is None
+    assert device_backend(spec, types.SimpleNamespace(size=2, local_rank=1, local_size=2)).name == spec
+    assert loaded == [device]
+
+
+def test_more_torch_ranks_than_gpus_is_the_same_clear_error(torch_gpus):
+    from backprop.distributed import device_backend
+
+    loaded = torch_gpus(2)
+    with pytest.raises(ConfigError) as info:
+        device_backend("torch:cuda:1", types.SimpleNamespace(size=3, local_rank=2, local_size=3))
+    assert str(info.value) == "3 ranks on this machine but 2 GPUs visible: start at most one rank per GPU " \
+                              "(mpirun -n 2 per machine)"
+    assert loaded == []  # no GPU touched
+
+
+def test_torch_cuda_ranks_without_a_gpu_are_a_one_line_error(torch_gpus, monkeypatch):
+    """``torch:cuda`` with no GPU visible says why in one line (as ``cupy``); ``torch`` alone, which would not
+    pick CUDA there, leaves every rank on the device it picks."""
+    import backends.torch_backend as torch_backend
+    from backprop.distributed import device_backend
+
+    loaded = torch_gpus(0)
+    rank = types.SimpleNamespace(size=2, local_rank=1, local_size=2)
+    with pytest.raises(backends.BackendError) as info:
+        device_backend("torch:cuda", rank)
+    assert "\n" not in str(info.value) and str(info.value).startswith("--backend torch:cuda: PyTorch sees no CUDA GPU")
+    monkeypatch.setattr(torch_backend, "nvidia_driver_loads", lambda: False)
+    with pytest.raises(backends.BackendError, match=r"^--backend torch:cuda:1: no NVIDIA driver is visible"):
+        device_backend("torch:cuda:1", rank)
+    assert loaded == []
+    assert backends.devices_for_ranks("torch") is None
+    assert device_backend("torch", rank).name == "torch" and loaded == [None]
 
 
 # -- one rank: the gradients stay on the device -------------------------------------------------------------------

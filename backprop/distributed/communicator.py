@@ -371,10 +371,12 @@ def world() -> Communicator:
 
 def device_backend(backend: str | Backend | None, communicator: Communicator) -> Backend:
     """The backend this rank trains on. With a backend family that spreads the ranks of a machine over its
-    devices (``backends.devices_for_ranks``: CuPy, as ``cupy``, ``cupy:N`` or ``cuda``, and ``auto`` where a
-    CUDA GPU is visible) and several ranks: the device numbered as the rank on its machine, one rank each;
-    otherwise the backend ``backend`` names. More ranks on a machine than it has GPUs is a ``ConfigError`` (two
-    ranks cannot share a GPU in one NCCL communicator, and would halve each other's speed).
+    devices (``backends.devices_for_ranks``: CuPy, as ``cupy``, ``cupy:N`` or ``cuda``; PyTorch CUDA, as
+    ``torch:cuda`` or ``torch:cuda:N``, and ``torch`` where a CUDA GPU is visible; ``auto`` where a CUDA GPU is
+    visible) and several ranks: the device numbered as the rank on its machine, one rank each (the N a spec
+    names is ignored); otherwise the backend ``backend`` names (``numpy``, ``torch:cpu``, ``torch:mps``). More
+    ranks on a machine than it has GPUs is a ``ConfigError`` (two ranks cannot share a GPU in one NCCL
+    communicator, and would halve each other's speed).
 
     ``backend`` is a spec (None: the default one) or a ``Backend``. Give a spec: it is read without loading
     anything, so each rank touches its own GPU only. Loading ``cupy`` first would open a CUDA context on GPU 0
