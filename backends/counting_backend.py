@@ -42,7 +42,7 @@ from .errors import BackendUnavailable
 from .random import Seed
 from .registry import BackendFamily, register_backend
 from .strict_backend import StrictRandom
-from .wrapped_array import WrappedArray
+from .wrapped_array import WrappedArray, unwrap_arrays, wrap_arrays
 
 
 class CallCounter:
@@ -172,22 +172,11 @@ for _name in _SYNCS:
 
 
 def _wrap(value: Any) -> Any:
-    if type(value) is _STRICT_ARRAY:
-        return CountingArray(value)
-    if isinstance(value, tuple):
-        items = [_wrap(v) for v in value]
-        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
-    if isinstance(value, list):
-        return [_wrap(v) for v in value]
-    return value
+    return wrap_arrays(value, _STRICT_ARRAY, CountingArray)
 
 
 def _unwrap(value: Any) -> Any:
-    if type(value) is CountingArray:
-        return value._inner
-    if isinstance(value, (tuple, list)):
-        return type(value)(_unwrap(v) for v in value)
-    return value
+    return unwrap_arrays(value, CountingArray)
 
 
 def _counted_function(name: str, function: Callable[..., Any]) -> Callable[..., Any]:

@@ -34,7 +34,7 @@ from .numpy_backend import NumpyBackend
 from .random import Seed
 from .registry import BackendFamily, register_backend
 from .strict_backend import StrictRandom
-from .wrapped_array import WrappedArray
+from .wrapped_array import WrappedArray, unwrap_arrays, wrap_arrays
 
 
 class ImmutableArrayError(TypeError):
@@ -96,24 +96,11 @@ for _name, _symbol in _IN_PLACE.items():
 
 
 def _wrap(value: Any) -> Any:
-    """Wrap every array_api_strict array in ``value`` (an array, or a tuple or list of them)."""
-    if type(value) is _STRICT_ARRAY:
-        return ImmutableArray(value)
-    if isinstance(value, tuple):
-        items = [_wrap(v) for v in value]
-        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)  # named tuples stay named
-    if isinstance(value, list):
-        return [_wrap(v) for v in value]
-    return value
+    return wrap_arrays(value, _STRICT_ARRAY, ImmutableArray)
 
 
 def _unwrap(value: Any) -> Any:
-    """The array_api_strict arrays inside ``value`` (an argument: an array, or a tuple or list of them)."""
-    if type(value) is ImmutableArray:
-        return value._inner
-    if isinstance(value, (tuple, list)):
-        return type(value)(_unwrap(v) for v in value)
-    return value
+    return unwrap_arrays(value, ImmutableArray)
 
 
 def _wrapped_function(function: Callable[..., Any]) -> Callable[..., Any]:
